@@ -1,0 +1,16 @@
+//! Generated gRPC and protobuf code for Warden's contracts in `proto/`.
+//!
+//! Only generated code lives here: no logic, no conversions with behaviour.
+//! Every service and client depends on this crate; it depends on nothing of
+//! Warden's.
+
+/// `warden.policy.v1`: the policy engine's contract.
+pub mod policy {
+    pub mod v1 {
+        tonic::include_proto!("warden.policy.v1");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of every Warden proto, for gRPC server
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("warden_descriptor");

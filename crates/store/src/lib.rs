@@ -1,0 +1,263 @@
+//! Database connections for Warden services: SQLite (embedded, the default)
+//! and PostgreSQL (production), embedded migrations, and the one place where
+//! `sqlx` errors are translated into Warden's error classification.
+//!
+//! The store knows no service's schema beyond running the migrations in
+//! `migrations/`; each service owns its tables (prefixed with the service
+//! name) and its queries. [`testing`] runs one test suite against both
+//! backends.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use warden_errors::{Category, Classify, Code};
+
+pub mod testing;
+
+pub use sqlx;
+
+/// A connection pool to one of the supported databases.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// Which kind of database a [`Database`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Database {
+    /// Connects by URL. `sqlite://PATH` creates the file (and its directory)
+    /// when missing; `sqlite::memory:` is an in-memory database;
+    /// `postgres://...` connects to PostgreSQL.
+    pub async fn connect(url: &str) -> Result<Database, StoreError> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|error| StoreError::InvalidUrl(redact(url), error.to_string()))?
+                .create_if_missing(true)
+                // WAL with synchronous=FULL: an acknowledged commit survives
+                // a crash or power loss.
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            if let Some(parent) = options.get_filename().parent() {
+                if !parent.as_os_str().is_empty() && !parent.exists() {
+                    std::fs::create_dir_all(parent).map_err(|error| {
+                        StoreError::InvalidUrl(redact(url), format!("cannot create {}: {error}", parent.display()))
+                    })?;
+                }
+            }
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let pool = SqlitePoolOptions::new()
+                // An in-memory database lives in one connection.
+                .max_connections(if in_memory { 1 } else { 8 })
+                .min_connections(if in_memory { 1 } else { 0 })
+                .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
+                .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(3600)) })
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .map_err(translate)?;
+            Ok(Database::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options =
+                PgConnectOptions::from_str(url).map_err(|error| StoreError::InvalidUrl(redact(url), error.to_string()))?;
+            Self::connect_postgres(options).await
+        } else {
+            Err(StoreError::InvalidUrl(redact(url), "expected a sqlite:// or postgres:// URL".into()))
+        }
+    }
+
+    /// Connects to PostgreSQL with explicit options (tests use this to pin a
+    /// schema through `search_path`).
+    pub async fn connect_postgres(options: PgConnectOptions) -> Result<Database, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(translate)?;
+        Ok(Database::Postgres(pool))
+    }
+
+    /// The default URL for a data directory: an SQLite file inside it.
+    pub fn default_url(data_dir: &Path) -> String {
+        format!("sqlite://{}", data_dir.join("warden.db").display())
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Database::Sqlite(_) => Backend::Sqlite,
+            Database::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Runs the embedded migrations for this backend. Safe to run from every
+    /// service and replica: applied migrations are skipped, and migrations
+    /// of newer binaries are tolerated.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Database::Sqlite(pool) => {
+                let mut migrator = sqlx::migrate!("../../migrations/sqlite");
+                migrator.set_ignore_missing(true);
+                migrator.run(pool).await?;
+            }
+            Database::Postgres(pool) => {
+                let mut migrator = sqlx::migrate!("../../migrations/postgres");
+                migrator.set_ignore_missing(true);
+                migrator.run(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Database::Sqlite(pool) => pool.close().await,
+            Database::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Hides a password in a URL before it reaches a log or an error.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &credentials[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A storage failure, classified.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid database url {0}: {1}")]
+    InvalidUrl(String, String),
+    /// The database cannot be reached or is overloaded: retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A concurrent transaction conflicted: retry the transaction.
+    #[error("transaction conflict: {0}")]
+    Conflict(String),
+    /// A unique constraint refused the write.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A check constraint or trigger refused the write.
+    #[error("refused by the database: {0}")]
+    Refused(String),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl Classify for StoreError {
+    fn category(&self) -> Category {
+        match self {
+            StoreError::Unavailable(_) | StoreError::Conflict(_) => Category::Transient,
+            StoreError::AlreadyExists(_) | StoreError::NotFound(_) | StoreError::Refused(_) => Category::Permanent,
+            StoreError::InvalidUrl(..) => Category::Permanent,
+            StoreError::Migrate(_) | StoreError::Other(_) => Category::Internal,
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            StoreError::InvalidUrl(..) => "STORE_INVALID_URL",
+            StoreError::Unavailable(_) => "STORE_UNAVAILABLE",
+            StoreError::Conflict(_) => "STORE_CONFLICT",
+            StoreError::AlreadyExists(_) => "STORE_ALREADY_EXISTS",
+            StoreError::NotFound(_) => "STORE_NOT_FOUND",
+            StoreError::Refused(_) => "STORE_REFUSED",
+            StoreError::Migrate(_) => "STORE_MIGRATION_FAILED",
+            StoreError::Other(_) => "STORE_ERROR",
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            StoreError::AlreadyExists(_) => Code::AlreadyExists,
+            StoreError::NotFound(_) => Code::NotFound,
+            StoreError::Conflict(_) => Code::Aborted,
+            _ => self.category().default_code(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            StoreError::Unavailable(_) => Some(Duration::from_millis(500)),
+            StoreError::Conflict(_) => Some(Duration::from_millis(20)),
+            _ => None,
+        }
+    }
+}
+
+/// Translates an sqlx error by database error code: the one place where
+/// backend-specific codes become classified errors.
+pub fn translate(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::RowNotFound => StoreError::NotFound(error.to_string()),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            StoreError::Unavailable(error.to_string())
+        }
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            let message = db.message().to_owned();
+            match code.as_str() {
+                // PostgreSQL SQLSTATEs.
+                "23505" => StoreError::AlreadyExists(message),
+                "40001" | "40P01" => StoreError::Conflict(message),
+                "57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006" => {
+                    StoreError::Unavailable(message)
+                }
+                "23514" | "23502" | "23503" | "P0001" => StoreError::Refused(message),
+                // SQLite extended result codes: UNIQUE and PRIMARY KEY
+                // constraint, BUSY and LOCKED, CHECK, trigger RAISE.
+                "2067" | "1555" => StoreError::AlreadyExists(message),
+                "5" | "6" | "261" | "517" | "262" => StoreError::Unavailable(message),
+                "275" | "1299" | "787" | "1811" => StoreError::Refused(message),
+                _ if message.contains("append-only") => StoreError::Refused(message),
+                _ => StoreError::Other(format!("{code}: {message}")),
+            }
+        }
+        _ => StoreError::Other(error.to_string()),
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        translate(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://warden:s3cret@db:5432/warden"), "postgres://warden:***@db:5432/warden");
+        assert_eq!(redact("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_permanent_errors() {
+        let error = Database::connect("mysql://x").await.unwrap_err();
+        assert_eq!(error.category(), Category::Permanent);
+    }
+}

@@ -1,0 +1,247 @@
+//! Telemetry for Warden services: structured logs, traces and metrics.
+//!
+//! - Logs are `tracing` events, printed as human-readable lines or JSON.
+//! - Traces are exported over OTLP when an endpoint is configured (off by
+//!   default, and silent when no collector listens).
+//! - W3C trace context is read from incoming gRPC metadata
+//!   ([`grpc_request_span`]) and written to outgoing metadata
+//!   ([`TraceContextInterceptor`]).
+//! - Metrics live in the process-wide Prometheus registry and are served as
+//!   text on an HTTP `/metrics` listener ([`serve_metrics`]).
+//!
+//! This crate knows no service; services register their own metrics.
+
+use std::net::SocketAddr;
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use serde::{Deserialize, Serialize};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+pub use prometheus;
+
+/// How log lines are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// The `[telemetry]` section every service's config embeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `pretty` or `json`.
+    pub log_format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `warden=debug,info`.
+    pub log_level: String,
+    /// OTLP/gRPC collector endpoint, e.g. `http://127.0.0.1:4317`; empty
+    /// disables trace export.
+    pub otlp_endpoint: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { log_format: LogFormat::Pretty, log_level: "info".into(), otlp_endpoint: String::new() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid log_level {0:?}: {1}")]
+    Filter(String, String),
+    #[error("cannot build the OTLP exporter for {0:?}: {1}")]
+    Otlp(String, String),
+    #[error("cannot bind the metrics listener on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+/// Keeps the trace pipeline alive; flushes spans when dropped.
+#[derive(Debug, Default)]
+pub struct TelemetryGuard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber. Calling it again (as tests do) leaves the
+/// first subscriber in place and returns an empty guard.
+pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
+    // The OpenTelemetry SDK reports export failures through `tracing`; keep
+    // those quiet so an absent collector does not flood the logs.
+    let directive = format!("{},opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off", config.log_level);
+    let filter = EnvFilter::try_new(&directive)
+        .map_err(|error| TelemetryError::Filter(config.log_level.clone(), error.to_string()))?;
+
+    let mut guard = TelemetryGuard::default();
+    let otel_layer = if config.otlp_endpoint.is_empty() {
+        None
+    } else {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(config.otlp_endpoint.clone())
+            .build()
+            .map_err(|error| TelemetryError::Otlp(config.otlp_endpoint.clone(), error.to_string()))?;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service_name).build())
+            .build();
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        let tracer = provider.tracer(service_name);
+        guard.provider = Some(provider);
+        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    };
+
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let result = match config.log_format {
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true)).try_init(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().compact()).try_init(),
+    };
+    if result.is_err() {
+        // Already initialised (tests, or several services in one process).
+        return Ok(TelemetryGuard::default());
+    }
+    Ok(guard)
+}
+
+// === W3C trace context over gRPC metadata ===
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|key| key.as_str()).collect()
+    }
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// The span of one incoming gRPC request, child of the caller's trace when
+/// the request carries a `traceparent` header. Use with
+/// `tonic::transport::Server::builder().trace_fn(grpc_request_span)`.
+pub fn grpc_request_span(request: &http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc_request",
+        otel.kind = "server",
+        rpc.method = %request.uri().path(),
+    );
+    if request.headers().contains_key("traceparent") {
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// Writes the current span's trace context into outgoing request metadata.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceContextInterceptor;
+
+impl tonic::service::Interceptor for TraceContextInterceptor {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let context = tracing::Span::current().context();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()))
+        });
+        Ok(request)
+    }
+}
+
+// === Prometheus ===
+
+/// Renders every metric in the process-wide registry in the text format.
+pub fn render_metrics() -> String {
+    use prometheus::Encoder;
+    let mut buffer = Vec::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(error) = encoder.encode(&prometheus::gather(), &mut buffer) {
+        tracing::warn!(%error, "cannot encode metrics");
+    }
+    String::from_utf8(buffer).unwrap_or_default()
+}
+
+/// Binds the `/metrics` listener and serves it in the background until the
+/// returned handle is aborted. Returns the bound address (port 0 picks one).
+pub async fn serve_metrics(addr: SocketAddr) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), TelemetryError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|error| TelemetryError::Bind(addr, error))?;
+    let local = listener.local_addr().map_err(|error| TelemetryError::Bind(addr, error))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_metrics())
+        }),
+    );
+    let handle = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "metrics listener stopped");
+        }
+    });
+    tracing::info!(addr = %local, "metrics listening");
+    Ok((local, handle))
+}
+
+/// Registers a collector in the process-wide registry, or returns the one
+/// already registered under the same name (several services or tests in one
+/// process share the registry).
+pub fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
+    match prometheus::register(Box::new(collector.clone())) {
+        Ok(()) | Err(prometheus::Error::AlreadyReg) => collector,
+        Err(error) => {
+            tracing::warn!(%error, "cannot register metric");
+            collector
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn metrics_listener_serves_registered_metrics() {
+        let counter = register(prometheus::IntCounter::new("telemetry_test_total", "test counter").unwrap());
+        counter.inc();
+        let (addr, handle) = serve_metrics("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.unwrap();
+        assert!(body.contains("telemetry_test_total 1"), "{body}");
+        handle.abort();
+    }
+
+    #[test]
+    fn bad_log_level_is_reported() {
+        let config = TelemetryConfig { log_level: "info,[[[".into(), ..TelemetryConfig::default() };
+        assert!(matches!(init("test", &config), Err(TelemetryError::Filter(..))));
+    }
+}

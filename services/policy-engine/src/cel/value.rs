@@ -1,0 +1,390 @@
+//! Run-time values of compiled conditions, and the operators over them.
+//!
+//! Values borrow from the request wherever they can (strings, lists and
+//! maps of the agent and action are never copied), so evaluating a condition
+//! allocates nothing in the common case.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use prost_types::value::Kind;
+
+/// Why a condition could not be evaluated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalError(pub String);
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl EvalError {
+    pub fn new(message: impl Into<String>) -> Self {
+        EvalError(message.into())
+    }
+
+    pub fn no_overload(op: &str, left: &Value<'_>, right: &Value<'_>) -> Self {
+        EvalError(format!("no such overload: {} {op} {}", left.type_name(), right.type_name()))
+    }
+}
+
+/// A string that is either borrowed from the request or shared.
+#[derive(Clone, Debug)]
+pub enum Str<'a> {
+    Borrowed(&'a str),
+    Shared(Arc<str>),
+}
+
+impl Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Str::Borrowed(s) => s,
+            Str::Shared(s) => s,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum List<'a> {
+    Strings(&'a [String]),
+    Proto(&'a [prost_types::Value]),
+    Owned(Arc<Vec<Value<'a>>>),
+}
+
+impl<'a> List<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            List::Strings(items) => items.len(),
+            List::Proto(items) => items.len(),
+            List::Owned(items) => items.len(),
+        }
+    }
+
+    pub fn get(&self, index: usize) -> Option<Value<'a>> {
+        match self {
+            List::Strings(items) => items.get(index).map(|s| Value::String(Str::Borrowed(s))),
+            List::Proto(items) => items.get(index).map(Value::from_proto),
+            List::Owned(items) => items.get(index).cloned(),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Value<'a>> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Map<'a> {
+    Labels(&'a HashMap<String, String>),
+    Proto(&'a BTreeMap<String, prost_types::Value>),
+    Owned(Arc<Vec<(Value<'a>, Value<'a>)>>),
+}
+
+impl<'a> Map<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Map::Labels(map) => map.len(),
+            Map::Proto(map) => map.len(),
+            Map::Owned(entries) => entries.len(),
+        }
+    }
+
+    pub fn get_str(&self, key: &str) -> Option<Value<'a>> {
+        match self {
+            Map::Labels(map) => map.get(key).map(|v| Value::String(Str::Borrowed(v))),
+            Map::Proto(map) => map.get(key).map(Value::from_proto),
+            Map::Owned(entries) => entries
+                .iter()
+                .find(|(k, _)| matches!(k, Value::String(s) if &**s == key))
+                .map(|(_, v)| v.clone()),
+        }
+    }
+
+    pub fn get(&self, key: &Value<'_>) -> Option<Value<'a>> {
+        match (self, key) {
+            (_, Value::String(s)) => self.get_str(s),
+            (Map::Owned(entries), key) => entries.iter().find(|(k, _)| k.equals(key)).map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn keys(&self) -> Vec<Value<'a>> {
+        match self {
+            Map::Labels(map) => map.keys().map(|k| Value::String(Str::Borrowed(k))).collect(),
+            Map::Proto(map) => map.keys().map(|k| Value::String(Str::Borrowed(k))).collect(),
+            Map::Owned(entries) => entries.iter().map(|(k, _)| k.clone()).collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Value<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Uint(u64),
+    Double(f64),
+    String(Str<'a>),
+    Bytes(Arc<[u8]>),
+    Timestamp(DateTime<Utc>),
+    Duration(TimeDelta),
+    List(List<'a>),
+    Map(Map<'a>),
+}
+
+impl<'a> Value<'a> {
+    pub fn from_proto(value: &'a prost_types::Value) -> Value<'a> {
+        match &value.kind {
+            None | Some(Kind::NullValue(_)) => Value::Null,
+            Some(Kind::NumberValue(n)) => Value::Double(*n),
+            Some(Kind::StringValue(s)) => Value::String(Str::Borrowed(s)),
+            Some(Kind::BoolValue(b)) => Value::Bool(*b),
+            Some(Kind::StructValue(s)) => Value::Map(Map::Proto(&s.fields)),
+            Some(Kind::ListValue(l)) => Value::List(List::Proto(&l.values)),
+        }
+    }
+
+    pub fn string(s: impl Into<Arc<str>>) -> Value<'static> {
+        Value::String(Str::Shared(s.into()))
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null_type",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Uint(_) => "uint",
+            Value::Double(_) => "double",
+            Value::String(_) => "string",
+            Value::Bytes(_) => "bytes",
+            Value::Timestamp(_) => "google.protobuf.Timestamp",
+            Value::Duration(_) => "google.protobuf.Duration",
+            Value::List(_) => "list",
+            Value::Map(_) => "map",
+        }
+    }
+
+    /// CEL equality: numbers compare across int, uint and double; values of
+    /// different kinds are unequal (never an error).
+    pub fn equals(&self, other: &Value<'_>) -> bool {
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::String(a), Value::String(b)) => **a == **b,
+            (Value::Bytes(a), Value::Bytes(b)) => a == b,
+            (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
+            (Value::Duration(a), Value::Duration(b)) => a == b,
+            (Value::List(a), Value::List(b)) => a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.equals(&y)),
+            (Value::Map(a), Value::Map(b)) => {
+                a.len() == b.len() && a.keys().iter().all(|k| match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => x.equals(&y),
+                    _ => false,
+                })
+            }
+            (a, b) => matches!(numeric_cmp(a, b), Some(Ordering::Equal)),
+        }
+    }
+
+    /// CEL ordering for `<`, `<=`, `>`, `>=`.
+    pub fn compare(&self, other: &Value<'_>, op: &str) -> Result<Ordering, EvalError> {
+        let ordering = match (self, other) {
+            (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
+            (Value::String(a), Value::String(b)) => Some((**a).cmp(&**b)),
+            (Value::Bytes(a), Value::Bytes(b)) => Some(a.cmp(b)),
+            (Value::Timestamp(a), Value::Timestamp(b)) => Some(a.cmp(b)),
+            (Value::Duration(a), Value::Duration(b)) => Some(a.cmp(b)),
+            (a, b) if a.is_number() && b.is_number() => {
+                // NaN compares false with everything: report it as an error
+                // rather than pretend an order.
+                return numeric_cmp(a, b).ok_or_else(|| EvalError::new("comparison with NaN"));
+            }
+            _ => None,
+        };
+        ordering.ok_or_else(|| EvalError::no_overload(op, self, other))
+    }
+
+    fn is_number(&self) -> bool {
+        matches!(self, Value::Int(_) | Value::Uint(_) | Value::Double(_))
+    }
+
+    /// `self in container`.
+    pub fn is_in(&self, container: &Value<'_>) -> Result<bool, EvalError> {
+        match container {
+            Value::List(list) => Ok(list.iter().any(|item| item.equals(self))),
+            Value::Map(map) => Ok(map.get(self).is_some()),
+            other => Err(EvalError::no_overload("in", self, other)),
+        }
+    }
+
+    pub fn size(&self) -> Result<i64, EvalError> {
+        Ok(match self {
+            Value::String(s) => s.chars().count() as i64,
+            Value::Bytes(b) => b.len() as i64,
+            Value::List(l) => l.len() as i64,
+            Value::Map(m) => m.len() as i64,
+            other => return Err(EvalError::new(format!("no such overload: size({})", other.type_name()))),
+        })
+    }
+}
+
+fn numeric_cmp(a: &Value<'_>, b: &Value<'_>) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
+        (Value::Uint(x), Value::Uint(y)) => Some(x.cmp(y)),
+        (Value::Double(x), Value::Double(y)) => x.partial_cmp(y),
+        (Value::Int(x), Value::Uint(y)) => Some(if *x < 0 { Ordering::Less } else { (*x as u64).cmp(y) }),
+        (Value::Uint(x), Value::Int(y)) => Some(if *y < 0 { Ordering::Greater } else { x.cmp(&(*y as u64)) }),
+        (Value::Int(x), Value::Double(y)) => (*x as f64).partial_cmp(y),
+        (Value::Double(x), Value::Int(y)) => x.partial_cmp(&(*y as f64)),
+        (Value::Uint(x), Value::Double(y)) => (*x as f64).partial_cmp(y),
+        (Value::Double(x), Value::Uint(y)) => x.partial_cmp(&(*y as f64)),
+        _ => None,
+    }
+}
+
+fn overflow() -> EvalError {
+    EvalError::new("integer overflow")
+}
+
+pub fn add<'a>(a: Value<'a>, b: Value<'a>) -> Result<Value<'a>, EvalError> {
+    Ok(match (&a, &b) {
+        (Value::Int(x), Value::Int(y)) => Value::Int(x.checked_add(*y).ok_or_else(overflow)?),
+        (Value::Uint(x), Value::Uint(y)) => Value::Uint(x.checked_add(*y).ok_or_else(overflow)?),
+        (Value::Double(x), Value::Double(y)) => Value::Double(x + y),
+        (Value::String(x), Value::String(y)) => Value::string(format!("{}{}", &**x, &**y)),
+        (Value::Bytes(x), Value::Bytes(y)) => Value::Bytes([&x[..], &y[..]].concat().into()),
+        (Value::List(x), Value::List(y)) => Value::List(List::Owned(Arc::new(x.iter().chain(y.iter()).collect()))),
+        (Value::Timestamp(t), Value::Duration(d)) | (Value::Duration(d), Value::Timestamp(t)) => {
+            Value::Timestamp(t.checked_add_signed(*d).ok_or_else(|| EvalError::new("timestamp overflow"))?)
+        }
+        (Value::Duration(x), Value::Duration(y)) => Value::Duration(x.checked_add(y).ok_or_else(overflow)?),
+        _ => return Err(EvalError::no_overload("+", &a, &b)),
+    })
+}
+
+pub fn sub<'a>(a: Value<'a>, b: Value<'a>) -> Result<Value<'a>, EvalError> {
+    Ok(match (&a, &b) {
+        (Value::Int(x), Value::Int(y)) => Value::Int(x.checked_sub(*y).ok_or_else(overflow)?),
+        (Value::Uint(x), Value::Uint(y)) => Value::Uint(x.checked_sub(*y).ok_or_else(overflow)?),
+        (Value::Double(x), Value::Double(y)) => Value::Double(x - y),
+        (Value::Timestamp(x), Value::Timestamp(y)) => Value::Duration(x.signed_duration_since(*y)),
+        (Value::Timestamp(t), Value::Duration(d)) => {
+            Value::Timestamp(t.checked_sub_signed(*d).ok_or_else(|| EvalError::new("timestamp overflow"))?)
+        }
+        (Value::Duration(x), Value::Duration(y)) => Value::Duration(x.checked_sub(y).ok_or_else(overflow)?),
+        _ => return Err(EvalError::no_overload("-", &a, &b)),
+    })
+}
+
+pub fn mul<'a>(a: Value<'a>, b: Value<'a>) -> Result<Value<'a>, EvalError> {
+    Ok(match (&a, &b) {
+        (Value::Int(x), Value::Int(y)) => Value::Int(x.checked_mul(*y).ok_or_else(overflow)?),
+        (Value::Uint(x), Value::Uint(y)) => Value::Uint(x.checked_mul(*y).ok_or_else(overflow)?),
+        (Value::Double(x), Value::Double(y)) => Value::Double(x * y),
+        _ => return Err(EvalError::no_overload("*", &a, &b)),
+    })
+}
+
+pub fn div<'a>(a: Value<'a>, b: Value<'a>) -> Result<Value<'a>, EvalError> {
+    Ok(match (&a, &b) {
+        (Value::Int(_), Value::Int(0)) | (Value::Uint(_), Value::Uint(0)) => {
+            return Err(EvalError::new("division by zero"));
+        }
+        (Value::Int(x), Value::Int(y)) => Value::Int(x.checked_div(*y).ok_or_else(overflow)?),
+        (Value::Uint(x), Value::Uint(y)) => Value::Uint(x / y),
+        (Value::Double(x), Value::Double(y)) => Value::Double(x / y),
+        _ => return Err(EvalError::no_overload("/", &a, &b)),
+    })
+}
+
+pub fn rem<'a>(a: Value<'a>, b: Value<'a>) -> Result<Value<'a>, EvalError> {
+    Ok(match (&a, &b) {
+        (Value::Int(_), Value::Int(0)) | (Value::Uint(_), Value::Uint(0)) => {
+            return Err(EvalError::new("modulus by zero"));
+        }
+        (Value::Int(x), Value::Int(y)) => Value::Int(x.checked_rem(*y).ok_or_else(overflow)?),
+        (Value::Uint(x), Value::Uint(y)) => Value::Uint(x % y),
+        _ => return Err(EvalError::no_overload("%", &a, &b)),
+    })
+}
+
+/// Parses a duration in CEL's (Go's) form: `1h30m`, `1.5s`, `-250ms`.
+pub fn parse_duration(text: &str) -> Result<TimeDelta, EvalError> {
+    let bad = || EvalError::new(format!("invalid duration {text:?}"));
+    let (negative, mut rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest == "0" {
+        return Ok(TimeDelta::zero());
+    }
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total_nanos: i128 = 0;
+    while !rest.is_empty() {
+        let number_len = rest.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
+        if number_len == 0 {
+            return Err(bad());
+        }
+        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
+        rest = &rest[number_len..];
+        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic() || *b == 0xc2 || *b == 0xb5).count();
+        let unit_nanos: f64 = match &rest[..unit_len] {
+            "h" => 3_600e9,
+            "m" => 60e9,
+            "s" => 1e9,
+            "ms" => 1e6,
+            "us" | "µs" => 1e3,
+            "ns" => 1.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total_nanos += (number * unit_nanos).round() as i128;
+    }
+    // CEL durations span about +-10,000 years.
+    if total_nanos > 315_576_000_000i128 * 1_000_000_000 {
+        return Err(EvalError::new(format!("duration {text:?} out of range")));
+    }
+    let nanos = if negative { -total_nanos } else { total_nanos } as i64;
+    Ok(TimeDelta::nanoseconds(nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_compare_across_kinds() {
+        assert!(Value::Int(1).equals(&Value::Double(1.0)));
+        assert!(Value::Uint(1).equals(&Value::Int(1)));
+        assert!(!Value::Int(-1).equals(&Value::Uint(u64::MAX)));
+        assert_eq!(Value::Int(-1).compare(&Value::Uint(0), "<").unwrap(), Ordering::Less);
+        assert!(Value::Double(f64::NAN).compare(&Value::Int(1), "<").is_err());
+        assert!(!Value::string("1").equals(&Value::Int(1)));
+        assert!(Value::string("a").compare(&Value::Int(1), "<").is_err());
+    }
+
+    #[test]
+    fn arithmetic_checks_overflow_and_types() {
+        assert!(add(Value::Int(i64::MAX), Value::Int(1)).is_err());
+        assert!(div(Value::Int(1), Value::Int(0)).is_err());
+        assert!(add(Value::Int(1), Value::Double(1.0)).unwrap_err().0.contains("int + double"));
+        assert!(matches!(sub(Value::Uint(1), Value::Uint(2)), Err(_)));
+    }
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("1h30m").unwrap(), TimeDelta::minutes(90));
+        assert_eq!(parse_duration("-1.5s").unwrap(), TimeDelta::milliseconds(-1500));
+        assert_eq!(parse_duration("250ms").unwrap(), TimeDelta::milliseconds(250));
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

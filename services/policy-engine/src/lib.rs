@@ -1,0 +1,2 @@
+//! The Warden policy engine (placeholder while building).
+pub mod cel;
