@@ -1,2 +1,77 @@
-//! placeholder
-fn main() {}
+//! `warden-policy-engine`: loads config, initialises telemetry, serves until
+//! Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use warden_config::CommonArgs;
+use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
+
+/// The Warden policy engine.
+#[derive(Debug, Parser)]
+#[command(name = "warden-policy-engine", version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Directory of *.yaml policy files.
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// Redis URL for limits shared by replicas (default: in memory).
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut sources = args.common.sources();
+    if let Some(policies) = &args.policies {
+        sources.overrides.push(("policies".into(), policies.display().to_string()));
+    }
+    if let Some(url) = &args.redis_url {
+        sources.overrides.push(("redis_url".into(), url.clone()));
+    }
+    let config: PolicyEngineConfig = match warden_config::load(&sources) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("warden-policy-engine: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = match warden_telemetry::init("warden-policy-engine", &config.telemetry) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("warden-policy-engine: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let engine = match PolicyEngine::start(config).await {
+        Ok(engine) => engine,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            eprintln!("warden-policy-engine: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    engine.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

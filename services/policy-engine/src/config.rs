@@ -1,0 +1,150 @@
+//! The policy engine's configuration: every key, its default, and checks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use warden_config::{ConfigError, Validate, humantime_serde, parse_addr};
+use warden_telemetry::TelemetryConfig;
+
+/// Settable in the TOML file, as `WARDEN__KEY` / `WARDEN__SECTION__KEY`
+/// environment variables, and (the common ones) as flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyEngineConfig {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Prometheus `/metrics` address; empty disables it.
+    pub metrics_listen: String,
+    /// `sqlite://...` or `postgres://...`; empty means `sqlite://<data_dir>/warden.db`.
+    pub database_url: String,
+    /// Local state directory.
+    pub data_dir: PathBuf,
+    /// Directory of `*.yaml` policy files.
+    pub policies: PathBuf,
+    /// Reload policies when files in the directory change.
+    pub watch_policies: bool,
+    /// Redis for limits shared by replicas; empty counts limits in memory.
+    pub redis_url: String,
+    /// How long a limit check may wait for Redis before failing closed.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    /// How often kill switches are re-read from the database, so a switch
+    /// set on one replica reaches the others.
+    #[serde(with = "humantime_serde")]
+    pub kill_switch_refresh: Duration,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for PolicyEngineConfig {
+    fn default() -> Self {
+        PolicyEngineConfig {
+            listen: "127.0.0.1:50051".into(),
+            metrics_listen: "127.0.0.1:9091".into(),
+            database_url: String::new(),
+            data_dir: PathBuf::from("./warden-data"),
+            policies: PathBuf::from("./policies"),
+            watch_policies: true,
+            redis_url: String::new(),
+            redis_timeout: Duration::from_millis(250),
+            kill_switch_refresh: Duration::from_secs(2),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl Validate for PolicyEngineConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("listen", &self.listen)?;
+        if !self.metrics_listen.is_empty() {
+            parse_addr("metrics_listen", &self.metrics_listen)?;
+        }
+        if !self.database_url.is_empty()
+            && !["sqlite:", "postgres:", "postgresql:"].iter().any(|p| self.database_url.starts_with(p))
+        {
+            return Err(ConfigError::invalid("database_url", &self.database_url, "expected sqlite://PATH or postgres://..."));
+        }
+        if !self.redis_url.is_empty() && !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
+            return Err(ConfigError::invalid("redis_url", &self.redis_url, "expected redis://HOST:PORT"));
+        }
+        if self.redis_timeout.is_zero() {
+            return Err(ConfigError::invalid("redis_timeout", "0s", "must be longer than zero"));
+        }
+        if self.kill_switch_refresh < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "kill_switch_refresh",
+                humantime::format_duration(self.kill_switch_refresh),
+                "must be at least 100ms",
+            ));
+        }
+        if self.policies.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("policies", "", "must name a directory"));
+        }
+        Ok(())
+    }
+}
+
+impl PolicyEngineConfig {
+    /// The database URL to use: the configured one or the data directory's.
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            warden_store::Database::default_url(&self.data_dir)
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    /// A config for in-process tests: ephemeral ports, no metrics listener.
+    pub fn for_tests(policies: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
+        PolicyEngineConfig {
+            listen: "127.0.0.1:0".into(),
+            metrics_listen: String::new(),
+            policies: policies.into(),
+            data_dir: data_dir.into(),
+            ..PolicyEngineConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_config::Sources;
+
+    #[test]
+    fn environment_and_flags_override_defaults() {
+        let sources = Sources {
+            env: [
+                ("WARDEN__REDIS_URL".to_string(), "redis://127.0.0.1:6379".to_string()),
+                ("WARDEN__TELEMETRY__LOG_FORMAT".to_string(), "json".to_string()),
+                ("WARDEN__KILL_SWITCH_REFRESH".to_string(), "5s".to_string()),
+            ]
+            .into(),
+            ..Sources::default()
+        }
+        .with_override("listen", "0.0.0.0:6000");
+        let config: PolicyEngineConfig = warden_config::load(&sources).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:6000");
+        assert_eq!(config.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(config.telemetry.log_format, warden_telemetry::LogFormat::Json);
+        assert_eq!(config.kill_switch_refresh, Duration::from_secs(5));
+        assert_eq!(config.database_url(), "sqlite://./warden-data/warden.db");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (key, value, expected) in [
+            ("listen", "localhost", "`listen`"),
+            ("database_url", "mysql://x", "`database_url`"),
+            ("redis_url", "127.0.0.1:6379", "`redis_url`"),
+            ("kill_switch_refresh", "1ms", "`kill_switch_refresh`"),
+            ("telemetry.log_format", "xml", "log_format"),
+            ("polices", "x", "polices"),
+        ] {
+            let error = warden_config::load::<PolicyEngineConfig>(&Sources::default().with_override(key, value))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{key}={value}: {error}");
+        }
+    }
+}

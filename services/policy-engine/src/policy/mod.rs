@@ -1,0 +1,740 @@
+//! Policy sets: the YAML format, loading with full validation, and rule
+//! evaluation.
+//!
+//! A [`PolicySet`] is immutable once built; the engine swaps whole sets
+//! atomically on reload. Rules are indexed by exact action type at load time
+//! so a decision only looks at the rules that can apply to its action.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use warden_proto::policy::v1 as pb;
+
+use crate::cel::{Input, Program};
+use crate::glob::Glob;
+
+/// Bounds on what a policy set may cost to load and evaluate.
+pub mod bounds {
+    /// Largest policy file, in bytes.
+    pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+    /// Most policy files in a directory.
+    pub const MAX_FILES: usize = 1000;
+    /// Most rules in a whole set.
+    pub const MAX_RULES: usize = 10_000;
+    /// Most limits in a whole set.
+    pub const MAX_LIMITS: usize = 1_000;
+    /// Longest condition, in bytes.
+    pub const MAX_CONDITION_BYTES: usize = 4096;
+    /// Most patterns in one `actions` or `agents` list.
+    pub const MAX_PATTERNS: usize = 256;
+    /// Longest name, reason or pattern.
+    pub const MAX_TEXT_BYTES: usize = 1024;
+    /// Longest limit window.
+    pub const MAX_WINDOW: std::time::Duration = std::time::Duration::from_secs(31 * 24 * 3600);
+}
+
+/// What a rule or limit decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+impl Effect {
+    pub fn to_proto(self) -> pb::Effect {
+        match self {
+            Effect::Allow => pb::Effect::Allow,
+            Effect::Deny => pb::Effect::Deny,
+            Effect::RequireApproval => pb::Effect::RequireApproval,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+            Effect::RequireApproval => "require_approval",
+        }
+    }
+}
+
+/// One problem in the policy sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub file: String,
+    /// 1-based; 0 when unknown.
+    pub line: u32,
+    /// The rule or limit at fault; empty for file-level problems.
+    pub rule: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)?;
+        if !self.rule.is_empty() {
+            write!(f, ": rule '{}'", self.rule)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl PolicyError {
+    pub fn to_proto(&self) -> pb::PolicyError {
+        pb::PolicyError { file: self.file.clone(), line: self.line, rule: self.rule.clone(), message: self.message.clone() }
+    }
+}
+
+// === The file format ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    rules: Vec<RuleSpec>,
+    #[serde(default)]
+    limits: Vec<LimitSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    actions: Option<Vec<String>>,
+    #[serde(default)]
+    agents: Option<Vec<String>>,
+    #[serde(default)]
+    when: Option<String>,
+    effect: Effect,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitSpec {
+    name: String,
+    #[serde(default)]
+    actions: Option<Vec<String>>,
+    #[serde(default)]
+    agents: Option<Vec<String>>,
+    per: Per,
+    #[serde(default)]
+    max_requests: Option<u64>,
+    #[serde(default)]
+    max_cost: Option<f64>,
+    window: String,
+    #[serde(default)]
+    effect: Option<Effect>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// How a limit's count is partitioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Per {
+    Agent,
+    AgentAction,
+    Global,
+}
+
+impl Per {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Per::Agent => "agent",
+            Per::AgentAction => "agent_action",
+            Per::Global => "global",
+        }
+    }
+}
+
+// === The compiled form ===
+
+/// Who a rule applies to.
+#[derive(Debug, Clone)]
+pub enum AgentPattern {
+    Id(Glob),
+    Role(Glob),
+}
+
+impl AgentPattern {
+    fn parse(pattern: &str) -> Result<AgentPattern, String> {
+        match pattern.strip_prefix("role:") {
+            Some("") => Err("'role:' needs a role name, e.g. role:admin".into()),
+            Some(role) => Ok(AgentPattern::Role(Glob::new(role))),
+            None if pattern.is_empty() => Err("empty agent pattern".into()),
+            None => Ok(AgentPattern::Id(Glob::new(pattern))),
+        }
+    }
+
+    fn matches(&self, agent: &pb::Agent) -> bool {
+        match self {
+            AgentPattern::Id(glob) => glob.matches(&agent.id),
+            AgentPattern::Role(glob) => agent.roles.iter().any(|role| glob.matches(role)),
+        }
+    }
+}
+
+/// What a rule or limit applies to: action globs and agent patterns.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// Empty = every action.
+    pub actions: Vec<Glob>,
+    /// Empty = every agent.
+    pub agents: Vec<AgentPattern>,
+    pub action_source: Vec<String>,
+    pub agent_source: Vec<String>,
+}
+
+impl Scope {
+    fn matches_action(&self, action_type: &str) -> bool {
+        self.actions.is_empty() || self.actions.iter().any(|glob| glob.matches(action_type))
+    }
+
+    fn matches_agent(&self, agent: &pb::Agent) -> bool {
+        self.agents.is_empty() || self.agents.iter().any(|pattern| pattern.matches(agent))
+    }
+
+    pub fn matches(&self, agent: &pb::Agent, action_type: &str) -> bool {
+        self.matches_action(action_type) && self.matches_agent(agent)
+    }
+
+    /// The exact action types this scope lists, when it lists only exact ones.
+    fn exact_actions(&self) -> Option<Vec<&str>> {
+        if self.actions.is_empty() {
+            return None;
+        }
+        self.actions.iter().map(Glob::is_exact).collect()
+    }
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: Arc<str>,
+    pub file: String,
+    pub line: u32,
+    pub scope: Scope,
+    pub condition: Option<Program>,
+    pub effect: Effect,
+    pub reason: Arc<str>,
+    pub shadow: bool,
+    pub description: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Limit {
+    pub name: Arc<str>,
+    pub file: String,
+    pub line: u32,
+    pub scope: Scope,
+    pub per: Per,
+    pub max_requests: Option<u64>,
+    pub max_cost: Option<f64>,
+    pub window: Duration,
+    pub effect: Effect,
+    pub reason: Arc<str>,
+}
+
+/// Candidate rules for one action type, in file order.
+#[derive(Debug, Default)]
+struct Index {
+    by_action: HashMap<String, Arc<[u32]>>,
+    /// Rules with globs or no action list: candidates for every action.
+    other: Arc<[u32]>,
+}
+
+impl Index {
+    fn build(scopes: &[&Scope]) -> Index {
+        let mut other = Vec::new();
+        let mut exact: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, scope) in scopes.iter().enumerate() {
+            match scope.exact_actions() {
+                Some(actions) => {
+                    for action in actions {
+                        let list = exact.entry(action.to_owned()).or_default();
+                        if list.last() != Some(&(i as u32)) {
+                            list.push(i as u32);
+                        }
+                    }
+                }
+                None => other.push(i as u32),
+            }
+        }
+        // Each action's list holds its exact rules merged with the others,
+        // in file order, so evaluation order never depends on the index.
+        let by_action = exact
+            .into_iter()
+            .map(|(action, mut list)| {
+                list.extend(other.iter().copied());
+                list.sort_unstable();
+                (action, Arc::from(list))
+            })
+            .collect();
+        Index { by_action, other: Arc::from(other) }
+    }
+
+    fn candidates(&self, action_type: &str) -> &[u32] {
+        self.by_action.get(action_type).unwrap_or(&self.other)
+    }
+}
+
+/// A loaded, validated, immutable policy set.
+#[derive(Debug)]
+pub struct PolicySet {
+    pub version: Arc<str>,
+    pub rules: Vec<Rule>,
+    pub limits: Vec<Limit>,
+    rule_index: Index,
+    limit_index: Index,
+    pub loaded_at: SystemTime,
+}
+
+/// What the rules (before limits) decided for one request.
+#[derive(Debug, Default)]
+pub struct RuleOutcome<'p> {
+    pub deny: Vec<Matched<'p>>,
+    pub require_approval: Vec<Matched<'p>>,
+    pub allow: Vec<Matched<'p>>,
+    pub shadow: Vec<&'p Rule>,
+}
+
+/// A rule that decided, with the reason it gives (a condition error replaces
+/// the rule's reason).
+#[derive(Debug)]
+pub struct Matched<'p> {
+    pub rule: &'p Rule,
+    pub error: Option<String>,
+}
+
+impl Matched<'_> {
+    pub fn reason(&self) -> String {
+        match &self.error {
+            Some(error) => format!("rule '{}' failed to evaluate (treated as deny): {error}", self.rule.name),
+            None => self.rule.reason.to_string(),
+        }
+    }
+}
+
+impl PolicySet {
+    /// An empty set: every request is denied by default.
+    pub fn empty() -> PolicySet {
+        PolicySet::build(Vec::new(), Vec::new(), version_of(&[]))
+    }
+
+    fn build(rules: Vec<Rule>, limits: Vec<Limit>, version: String) -> PolicySet {
+        let rule_index = Index::build(&rules.iter().map(|r| &r.scope).collect::<Vec<_>>());
+        let limit_index = Index::build(&limits.iter().map(|l| &l.scope).collect::<Vec<_>>());
+        PolicySet { version: version.into(), rules, limits, rule_index, limit_index, loaded_at: SystemTime::now() }
+    }
+
+    /// Evaluates every rule that applies to the request.
+    pub fn evaluate_rules(&self, input: &Input<'_>) -> RuleOutcome<'_> {
+        let mut outcome = RuleOutcome::default();
+        let action_type = input.action.r#type.as_str();
+        for &i in self.rule_index.candidates(action_type) {
+            let rule = &self.rules[i as usize];
+            if !rule.scope.matches(input.agent, action_type) {
+                continue;
+            }
+            let (matched, error) = match &rule.condition {
+                None => (true, None),
+                Some(program) => match program.evaluate(input) {
+                    Ok(result) => (result, None),
+                    // Never fail open: an error makes the rule deny.
+                    Err(error) => (true, Some(error.to_string())),
+                },
+            };
+            if !matched {
+                continue;
+            }
+            if rule.shadow {
+                outcome.shadow.push(rule);
+                continue;
+            }
+            let effect = if error.is_some() { Effect::Deny } else { rule.effect };
+            let entry = Matched { rule, error };
+            match effect {
+                Effect::Deny => outcome.deny.push(entry),
+                Effect::RequireApproval => outcome.require_approval.push(entry),
+                Effect::Allow => outcome.allow.push(entry),
+            }
+        }
+        outcome
+    }
+
+    /// The limits that apply to a request.
+    pub fn applicable_limits<'a>(&'a self, agent: &'a pb::Agent, action_type: &'a str) -> impl Iterator<Item = &'a Limit> + 'a {
+        self.limit_index
+            .candidates(action_type)
+            .iter()
+            .map(move |&i| &self.limits[i as usize])
+            .filter(move |limit| limit.scope.matches(agent, action_type))
+    }
+
+    pub fn has_limits(&self) -> bool {
+        !self.limits.is_empty()
+    }
+}
+
+// === Loading ===
+
+/// Policy source text with the name errors refer to.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub file: String,
+    pub content: String,
+}
+
+/// Reads every `*.yaml` / `*.yml` file in `dir` (not recursive), sorted by name.
+pub fn read_dir(dir: &Path) -> Result<Vec<Source>, Vec<PolicyError>> {
+    let file_error = |file: &Path, message: String| PolicyError {
+        file: file.display().to_string(),
+        line: 0,
+        rule: String::new(),
+        message,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| vec![file_error(dir, format!("cannot read policies directory: {e}"))])?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.is_file() && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    paths.sort();
+    if paths.len() > bounds::MAX_FILES {
+        return Err(vec![file_error(dir, format!("{} policy files; the limit is {}", paths.len(), bounds::MAX_FILES))]);
+    }
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.len() as usize > bounds::MAX_FILE_BYTES => {
+                errors.push(file_error(Path::new(&name), format!("file is {} bytes; the limit is {}", meta.len(), bounds::MAX_FILE_BYTES)));
+                continue;
+            }
+            Err(e) => {
+                errors.push(file_error(Path::new(&name), e.to_string()));
+                continue;
+            }
+            Ok(_) => {}
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(content) => sources.push(Source { file: name, content }),
+            Err(e) => errors.push(file_error(Path::new(&name), format!("cannot read: {e}"))),
+        }
+    }
+    if errors.is_empty() { Ok(sources) } else { Err(errors) }
+}
+
+/// Loads a policy directory.
+pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<PolicyError>> {
+    compile_sources(&read_dir(dir)?)
+}
+
+/// The content hash naming a set of sources.
+pub fn version_of(sources: &[Source]) -> String {
+    let mut sorted: Vec<&Source> = sources.iter().collect();
+    sorted.sort_by(|a, b| a.file.cmp(&b.file));
+    let mut hasher = Sha256::new();
+    for source in sorted {
+        hasher.update((source.file.len() as u64).to_be_bytes());
+        hasher.update(source.file.as_bytes());
+        hasher.update((source.content.len() as u64).to_be_bytes());
+        hasher.update(source.content.as_bytes());
+    }
+    format!("sha256:{}", &hex::encode(hasher.finalize())[..16])
+}
+
+/// Validates and compiles sources into a set, reporting every error found.
+pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>> {
+    let mut errors = Vec::new();
+    let mut rules = Vec::new();
+    let mut limits = Vec::new();
+    let mut rule_names: BTreeMap<String, String> = BTreeMap::new();
+    let mut limit_names: HashSet<String> = HashSet::new();
+    for source in sources {
+        let file = &source.file;
+        if source.content.len() > bounds::MAX_FILE_BYTES {
+            errors.push(PolicyError {
+                file: file.clone(),
+                line: 0,
+                rule: String::new(),
+                message: format!("file is {} bytes; the limit is {}", source.content.len(), bounds::MAX_FILE_BYTES),
+            });
+            continue;
+        }
+        let parsed: PolicyFile = if source.content.trim().is_empty() {
+            PolicyFile { rules: Vec::new(), limits: Vec::new() }
+        } else {
+            match serde_yaml::from_str(&source.content) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    let line = error.location().map(|l| l.line() as u32).unwrap_or(0);
+                    let message = error.to_string();
+                    let rule = rule_named_in(&source.content, &message).unwrap_or_default();
+                    errors.push(PolicyError { file: file.clone(), line, rule, message });
+                    continue;
+                }
+            }
+        };
+        let lines = NameLines::new(&source.content);
+        for spec in parsed.rules {
+            let line = lines.find(&spec.name);
+            let mut fail = |message: String| {
+                errors.push(PolicyError { file: file.clone(), line, rule: spec.name.clone(), message });
+            };
+            if let Err(message) = check_name(&spec.name) {
+                fail(message);
+                continue;
+            }
+            if let Some(previous) = rule_names.insert(spec.name.clone(), file.clone()) {
+                fail(format!("duplicate rule name (also defined in {previous})"));
+                continue;
+            }
+            let scope = match build_scope(spec.actions.as_deref(), spec.agents.as_deref()) {
+                Ok(scope) => scope,
+                Err(message) => {
+                    fail(message);
+                    continue;
+                }
+            };
+            let condition = match spec.when.as_deref().map(str::trim) {
+                None => None,
+                Some("") => {
+                    fail("'when' is empty; remove it or write a condition".into());
+                    continue;
+                }
+                Some(when) if when.len() > bounds::MAX_CONDITION_BYTES => {
+                    fail(format!("condition is {} bytes; the limit is {}", when.len(), bounds::MAX_CONDITION_BYTES));
+                    continue;
+                }
+                Some(when) => match Program::compile(when) {
+                    Ok(program) => Some(program),
+                    Err(error) => {
+                        fail(format!("invalid condition: {error}"));
+                        continue;
+                    }
+                },
+            };
+            if let Some(reason) = &spec.reason {
+                if reason.len() > bounds::MAX_TEXT_BYTES {
+                    fail(format!("reason is longer than {} bytes", bounds::MAX_TEXT_BYTES));
+                    continue;
+                }
+            }
+            let reason = spec.reason.clone().unwrap_or_else(|| match spec.effect {
+                Effect::Allow => format!("allowed by rule '{}'", spec.name),
+                Effect::Deny => format!("denied by rule '{}'", spec.name),
+                Effect::RequireApproval => format!("approval required by rule '{}'", spec.name),
+            });
+            rules.push(Rule {
+                name: spec.name.as_str().into(),
+                file: file.clone(),
+                line,
+                scope,
+                condition,
+                effect: spec.effect,
+                reason: reason.into(),
+                shadow: spec.mode == Mode::Shadow,
+                description: spec.description,
+            });
+        }
+        for spec in parsed.limits {
+            let line = lines.find(&spec.name);
+            let mut fail = |message: String| {
+                errors.push(PolicyError { file: file.clone(), line, rule: spec.name.clone(), message });
+            };
+            if let Err(message) = check_name(&spec.name) {
+                fail(message);
+                continue;
+            }
+            if !limit_names.insert(spec.name.clone()) {
+                fail("duplicate limit name".into());
+                continue;
+            }
+            let scope = match build_scope(spec.actions.as_deref(), spec.agents.as_deref()) {
+                Ok(scope) => scope,
+                Err(message) => {
+                    fail(message);
+                    continue;
+                }
+            };
+            let window = match humantime::parse_duration(&spec.window) {
+                Ok(window) if window.is_zero() => {
+                    fail("window must be longer than zero".into());
+                    continue;
+                }
+                Ok(window) if window > bounds::MAX_WINDOW => {
+                    fail(format!("window {} is longer than the limit of 31 days", spec.window));
+                    continue;
+                }
+                Ok(window) if window < Duration::from_millis(100) => {
+                    fail("window must be at least 100ms".into());
+                    continue;
+                }
+                Ok(window) => window,
+                Err(error) => {
+                    fail(format!("invalid window {:?}: {error} (write e.g. 1m, 24h)", spec.window));
+                    continue;
+                }
+            };
+            match (spec.max_requests, spec.max_cost) {
+                (None, None) => {
+                    fail("a limit needs max_requests, max_cost or both".into());
+                    continue;
+                }
+                (_, Some(cost)) if !cost.is_finite() || cost < 0.0 => {
+                    fail(format!("max_cost must be a finite number >= 0, got {cost}"));
+                    continue;
+                }
+                _ => {}
+            }
+            let effect = spec.effect.unwrap_or(Effect::Deny);
+            if effect == Effect::Allow {
+                fail("a limit's effect must be deny or require_approval".into());
+                continue;
+            }
+            let reason = spec.reason.clone().unwrap_or_else(|| {
+                let mut parts = Vec::new();
+                if let Some(n) = spec.max_requests {
+                    parts.push(format!("{n} requests"));
+                }
+                if let Some(c) = spec.max_cost {
+                    parts.push(format!("cost {c}"));
+                }
+                format!("limit '{}' exceeded: at most {} per {} {}", spec.name, parts.join(" and "), spec.window, spec.per.as_str())
+            });
+            limits.push(Limit {
+                name: spec.name.as_str().into(),
+                file: file.clone(),
+                line,
+                scope,
+                per: spec.per,
+                max_requests: spec.max_requests,
+                max_cost: spec.max_cost,
+                window,
+                effect,
+                reason: reason.into(),
+            });
+        }
+    }
+    if rules.len() > bounds::MAX_RULES {
+        errors.push(PolicyError {
+            file: String::new(),
+            line: 0,
+            rule: String::new(),
+            message: format!("{} rules; the limit is {}", rules.len(), bounds::MAX_RULES),
+        });
+    }
+    if limits.len() > bounds::MAX_LIMITS {
+        errors.push(PolicyError {
+            file: String::new(),
+            line: 0,
+            rule: String::new(),
+            message: format!("{} limits; the limit is {}", limits.len(), bounds::MAX_LIMITS),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(PolicySet::build(rules, limits, version_of(sources)))
+}
+
+/// The name of the rule or limit a deserialisation error points at
+/// (`rules[2].effect: ...`), read from the loosely parsed document.
+fn rule_named_in(content: &str, message: &str) -> Option<String> {
+    let (list, rest) = if let Some(rest) = message.strip_prefix("rules[") {
+        ("rules", rest)
+    } else {
+        ("limits", message.strip_prefix("limits[")?)
+    };
+    let index: usize = rest.split(']').next()?.parse().ok()?;
+    let document: serde_yaml::Value = serde_yaml::from_str(content).ok()?;
+    document.get(list)?.get(index)?.get("name")?.as_str().map(str::to_owned)
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("name must not be empty".into());
+    }
+    if name.len() > 128 {
+        return Err("name must be at most 128 bytes".into());
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/')) {
+        return Err("name may use letters, digits and - _ . : / only".into());
+    }
+    Ok(())
+}
+
+fn build_scope(actions: Option<&[String]>, agents: Option<&[String]>) -> Result<Scope, String> {
+    let actions = actions.unwrap_or_default();
+    let agents = agents.unwrap_or_default();
+    if actions.len() > bounds::MAX_PATTERNS || agents.len() > bounds::MAX_PATTERNS {
+        return Err(format!("at most {} patterns per list", bounds::MAX_PATTERNS));
+    }
+    for pattern in actions.iter().chain(agents) {
+        if pattern.is_empty() {
+            return Err("empty pattern in actions or agents".into());
+        }
+        if pattern.len() > bounds::MAX_TEXT_BYTES {
+            return Err(format!("pattern longer than {} bytes", bounds::MAX_TEXT_BYTES));
+        }
+    }
+    // A lone "*" is the same as no list: keep it out of the glob path.
+    let action_globs: Vec<Glob> =
+        if actions.iter().any(|a| a == "*") { Vec::new() } else { actions.iter().map(|a| Glob::new(a)).collect() };
+    let agent_patterns: Vec<AgentPattern> = if agents.iter().any(|a| a == "*") {
+        Vec::new()
+    } else {
+        agents.iter().map(|a| AgentPattern::parse(a)).collect::<Result<_, _>>()?
+    };
+    Ok(Scope { actions: action_globs, agents: agent_patterns, action_source: actions.to_vec(), agent_source: agents.to_vec() })
+}
+
+/// Finds the line of `name: X` for a rule or limit, to point errors at it.
+struct NameLines<'s> {
+    lines: Vec<(u32, &'s str)>,
+}
+
+impl<'s> NameLines<'s> {
+    fn new(content: &'s str) -> Self {
+        let lines = content
+            .lines()
+            .enumerate()
+            .filter_map(|(i, line)| {
+                let trimmed = line.trim_start().trim_start_matches("- ").trim_start();
+                let value = trimmed.strip_prefix("name:")?.trim();
+                let value = value.split(" #").next().unwrap_or(value).trim();
+                let value = value.trim_matches(|c| c == '"' || c == '\'');
+                Some((i as u32 + 1, value))
+            })
+            .collect();
+        NameLines { lines }
+    }
+
+    fn find(&self, name: &str) -> u32 {
+        self.lines.iter().find(|(_, value)| *value == name).map(|(line, _)| *line).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

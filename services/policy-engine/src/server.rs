@@ -1,0 +1,226 @@
+//! Starting and stopping a policy engine: storage, policies, limit store,
+//! background tasks (policy watcher, kill switch refresh), the gRPC server
+//! with health and reflection, and the metrics listener.
+//!
+//! `main.rs`, `cargo xtask dev` and the tests all start the engine through
+//! [`PolicyEngine::start`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use warden_proto::policy::v1::policy_service_server::PolicyServiceServer;
+use warden_store::Database;
+
+use crate::config::PolicyEngineConfig;
+use crate::engine::{Clock, Engine};
+use crate::kill_switch::KillSwitchStore;
+use crate::limits::{LimitStore, MemoryLimitStore, RedisLimitStore};
+use crate::metrics::METRICS;
+use crate::policy::{self, PolicyError};
+use crate::service::{PolicyServiceImpl, Reloader, set_gauges};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Store(#[from] warden_store::StoreError),
+    #[error("policies in {dir} are invalid:\n{}", .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Policies { dir: String, errors: Vec<PolicyError> },
+    #[error("limit store: {0}")]
+    Limits(#[from] crate::limits::LimitError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] warden_telemetry::TelemetryError),
+    #[error("cannot watch {0}: {1}")]
+    Watch(String, notify::Error),
+}
+
+/// A running policy engine.
+pub struct PolicyEngine {
+    /// The bound gRPC address.
+    pub addr: SocketAddr,
+    /// The bound metrics address, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    pub engine: Arc<Engine>,
+    pub reloader: Arc<Reloader>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<JoinHandle<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine").field("addr", &self.addr).finish()
+    }
+}
+
+impl PolicyEngine {
+    pub async fn start(config: PolicyEngineConfig) -> Result<PolicyEngine, StartError> {
+        let database = Database::connect(&config.database_url()).await?;
+        database.migrate().await?;
+        let kill_switch_store = KillSwitchStore::new(database);
+
+        let dir = config.policies.clone();
+        let policies = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || policy::load_dir(&dir)).await.expect("policy load task")
+        }
+        .map_err(|errors| StartError::Policies { dir: dir.display().to_string(), errors })?;
+        set_gauges(&policies);
+        tracing::info!(version = %policies.version, rules = policies.rules.len(), limits = policies.limits.len(), dir = %dir.display(), "policies loaded");
+
+        let limits: Arc<dyn LimitStore> = if config.redis_url.is_empty() {
+            Arc::new(MemoryLimitStore::new())
+        } else {
+            Arc::new(RedisLimitStore::new(&config.redis_url, "warden:limits:", config.redis_timeout)?)
+        };
+        let engine = Arc::new(Engine::new(policies, limits, Clock::system()));
+        let switches = kill_switch_store.load().await?;
+        METRICS.kill_switches_engaged.set(switches.engaged_count() as i64);
+        engine.set_kill_switches(switches);
+        let reloader = Arc::new(Reloader::new(dir.clone(), engine.clone()));
+
+        let mut background = Vec::new();
+        background.push(tokio::spawn(refresh_kill_switches(
+            engine.clone(),
+            kill_switch_store.clone(),
+            config.kill_switch_refresh,
+        )));
+        let watcher = if config.watch_policies {
+            let (watcher, task) = watch_policies(&dir, reloader.clone())?;
+            background.push(task);
+            Some(watcher)
+        } else {
+            None
+        };
+
+        let metrics_addr = if config.metrics_listen.is_empty() {
+            None
+        } else {
+            let addr = warden_config::parse_addr("metrics_listen", &config.metrics_listen)
+                .map_err(|e| StartError::Bind(config.metrics_listen.clone(), std::io::Error::other(e.to_string())))?;
+            let (bound, task) = warden_telemetry::serve_metrics(addr).await?;
+            background.push(task);
+            Some(bound)
+        };
+
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
+        let addr = listener.local_addr().map_err(|error| StartError::Bind(config.listen.clone(), error))?;
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<PolicyServiceServer<PolicyServiceImpl>>().await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(warden_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("reflection descriptors are valid");
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(warden_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("reflection descriptors are valid");
+        let service = PolicyServiceImpl::new(engine.clone(), reloader.clone(), kill_switch_store);
+
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .trace_fn(warden_telemetry::grpc_request_span)
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(PolicyServiceServer::new(service))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = shutdown_rx.await;
+                }),
+        );
+        tracing::info!(%addr, "policy engine listening");
+        Ok(PolicyEngine {
+            addr,
+            metrics_addr,
+            engine,
+            reloader,
+            shutdown: Some(shutdown_tx),
+            server,
+            background,
+            _watcher: watcher,
+        })
+    }
+
+    /// `http://ADDR`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, and stops the
+    /// background tasks.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        match (&mut self.server).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "policy engine server failed"),
+            Err(error) => tracing::error!(%error, "policy engine server task failed"),
+        }
+    }
+}
+
+/// Re-reads kill switches so a switch set through another replica applies
+/// here within one refresh interval.
+async fn refresh_kill_switches(engine: Arc<Engine>, store: KillSwitchStore, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match store.load().await {
+            Ok(state) => {
+                if *engine.kill_switches() != state {
+                    tracing::info!(engaged = state.engaged_count(), "kill switches refreshed");
+                    METRICS.kill_switches_engaged.set(state.engaged_count() as i64);
+                    engine.set_kill_switches(state);
+                }
+            }
+            // Keep the last known state: switches that were engaged stay engaged.
+            Err(error) => tracing::warn!(%error, "cannot refresh kill switches"),
+        }
+    }
+}
+
+/// Watches the policy directory and reloads after changes settle.
+fn watch_policies(
+    dir: &std::path::Path,
+    reloader: Arc<Reloader>,
+) -> Result<(notify::RecommendedWatcher, JoinHandle<()>), StartError> {
+    use notify::Watcher;
+    let (tx, mut rx) = mpsc::channel::<()>(16);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if !event.kind.is_access() {
+                let _ = tx.try_send(());
+            }
+        }
+    })
+    .map_err(|e| StartError::Watch(dir.display().to_string(), e))?;
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| StartError::Watch(dir.display().to_string(), e))?;
+    let task = tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Editors write in several steps; wait for the burst to end.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            let _ = reloader.reload().await;
+        }
+    });
+    Ok((watcher, task))
+}

@@ -1,0 +1,385 @@
+//! The `warden.policy.v1.PolicyService` gRPC handlers: input validation,
+//! decisions, policy management and kill switches. Errors become
+//! `tonic::Status` here and nowhere else.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use prost::Message;
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+use warden_errors::{Category, Validator, WardenError, to_status};
+use warden_proto::policy::v1 as pb;
+use warden_proto::policy::v1::policy_service_server::PolicyService;
+
+use crate::cel::Input;
+use crate::engine::Engine;
+use crate::kill_switch::{KillSwitchRecord, KillSwitchStore, to_state};
+use crate::metrics::METRICS;
+use crate::policy::{self, PolicyError, PolicySet, Source};
+
+/// Largest accepted sizes of request fields.
+pub mod limits {
+    pub const ID_BYTES: usize = 256;
+    pub const NAME_BYTES: usize = 256;
+    pub const ROLES: usize = 64;
+    pub const ROLE_BYTES: usize = 128;
+    pub const LABELS: usize = 64;
+    pub const LABEL_KEY_BYTES: usize = 128;
+    pub const LABEL_VALUE_BYTES: usize = 1024;
+    pub const RESOURCE_BYTES: usize = 1024;
+    pub const PARAMS_BYTES: usize = 64 * 1024;
+    pub const REASON_BYTES: usize = 1024;
+    pub const VALIDATE_SOURCES: usize = 1000;
+}
+
+/// Re-reads the policy directory and records how the last attempt went.
+#[derive(Debug)]
+pub struct Reloader {
+    dir: PathBuf,
+    engine: Arc<Engine>,
+    status: Mutex<ReloadStatus>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    pub errors: Vec<PolicyError>,
+    pub attempted_at: Option<SystemTime>,
+}
+
+impl Reloader {
+    pub fn new(dir: PathBuf, engine: Arc<Engine>) -> Self {
+        Reloader { dir, engine, status: Mutex::new(ReloadStatus::default()) }
+    }
+
+    pub fn dir(&self) -> &PathBuf {
+        &self.dir
+    }
+
+    /// Loads the directory and activates it when it is valid; otherwise the
+    /// last good set stays active and the errors are reported.
+    pub async fn reload(&self) -> Result<Arc<str>, Vec<PolicyError>> {
+        // One reload at a time, so an older read never overwrites a newer one.
+        let mut status = self.status.lock().await;
+        let dir = self.dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || policy::load_dir(&dir)).await.unwrap_or_else(|error| {
+            Err(vec![PolicyError { file: String::new(), line: 0, rule: String::new(), message: format!("reload task failed: {error}") }])
+        });
+        status.attempted_at = Some(SystemTime::now());
+        match loaded {
+            Ok(set) => {
+                let version = set.version.clone();
+                let unchanged = self.engine.policies().version == version;
+                set_gauges(&set);
+                self.engine.swap_policies(set);
+                status.errors.clear();
+                METRICS.reloads.with_label_values(&["success"]).inc();
+                tracing::info!(version = %version, unchanged, "policies reloaded");
+                Ok(version)
+            }
+            Err(errors) => {
+                METRICS.reloads.with_label_values(&["failure"]).inc();
+                for error in &errors {
+                    tracing::error!(file = %error.file, line = error.line, rule = %error.rule, message = %error.message, "policy reload rejected");
+                }
+                status.errors = errors.clone();
+                Err(errors)
+            }
+        }
+    }
+
+    pub async fn status(&self) -> ReloadStatus {
+        self.status.lock().await.clone()
+    }
+}
+
+pub fn set_gauges(set: &PolicySet) {
+    METRICS.rules_active.set(set.rules.len() as i64);
+    METRICS.limits_active.set(set.limits.len() as i64);
+}
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct PolicyServiceImpl {
+    engine: Arc<Engine>,
+    reloader: Arc<Reloader>,
+    kill_switches: KillSwitchStore,
+}
+
+impl PolicyServiceImpl {
+    pub fn new(engine: Arc<Engine>, reloader: Arc<Reloader>, kill_switches: KillSwitchStore) -> Self {
+        PolicyServiceImpl { engine, reloader, kill_switches }
+    }
+}
+
+/// Checks an `EvaluateRequest`, naming every bad field.
+pub fn validate_evaluate(request: &pb::EvaluateRequest) -> Result<(&pb::Agent, &pb::Action), WardenError> {
+    let mut v = Validator::new();
+    match &request.agent {
+        None => v.violation("agent", "is required"),
+        Some(agent) => {
+            v.required_str("agent.id", &agent.id, limits::ID_BYTES);
+            v.max_len("agent.name", &agent.name, limits::NAME_BYTES);
+            if !agent.confidence.is_finite() || !(0.0..=1.0).contains(&agent.confidence) {
+                v.violation("agent.confidence", format!("must be between 0 and 1, got {}", agent.confidence));
+            }
+            if agent.roles.len() > limits::ROLES {
+                v.violation("agent.roles", format!("at most {} roles", limits::ROLES));
+            }
+            for (i, role) in agent.roles.iter().enumerate() {
+                v.required_str(&format!("agent.roles[{i}]"), role, limits::ROLE_BYTES);
+            }
+            if agent.labels.len() > limits::LABELS {
+                v.violation("agent.labels", format!("at most {} labels", limits::LABELS));
+            }
+            for (key, value) in &agent.labels {
+                if key.is_empty() || key.len() > limits::LABEL_KEY_BYTES {
+                    v.violation("agent.labels", format!("label keys must be 1 to {} bytes", limits::LABEL_KEY_BYTES));
+                }
+                v.max_len(&format!("agent.labels[{key}]"), value, limits::LABEL_VALUE_BYTES);
+            }
+        }
+    }
+    match &request.action {
+        None => v.violation("action", "is required"),
+        Some(action) => {
+            v.required_str("action.type", &action.r#type, limits::ID_BYTES);
+            v.max_len("action.resource", &action.resource, limits::RESOURCE_BYTES);
+            if action.estimated_cost.is_nan() || action.estimated_cost < 0.0 || action.estimated_cost.is_infinite() {
+                v.violation("action.estimated_cost", format!("must be a finite number >= 0, got {}", action.estimated_cost));
+            }
+            if let Some(params) = &action.params {
+                let size = params.encoded_len();
+                if size > limits::PARAMS_BYTES {
+                    v.violation("action.params", format!("must be at most {} bytes encoded, got {size}", limits::PARAMS_BYTES));
+                }
+            }
+        }
+    }
+    v.max_len("correlation_id", &request.correlation_id, limits::ID_BYTES);
+    if let Some(time) = &request.time {
+        if chrono::DateTime::from_timestamp(time.seconds, 0).is_none() || !(0..1_000_000_000).contains(&time.nanos) {
+            v.violation("time", "is not a valid timestamp");
+        }
+    }
+    v.finish()?;
+    Ok((request.agent.as_ref().expect("validated"), request.action.as_ref().expect("validated")))
+}
+
+fn invalid(error: WardenError) -> Status {
+    METRICS.invalid_requests.inc();
+    to_status(&error)
+}
+
+fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+fn micros_to_timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: micros.div_euclid(1_000_000), nanos: (micros.rem_euclid(1_000_000) * 1000) as i32 }
+}
+
+fn errors_to_proto(errors: &[PolicyError]) -> Vec<pb::PolicyError> {
+    errors.iter().map(PolicyError::to_proto).collect()
+}
+
+#[tonic::async_trait]
+impl PolicyService for PolicyServiceImpl {
+    async fn evaluate(&self, request: Request<pb::EvaluateRequest>) -> Result<Response<pb::EvaluateResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let (agent, action) = validate_evaluate(&request).map_err(invalid)?;
+        let time = match &request.time {
+            Some(t) => chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap_or_else(|| self.engine.clock().now()),
+            None => self.engine.clock().now(),
+        };
+        let input = Input { agent, action, time, correlation_id: &request.correlation_id };
+        let decision = self.engine.decide(&input).await;
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        METRICS.evaluations.with_label_values(&[&*decision.decided_by, decision.effect.as_str()]).inc();
+        METRICS.evaluation_duration.observe(started.elapsed().as_secs_f64());
+        // The decision log: one structured event per decision.
+        tracing::info!(
+            target: "warden::decision",
+            decision_id = %decision_id,
+            agent_id = %agent.id,
+            action = %action.r#type,
+            resource = %action.resource,
+            effect = decision.effect.as_str(),
+            reasons = ?decision.reasons,
+            matched_rules = ?decision.matched,
+            shadow_rules = ?decision.shadow,
+            policy_version = %decision.policy_version,
+            correlation_id = %request.correlation_id,
+            "decision"
+        );
+        Ok(Response::new(pb::EvaluateResponse {
+            decision_id,
+            effect: decision.effect.to_proto() as i32,
+            reasons: decision.reasons,
+            matched_rules: decision.matched.iter().map(|s| s.to_string()).collect(),
+            shadow_rules: decision.shadow.iter().map(|s| s.to_string()).collect(),
+            policy_version: decision.policy_version.to_string(),
+        }))
+    }
+
+    async fn validate_policies(
+        &self,
+        request: Request<pb::ValidatePoliciesRequest>,
+    ) -> Result<Response<pb::ValidatePoliciesResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Validator::new();
+        v.check(!request.sources.is_empty(), "sources", "at least one source is required");
+        v.check(request.sources.len() <= limits::VALIDATE_SOURCES, "sources", format!("at most {} sources", limits::VALIDATE_SOURCES));
+        for (i, source) in request.sources.iter().enumerate() {
+            v.required_str(&format!("sources[{i}].file"), &source.file, limits::NAME_BYTES);
+            v.max_len(&format!("sources[{i}].content"), &source.content, policy::bounds::MAX_FILE_BYTES);
+        }
+        v.finish().map_err(invalid)?;
+        let sources: Vec<Source> =
+            request.sources.into_iter().map(|s| Source { file: s.file, content: s.content }).collect();
+        let version = policy::version_of(&sources);
+        let result = tokio::task::spawn_blocking(move || policy::compile_sources(&sources))
+            .await
+            .map_err(|e| to_status(&WardenError::new(Category::Internal, "VALIDATION_FAILED", e.to_string())))?;
+        Ok(Response::new(match result {
+            Ok(set) => pb::ValidatePoliciesResponse {
+                valid: true,
+                errors: Vec::new(),
+                policy_version: version,
+                rule_count: set.rules.len() as u32,
+                limit_count: set.limits.len() as u32,
+            },
+            Err(errors) => pb::ValidatePoliciesResponse {
+                valid: false,
+                errors: errors_to_proto(&errors),
+                policy_version: version,
+                rule_count: 0,
+                limit_count: 0,
+            },
+        }))
+    }
+
+    async fn reload_policies(
+        &self,
+        _request: Request<pb::ReloadPoliciesRequest>,
+    ) -> Result<Response<pb::ReloadPoliciesResponse>, Status> {
+        Ok(Response::new(match self.reloader.reload().await {
+            Ok(version) => pb::ReloadPoliciesResponse { reloaded: true, policy_version: version.to_string(), errors: Vec::new() },
+            Err(errors) => pb::ReloadPoliciesResponse {
+                reloaded: false,
+                policy_version: self.engine.policies().version.to_string(),
+                errors: errors_to_proto(&errors),
+            },
+        }))
+    }
+
+    async fn get_policies(&self, _request: Request<pb::GetPoliciesRequest>) -> Result<Response<pb::GetPoliciesResponse>, Status> {
+        let set = self.engine.policies();
+        let status = self.reloader.status().await;
+        Ok(Response::new(pb::GetPoliciesResponse {
+            policy_version: set.version.to_string(),
+            loaded_at: Some(timestamp(set.loaded_at)),
+            rules: set
+                .rules
+                .iter()
+                .map(|rule| pb::RuleSummary {
+                    name: rule.name.to_string(),
+                    file: rule.file.clone(),
+                    actions: rule.scope.action_source.clone(),
+                    agents: rule.scope.agent_source.clone(),
+                    when: rule.condition.as_ref().map(|c| c.source().to_owned()).unwrap_or_default(),
+                    effect: rule.effect.to_proto() as i32,
+                    reason: rule.reason.to_string(),
+                    shadow: rule.shadow,
+                })
+                .collect(),
+            limits: set
+                .limits
+                .iter()
+                .map(|limit| pb::LimitSummary {
+                    name: limit.name.to_string(),
+                    file: limit.file.clone(),
+                    actions: limit.scope.action_source.clone(),
+                    agents: limit.scope.agent_source.clone(),
+                    per: limit.per.as_str().to_owned(),
+                    max_requests: limit.max_requests.unwrap_or(0),
+                    max_cost: limit.max_cost.unwrap_or(0.0),
+                    window_seconds: limit.window.as_secs_f64(),
+                    effect: limit.effect.to_proto() as i32,
+                })
+                .collect(),
+            last_reload_errors: errors_to_proto(&status.errors),
+            last_reload_attempt: status.attempted_at.map(timestamp),
+            policies_dir: self.reloader.dir().display().to_string(),
+        }))
+    }
+
+    async fn set_kill_switch(
+        &self,
+        request: Request<pb::SetKillSwitchRequest>,
+    ) -> Result<Response<pb::SetKillSwitchResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Validator::new();
+        v.max_len("agent_id", &request.agent_id, limits::ID_BYTES);
+        v.max_len("reason", &request.reason, limits::REASON_BYTES);
+        if request.engaged && request.reason.trim().is_empty() {
+            v.violation("reason", "is required when engaging a kill switch");
+        }
+        v.finish().map_err(invalid)?;
+        let now_micros =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
+        let record = KillSwitchRecord {
+            agent_id: request.agent_id.clone(),
+            engaged: request.engaged,
+            reason: request.reason.clone(),
+            updated_at_micros: now_micros,
+        };
+        // Durable first, then effective: a switch we acknowledged survives
+        // a restart.
+        self.kill_switches.set(&record).await.map_err(|error| {
+            tracing::error!(%error, "cannot store kill switch");
+            to_status(&error)
+        })?;
+        let records = self.kill_switches.list().await.map_err(|error| to_status(&error))?;
+        let state = to_state(&records);
+        METRICS.kill_switches_engaged.set(state.engaged_count() as i64);
+        self.engine.set_kill_switches(state);
+        tracing::warn!(
+            agent_id = %if request.agent_id.is_empty() { "*" } else { request.agent_id.as_str() },
+            engaged = request.engaged,
+            reason = %request.reason,
+            "kill switch changed"
+        );
+        Ok(Response::new(pb::SetKillSwitchResponse { kill_switch: Some(record_to_proto(&record)) }))
+    }
+
+    async fn get_kill_switch(
+        &self,
+        request: Request<pb::GetKillSwitchRequest>,
+    ) -> Result<Response<pb::GetKillSwitchResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Validator::new();
+        v.max_len("agent_id", &request.agent_id, limits::ID_BYTES);
+        v.finish().map_err(invalid)?;
+        let records = self.kill_switches.list().await.map_err(|error| to_status(&error))?;
+        let kill_switches = records
+            .iter()
+            .filter(|r| r.engaged)
+            .filter(|r| request.agent_id.is_empty() || r.agent_id.is_empty() || r.agent_id == request.agent_id)
+            .map(record_to_proto)
+            .collect();
+        Ok(Response::new(pb::GetKillSwitchResponse { kill_switches }))
+    }
+}
+
+fn record_to_proto(record: &KillSwitchRecord) -> pb::KillSwitch {
+    pb::KillSwitch {
+        agent_id: record.agent_id.clone(),
+        engaged: record.engaged,
+        reason: record.reason.clone(),
+        updated_at: Some(micros_to_timestamp(record.updated_at_micros)),
+    }
+}
+
