@@ -1,1 +1,1 @@
-//! placeholder
+//! Placeholder; see issue 3.

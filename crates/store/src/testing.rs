@@ -69,6 +69,23 @@ pub async fn postgres() -> Option<TestDatabase> {
     Some(TestDatabase { database, _dir: None })
 }
 
+/// A URL naming a fresh, empty schema in the test PostgreSQL database (via
+/// the `options=-c search_path=...` parameter), for tests that hand a URL to
+/// a service. `None`, with a notice, when PostgreSQL is not configured.
+pub async fn postgres_url() -> Option<String> {
+    let url = external_url("WARDEN_TEST_DATABASE_URL", "PostgreSQL tests")?;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let schema = format!("warden_it_{}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000);
+    let admin = Database::connect(&url).await.expect("connect to the test PostgreSQL");
+    if let Database::Postgres(pool) = &admin {
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(pool).await.expect("create test schema");
+    }
+    admin.close().await;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Some(format!("{url}{separator}options=-c%20search_path%3D{schema}"))
+}
+
 /// Generates `sqlite::NAME` and `postgres::NAME` tests from async functions
 /// `async fn NAME(database: Database)` in the calling module.
 #[macro_export]
