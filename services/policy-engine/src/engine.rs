@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::cel::Input;
 use crate::limits::{Charge, LimitStore};
-use crate::policy::{Effect, Per, PolicySet};
+use crate::policy::{Deciding, Effect, Per, PolicySet};
 
 /// The engine's clock: wall time, advanced by tokio's clock so tests can
 /// pause and advance time.
@@ -24,13 +24,22 @@ pub struct Clock {
 
 impl Clock {
     pub fn system() -> Clock {
-        let base_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        Clock { base_ms, base: tokio::time::Instant::now() }
+        let base_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        Clock {
+            base_ms,
+            base: tokio::time::Instant::now(),
+        }
     }
 
     /// A clock that reads `start_ms` now.
     pub fn starting_at(start_ms: u64) -> Clock {
-        Clock { base_ms: start_ms, base: tokio::time::Instant::now() }
+        Clock {
+            base_ms: start_ms,
+            base: tokio::time::Instant::now(),
+        }
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -64,13 +73,30 @@ impl KillSwitches {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub effect: Effect,
-    pub reasons: Vec<String>,
-    /// Enforced rules and limits that decided the effect.
-    pub matched: Vec<Arc<str>>,
+    /// The rules and limits that decided the effect, with their reasons.
+    pub deciding: Vec<Deciding>,
     pub shadow: Vec<Arc<str>>,
     pub policy_version: Arc<str>,
+}
+
+impl Decision {
+    pub fn reasons(&self) -> Vec<String> {
+        self.deciding.iter().map(|d| d.reason.to_string()).collect()
+    }
+
+    /// The enforced rules and limits that decided.
+    pub fn matched(&self) -> Vec<String> {
+        self.deciding.iter().filter_map(|d| d.name.as_deref().map(str::to_owned)).collect()
+    }
+
     /// The rule, limit or mechanism named in the evaluation metric.
-    pub decided_by: Arc<str>,
+    pub fn decided_by(&self) -> &str {
+        self.deciding.first().and_then(|d| d.name.as_deref()).unwrap_or("default-deny")
+    }
+}
+
+fn deciding(name: &Arc<str>, reason: impl Into<Arc<str>>) -> Deciding {
+    Deciding { name: Some(name.clone()), reason: reason.into() }
 }
 
 pub struct Engine {
@@ -82,7 +108,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("version", &self.policies.load().version).finish()
+        f.debug_struct("Engine")
+            .field("version", &self.policies.load().version)
+            .finish()
     }
 }
 
@@ -127,11 +155,9 @@ impl Engine {
         if let Some(reason) = self.kill_switches.load().reason_for(&input.agent.id) {
             return Decision {
                 effect: Effect::Deny,
-                reasons: vec![format!("kill switch engaged: {reason}")],
-                matched: vec![Arc::from("kill-switch")],
+                deciding: vec![deciding(&Arc::from("kill-switch"), format!("kill switch engaged: {reason}"))],
                 shadow: Vec::new(),
                 policy_version: policies.version.clone(),
-                decided_by: Arc::from("kill-switch"),
             };
         }
         let (mut decision, outcome_allows_limits) = decide_rules(&policies, input);
@@ -142,7 +168,9 @@ impl Engine {
     }
 
     async fn apply_limits(&self, policies: &PolicySet, input: &Input<'_>, decision: &mut Decision) {
-        let applicable: Vec<_> = policies.applicable_limits(input.agent, &input.action.r#type).collect();
+        let applicable: Vec<_> = policies
+            .applicable_limits(input.agent, &input.action.r#type)
+            .collect();
         if applicable.is_empty() {
             return;
         }
@@ -151,7 +179,9 @@ impl Engine {
             .map(|limit| {
                 let partition = match limit.per {
                     Per::Agent => format!("a:{}", input.agent.id),
-                    Per::AgentAction => format!("aa:{}\u{1f}{}", input.agent.id, input.action.r#type),
+                    Per::AgentAction => {
+                        format!("aa:{}\u{1f}{}", input.agent.id, input.action.r#type)
+                    }
                     Per::Global => "g".to_owned(),
                 };
                 Charge {
@@ -170,47 +200,43 @@ impl Engine {
                 // Fail closed: a limit that cannot be counted denies.
                 tracing::warn!(%error, limits = applicable.len(), "limit store unavailable; denying");
                 crate::metrics::METRICS.limit_store_errors.inc();
-                let names: Vec<Arc<str>> = applicable.iter().map(|l| l.name.clone()).collect();
-                *decision = Decision {
-                    effect: Effect::Deny,
-                    reasons: vec![format!(
-                        "limits cannot be checked ({}): {error}; denying until the limit store is back",
-                        names.join(", ")
-                    )],
-                    decided_by: names[0].clone(),
-                    matched: names,
-                    shadow: std::mem::take(&mut decision.shadow),
-                    policy_version: decision.policy_version.clone(),
-                };
+                let names: Vec<&str> = applicable.iter().map(|l| &*l.name).collect();
+                let reason: Arc<str> = Arc::from(format!(
+                    "limits cannot be checked ({}): {error}; denying until the limit store is back",
+                    names.join(", ")
+                ));
+                decision.effect = Effect::Deny;
+                decision.deciding = applicable.iter().map(|l| deciding(&l.name, reason.clone())).collect();
                 return;
             }
         };
-        let over: Vec<_> = applicable.iter().zip(&exceeded).filter(|(_, over)| **over).map(|(l, _)| *l).collect();
+        let over: Vec<_> = applicable
+            .iter()
+            .zip(&exceeded)
+            .filter(|(_, over)| **over)
+            .map(|(l, _)| *l)
+            .collect();
         if over.is_empty() {
             return;
         }
         for limit in &over {
-            crate::metrics::METRICS.limit_exceeded.with_label_values(&[&*limit.name]).inc();
+            crate::metrics::METRICS
+                .limit_exceeded
+                .with_label_values(&[&*limit.name])
+                .inc();
         }
         let denying: Vec<_> = over.iter().filter(|l| l.effect == Effect::Deny).collect();
         if !denying.is_empty() {
             decision.effect = Effect::Deny;
-            decision.reasons = denying.iter().map(|l| l.reason.to_string()).collect();
-            decision.matched = denying.iter().map(|l| l.name.clone()).collect();
-            decision.decided_by = denying[0].name.clone();
+            decision.deciding = denying.iter().map(|l| deciding(&l.name, l.reason.clone())).collect();
             return;
         }
         // Only approval limits were exceeded.
         if decision.effect == Effect::Allow {
-            decision.reasons.clear();
-            decision.matched.clear();
-            decision.decided_by = over[0].name.clone();
+            decision.deciding.clear();
         }
         decision.effect = Effect::RequireApproval;
-        for limit in over {
-            decision.reasons.push(limit.reason.to_string());
-            decision.matched.push(limit.name.clone());
-        }
+        decision.deciding.extend(over.iter().map(|l| deciding(&l.name, l.reason.clone())));
     }
 }
 
@@ -219,33 +245,18 @@ impl Engine {
 /// decision and whether limits apply (the outcome is not deny).
 pub fn decide_rules(policies: &PolicySet, input: &Input<'_>) -> (Decision, bool) {
     let outcome = policies.evaluate_rules(input);
-    let shadow: Vec<Arc<str>> = outcome.shadow.iter().map(|r| r.name.clone()).collect();
-    let (effect, deciding) = if !outcome.deny.is_empty() {
-        (Effect::Deny, outcome.deny)
-    } else if !outcome.require_approval.is_empty() {
-        (Effect::RequireApproval, outcome.require_approval)
-    } else if !outcome.allow.is_empty() {
-        (Effect::Allow, outcome.allow)
-    } else {
-        let decision = Decision {
-            effect: Effect::Deny,
-            reasons: vec![format!("no rule allows action '{}' (default deny)", input.action.r#type)],
-            matched: Vec::new(),
-            shadow,
-            policy_version: policies.version.clone(),
-            decided_by: Arc::from("default-deny"),
-        };
-        return (decision, false);
+    let (effect, deciding) = match outcome.effect {
+        Some(effect) => (effect, outcome.deciding),
+        None => (
+            Effect::Deny,
+            vec![Deciding {
+                name: None,
+                reason: Arc::from(format!("no rule allows action '{}' (default deny)", input.action.r#type)),
+            }],
+        ),
     };
-    let decision = Decision {
-        effect,
-        reasons: deciding.iter().map(|m| m.reason()).collect(),
-        decided_by: deciding[0].rule.name.clone(),
-        matched: deciding.iter().map(|m| m.rule.name.clone()).collect(),
-        shadow,
-        policy_version: policies.version.clone(),
-    };
-    (decision, effect != Effect::Deny)
+    let decision = Decision { effect, deciding, shadow: outcome.shadow, policy_version: policies.version.clone() };
+    (decision, outcome.effect.is_some_and(|e| e != Effect::Deny))
 }
 
 /// How long a kill switch change may take to reach other replicas.

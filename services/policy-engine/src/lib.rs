@@ -12,6 +12,7 @@
 pub mod cel;
 pub mod config;
 pub mod engine;
+pub mod fixtures;
 pub mod glob;
 pub mod kill_switch;
 pub mod limits;

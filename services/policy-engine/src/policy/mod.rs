@@ -87,7 +87,12 @@ impl std::fmt::Display for PolicyError {
 
 impl PolicyError {
     pub fn to_proto(&self) -> pb::PolicyError {
-        pb::PolicyError { file: self.file.clone(), line: self.line, rule: self.rule.clone(), message: self.message.clone() }
+        pb::PolicyError {
+            file: self.file.clone(),
+            line: self.line,
+            rule: self.rule.clone(),
+            message: self.message.clone(),
+        }
     }
 }
 
@@ -211,6 +216,7 @@ impl Scope {
         self.actions.is_empty() || self.actions.iter().any(|glob| glob.matches(action_type))
     }
 
+    #[inline]
     fn matches_agent(&self, agent: &pb::Agent) -> bool {
         self.agents.is_empty() || self.agents.iter().any(|pattern| pattern.matches(agent))
     }
@@ -256,28 +262,46 @@ pub struct Limit {
 }
 
 /// Candidate rules for one action type, in file order.
+///
+/// Each candidate says whether its action patterns still need checking:
+/// rules found through their exact action name already match it.
 #[derive(Debug, Default)]
 struct Index {
-    by_action: HashMap<String, Arc<[u32]>>,
+    /// Fx hashing: keys are policy-defined action names, and the lookup is
+    /// on every decision's path.
+    by_action: rustc_hash::FxHashMap<String, Arc<[Candidate]>>,
     /// Rules with globs or no action list: candidates for every action.
-    other: Arc<[u32]>,
+    other: Arc<[Candidate]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    index: u32,
+    check_action: bool,
 }
 
 impl Index {
     fn build(scopes: &[&Scope]) -> Index {
         let mut other = Vec::new();
-        let mut exact: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut exact: HashMap<String, Vec<Candidate>> = HashMap::new();
         for (i, scope) in scopes.iter().enumerate() {
+            let index = i as u32;
             match scope.exact_actions() {
                 Some(actions) => {
                     for action in actions {
                         let list = exact.entry(action.to_owned()).or_default();
-                        if list.last() != Some(&(i as u32)) {
-                            list.push(i as u32);
+                        if list.last().map(|c| c.index) != Some(index) {
+                            list.push(Candidate {
+                                index,
+                                check_action: false,
+                            });
                         }
                     }
                 }
-                None => other.push(i as u32),
+                None => other.push(Candidate {
+                    index,
+                    check_action: !scope.actions.is_empty(),
+                }),
             }
         }
         // Each action's list holds its exact rules merged with the others,
@@ -290,10 +314,13 @@ impl Index {
                 (action, Arc::from(list))
             })
             .collect();
-        Index { by_action, other: Arc::from(other) }
+        Index {
+            by_action,
+            other: Arc::from(other),
+        }
     }
 
-    fn candidates(&self, action_type: &str) -> &[u32] {
+    fn candidates(&self, action_type: &str) -> &[Candidate] {
         self.by_action.get(action_type).unwrap_or(&self.other)
     }
 }
@@ -309,29 +336,30 @@ pub struct PolicySet {
     pub loaded_at: SystemTime,
 }
 
+/// A rule or limit that decided a request, with the reason it gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deciding {
+    /// The rule or limit; `None` for the default deny.
+    pub name: Option<Arc<str>>,
+    pub reason: Arc<str>,
+}
+
 /// What the rules (before limits) decided for one request.
 #[derive(Debug, Default)]
-pub struct RuleOutcome<'p> {
-    pub deny: Vec<Matched<'p>>,
-    pub require_approval: Vec<Matched<'p>>,
-    pub allow: Vec<Matched<'p>>,
-    pub shadow: Vec<&'p Rule>,
+pub struct RuleOutcome {
+    /// The strongest effect any enforced rule gave; `None` when no rule matched.
+    pub effect: Option<Effect>,
+    /// The rules that gave that effect, in file order.
+    pub deciding: Vec<Deciding>,
+    pub shadow: Vec<Arc<str>>,
 }
 
-/// A rule that decided, with the reason it gives (a condition error replaces
-/// the rule's reason).
-#[derive(Debug)]
-pub struct Matched<'p> {
-    pub rule: &'p Rule,
-    pub error: Option<String>,
-}
-
-impl Matched<'_> {
-    pub fn reason(&self) -> String {
-        match &self.error {
-            Some(error) => format!("rule '{}' failed to evaluate (treated as deny): {error}", self.rule.name),
-            None => self.rule.reason.to_string(),
-        }
+/// Deny beats require_approval beats allow.
+fn precedence(effect: Effect) -> u8 {
+    match effect {
+        Effect::Allow => 0,
+        Effect::RequireApproval => 1,
+        Effect::Deny => 2,
     }
 }
 
@@ -344,51 +372,75 @@ impl PolicySet {
     fn build(rules: Vec<Rule>, limits: Vec<Limit>, version: String) -> PolicySet {
         let rule_index = Index::build(&rules.iter().map(|r| &r.scope).collect::<Vec<_>>());
         let limit_index = Index::build(&limits.iter().map(|l| &l.scope).collect::<Vec<_>>());
-        PolicySet { version: version.into(), rules, limits, rule_index, limit_index, loaded_at: SystemTime::now() }
+        PolicySet {
+            version: version.into(),
+            rules,
+            limits,
+            rule_index,
+            limit_index,
+            loaded_at: SystemTime::now(),
+        }
     }
 
-    /// Evaluates every rule that applies to the request.
-    pub fn evaluate_rules(&self, input: &Input<'_>) -> RuleOutcome<'_> {
+    /// Evaluates every rule that applies to the request and keeps the rules
+    /// of the strongest effect.
+    pub fn evaluate_rules(&self, input: &Input<'_>) -> RuleOutcome {
         let mut outcome = RuleOutcome::default();
         let action_type = input.action.r#type.as_str();
-        for &i in self.rule_index.candidates(action_type) {
-            let rule = &self.rules[i as usize];
-            if !rule.scope.matches(input.agent, action_type) {
+        for candidate in self.rule_index.candidates(action_type) {
+            let rule = &self.rules[candidate.index as usize];
+            if (candidate.check_action && !rule.scope.matches_action(action_type)) || !rule.scope.matches_agent(input.agent) {
                 continue;
             }
-            let (matched, error) = match &rule.condition {
-                None => (true, None),
+            let (effect, reason) = match &rule.condition {
+                None => (rule.effect, None),
                 Some(program) => match program.evaluate(input) {
-                    Ok(result) => (result, None),
+                    Ok(true) => (rule.effect, None),
+                    Ok(false) => continue,
                     // Never fail open: an error makes the rule deny.
-                    Err(error) => (true, Some(error.to_string())),
+                    Err(error) => (
+                        Effect::Deny,
+                        Some(Arc::from(format!("rule '{}' failed to evaluate (treated as deny): {error}", rule.name))),
+                    ),
                 },
             };
-            if !matched {
-                continue;
-            }
             if rule.shadow {
-                outcome.shadow.push(rule);
+                outcome.shadow.push(rule.name.clone());
                 continue;
             }
-            let effect = if error.is_some() { Effect::Deny } else { rule.effect };
-            let entry = Matched { rule, error };
-            match effect {
-                Effect::Deny => outcome.deny.push(entry),
-                Effect::RequireApproval => outcome.require_approval.push(entry),
-                Effect::Allow => outcome.allow.push(entry),
+            match outcome.effect.map(precedence) {
+                Some(current) if current > precedence(effect) => continue,
+                Some(current) if current == precedence(effect) => {}
+                _ => {
+                    outcome.effect = Some(effect);
+                    outcome.deciding.clear();
+                }
             }
+            outcome.deciding.push(Deciding {
+                name: Some(rule.name.clone()),
+                reason: reason.unwrap_or_else(|| rule.reason.clone()),
+            });
         }
         outcome
     }
 
     /// The limits that apply to a request.
-    pub fn applicable_limits<'a>(&'a self, agent: &'a pb::Agent, action_type: &'a str) -> impl Iterator<Item = &'a Limit> + 'a {
+    pub fn applicable_limits<'a>(
+        &'a self,
+        agent: &'a pb::Agent,
+        action_type: &'a str,
+    ) -> impl Iterator<Item = &'a Limit> + 'a {
         self.limit_index
             .candidates(action_type)
             .iter()
-            .map(move |&i| &self.limits[i as usize])
-            .filter(move |limit| limit.scope.matches(agent, action_type))
+            .filter(move |c| {
+                !c.check_action
+                    || self.limits[c.index as usize]
+                        .scope
+                        .matches_action(action_type)
+            })
+            .map(move |c| &self.limits[c.index as usize])
+            .filter(move |limit| limit.scope.matches_agent(agent))
     }
 
     pub fn has_limits(&self) -> bool {
@@ -413,22 +465,50 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Source>, Vec<PolicyError>> {
         rule: String::new(),
         message,
     };
-    let entries = std::fs::read_dir(dir).map_err(|e| vec![file_error(dir, format!("cannot read policies directory: {e}"))])?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        vec![file_error(
+            dir,
+            format!("cannot read policies directory: {e}"),
+        )]
+    })?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.is_file() && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|path| {
+            path.is_file()
+                && matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml")
+                )
+        })
         .collect();
     paths.sort();
     if paths.len() > bounds::MAX_FILES {
-        return Err(vec![file_error(dir, format!("{} policy files; the limit is {}", paths.len(), bounds::MAX_FILES))]);
+        return Err(vec![file_error(
+            dir,
+            format!(
+                "{} policy files; the limit is {}",
+                paths.len(),
+                bounds::MAX_FILES
+            ),
+        )]);
     }
     let mut sources = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match std::fs::metadata(&path) {
             Ok(meta) if meta.len() as usize > bounds::MAX_FILE_BYTES => {
-                errors.push(file_error(Path::new(&name), format!("file is {} bytes; the limit is {}", meta.len(), bounds::MAX_FILE_BYTES)));
+                errors.push(file_error(
+                    Path::new(&name),
+                    format!(
+                        "file is {} bytes; the limit is {}",
+                        meta.len(),
+                        bounds::MAX_FILE_BYTES
+                    ),
+                ));
                 continue;
             }
             Err(e) => {
@@ -438,11 +518,18 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Source>, Vec<PolicyError>> {
             Ok(_) => {}
         }
         match std::fs::read_to_string(&path) {
-            Ok(content) => sources.push(Source { file: name, content }),
+            Ok(content) => sources.push(Source {
+                file: name,
+                content,
+            }),
             Err(e) => errors.push(file_error(Path::new(&name), format!("cannot read: {e}"))),
         }
     }
-    if errors.is_empty() { Ok(sources) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(sources)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Loads a policy directory.
@@ -478,12 +565,19 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                 file: file.clone(),
                 line: 0,
                 rule: String::new(),
-                message: format!("file is {} bytes; the limit is {}", source.content.len(), bounds::MAX_FILE_BYTES),
+                message: format!(
+                    "file is {} bytes; the limit is {}",
+                    source.content.len(),
+                    bounds::MAX_FILE_BYTES
+                ),
             });
             continue;
         }
         let parsed: PolicyFile = if source.content.trim().is_empty() {
-            PolicyFile { rules: Vec::new(), limits: Vec::new() }
+            PolicyFile {
+                rules: Vec::new(),
+                limits: Vec::new(),
+            }
         } else {
             match serde_yaml::from_str(&source.content) {
                 Ok(parsed) => parsed,
@@ -491,7 +585,12 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                     let line = error.location().map(|l| l.line() as u32).unwrap_or(0);
                     let message = error.to_string();
                     let rule = rule_named_in(&source.content, &message).unwrap_or_default();
-                    errors.push(PolicyError { file: file.clone(), line, rule, message });
+                    errors.push(PolicyError {
+                        file: file.clone(),
+                        line,
+                        rule,
+                        message,
+                    });
                     continue;
                 }
             }
@@ -500,7 +599,12 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
         for spec in parsed.rules {
             let line = lines.find(&spec.name);
             let mut fail = |message: String| {
-                errors.push(PolicyError { file: file.clone(), line, rule: spec.name.clone(), message });
+                errors.push(PolicyError {
+                    file: file.clone(),
+                    line,
+                    rule: spec.name.clone(),
+                    message,
+                });
             };
             if let Err(message) = check_name(&spec.name) {
                 fail(message);
@@ -524,7 +628,11 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                     continue;
                 }
                 Some(when) if when.len() > bounds::MAX_CONDITION_BYTES => {
-                    fail(format!("condition is {} bytes; the limit is {}", when.len(), bounds::MAX_CONDITION_BYTES));
+                    fail(format!(
+                        "condition is {} bytes; the limit is {}",
+                        when.len(),
+                        bounds::MAX_CONDITION_BYTES
+                    ));
                     continue;
                 }
                 Some(when) => match Program::compile(when) {
@@ -537,7 +645,10 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
             };
             if let Some(reason) = &spec.reason {
                 if reason.len() > bounds::MAX_TEXT_BYTES {
-                    fail(format!("reason is longer than {} bytes", bounds::MAX_TEXT_BYTES));
+                    fail(format!(
+                        "reason is longer than {} bytes",
+                        bounds::MAX_TEXT_BYTES
+                    ));
                     continue;
                 }
             }
@@ -561,7 +672,12 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
         for spec in parsed.limits {
             let line = lines.find(&spec.name);
             let mut fail = |message: String| {
-                errors.push(PolicyError { file: file.clone(), line, rule: spec.name.clone(), message });
+                errors.push(PolicyError {
+                    file: file.clone(),
+                    line,
+                    rule: spec.name.clone(),
+                    message,
+                });
             };
             if let Err(message) = check_name(&spec.name) {
                 fail(message);
@@ -584,7 +700,10 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                     continue;
                 }
                 Ok(window) if window > bounds::MAX_WINDOW => {
-                    fail(format!("window {} is longer than the limit of 31 days", spec.window));
+                    fail(format!(
+                        "window {} is longer than the limit of 31 days",
+                        spec.window
+                    ));
                     continue;
                 }
                 Ok(window) if window < Duration::from_millis(100) => {
@@ -593,7 +712,10 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                 }
                 Ok(window) => window,
                 Err(error) => {
-                    fail(format!("invalid window {:?}: {error} (write e.g. 1m, 24h)", spec.window));
+                    fail(format!(
+                        "invalid window {:?}: {error} (write e.g. 1m, 24h)",
+                        spec.window
+                    ));
                     continue;
                 }
             };
@@ -621,7 +743,13 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                 if let Some(c) = spec.max_cost {
                     parts.push(format!("cost {c}"));
                 }
-                format!("limit '{}' exceeded: at most {} per {} {}", spec.name, parts.join(" and "), spec.window, spec.per.as_str())
+                format!(
+                    "limit '{}' exceeded: at most {} per {} {}",
+                    spec.name,
+                    parts.join(" and "),
+                    spec.window,
+                    spec.per.as_str()
+                )
             });
             limits.push(Limit {
                 name: spec.name.as_str().into(),
@@ -650,7 +778,11 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
             file: String::new(),
             line: 0,
             rule: String::new(),
-            message: format!("{} limits; the limit is {}", limits.len(), bounds::MAX_LIMITS),
+            message: format!(
+                "{} limits; the limit is {}",
+                limits.len(),
+                bounds::MAX_LIMITS
+            ),
         });
     }
     if !errors.is_empty() {
@@ -669,7 +801,12 @@ fn rule_named_in(content: &str, message: &str) -> Option<String> {
     };
     let index: usize = rest.split(']').next()?.parse().ok()?;
     let document: serde_yaml::Value = serde_yaml::from_str(content).ok()?;
-    document.get(list)?.get(index)?.get("name")?.as_str().map(str::to_owned)
+    document
+        .get(list)?
+        .get(index)?
+        .get("name")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -679,7 +816,10 @@ fn check_name(name: &str) -> Result<(), String> {
     if name.len() > 128 {
         return Err("name must be at most 128 bytes".into());
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/')) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'))
+    {
         return Err("name may use letters, digits and - _ . : / only".into());
     }
     Ok(())
@@ -689,25 +829,42 @@ fn build_scope(actions: Option<&[String]>, agents: Option<&[String]>) -> Result<
     let actions = actions.unwrap_or_default();
     let agents = agents.unwrap_or_default();
     if actions.len() > bounds::MAX_PATTERNS || agents.len() > bounds::MAX_PATTERNS {
-        return Err(format!("at most {} patterns per list", bounds::MAX_PATTERNS));
+        return Err(format!(
+            "at most {} patterns per list",
+            bounds::MAX_PATTERNS
+        ));
     }
     for pattern in actions.iter().chain(agents) {
         if pattern.is_empty() {
             return Err("empty pattern in actions or agents".into());
         }
         if pattern.len() > bounds::MAX_TEXT_BYTES {
-            return Err(format!("pattern longer than {} bytes", bounds::MAX_TEXT_BYTES));
+            return Err(format!(
+                "pattern longer than {} bytes",
+                bounds::MAX_TEXT_BYTES
+            ));
         }
     }
     // A lone "*" is the same as no list: keep it out of the glob path.
-    let action_globs: Vec<Glob> =
-        if actions.iter().any(|a| a == "*") { Vec::new() } else { actions.iter().map(|a| Glob::new(a)).collect() };
+    let action_globs: Vec<Glob> = if actions.iter().any(|a| a == "*") {
+        Vec::new()
+    } else {
+        actions.iter().map(|a| Glob::new(a)).collect()
+    };
     let agent_patterns: Vec<AgentPattern> = if agents.iter().any(|a| a == "*") {
         Vec::new()
     } else {
-        agents.iter().map(|a| AgentPattern::parse(a)).collect::<Result<_, _>>()?
+        agents
+            .iter()
+            .map(|a| AgentPattern::parse(a))
+            .collect::<Result<_, _>>()?
     };
-    Ok(Scope { actions: action_globs, agents: agent_patterns, action_source: actions.to_vec(), agent_source: agents.to_vec() })
+    Ok(Scope {
+        actions: action_globs,
+        agents: agent_patterns,
+        action_source: actions.to_vec(),
+        agent_source: agents.to_vec(),
+    })
 }
 
 /// Finds the line of `name: X` for a rule or limit, to point errors at it.
@@ -732,7 +889,11 @@ impl<'s> NameLines<'s> {
     }
 
     fn find(&self, name: &str) -> u32 {
-        self.lines.iter().find(|(_, value)| *value == name).map(|(line, _)| *line).unwrap_or(0)
+        self.lines
+            .iter()
+            .find(|(_, value)| *value == name)
+            .map(|(line, _)| *line)
+            .unwrap_or(0)
     }
 }
 

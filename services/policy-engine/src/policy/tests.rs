@@ -13,8 +13,20 @@ use crate::engine::{Clock, Decision, Engine, KillSwitches, decide_rules};
 use crate::limits::MemoryLimitStore;
 
 fn set(yaml: &str) -> PolicySet {
-    compile_sources(&[Source { file: "test.yaml".into(), content: yaml.into() }])
-        .unwrap_or_else(|errors| panic!("{}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))
+    compile_sources(&[Source {
+        file: "test.yaml".into(),
+        content: yaml.into(),
+    }])
+    .unwrap_or_else(|errors| {
+        panic!(
+            "{}",
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
 }
 
 fn agent(id: &str, roles: &[&str], confidence: f64) -> Agent {
@@ -28,22 +40,49 @@ fn agent(id: &str, roles: &[&str], confidence: f64) -> Agent {
 }
 
 fn action(kind: &str, cost: f64) -> Action {
-    Action { r#type: kind.into(), resource: String::new(), estimated_cost: cost, params: None }
+    Action {
+        r#type: kind.into(),
+        resource: String::new(),
+        estimated_cost: cost,
+        params: None,
+    }
 }
 
 fn noon() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-06-15T12:00:00Z").unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2026-06-15T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn decide(set: &PolicySet, agent: &Agent, action: &Action) -> Decision {
-    decide_rules(set, &Input { agent, action, time: noon(), correlation_id: "" }).0
+    decide_rules(
+        set,
+        &Input {
+            agent,
+            action,
+            time: noon(),
+            correlation_id: "",
+        },
+    )
+    .0
 }
 
-fn check(set: &PolicySet, agent: &Agent, action: &Action, effect: Effect, matched: &[&str], reasons: &[&str]) {
+fn check(
+    set: &PolicySet,
+    agent: &Agent,
+    action: &Action,
+    effect: Effect,
+    matched: &[&str],
+    reasons: &[&str],
+) {
     let decision = decide(set, agent, action);
     assert_eq!(decision.effect, effect, "{decision:?}");
-    assert_eq!(decision.matched.iter().map(|m| &**m).collect::<Vec<_>>(), matched, "{decision:?}");
-    assert_eq!(decision.reasons, reasons, "{decision:?}");
+    assert_eq!(
+        decision.matched(),
+        matched,
+        "{decision:?}"
+    );
+    assert_eq!(decision.reasons(), reasons, "{decision:?}");
 }
 
 const POLICY: &str = r#"
@@ -82,8 +121,22 @@ fn deny_beats_approval_beats_allow_and_default_is_deny() {
     let set = set(POLICY);
     let confident = agent("support-1", &[], 0.9);
     let unsure = agent("support-1", &[], 0.5);
-    check(&set, &confident, &action("send_email", 1.0), Effect::Allow, &["email-agents"], &["allowed by rule 'email-agents'"]);
-    check(&set, &unsure, &action("send_email", 1.0), Effect::RequireApproval, &["low-confidence"], &["agent confidence is low"]);
+    check(
+        &set,
+        &confident,
+        &action("send_email", 1.0),
+        Effect::Allow,
+        &["email-agents"],
+        &["allowed by rule 'email-agents'"],
+    );
+    check(
+        &set,
+        &unsure,
+        &action("send_email", 1.0),
+        Effect::RequireApproval,
+        &["low-confidence"],
+        &["agent confidence is low"],
+    );
     // Both deny rules match: both reasons are given.
     check(
         &set,
@@ -91,7 +144,10 @@ fn deny_beats_approval_beats_allow_and_default_is_deny() {
         &action("delete_customer", 900.0),
         Effect::Deny,
         &["only-humans-delete-customers", "cost-limit"],
-        &["Only humans may delete customers", "estimated cost exceeds the cost limit"],
+        &[
+            "Only humans may delete customers",
+            "estimated cost exceeds the cost limit",
+        ],
     );
     check(
         &set,
@@ -108,10 +164,38 @@ fn globs_and_roles_select_agents_and_actions() {
     let set = set(POLICY);
     let finance = agent("bot-9", &["support", "finance-eu"], 0.95);
     let other = agent("bot-9", &["support"], 0.95);
-    check(&set, &finance, &action("issue_refund", 10.0), Effect::Allow, &["refunds-need-finance"], &["finance agents may refund"]);
-    check(&set, &other, &action("issue_refund", 10.0), Effect::Deny, &[], &["no rule allows action 'issue_refund' (default deny)"]);
-    check(&set, &agent("mailer-7", &[], 0.9), &action("send_email", 0.0), Effect::Allow, &["email-agents"], &["allowed by rule 'email-agents'"]);
-    check(&set, &agent("mailer-77", &[], 0.9), &action("send_email", 0.0), Effect::Deny, &[], &["no rule allows action 'send_email' (default deny)"]);
+    check(
+        &set,
+        &finance,
+        &action("issue_refund", 10.0),
+        Effect::Allow,
+        &["refunds-need-finance"],
+        &["finance agents may refund"],
+    );
+    check(
+        &set,
+        &other,
+        &action("issue_refund", 10.0),
+        Effect::Deny,
+        &[],
+        &["no rule allows action 'issue_refund' (default deny)"],
+    );
+    check(
+        &set,
+        &agent("mailer-7", &[], 0.9),
+        &action("send_email", 0.0),
+        Effect::Allow,
+        &["email-agents"],
+        &["allowed by rule 'email-agents'"],
+    );
+    check(
+        &set,
+        &agent("mailer-77", &[], 0.9),
+        &action("send_email", 0.0),
+        Effect::Deny,
+        &[],
+        &["no rule allows action 'send_email' (default deny)"],
+    );
 }
 
 #[test]
@@ -120,25 +204,31 @@ fn shadow_rules_are_reported_never_enforced() {
     let finance = agent("bot-9", &["finance"], 0.95);
     let mut refund = action("issue_refund", 10.0);
     refund.params = Some(prost_types::Struct {
-        fields: [("amount".to_string(), prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(150.0)) })]
-            .into(),
+        fields: [(
+            "amount".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(150.0)),
+            },
+        )]
+        .into(),
     });
     let decision = decide(&set, &finance, &refund);
     assert_eq!(decision.effect, Effect::Allow);
-    assert_eq!(decision.shadow.iter().map(|s| &**s).collect::<Vec<_>>(), ["new-refund-rule"]);
+    assert_eq!(
+        decision.shadow.iter().map(|s| &**s).collect::<Vec<_>>(),
+        ["new-refund-rule"]
+    );
 }
 
 #[test]
 fn condition_errors_deny_and_say_why() {
-    let set = set(
-        r#"
+    let set = set(r#"
 rules:
   - name: refunds
     actions: ["issue_refund"]
     when: "action.params.amount < 100.0"
     effect: allow
-"#,
-    );
+"#);
     // No `amount` param: the allow rule cannot be evaluated, so it denies.
     check(
         &set,
@@ -153,8 +243,7 @@ rules:
 #[test]
 fn rules_are_evaluated_in_file_order_whatever_the_index() {
     // An exact-action rule between two wildcard rules keeps its place.
-    let set = set(
-        r#"
+    let set = set(r#"
 rules:
   - name: first
     when: "agent.confidence < 0.5"
@@ -165,14 +254,22 @@ rules:
   - name: last
     actions: ["a*"]
     effect: require_approval
-"#,
-    );
+"#);
     let decision = decide(&set, &agent("x", &[], 0.1), &action("a", 0.0));
-    assert_eq!(decision.matched.iter().map(|m| &**m).collect::<Vec<_>>(), ["first", "exact", "last"]);
+    assert_eq!(
+        decision.matched(),
+        ["first", "exact", "last"]
+    );
 }
 
 fn check_errors(files: &[(&str, &str)], expected: &[&str]) {
-    let sources: Vec<Source> = files.iter().map(|(f, c)| Source { file: f.to_string(), content: c.to_string() }).collect();
+    let sources: Vec<Source> = files
+        .iter()
+        .map(|(f, c)| Source {
+            file: f.to_string(),
+            content: c.to_string(),
+        })
+        .collect();
     let errors = compile_sources(&sources).expect_err("sources should be rejected");
     let rendered: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     assert_eq!(rendered, expected);
@@ -193,7 +290,9 @@ fn bad_files_are_rejected_with_file_line_and_rule() {
     effect: maybe
 "#,
         )],
-        &["bad.yaml:8: rule 'bad-effect': rules[2].effect: unknown variant `maybe`, expected one of `allow`, `deny`, `require_approval` at line 8 column 13"],
+        &[
+            "bad.yaml:8: rule 'bad-effect': rules[2].effect: unknown variant `maybe`, expected one of `allow`, `deny`, `require_approval` at line 8 column 13",
+        ],
     );
     check_errors(
         &[(
@@ -217,7 +316,10 @@ fn bad_files_are_rejected_with_file_line_and_rule() {
     check_errors(
         &[
             ("a.yaml", "rules:\n  - name: same\n    effect: allow\n"),
-            ("b.yaml", "rules:\n  - name: same\n    effect: deny\nlimits:\n  - name: l\n    per: agent\n    window: 1m\n"),
+            (
+                "b.yaml",
+                "rules:\n  - name: same\n    effect: deny\nlimits:\n  - name: l\n    per: agent\n    window: 1m\n",
+            ),
         ],
         &[
             "b.yaml:2: rule 'same': duplicate rule name (also defined in a.yaml)",
@@ -225,24 +327,45 @@ fn bad_files_are_rejected_with_file_line_and_rule() {
         ],
     );
     check_errors(
-        &[("limits.yaml", "limits:\n  - name: w\n    per: agent\n    max_requests: 1\n    window: soon\n  - name: z\n    per: agent\n    max_cost: -1\n    window: 1h\n  - name: e\n    per: agent\n    max_requests: 1\n    window: 1h\n    effect: allow\n")],
+        &[(
+            "limits.yaml",
+            "limits:\n  - name: w\n    per: agent\n    max_requests: 1\n    window: soon\n  - name: z\n    per: agent\n    max_cost: -1\n    window: 1h\n  - name: e\n    per: agent\n    max_requests: 1\n    window: 1h\n    effect: allow\n",
+        )],
         &[
             "limits.yaml:2: rule 'w': invalid window \"soon\": expected number at 0 (write e.g. 1m, 24h)",
             "limits.yaml:6: rule 'z': max_cost must be a finite number >= 0, got -1",
             "limits.yaml:10: rule 'e': a limit's effect must be deny or require_approval",
         ],
     );
-    check_errors(&[("unknown.yaml", "rulez: []\n")], &["unknown.yaml:1: unknown field `rulez`, expected `rules` or `limits`"]);
     check_errors(
-        &[("deep.yaml", &format!("rules:\n  - name: deep\n    when: \"{}true{}\"\n    effect: deny\n", "(".repeat(100), ")".repeat(100)))],
-        &["deep.yaml:2: rule 'deep': invalid condition: expression nests deeper than 48 levels at column 49"],
+        &[("unknown.yaml", "rulez: []\n")],
+        &["unknown.yaml:1: unknown field `rulez`, expected `rules` or `limits`"],
+    );
+    check_errors(
+        &[(
+            "deep.yaml",
+            &format!(
+                "rules:\n  - name: deep\n    when: \"{}true{}\"\n    effect: deny\n",
+                "(".repeat(100),
+                ")".repeat(100)
+            ),
+        )],
+        &[
+            "deep.yaml:2: rule 'deep': invalid condition: expression nests deeper than 48 levels at column 49",
+        ],
     );
 }
 
 #[test]
 fn policy_versions_are_content_hashes() {
-    let a = [Source { file: "a.yaml".into(), content: "rules: []".into() }];
-    let b = [Source { file: "a.yaml".into(), content: "rules: [] ".into() }];
+    let a = [Source {
+        file: "a.yaml".into(),
+        content: "rules: []".into(),
+    }];
+    let b = [Source {
+        file: "a.yaml".into(),
+        content: "rules: [] ".into(),
+    }];
     assert_ne!(super::version_of(&a), super::version_of(&b));
     assert_eq!(super::version_of(&a), super::version_of(&a.clone()));
     assert!(super::version_of(&a).starts_with("sha256:"));
@@ -274,11 +397,22 @@ limits:
 "#;
 
 fn engine(yaml: &str) -> Engine {
-    Engine::new(set(yaml), Arc::new(MemoryLimitStore::new()), Clock::starting_at(1_781_524_800_000))
+    Engine::new(
+        set(yaml),
+        Arc::new(MemoryLimitStore::new()),
+        Clock::starting_at(1_781_524_800_000),
+    )
 }
 
 async fn effect_of(engine: &Engine, agent: &Agent, action: &Action) -> Decision {
-    engine.decide(&Input { agent, action, time: engine.clock().now(), correlation_id: "" }).await
+    engine
+        .decide(&Input {
+            agent,
+            action,
+            time: engine.clock().now(),
+            correlation_id: "",
+        })
+        .await
 }
 
 #[tokio::test(start_paused = true)]
@@ -291,10 +425,21 @@ async fn request_limits_slide_with_the_clock() {
     }
     let limited = effect_of(&engine, &bot, &email).await;
     assert_eq!(limited.effect, Effect::Deny);
-    assert_eq!(limited.matched.iter().map(|m| &**m).collect::<Vec<_>>(), ["email-rate"]);
-    assert_eq!(limited.reasons, ["limit 'email-rate' exceeded: at most 3 requests per 1m agent"]);
+    assert_eq!(
+        limited.matched(),
+        ["email-rate"]
+    );
+    assert_eq!(
+        limited.reasons(),
+        ["limit 'email-rate' exceeded: at most 3 requests per 1m agent"]
+    );
     // Another agent has its own count.
-    assert_eq!(effect_of(&engine, &agent("other", &[], 0.9), &email).await.effect, Effect::Allow);
+    assert_eq!(
+        effect_of(&engine, &agent("other", &[], 0.9), &email)
+            .await
+            .effect,
+        Effect::Allow
+    );
     tokio::time::advance(Duration::from_secs(30)).await;
     assert_eq!(effect_of(&engine, &bot, &email).await.effect, Effect::Deny);
     tokio::time::advance(Duration::from_secs(33)).await;
@@ -305,20 +450,40 @@ async fn request_limits_slide_with_the_clock() {
 async fn spend_limits_require_approval_and_denied_requests_do_not_count() {
     let engine = engine(LIMITS);
     let bot = agent("bot", &[], 0.9);
-    assert_eq!(effect_of(&engine, &bot, &action("buy", 30.0)).await.effect, Effect::Allow);
+    assert_eq!(
+        effect_of(&engine, &bot, &action("buy", 30.0)).await.effect,
+        Effect::Allow
+    );
     // Denied by a rule: not counted against the spend limit.
-    assert_eq!(effect_of(&engine, &bot, &action("delete_user", 30.0)).await.effect, Effect::Deny);
+    assert_eq!(
+        effect_of(&engine, &bot, &action("delete_user", 30.0))
+            .await
+            .effect,
+        Effect::Deny
+    );
     let over = effect_of(&engine, &bot, &action("buy", 30.0)).await;
     assert_eq!(over.effect, Effect::RequireApproval);
-    assert_eq!(over.reasons, ["limit 'daily-spend' exceeded: at most cost 50 per 24h agent"]);
+    assert_eq!(
+        over.reasons(),
+        ["limit 'daily-spend' exceeded: at most cost 50 per 24h agent"]
+    );
     // The approval-limited request counted (its outcome was not deny).
-    assert_eq!(effect_of(&engine, &bot, &action("buy", 1.0)).await.effect, Effect::RequireApproval);
+    assert_eq!(
+        effect_of(&engine, &bot, &action("buy", 1.0)).await.effect,
+        Effect::RequireApproval
+    );
     // A rule that already requires approval keeps its reason next to the limit's.
     let unsure = agent("bot", &[], 0.5);
     let both = effect_of(&engine, &unsure, &action("buy", 1.0)).await;
-    assert_eq!(both.matched.iter().map(|m| &**m).collect::<Vec<_>>(), ["low-confidence", "daily-spend"]);
+    assert_eq!(
+        both.matched(),
+        ["low-confidence", "daily-spend"]
+    );
     tokio::time::advance(Duration::from_secs(25 * 3600)).await;
-    assert_eq!(effect_of(&engine, &bot, &action("buy", 30.0)).await.effect, Effect::Allow);
+    assert_eq!(
+        effect_of(&engine, &bot, &action("buy", 30.0)).await.effect,
+        Effect::Allow
+    );
 }
 
 #[tokio::test]
@@ -331,24 +496,44 @@ async fn kill_switches_deny_first() {
     });
     let decision = effect_of(&engine, &bot, &action("buy", 1.0)).await;
     assert_eq!(decision.effect, Effect::Deny);
-    assert_eq!(decision.reasons, ["kill switch engaged: runaway loop"]);
-    assert_eq!(effect_of(&engine, &agent("other", &[], 0.9), &action("buy", 1.0)).await.effect, Effect::Allow);
-    engine.set_kill_switches(KillSwitches { global: Some(Arc::from("incident 7")), agents: HashMap::new() });
+    assert_eq!(decision.reasons(), ["kill switch engaged: runaway loop"]);
+    assert_eq!(
+        effect_of(&engine, &agent("other", &[], 0.9), &action("buy", 1.0))
+            .await
+            .effect,
+        Effect::Allow
+    );
+    engine.set_kill_switches(KillSwitches {
+        global: Some(Arc::from("incident 7")),
+        agents: HashMap::new(),
+    });
     let decision = effect_of(&engine, &agent("other", &[], 0.9), &action("buy", 1.0)).await;
-    assert_eq!(decision.reasons, ["kill switch engaged: incident 7"]);
+    assert_eq!(decision.reasons(), ["kill switch engaged: incident 7"]);
 }
 
 #[tokio::test]
 async fn limits_fail_closed_when_the_store_is_down() {
-    let store = crate::limits::RedisLimitStore::new("redis://127.0.0.1:1", "x:", Duration::from_millis(300)).unwrap();
+    let store = crate::limits::RedisLimitStore::new(
+        "redis://127.0.0.1:1",
+        "x:",
+        Duration::from_millis(300),
+    )
+    .unwrap();
     let engine = Engine::new(set(LIMITS), Arc::new(store), Clock::system());
     let decision = effect_of(&engine, &agent("bot", &[], 0.9), &action("send_email", 0.0)).await;
     assert_eq!(decision.effect, Effect::Deny);
-    assert!(decision.reasons[0].starts_with("limits cannot be checked (email-rate, daily-spend)"), "{:?}", decision.reasons);
+    assert!(
+        decision.reasons()[0].starts_with("limits cannot be checked (email-rate, daily-spend)"),
+        "{:?}",
+        decision.reasons()
+    );
     // Requests no limit applies to are unaffected... but daily-spend applies
     // to every action, so pick a rule denial to show rules still work.
     let denied = effect_of(&engine, &agent("bot", &[], 0.9), &action("delete_x", 0.0)).await;
-    assert_eq!(denied.matched.iter().map(|m| &**m).collect::<Vec<_>>(), ["no-deletes"]);
+    assert_eq!(
+        denied.matched(),
+        ["no-deletes"]
+    );
 }
 
 #[test]

@@ -1,0 +1,187 @@
+//! `cargo xtask bench ...`: benchmarks over gRPC against in-process servers.
+//!
+//! Figures are reported as ratios against a baseline measured in the same
+//! run (this machine is shared and noisy): `bench policy` compares
+//! `Evaluate` with `grpc.health.v1.Health/Check` on the same server,
+//! alternating phases so drift hits both alike.
+
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use warden_policy_engine::{PolicyEngine, PolicyEngineConfig, fixtures};
+use warden_proto::policy::v1 as pb;
+use warden_proto::policy::v1::policy_service_client::PolicyServiceClient;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Target {
+    /// Evaluate vs Health/Check on one policy engine.
+    Policy(PolicyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Phases of each kind (they alternate).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Connections the requests share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+}
+
+pub async fn run(target: Target) -> Result<(), String> {
+    if cfg!(debug_assertions) {
+        return rerun_in_release();
+    }
+    match target {
+        Target::Policy(args) => policy(args).await,
+    }
+}
+
+/// Benchmarks of a debug build measure the debug build: re-run this command
+/// from a release build instead.
+fn rerun_in_release() -> Result<(), String> {
+    eprintln!("xtask: building in release mode for benchmarks");
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+        .args(std::env::args().skip(1))
+        .current_dir(crate::workspace_root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("release benchmark failed: {status}")) }
+}
+
+/// Latencies and count of one phase.
+#[derive(Debug, Default)]
+struct Phase {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    errors: u64,
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    errors: u64,
+}
+
+impl Totals {
+    fn add(&mut self, phase: Phase) {
+        self.latencies.extend(phase.latencies);
+        self.elapsed += phase.elapsed;
+        self.errors += phase.errors;
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&mut self, p: f64) -> Duration {
+        self.latencies.sort_unstable();
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[index]
+    }
+}
+
+async fn drive<F, Fut>(channels: &[Channel], in_flight: usize, duration: Duration, call: F) -> Phase
+where
+    F: Fn(Channel) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..in_flight {
+        let channel = channels[i % channels.len()].clone();
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                if call(channel.clone()).await {
+                    latencies.push(start.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut phase = Phase::default();
+    for task in tasks {
+        let (latencies, errors) = task.await.expect("bench task");
+        phase.latencies.extend(latencies);
+        phase.errors += errors;
+    }
+    phase.elapsed = started.elapsed();
+    phase
+}
+
+async fn policy(args: PolicyArgs) -> Result<(), String> {
+    let policies = std::env::temp_dir().join(format!("warden-bench-policies-{}", std::process::id()));
+    let data = std::env::temp_dir().join(format!("warden-bench-data-{}", std::process::id()));
+    std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
+    std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
+    let mut config = PolicyEngineConfig::for_tests(&policies, &data);
+    config.watch_policies = false;
+    let engine = PolicyEngine::start(config).await.map_err(|e| e.to_string())?;
+    let url = engine.url();
+    let mut channels = Vec::new();
+    for _ in 0..args.connections {
+        channels.push(
+            Channel::from_shared(url.clone())
+                .map_err(|e| e.to_string())?
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let (agent, action) = fixtures::request(3);
+    let request = pb::EvaluateRequest { agent: Some(agent), action: Some(action), time: None, correlation_id: "bench".into() };
+    println!(
+        "bench policy: 200-rule set (20 per action), {} in flight over {} connections, {} x {}s phases each, alternating",
+        args.in_flight, args.connections, args.rounds, args.seconds
+    );
+    let phase = Duration::from_secs(args.seconds);
+    let mut evaluate = Totals::default();
+    let mut health = Totals::default();
+    for _ in 0..args.rounds {
+        let request = request.clone();
+        evaluate
+            .add(drive(&channels, args.in_flight, phase, move |channel| {
+                let request = request.clone();
+                async move { PolicyServiceClient::new(channel).evaluate(request).await.is_ok() }
+            })
+            .await);
+        health
+            .add(drive(&channels, args.in_flight, phase, |channel| async move {
+                HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.is_ok()
+            })
+            .await);
+    }
+    engine.shutdown().await;
+    let _ = std::fs::remove_dir_all(&policies);
+    let _ = std::fs::remove_dir_all(&data);
+
+    let (evaluate_rate, health_rate) = (evaluate.rate(), health.rate());
+    println!("{:<22} {:>12} {:>10} {:>10} {:>8}", "rpc", "requests/s", "p50", "p99", "errors");
+    for (name, totals) in [("Evaluate", &mut evaluate), ("Health/Check", &mut health)] {
+        let rate = totals.rate();
+        let (p50, p99) = (totals.percentile(0.5), totals.percentile(0.99));
+        println!("{:<22} {:>12.0} {:>10.1?} {:>10.1?} {:>8}", name, rate, p50, p99, totals.errors);
+    }
+    println!("ratio Evaluate/Health throughput: {:.2}", evaluate_rate / health_rate);
+    Ok(())
+}
