@@ -49,13 +49,18 @@ pub async fn run(target: Target) -> Result<(), String> {
 /// from a release build instead.
 fn rerun_in_release() -> Result<(), String> {
     eprintln!("xtask: building in release mode for benchmarks");
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
-        .args(std::env::args().skip(1))
-        .current_dir(crate::workspace_root())
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("release benchmark failed: {status}")) }
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+            .args(std::env::args().skip(1))
+            .current_dir(crate::workspace_root())
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("release benchmark failed: {status}"))
+    }
 }
 
 /// Latencies and count of one phase.
@@ -130,13 +135,17 @@ where
 }
 
 async fn policy(args: PolicyArgs) -> Result<(), String> {
-    let policies = std::env::temp_dir().join(format!("warden-bench-policies-{}", std::process::id()));
+    let policies =
+        std::env::temp_dir().join(format!("warden-bench-policies-{}", std::process::id()));
     let data = std::env::temp_dir().join(format!("warden-bench-data-{}", std::process::id()));
     std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
-    std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
+    std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20))
+        .map_err(|e| e.to_string())?;
     let mut config = PolicyEngineConfig::for_tests(&policies, &data);
     config.watch_policies = false;
-    let engine = PolicyEngine::start(config).await.map_err(|e| e.to_string())?;
+    let engine = PolicyEngine::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
     let url = engine.url();
     let mut channels = Vec::new();
     for _ in 0..args.connections {
@@ -149,7 +158,12 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
         );
     }
     let (agent, action) = fixtures::request(3);
-    let request = pb::EvaluateRequest { agent: Some(agent), action: Some(action), time: None, correlation_id: "bench".into() };
+    let request = pb::EvaluateRequest {
+        agent: Some(agent),
+        action: Some(action),
+        time: None,
+        correlation_id: "bench".into(),
+    };
     println!(
         "bench policy: 200-rule set (20 per action), {} in flight over {} connections, {} x {}s phases each, alternating",
         args.in_flight, args.connections, args.rounds, args.seconds
@@ -159,29 +173,50 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
     let mut health = Totals::default();
     for _ in 0..args.rounds {
         let request = request.clone();
-        evaluate
-            .add(drive(&channels, args.in_flight, phase, move |channel| {
+        evaluate.add(
+            drive(&channels, args.in_flight, phase, move |channel| {
                 let request = request.clone();
-                async move { PolicyServiceClient::new(channel).evaluate(request).await.is_ok() }
+                async move {
+                    PolicyServiceClient::new(channel)
+                        .evaluate(request)
+                        .await
+                        .is_ok()
+                }
             })
-            .await);
-        health
-            .add(drive(&channels, args.in_flight, phase, |channel| async move {
-                HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.is_ok()
+            .await,
+        );
+        health.add(
+            drive(&channels, args.in_flight, phase, |channel| async move {
+                HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .is_ok()
             })
-            .await);
+            .await,
+        );
     }
     engine.shutdown().await;
     let _ = std::fs::remove_dir_all(&policies);
     let _ = std::fs::remove_dir_all(&data);
 
     let (evaluate_rate, health_rate) = (evaluate.rate(), health.rate());
-    println!("{:<22} {:>12} {:>10} {:>10} {:>8}", "rpc", "requests/s", "p50", "p99", "errors");
+    println!(
+        "{:<22} {:>12} {:>10} {:>10} {:>8}",
+        "rpc", "requests/s", "p50", "p99", "errors"
+    );
     for (name, totals) in [("Evaluate", &mut evaluate), ("Health/Check", &mut health)] {
         let rate = totals.rate();
         let (p50, p99) = (totals.percentile(0.5), totals.percentile(0.99));
-        println!("{:<22} {:>12.0} {:>10.1?} {:>10.1?} {:>8}", name, rate, p50, p99, totals.errors);
+        println!(
+            "{:<22} {:>12.0} {:>10.1?} {:>10.1?} {:>8}",
+            name, rate, p50, p99, totals.errors
+        );
     }
-    println!("ratio Evaluate/Health throughput: {:.2}", evaluate_rate / health_rate);
+    println!(
+        "ratio Evaluate/Health throughput: {:.2}",
+        evaluate_rate / health_rate
+    );
     Ok(())
 }

@@ -17,7 +17,9 @@ pub fn run() -> Result<(), String> {
 }
 
 fn visit(dir: &Path, problems: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -25,7 +27,10 @@ fn visit(dir: &Path, problems: &mut Vec<String>) {
                 continue;
             }
             visit(&path, problems);
-        } else if path.file_name().is_some_and(|n| n == "lib.rs" || n == "main.rs") {
+        } else if path
+            .file_name()
+            .is_some_and(|n| n == "lib.rs" || n == "main.rs")
+        {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             if !text.lines().take(5).any(|line| line.starts_with("//!")) {
                 problems.push(format!("{}: crate root without a //! doc", path.display()));

@@ -48,15 +48,16 @@ impl Database {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true);
-            if let Some(parent) = options.get_filename().parent() {
-                if !parent.as_os_str().is_empty() && !parent.exists() {
-                    std::fs::create_dir_all(parent).map_err(|error| {
-                        StoreError::InvalidUrl(
-                            redact(url),
-                            format!("cannot create {}: {error}", parent.display()),
-                        )
-                    })?;
-                }
+            if let Some(parent) = options.get_filename().parent()
+                && !parent.as_os_str().is_empty()
+                && !parent.exists()
+            {
+                std::fs::create_dir_all(parent).map_err(|error| {
+                    StoreError::InvalidUrl(
+                        redact(url),
+                        format!("cannot create {}: {error}", parent.display()),
+                    )
+                })?;
             }
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
             let pool = SqlitePoolOptions::new()

@@ -86,17 +86,26 @@ impl Decision {
 
     /// The enforced rules and limits that decided.
     pub fn matched(&self) -> Vec<String> {
-        self.deciding.iter().filter_map(|d| d.name.as_deref().map(str::to_owned)).collect()
+        self.deciding
+            .iter()
+            .filter_map(|d| d.name.as_deref().map(str::to_owned))
+            .collect()
     }
 
     /// The rule, limit or mechanism named in the evaluation metric.
     pub fn decided_by(&self) -> &str {
-        self.deciding.first().and_then(|d| d.name.as_deref()).unwrap_or("default-deny")
+        self.deciding
+            .first()
+            .and_then(|d| d.name.as_deref())
+            .unwrap_or("default-deny")
     }
 }
 
 fn deciding(name: &Arc<str>, reason: impl Into<Arc<str>>) -> Deciding {
-    Deciding { name: Some(name.clone()), reason: reason.into() }
+    Deciding {
+        name: Some(name.clone()),
+        reason: reason.into(),
+    }
 }
 
 pub struct Engine {
@@ -155,7 +164,10 @@ impl Engine {
         if let Some(reason) = self.kill_switches.load().reason_for(&input.agent.id) {
             return Decision {
                 effect: Effect::Deny,
-                deciding: vec![deciding(&Arc::from("kill-switch"), format!("kill switch engaged: {reason}"))],
+                deciding: vec![deciding(
+                    &Arc::from("kill-switch"),
+                    format!("kill switch engaged: {reason}"),
+                )],
                 shadow: Vec::new(),
                 policy_version: policies.version.clone(),
             };
@@ -206,7 +218,10 @@ impl Engine {
                     names.join(", ")
                 ));
                 decision.effect = Effect::Deny;
-                decision.deciding = applicable.iter().map(|l| deciding(&l.name, reason.clone())).collect();
+                decision.deciding = applicable
+                    .iter()
+                    .map(|l| deciding(&l.name, reason.clone()))
+                    .collect();
                 return;
             }
         };
@@ -228,7 +243,10 @@ impl Engine {
         let denying: Vec<_> = over.iter().filter(|l| l.effect == Effect::Deny).collect();
         if !denying.is_empty() {
             decision.effect = Effect::Deny;
-            decision.deciding = denying.iter().map(|l| deciding(&l.name, l.reason.clone())).collect();
+            decision.deciding = denying
+                .iter()
+                .map(|l| deciding(&l.name, l.reason.clone()))
+                .collect();
             return;
         }
         // Only approval limits were exceeded.
@@ -236,7 +254,9 @@ impl Engine {
             decision.deciding.clear();
         }
         decision.effect = Effect::RequireApproval;
-        decision.deciding.extend(over.iter().map(|l| deciding(&l.name, l.reason.clone())));
+        decision
+            .deciding
+            .extend(over.iter().map(|l| deciding(&l.name, l.reason.clone())));
     }
 }
 
@@ -251,11 +271,19 @@ pub fn decide_rules(policies: &PolicySet, input: &Input<'_>) -> (Decision, bool)
             Effect::Deny,
             vec![Deciding {
                 name: None,
-                reason: Arc::from(format!("no rule allows action '{}' (default deny)", input.action.r#type)),
+                reason: Arc::from(format!(
+                    "no rule allows action '{}' (default deny)",
+                    input.action.r#type
+                )),
             }],
         ),
     };
-    let decision = Decision { effect, deciding, shadow: outcome.shadow, policy_version: policies.version.clone() };
+    let decision = Decision {
+        effect,
+        deciding,
+        shadow: outcome.shadow,
+        policy_version: policies.version.clone(),
+    };
     (decision, outcome.effect.is_some_and(|e| e != Effect::Deny))
 }
 

@@ -105,33 +105,53 @@ pub fn request(action: usize) -> (Agent, Action) {
 /// The same 20 conditions as [`rule_set`] written by hand in Rust, with
 /// their constants prepared once: the baseline a compiled policy set is
 /// measured against in the same benchmark run.
+/// A hand-written rule: whether it denies (else requires approval), and its
+/// condition over the agent, the action and the hour in New York.
+type HandRule = (
+    bool,
+    Box<dyn Fn(&Agent, &Action, u32) -> bool + Send + Sync>,
+);
+
 pub struct HandWritten {
-    rules: Vec<(bool, Box<dyn Fn(&Agent, &Action, u32) -> bool + Send + Sync>)>,
+    rules: Vec<HandRule>,
     new_york: chrono_tz::Tz,
 }
 
 fn param_number(action: &Action, key: &str) -> Option<f64> {
-    action.params.as_ref()?.fields.get(key).and_then(|v| match v.kind {
-        Some(Kind::NumberValue(n)) => Some(n),
-        _ => None,
-    })
+    action
+        .params
+        .as_ref()?
+        .fields
+        .get(key)
+        .and_then(|v| match v.kind {
+            Some(Kind::NumberValue(n)) => Some(n),
+            _ => None,
+        })
 }
 
 fn param_text<'a>(action: &'a Action, key: &str) -> Option<&'a str> {
-    action.params.as_ref()?.fields.get(key).and_then(|v| match &v.kind {
-        Some(Kind::StringValue(s)) => Some(s.as_str()),
-        _ => None,
-    })
+    action
+        .params
+        .as_ref()?
+        .fields
+        .get(key)
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        })
 }
 
 impl Default for HandWritten {
     fn default() -> Self {
-        let mut rules: Vec<(bool, Box<dyn Fn(&Agent, &Action, u32) -> bool + Send + Sync>)> = Vec::new();
+        let mut rules: Vec<HandRule> = Vec::new();
         for i in 0..19usize {
-            let rule: (bool, Box<dyn Fn(&Agent, &Action, u32) -> bool + Send + Sync>) = match i % 10 {
+            let rule: HandRule = match i % 10 {
                 0 => {
                     let bound = (1000 + i) as f64;
-                    (true, Box::new(move |_, action, _| action.estimated_cost > bound))
+                    (
+                        true,
+                        Box::new(move |_, action, _| action.estimated_cost > bound),
+                    )
                 }
                 1 => {
                     let bound = (1 + i % 5) as f64 / 10.0;
@@ -139,52 +159,99 @@ impl Default for HandWritten {
                 }
                 2 => {
                     let role = format!("banned-{i}");
-                    (true, Box::new(move |agent, _, _| agent.roles.iter().any(|r| *r == role)))
+                    (
+                        true,
+                        Box::new(move |agent, _, _| agent.roles.contains(&role)),
+                    )
                 }
                 3 => {
                     let bound = (5000 + i) as f64;
-                    (false, Box::new(move |_, action, _| param_number(action, "amount").is_some_and(|a| a > bound)))
+                    (
+                        false,
+                        Box::new(move |_, action, _| {
+                            param_number(action, "amount").is_some_and(|a| a > bound)
+                        }),
+                    )
                 }
                 4 => {
                     let team = format!("blocked-{i}");
-                    (true, Box::new(move |agent, _, _| agent.labels.get("team").is_some_and(|t| *t == team)))
+                    (
+                        true,
+                        Box::new(move |agent, _, _| {
+                            agent.labels.get("team").is_some_and(|t| *t == team)
+                        }),
+                    )
                 }
                 5 => (false, Box::new(|_, _, hour| hour >= 23)),
                 6 => {
                     let prefix = format!("secret/{i}");
-                    (true, Box::new(move |_, action, _| action.resource.starts_with(&prefix)))
+                    (
+                        true,
+                        Box::new(move |_, action, _| action.resource.starts_with(&prefix)),
+                    )
                 }
                 7 => {
                     let id = format!("probation-{i}");
                     let bound = (2000 + i) as f64;
-                    (false, Box::new(move |agent, action, _| agent.id == id || action.estimated_cost > bound))
+                    (
+                        false,
+                        Box::new(move |agent, action, _| {
+                            agent.id == id || action.estimated_cost > bound
+                        }),
+                    )
                 }
                 8 => {
                     let other = format!("ZZZ{i}");
-                    (true, Box::new(move |_, action, _| param_text(action, "currency").is_some_and(|c| c == "XXX" || c == other)))
+                    (
+                        true,
+                        Box::new(move |_, action, _| {
+                            param_text(action, "currency").is_some_and(|c| c == "XXX" || c == other)
+                        }),
+                    )
                 }
                 _ => {
                     let bound = 10 + i;
-                    (false, Box::new(move |agent, _, _| agent.roles.len() > bound))
+                    (
+                        false,
+                        Box::new(move |agent, _, _| agent.roles.len() > bound),
+                    )
                 }
             };
             rules.push(rule);
         }
-        HandWritten { rules, new_york: "America/New_York".parse().expect("known zone") }
+        HandWritten {
+            rules,
+            new_york: "America/New_York".parse().expect("known zone"),
+        }
     }
 }
 
 impl HandWritten {
     /// 0 allow, 1 require approval, 2 deny, combined as the engine does.
-    pub fn decide(&self, agent: &Agent, action: &Action, time: chrono::DateTime<chrono::Utc>) -> u8 {
+    pub fn decide(
+        &self,
+        agent: &Agent,
+        action: &Action,
+        time: chrono::DateTime<chrono::Utc>,
+    ) -> u8 {
         use chrono::Timelike;
         let hour = time.with_timezone(&self.new_york).hour();
         let (mut deny, mut approval) = (false, false);
         for (is_deny, rule) in &self.rules {
             if rule(agent, action, hour) {
-                if *is_deny { deny = true } else { approval = true }
+                if *is_deny {
+                    deny = true
+                } else {
+                    approval = true
+                }
             }
         }
-        if deny { 2 } else if approval { 1 } else { 0 }
+        if deny {
+            2
+        } else if approval {
+            1
+        } else {
+            0
+        }
     }
 }

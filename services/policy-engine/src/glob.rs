@@ -20,15 +20,15 @@ impl Glob {
         if !pattern.contains(special) {
             return Glob::Exact(pattern.to_owned());
         }
-        if let Some(prefix) = pattern.strip_suffix('*') {
-            if !prefix.contains(special) {
-                return Glob::Prefix(prefix.to_owned());
-            }
+        if let Some(prefix) = pattern.strip_suffix('*')
+            && !prefix.contains(special)
+        {
+            return Glob::Prefix(prefix.to_owned());
         }
-        if let Some(suffix) = pattern.strip_prefix('*') {
-            if !suffix.contains(special) {
-                return Glob::Suffix(suffix.to_owned());
-            }
+        if let Some(suffix) = pattern.strip_prefix('*')
+            && !suffix.contains(special)
+        {
+            return Glob::Suffix(suffix.to_owned());
         }
         Glob::Wildcard(pattern.chars().collect())
     }

@@ -231,10 +231,10 @@ fn watch_policies(
     use notify::Watcher;
     let (tx, mut rx) = mpsc::channel::<()>(16);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if !event.kind.is_access() {
-                let _ = tx.try_send(());
-            }
+        if let Ok(event) = event
+            && !event.kind.is_access()
+        {
+            let _ = tx.try_send(());
         }
     })
     .map_err(|e| StartError::Watch(dir.display().to_string(), e))?;

@@ -204,12 +204,11 @@ pub fn validate_evaluate(
         }
     }
     v.max_len("correlation_id", &request.correlation_id, limits::ID_BYTES);
-    if let Some(time) = &request.time {
-        if chrono::DateTime::from_timestamp(time.seconds, 0).is_none()
-            || !(0..1_000_000_000).contains(&time.nanos)
-        {
-            v.violation("time", "is not a valid timestamp");
-        }
+    if let Some(time) = &request.time
+        && (chrono::DateTime::from_timestamp(time.seconds, 0).is_none()
+            || !(0..1_000_000_000).contains(&time.nanos))
+    {
+        v.violation("time", "is not a valid timestamp");
     }
     v.finish()?;
     Ok((

@@ -679,10 +679,10 @@ impl Compiler {
             message,
         })?;
         let (left_leaf, right_leaf) = (self.leaf(left), self.leaf(right));
-        if let (Some(left_leaf), Some(right_leaf)) = (left_leaf.clone(), right_leaf.clone()) {
-            if let Some(fast) = specialize(op, left_leaf, right_leaf) {
-                return Ok(Compiled::from_predicate(fast));
-            }
+        if let (Some(left_leaf), Some(right_leaf)) = (left_leaf.clone(), right_leaf.clone())
+            && let Some(fast) = specialize(op, left_leaf, right_leaf)
+        {
+            return Ok(Compiled::from_predicate(fast));
         }
         // Comparing with a constant: evaluate one side only and compare with
         // the constant in place.
@@ -1121,8 +1121,8 @@ impl Compiler {
                     Ok(Value::Bool(match inner(scope)? {
                         Value::String(s) => !s.is_empty(),
                         Value::Double(d) => d != 0.0,
-                        Value::List(l) => l.len() > 0,
-                        Value::Map(m) => m.len() > 0,
+                        Value::List(l) => !l.is_empty(),
+                        Value::Map(m) => !m.is_empty(),
                         _ => true,
                     }))
                 }),
@@ -1183,13 +1183,13 @@ impl Compiler {
         let mapped = transform.map(|t| self.value(t)).transpose();
         self.locals.pop();
         let (predicate, mapped) = (predicate?, mapped?);
-        if let Some(p) = &predicate {
-            if !matches!(p.ty, Ty::Bool | Ty::Dyn) {
-                return err(
-                    expr,
-                    format!("{macro_name}() needs a bool predicate, not {}", p.ty),
-                );
-            }
+        if let Some(p) = &predicate
+            && !matches!(p.ty, Ty::Bool | Ty::Dyn)
+        {
+            return err(
+                expr,
+                format!("{macro_name}() needs a bool predicate, not {}", p.ty),
+            );
         }
         let result_ty = match macro_name {
             "map" => Ty::List(Box::new(
@@ -1967,10 +1967,10 @@ impl Zone {
             let body = &name[1..];
             let (hours, minutes) = body.split_once(':').unwrap_or((body, "0"));
             let parsed = hours.parse::<i32>().ok().zip(minutes.parse::<i32>().ok());
-            if let Some((h, m)) = parsed.filter(|(h, m)| *h <= 23 && *m <= 59) {
-                if let Some(offset) = FixedOffset::east_opt(sign * (h * 3600 + m * 60)) {
-                    return Ok(Zone::Fixed(offset));
-                }
+            if let Some((h, m)) = parsed.filter(|(h, m)| *h <= 23 && *m <= 59)
+                && let Some(offset) = FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+            {
+                return Ok(Zone::Fixed(offset));
             }
             return Err(format!("invalid UTC offset {name:?}; use +HH:MM"));
         }

@@ -62,6 +62,10 @@ pub enum List<'a> {
 }
 
 impl<'a> List<'a> {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn len(&self) -> usize {
         match self {
             List::Strings(items) => items.len(),
@@ -91,6 +95,10 @@ pub enum Map<'a> {
 }
 
 impl<'a> Map<'a> {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn len(&self) -> usize {
         match self {
             Map::Labels(map) => map.len(),
@@ -433,7 +441,7 @@ mod tests {
                 .0
                 .contains("int + double")
         );
-        assert!(matches!(sub(Value::Uint(1), Value::Uint(2)), Err(_)));
+        assert!(sub(Value::Uint(1), Value::Uint(2)).is_err());
     }
 
     #[test]

@@ -389,7 +389,9 @@ impl PolicySet {
         let action_type = input.action.r#type.as_str();
         for candidate in self.rule_index.candidates(action_type) {
             let rule = &self.rules[candidate.index as usize];
-            if (candidate.check_action && !rule.scope.matches_action(action_type)) || !rule.scope.matches_agent(input.agent) {
+            if (candidate.check_action && !rule.scope.matches_action(action_type))
+                || !rule.scope.matches_agent(input.agent)
+            {
                 continue;
             }
             let (effect, reason) = match &rule.condition {
@@ -400,7 +402,10 @@ impl PolicySet {
                     // Never fail open: an error makes the rule deny.
                     Err(error) => (
                         Effect::Deny,
-                        Some(Arc::from(format!("rule '{}' failed to evaluate (treated as deny): {error}", rule.name))),
+                        Some(Arc::from(format!(
+                            "rule '{}' failed to evaluate (treated as deny): {error}",
+                            rule.name
+                        ))),
                     ),
                 },
             };
@@ -643,14 +648,14 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                     }
                 },
             };
-            if let Some(reason) = &spec.reason {
-                if reason.len() > bounds::MAX_TEXT_BYTES {
-                    fail(format!(
-                        "reason is longer than {} bytes",
-                        bounds::MAX_TEXT_BYTES
-                    ));
-                    continue;
-                }
+            if let Some(reason) = &spec.reason
+                && reason.len() > bounds::MAX_TEXT_BYTES
+            {
+                fail(format!(
+                    "reason is longer than {} bytes",
+                    bounds::MAX_TEXT_BYTES
+                ));
+                continue;
             }
             let reason = spec.reason.clone().unwrap_or_else(|| match spec.effect {
                 Effect::Allow => format!("allowed by rule '{}'", spec.name),

@@ -77,11 +77,7 @@ fn check(
 ) {
     let decision = decide(set, agent, action);
     assert_eq!(decision.effect, effect, "{decision:?}");
-    assert_eq!(
-        decision.matched(),
-        matched,
-        "{decision:?}"
-    );
+    assert_eq!(decision.matched(), matched, "{decision:?}");
     assert_eq!(decision.reasons(), reasons, "{decision:?}");
 }
 
@@ -256,10 +252,7 @@ rules:
     effect: require_approval
 "#);
     let decision = decide(&set, &agent("x", &[], 0.1), &action("a", 0.0));
-    assert_eq!(
-        decision.matched(),
-        ["first", "exact", "last"]
-    );
+    assert_eq!(decision.matched(), ["first", "exact", "last"]);
 }
 
 fn check_errors(files: &[(&str, &str)], expected: &[&str]) {
@@ -425,10 +418,7 @@ async fn request_limits_slide_with_the_clock() {
     }
     let limited = effect_of(&engine, &bot, &email).await;
     assert_eq!(limited.effect, Effect::Deny);
-    assert_eq!(
-        limited.matched(),
-        ["email-rate"]
-    );
+    assert_eq!(limited.matched(), ["email-rate"]);
     assert_eq!(
         limited.reasons(),
         ["limit 'email-rate' exceeded: at most 3 requests per 1m agent"]
@@ -475,10 +465,7 @@ async fn spend_limits_require_approval_and_denied_requests_do_not_count() {
     // A rule that already requires approval keeps its reason next to the limit's.
     let unsure = agent("bot", &[], 0.5);
     let both = effect_of(&engine, &unsure, &action("buy", 1.0)).await;
-    assert_eq!(
-        both.matched(),
-        ["low-confidence", "daily-spend"]
-    );
+    assert_eq!(both.matched(), ["low-confidence", "daily-spend"]);
     tokio::time::advance(Duration::from_secs(25 * 3600)).await;
     assert_eq!(
         effect_of(&engine, &bot, &action("buy", 30.0)).await.effect,
@@ -530,10 +517,7 @@ async fn limits_fail_closed_when_the_store_is_down() {
     // Requests no limit applies to are unaffected... but daily-spend applies
     // to every action, so pick a rule denial to show rules still work.
     let denied = effect_of(&engine, &agent("bot", &[], 0.9), &action("delete_x", 0.0)).await;
-    assert_eq!(
-        denied.matched(),
-        ["no-deletes"]
-    );
+    assert_eq!(denied.matched(), ["no-deletes"]);
 }
 
 #[test]
