@@ -129,7 +129,11 @@ pub fn init(
             .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().compact())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+            )
             .try_init(),
     };
     if result.is_err() {
