@@ -21,10 +21,7 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(files: &[(&str, &str)]) -> Sandbox {
-        let sandbox = Sandbox {
-            policies: tempfile::tempdir().unwrap(),
-            data: tempfile::tempdir().unwrap(),
-        };
+        let sandbox = Sandbox { policies: tempfile::tempdir().unwrap(), data: tempfile::tempdir().unwrap() };
         for (name, content) in files {
             sandbox.write(name, content);
         }
@@ -53,17 +50,11 @@ impl Sandbox {
 }
 
 pub async fn start(config: PolicyEngineConfig) -> PolicyEngine {
-    PolicyEngine::start(config)
-        .await
-        .unwrap_or_else(|e| panic!("policy engine did not start: {e}"))
+    PolicyEngine::start(config).await.unwrap_or_else(|e| panic!("policy engine did not start: {e}"))
 }
 
 pub async fn channel(url: &str) -> Channel {
-    Channel::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    Channel::from_shared(url.to_owned()).unwrap().connect().await.unwrap()
 }
 
 pub async fn policy_client(engine: &PolicyEngine) -> PolicyServiceClient<Channel> {
@@ -81,10 +72,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
+        assert!(std::time::Instant::now() < deadline, "condition not met within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -92,16 +80,8 @@ where
 /// A request with the fields most tests vary.
 pub fn request(agent_id: &str, confidence: f64, action: &str, cost: f64) -> pb::EvaluateRequest {
     pb::EvaluateRequest {
-        agent: Some(pb::Agent {
-            id: agent_id.into(),
-            confidence,
-            ..Default::default()
-        }),
-        action: Some(pb::Action {
-            r#type: action.into(),
-            estimated_cost: cost,
-            ..Default::default()
-        }),
+        agent: Some(pb::Agent { id: agent_id.into(), confidence, ..Default::default() }),
+        action: Some(pb::Action { r#type: action.into(), estimated_cost: cost, ..Default::default() }),
         time: None,
         correlation_id: String::new(),
     }

@@ -51,45 +51,23 @@ async fn evaluate_answers_with_effect_reasons_and_rules() {
     let engine = sandbox.start().await;
     let mut client = policy_client(&engine).await;
 
-    let allowed = client
-        .evaluate(request("agent-1", 0.9, "send_email", 1.0))
-        .await
-        .unwrap()
-        .into_inner();
+    let allowed = client.evaluate(request("agent-1", 0.9, "send_email", 1.0)).await.unwrap().into_inner();
     assert_eq!(effect(&allowed), pb::Effect::Allow);
     assert_eq!(allowed.matched_rules, ["agents-may-work"]);
     assert!(allowed.policy_version.starts_with("sha256:"));
     let id = uuid::Uuid::parse_str(&allowed.decision_id).unwrap();
     assert_eq!(id.get_version_num(), 7);
 
-    let approval = client
-        .evaluate(request("agent-1", 0.5, "send_email", 1.0))
-        .await
-        .unwrap()
-        .into_inner();
+    let approval = client.evaluate(request("agent-1", 0.5, "send_email", 1.0)).await.unwrap().into_inner();
     assert_eq!(effect(&approval), pb::Effect::RequireApproval);
     assert_eq!(approval.reasons, ["agent confidence is low"]);
 
-    let denied = client
-        .evaluate(request("agent-1", 0.9, "delete_customer", 900.0))
-        .await
-        .unwrap()
-        .into_inner();
+    let denied = client.evaluate(request("agent-1", 0.9, "delete_customer", 900.0)).await.unwrap().into_inner();
     assert_eq!(effect(&denied), pb::Effect::Deny);
-    assert_eq!(
-        denied.reasons,
-        [
-            "Only humans may delete customers",
-            "estimated cost exceeds the cost limit"
-        ]
-    );
+    assert_eq!(denied.reasons, ["Only humans may delete customers", "estimated cost exceeds the cost limit"]);
 
     // Third email in the window: the limit denies, naming itself.
-    let limited = client
-        .evaluate(request("agent-1", 0.9, "send_email", 1.0))
-        .await
-        .unwrap()
-        .into_inner();
+    let limited = client.evaluate(request("agent-1", 0.9, "send_email", 1.0)).await.unwrap().into_inner();
     assert_eq!(effect(&limited), pb::Effect::Deny);
     assert_eq!(limited.matched_rules, ["email-rate"]);
 
@@ -98,9 +76,7 @@ async fn evaluate_answers_with_effect_reasons_and_rules() {
     refund.action.as_mut().unwrap().params = Some(prost_types::Struct {
         fields: [(
             "amount".to_string(),
-            prost_types::Value {
-                kind: Some(prost_types::value::Kind::NumberValue(150.0)),
-            },
+            prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(150.0)) },
         )]
         .into(),
     });
@@ -110,14 +86,8 @@ async fn evaluate_answers_with_effect_reasons_and_rules() {
 
     // Time is taken from the request when given.
     let mut at_night = request("agent-1", 0.9, "noop", 0.0);
-    at_night.time = Some(prost_types::Timestamp {
-        seconds: 1_781_500_000,
-        nanos: 0,
-    });
-    assert_eq!(
-        effect(&client.evaluate(at_night).await.unwrap().into_inner()),
-        pb::Effect::Allow
-    );
+    at_night.time = Some(prost_types::Timestamp { seconds: 1_781_500_000, nanos: 0 });
+    assert_eq!(effect(&client.evaluate(at_night).await.unwrap().into_inner()), pb::Effect::Allow);
     engine.shutdown().await;
 }
 
@@ -126,10 +96,7 @@ fn check_invalid(status: tonic::Status, field: &str) {
     let error = WardenError::from_status(&status);
     assert!(!error.retryable());
     let fields: Vec<&str> = error.violations.iter().map(|v| v.field.as_str()).collect();
-    assert!(
-        fields.contains(&field),
-        "expected a violation on {field}, got {fields:?}"
-    );
+    assert!(fields.contains(&field), "expected a violation on {field}, got {fields:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,44 +107,17 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     let cases: Vec<(pb::EvaluateRequest, &str)> = vec![
         (request("", 0.9, "send_email", 1.0), "agent.id"),
         (request("a", 0.9, "", 1.0), "action.type"),
-        (
-            request("a", 0.9, "send_email", -1.0),
-            "action.estimated_cost",
-        ),
-        (
-            request("a", 0.9, "send_email", f64::NAN),
-            "action.estimated_cost",
-        ),
-        (
-            request("a", 0.9, "send_email", f64::INFINITY),
-            "action.estimated_cost",
-        ),
+        (request("a", 0.9, "send_email", -1.0), "action.estimated_cost"),
+        (request("a", 0.9, "send_email", f64::NAN), "action.estimated_cost"),
+        (request("a", 0.9, "send_email", f64::INFINITY), "action.estimated_cost"),
         (request("a", 1.5, "send_email", 1.0), "agent.confidence"),
         (request("a", -0.1, "send_email", 1.0), "agent.confidence"),
-        (
-            request(&"x".repeat(10_000), 0.9, "send_email", 1.0),
-            "agent.id",
-        ),
-        (
-            pb::EvaluateRequest {
-                agent: None,
-                ..request("a", 0.9, "x", 0.0)
-            },
-            "agent",
-        ),
+        (request(&"x".repeat(10_000), 0.9, "send_email", 1.0), "agent.id"),
+        (pb::EvaluateRequest { agent: None, ..request("a", 0.9, "x", 0.0) }, "agent"),
+        (pb::EvaluateRequest { action: None, ..request("a", 0.9, "x", 0.0) }, "action"),
         (
             pb::EvaluateRequest {
-                action: None,
-                ..request("a", 0.9, "x", 0.0)
-            },
-            "action",
-        ),
-        (
-            pb::EvaluateRequest {
-                time: Some(prost_types::Timestamp {
-                    seconds: 0,
-                    nanos: -5,
-                }),
+                time: Some(prost_types::Timestamp { seconds: 0, nanos: -5 }),
                 ..request("a", 0.9, "x", 0.0)
             },
             "time",
@@ -190,9 +130,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     huge.action.as_mut().unwrap().params = Some(prost_types::Struct {
         fields: [(
             "blob".to_string(),
-            prost_types::Value {
-                kind: Some(prost_types::value::Kind::StringValue("x".repeat(100_000))),
-            },
+            prost_types::Value { kind: Some(prost_types::value::Kind::StringValue("x".repeat(100_000))) },
         )]
         .into(),
     });
@@ -201,16 +139,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     roles.agent.as_mut().unwrap().roles = vec![String::new()];
     check_invalid(client.evaluate(roles).await.unwrap_err(), "agent.roles[0]");
     // The server is still healthy after all of that.
-    assert_eq!(
-        effect(
-            &client
-                .evaluate(request("a", 0.9, "x", 0.0))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
-        pb::Effect::Allow
-    );
+    assert_eq!(effect(&client.evaluate(request("a", 0.9, "x", 0.0)).await.unwrap().into_inner()), pb::Effect::Allow);
     engine.shutdown().await;
 }
 
@@ -220,18 +149,10 @@ async fn health_and_reflection_are_served() {
     let engine = sandbox.start().await;
     let channel = channel(&engine.url()).await;
     let mut health = HealthClient::new(channel.clone());
-    let overall = health
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let overall = health.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     assert_eq!(overall.status, ServingStatus::Serving as i32);
     let policy = health
-        .check(HealthCheckRequest {
-            service: "warden.policy.v1.PolicyService".into(),
-        })
+        .check(HealthCheckRequest { service: "warden.policy.v1.PolicyService".into() })
         .await
         .unwrap()
         .into_inner();
@@ -246,24 +167,14 @@ async fn health_and_reflection_are_served() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     }]);
-    let mut responses = reflection
-        .server_reflection_info(requests)
-        .await
-        .unwrap()
-        .into_inner();
+    let mut responses = reflection.server_reflection_info(requests).await.unwrap().into_inner();
     let response = responses.message().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection response");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"warden.policy.v1.PolicyService".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_string()),
-        "{names:?}"
-    );
+    assert!(names.contains(&"warden.policy.v1.PolicyService".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
     engine.shutdown().await;
 }
 
@@ -274,59 +185,32 @@ async fn reload_keeps_the_last_good_set_and_reports_errors() {
     config.watch_policies = false;
     let engine = warden_tests::start(config).await;
     let mut client = policy_client(&engine).await;
-    let first = client
-        .get_policies(pb::GetPoliciesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let first = client.get_policies(pb::GetPoliciesRequest {}).await.unwrap().into_inner();
     assert_eq!(first.rules.len(), 5);
     assert_eq!(first.limits.len(), 1);
 
-    sandbox.write("extra.yaml", "rules:\n  - name: no-email\n    actions: [send_email]\n    effect: deny\n    reason: email is off\n");
-    let reloaded = client
-        .reload_policies(pb::ReloadPoliciesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    sandbox.write(
+        "extra.yaml",
+        "rules:\n  - name: no-email\n    actions: [send_email]\n    effect: deny\n    reason: email is off\n",
+    );
+    let reloaded = client.reload_policies(pb::ReloadPoliciesRequest {}).await.unwrap().into_inner();
     assert!(reloaded.reloaded);
     assert_ne!(reloaded.policy_version, first.policy_version);
-    let denied = client
-        .evaluate(request("a", 0.9, "send_email", 0.0))
-        .await
-        .unwrap()
-        .into_inner();
+    let denied = client.evaluate(request("a", 0.9, "send_email", 0.0)).await.unwrap().into_inner();
     assert_eq!(denied.reasons, ["email is off"]);
     assert_eq!(denied.policy_version, reloaded.policy_version);
 
-    sandbox.write(
-        "broken.yaml",
-        "rules:\n  - name: broken\n    when: \"agent.nope\"\n    effect: deny\n",
-    );
-    let rejected = client
-        .reload_policies(pb::ReloadPoliciesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    sandbox.write("broken.yaml", "rules:\n  - name: broken\n    when: \"agent.nope\"\n    effect: deny\n");
+    let rejected = client.reload_policies(pb::ReloadPoliciesRequest {}).await.unwrap().into_inner();
     assert!(!rejected.reloaded);
     assert_eq!(rejected.policy_version, reloaded.policy_version);
     assert_eq!(rejected.errors.len(), 1);
     let error = &rejected.errors[0];
-    assert_eq!(
-        (error.file.as_str(), error.line, error.rule.as_str()),
-        ("broken.yaml", 2, "broken")
-    );
+    assert_eq!((error.file.as_str(), error.line, error.rule.as_str()), ("broken.yaml", 2, "broken"));
     // The last good set still decides, and GetPolicies says the reload failed.
-    let still = client
-        .evaluate(request("a", 0.9, "send_email", 0.0))
-        .await
-        .unwrap()
-        .into_inner();
+    let still = client.evaluate(request("a", 0.9, "send_email", 0.0)).await.unwrap().into_inner();
     assert_eq!(still.reasons, ["email is off"]);
-    let status = client
-        .get_policies(pb::GetPoliciesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = client.get_policies(pb::GetPoliciesRequest {}).await.unwrap().into_inner();
     assert_eq!(status.last_reload_errors.len(), 1);
     assert!(status.last_reload_attempt.is_some());
     engine.shutdown().await;
@@ -353,32 +237,13 @@ async fn validate_checks_sources_without_activating_them() {
     assert!(!response.valid);
     assert_eq!(response.errors.len(), 1);
     assert_eq!(
-        (
-            response.errors[0].file.as_str(),
-            response.errors[0].line,
-            response.errors[0].rule.as_str()
-        ),
+        (response.errors[0].file.as_str(), response.errors[0].line, response.errors[0].rule.as_str()),
         ("bad.yaml", 2, "b")
     );
-    assert!(
-        response.errors[0]
-            .message
-            .contains("no matching overload for '*' with double and int")
-    );
-    let active = client
-        .get_policies(pb::GetPoliciesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        active.rules.len(),
-        5,
-        "validation must not activate anything"
-    );
-    let empty = client
-        .validate_policies(pb::ValidatePoliciesRequest { sources: vec![] })
-        .await
-        .unwrap_err();
+    assert!(response.errors[0].message.contains("no matching overload for '*' with double and int"));
+    let active = client.get_policies(pb::GetPoliciesRequest {}).await.unwrap().into_inner();
+    assert_eq!(active.rules.len(), 5, "validation must not activate anything");
+    let empty = client.validate_policies(pb::ValidatePoliciesRequest { sources: vec![] }).await.unwrap_err();
     check_invalid(empty, "sources");
     engine.shutdown().await;
 }
@@ -388,28 +253,17 @@ async fn file_changes_reload_automatically() {
     let sandbox = Sandbox::new(&[("base.yaml", BASE)]);
     let engine = sandbox.start().await;
     let mut client = policy_client(&engine).await;
-    sandbox.write(
-        "base.yaml",
-        &BASE.replace("agent confidence is low", "confidence too low"),
-    );
+    sandbox.write("base.yaml", &BASE.replace("agent confidence is low", "confidence too low"));
     let reasons = eventually(Duration::from_secs(10), || {
         let mut client = client.clone();
         async move {
-            let response = client
-                .evaluate(request("a", 0.5, "x", 0.0))
-                .await
-                .unwrap()
-                .into_inner();
+            let response = client.evaluate(request("a", 0.5, "x", 0.0)).await.unwrap().into_inner();
             (response.reasons == ["confidence too low"]).then_some(response.reasons)
         }
     })
     .await;
     assert_eq!(reasons, ["confidence too low"]);
-    let status = client
-        .get_policies(pb::GetPoliciesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = client.get_policies(pb::GetPoliciesRequest {}).await.unwrap().into_inner();
     assert!(status.last_reload_errors.is_empty());
     engine.shutdown().await;
 }
@@ -433,24 +287,11 @@ async fn reloads_swap_atomically_under_load() {
         workers.push(tokio::spawn(async move {
             let mut seen = (0u32, 0u32);
             while !stop.load(Ordering::Relaxed) {
-                let response = client
-                    .evaluate(request(&format!("w{worker}"), 0.9, "x", 0.0))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                match (
-                    effect(&response),
-                    response.matched_rules.as_slice(),
-                    response.reasons.as_slice(),
-                ) {
-                    (pb::Effect::Allow, [rule], [reason])
-                        if rule == "rule-a" && reason == "from-a" =>
-                    {
-                        seen.0 += 1
-                    }
-                    (pb::Effect::RequireApproval, [rule], [reason])
-                        if rule == "rule-b" && reason == "from-b" =>
-                    {
+                let response =
+                    client.evaluate(request(&format!("w{worker}"), 0.9, "x", 0.0)).await.unwrap().into_inner();
+                match (effect(&response), response.matched_rules.as_slice(), response.reasons.as_slice()) {
+                    (pb::Effect::Allow, [rule], [reason]) if rule == "rule-a" && reason == "from-a" => seen.0 += 1,
+                    (pb::Effect::RequireApproval, [rule], [reason]) if rule == "rule-b" && reason == "from-b" => {
                         seen.1 += 1
                     }
                     _ => panic!("torn decision: {response:?}"),
@@ -462,14 +303,7 @@ async fn reloads_swap_atomically_under_load() {
     let mut reload_client = client.clone();
     for round in 0..20 {
         sandbox.write("p.yaml", if round % 2 == 0 { version_b } else { version_a });
-        assert!(
-            reload_client
-                .reload_policies(pb::ReloadPoliciesRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .reloaded
-        );
+        assert!(reload_client.reload_policies(pb::ReloadPoliciesRequest {}).await.unwrap().into_inner().reloaded);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -478,10 +312,7 @@ async fn reloads_swap_atomically_under_load() {
         let seen = worker.await.unwrap();
         totals = (totals.0 + seen.0, totals.1 + seen.1);
     }
-    assert!(
-        totals.0 > 0 && totals.1 > 0,
-        "both versions should have answered: {totals:?}"
-    );
+    assert!(totals.0 > 0 && totals.1 > 0, "both versions should have answered: {totals:?}");
     engine.shutdown().await;
 }
 
@@ -491,11 +322,7 @@ async fn kill_switches_are_durable_across_restarts() {
     let engine = sandbox.start().await;
     let mut client = policy_client(&engine).await;
     let missing_reason = client
-        .set_kill_switch(pb::SetKillSwitchRequest {
-            agent_id: "agent-1".into(),
-            engaged: true,
-            reason: String::new(),
-        })
+        .set_kill_switch(pb::SetKillSwitchRequest { agent_id: "agent-1".into(), engaged: true, reason: String::new() })
         .await
         .unwrap_err();
     check_invalid(missing_reason, "reason");
@@ -507,21 +334,11 @@ async fn kill_switches_are_durable_across_restarts() {
         })
         .await
         .unwrap();
-    let denied = client
-        .evaluate(request("agent-1", 0.9, "x", 0.0))
-        .await
-        .unwrap()
-        .into_inner();
+    let denied = client.evaluate(request("agent-1", 0.9, "x", 0.0)).await.unwrap().into_inner();
     assert_eq!(effect(&denied), pb::Effect::Deny);
     assert_eq!(denied.reasons, ["kill switch engaged: refund loop"]);
     assert_eq!(
-        effect(
-            &client
-                .evaluate(request("agent-2", 0.9, "x", 0.0))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
+        effect(&client.evaluate(request("agent-2", 0.9, "x", 0.0)).await.unwrap().into_inner()),
         pb::Effect::Allow
     );
     engine.shutdown().await;
@@ -529,19 +346,10 @@ async fn kill_switches_are_durable_across_restarts() {
     // A new process on the same data directory.
     let engine = sandbox.start().await;
     let mut client = policy_client(&engine).await;
-    let denied = client
-        .evaluate(request("agent-1", 0.9, "x", 0.0))
-        .await
-        .unwrap()
-        .into_inner();
+    let denied = client.evaluate(request("agent-1", 0.9, "x", 0.0)).await.unwrap().into_inner();
     assert_eq!(denied.reasons, ["kill switch engaged: refund loop"]);
-    let listed = client
-        .get_kill_switch(pb::GetKillSwitchRequest {
-            agent_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let listed =
+        client.get_kill_switch(pb::GetKillSwitchRequest { agent_id: String::new() }).await.unwrap().into_inner();
     assert_eq!(listed.kill_switches.len(), 1);
     client
         .set_kill_switch(pb::SetKillSwitchRequest {
@@ -551,11 +359,7 @@ async fn kill_switches_are_durable_across_restarts() {
         })
         .await
         .unwrap();
-    let everyone = client
-        .evaluate(request("agent-2", 0.9, "x", 0.0))
-        .await
-        .unwrap()
-        .into_inner();
+    let everyone = client.evaluate(request("agent-2", 0.9, "x", 0.0)).await.unwrap().into_inner();
     assert_eq!(everyone.reasons, ["kill switch engaged: incident 9"]);
     for agent_id in ["", "agent-1"] {
         client
@@ -568,13 +372,7 @@ async fn kill_switches_are_durable_across_restarts() {
             .unwrap();
     }
     assert_eq!(
-        effect(
-            &client
-                .evaluate(request("agent-1", 0.9, "x", 0.0))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
+        effect(&client.evaluate(request("agent-1", 0.9, "x", 0.0)).await.unwrap().into_inner()),
         pb::Effect::Allow
     );
     engine.shutdown().await;
@@ -593,21 +391,13 @@ async fn replicas_share_kill_switches_through_postgres() {
     let second = warden_tests::start(config).await;
     let mut a = policy_client(&first).await;
     let b = policy_client(&second).await;
-    a.set_kill_switch(pb::SetKillSwitchRequest {
-        agent_id: "agent-1".into(),
-        engaged: true,
-        reason: "stop".into(),
-    })
-    .await
-    .unwrap();
+    a.set_kill_switch(pb::SetKillSwitchRequest { agent_id: "agent-1".into(), engaged: true, reason: "stop".into() })
+        .await
+        .unwrap();
     eventually(Duration::from_secs(10), || {
         let mut b = b.clone();
         async move {
-            let response = b
-                .evaluate(request("agent-1", 0.9, "x", 0.0))
-                .await
-                .unwrap()
-                .into_inner();
+            let response = b.evaluate(request("agent-1", 0.9, "x", 0.0)).await.unwrap().into_inner();
             (effect(&response) == pb::Effect::Deny).then_some(())
         }
     })
@@ -618,9 +408,7 @@ async fn replicas_share_kill_switches_through_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_limits_through_redis() {
-    let Some(redis) =
-        warden_store::testing::external_url("WARDEN_TEST_REDIS_URL", "Redis limit tests")
-    else {
+    let Some(redis) = warden_store::testing::external_url("WARDEN_TEST_REDIS_URL", "Redis limit tests") else {
         return;
     };
     // A unique limit name keeps runs apart in a shared Redis.
@@ -638,13 +426,7 @@ async fn replicas_share_limits_through_redis() {
     let mut effects = Vec::new();
     for i in 0..5 {
         let client = if i % 2 == 0 { &mut a } else { &mut b };
-        effects.push(effect(
-            &client
-                .evaluate(request("bot", 0.9, "x", 0.0))
-                .await
-                .unwrap()
-                .into_inner(),
-        ));
+        effects.push(effect(&client.evaluate(request("bot", 0.9, "x", 0.0)).await.unwrap().into_inner()));
     }
     use pb::Effect::{Allow, Deny};
     assert_eq!(effects, [Allow, Allow, Allow, Deny, Deny]);
@@ -654,16 +436,7 @@ async fn replicas_share_limits_through_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_policies_stop_the_engine_from_starting() {
-    let sandbox = Sandbox::new(&[(
-        "bad.yaml",
-        "rules:\n  - name: x\n    effect: allow\n    when: \"nope\"\n",
-    )]);
-    let error = warden_policy_engine::PolicyEngine::start(sandbox.config())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("bad.yaml:2: rule 'x': invalid condition: undeclared reference to 'nope'"),
-        "{error}"
-    );
+    let sandbox = Sandbox::new(&[("bad.yaml", "rules:\n  - name: x\n    effect: allow\n    when: \"nope\"\n")]);
+    let error = warden_policy_engine::PolicyEngine::start(sandbox.config()).await.unwrap_err().to_string();
+    assert!(error.contains("bad.yaml:2: rule 'x': invalid condition: undeclared reference to 'nope'"), "{error}");
 }

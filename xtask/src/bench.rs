@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+use warden_client::{ClientConfig, PolicyClient, Source};
 use warden_policy_engine::{PolicyEngine, PolicyEngineConfig, fixtures};
 use warden_proto::policy::v1 as pb;
-use warden_proto::policy::v1::policy_service_client::PolicyServiceClient;
+use warden_resilience::grpc::ResilienceLayer;
+use warden_resilience::{Pipeline, RetryPolicy};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Target {
@@ -49,18 +51,13 @@ pub async fn run(target: Target) -> Result<(), String> {
 /// from a release build instead.
 fn rerun_in_release() -> Result<(), String> {
     eprintln!("xtask: building in release mode for benchmarks");
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
-            .args(std::env::args().skip(1))
-            .current_dir(crate::workspace_root())
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("release benchmark failed: {status}"))
-    }
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+        .args(std::env::args().skip(1))
+        .current_dir(crate::workspace_root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("release benchmark failed: {status}")) }
 }
 
 /// Latencies and count of one phase.
@@ -99,23 +96,23 @@ impl Totals {
     }
 }
 
-async fn drive<F, Fut>(channels: &[Channel], in_flight: usize, duration: Duration, call: F) -> Phase
+/// Runs `in_flight` loops calling `call(task index)` until the phase ends.
+async fn drive<F, Fut>(in_flight: usize, duration: Duration, call: F) -> Phase
 where
-    F: Fn(Channel) -> Fut + Clone + Send + 'static,
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..in_flight {
-        let channel = channels[i % channels.len()].clone();
+    for task in 0..in_flight {
         let call = call.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             while Instant::now() < deadline {
                 let start = Instant::now();
-                if call(channel.clone()).await {
+                if call(task).await {
                     latencies.push(start.elapsed());
                 } else {
                     errors += 1;
@@ -135,35 +132,32 @@ where
 }
 
 async fn policy(args: PolicyArgs) -> Result<(), String> {
-    let policies =
-        std::env::temp_dir().join(format!("warden-bench-policies-{}", std::process::id()));
+    let policies = std::env::temp_dir().join(format!("warden-bench-policies-{}", std::process::id()));
     let data = std::env::temp_dir().join(format!("warden-bench-data-{}", std::process::id()));
     std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
-    std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20))
-        .map_err(|e| e.to_string())?;
+    std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
     let mut config = PolicyEngineConfig::for_tests(&policies, &data);
     config.watch_policies = false;
-    let engine = PolicyEngine::start(config)
-        .await
-        .map_err(|e| e.to_string())?;
+    let engine = PolicyEngine::start(config).await.map_err(|e| e.to_string())?;
     let url = engine.url();
-    let mut channels = Vec::new();
+    // Evaluate goes through the client SDK (resilience pipeline, trace
+    // context); Health/Check through a channel with the same pipeline, so
+    // the ratio compares the servers' work, not the client stacks.
+    let mut policy_clients = Vec::new();
+    let mut health_clients = Vec::new();
     for _ in 0..args.connections {
-        channels.push(
-            Channel::from_shared(url.clone())
-                .map_err(|e| e.to_string())?
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        policy_clients.push(PolicyClient::new(ClientConfig::new(url.clone())).map_err(|e| e.to_string())?);
+        let channel =
+            Channel::from_shared(url.clone()).map_err(|e| e.to_string())?.connect().await.map_err(|e| e.to_string())?;
+        let pipeline =
+            Pipeline::builder("bench-health").retry(RetryPolicy::default()).timeout(Duration::from_secs(5)).build();
+        health_clients.push(HealthClient::new(
+            tower::ServiceBuilder::new().layer(ResilienceLayer::new(pipeline)).service(channel),
+        ));
     }
     let (agent, action) = fixtures::request(3);
-    let request = pb::EvaluateRequest {
-        agent: Some(agent),
-        action: Some(action),
-        time: None,
-        correlation_id: "bench".into(),
-    };
+    let request =
+        pb::EvaluateRequest { agent: Some(agent), action: Some(action), time: None, correlation_id: "bench".into() };
     println!(
         "bench policy: 200-rule set (20 per action), {} in flight over {} connections, {} x {}s phases each, alternating",
         args.in_flight, args.connections, args.rounds, args.seconds
@@ -171,28 +165,25 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
     let phase = Duration::from_secs(args.seconds);
     let mut evaluate = Totals::default();
     let mut health = Totals::default();
+    let policy_clients = std::sync::Arc::new(policy_clients);
+    let health_clients = std::sync::Arc::new(health_clients);
     for _ in 0..args.rounds {
-        let request = request.clone();
+        let (clients, request) = (policy_clients.clone(), request.clone());
         evaluate.add(
-            drive(&channels, args.in_flight, phase, move |channel| {
+            drive(args.in_flight, phase, move |task| {
+                let client = clients[task % clients.len()].clone();
                 let request = request.clone();
                 async move {
-                    PolicyServiceClient::new(channel)
-                        .evaluate(request)
-                        .await
-                        .is_ok()
+                    matches!(client.evaluate(request).await, Ok(decision) if decision.source == Source::PolicyEngine)
                 }
             })
             .await,
         );
+        let clients = health_clients.clone();
         health.add(
-            drive(&channels, args.in_flight, phase, |channel| async move {
-                HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .is_ok()
+            drive(args.in_flight, phase, move |task| {
+                let mut client = clients[task % clients.len()].clone();
+                async move { client.check(HealthCheckRequest { service: String::new() }).await.is_ok() }
             })
             .await,
         );
@@ -202,21 +193,12 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&data);
 
     let (evaluate_rate, health_rate) = (evaluate.rate(), health.rate());
-    println!(
-        "{:<22} {:>12} {:>10} {:>10} {:>8}",
-        "rpc", "requests/s", "p50", "p99", "errors"
-    );
+    println!("{:<22} {:>12} {:>10} {:>10} {:>8}", "rpc", "requests/s", "p50", "p99", "errors");
     for (name, totals) in [("Evaluate", &mut evaluate), ("Health/Check", &mut health)] {
         let rate = totals.rate();
         let (p50, p99) = (totals.percentile(0.5), totals.percentile(0.99));
-        println!(
-            "{:<22} {:>12.0} {:>10.1?} {:>10.1?} {:>8}",
-            name, rate, p50, p99, totals.errors
-        );
+        println!("{:<22} {:>12.0} {:>10.1?} {:>10.1?} {:>8}", name, rate, p50, p99, totals.errors);
     }
-    println!(
-        "ratio Evaluate/Health throughput: {:.2}",
-        evaluate_rate / health_rate
-    );
+    println!("ratio Evaluate/Health throughput: {:.2}", evaluate_rate / health_rate);
     Ok(())
 }

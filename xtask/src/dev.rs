@@ -20,22 +20,12 @@ pub struct DevArgs {
 pub async fn run(args: DevArgs) -> Result<(), String> {
     let root = crate::workspace_root();
     let telemetry = warden_telemetry::TelemetryConfig {
-        log_format: if args.json {
-            warden_telemetry::LogFormat::Json
-        } else {
-            warden_telemetry::LogFormat::Pretty
-        },
+        log_format: if args.json { warden_telemetry::LogFormat::Json } else { warden_telemetry::LogFormat::Pretty },
         ..Default::default()
     };
     let _guard = warden_telemetry::init("warden-dev", &telemetry).map_err(|e| e.to_string())?;
-    let data_dir = if args.data_dir.is_absolute() {
-        args.data_dir
-    } else {
-        root.join(args.data_dir)
-    };
-    let policies = args
-        .policies
-        .unwrap_or_else(|| root.join("examples/policies"));
+    let data_dir = if args.data_dir.is_absolute() { args.data_dir } else { root.join(args.data_dir) };
+    let policies = args.policies.unwrap_or_else(|| root.join("examples/policies"));
     let policy_engine = PolicyEngine::start(PolicyEngineConfig {
         data_dir: data_dir.clone(),
         policies: policies.clone(),
@@ -50,10 +40,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     println!(
         "  policy engine  grpc://{}   metrics http://{}/metrics",
         policy_engine.addr,
-        policy_engine
-            .metrics_addr
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "-".into())
+        policy_engine.metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
     );
     println!("  policies       {} (edit to reload)", policies.display());
     println!("  data           {}", data_dir.display());

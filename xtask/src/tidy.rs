@@ -27,10 +27,7 @@ fn visit(dir: &Path, problems: &mut Vec<String>) {
                 continue;
             }
             visit(&path, problems);
-        } else if path
-            .file_name()
-            .is_some_and(|n| n == "lib.rs" || n == "main.rs")
-        {
+        } else if path.file_name().is_some_and(|n| n == "lib.rs" || n == "main.rs") {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             if !text.lines().take(5).any(|line| line.starts_with("//!")) {
                 problems.push(format!("{}: crate root without a //! doc", path.display()));

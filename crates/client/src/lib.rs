@@ -1,1 +1,368 @@
-//! Placeholder; see issue 3.
+//! The Rust SDK agents embed to ask Warden before they act.
+//!
+//! [`PolicyClient`] connects to the policy engine through the resilience
+//! pipeline (per-attempt timeout, retries honouring `RetryInfo`, a circuit
+//! breaker shared by every client of the same URL) and **fails closed**:
+//! when the policy engine cannot answer, [`PolicyClient::evaluate`] returns
+//! a deny with the reason "policy engine unavailable", unless the caller
+//! explicitly chose [`WhenUnavailable::Allow`].
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), warden_client::ClientError> {
+//! use warden_client::{ClientConfig, PolicyClient, Request};
+//! let client = PolicyClient::new(ClientConfig::new("http://127.0.0.1:50051"))?;
+//! let decision = client.evaluate(Request::new("support-bot", "issue_refund").cost(20.0)).await?;
+//! if decision.is_allowed() { /* act */ }
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use warden_errors::{Classify, WardenError};
+use warden_proto::policy::v1 as pb;
+use warden_proto::policy::v1::policy_service_client::PolicyServiceClient;
+use warden_resilience::grpc::{ResilienceLayer, ResilientService};
+use warden_resilience::{Backoff, BreakerConfig, BreakerRegistry, Pipeline, RetryPolicy, SlidingWindow};
+use warden_telemetry::TraceContextInterceptor;
+
+pub use pb::Effect;
+
+/// What the client answers when the policy engine cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenUnavailable {
+    /// Deny (the default: never fail open by accident).
+    #[default]
+    Deny,
+    /// Allow, with a reason saying so. Only for actions whose risk the
+    /// caller accepts without governance.
+    Allow,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `http://HOST:PORT` of the policy engine.
+    pub url: String,
+    pub connect_timeout: Duration,
+    /// Time one attempt may take.
+    pub attempt_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub breaker: BreakerConfig,
+    pub when_unavailable: WhenUnavailable,
+}
+
+impl ClientConfig {
+    /// Defaults for an agent on the request path: 250 ms per attempt, 3
+    /// attempts within 1 s, a breaker that opens after 5 failures in a row
+    /// for 2 s.
+    pub fn new(url: impl Into<String>) -> Self {
+        ClientConfig {
+            url: url.into(),
+            connect_timeout: Duration::from_secs(1),
+            attempt_timeout: Duration::from_millis(250),
+            retry: RetryPolicy {
+                max_attempts: 3,
+                deadline: Some(Duration::from_secs(1)),
+                backoff: Backoff::exponential(Duration::from_millis(20), Duration::from_millis(200)),
+            },
+            breaker: BreakerConfig {
+                consecutive_failures: Some(5),
+                failure_rate: Some(0.5),
+                window: SlidingWindow::Time(Duration::from_secs(10)),
+                minimum_calls: 20,
+                open_duration: Duration::from_secs(2),
+                half_open_max_calls: 1,
+                success_threshold: 1,
+                ..BreakerConfig::default()
+            },
+            when_unavailable: WhenUnavailable::Deny,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid policy engine url {0:?}: {1}")]
+    InvalidUrl(String, String),
+    /// The request itself is wrong (fix the caller): the violations name the
+    /// fields.
+    #[error("invalid request: {0}")]
+    InvalidRequest(WardenError),
+}
+
+/// Where a decision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The policy engine decided (and logged) it.
+    PolicyEngine,
+    /// The engine could not answer; the client applied [`WhenUnavailable`].
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub effect: Effect,
+    pub reasons: Vec<String>,
+    pub matched_rules: Vec<String>,
+    pub shadow_rules: Vec<String>,
+    /// The decision log id; `None` when the engine did not decide.
+    pub decision_id: Option<String>,
+    pub policy_version: Option<String>,
+    pub source: Source,
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        self.effect == Effect::Allow
+    }
+
+    pub fn requires_approval(&self) -> bool {
+        self.effect == Effect::RequireApproval
+    }
+}
+
+/// A request under construction.
+#[derive(Debug, Clone, Default)]
+pub struct Request(pb::EvaluateRequest);
+
+impl Request {
+    pub fn new(agent_id: impl Into<String>, action_type: impl Into<String>) -> Self {
+        Request(pb::EvaluateRequest {
+            agent: Some(pb::Agent { id: agent_id.into(), confidence: 1.0, ..Default::default() }),
+            action: Some(pb::Action { r#type: action_type.into(), ..Default::default() }),
+            ..Default::default()
+        })
+    }
+
+    pub fn confidence(mut self, confidence: f64) -> Self {
+        self.agent().confidence = confidence;
+        self
+    }
+
+    pub fn role(mut self, role: impl Into<String>) -> Self {
+        self.agent().roles.push(role.into());
+        self
+    }
+
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.agent().labels.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.action().resource = resource.into();
+        self
+    }
+
+    pub fn cost(mut self, cost: f64) -> Self {
+        self.action().estimated_cost = cost;
+        self
+    }
+
+    /// Adds a numeric, string or boolean parameter.
+    pub fn param(mut self, key: impl Into<String>, value: impl Into<Param>) -> Self {
+        let kind = match value.into() {
+            Param::Number(n) => prost_types::value::Kind::NumberValue(n),
+            Param::Text(s) => prost_types::value::Kind::StringValue(s),
+            Param::Bool(b) => prost_types::value::Kind::BoolValue(b),
+        };
+        self.action()
+            .params
+            .get_or_insert_with(Default::default)
+            .fields
+            .insert(key.into(), prost_types::Value { kind: Some(kind) });
+        self
+    }
+
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.0.correlation_id = id.into();
+        self
+    }
+
+    fn agent(&mut self) -> &mut pb::Agent {
+        self.0.agent.get_or_insert_with(Default::default)
+    }
+
+    fn action(&mut self) -> &mut pb::Action {
+        self.0.action.get_or_insert_with(Default::default)
+    }
+}
+
+impl From<pb::EvaluateRequest> for Request {
+    fn from(request: pb::EvaluateRequest) -> Self {
+        Request(request)
+    }
+}
+
+/// A parameter value.
+#[derive(Debug, Clone)]
+pub enum Param {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl From<f64> for Param {
+    fn from(n: f64) -> Self {
+        Param::Number(n)
+    }
+}
+impl From<i64> for Param {
+    fn from(n: i64) -> Self {
+        Param::Number(n as f64)
+    }
+}
+impl From<&str> for Param {
+    fn from(s: &str) -> Self {
+        Param::Text(s.to_owned())
+    }
+}
+impl From<String> for Param {
+    fn from(s: String) -> Self {
+        Param::Text(s)
+    }
+}
+impl From<bool> for Param {
+    fn from(b: bool) -> Self {
+        Param::Bool(b)
+    }
+}
+
+/// The channel stack: trace context, then the resilience pipeline.
+pub type PolicyChannel = InterceptedService<ResilientService<Channel>, TraceContextInterceptor>;
+
+/// A resilient, fail-closed client of the policy engine. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PolicyClient {
+    client: PolicyServiceClient<PolicyChannel>,
+    when_unavailable: WhenUnavailable,
+    url: Arc<str>,
+}
+
+impl PolicyClient {
+    /// Creates the client. It connects lazily: a policy engine that is down
+    /// now makes decisions fail closed, not this call fail.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(config.url.clone())
+            .map_err(|e| ClientError::InvalidUrl(config.url.clone(), e.to_string()))?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        // One breaker per policy engine URL, shared by every client of it.
+        let breaker_name = format!("warden-policy-engine:{}", config.url);
+        let breaker = BreakerRegistry::global().get_or_create(&breaker_name, || config.breaker.clone());
+        let pipeline = Pipeline::builder(breaker_name)
+            .retry(config.retry.clone())
+            .breaker(breaker)
+            .timeout(config.attempt_timeout)
+            .build();
+        let stack = tower::ServiceBuilder::new().layer(ResilienceLayer::new(pipeline)).service(channel);
+        let client = PolicyServiceClient::new(InterceptedService::new(stack, TraceContextInterceptor));
+        Ok(PolicyClient { client, when_unavailable: config.when_unavailable, url: config.url.into() })
+    }
+
+    /// Asks whether an action may proceed. Never fails open: when the engine
+    /// cannot answer, the decision is a deny (or an allow only when
+    /// configured). Only a malformed request is an error.
+    pub async fn evaluate(&self, request: impl Into<Request>) -> Result<Decision, ClientError> {
+        let request = request.into().0;
+        match self.client.clone().evaluate(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                Ok(Decision {
+                    effect: Effect::try_from(response.effect).unwrap_or(Effect::Deny),
+                    reasons: response.reasons,
+                    matched_rules: response.matched_rules,
+                    shadow_rules: response.shadow_rules,
+                    decision_id: Some(response.decision_id),
+                    policy_version: Some(response.policy_version),
+                    source: Source::PolicyEngine,
+                })
+            }
+            Err(status) => {
+                let error = WardenError::from_status(&status);
+                if status.code() == tonic::Code::InvalidArgument {
+                    return Err(ClientError::InvalidRequest(error));
+                }
+                tracing::warn!(url = %self.url, code = ?status.code(), reason = %error.reason, retryable = error.retryable(), "policy engine unavailable");
+                let (effect, verdict) = match self.when_unavailable {
+                    WhenUnavailable::Deny => (Effect::Deny, "denying"),
+                    WhenUnavailable::Allow => (Effect::Allow, "allowing, as configured"),
+                };
+                Ok(Decision {
+                    effect,
+                    reasons: vec![format!("policy engine unavailable ({}); {verdict}", status.message())],
+                    matched_rules: Vec::new(),
+                    shadow_rules: Vec::new(),
+                    decision_id: None,
+                    policy_version: None,
+                    source: Source::Unavailable,
+                })
+            }
+        }
+    }
+
+    /// The generated client on the same resilient channel, for the other
+    /// RPCs (kill switches, policy management).
+    pub fn raw(&self) -> PolicyServiceClient<PolicyChannel> {
+        self.client.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_build_the_wire_message() {
+        let request = Request::new("bot", "issue_refund")
+            .confidence(0.8)
+            .role("support")
+            .label("team", "billing")
+            .resource("order/1")
+            .cost(12.5)
+            .param("amount", 100.0)
+            .param("currency", "EUR")
+            .param("vip", true)
+            .correlation_id("c-1")
+            .0;
+        let agent = request.agent.unwrap();
+        let action = request.action.unwrap();
+        assert_eq!(
+            (agent.id.as_str(), agent.confidence, agent.roles.as_slice()),
+            ("bot", 0.8, &["support".to_string()][..])
+        );
+        assert_eq!(agent.labels["team"], "billing");
+        assert_eq!(
+            (action.r#type.as_str(), action.resource.as_str(), action.estimated_cost),
+            ("issue_refund", "order/1", 12.5)
+        );
+        assert_eq!(action.params.unwrap().fields.len(), 3);
+        assert_eq!(request.correlation_id, "c-1");
+    }
+
+    #[test]
+    fn bad_urls_are_reported() {
+        assert!(matches!(PolicyClient::new(ClientConfig::new("not a url")), Err(ClientError::InvalidUrl(..))));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_engine_means_deny_unless_configured_otherwise() {
+        let mut config = ClientConfig::new("http://127.0.0.1:1");
+        config.retry.max_attempts = 2;
+        let client = PolicyClient::new(config.clone()).unwrap();
+        let decision = client.evaluate(Request::new("bot", "send_email")).await.unwrap();
+        assert_eq!(decision.effect, Effect::Deny);
+        assert_eq!(decision.source, Source::Unavailable);
+        assert!(decision.reasons[0].starts_with("policy engine unavailable"), "{:?}", decision.reasons);
+        assert!(decision.decision_id.is_none());
+
+        config.when_unavailable = WhenUnavailable::Allow;
+        config.url = "http://127.0.0.1:2".into();
+        let open = PolicyClient::new(config).unwrap().evaluate(Request::new("bot", "send_email")).await.unwrap();
+        assert!(open.is_allowed());
+        assert!(open.reasons[0].contains("allowing, as configured"));
+    }
+}

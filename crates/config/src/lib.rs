@@ -30,20 +30,12 @@ pub enum ConfigError {
     Load(#[from] config::ConfigError),
     /// A value parsed but is not acceptable.
     #[error("invalid configuration: key `{key}` = {value:?}: {message}")]
-    Invalid {
-        key: String,
-        value: String,
-        message: String,
-    },
+    Invalid { key: String, value: String, message: String },
 }
 
 impl ConfigError {
     pub fn invalid(key: &str, value: impl Display, message: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.to_owned(),
-            value: value.to_string(),
-            message: message.into(),
-        }
+        ConfigError::Invalid { key: key.to_owned(), value: value.to_string(), message: message.into() }
     }
 }
 
@@ -61,10 +53,7 @@ pub struct Sources {
 impl Sources {
     /// Sources from the process environment, with no file and no flags.
     pub fn from_process_env() -> Self {
-        Sources {
-            env: std::env::vars().collect(),
-            ..Sources::default()
-        }
+        Sources { env: std::env::vars().collect(), ..Sources::default() }
     }
 
     pub fn with_override(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
@@ -86,11 +75,8 @@ where
     let defaults = config::Config::try_from(&T::default())?;
     let mut builder = config::Config::builder().add_source(defaults);
     if let Some(path) = &sources.file {
-        builder = builder.add_source(
-            config::File::from(path.as_path())
-                .format(config::FileFormat::Toml)
-                .required(true),
-        );
+        builder =
+            builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml).required(true));
     }
     // Only our own variables: `WARDEN__LISTEN`, `WARDEN__TELEMETRY__LOG_FORMAT`.
     let env: HashMap<String, String> = sources
@@ -148,23 +134,16 @@ impl CommonArgs {
         set("listen", self.listen.clone());
         set("metrics_listen", self.metrics_listen.clone());
         set("database_url", self.database_url.clone());
-        set(
-            "data_dir",
-            self.data_dir.as_ref().map(|p| p.display().to_string()),
-        );
+        set("data_dir", self.data_dir.as_ref().map(|p| p.display().to_string()));
         sources
     }
 }
 
 /// Parses a socket address, naming the key on error.
 pub fn parse_addr(key: &str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
-    value.parse().map_err(|_| {
-        ConfigError::invalid(
-            key,
-            value,
-            "expected HOST:PORT with a numeric IP, e.g. 127.0.0.1:50051",
-        )
-    })
+    value
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, value, "expected HOST:PORT with a numeric IP, e.g. 127.0.0.1:50051"))
 }
 
 #[cfg(test)]
@@ -201,48 +180,31 @@ mod tests {
     }
     impl Default for Nested {
         fn default() -> Self {
-            Nested {
-                level: "info".into(),
-            }
+            Nested { level: "info".into() }
         }
     }
     impl Validate for Example {
         fn validate(&self) -> Result<(), ConfigError> {
             parse_addr("listen", &self.listen)?;
             if self.workers == 0 {
-                return Err(ConfigError::invalid(
-                    "workers",
-                    self.workers,
-                    "must be at least 1",
-                ));
+                return Err(ConfigError::invalid("workers", self.workers, "must be at least 1"));
             }
             Ok(())
         }
     }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn defaults_then_file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("warden.toml");
-        std::fs::write(
-            &file,
-            "workers = 8\ntimeout = \"2s\"\n[nested]\nlevel = \"debug\"\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "workers = 8\ntimeout = \"2s\"\n[nested]\nlevel = \"debug\"\n").unwrap();
         let sources = Sources {
             file: Some(file),
-            env: env(&[
-                ("WARDEN__WORKERS", "16"),
-                ("WARDEN__NESTED__LEVEL", "warn"),
-                ("HOME", "/root"),
-            ]),
+            env: env(&[("WARDEN__WORKERS", "16"), ("WARDEN__NESTED__LEVEL", "warn"), ("HOME", "/root")]),
             overrides: vec![("workers".into(), "32".into())],
         };
         let config: Example = load(&sources).unwrap();
@@ -254,41 +216,24 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
-        let sources = Sources {
-            env: env(&[("WARDEN__WORKRES", "3")]),
-            ..Sources::default()
-        };
+        let sources = Sources { env: env(&[("WARDEN__WORKRES", "3")]), ..Sources::default() };
         let error = load::<Example>(&sources).unwrap_err().to_string();
         assert!(error.contains("workres"), "{error}");
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("warden.toml");
         std::fs::write(&file, "[nested]\nlevle = \"x\"\n").unwrap();
-        let error = load::<Example>(&Sources {
-            file: Some(file),
-            ..Sources::default()
-        })
-        .unwrap_err()
-        .to_string();
+        let error = load::<Example>(&Sources { file: Some(file), ..Sources::default() }).unwrap_err().to_string();
         assert!(error.contains("levle"), "{error}");
     }
 
     #[test]
     fn bad_values_name_the_key_and_value() {
-        let error = load::<Example>(&Sources::default().with_override("listen", "nowhere"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("`listen`") && error.contains("nowhere"),
-            "{error}"
-        );
-        let error = load::<Example>(&Sources::default().with_override("workers", "0"))
-            .unwrap_err()
-            .to_string();
+        let error = load::<Example>(&Sources::default().with_override("listen", "nowhere")).unwrap_err().to_string();
+        assert!(error.contains("`listen`") && error.contains("nowhere"), "{error}");
+        let error = load::<Example>(&Sources::default().with_override("workers", "0")).unwrap_err().to_string();
         assert!(error.contains("`workers`"), "{error}");
-        let error = load::<Example>(&Sources::default().with_override("timeout", "soon"))
-            .unwrap_err()
-            .to_string();
+        let error = load::<Example>(&Sources::default().with_override("timeout", "soon")).unwrap_err().to_string();
         assert!(error.contains("timeout"), "{error}");
     }
 }

@@ -82,10 +82,7 @@ impl Category {
     /// The category a bare gRPC code implies, for statuses without details.
     pub fn from_code(code: Code) -> Self {
         match code {
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::ResourceExhausted => Category::Transient,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted => Category::Transient,
             Code::PermissionDenied => Category::PolicyViolation,
             Code::Internal | Code::DataLoss | Code::Unknown => Category::Internal,
             _ => Category::Permanent,
@@ -139,10 +136,7 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        }
+        FieldViolation { field: field.into(), description: description.into() }
     }
 }
 
@@ -200,8 +194,7 @@ pub fn to_status<E: Classify + ?Sized>(error: &E) -> Status {
     let violations = error.field_violations();
     if !violations.is_empty() {
         for violation in violations {
-            details
-                .add_bad_request_violation(violation.field.clone(), violation.description.clone());
+            details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
         }
     }
     Status::with_error_details(error.code(), error.to_string(), details)
@@ -240,11 +233,8 @@ impl WardenError {
 
     /// An `INVALID_ARGUMENT` error naming the fields at fault.
     pub fn invalid_argument(violations: Vec<FieldViolation>) -> Self {
-        let message = violations
-            .iter()
-            .map(|v| format!("{}: {}", v.field, v.description))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let message =
+            violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
         WardenError {
             code: Code::InvalidArgument,
             violations,
@@ -279,15 +269,11 @@ impl WardenError {
             .unwrap_or_else(|| Category::from_code(status.code()));
         let mut error = WardenError::new(
             category,
-            info.map(|info| info.reason.clone())
-                .unwrap_or_else(|| format!("{:?}", status.code()).to_uppercase()),
+            info.map(|info| info.reason.clone()).unwrap_or_else(|| format!("{:?}", status.code()).to_uppercase()),
             status.message(),
         );
         error.code = status.code();
-        if let Some(severity) = info
-            .and_then(|info| info.metadata.get("severity"))
-            .and_then(|s| Severity::parse(s))
-        {
+        if let Some(severity) = info.and_then(|info| info.metadata.get("severity")).and_then(|s| Severity::parse(s)) {
             error.severity = severity;
         }
         error.retry_after = details.retry_info().and_then(|retry| retry.retry_delay);
@@ -358,8 +344,7 @@ impl Validator {
     }
 
     pub fn violation(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.violations
-            .push(FieldViolation::new(field, description));
+        self.violations.push(FieldViolation::new(field, description));
     }
 
     /// Records a violation when `ok` is false.
@@ -381,10 +366,7 @@ impl Validator {
     /// Requires a string of at most `max` bytes.
     pub fn max_len(&mut self, field: &str, value: &str, max: usize) {
         if value.len() > max {
-            self.violation(
-                field,
-                format!("must be at most {max} bytes, got {}", value.len()),
-            );
+            self.violation(field, format!("must be at most {max} bytes, got {}", value.len()));
         }
     }
 
@@ -393,11 +375,7 @@ impl Validator {
     }
 
     pub fn finish(self) -> Result<(), WardenError> {
-        if self.violations.is_empty() {
-            Ok(())
-        } else {
-            Err(WardenError::invalid_argument(self.violations))
-        }
+        if self.violations.is_empty() { Ok(()) } else { Err(WardenError::invalid_argument(self.violations)) }
     }
 }
 
@@ -417,10 +395,7 @@ mod tests {
         assert_eq!(back.category, Category::Permanent);
         assert!(!back.retryable());
         assert_eq!(
-            back.violations
-                .iter()
-                .map(|v| v.field.as_str())
-                .collect::<Vec<_>>(),
+            back.violations.iter().map(|v| v.field.as_str()).collect::<Vec<_>>(),
             ["agent.id", "action.estimated_cost"]
         );
         assert_eq!(back.reason, "INVALID_ARGUMENT");

@@ -10,9 +10,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use warden_errors::WardenError;
 use warden_resilience::grpc::ResilienceLayer;
-use warden_resilience::{
-    BreakerConfig, Bulkhead, BulkheadConfig, CircuitBreaker, Pipeline, RetryPolicy,
-};
+use warden_resilience::{BreakerConfig, Bulkhead, BulkheadConfig, CircuitBreaker, Pipeline, RetryPolicy};
 
 fn full_pipeline(name: &str) -> Pipeline {
     Pipeline::builder(name)
@@ -24,22 +22,16 @@ fn full_pipeline(name: &str) -> Pipeline {
 }
 
 fn overhead(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut group = c.benchmark_group("resilience");
 
     let pipeline = full_pipeline("noop");
     group.bench_function("bare_noop_future", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { std::hint::black_box(async { Ok::<_, WardenError>(1u32) }.await) })
+        b.to_async(&runtime).iter(|| async { std::hint::black_box(async { Ok::<_, WardenError>(1u32) }.await) })
     });
     group.bench_function("pipeline_noop_future", |b| {
-        b.to_async(&runtime).iter(|| async {
-            std::hint::black_box(pipeline.call(|| async { Ok::<_, WardenError>(1u32) }).await)
-        })
+        b.to_async(&runtime)
+            .iter(|| async { std::hint::black_box(pipeline.call(|| async { Ok::<_, WardenError>(1u32) }).await) })
     });
 
     let (url, _server) = runtime.block_on(async {
@@ -53,38 +45,21 @@ fn overhead(c: &mut Criterion) {
         );
         (format!("http://{addr}"), server)
     });
-    let channel =
-        runtime.block_on(async { Channel::from_shared(url).unwrap().connect().await.unwrap() });
+    let channel = runtime.block_on(async { Channel::from_shared(url).unwrap().connect().await.unwrap() });
     let bare = HealthClient::new(channel.clone());
     let layered = HealthClient::new(
-        tower::ServiceBuilder::new()
-            .layer(ResilienceLayer::new(full_pipeline("grpc")))
-            .service(channel),
+        tower::ServiceBuilder::new().layer(ResilienceLayer::new(full_pipeline("grpc"))).service(channel),
     );
     group.bench_function("bare_unary_call", |b| {
         b.to_async(&runtime).iter(|| {
             let mut client = bare.clone();
-            async move {
-                client
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .unwrap()
-            }
+            async move { client.check(HealthCheckRequest { service: String::new() }).await.unwrap() }
         })
     });
     group.bench_function("layered_unary_call", |b| {
         b.to_async(&runtime).iter(|| {
             let mut client = layered.clone();
-            async move {
-                client
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .unwrap()
-            }
+            async move { client.check(HealthCheckRequest { service: String::new() }).await.unwrap() }
         })
     });
     group.finish();

@@ -48,30 +48,15 @@ impl Default for Backoff {
 
 impl Backoff {
     pub fn exponential(initial: Duration, max_delay: Duration) -> Self {
-        Backoff {
-            initial,
-            growth: Growth::Exponential { factor: 2.0 },
-            max_delay,
-            jitter: Jitter::Equal,
-        }
+        Backoff { initial, growth: Growth::Exponential { factor: 2.0 }, max_delay, jitter: Jitter::Equal }
     }
 
     pub fn linear(initial: Duration, max_delay: Duration) -> Self {
-        Backoff {
-            initial,
-            growth: Growth::Linear,
-            max_delay,
-            jitter: Jitter::Equal,
-        }
+        Backoff { initial, growth: Growth::Linear, max_delay, jitter: Jitter::Equal }
     }
 
     pub fn constant(delay: Duration) -> Self {
-        Backoff {
-            initial: delay,
-            growth: Growth::Constant,
-            max_delay: delay,
-            jitter: Jitter::None,
-        }
+        Backoff { initial: delay, growth: Growth::Constant, max_delay: delay, jitter: Jitter::None }
     }
 
     pub fn with_jitter(mut self, jitter: Jitter) -> Self {
@@ -85,21 +70,12 @@ impl Backoff {
         let retry = retry.max(1);
         let initial = self.initial.as_secs_f64();
         let seconds = match self.growth {
-            Growth::Exponential { factor } => {
-                initial
-                    * factor
-                        .max(1.0)
-                        .powi(retry.saturating_sub(1).min(1000) as i32)
-            }
+            Growth::Exponential { factor } => initial * factor.max(1.0).powi(retry.saturating_sub(1).min(1000) as i32),
             Growth::Linear => initial * f64::from(retry),
             Growth::Constant => initial,
         };
         let capped = seconds.min(self.max_delay.as_secs_f64());
-        if capped.is_finite() && capped >= 0.0 {
-            Duration::from_secs_f64(capped)
-        } else {
-            self.max_delay
-        }
+        if capped.is_finite() && capped >= 0.0 { Duration::from_secs_f64(capped) } else { self.max_delay }
     }
 
     /// The delay with jitter applied, using `rng`.
@@ -131,15 +107,9 @@ mod tests {
             [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
         );
         let linear = Backoff::linear(ms(100), ms(250)).with_jitter(Jitter::None);
-        assert_eq!(
-            (1..=4).map(|n| linear.delay(n)).collect::<Vec<_>>(),
-            [ms(100), ms(200), ms(250), ms(250)]
-        );
+        assert_eq!((1..=4).map(|n| linear.delay(n)).collect::<Vec<_>>(), [ms(100), ms(200), ms(250), ms(250)]);
         let constant = Backoff::constant(ms(70));
-        assert_eq!(
-            (1..=3).map(|n| constant.delay(n)).collect::<Vec<_>>(),
-            [ms(70); 3]
-        );
+        assert_eq!((1..=3).map(|n| constant.delay(n)).collect::<Vec<_>>(), [ms(70); 3]);
     }
 
     fn any_growth() -> impl Strategy<Value = Growth> {

@@ -66,10 +66,7 @@ pub struct BreakerConfig {
 }
 
 fn default_counts(category: Category) -> bool {
-    matches!(
-        category,
-        Category::Transient | Category::ExternalService | Category::Internal
-    )
+    matches!(category, Category::Transient | Category::ExternalService | Category::Internal)
 }
 
 impl Default for BreakerConfig {
@@ -158,23 +155,14 @@ impl Window {
     /// (calls, failures) in the window.
     fn totals(&mut self, kind: SlidingWindow, now: Instant) -> (u32, u32) {
         match kind {
-            SlidingWindow::Count(_) => (
-                self.recent.len() as u32,
-                self.recent.iter().filter(|failed| **failed).count() as u32,
-            ),
+            SlidingWindow::Count(_) => {
+                (self.recent.len() as u32, self.recent.iter().filter(|failed| **failed).count() as u32)
+            }
             SlidingWindow::Time(span) => {
-                while self
-                    .buckets
-                    .front()
-                    .is_some_and(|(start, _, _)| now.duration_since(*start) >= span)
-                {
+                while self.buckets.front().is_some_and(|(start, _, _)| now.duration_since(*start) >= span) {
                     self.buckets.pop_front();
                 }
-                self.buckets
-                    .iter()
-                    .fold((0, 0), |(c, f), (_, calls, failures)| {
-                        (c + calls, f + failures)
-                    })
+                self.buckets.iter().fold((0, 0), |(c, f), (_, calls, failures)| (c + calls, f + failures))
             }
         }
     }
@@ -202,10 +190,7 @@ pub struct CircuitBreaker {
 
 impl std::fmt::Debug for CircuitBreaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CircuitBreaker")
-            .field("name", &self.name)
-            .field("state", &self.state())
-            .finish()
+        f.debug_struct("CircuitBreaker").field("name", &self.name).field("state", &self.state()).finish()
     }
 }
 
@@ -239,8 +224,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.recorded {
-            self.breaker
-                .record(self.generation, self.probe, Outcome::Ignored);
+            self.breaker.record(self.generation, self.probe, Outcome::Ignored);
         }
     }
 }
@@ -290,9 +274,7 @@ impl CircuitBreaker {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Asks to make a call.
@@ -301,39 +283,19 @@ impl CircuitBreaker {
         let mut inner = self.lock();
         if let State::Open { until } = inner.state {
             if now < until {
-                return Err(Rejected {
-                    retry_after: until - now,
-                });
+                return Err(Rejected { retry_after: until - now });
             }
-            self.transition(
-                &mut inner,
-                State::HalfOpen {
-                    in_flight: 0,
-                    successes: 0,
-                },
-            );
+            self.transition(&mut inner, State::HalfOpen { in_flight: 0, successes: 0 });
         }
         let generation = inner.generation;
         match &mut inner.state {
-            State::Closed => Ok(Permit {
-                breaker: self.clone(),
-                generation,
-                probe: false,
-                recorded: false,
-            }),
+            State::Closed => Ok(Permit { breaker: self.clone(), generation, probe: false, recorded: false }),
             State::HalfOpen { in_flight, .. } => {
                 if *in_flight >= self.config.half_open_max_calls.max(1) {
-                    return Err(Rejected {
-                        retry_after: self.config.open_duration.min(Duration::from_secs(1)),
-                    });
+                    return Err(Rejected { retry_after: self.config.open_duration.min(Duration::from_secs(1)) });
                 }
                 *in_flight += 1;
-                Ok(Permit {
-                    breaker: self.clone(),
-                    generation,
-                    probe: true,
-                    recorded: false,
-                })
+                Ok(Permit { breaker: self.clone(), generation, probe: true, recorded: false })
             }
             State::Open { .. } => unreachable!("open states were handled above"),
         }
@@ -347,13 +309,7 @@ impl CircuitBreaker {
             return;
         }
         match (&mut inner.state, probe) {
-            (
-                State::HalfOpen {
-                    in_flight,
-                    successes,
-                },
-                true,
-            ) => {
+            (State::HalfOpen { in_flight, successes }, true) => {
                 *in_flight = in_flight.saturating_sub(1);
                 match outcome {
                     Outcome::Ignored => {}
@@ -374,20 +330,13 @@ impl CircuitBreaker {
                     return;
                 }
                 let failed = outcome == Outcome::Failure;
-                inner.consecutive_failures = if failed {
-                    inner.consecutive_failures + 1
-                } else {
-                    0
-                };
+                inner.consecutive_failures = if failed { inner.consecutive_failures + 1 } else { 0 };
                 inner.window.record(self.config.window, now, failed);
                 let (calls, failures) = inner.window.totals(self.config.window, now);
-                let by_streak = self
-                    .config
-                    .consecutive_failures
-                    .is_some_and(|n| inner.consecutive_failures >= n.max(1));
+                let by_streak =
+                    self.config.consecutive_failures.is_some_and(|n| inner.consecutive_failures >= n.max(1));
                 let by_rate = self.config.failure_rate.is_some_and(|rate| {
-                    calls >= self.config.minimum_calls.max(1)
-                        && f64::from(failures) / f64::from(calls) >= rate
+                    calls >= self.config.minimum_calls.max(1) && f64::from(failures) / f64::from(calls) >= rate
                 });
                 if failed && (by_streak || by_rate) {
                     let until = now + self.config.open_duration;
@@ -406,28 +355,14 @@ impl CircuitBreaker {
         inner.consecutive_failures = 0;
         inner.window.clear();
         tracing::info!(breaker = %self.name, from = from.as_str(), to = to_public.as_str(), "circuit breaker state changed");
-        METRICS
-            .breaker_transitions
-            .with_label_values(&[&*self.name, to_public.as_str()])
-            .inc();
+        METRICS.breaker_transitions.with_label_values(&[&*self.name, to_public.as_str()]).inc();
         self.publish_state(to_public);
-        let _ = self.events.send(StateChange {
-            name: self.name.clone(),
-            from,
-            to: to_public,
-        });
+        let _ = self.events.send(StateChange { name: self.name.clone(), from, to: to_public });
     }
 
     fn publish_state(&self, current: BreakerState) {
-        for state in [
-            BreakerState::Closed,
-            BreakerState::Open,
-            BreakerState::HalfOpen,
-        ] {
-            METRICS
-                .breaker_state
-                .with_label_values(&[&*self.name, state.as_str()])
-                .set(i64::from(state == current));
+        for state in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
+            METRICS.breaker_state.with_label_values(&[&*self.name, state.as_str()]).set(i64::from(state == current));
         }
     }
 }
@@ -448,27 +383,13 @@ impl BreakerRegistry {
 
     /// The breaker called `name`, created with `config` if it does not
     /// exist yet (an existing breaker keeps its config).
-    pub fn get_or_create(
-        &self,
-        name: &str,
-        config: impl FnOnce() -> BreakerConfig,
-    ) -> Arc<CircuitBreaker> {
-        let mut breakers = self
-            .breakers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        breakers
-            .entry(name.to_owned())
-            .or_insert_with(|| CircuitBreaker::new(name, config()))
-            .clone()
+    pub fn get_or_create(&self, name: &str, config: impl FnOnce() -> BreakerConfig) -> Arc<CircuitBreaker> {
+        let mut breakers = self.breakers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        breakers.entry(name.to_owned()).or_insert_with(|| CircuitBreaker::new(name, config())).clone()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<CircuitBreaker>> {
-        self.breakers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(name)
-            .cloned()
+        self.breakers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).cloned()
     }
 }
 

@@ -21,11 +21,7 @@ pub struct BulkheadConfig {
 
 impl Default for BulkheadConfig {
     fn default() -> Self {
-        BulkheadConfig {
-            max_concurrent: 64,
-            max_queue: 256,
-            queue_timeout: Duration::from_secs(1),
-        }
+        BulkheadConfig { max_concurrent: 64, max_queue: 256, queue_timeout: Duration::from_secs(1) }
     }
 }
 
@@ -75,26 +71,16 @@ impl Bulkhead {
             })
             .is_ok();
         if !joined {
-            METRICS
-                .bulkhead_rejections
-                .with_label_values(&[&*self.name, "full"])
-                .inc();
+            METRICS.bulkhead_rejections.with_label_values(&[&*self.name, "full"]).inc();
             return Err(BulkheadRejection::Full);
         }
-        let waited = tokio::time::timeout(
-            self.config.queue_timeout,
-            self.slots.clone().acquire_owned(),
-        )
-        .await;
+        let waited = tokio::time::timeout(self.config.queue_timeout, self.slots.clone().acquire_owned()).await;
         self.queued.fetch_sub(1, Ordering::AcqRel);
         match waited {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed; treat it like a timeout anyway.
             Ok(Err(_)) | Err(_) => {
-                METRICS
-                    .bulkhead_rejections
-                    .with_label_values(&[&*self.name, "timeout"])
-                    .inc();
+                METRICS.bulkhead_rejections.with_label_values(&[&*self.name, "timeout"]).inc();
                 Err(BulkheadRejection::Timeout(self.config.queue_timeout))
             }
         }
@@ -110,11 +96,7 @@ mod tests {
     async fn never_more_than_n_in_flight_under_a_thousand_callers() {
         let bulkhead = Bulkhead::new(
             "db",
-            BulkheadConfig {
-                max_concurrent: 8,
-                max_queue: 1000,
-                queue_timeout: Duration::from_secs(30),
-            },
+            BulkheadConfig { max_concurrent: 8, max_queue: 1000, queue_timeout: Duration::from_secs(30) },
         );
         let running = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
@@ -132,11 +114,7 @@ mod tests {
         for task in tasks {
             task.await.unwrap();
         }
-        assert!(
-            peak.load(Ordering::SeqCst) <= 8,
-            "peak {}",
-            peak.load(Ordering::SeqCst)
-        );
+        assert!(peak.load(Ordering::SeqCst) <= 8, "peak {}", peak.load(Ordering::SeqCst));
         assert_eq!(bulkhead.in_flight(), 0);
     }
 
@@ -144,11 +122,7 @@ mod tests {
     async fn a_full_queue_rejects_at_once_and_a_long_wait_times_out() {
         let bulkhead = Bulkhead::new(
             "x",
-            BulkheadConfig {
-                max_concurrent: 1,
-                max_queue: 1,
-                queue_timeout: Duration::from_millis(500),
-            },
+            BulkheadConfig { max_concurrent: 1, max_queue: 1, queue_timeout: Duration::from_millis(500) },
         );
         let held = bulkhead.acquire().await.unwrap();
         let waiter = {
@@ -157,15 +131,9 @@ mod tests {
         };
         tokio::task::yield_now().await;
         // One waits in the queue; the next is refused without waiting.
-        assert_eq!(
-            bulkhead.acquire().await.unwrap_err(),
-            BulkheadRejection::Full
-        );
+        assert_eq!(bulkhead.acquire().await.unwrap_err(), BulkheadRejection::Full);
         tokio::time::advance(Duration::from_millis(501)).await;
-        assert_eq!(
-            waiter.await.unwrap().unwrap_err(),
-            BulkheadRejection::Timeout(Duration::from_millis(500))
-        );
+        assert_eq!(waiter.await.unwrap().unwrap_err(), BulkheadRejection::Timeout(Duration::from_millis(500)));
         drop(held);
         assert!(bulkhead.acquire().await.is_ok());
     }

@@ -14,10 +14,7 @@ pub enum ResilienceError<E> {
     /// An attempt took longer than its timeout.
     Timeout { after: Duration },
     /// The circuit breaker is open: the call was not attempted.
-    CircuitOpen {
-        name: Arc<str>,
-        retry_after: Duration,
-    },
+    CircuitOpen { name: Arc<str>, retry_after: Duration },
     /// The bulkhead's queue was full: the call was not attempted.
     BulkheadFull { name: Arc<str> },
     /// The call waited in the bulkhead's queue for too long.
@@ -58,17 +55,11 @@ impl<E: fmt::Display> fmt::Display for ResilienceError<E> {
             ResilienceError::Inner(error) => error.fmt(f),
             ResilienceError::Timeout { after } => write!(f, "timed out after {after:?}"),
             ResilienceError::CircuitOpen { name, retry_after } => {
-                write!(
-                    f,
-                    "circuit breaker '{name}' is open; retry in {retry_after:?}"
-                )
+                write!(f, "circuit breaker '{name}' is open; retry in {retry_after:?}")
             }
             ResilienceError::BulkheadFull { name } => write!(f, "bulkhead '{name}' is full"),
             ResilienceError::BulkheadTimeout { name, waited } => {
-                write!(
-                    f,
-                    "waited {waited:?} for bulkhead '{name}' without getting in"
-                )
+                write!(f, "waited {waited:?} for bulkhead '{name}' without getting in")
             }
         }
     }
@@ -107,9 +98,7 @@ impl<E: Classify> Classify for ResilienceError<E> {
         match self {
             ResilienceError::Inner(error) => error.code(),
             ResilienceError::Timeout { .. } => Code::DeadlineExceeded,
-            ResilienceError::BulkheadFull { .. } | ResilienceError::BulkheadTimeout { .. } => {
-                Code::ResourceExhausted
-            }
+            ResilienceError::BulkheadFull { .. } | ResilienceError::BulkheadTimeout { .. } => Code::ResourceExhausted,
             ResilienceError::CircuitOpen { .. } => Code::Unavailable,
         }
     }

@@ -34,9 +34,7 @@ pub struct ResilienceLayer {
 
 impl ResilienceLayer {
     pub fn new(pipeline: Pipeline) -> Self {
-        ResilienceLayer {
-            pipeline: Arc::new(pipeline),
-        }
+        ResilienceLayer { pipeline: Arc::new(pipeline) }
     }
 }
 
@@ -44,10 +42,7 @@ impl<S> tower_layer::Layer<S> for ResilienceLayer {
     type Service = ResilientService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ResilientService {
-            inner,
-            pipeline: self.pipeline.clone(),
-        }
+        ResilientService { inner, pipeline: self.pipeline.clone() }
     }
 }
 
@@ -123,10 +118,7 @@ fn status_response(error: &ResilienceError<impl fmt::Display + Classify>) -> htt
 
 impl<S> tower_service::Service<http::Request<Body>> for ResilientService<S>
 where
-    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError> + fmt::Display + Send,
 {
@@ -147,21 +139,13 @@ where
             // Behind a mutex so the future is Send without requiring S: Sync.
             let inner = std::sync::Mutex::new(inner);
             let (parts, body) = request.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| -> BoxError { Box::new(e) })?
-                .to_bytes();
+            let body = body.collect().await.map_err(|e| -> BoxError { Box::new(e) })?.to_bytes();
             let result = pipeline
                 .call(|| {
-                    let service = inner
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .clone();
+                    let service = inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
                     let request = rebuild(&parts, &body);
                     async move {
-                        let response =
-                            service.oneshot(request).await.map_err(Failure::Transport)?;
+                        let response = service.oneshot(request).await.map_err(Failure::Transport)?;
                         match Status::from_header_map(response.headers()) {
                             Some(status) if status.code() != tonic::Code::Ok => {
                                 Err(Failure::Status(WardenError::from_status(&status), response))

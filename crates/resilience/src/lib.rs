@@ -19,10 +19,7 @@ pub mod metrics;
 pub mod pipeline;
 
 pub use backoff::{Backoff, Growth, Jitter};
-pub use breaker::{
-    BreakerConfig, BreakerRegistry, BreakerState, CircuitBreaker, Outcome, SlidingWindow,
-    StateChange,
-};
+pub use breaker::{BreakerConfig, BreakerRegistry, BreakerState, CircuitBreaker, Outcome, SlidingWindow, StateChange};
 pub use bulkhead::{Bulkhead, BulkheadConfig};
 pub use error::ResilienceError;
 pub use pipeline::{Pipeline, PipelineBuilder, RetryPolicy};

@@ -22,51 +22,33 @@ pub struct Metrics {
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     breaker_state: register(
-        IntGaugeVec::new(
-            Opts::new("circuit_breaker_state", "1 for the breaker's current state"),
-            &["name", "state"],
-        )
-        .expect("metric"),
+        IntGaugeVec::new(Opts::new("circuit_breaker_state", "1 for the breaker's current state"), &["name", "state"])
+            .expect("metric"),
     ),
     breaker_transitions: register(
         IntCounterVec::new(
-            Opts::new(
-                "circuit_breaker_transitions_total",
-                "Breaker state changes, by the state entered",
-            ),
+            Opts::new("circuit_breaker_transitions_total", "Breaker state changes, by the state entered"),
             &["name", "state"],
         )
         .expect("metric"),
     ),
     retries: register(
-        IntCounterVec::new(
-            Opts::new("resilience_retries_total", "Retry decisions, by outcome"),
-            &["name", "outcome"],
-        )
-        .expect("metric"),
+        IntCounterVec::new(Opts::new("resilience_retries_total", "Retry decisions, by outcome"), &["name", "outcome"])
+            .expect("metric"),
     ),
     bulkhead_rejections: register(
         IntCounterVec::new(
-            Opts::new(
-                "resilience_bulkhead_rejections_total",
-                "Calls a bulkhead refused, by reason",
-            ),
+            Opts::new("resilience_bulkhead_rejections_total", "Calls a bulkhead refused, by reason"),
             &["name", "reason"],
         )
         .expect("metric"),
     ),
     timeouts: register(
-        IntCounterVec::new(
-            Opts::new("resilience_timeouts_total", "Attempts that timed out"),
-            &["name"],
-        )
-        .expect("metric"),
+        IntCounterVec::new(Opts::new("resilience_timeouts_total", "Attempts that timed out"), &["name"])
+            .expect("metric"),
     ),
     fallbacks: register(
-        IntCounterVec::new(
-            Opts::new("resilience_fallbacks_total", "Calls answered by a fallback"),
-            &["name"],
-        )
-        .expect("metric"),
+        IntCounterVec::new(Opts::new("resilience_fallbacks_total", "Calls answered by a fallback"), &["name"])
+            .expect("metric"),
     ),
 });

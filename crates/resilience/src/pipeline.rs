@@ -43,19 +43,12 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// 3 attempts, 100 ms doubling with equal jitter, no overall deadline.
     fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 3,
-            deadline: None,
-            backoff: Backoff::default(),
-        }
+        RetryPolicy { max_attempts: 3, deadline: None, backoff: Backoff::default() }
     }
 }
 
 fn default_fallback_on(category: Category) -> bool {
-    matches!(
-        category,
-        Category::Transient | Category::ExternalService | Category::Internal
-    )
+    matches!(category, Category::Transient | Category::ExternalService | Category::Internal)
 }
 
 /// A named set of resilience policies to run calls through.
@@ -158,28 +151,16 @@ impl Pipeline {
                 return Err(error);
             }
             if attempt >= max_attempts {
-                METRICS
-                    .retries
-                    .with_label_values(&[&*self.name, "exhausted"])
-                    .inc();
+                METRICS.retries.with_label_values(&[&*self.name, "exhausted"]).inc();
                 return Err(error);
             }
             // The server's hint (RetryInfo, Retry-After) wins when longer.
-            let delay = retry
-                .backoff
-                .delay(attempt)
-                .max(error.retry_after().unwrap_or_default());
+            let delay = retry.backoff.delay(attempt).max(error.retry_after().unwrap_or_default());
             if deadline.is_some_and(|d| started.elapsed() + delay >= d) {
-                METRICS
-                    .retries
-                    .with_label_values(&[&*self.name, "gave_up"])
-                    .inc();
+                METRICS.retries.with_label_values(&[&*self.name, "gave_up"]).inc();
                 return Err(error);
             }
-            METRICS
-                .retries
-                .with_label_values(&[&*self.name, "retried"])
-                .inc();
+            METRICS.retries.with_label_values(&[&*self.name, "retried"]).inc();
             tracing::debug!(pipeline = %self.name, attempt, delay_ms = delay.as_millis() as u64, error = %error, "retrying");
             tokio::time::sleep(delay).await;
         }
@@ -187,11 +168,7 @@ impl Pipeline {
 
     /// Like [`Pipeline::call`], answering with `fallback` when the call fails
     /// with an error of a category the pipeline falls back on.
-    pub async fn call_or_else<T, E, F, Fut, G, GFut>(
-        &self,
-        operation: F,
-        fallback: G,
-    ) -> Result<T, ResilienceError<E>>
+    pub async fn call_or_else<T, E, F, Fut, G, GFut>(&self, operation: F, fallback: G) -> Result<T, ResilienceError<E>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -220,30 +197,22 @@ impl Pipeline {
         Fut: Future<Output = Result<T, E>>,
         E: Classify,
     {
-        let permit =
-            match &self.breaker {
-                Some(breaker) => Some(breaker.try_acquire().map_err(|rejected| {
-                    ResilienceError::CircuitOpen {
-                        name: Arc::from(breaker.name()),
-                        retry_after: rejected.retry_after,
-                    }
-                })?),
-                None => None,
-            };
+        let permit = match &self.breaker {
+            Some(breaker) => Some(breaker.try_acquire().map_err(|rejected| ResilienceError::CircuitOpen {
+                name: Arc::from(breaker.name()),
+                retry_after: rejected.retry_after,
+            })?),
+            None => None,
+        };
         let slot = match &self.bulkhead {
             Some(bulkhead) => match bulkhead.acquire().await {
                 Ok(slot) => Some(slot),
                 // Dropping the breaker permit records the call as ignored.
                 Err(BulkheadRejection::Full) => {
-                    return Err(ResilienceError::BulkheadFull {
-                        name: bulkhead.name().clone(),
-                    });
+                    return Err(ResilienceError::BulkheadFull { name: bulkhead.name().clone() });
                 }
                 Err(BulkheadRejection::Timeout(waited)) => {
-                    return Err(ResilienceError::BulkheadTimeout {
-                        name: bulkhead.name().clone(),
-                        waited,
-                    });
+                    return Err(ResilienceError::BulkheadTimeout { name: bulkhead.name().clone(), waited });
                 }
             },
             None => None,

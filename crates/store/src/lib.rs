@@ -53,10 +53,7 @@ impl Database {
                 && !parent.exists()
             {
                 std::fs::create_dir_all(parent).map_err(|error| {
-                    StoreError::InvalidUrl(
-                        redact(url),
-                        format!("cannot create {}: {error}", parent.display()),
-                    )
+                    StoreError::InvalidUrl(redact(url), format!("cannot create {}: {error}", parent.display()))
                 })?;
             }
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
@@ -64,16 +61,8 @@ impl Database {
                 // An in-memory database lives in one connection.
                 .max_connections(if in_memory { 1 } else { 8 })
                 .min_connections(if in_memory { 1 } else { 0 })
-                .idle_timeout(if in_memory {
-                    None
-                } else {
-                    Some(Duration::from_secs(600))
-                })
-                .max_lifetime(if in_memory {
-                    None
-                } else {
-                    Some(Duration::from_secs(3600))
-                })
+                .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
+                .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(3600)) })
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(options)
                 .await
@@ -84,10 +73,7 @@ impl Database {
                 .map_err(|error| StoreError::InvalidUrl(redact(url), error.to_string()))?;
             Self::connect_postgres(options).await
         } else {
-            Err(StoreError::InvalidUrl(
-                redact(url),
-                "expected a sqlite:// or postgres:// URL".into(),
-            ))
+            Err(StoreError::InvalidUrl(redact(url), "expected a sqlite:// or postgres:// URL".into()))
         }
     }
 
@@ -148,12 +134,7 @@ fn redact(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let credentials = &url[scheme + 3..at];
             match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &credentials[..colon], &url[at..]),
                 None => url.to_owned(),
             }
         }
@@ -190,9 +171,7 @@ impl Classify for StoreError {
     fn category(&self) -> Category {
         match self {
             StoreError::Unavailable(_) | StoreError::Conflict(_) => Category::Transient,
-            StoreError::AlreadyExists(_) | StoreError::NotFound(_) | StoreError::Refused(_) => {
-                Category::Permanent
-            }
+            StoreError::AlreadyExists(_) | StoreError::NotFound(_) | StoreError::Refused(_) => Category::Permanent,
             StoreError::InvalidUrl(..) => Category::Permanent,
             StoreError::Migrate(_) | StoreError::Other(_) => Category::Internal,
         }
@@ -234,10 +213,9 @@ impl Classify for StoreError {
 pub fn translate(error: sqlx::Error) -> StoreError {
     match &error {
         sqlx::Error::RowNotFound => StoreError::NotFound(error.to_string()),
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            StoreError::Unavailable(error.to_string())
+        }
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
             let message = db.message().to_owned();
@@ -245,9 +223,7 @@ pub fn translate(error: sqlx::Error) -> StoreError {
                 // PostgreSQL SQLSTATEs.
                 "23505" => StoreError::AlreadyExists(message),
                 "40001" | "40P01" => StoreError::Conflict(message),
-                "57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006" => {
-                    StoreError::Unavailable(message)
-                }
+                "57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006" => StoreError::Unavailable(message),
                 "23514" | "23502" | "23503" | "P0001" => StoreError::Refused(message),
                 // SQLite extended result codes: UNIQUE and PRIMARY KEY
                 // constraint, BUSY and LOCKED, CHECK, trigger RAISE.
@@ -274,14 +250,8 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://warden:s3cret@db:5432/warden"),
-            "postgres://warden:***@db:5432/warden"
-        );
-        assert_eq!(
-            redact("postgres://postgres@127.0.0.1/test"),
-            "postgres://postgres@127.0.0.1/test"
-        );
+        assert_eq!(redact("postgres://warden:s3cret@db:5432/warden"), "postgres://warden:***@db:5432/warden");
+        assert_eq!(redact("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
     }
 
     #[tokio::test]

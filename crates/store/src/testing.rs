@@ -33,10 +33,7 @@ pub fn external_url(variable: &str, what: &str) -> Option<String> {
     match std::env::var(variable) {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            assert!(
-                !external_required(),
-                "{variable} is not set but WARDEN_REQUIRE_EXTERNAL=1: {what} must run"
-            );
+            assert!(!external_required(), "{variable} is not set but WARDEN_REQUIRE_EXTERNAL=1: {what} must run");
             eprintln!("notice: skipping {what}: set {variable} to run it");
             None
         }
@@ -49,10 +46,7 @@ pub async fn sqlite() -> TestDatabase {
     let url = Database::default_url(dir.path());
     let database = Database::connect(&url).await.expect("connect to sqlite");
     database.migrate().await.expect("migrate sqlite");
-    TestDatabase {
-        database,
-        _dir: Some(dir),
-    }
+    TestDatabase { database, _dir: Some(dir) }
 }
 
 /// A fresh, migrated schema in the test PostgreSQL database, or `None` (with
@@ -60,37 +54,18 @@ pub async fn sqlite() -> TestDatabase {
 pub async fn postgres() -> Option<TestDatabase> {
     let url = external_url("WARDEN_TEST_DATABASE_URL", "PostgreSQL tests")?;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let schema = format!(
-        "warden_test_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos % 1_000_000
-    );
-    let admin = Database::connect(&url)
-        .await
-        .expect("connect to the test PostgreSQL");
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let schema =
+        format!("warden_test_{}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000);
+    let admin = Database::connect(&url).await.expect("connect to the test PostgreSQL");
     if let Database::Postgres(pool) = &admin {
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(pool)
-            .await
-            .expect("create test schema");
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(pool).await.expect("create test schema");
     }
     admin.close().await;
-    let options = PgConnectOptions::from_str(&url)
-        .expect("test url")
-        .options([("search_path", schema.as_str())]);
-    let database = Database::connect_postgres(options)
-        .await
-        .expect("connect to the test schema");
+    let options = PgConnectOptions::from_str(&url).expect("test url").options([("search_path", schema.as_str())]);
+    let database = Database::connect_postgres(options).await.expect("connect to the test schema");
     database.migrate().await.expect("migrate postgres");
-    Some(TestDatabase {
-        database,
-        _dir: None,
-    })
+    Some(TestDatabase { database, _dir: None })
 }
 
 /// A URL naming a fresh, empty schema in the test PostgreSQL database (via
@@ -99,30 +74,16 @@ pub async fn postgres() -> Option<TestDatabase> {
 pub async fn postgres_url() -> Option<String> {
     let url = external_url("WARDEN_TEST_DATABASE_URL", "PostgreSQL tests")?;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let schema = format!(
-        "warden_it_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos % 1_000_000
-    );
-    let admin = Database::connect(&url)
-        .await
-        .expect("connect to the test PostgreSQL");
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let schema =
+        format!("warden_it_{}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000);
+    let admin = Database::connect(&url).await.expect("connect to the test PostgreSQL");
     if let Database::Postgres(pool) = &admin {
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(pool)
-            .await
-            .expect("create test schema");
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(pool).await.expect("create test schema");
     }
     admin.close().await;
     let separator = if url.contains('?') { '&' } else { '?' };
-    Some(format!(
-        "{url}{separator}options=-c%20search_path%3D{schema}"
-    ))
+    Some(format!("{url}{separator}options=-c%20search_path%3D{schema}"))
 }
 
 /// Generates `sqlite::NAME` and `postgres::NAME` tests from async functions
@@ -167,18 +128,9 @@ mod tests {
     }
 
     async fn unique_violations_are_already_exists(database: Database) {
-        exec(
-            &database,
-            "CREATE TABLE store_test_unique (id TEXT PRIMARY KEY)",
-        )
-        .await
-        .unwrap();
-        exec(&database, "INSERT INTO store_test_unique (id) VALUES ('a')")
-            .await
-            .unwrap();
-        let error = exec(&database, "INSERT INTO store_test_unique (id) VALUES ('a')")
-            .await
-            .unwrap_err();
+        exec(&database, "CREATE TABLE store_test_unique (id TEXT PRIMARY KEY)").await.unwrap();
+        exec(&database, "INSERT INTO store_test_unique (id) VALUES ('a')").await.unwrap();
+        let error = exec(&database, "INSERT INTO store_test_unique (id) VALUES ('a')").await.unwrap_err();
         assert!(matches!(error, StoreError::AlreadyExists(_)), "{error:?}");
         assert_eq!(error.category(), Category::Permanent);
     }
@@ -189,15 +141,8 @@ mod tests {
     }
 
     async fn check_violations_are_refused(database: Database) {
-        exec(
-            &database,
-            "CREATE TABLE store_test_check (n INTEGER NOT NULL CHECK (n > 0))",
-        )
-        .await
-        .unwrap();
-        let error = exec(&database, "INSERT INTO store_test_check (n) VALUES (0)")
-            .await
-            .unwrap_err();
+        exec(&database, "CREATE TABLE store_test_check (n INTEGER NOT NULL CHECK (n > 0))").await.unwrap();
+        let error = exec(&database, "INSERT INTO store_test_check (n) VALUES (0)").await.unwrap_err();
         assert!(matches!(error, StoreError::Refused(_)), "{error:?}");
     }
 

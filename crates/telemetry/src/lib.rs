@@ -48,11 +48,7 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig {
-            log_format: LogFormat::Pretty,
-            log_level: "info".into(),
-            otlp_endpoint: String::new(),
-        }
+        TelemetryConfig { log_format: LogFormat::Pretty, log_level: "info".into(), otlp_endpoint: String::new() }
     }
 }
 
@@ -82,16 +78,10 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber. Calling it again (as tests do) leaves the
 /// first subscriber in place and returns an empty guard.
-pub fn init(
-    service_name: &'static str,
-    config: &TelemetryConfig,
-) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     // The OpenTelemetry SDK reports export failures through `tracing`; keep
     // those quiet so an absent collector does not flood the logs.
-    let directive = format!(
-        "{},opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off",
-        config.log_level
-    );
+    let directive = format!("{},opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off", config.log_level);
     let filter = EnvFilter::try_new(&directive)
         .map_err(|error| TelemetryError::Filter(config.log_level.clone(), error.to_string()))?;
 
@@ -103,20 +93,12 @@ pub fn init(
             .with_tonic()
             .with_endpoint(config.otlp_endpoint.clone())
             .build()
-            .map_err(|error| {
-                TelemetryError::Otlp(config.otlp_endpoint.clone(), error.to_string())
-            })?;
+            .map_err(|error| TelemetryError::Otlp(config.otlp_endpoint.clone(), error.to_string()))?;
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(
-                opentelemetry_sdk::Resource::builder()
-                    .with_service_name(service_name)
-                    .build(),
-            )
+            .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service_name).build())
             .build();
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
         opentelemetry::global::set_tracer_provider(provider.clone());
         let tracer = provider.tracer(service_name);
         guard.provider = Some(provider);
@@ -125,9 +107,7 @@ pub fn init(
 
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let result = match config.log_format {
-        LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
-            .try_init(),
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true)).try_init(),
         LogFormat::Pretty => registry
             .with(
                 tracing_subscriber::fmt::layer()
@@ -192,10 +172,7 @@ pub fn grpc_request_span(request: &http::Request<()>) -> tracing::Span {
 pub struct TraceContextInterceptor;
 
 impl tonic::service::Interceptor for TraceContextInterceptor {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let context = tracing::Span::current().context();
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()))
@@ -219,22 +196,13 @@ pub fn render_metrics() -> String {
 
 /// Binds the `/metrics` listener and serves it in the background until the
 /// returned handle is aborted. Returns the bound address (port 0 picks one).
-pub async fn serve_metrics(
-    addr: SocketAddr,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), TelemetryError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|error| TelemetryError::Bind(addr, error))?;
-    let local = listener
-        .local_addr()
-        .map_err(|error| TelemetryError::Bind(addr, error))?;
+pub async fn serve_metrics(addr: SocketAddr) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), TelemetryError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|error| TelemetryError::Bind(addr, error))?;
+    let local = listener.local_addr().map_err(|error| TelemetryError::Bind(addr, error))?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(|| async {
-            (
-                [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                render_metrics(),
-            )
+            ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_metrics())
         }),
     );
     let handle = tokio::spawn(async move {
@@ -265,16 +233,12 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_listener_serves_registered_metrics() {
-        let counter =
-            register(prometheus::IntCounter::new("telemetry_test_total", "test counter").unwrap());
+        let counter = register(prometheus::IntCounter::new("telemetry_test_total", "test counter").unwrap());
         counter.inc();
         let (addr, handle) = serve_metrics("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
         let mut body = String::new();
         stream.read_to_string(&mut body).await.unwrap();
         assert!(body.contains("telemetry_test_total 1"), "{body}");
@@ -283,13 +247,7 @@ mod tests {
 
     #[test]
     fn bad_log_level_is_reported() {
-        let config = TelemetryConfig {
-            log_level: "info,[[[".into(),
-            ..TelemetryConfig::default()
-        };
-        assert!(matches!(
-            init("test", &config),
-            Err(TelemetryError::Filter(..))
-        ));
+        let config = TelemetryConfig { log_level: "info,[[[".into(), ..TelemetryConfig::default() };
+        assert!(matches!(init("test", &config), Err(TelemetryError::Filter(..))));
     }
 }

@@ -60,9 +60,7 @@ impl Validate for PolicyEngineConfig {
             parse_addr("metrics_listen", &self.metrics_listen)?;
         }
         if !self.database_url.is_empty()
-            && !["sqlite:", "postgres:", "postgresql:"]
-                .iter()
-                .any(|p| self.database_url.starts_with(p))
+            && !["sqlite:", "postgres:", "postgresql:"].iter().any(|p| self.database_url.starts_with(p))
         {
             return Err(ConfigError::invalid(
                 "database_url",
@@ -74,18 +72,10 @@ impl Validate for PolicyEngineConfig {
             && !self.redis_url.starts_with("redis://")
             && !self.redis_url.starts_with("rediss://")
         {
-            return Err(ConfigError::invalid(
-                "redis_url",
-                &self.redis_url,
-                "expected redis://HOST:PORT",
-            ));
+            return Err(ConfigError::invalid("redis_url", &self.redis_url, "expected redis://HOST:PORT"));
         }
         if self.redis_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "redis_timeout",
-                "0s",
-                "must be longer than zero",
-            ));
+            return Err(ConfigError::invalid("redis_timeout", "0s", "must be longer than zero"));
         }
         if self.kill_switch_refresh < Duration::from_millis(100) {
             return Err(ConfigError::invalid(
@@ -95,11 +85,7 @@ impl Validate for PolicyEngineConfig {
             ));
         }
         if self.policies.as_os_str().is_empty() {
-            return Err(ConfigError::invalid(
-                "policies",
-                "",
-                "must name a directory",
-            ));
+            return Err(ConfigError::invalid("policies", "", "must name a directory"));
         }
         Ok(())
     }
@@ -136,14 +122,8 @@ mod tests {
     fn environment_and_flags_override_defaults() {
         let sources = Sources {
             env: [
-                (
-                    "WARDEN__REDIS_URL".to_string(),
-                    "redis://127.0.0.1:6379".to_string(),
-                ),
-                (
-                    "WARDEN__TELEMETRY__LOG_FORMAT".to_string(),
-                    "json".to_string(),
-                ),
+                ("WARDEN__REDIS_URL".to_string(), "redis://127.0.0.1:6379".to_string()),
+                ("WARDEN__TELEMETRY__LOG_FORMAT".to_string(), "json".to_string()),
                 ("WARDEN__KILL_SWITCH_REFRESH".to_string(), "5s".to_string()),
             ]
             .into(),
@@ -153,10 +133,7 @@ mod tests {
         let config: PolicyEngineConfig = warden_config::load(&sources).unwrap();
         assert_eq!(config.listen, "0.0.0.0:6000");
         assert_eq!(config.redis_url, "redis://127.0.0.1:6379");
-        assert_eq!(
-            config.telemetry.log_format,
-            warden_telemetry::LogFormat::Json
-        );
+        assert_eq!(config.telemetry.log_format, warden_telemetry::LogFormat::Json);
         assert_eq!(config.kill_switch_refresh, Duration::from_secs(5));
         assert_eq!(config.database_url(), "sqlite://./warden-data/warden.db");
     }
@@ -171,11 +148,9 @@ mod tests {
             ("telemetry.log_format", "xml", "log_format"),
             ("polices", "x", "polices"),
         ] {
-            let error = warden_config::load::<PolicyEngineConfig>(
-                &Sources::default().with_override(key, value),
-            )
-            .unwrap_err()
-            .to_string();
+            let error = warden_config::load::<PolicyEngineConfig>(&Sources::default().with_override(key, value))
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(expected), "{key}={value}: {error}");
         }
     }

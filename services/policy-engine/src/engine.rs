@@ -24,22 +24,13 @@ pub struct Clock {
 
 impl Clock {
     pub fn system() -> Clock {
-        let base_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        Clock {
-            base_ms,
-            base: tokio::time::Instant::now(),
-        }
+        let base_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        Clock { base_ms, base: tokio::time::Instant::now() }
     }
 
     /// A clock that reads `start_ms` now.
     pub fn starting_at(start_ms: u64) -> Clock {
-        Clock {
-            base_ms: start_ms,
-            base: tokio::time::Instant::now(),
-        }
+        Clock { base_ms: start_ms, base: tokio::time::Instant::now() }
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -86,26 +77,17 @@ impl Decision {
 
     /// The enforced rules and limits that decided.
     pub fn matched(&self) -> Vec<String> {
-        self.deciding
-            .iter()
-            .filter_map(|d| d.name.as_deref().map(str::to_owned))
-            .collect()
+        self.deciding.iter().filter_map(|d| d.name.as_deref().map(str::to_owned)).collect()
     }
 
     /// The rule, limit or mechanism named in the evaluation metric.
     pub fn decided_by(&self) -> &str {
-        self.deciding
-            .first()
-            .and_then(|d| d.name.as_deref())
-            .unwrap_or("default-deny")
+        self.deciding.first().and_then(|d| d.name.as_deref()).unwrap_or("default-deny")
     }
 }
 
 fn deciding(name: &Arc<str>, reason: impl Into<Arc<str>>) -> Deciding {
-    Deciding {
-        name: Some(name.clone()),
-        reason: reason.into(),
-    }
+    Deciding { name: Some(name.clone()), reason: reason.into() }
 }
 
 pub struct Engine {
@@ -117,9 +99,7 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("version", &self.policies.load().version)
-            .finish()
+        f.debug_struct("Engine").field("version", &self.policies.load().version).finish()
     }
 }
 
@@ -164,10 +144,7 @@ impl Engine {
         if let Some(reason) = self.kill_switches.load().reason_for(&input.agent.id) {
             return Decision {
                 effect: Effect::Deny,
-                deciding: vec![deciding(
-                    &Arc::from("kill-switch"),
-                    format!("kill switch engaged: {reason}"),
-                )],
+                deciding: vec![deciding(&Arc::from("kill-switch"), format!("kill switch engaged: {reason}"))],
                 shadow: Vec::new(),
                 policy_version: policies.version.clone(),
             };
@@ -180,9 +157,7 @@ impl Engine {
     }
 
     async fn apply_limits(&self, policies: &PolicySet, input: &Input<'_>, decision: &mut Decision) {
-        let applicable: Vec<_> = policies
-            .applicable_limits(input.agent, &input.action.r#type)
-            .collect();
+        let applicable: Vec<_> = policies.applicable_limits(input.agent, &input.action.r#type).collect();
         if applicable.is_empty() {
             return;
         }
@@ -218,35 +193,21 @@ impl Engine {
                     names.join(", ")
                 ));
                 decision.effect = Effect::Deny;
-                decision.deciding = applicable
-                    .iter()
-                    .map(|l| deciding(&l.name, reason.clone()))
-                    .collect();
+                decision.deciding = applicable.iter().map(|l| deciding(&l.name, reason.clone())).collect();
                 return;
             }
         };
-        let over: Vec<_> = applicable
-            .iter()
-            .zip(&exceeded)
-            .filter(|(_, over)| **over)
-            .map(|(l, _)| *l)
-            .collect();
+        let over: Vec<_> = applicable.iter().zip(&exceeded).filter(|(_, over)| **over).map(|(l, _)| *l).collect();
         if over.is_empty() {
             return;
         }
         for limit in &over {
-            crate::metrics::METRICS
-                .limit_exceeded
-                .with_label_values(&[&*limit.name])
-                .inc();
+            crate::metrics::METRICS.limit_exceeded.with_label_values(&[&*limit.name]).inc();
         }
         let denying: Vec<_> = over.iter().filter(|l| l.effect == Effect::Deny).collect();
         if !denying.is_empty() {
             decision.effect = Effect::Deny;
-            decision.deciding = denying
-                .iter()
-                .map(|l| deciding(&l.name, l.reason.clone()))
-                .collect();
+            decision.deciding = denying.iter().map(|l| deciding(&l.name, l.reason.clone())).collect();
             return;
         }
         // Only approval limits were exceeded.
@@ -254,9 +215,7 @@ impl Engine {
             decision.deciding.clear();
         }
         decision.effect = Effect::RequireApproval;
-        decision
-            .deciding
-            .extend(over.iter().map(|l| deciding(&l.name, l.reason.clone())));
+        decision.deciding.extend(over.iter().map(|l| deciding(&l.name, l.reason.clone())));
     }
 }
 
@@ -271,19 +230,11 @@ pub fn decide_rules(policies: &PolicySet, input: &Input<'_>) -> (Decision, bool)
             Effect::Deny,
             vec![Deciding {
                 name: None,
-                reason: Arc::from(format!(
-                    "no rule allows action '{}' (default deny)",
-                    input.action.r#type
-                )),
+                reason: Arc::from(format!("no rule allows action '{}' (default deny)", input.action.r#type)),
             }],
         ),
     };
-    let decision = Decision {
-        effect,
-        deciding,
-        shadow: outcome.shadow,
-        policy_version: policies.version.clone(),
-    };
+    let decision = Decision { effect, deciding, shadow: outcome.shadow, policy_version: policies.version.clone() };
     (decision, outcome.effect.is_some_and(|e| e != Effect::Deny))
 }
 

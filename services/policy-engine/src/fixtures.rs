@@ -11,39 +11,15 @@ use warden_proto::policy::v1::{Action, Agent};
 fn condition(i: usize) -> (&'static str, String) {
     match i % 10 {
         0 => ("deny", format!("action.estimated_cost > {}.0", 1000 + i)),
-        1 => (
-            "require_approval",
-            format!("agent.confidence < 0.{}", 1 + i % 5),
-        ),
+        1 => ("require_approval", format!("agent.confidence < 0.{}", 1 + i % 5)),
         2 => ("deny", format!("'banned-{i}' in agent.roles")),
-        3 => (
-            "require_approval",
-            format!(
-                "has(action.params.amount) && action.params.amount > {}.0",
-                5000 + i
-            ),
-        ),
+        3 => ("require_approval", format!("has(action.params.amount) && action.params.amount > {}.0", 5000 + i)),
         4 => ("deny", format!("agent.labels.team == 'blocked-{i}'")),
-        5 => (
-            "require_approval",
-            "context.time.getHours('America/New_York') >= 23".to_owned(),
-        ),
+        5 => ("require_approval", "context.time.getHours('America/New_York') >= 23".to_owned()),
         6 => ("deny", format!("action.resource.startsWith('secret/{i}')")),
-        7 => (
-            "require_approval",
-            format!(
-                "agent.id == 'probation-{i}' || action.estimated_cost > {}.0",
-                2000 + i
-            ),
-        ),
-        8 => (
-            "deny",
-            format!("action.params.currency in ['XXX', 'ZZZ{i}']"),
-        ),
-        _ => (
-            "require_approval",
-            format!("size(agent.roles) > {}", 10 + i),
-        ),
+        7 => ("require_approval", format!("agent.id == 'probation-{i}' || action.estimated_cost > {}.0", 2000 + i)),
+        8 => ("deny", format!("action.params.currency in ['XXX', 'ZZZ{i}']")),
+        _ => ("require_approval", format!("size(agent.roles) > {}", 10 + i)),
     }
 }
 
@@ -54,11 +30,7 @@ pub fn rule_set(actions: usize, rules_per_action: usize) -> String {
     let mut yaml = String::from("rules:\n");
     for a in 0..actions {
         for r in 0..rules_per_action {
-            let (effect, when) = if r + 1 == rules_per_action {
-                ("allow", "true".to_owned())
-            } else {
-                condition(r)
-            };
+            let (effect, when) = if r + 1 == rules_per_action { ("allow", "true".to_owned()) } else { condition(r) };
             yaml.push_str(&format!(
                 "  - name: a{a}-r{r}\n    actions: [\"action_{a}\"]\n    when: \"{when}\"\n    effect: {effect}\n"
             ));
@@ -78,18 +50,8 @@ pub fn request(action: usize) -> (Agent, Action) {
     };
     let params = Struct {
         fields: [
-            (
-                "amount".to_string(),
-                Value {
-                    kind: Some(Kind::NumberValue(120.0)),
-                },
-            ),
-            (
-                "currency".to_string(),
-                Value {
-                    kind: Some(Kind::StringValue("EUR".into())),
-                },
-            ),
+            ("amount".to_string(), Value { kind: Some(Kind::NumberValue(120.0)) }),
+            ("currency".to_string(), Value { kind: Some(Kind::StringValue("EUR".into())) }),
         ]
         .into(),
     };
@@ -107,10 +69,7 @@ pub fn request(action: usize) -> (Agent, Action) {
 /// measured against in the same benchmark run.
 /// A hand-written rule: whether it denies (else requires approval), and its
 /// condition over the agent, the action and the hour in New York.
-type HandRule = (
-    bool,
-    Box<dyn Fn(&Agent, &Action, u32) -> bool + Send + Sync>,
-);
+type HandRule = (bool, Box<dyn Fn(&Agent, &Action, u32) -> bool + Send + Sync>);
 
 pub struct HandWritten {
     rules: Vec<HandRule>,
@@ -118,27 +77,17 @@ pub struct HandWritten {
 }
 
 fn param_number(action: &Action, key: &str) -> Option<f64> {
-    action
-        .params
-        .as_ref()?
-        .fields
-        .get(key)
-        .and_then(|v| match v.kind {
-            Some(Kind::NumberValue(n)) => Some(n),
-            _ => None,
-        })
+    action.params.as_ref()?.fields.get(key).and_then(|v| match v.kind {
+        Some(Kind::NumberValue(n)) => Some(n),
+        _ => None,
+    })
 }
 
 fn param_text<'a>(action: &'a Action, key: &str) -> Option<&'a str> {
-    action
-        .params
-        .as_ref()?
-        .fields
-        .get(key)
-        .and_then(|v| match &v.kind {
-            Some(Kind::StringValue(s)) => Some(s.as_str()),
-            _ => None,
-        })
+    action.params.as_ref()?.fields.get(key).and_then(|v| match &v.kind {
+        Some(Kind::StringValue(s)) => Some(s.as_str()),
+        _ => None,
+    })
 }
 
 impl Default for HandWritten {
@@ -148,10 +97,7 @@ impl Default for HandWritten {
             let rule: HandRule = match i % 10 {
                 0 => {
                     let bound = (1000 + i) as f64;
-                    (
-                        true,
-                        Box::new(move |_, action, _| action.estimated_cost > bound),
-                    )
+                    (true, Box::new(move |_, action, _| action.estimated_cost > bound))
                 }
                 1 => {
                     let bound = (1 + i % 5) as f64 / 10.0;
@@ -159,46 +105,25 @@ impl Default for HandWritten {
                 }
                 2 => {
                     let role = format!("banned-{i}");
-                    (
-                        true,
-                        Box::new(move |agent, _, _| agent.roles.contains(&role)),
-                    )
+                    (true, Box::new(move |agent, _, _| agent.roles.contains(&role)))
                 }
                 3 => {
                     let bound = (5000 + i) as f64;
-                    (
-                        false,
-                        Box::new(move |_, action, _| {
-                            param_number(action, "amount").is_some_and(|a| a > bound)
-                        }),
-                    )
+                    (false, Box::new(move |_, action, _| param_number(action, "amount").is_some_and(|a| a > bound)))
                 }
                 4 => {
                     let team = format!("blocked-{i}");
-                    (
-                        true,
-                        Box::new(move |agent, _, _| {
-                            agent.labels.get("team").is_some_and(|t| *t == team)
-                        }),
-                    )
+                    (true, Box::new(move |agent, _, _| agent.labels.get("team").is_some_and(|t| *t == team)))
                 }
                 5 => (false, Box::new(|_, _, hour| hour >= 23)),
                 6 => {
                     let prefix = format!("secret/{i}");
-                    (
-                        true,
-                        Box::new(move |_, action, _| action.resource.starts_with(&prefix)),
-                    )
+                    (true, Box::new(move |_, action, _| action.resource.starts_with(&prefix)))
                 }
                 7 => {
                     let id = format!("probation-{i}");
                     let bound = (2000 + i) as f64;
-                    (
-                        false,
-                        Box::new(move |agent, action, _| {
-                            agent.id == id || action.estimated_cost > bound
-                        }),
-                    )
+                    (false, Box::new(move |agent, action, _| agent.id == id || action.estimated_cost > bound))
                 }
                 8 => {
                     let other = format!("ZZZ{i}");
@@ -211,39 +136,24 @@ impl Default for HandWritten {
                 }
                 _ => {
                     let bound = 10 + i;
-                    (
-                        false,
-                        Box::new(move |agent, _, _| agent.roles.len() > bound),
-                    )
+                    (false, Box::new(move |agent, _, _| agent.roles.len() > bound))
                 }
             };
             rules.push(rule);
         }
-        HandWritten {
-            rules,
-            new_york: "America/New_York".parse().expect("known zone"),
-        }
+        HandWritten { rules, new_york: "America/New_York".parse().expect("known zone") }
     }
 }
 
 impl HandWritten {
     /// 0 allow, 1 require approval, 2 deny, combined as the engine does.
-    pub fn decide(
-        &self,
-        agent: &Agent,
-        action: &Action,
-        time: chrono::DateTime<chrono::Utc>,
-    ) -> u8 {
+    pub fn decide(&self, agent: &Agent, action: &Action, time: chrono::DateTime<chrono::Utc>) -> u8 {
         use chrono::Timelike;
         let hour = time.with_timezone(&self.new_york).hour();
         let (mut deny, mut approval) = (false, false);
         for (is_deny, rule) in &self.rules {
             if rule(agent, action, hour) {
-                if *is_deny {
-                    deny = true
-                } else {
-                    approval = true
-                }
+                if *is_deny { deny = true } else { approval = true }
             }
         }
         if deny {

@@ -80,11 +80,7 @@ mod tests {
     use super::*;
 
     fn check(pattern: &str, text: &str, expected: bool) {
-        assert_eq!(
-            Glob::new(pattern).matches(text),
-            expected,
-            "{pattern} ~ {text}"
-        );
+        assert_eq!(Glob::new(pattern).matches(text), expected, "{pattern} ~ {text}");
     }
 
     #[test]

@@ -80,18 +80,12 @@ impl KillSwitchStore {
             })
         }
         let records = match &self.database {
-            Database::Sqlite(pool) => sqlx::query(LIST)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(record)
-                .collect::<Result<Vec<_>, _>>()?,
-            Database::Postgres(pool) => sqlx::query(LIST)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(record)
-                .collect::<Result<Vec<_>, _>>()?,
+            Database::Sqlite(pool) => {
+                sqlx::query(LIST).fetch_all(pool).await?.iter().map(record).collect::<Result<Vec<_>, _>>()?
+            }
+            Database::Postgres(pool) => {
+                sqlx::query(LIST).fetch_all(pool).await?.iter().map(record).collect::<Result<Vec<_>, _>>()?
+            }
         };
         Ok(records)
     }
@@ -105,11 +99,8 @@ impl KillSwitchStore {
 pub fn to_state(records: &[KillSwitchRecord]) -> KillSwitches {
     let mut state = KillSwitches::default();
     for record in records.iter().filter(|r| r.engaged) {
-        let reason: Arc<str> = if record.reason.is_empty() {
-            "no reason given".into()
-        } else {
-            record.reason.as_str().into()
-        };
+        let reason: Arc<str> =
+            if record.reason.is_empty() { "no reason given".into() } else { record.reason.as_str().into() };
         if record.agent_id.is_empty() {
             state.global = Some(reason);
         } else {
@@ -124,32 +115,15 @@ mod tests {
     use super::*;
 
     fn record(agent_id: &str, engaged: bool, reason: &str, at: i64) -> KillSwitchRecord {
-        KillSwitchRecord {
-            agent_id: agent_id.into(),
-            engaged,
-            reason: reason.into(),
-            updated_at_micros: at,
-        }
+        KillSwitchRecord { agent_id: agent_id.into(), engaged, reason: reason.into(), updated_at_micros: at }
     }
 
     async fn switches_survive_reconnects(database: Database) {
         let store = KillSwitchStore::new(database.clone());
-        store
-            .set(&record("agent-1", true, "runaway refunds", 1))
-            .await
-            .unwrap();
-        store
-            .set(&record("", true, "incident 42", 2))
-            .await
-            .unwrap();
-        store
-            .set(&record("agent-2", true, "loop", 3))
-            .await
-            .unwrap();
-        store
-            .set(&record("agent-2", false, "fixed", 4))
-            .await
-            .unwrap();
+        store.set(&record("agent-1", true, "runaway refunds", 1)).await.unwrap();
+        store.set(&record("", true, "incident 42", 2)).await.unwrap();
+        store.set(&record("agent-2", true, "loop", 3)).await.unwrap();
+        store.set(&record("agent-2", false, "fixed", 4)).await.unwrap();
 
         // A second store on the same database (another replica, or after a
         // restart) sees the same state.
@@ -166,10 +140,7 @@ mod tests {
         let state = other.load().await.unwrap();
         assert_eq!(state.global.as_deref(), Some("incident 42"));
         assert_eq!(state.agents.len(), 1);
-        assert_eq!(
-            state.reason_for("agent-9").map(|r| &**r),
-            Some("incident 42")
-        );
+        assert_eq!(state.reason_for("agent-9").map(|r| &**r), Some("incident 42"));
     }
 
     async fn releasing_clears_the_state(database: Database) {

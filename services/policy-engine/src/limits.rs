@@ -40,8 +40,7 @@ impl Charge {
     }
 
     fn exceeded_by(&self, count: u64, spent: f64) -> bool {
-        self.max_requests.is_some_and(|max| count + 1 > max)
-            || self.max_cost.is_some_and(|max| spent + self.cost > max)
+        self.max_requests.is_some_and(|max| count + 1 > max) || self.max_cost.is_some_and(|max| spent + self.cost > max)
     }
 }
 
@@ -64,11 +63,7 @@ impl Classify for LimitError {
 pub trait LimitStore: Send + Sync + 'static {
     /// Checks every charge and, unless a blocking one is exceeded, records
     /// them all, atomically. Returns which charges are exceeded.
-    fn charge<'a>(
-        &'a self,
-        now_ms: u64,
-        charges: &'a [Charge],
-    ) -> BoxFuture<'a, Result<Vec<bool>, LimitError>>;
+    fn charge<'a>(&'a self, now_ms: u64, charges: &'a [Charge]) -> BoxFuture<'a, Result<Vec<bool>, LimitError>>;
 
     /// A short name for logs and `GetPolicies`.
     fn kind(&self) -> &'static str;
@@ -89,9 +84,7 @@ impl Window {
     }
 
     fn totals(&self) -> (u64, f64) {
-        self.buckets
-            .iter()
-            .fold((0, 0.0), |(n, c), (_, dn, dc)| (n + dn, c + dc))
+        self.buckets.iter().fold((0, 0.0), |(n, c), (_, dn, dc)| (n + dn, c + dc))
     }
 }
 
@@ -113,10 +106,7 @@ impl MemoryLimitStore {
     }
 
     fn charge_now(&self, now_ms: u64, charges: &[Charge]) -> Vec<bool> {
-        let mut state = self
-            .windows
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut exceeded = Vec::with_capacity(charges.len());
         let mut block = false;
         for charge in charges {
@@ -140,10 +130,7 @@ impl MemoryLimitStore {
                 let window = state
                     .windows
                     .entry(charge.key.clone())
-                    .or_insert_with(|| Window {
-                        bucket_ms,
-                        buckets: Vec::new(),
-                    });
+                    .or_insert_with(|| Window { bucket_ms, buckets: Vec::new() });
                 match window.buckets.last_mut() {
                     Some((last, n, c)) if *last == id => {
                         *n += 1;
@@ -168,11 +155,7 @@ impl MemoryLimitStore {
 }
 
 impl LimitStore for MemoryLimitStore {
-    fn charge<'a>(
-        &'a self,
-        now_ms: u64,
-        charges: &'a [Charge],
-    ) -> BoxFuture<'a, Result<Vec<bool>, LimitError>> {
+    fn charge<'a>(&'a self, now_ms: u64, charges: &'a [Charge]) -> BoxFuture<'a, Result<Vec<bool>, LimitError>> {
         Box::pin(async move { Ok(self.charge_now(now_ms, charges)) })
     }
 
@@ -241,6 +224,10 @@ return exceeded
 
 /// Limits shared by every replica through one Redis.
 pub struct RedisLimitStore {
+    /// Timeout and circuit breaker around every Redis round trip: while
+    /// Redis is down, limits fail closed at once instead of each request
+    /// waiting for a timeout.
+    pipeline: warden_resilience::Pipeline,
     client: redis::Client,
     connection: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     script: redis::Script,
@@ -250,9 +237,7 @@ pub struct RedisLimitStore {
 
 impl std::fmt::Debug for RedisLimitStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisLimitStore")
-            .field("prefix", &self.prefix)
-            .finish()
+        f.debug_struct("RedisLimitStore").field("prefix", &self.prefix).finish()
     }
 }
 
@@ -260,14 +245,23 @@ impl RedisLimitStore {
     /// Creates the store; the connection is made on first use, so a Redis
     /// that is down at start makes limits fail closed rather than the
     /// service fail to start.
-    pub fn new(
-        url: &str,
-        prefix: impl Into<String>,
-        timeout: Duration,
-    ) -> Result<Self, LimitError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| LimitError::Unavailable(format!("invalid redis url: {e}")))?;
+    pub fn new(url: &str, prefix: impl Into<String>, timeout: Duration) -> Result<Self, LimitError> {
+        let client =
+            redis::Client::open(url).map_err(|e| LimitError::Unavailable(format!("invalid redis url: {e}")))?;
+        let breaker_name = format!("redis-limits:{}", client.get_connection_info().addr);
+        let breaker = warden_resilience::BreakerRegistry::global().get_or_create(&breaker_name, || {
+            warden_resilience::BreakerConfig {
+                consecutive_failures: Some(3),
+                failure_rate: None,
+                open_duration: Duration::from_secs(1),
+                half_open_max_calls: 1,
+                success_threshold: 1,
+                ..warden_resilience::BreakerConfig::default()
+            }
+        });
+        let pipeline = warden_resilience::Pipeline::builder(breaker_name).breaker(breaker).timeout(timeout).build();
         Ok(RedisLimitStore {
+            pipeline,
             client,
             connection: tokio::sync::Mutex::new(None),
             script: redis::Script::new(CHARGE_SCRIPT),
@@ -281,9 +275,8 @@ impl RedisLimitStore {
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout);
+        let config =
+            redis::AsyncConnectionConfig::new().set_connection_timeout(self.timeout).set_response_timeout(self.timeout);
         let connection = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
@@ -304,30 +297,18 @@ impl RedisLimitStore {
                 .arg(bucket_ms)
                 .arg(BUCKETS)
                 .arg(charge.max_requests.map(|n| n as i64).unwrap_or(-1))
-                .arg(
-                    charge
-                        .max_cost
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "-1".into()),
-                )
+                .arg(charge.max_cost.map(|c| c.to_string()).unwrap_or_else(|| "-1".into()))
                 .arg(charge.cost.to_string())
                 .arg(if charge.blocking { "1" } else { "0" })
                 .arg(bucket_ms * (BUCKETS + 2));
         }
-        let result: Result<Vec<i64>, redis::RedisError> = match tokio::time::timeout(
-            self.timeout,
-            invocation.invoke_async(&mut connection),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => {
-                return Err(LimitError::Unavailable(format!(
-                    "no answer from redis within {:?}",
-                    self.timeout
-                )));
-            }
-        };
+        let result: Result<Vec<i64>, redis::RedisError> =
+            match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(LimitError::Unavailable(format!("no answer from redis within {:?}", self.timeout)));
+                }
+            };
         match result {
             Ok(flags) => Ok(flags.into_iter().map(|f| f == 1).collect()),
             Err(error) => {
@@ -342,12 +323,14 @@ impl RedisLimitStore {
 }
 
 impl LimitStore for RedisLimitStore {
-    fn charge<'a>(
-        &'a self,
-        now_ms: u64,
-        charges: &'a [Charge],
-    ) -> BoxFuture<'a, Result<Vec<bool>, LimitError>> {
-        Box::pin(self.run(now_ms, charges))
+    fn charge<'a>(&'a self, now_ms: u64, charges: &'a [Charge]) -> BoxFuture<'a, Result<Vec<bool>, LimitError>> {
+        Box::pin(async move {
+            self.pipeline.call(|| self.run(now_ms, charges)).await.map_err(|error| match error {
+                warden_resilience::ResilienceError::Inner(error) => error,
+                // Open breaker or timeout: fail closed with the reason.
+                other => LimitError::Unavailable(other.to_string()),
+            })
+        })
     }
 
     fn kind(&self) -> &'static str {
@@ -386,107 +369,38 @@ mod tests {
         let t0 = 1_700_000_000_000u64;
         let rate = requests(&format!("{prefix}rate"), 3, 60);
         for _ in 0..3 {
-            assert_eq!(
-                store.charge(t0, std::slice::from_ref(&rate)).await.unwrap(),
-                vec![false]
-            );
+            assert_eq!(store.charge(t0, std::slice::from_ref(&rate)).await.unwrap(), vec![false]);
         }
-        assert_eq!(
-            store
-                .charge(t0 + 1_000, std::slice::from_ref(&rate))
-                .await
-                .unwrap(),
-            vec![true]
-        );
+        assert_eq!(store.charge(t0 + 1_000, std::slice::from_ref(&rate)).await.unwrap(), vec![true]);
         // Still inside the window.
-        assert_eq!(
-            store
-                .charge(t0 + 59_000, std::slice::from_ref(&rate))
-                .await
-                .unwrap(),
-            vec![true]
-        );
+        assert_eq!(store.charge(t0 + 59_000, std::slice::from_ref(&rate)).await.unwrap(), vec![true]);
         // A window and one bucket later, the first three have expired.
-        assert_eq!(
-            store
-                .charge(t0 + 62_001, std::slice::from_ref(&rate))
-                .await
-                .unwrap(),
-            vec![false]
-        );
+        assert_eq!(store.charge(t0 + 62_001, std::slice::from_ref(&rate)).await.unwrap(), vec![false]);
 
         // Spend: 40 + 40 fits under 100, the third 40 does not.
         let a = spend(&format!("{prefix}spend"), 100.0, 40.0, true);
-        assert_eq!(
-            store.charge(t0, std::slice::from_ref(&a)).await.unwrap(),
-            vec![false]
-        );
-        assert_eq!(
-            store.charge(t0, std::slice::from_ref(&a)).await.unwrap(),
-            vec![false]
-        );
-        assert_eq!(
-            store.charge(t0, std::slice::from_ref(&a)).await.unwrap(),
-            vec![true]
-        );
+        assert_eq!(store.charge(t0, std::slice::from_ref(&a)).await.unwrap(), vec![false]);
+        assert_eq!(store.charge(t0, std::slice::from_ref(&a)).await.unwrap(), vec![false]);
+        assert_eq!(store.charge(t0, std::slice::from_ref(&a)).await.unwrap(), vec![true]);
         // A smaller one still fits: denied requests were not recorded.
-        let small = Charge {
-            cost: 20.0,
-            ..a.clone()
-        };
-        assert_eq!(
-            store
-                .charge(t0, std::slice::from_ref(&small))
-                .await
-                .unwrap(),
-            vec![false]
-        );
+        let small = Charge { cost: 20.0, ..a.clone() };
+        assert_eq!(store.charge(t0, std::slice::from_ref(&small)).await.unwrap(), vec![false]);
 
         // All or nothing: when a blocking limit is exceeded, the other
         // limits of the request are not charged either.
         let tight = requests(&format!("{prefix}tight"), 0, 60);
         let loose = requests(&format!("{prefix}loose"), 1, 60);
-        assert_eq!(
-            store
-                .charge(t0, &[loose.clone(), tight.clone()])
-                .await
-                .unwrap(),
-            vec![false, true]
-        );
-        assert_eq!(
-            store
-                .charge(t0, std::slice::from_ref(&loose))
-                .await
-                .unwrap(),
-            vec![false]
-        );
+        assert_eq!(store.charge(t0, &[loose.clone(), tight.clone()]).await.unwrap(), vec![false, true]);
+        assert_eq!(store.charge(t0, std::slice::from_ref(&loose)).await.unwrap(), vec![false]);
 
         // A non-blocking (require_approval) limit that is exceeded still counts.
-        let soft = Charge {
-            blocking: false,
-            ..requests(&format!("{prefix}soft"), 1, 60)
-        };
-        assert_eq!(
-            store.charge(t0, std::slice::from_ref(&soft)).await.unwrap(),
-            vec![false]
-        );
-        assert_eq!(
-            store.charge(t0, std::slice::from_ref(&soft)).await.unwrap(),
-            vec![true]
-        );
+        let soft = Charge { blocking: false, ..requests(&format!("{prefix}soft"), 1, 60) };
+        assert_eq!(store.charge(t0, std::slice::from_ref(&soft)).await.unwrap(), vec![false]);
+        assert_eq!(store.charge(t0, std::slice::from_ref(&soft)).await.unwrap(), vec![true]);
         let soft_and_hard = [soft.clone(), requests(&format!("{prefix}hard"), 2, 60)];
-        assert_eq!(
-            store.charge(t0, &soft_and_hard).await.unwrap(),
-            vec![true, false]
-        );
-        assert_eq!(
-            store.charge(t0, &soft_and_hard).await.unwrap(),
-            vec![true, false]
-        );
-        assert_eq!(
-            store.charge(t0, &soft_and_hard).await.unwrap(),
-            vec![true, true]
-        );
+        assert_eq!(store.charge(t0, &soft_and_hard).await.unwrap(), vec![true, false]);
+        assert_eq!(store.charge(t0, &soft_and_hard).await.unwrap(), vec![true, false]);
+        assert_eq!(store.charge(t0, &soft_and_hard).await.unwrap(), vec![true, true]);
     }
 
     #[tokio::test]
@@ -496,26 +410,30 @@ mod tests {
 
     #[tokio::test]
     async fn redis_store_counts_sliding_windows() {
-        let Some(url) =
-            warden_store::testing::external_url("WARDEN_TEST_REDIS_URL", "Redis limit store tests")
-        else {
+        let Some(url) = warden_store::testing::external_url("WARDEN_TEST_REDIS_URL", "Redis limit store tests") else {
             return;
         };
-        let store =
-            RedisLimitStore::new(&url, "warden-test:limits:", Duration::from_secs(2)).unwrap();
+        let store = RedisLimitStore::new(&url, "warden-test:limits:", Duration::from_secs(2)).unwrap();
         // A unique prefix per run keeps runs apart in a shared Redis.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         suite(&store, &format!("{}-{nanos}:", std::process::id())).await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_opens_the_breaker_and_fails_fast() {
+        // Nothing listens on port 2.
+        let store = RedisLimitStore::new("redis://127.0.0.1:2", "x:", Duration::from_millis(300)).unwrap();
+        for _ in 0..3 {
+            assert!(store.charge(0, &[requests("k", 1, 60)]).await.is_err());
+        }
+        let error = store.charge(0, &[requests("k", 1, 60)]).await.unwrap_err();
+        assert!(error.to_string().contains("circuit breaker 'redis-limits:127.0.0.1:2' is open"), "{error}");
     }
 
     #[tokio::test]
     async fn redis_store_fails_closed_when_unreachable() {
         // Nothing listens on port 1.
-        let store =
-            RedisLimitStore::new("redis://127.0.0.1:1", "x:", Duration::from_millis(500)).unwrap();
+        let store = RedisLimitStore::new("redis://127.0.0.1:1", "x:", Duration::from_millis(500)).unwrap();
         let error = store.charge(0, &[requests("k", 1, 60)]).await.unwrap_err();
         assert!(matches!(error, LimitError::Unavailable(_)));
         assert_eq!(error.category(), Category::ExternalService);

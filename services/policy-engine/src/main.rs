@@ -27,9 +27,7 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let mut sources = args.common.sources();
     if let Some(policies) = &args.policies {
-        sources
-            .overrides
-            .push(("policies".into(), policies.display().to_string()));
+        sources.overrides.push(("policies".into(), policies.display().to_string()));
     }
     if let Some(url) = &args.redis_url {
         sources.overrides.push(("redis_url".into(), url.clone()));
@@ -66,8 +64,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -25,49 +25,30 @@ pub struct Metrics {
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     evaluations: register(
         IntCounterVec::new(
-            Opts::new(
-                "policy_evaluations_total",
-                "Policy decisions, by deciding rule and effect",
-            ),
+            Opts::new("policy_evaluations_total", "Policy decisions, by deciding rule and effect"),
             &["policy_name", "decision"],
         )
         .expect("metric"),
     ),
     evaluation_duration: register(
         Histogram::with_opts(
-            HistogramOpts::new(
-                "policy_evaluation_duration_seconds",
-                "Time to decide one Evaluate request",
-            )
-            .buckets(vec![
-                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
-                0.01, 0.025, 0.1,
-            ]),
+            HistogramOpts::new("policy_evaluation_duration_seconds", "Time to decide one Evaluate request").buckets(
+                vec![
+                    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
+                ],
+            ),
         )
         .expect("metric"),
     ),
     reloads: register(
-        IntCounterVec::new(
-            Opts::new("policy_reloads_total", "Policy reloads, by result"),
-            &["result"],
-        )
-        .expect("metric"),
+        IntCounterVec::new(Opts::new("policy_reloads_total", "Policy reloads, by result"), &["result"])
+            .expect("metric"),
     ),
-    rules_active: register(
-        IntGauge::new("policy_rules_active", "Rules in the active policy set").expect("metric"),
-    ),
-    limits_active: register(
-        IntGauge::new("policy_limits_active", "Limits in the active policy set").expect("metric"),
-    ),
+    rules_active: register(IntGauge::new("policy_rules_active", "Rules in the active policy set").expect("metric")),
+    limits_active: register(IntGauge::new("policy_limits_active", "Limits in the active policy set").expect("metric")),
     limit_exceeded: register(
-        IntCounterVec::new(
-            Opts::new(
-                "policy_limit_exceeded_total",
-                "Requests over a limit, by limit",
-            ),
-            &["limit"],
-        )
-        .expect("metric"),
+        IntCounterVec::new(Opts::new("policy_limit_exceeded_total", "Requests over a limit, by limit"), &["limit"])
+            .expect("metric"),
     ),
     limit_store_errors: register(
         IntCounter::new(
@@ -80,10 +61,6 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         IntGauge::new("policy_kill_switches_engaged", "Engaged kill switches").expect("metric"),
     ),
     invalid_requests: register(
-        IntCounter::new(
-            "policy_invalid_requests_total",
-            "Evaluate requests refused as invalid",
-        )
-        .expect("metric"),
+        IntCounter::new("policy_invalid_requests_total", "Evaluate requests refused as invalid").expect("metric"),
     ),
 });

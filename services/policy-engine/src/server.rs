@@ -28,10 +28,7 @@ pub enum StartError {
     #[error("storage: {0}")]
     Store(#[from] warden_store::StoreError),
     #[error("policies in {dir} are invalid:\n{}", .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
-    Policies {
-        dir: String,
-        errors: Vec<PolicyError>,
-    },
+    Policies { dir: String, errors: Vec<PolicyError> },
     #[error("limit store: {0}")]
     Limits(#[from] crate::limits::LimitError),
     #[error("cannot listen on {0}: {1}")]
@@ -58,9 +55,7 @@ pub struct PolicyEngine {
 
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyEngine")
-            .field("addr", &self.addr)
-            .finish()
+        f.debug_struct("PolicyEngine").field("addr", &self.addr).finish()
     }
 }
 
@@ -73,31 +68,20 @@ impl PolicyEngine {
         let dir = config.policies.clone();
         let policies = {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || policy::load_dir(&dir))
-                .await
-                .expect("policy load task")
+            tokio::task::spawn_blocking(move || policy::load_dir(&dir)).await.expect("policy load task")
         }
-        .map_err(|errors| StartError::Policies {
-            dir: dir.display().to_string(),
-            errors,
-        })?;
+        .map_err(|errors| StartError::Policies { dir: dir.display().to_string(), errors })?;
         set_gauges(&policies);
         tracing::info!(version = %policies.version, rules = policies.rules.len(), limits = policies.limits.len(), dir = %dir.display(), "policies loaded");
 
         let limits: Arc<dyn LimitStore> = if config.redis_url.is_empty() {
             Arc::new(MemoryLimitStore::new())
         } else {
-            Arc::new(RedisLimitStore::new(
-                &config.redis_url,
-                "warden:limits:",
-                config.redis_timeout,
-            )?)
+            Arc::new(RedisLimitStore::new(&config.redis_url, "warden:limits:", config.redis_timeout)?)
         };
         let engine = Arc::new(Engine::new(policies, limits, Clock::system()));
         let switches = kill_switch_store.load().await?;
-        METRICS
-            .kill_switches_engaged
-            .set(switches.engaged_count() as i64);
+        METRICS.kill_switches_engaged.set(switches.engaged_count() as i64);
         engine.set_kill_switches(switches);
         let reloader = Arc::new(Reloader::new(dir.clone(), engine.clone()));
 
@@ -119,12 +103,7 @@ impl PolicyEngine {
             None
         } else {
             let addr = warden_config::parse_addr("metrics_listen", &config.metrics_listen)
-                .map_err(|e| {
-                    StartError::Bind(
-                        config.metrics_listen.clone(),
-                        std::io::Error::other(e.to_string()),
-                    )
-                })?;
+                .map_err(|e| StartError::Bind(config.metrics_listen.clone(), std::io::Error::other(e.to_string())))?;
             let (bound, task) = warden_telemetry::serve_metrics(addr).await?;
             background.push(task);
             Some(bound)
@@ -133,14 +112,10 @@ impl PolicyEngine {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
+        let addr = listener.local_addr().map_err(|error| StartError::Bind(config.listen.clone(), error))?;
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<PolicyServiceServer<PolicyServiceImpl>>()
-            .await;
+        health_reporter.set_serving::<PolicyServiceServer<PolicyServiceImpl>>().await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(warden_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -211,9 +186,7 @@ async fn refresh_kill_switches(engine: Arc<Engine>, store: KillSwitchStore, ever
             Ok(state) => {
                 if *engine.kill_switches() != state {
                     tracing::info!(engaged = state.engaged_count(), "kill switches refreshed");
-                    METRICS
-                        .kill_switches_engaged
-                        .set(state.engaged_count() as i64);
+                    METRICS.kill_switches_engaged.set(state.engaged_count() as i64);
                     engine.set_kill_switches(state);
                 }
             }

@@ -50,11 +50,7 @@ pub struct ReloadStatus {
 
 impl Reloader {
     pub fn new(dir: PathBuf, engine: Arc<Engine>) -> Self {
-        Reloader {
-            dir,
-            engine,
-            status: Mutex::new(ReloadStatus::default()),
-        }
+        Reloader { dir, engine, status: Mutex::new(ReloadStatus::default()) }
     }
 
     pub fn dir(&self) -> &PathBuf {
@@ -67,16 +63,14 @@ impl Reloader {
         // One reload at a time, so an older read never overwrites a newer one.
         let mut status = self.status.lock().await;
         let dir = self.dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || policy::load_dir(&dir))
-            .await
-            .unwrap_or_else(|error| {
-                Err(vec![PolicyError {
-                    file: String::new(),
-                    line: 0,
-                    rule: String::new(),
-                    message: format!("reload task failed: {error}"),
-                }])
-            });
+        let loaded = tokio::task::spawn_blocking(move || policy::load_dir(&dir)).await.unwrap_or_else(|error| {
+            Err(vec![PolicyError {
+                file: String::new(),
+                line: 0,
+                rule: String::new(),
+                message: format!("reload task failed: {error}"),
+            }])
+        });
         status.attempted_at = Some(SystemTime::now());
         match loaded {
             Ok(set) => {
@@ -119,23 +113,13 @@ pub struct PolicyServiceImpl {
 }
 
 impl PolicyServiceImpl {
-    pub fn new(
-        engine: Arc<Engine>,
-        reloader: Arc<Reloader>,
-        kill_switches: KillSwitchStore,
-    ) -> Self {
-        PolicyServiceImpl {
-            engine,
-            reloader,
-            kill_switches,
-        }
+    pub fn new(engine: Arc<Engine>, reloader: Arc<Reloader>, kill_switches: KillSwitchStore) -> Self {
+        PolicyServiceImpl { engine, reloader, kill_switches }
     }
 }
 
 /// Checks an `EvaluateRequest`, naming every bad field.
-pub fn validate_evaluate(
-    request: &pb::EvaluateRequest,
-) -> Result<(&pb::Agent, &pb::Action), WardenError> {
+pub fn validate_evaluate(request: &pb::EvaluateRequest) -> Result<(&pb::Agent, &pb::Action), WardenError> {
     let mut v = Validator::new();
     match &request.agent {
         None => v.violation("agent", "is required"),
@@ -143,10 +127,7 @@ pub fn validate_evaluate(
             v.required_str("agent.id", &agent.id, limits::ID_BYTES);
             v.max_len("agent.name", &agent.name, limits::NAME_BYTES);
             if !agent.confidence.is_finite() || !(0.0..=1.0).contains(&agent.confidence) {
-                v.violation(
-                    "agent.confidence",
-                    format!("must be between 0 and 1, got {}", agent.confidence),
-                );
+                v.violation("agent.confidence", format!("must be between 0 and 1, got {}", agent.confidence));
             }
             if agent.roles.len() > limits::ROLES {
                 v.violation("agent.roles", format!("at most {} roles", limits::ROLES));
@@ -159,16 +140,9 @@ pub fn validate_evaluate(
             }
             for (key, value) in &agent.labels {
                 if key.is_empty() || key.len() > limits::LABEL_KEY_BYTES {
-                    v.violation(
-                        "agent.labels",
-                        format!("label keys must be 1 to {} bytes", limits::LABEL_KEY_BYTES),
-                    );
+                    v.violation("agent.labels", format!("label keys must be 1 to {} bytes", limits::LABEL_KEY_BYTES));
                 }
-                v.max_len(
-                    &format!("agent.labels[{key}]"),
-                    value,
-                    limits::LABEL_VALUE_BYTES,
-                );
+                v.max_len(&format!("agent.labels[{key}]"), value, limits::LABEL_VALUE_BYTES);
             }
         }
     }
@@ -177,16 +151,10 @@ pub fn validate_evaluate(
         Some(action) => {
             v.required_str("action.type", &action.r#type, limits::ID_BYTES);
             v.max_len("action.resource", &action.resource, limits::RESOURCE_BYTES);
-            if action.estimated_cost.is_nan()
-                || action.estimated_cost < 0.0
-                || action.estimated_cost.is_infinite()
-            {
+            if action.estimated_cost.is_nan() || action.estimated_cost < 0.0 || action.estimated_cost.is_infinite() {
                 v.violation(
                     "action.estimated_cost",
-                    format!(
-                        "must be a finite number >= 0, got {}",
-                        action.estimated_cost
-                    ),
+                    format!("must be a finite number >= 0, got {}", action.estimated_cost),
                 );
             }
             if let Some(params) = &action.params {
@@ -194,10 +162,7 @@ pub fn validate_evaluate(
                 if size > limits::PARAMS_BYTES {
                     v.violation(
                         "action.params",
-                        format!(
-                            "must be at most {} bytes encoded, got {size}",
-                            limits::PARAMS_BYTES
-                        ),
+                        format!("must be at most {} bytes encoded, got {size}", limits::PARAMS_BYTES),
                     );
                 }
             }
@@ -205,16 +170,12 @@ pub fn validate_evaluate(
     }
     v.max_len("correlation_id", &request.correlation_id, limits::ID_BYTES);
     if let Some(time) = &request.time
-        && (chrono::DateTime::from_timestamp(time.seconds, 0).is_none()
-            || !(0..1_000_000_000).contains(&time.nanos))
+        && (chrono::DateTime::from_timestamp(time.seconds, 0).is_none() || !(0..1_000_000_000).contains(&time.nanos))
     {
         v.violation("time", "is not a valid timestamp");
     }
     v.finish()?;
-    Ok((
-        request.agent.as_ref().expect("validated"),
-        request.action.as_ref().expect("validated"),
-    ))
+    Ok((request.agent.as_ref().expect("validated"), request.action.as_ref().expect("validated")))
 }
 
 fn invalid(error: WardenError) -> Status {
@@ -239,33 +200,21 @@ fn errors_to_proto(errors: &[PolicyError]) -> Vec<pb::PolicyError> {
 
 #[tonic::async_trait]
 impl PolicyService for PolicyServiceImpl {
-    async fn evaluate(
-        &self,
-        request: Request<pb::EvaluateRequest>,
-    ) -> Result<Response<pb::EvaluateResponse>, Status> {
+    async fn evaluate(&self, request: Request<pb::EvaluateRequest>) -> Result<Response<pb::EvaluateResponse>, Status> {
         let started = Instant::now();
         let request = request.into_inner();
         let (agent, action) = validate_evaluate(&request).map_err(invalid)?;
         let time = match &request.time {
-            Some(t) => chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
-                .unwrap_or_else(|| self.engine.clock().now()),
+            Some(t) => {
+                chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap_or_else(|| self.engine.clock().now())
+            }
             None => self.engine.clock().now(),
         };
-        let input = Input {
-            agent,
-            action,
-            time,
-            correlation_id: &request.correlation_id,
-        };
+        let input = Input { agent, action, time, correlation_id: &request.correlation_id };
         let decision = self.engine.decide(&input).await;
         let decision_id = uuid::Uuid::now_v7().to_string();
-        METRICS
-            .evaluations
-            .with_label_values(&[decision.decided_by(), decision.effect.as_str()])
-            .inc();
-        METRICS
-            .evaluation_duration
-            .observe(started.elapsed().as_secs_f64());
+        METRICS.evaluations.with_label_values(&[decision.decided_by(), decision.effect.as_str()]).inc();
+        METRICS.evaluation_duration.observe(started.elapsed().as_secs_f64());
         // The decision log: one structured event per decision.
         tracing::info!(
             target: "warden::decision",
@@ -297,47 +246,23 @@ impl PolicyService for PolicyServiceImpl {
     ) -> Result<Response<pb::ValidatePoliciesResponse>, Status> {
         let request = request.into_inner();
         let mut v = Validator::new();
-        v.check(
-            !request.sources.is_empty(),
-            "sources",
-            "at least one source is required",
-        );
+        v.check(!request.sources.is_empty(), "sources", "at least one source is required");
         v.check(
             request.sources.len() <= limits::VALIDATE_SOURCES,
             "sources",
             format!("at most {} sources", limits::VALIDATE_SOURCES),
         );
         for (i, source) in request.sources.iter().enumerate() {
-            v.required_str(
-                &format!("sources[{i}].file"),
-                &source.file,
-                limits::NAME_BYTES,
-            );
-            v.max_len(
-                &format!("sources[{i}].content"),
-                &source.content,
-                policy::bounds::MAX_FILE_BYTES,
-            );
+            v.required_str(&format!("sources[{i}].file"), &source.file, limits::NAME_BYTES);
+            v.max_len(&format!("sources[{i}].content"), &source.content, policy::bounds::MAX_FILE_BYTES);
         }
         v.finish().map_err(invalid)?;
-        let sources: Vec<Source> = request
-            .sources
-            .into_iter()
-            .map(|s| Source {
-                file: s.file,
-                content: s.content,
-            })
-            .collect();
+        let sources: Vec<Source> =
+            request.sources.into_iter().map(|s| Source { file: s.file, content: s.content }).collect();
         let version = policy::version_of(&sources);
         let result = tokio::task::spawn_blocking(move || policy::compile_sources(&sources))
             .await
-            .map_err(|e| {
-                to_status(&WardenError::new(
-                    Category::Internal,
-                    "VALIDATION_FAILED",
-                    e.to_string(),
-                ))
-            })?;
+            .map_err(|e| to_status(&WardenError::new(Category::Internal, "VALIDATION_FAILED", e.to_string())))?;
         Ok(Response::new(match result {
             Ok(set) => pb::ValidatePoliciesResponse {
                 valid: true,
@@ -361,11 +286,9 @@ impl PolicyService for PolicyServiceImpl {
         _request: Request<pb::ReloadPoliciesRequest>,
     ) -> Result<Response<pb::ReloadPoliciesResponse>, Status> {
         Ok(Response::new(match self.reloader.reload().await {
-            Ok(version) => pb::ReloadPoliciesResponse {
-                reloaded: true,
-                policy_version: version.to_string(),
-                errors: Vec::new(),
-            },
+            Ok(version) => {
+                pb::ReloadPoliciesResponse { reloaded: true, policy_version: version.to_string(), errors: Vec::new() }
+            }
             Err(errors) => pb::ReloadPoliciesResponse {
                 reloaded: false,
                 policy_version: self.engine.policies().version.to_string(),
@@ -391,11 +314,7 @@ impl PolicyService for PolicyServiceImpl {
                     file: rule.file.clone(),
                     actions: rule.scope.action_source.clone(),
                     agents: rule.scope.agent_source.clone(),
-                    when: rule
-                        .condition
-                        .as_ref()
-                        .map(|c| c.source().to_owned())
-                        .unwrap_or_default(),
+                    when: rule.condition.as_ref().map(|c| c.source().to_owned()).unwrap_or_default(),
                     effect: rule.effect.to_proto() as i32,
                     reason: rule.reason.to_string(),
                     shadow: rule.shadow,
@@ -434,10 +353,8 @@ impl PolicyService for PolicyServiceImpl {
             v.violation("reason", "is required when engaging a kill switch");
         }
         v.finish().map_err(invalid)?;
-        let now_micros = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros() as i64;
+        let now_micros =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
         let record = KillSwitchRecord {
             agent_id: request.agent_id.clone(),
             engaged: request.engaged,
@@ -450,15 +367,9 @@ impl PolicyService for PolicyServiceImpl {
             tracing::error!(%error, "cannot store kill switch");
             to_status(&error)
         })?;
-        let records = self
-            .kill_switches
-            .list()
-            .await
-            .map_err(|error| to_status(&error))?;
+        let records = self.kill_switches.list().await.map_err(|error| to_status(&error))?;
         let state = to_state(&records);
-        METRICS
-            .kill_switches_engaged
-            .set(state.engaged_count() as i64);
+        METRICS.kill_switches_engaged.set(state.engaged_count() as i64);
         self.engine.set_kill_switches(state);
         tracing::warn!(
             agent_id = %if request.agent_id.is_empty() { "*" } else { request.agent_id.as_str() },
@@ -466,9 +377,7 @@ impl PolicyService for PolicyServiceImpl {
             reason = %request.reason,
             "kill switch changed"
         );
-        Ok(Response::new(pb::SetKillSwitchResponse {
-            kill_switch: Some(record_to_proto(&record)),
-        }))
+        Ok(Response::new(pb::SetKillSwitchResponse { kill_switch: Some(record_to_proto(&record)) }))
     }
 
     async fn get_kill_switch(
@@ -479,19 +388,11 @@ impl PolicyService for PolicyServiceImpl {
         let mut v = Validator::new();
         v.max_len("agent_id", &request.agent_id, limits::ID_BYTES);
         v.finish().map_err(invalid)?;
-        let records = self
-            .kill_switches
-            .list()
-            .await
-            .map_err(|error| to_status(&error))?;
+        let records = self.kill_switches.list().await.map_err(|error| to_status(&error))?;
         let kill_switches = records
             .iter()
             .filter(|r| r.engaged)
-            .filter(|r| {
-                request.agent_id.is_empty()
-                    || r.agent_id.is_empty()
-                    || r.agent_id == request.agent_id
-            })
+            .filter(|r| request.agent_id.is_empty() || r.agent_id.is_empty() || r.agent_id == request.agent_id)
             .map(record_to_proto)
             .collect();
         Ok(Response::new(pb::GetKillSwitchResponse { kill_switches }))

@@ -19,17 +19,11 @@ fn config() -> BreakerConfig {
 }
 
 fn fail(breaker: &Arc<CircuitBreaker>) {
-    breaker
-        .try_acquire()
-        .expect("closed")
-        .record(Outcome::Failure);
+    breaker.try_acquire().expect("closed").record(Outcome::Failure);
 }
 
 fn succeed(breaker: &Arc<CircuitBreaker>) {
-    breaker
-        .try_acquire()
-        .expect("closed")
-        .record(Outcome::Success);
+    breaker.try_acquire().expect("closed").record(Outcome::Success);
 }
 
 #[tokio::test(start_paused = true)]
@@ -48,10 +42,7 @@ async fn trips_on_consecutive_failures_and_recovers_through_half_open() {
     assert_eq!(rejected.retry_after, Duration::from_secs(10));
 
     tokio::time::advance(Duration::from_secs(4)).await;
-    assert_eq!(
-        breaker.try_acquire().unwrap_err().retry_after,
-        Duration::from_secs(6)
-    );
+    assert_eq!(breaker.try_acquire().unwrap_err().retry_after, Duration::from_secs(6));
     tokio::time::advance(Duration::from_secs(6)).await;
     // Half-open: two probes at once, no more.
     let probe_a = breaker.try_acquire().unwrap();
@@ -66,9 +57,8 @@ async fn trips_on_consecutive_failures_and_recovers_through_half_open() {
     probe_c.record(Outcome::Failure);
     assert_eq!(breaker.state(), BreakerState::Closed);
 
-    let states: Vec<(BreakerState, BreakerState)> = std::iter::from_fn(|| events.try_recv().ok())
-        .map(|e| (e.from, e.to))
-        .collect();
+    let states: Vec<(BreakerState, BreakerState)> =
+        std::iter::from_fn(|| events.try_recv().ok()).map(|e| (e.from, e.to)).collect();
     assert_eq!(
         states,
         [
@@ -88,10 +78,7 @@ async fn a_failed_probe_reopens() {
     tokio::time::advance(Duration::from_secs(10)).await;
     breaker.try_acquire().unwrap().record(Outcome::Failure);
     assert_eq!(breaker.state(), BreakerState::Open);
-    assert_eq!(
-        breaker.try_acquire().unwrap_err().retry_after,
-        Duration::from_secs(10)
-    );
+    assert_eq!(breaker.try_acquire().unwrap_err().retry_after, Duration::from_secs(10));
 }
 
 #[tokio::test(start_paused = true)]
@@ -104,9 +91,7 @@ async fn dropped_probes_free_their_slot() {
     let a = breaker.try_acquire().unwrap();
     let b = breaker.try_acquire().unwrap();
     drop(a); // a cancelled call
-    let c = breaker
-        .try_acquire()
-        .expect("the dropped probe's slot is free again");
+    let c = breaker.try_acquire().expect("the dropped probe's slot is free again");
     drop((b, c));
 }
 
@@ -164,21 +149,12 @@ async fn failures_age_out_of_a_time_window() {
 async fn only_failures_that_count_move_it() {
     let breaker = CircuitBreaker::new("classified", config());
     for _ in 0..10 {
-        breaker
-            .try_acquire()
-            .unwrap()
-            .record_category(Some(Category::PolicyViolation));
-        breaker
-            .try_acquire()
-            .unwrap()
-            .record_category(Some(Category::Permanent));
+        breaker.try_acquire().unwrap().record_category(Some(Category::PolicyViolation));
+        breaker.try_acquire().unwrap().record_category(Some(Category::Permanent));
     }
     assert_eq!(breaker.state(), BreakerState::Closed);
     for _ in 0..3 {
-        breaker
-            .try_acquire()
-            .unwrap()
-            .record_category(Some(Category::ExternalService));
+        breaker.try_acquire().unwrap().record_category(Some(Category::ExternalService));
     }
     assert_eq!(breaker.state(), BreakerState::Open);
 }

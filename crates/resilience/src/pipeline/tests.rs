@@ -15,30 +15,19 @@ fn transient() -> WardenError {
 }
 
 fn constant_retry(attempts: u32, delay_ms: u64) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: attempts,
-        deadline: None,
-        backoff: Backoff::constant(Duration::from_millis(delay_ms)),
-    }
+    RetryPolicy { max_attempts: attempts, deadline: None, backoff: Backoff::constant(Duration::from_millis(delay_ms)) }
 }
 
 /// An operation that fails `failures` times with `error`, then succeeds.
 fn flaky(
     failures: u32,
     error: WardenError,
-) -> (
-    Arc<AtomicU32>,
-    impl FnMut() -> std::future::Ready<Result<u32, WardenError>>,
-) {
+) -> (Arc<AtomicU32>, impl FnMut() -> std::future::Ready<Result<u32, WardenError>>) {
     let calls = Arc::new(AtomicU32::new(0));
     let counter = calls.clone();
     let op = move || {
         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        std::future::ready(if n <= failures {
-            Err(error.clone())
-        } else {
-            Ok(n)
-        })
+        std::future::ready(if n <= failures { Err(error.clone()) } else { Ok(n) })
     };
     (calls, op)
 }
@@ -54,11 +43,7 @@ async fn retries_transient_errors_with_backoff() {
 
     let (calls, op) = flaky(10, transient());
     let error = pipeline.call(op).await.unwrap_err();
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        4,
-        "max_attempts counts the first attempt"
-    );
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "max_attempts counts the first attempt");
     assert_eq!(error.inner().unwrap().reason, "UPSTREAM_BUSY");
 }
 
@@ -90,8 +75,7 @@ async fn the_deadline_bounds_all_attempts() {
     let retry = RetryPolicy {
         max_attempts: 100,
         deadline: Some(Duration::from_millis(1000)),
-        backoff: Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10))
-            .with_jitter(Jitter::None),
+        backoff: Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10)).with_jitter(Jitter::None),
     };
     let pipeline = Pipeline::builder("t").retry(retry).build();
     let (calls, op) = flaky(100, transient());
@@ -104,10 +88,7 @@ async fn the_deadline_bounds_all_attempts() {
 
 #[tokio::test(start_paused = true)]
 async fn attempts_time_out_and_timeouts_are_retried() {
-    let pipeline = Pipeline::builder("t")
-        .retry(constant_retry(3, 0))
-        .timeout(Duration::from_millis(50))
-        .build();
+    let pipeline = Pipeline::builder("t").retry(constant_retry(3, 0)).timeout(Duration::from_millis(50)).build();
     let calls = Arc::new(AtomicU32::new(0));
     let counter = calls.clone();
     let result = pipeline
@@ -123,9 +104,7 @@ async fn attempts_time_out_and_timeouts_are_retried() {
         .await;
     assert_eq!(result.unwrap(), 2);
 
-    let slow = Pipeline::builder("t")
-        .timeout(Duration::from_millis(50))
-        .build();
+    let slow = Pipeline::builder("t").timeout(Duration::from_millis(50)).build();
     let error = slow
         .call(|| async {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -133,9 +112,7 @@ async fn attempts_time_out_and_timeouts_are_retried() {
         })
         .await
         .unwrap_err();
-    assert!(
-        matches!(error, ResilienceError::Timeout { after } if after == Duration::from_millis(50))
-    );
+    assert!(matches!(error, ResilienceError::Timeout { after } if after == Duration::from_millis(50)));
     assert_eq!(error.category(), Category::Transient);
 }
 
@@ -155,32 +132,18 @@ fn breaker(name: &str) -> Arc<CircuitBreaker> {
 #[tokio::test(start_paused = true)]
 async fn an_open_breaker_stops_retries_and_the_fallback_answers() {
     let breaker = breaker("payments");
-    let pipeline = Pipeline::builder("payments")
-        .retry(constant_retry(10, 10))
-        .breaker(breaker.clone())
-        .build();
+    let pipeline = Pipeline::builder("payments").retry(constant_retry(10, 10)).breaker(breaker.clone()).build();
     let (calls, op) = flaky(100, transient());
-    let answer = pipeline
-        .call_or_else(op, |_| async { Ok(0) })
-        .await
-        .unwrap();
+    let answer = pipeline.call_or_else(op, |_| async { Ok(0) }).await.unwrap();
     assert_eq!(answer, 0, "the fallback answered");
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        3,
-        "the breaker opened after three attempts"
-    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "the breaker opened after three attempts");
     assert_eq!(breaker.state(), BreakerState::Open);
     let (calls, op) = flaky(0, transient());
     let error = pipeline.call(op).await.unwrap_err();
     assert!(matches!(error, ResilienceError::CircuitOpen { .. }));
     // The breaker opened one backoff delay (10 ms) before the retry found it open.
     assert_eq!(error.retry_after(), Some(Duration::from_millis(29_990)));
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        0,
-        "nothing reaches an open breaker's upstream"
-    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing reaches an open breaker's upstream");
 }
 
 #[tokio::test(start_paused = true)]
@@ -188,10 +151,7 @@ async fn permanent_errors_skip_the_fallback_and_leave_the_breaker_closed() {
     let breaker = breaker("p");
     let pipeline = Pipeline::builder("p").breaker(breaker.clone()).build();
     for _ in 0..5 {
-        let (_, op) = flaky(
-            1,
-            WardenError::new(Category::PolicyViolation, "DENIED", "no"),
-        );
+        let (_, op) = flaky(1, WardenError::new(Category::PolicyViolation, "DENIED", "no"));
         let result = pipeline.call_or_else(op, |_| async { Ok(0) }).await;
         assert!(result.is_err());
     }
@@ -203,18 +163,9 @@ async fn bulkhead_rejections_do_not_trip_the_breaker() {
     let breaker = breaker("b");
     let bulkhead = Bulkhead::new(
         "b",
-        BulkheadConfig {
-            max_concurrent: 1,
-            max_queue: 0,
-            queue_timeout: Duration::from_millis(10),
-        },
+        BulkheadConfig { max_concurrent: 1, max_queue: 0, queue_timeout: Duration::from_millis(10) },
     );
-    let pipeline = Arc::new(
-        Pipeline::builder("b")
-            .breaker(breaker.clone())
-            .bulkhead(bulkhead)
-            .build(),
-    );
+    let pipeline = Arc::new(Pipeline::builder("b").breaker(breaker.clone()).bulkhead(bulkhead).build());
     let gate = Arc::new(tokio::sync::Notify::new());
     let busy = {
         let (pipeline, gate) = (pipeline.clone(), gate.clone());
@@ -232,10 +183,7 @@ async fn bulkhead_rejections_do_not_trip_the_breaker() {
     };
     tokio::task::yield_now().await;
     for _ in 0..5 {
-        let error = pipeline
-            .call(|| async { Ok::<_, WardenError>(()) })
-            .await
-            .unwrap_err();
+        let error = pipeline.call(|| async { Ok::<_, WardenError>(()) }).await.unwrap_err();
         assert!(matches!(error, ResilienceError::BulkheadFull { .. }));
     }
     assert_eq!(breaker.state(), BreakerState::Closed);

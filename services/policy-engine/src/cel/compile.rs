@@ -40,8 +40,7 @@ pub struct Scope<'s, 'a> {
     pub locals: &'s [Value<'a>],
 }
 
-pub type Eval =
-    Box<dyn for<'s, 'a> Fn(&Scope<'s, 'a>) -> Result<Value<'a>, EvalError> + Send + Sync>;
+pub type Eval = Box<dyn for<'s, 'a> Fn(&Scope<'s, 'a>) -> Result<Value<'a>, EvalError> + Send + Sync>;
 
 fn eval<F>(f: F) -> Eval
 where
@@ -143,26 +142,19 @@ pub struct Program {
 
 impl fmt::Debug for Program {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Program")
-            .field("source", &self.source)
-            .finish()
+        f.debug_struct("Program").field("source", &self.source).finish()
     }
 }
 
 impl Program {
     /// Parses, checks and compiles a condition that must yield a bool.
     pub fn compile(source: &str) -> Result<Program, CompileError> {
-        let expr = super::parse::parse(source).map_err(|e| CompileError {
-            offset: e.offset,
-            message: e.message,
-        })?;
+        let expr = super::parse::parse(source).map_err(|e| CompileError { offset: e.offset, message: e.message })?;
         let depth = tree_depth(&expr);
         if depth > MAX_TREE_DEPTH {
             return Err(CompileError {
                 offset: 0,
-                message: format!(
-                    "expression is {depth} levels deep; the limit is {MAX_TREE_DEPTH}"
-                ),
+                message: format!("expression is {depth} levels deep; the limit is {MAX_TREE_DEPTH}"),
             });
         }
         let compiled = Compiler { locals: Vec::new() }.value(&expr)?;
@@ -181,17 +173,11 @@ impl Program {
                 let eval = compiled.eval;
                 pred(move |scope| match eval(scope)? {
                     Value::Bool(b) => Ok(b),
-                    other => Err(EvalError::new(format!(
-                        "condition yielded {}, not bool",
-                        other.type_name()
-                    ))),
+                    other => Err(EvalError::new(format!("condition yielded {}, not bool", other.type_name()))),
                 })
             }
         };
-        Ok(Program {
-            predicate,
-            source: source.into(),
-        })
+        Ok(Program { predicate, source: source.into() })
     }
 
     /// Evaluates the condition. A non-bool result is an error.
@@ -209,9 +195,7 @@ fn tree_depth(expr: &Expr) -> usize {
         ExprKind::Literal(_) | ExprKind::Ident(_) => vec![],
         ExprKind::Select { operand, .. } => vec![operand],
         ExprKind::Index { operand, index } => vec![operand, index],
-        ExprKind::Call { target, args, .. } => {
-            target.iter().map(|t| &**t).chain(args.iter()).collect()
-        }
+        ExprKind::Call { target, args, .. } => target.iter().map(|t| &**t).chain(args.iter()).collect(),
         ExprKind::List(items) => items.iter().collect(),
         ExprKind::Map(entries) => entries.iter().flat_map(|(k, v)| [k, v]).collect(),
         ExprKind::Unary(_, operand) => vec![operand],
@@ -232,16 +216,11 @@ struct Compiled {
 impl Compiled {
     fn from_predicate(predicate: Predicate) -> Compiled {
         let shared = predicate.clone();
-        Compiled {
-            ty: Ty::Bool,
-            eval: eval(move |s| shared(s).map(Value::Bool)),
-            predicate: Some(predicate),
-        }
+        Compiled { ty: Ty::Bool, eval: eval(move |s| shared(s).map(Value::Bool)), predicate: Some(predicate) }
     }
 }
 
-pub type Predicate =
-    Arc<dyn for<'s, 'a> Fn(&Scope<'s, 'a>) -> Result<bool, EvalError> + Send + Sync>;
+pub type Predicate = Arc<dyn for<'s, 'a> Fn(&Scope<'s, 'a>) -> Result<bool, EvalError> + Send + Sync>;
 
 fn pred<F>(f: F) -> Predicate
 where
@@ -257,10 +236,7 @@ struct Compiler {
 }
 
 fn err<T>(expr: &Expr, message: impl Into<String>) -> Result<T, CompileError> {
-    Err(CompileError {
-        offset: expr.offset,
-        message: message.into(),
-    })
+    Err(CompileError { offset: expr.offset, message: message.into() })
 }
 
 fn constant(value: Value<'static>) -> Eval {
@@ -308,11 +284,7 @@ impl Compiler {
         if let Ty::Message(message) = compiled.ty {
             return err(
                 expr,
-                format!(
-                    "'{}' is not a value; use one of its fields: {}",
-                    message.name(),
-                    message.fields().join(", ")
-                ),
+                format!("'{}' is not a value; use one of its fields: {}", message.name(), message.fields().join(", ")),
             );
         }
         Ok(compiled)
@@ -324,37 +296,21 @@ impl Compiler {
             ExprKind::Ident(name) => self.ident(expr, name),
             ExprKind::Select { operand, field } => self.select(expr, operand, field),
             ExprKind::Index { operand, index } => self.index(expr, operand, index),
-            ExprKind::Call {
-                target,
-                function,
-                args,
-            } => self.call(expr, target.as_deref(), function, args),
+            ExprKind::Call { target, function, args } => self.call(expr, target.as_deref(), function, args),
             ExprKind::List(_) if matches!(self.leaf(expr), Some(Leaf::Const(_))) => {
-                let Some(Leaf::Const(value)) = self.leaf(expr) else {
-                    unreachable!("checked by the guard")
-                };
+                let Some(Leaf::Const(value)) = self.leaf(expr) else { unreachable!("checked by the guard") };
                 let items = self.value_list_types(expr)?;
-                Ok(Compiled {
-                    predicate: None,
-                    ty: Ty::List(Box::new(items)),
-                    eval: constant(value),
-                })
+                Ok(Compiled { predicate: None, ty: Ty::List(Box::new(items)), eval: constant(value) })
             }
             ExprKind::List(items) => {
-                let items = items
-                    .iter()
-                    .map(|item| self.value(item))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let items = items.iter().map(|item| self.value(item)).collect::<Result<Vec<_>, _>>()?;
                 let item_ty = common_type(items.iter().map(|c| &c.ty));
                 let evals: Vec<Eval> = items.into_iter().map(|c| c.eval).collect();
                 Ok(Compiled {
                     predicate: None,
                     ty: Ty::List(Box::new(item_ty)),
                     eval: eval(move |scope| {
-                        let values = evals
-                            .iter()
-                            .map(|e| e(scope))
-                            .collect::<Result<Vec<_>, _>>()?;
+                        let values = evals.iter().map(|e| e(scope)).collect::<Result<Vec<_>, _>>()?;
                         Ok(Value::List(List::Owned(Arc::new(values))))
                     }),
                 })
@@ -364,16 +320,10 @@ impl Compiler {
                 let mut values = Vec::new();
                 for (key, value) in entries {
                     let key_compiled = self.value(key)?;
-                    if !matches!(
-                        key_compiled.ty,
-                        Ty::String | Ty::Int | Ty::Uint | Ty::Bool | Ty::Dyn
-                    ) {
+                    if !matches!(key_compiled.ty, Ty::String | Ty::Int | Ty::Uint | Ty::Bool | Ty::Dyn) {
                         return err(
                             key,
-                            format!(
-                                "map keys must be string, int, uint or bool, not {}",
-                                key_compiled.ty
-                            ),
+                            format!("map keys must be string, int, uint or bool, not {}", key_compiled.ty),
                         );
                     }
                     keys.push(key_compiled);
@@ -383,17 +333,12 @@ impl Compiler {
                     Box::new(common_type(keys.iter().map(|c| &c.ty))),
                     Box::new(common_type(values.iter().map(|c| &c.ty))),
                 );
-                let pairs: Vec<(Eval, Eval)> = keys
-                    .into_iter()
-                    .zip(values)
-                    .map(|(k, v)| (k.eval, v.eval))
-                    .collect();
+                let pairs: Vec<(Eval, Eval)> = keys.into_iter().zip(values).map(|(k, v)| (k.eval, v.eval)).collect();
                 Ok(Compiled {
                     predicate: None,
                     ty,
                     eval: eval(move |scope| {
-                        let mut entries: Vec<(Value<'_>, Value<'_>)> =
-                            Vec::with_capacity(pairs.len());
+                        let mut entries: Vec<(Value<'_>, Value<'_>)> = Vec::with_capacity(pairs.len());
                         for (k, v) in &pairs {
                             let key = k(scope)?;
                             if entries.iter().any(|(existing, _)| existing.equals(&key)) {
@@ -410,18 +355,11 @@ impl Compiler {
             ExprKind::Ternary(condition, then, otherwise) => {
                 let condition_compiled = self.value(condition)?;
                 if !matches!(condition_compiled.ty, Ty::Bool | Ty::Dyn) {
-                    return err(
-                        condition,
-                        format!("'?:' needs a bool condition, not {}", condition_compiled.ty),
-                    );
+                    return err(condition, format!("'?:' needs a bool condition, not {}", condition_compiled.ty));
                 }
                 let then = self.value(then)?;
                 let otherwise = self.value(otherwise)?;
-                let ty = if then.ty == otherwise.ty {
-                    then.ty.clone()
-                } else {
-                    Ty::Dyn
-                };
+                let ty = if then.ty == otherwise.ty { then.ty.clone() } else { Ty::Dyn };
                 let (c, t, e) = (condition_compiled.eval, then.eval, otherwise.eval);
                 Ok(Compiled {
                     predicate: None,
@@ -429,10 +367,7 @@ impl Compiler {
                     eval: eval(move |scope| match c(scope)? {
                         Value::Bool(true) => t(scope),
                         Value::Bool(false) => e(scope),
-                        other => Err(EvalError::new(format!(
-                            "'?:' condition is {}, not bool",
-                            other.type_name()
-                        ))),
+                        other => Err(EvalError::new(format!("'?:' condition is {}, not bool", other.type_name()))),
                     }),
                 })
             }
@@ -444,10 +379,7 @@ impl Compiler {
         let ExprKind::List(items) = &expr.kind else {
             return Ok(Ty::Dyn);
         };
-        let types = items
-            .iter()
-            .map(|item| self.value(item).map(|c| c.ty))
-            .collect::<Result<Vec<_>, _>>()?;
+        let types = items.iter().map(|item| self.value(item).map(|c| c.ty)).collect::<Result<Vec<_>, _>>()?;
         Ok(common_type(types.iter()))
     }
 
@@ -470,10 +402,7 @@ impl Compiler {
             }
             ExprKind::Select { operand, field } => match &operand.kind {
                 ExprKind::Ident(name) if is_global(name) => Field::of(name, field).map(Leaf::Field),
-                ExprKind::Select {
-                    operand: inner,
-                    field: map,
-                } => match (&inner.kind, map.as_str()) {
+                ExprKind::Select { operand: inner, field: map } => match (&inner.kind, map.as_str()) {
                     (ExprKind::Ident(name), "labels") if name == "agent" && is_global(name) => {
                         Some(Leaf::Label(field.as_str().into()))
                     }
@@ -501,43 +430,24 @@ impl Compiler {
     fn ident(&mut self, expr: &Expr, name: &str) -> Result<Compiled, CompileError> {
         if let Some(slot) = self.locals.iter().rposition(|(local, _)| local == name) {
             let ty = self.locals[slot].1.clone();
-            return Ok(Compiled {
-                predicate: None,
-                ty,
-                eval: eval(move |scope| Ok(scope.locals[slot].clone())),
-            });
+            return Ok(Compiled { predicate: None, ty, eval: eval(move |scope| Ok(scope.locals[slot].clone())) });
         }
         let message = match name {
             "agent" => Message::Agent,
             "action" => Message::Action,
             "context" => Message::Context,
             _ => {
-                return err(
-                    expr,
-                    format!(
-                        "undeclared reference to '{name}' (variables are agent, action, context)"
-                    ),
-                );
+                return err(expr, format!("undeclared reference to '{name}' (variables are agent, action, context)"));
             }
         };
         Ok(Compiled {
             predicate: None,
             ty: Ty::Message(message),
-            eval: eval(move |_| {
-                Err(EvalError::new(format!(
-                    "'{}' is not a value",
-                    message.name()
-                )))
-            }),
+            eval: eval(move |_| Err(EvalError::new(format!("'{}' is not a value", message.name())))),
         })
     }
 
-    fn select(
-        &mut self,
-        expr: &Expr,
-        operand: &Expr,
-        field: &str,
-    ) -> Result<Compiled, CompileError> {
+    fn select(&mut self, expr: &Expr, operand: &Expr, field: &str) -> Result<Compiled, CompileError> {
         let operand = self.compile(operand)?;
         if let Ty::Message(message) = operand.ty {
             return message_field(expr, message, field);
@@ -553,23 +463,13 @@ impl Compiler {
             predicate: None,
             ty: value_ty,
             eval: eval(move |scope| match inner(scope)? {
-                Value::Map(map) => map
-                    .get_str(&field)
-                    .ok_or_else(|| EvalError::new(format!("no such key: '{field}'"))),
-                other => Err(EvalError::new(format!(
-                    "cannot select field '{field}' from {}",
-                    other.type_name()
-                ))),
+                Value::Map(map) => map.get_str(&field).ok_or_else(|| EvalError::new(format!("no such key: '{field}'"))),
+                other => Err(EvalError::new(format!("cannot select field '{field}' from {}", other.type_name()))),
             }),
         })
     }
 
-    fn index(
-        &mut self,
-        expr: &Expr,
-        operand: &Expr,
-        index: &Expr,
-    ) -> Result<Compiled, CompileError> {
+    fn index(&mut self, expr: &Expr, operand: &Expr, index: &Expr) -> Result<Compiled, CompileError> {
         let operand = self.value(operand)?;
         let index = self.value(index)?;
         let ty = match (&operand.ty, &index.ty) {
@@ -607,12 +507,7 @@ impl Compiler {
         })
     }
 
-    fn unary(
-        &mut self,
-        expr: &Expr,
-        op: UnaryOp,
-        operand: &Expr,
-    ) -> Result<Compiled, CompileError> {
+    fn unary(&mut self, expr: &Expr, op: UnaryOp, operand: &Expr) -> Result<Compiled, CompileError> {
         let operand = self.value(operand)?;
         if let (UnaryOp::Not, Some(p)) = (op, operand.predicate.clone()) {
             return Ok(Compiled::from_predicate(pred(move |s| p(s).map(|b| !b))));
@@ -621,63 +516,41 @@ impl Compiler {
         match op {
             UnaryOp::Not => {
                 if !matches!(operand.ty, Ty::Bool | Ty::Dyn) {
-                    return err(
-                        expr,
-                        format!("no matching overload for '!' on {}", operand.ty),
-                    );
+                    return err(expr, format!("no matching overload for '!' on {}", operand.ty));
                 }
                 Ok(Compiled {
                     predicate: None,
                     ty: Ty::Bool,
                     eval: eval(move |scope| match inner(scope)? {
                         Value::Bool(b) => Ok(Value::Bool(!b)),
-                        other => Err(EvalError::new(format!(
-                            "no such overload: !{}",
-                            other.type_name()
-                        ))),
+                        other => Err(EvalError::new(format!("no such overload: !{}", other.type_name()))),
                     }),
                 })
             }
             UnaryOp::Neg => {
                 if !matches!(operand.ty, Ty::Int | Ty::Double | Ty::Duration | Ty::Dyn) {
-                    return err(
-                        expr,
-                        format!("no matching overload for '-' on {}", operand.ty),
-                    );
+                    return err(expr, format!("no matching overload for '-' on {}", operand.ty));
                 }
                 Ok(Compiled {
                     predicate: None,
                     ty: operand.ty,
                     eval: eval(move |scope| match inner(scope)? {
-                        Value::Int(i) => i
-                            .checked_neg()
-                            .map(Value::Int)
-                            .ok_or_else(|| EvalError::new("integer overflow")),
+                        Value::Int(i) => {
+                            i.checked_neg().map(Value::Int).ok_or_else(|| EvalError::new("integer overflow"))
+                        }
                         Value::Double(d) => Ok(Value::Double(-d)),
                         Value::Duration(d) => Ok(Value::Duration(-d)),
-                        other => Err(EvalError::new(format!(
-                            "no such overload: -{}",
-                            other.type_name()
-                        ))),
+                        other => Err(EvalError::new(format!("no such overload: -{}", other.type_name()))),
                     }),
                 })
             }
         }
     }
 
-    fn binary(
-        &mut self,
-        expr: &Expr,
-        op: BinaryOp,
-        left: &Expr,
-        right: &Expr,
-    ) -> Result<Compiled, CompileError> {
+    fn binary(&mut self, expr: &Expr, op: BinaryOp, left: &Expr, right: &Expr) -> Result<Compiled, CompileError> {
         let l = self.value(left)?;
         let r = self.value(right)?;
-        let ty = binary_type(op, &l.ty, &r.ty).map_err(|message| CompileError {
-            offset: expr.offset,
-            message,
-        })?;
+        let ty = binary_type(op, &l.ty, &r.ty).map_err(|message| CompileError { offset: expr.offset, message })?;
         let (left_leaf, right_leaf) = (self.leaf(left), self.leaf(right));
         if let (Some(left_leaf), Some(right_leaf)) = (left_leaf.clone(), right_leaf.clone())
             && let Some(fast) = specialize(op, left_leaf, right_leaf)
@@ -687,9 +560,7 @@ impl Compiler {
         // Comparing with a constant: evaluate one side only and compare with
         // the constant in place.
         let constant_side = match (left_leaf, right_leaf) {
-            (_, Some(Leaf::Const(c))) if is_comparison(op) || op == BinaryOp::In => {
-                Some((op, c, true))
-            }
+            (_, Some(Leaf::Const(c))) if is_comparison(op) || op == BinaryOp::In => Some((op, c, true)),
             (Some(Leaf::Const(c)), _) if is_comparison(op) => Some((flip(op), c, false)),
             _ => None,
         };
@@ -705,20 +576,12 @@ impl Compiler {
                 })
             })));
         }
-        if let (BinaryOp::And | BinaryOp::Or, Some(p), Some(q)) =
-            (op, l.predicate.clone(), r.predicate.clone())
-        {
+        if let (BinaryOp::And | BinaryOp::Or, Some(p), Some(q)) = (op, l.predicate.clone(), r.predicate.clone()) {
             return Ok(Compiled::from_predicate(logic(op == BinaryOp::And, p, q)));
         }
         if matches!(
             op,
-            BinaryOp::Eq
-                | BinaryOp::Ne
-                | BinaryOp::Lt
-                | BinaryOp::Le
-                | BinaryOp::Gt
-                | BinaryOp::Ge
-                | BinaryOp::In
+            BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::In
         ) {
             let (a, b) = (l.eval, r.eval);
             return Ok(Compiled::from_predicate(pred(move |scope| {
@@ -763,18 +626,10 @@ impl Compiler {
             }),
             BinaryOp::Eq => eval(move |scope| Ok(Value::Bool(a(scope)?.equals(&b(scope)?)))),
             BinaryOp::Ne => eval(move |scope| Ok(Value::Bool(!a(scope)?.equals(&b(scope)?)))),
-            BinaryOp::Lt => {
-                eval(move |scope| Ok(Value::Bool(a(scope)?.compare(&b(scope)?, "<")?.is_lt())))
-            }
-            BinaryOp::Le => {
-                eval(move |scope| Ok(Value::Bool(a(scope)?.compare(&b(scope)?, "<=")?.is_le())))
-            }
-            BinaryOp::Gt => {
-                eval(move |scope| Ok(Value::Bool(a(scope)?.compare(&b(scope)?, ">")?.is_gt())))
-            }
-            BinaryOp::Ge => {
-                eval(move |scope| Ok(Value::Bool(a(scope)?.compare(&b(scope)?, ">=")?.is_ge())))
-            }
+            BinaryOp::Lt => eval(move |scope| Ok(Value::Bool(a(scope)?.compare(&b(scope)?, "<")?.is_lt()))),
+            BinaryOp::Le => eval(move |scope| Ok(Value::Bool(a(scope)?.compare(&b(scope)?, "<=")?.is_le()))),
+            BinaryOp::Gt => eval(move |scope| Ok(Value::Bool(a(scope)?.compare(&b(scope)?, ">")?.is_gt()))),
+            BinaryOp::Ge => eval(move |scope| Ok(Value::Bool(a(scope)?.compare(&b(scope)?, ">=")?.is_ge()))),
             BinaryOp::In => eval(move |scope| Ok(Value::Bool(a(scope)?.is_in(&b(scope)?)?))),
             BinaryOp::Add => eval(move |scope| value::add(a(scope)?, b(scope)?)),
             BinaryOp::Sub => eval(move |scope| value::sub(a(scope)?, b(scope)?)),
@@ -782,11 +637,7 @@ impl Compiler {
             BinaryOp::Div => eval(move |scope| value::div(a(scope)?, b(scope)?)),
             BinaryOp::Rem => eval(move |scope| value::rem(a(scope)?, b(scope)?)),
         };
-        Ok(Compiled {
-            predicate: None,
-            ty,
-            eval,
-        })
+        Ok(Compiled { predicate: None, ty, eval })
     }
 
     fn call(
@@ -811,10 +662,7 @@ impl Compiler {
             return Ok(fast);
         }
         let receiver = target.map(|t| self.value(t)).transpose()?;
-        let compiled_args = args
-            .iter()
-            .map(|a| self.value(a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let compiled_args = args.iter().map(|a| self.value(a)).collect::<Result<Vec<_>, _>>()?;
         let arity = compiled_args.len();
         match (function, receiver.is_some(), arity) {
             ("size", false, 1) | ("size", true, 0) => {
@@ -822,14 +670,8 @@ impl Compiler {
                     Some(operand) => operand,
                     None => return err(expr, "size() takes one argument"),
                 };
-                if !matches!(
-                    operand.ty,
-                    Ty::String | Ty::Bytes | Ty::List(_) | Ty::Map(..) | Ty::Dyn
-                ) {
-                    return err(
-                        expr,
-                        format!("no matching overload for size({})", operand.ty),
-                    );
+                if !matches!(operand.ty, Ty::String | Ty::Bytes | Ty::List(_) | Ty::Map(..) | Ty::Dyn) {
+                    return err(expr, format!("no matching overload for size({})", operand.ty));
                 }
                 let inner = operand.eval;
                 Ok(Compiled {
@@ -865,18 +707,14 @@ impl Compiler {
                 let s = receiver.eval;
                 match &pattern.kind {
                     ExprKind::Literal(Literal::String(pattern_text)) => {
-                        let regex = Regex::new(pattern_text).or_else(|e| {
-                            err(&args[0], format!("invalid regular expression: {e}"))
-                        })?;
+                        let regex = Regex::new(pattern_text)
+                            .or_else(|e| err(&args[0], format!("invalid regular expression: {e}")))?;
                         Ok(Compiled {
                             predicate: None,
                             ty: Ty::Bool,
                             eval: eval(move |scope| match s(scope)? {
                                 Value::String(s) => Ok(Value::Bool(regex.is_match(&s))),
-                                other => Err(EvalError::new(format!(
-                                    "matches() on {}",
-                                    other.type_name()
-                                ))),
+                                other => Err(EvalError::new(format!("matches() on {}", other.type_name()))),
                             }),
                         })
                     }
@@ -888,9 +726,8 @@ impl Compiler {
                             ty: Ty::Bool,
                             eval: eval(move |scope| match (s(scope)?, a(scope)?) {
                                 (Value::String(s), Value::String(p)) => {
-                                    let regex = Regex::new(&p).map_err(|e| {
-                                        EvalError::new(format!("invalid regular expression: {e}"))
-                                    })?;
+                                    let regex = Regex::new(&p)
+                                        .map_err(|e| EvalError::new(format!("invalid regular expression: {e}")))?;
                                     Ok(Value::Bool(regex.is_match(&s)))
                                 }
                                 (x, y) => Err(EvalError::no_overload("matches", &x, &y)),
@@ -908,11 +745,9 @@ impl Compiler {
                     predicate: None,
                     ty: Ty::String,
                     eval: eval(move |scope| match s(scope)? {
-                        Value::String(s) => Ok(Value::string(if upper {
-                            s.to_ascii_uppercase()
-                        } else {
-                            s.to_ascii_lowercase()
-                        })),
+                        Value::String(s) => {
+                            Ok(Value::string(if upper { s.to_ascii_uppercase() } else { s.to_ascii_lowercase() }))
+                        }
                         other => Err(EvalError::new(format!(
                             "{} on {}",
                             if upper { "upperAscii" } else { "lowerAscii" },
@@ -921,33 +756,20 @@ impl Compiler {
                     }),
                 })
             }
-            (
-                "int" | "uint" | "double" | "string" | "bool" | "timestamp" | "duration",
-                false,
-                1,
-            ) => {
+            ("int" | "uint" | "double" | "string" | "bool" | "timestamp" | "duration", false, 1) => {
                 let arg = compiled_args.into_iter().next().expect("one argument");
                 conversion(expr, function, arg)
             }
             (
-                "getFullYear" | "getMonth" | "getDate" | "getDayOfMonth" | "getDayOfWeek"
-                | "getDayOfYear" | "getHours" | "getMinutes" | "getSeconds" | "getMilliseconds",
+                "getFullYear" | "getMonth" | "getDate" | "getDayOfMonth" | "getDayOfWeek" | "getDayOfYear" | "getHours"
+                | "getMinutes" | "getSeconds" | "getMilliseconds",
                 true,
                 0 | 1,
             ) => {
                 let is_context_time = target.is_some_and(|t| self.is_context_time(t));
-                self.time_accessor(
-                    expr,
-                    function,
-                    receiver.expect("method call"),
-                    is_context_time,
-                    args,
-                )
+                self.time_accessor(expr, function, receiver.expect("method call"), is_context_time, args)
             }
-            _ => err(
-                expr,
-                format!("no matching overload for '{function}' with {arity} argument(s)"),
-            ),
+            _ => err(expr, format!("no matching overload for '{function}' with {arity} argument(s)")),
         }
     }
 
@@ -978,15 +800,9 @@ impl Compiler {
             ("size", Leaf::Field(f), _) if f.is_text() => Some(Compiled {
                 predicate: None,
                 ty: Ty::Int,
-                eval: eval(move |s| {
-                    Ok(Value::Int(
-                        f.text(s.input).unwrap_or_default().chars().count() as i64,
-                    ))
-                }),
+                eval: eval(move |s| Ok(Value::Int(f.text(s.input).unwrap_or_default().chars().count() as i64))),
             }),
-            ("contains" | "startsWith" | "endsWith", Leaf::Field(f), [arg])
-                if f.is_text() && target.is_some() =>
-            {
+            ("contains" | "startsWith" | "endsWith", Leaf::Field(f), [arg]) if f.is_text() && target.is_some() => {
                 let ExprKind::Literal(Literal::String(needle)) = &arg.kind else {
                     return None;
                 };
@@ -999,12 +815,7 @@ impl Compiler {
                 Some(Compiled {
                     predicate: None,
                     ty: Ty::Bool,
-                    eval: eval(move |s| {
-                        Ok(Value::Bool(test(
-                            f.text(s.input).unwrap_or_default(),
-                            &needle,
-                        )))
-                    }),
+                    eval: eval(move |s| Ok(Value::Bool(test(f.text(s.input).unwrap_or_default(), &needle)))),
                 })
             }
             _ => None,
@@ -1021,15 +832,11 @@ impl Compiler {
     ) -> Result<Compiled, CompileError> {
         let zone = match args.first() {
             None => Zone::Utc,
-            Some(Expr {
-                kind: ExprKind::Literal(Literal::String(name)),
-                ..
-            }) => Zone::parse(name).or_else(|message| err(&args[0], message))?,
+            Some(Expr { kind: ExprKind::Literal(Literal::String(name)), .. }) => {
+                Zone::parse(name).or_else(|message| err(&args[0], message))?
+            }
             Some(other) => {
-                return err(
-                    other,
-                    "the time zone must be a string literal, e.g. 'America/New_York'",
-                );
+                return err(other, "the time zone must be a string literal, e.g. 'America/New_York'");
             }
         };
         let accessor = TimeField::parse(function);
@@ -1037,10 +844,7 @@ impl Compiler {
             Ty::Timestamp | Ty::Dyn => {}
             Ty::Duration if args.is_empty() && accessor.on_duration() => {}
             ref other => {
-                return err(
-                    expr,
-                    format!("no matching overload for '{function}' on {other}"),
-                );
+                return err(expr, format!("no matching overload for '{function}' on {other}"));
             }
         }
         let cache = OffsetCache::default();
@@ -1048,9 +852,7 @@ impl Compiler {
             return Ok(Compiled {
                 predicate: None,
                 ty: Ty::Int,
-                eval: eval(move |scope| {
-                    Ok(Value::Int(zone.field(scope.input.time, accessor, &cache)))
-                }),
+                eval: eval(move |scope| Ok(Value::Int(zone.field(scope.input.time, accessor, &cache)))),
             });
         }
         let inner = receiver.eval;
@@ -1065,10 +867,7 @@ impl Compiler {
                     TimeField::Seconds => d.num_seconds(),
                     _ => d.num_milliseconds(),
                 })),
-                other => Err(EvalError::new(format!(
-                    "no such overload: {}.{accessor:?}",
-                    other.type_name()
-                ))),
+                other => Err(EvalError::new(format!("no such overload: {}.{accessor:?}", other.type_name()))),
             }),
         })
     }
@@ -1078,10 +877,7 @@ impl Compiler {
             return err(expr, "has() takes one argument: has(x.field)");
         };
         let ExprKind::Select { operand, field } = &arg.kind else {
-            return err(
-                arg,
-                "has() needs a field selection, e.g. has(action.params.amount)",
-            );
+            return err(arg, "has() needs a field selection, e.g. has(action.params.amount)");
         };
         match self.leaf(arg) {
             Some(Leaf::Param(key)) => {
@@ -1089,13 +885,7 @@ impl Compiler {
                     predicate: None,
                     ty: Ty::Bool,
                     eval: eval(move |s| {
-                        Ok(Value::Bool(
-                            s.input
-                                .action
-                                .params
-                                .as_ref()
-                                .is_some_and(|p| p.fields.contains_key(&*key)),
-                        ))
+                        Ok(Value::Bool(s.input.action.params.as_ref().is_some_and(|p| p.fields.contains_key(&*key))))
                     }),
                 });
             }
@@ -1154,17 +944,11 @@ impl Compiler {
             ("map", [v, p, t]) => (v, Some(p), Some(t)),
             (_, [v, p]) if macro_name != "map" => (v, Some(p), None),
             _ => {
-                return err(
-                    expr,
-                    format!("{macro_name}() takes a variable and an expression"),
-                );
+                return err(expr, format!("{macro_name}() takes a variable and an expression"));
             }
         };
         let ExprKind::Ident(variable) = &variable.kind else {
-            return err(
-                variable,
-                format!("{macro_name}() needs a variable name as its first argument"),
-            );
+            return err(variable, format!("{macro_name}() needs a variable name as its first argument"));
         };
         let range = self.value(target)?;
         let item_ty = match &range.ty {
@@ -1172,10 +956,7 @@ impl Compiler {
             Ty::Map(key, _) => (**key).clone(),
             Ty::Dyn => Ty::Dyn,
             other => {
-                return err(
-                    target,
-                    format!("{macro_name}() needs a list or map, not {other}"),
-                );
+                return err(target, format!("{macro_name}() needs a list or map, not {other}"));
             }
         };
         self.locals.push((variable.clone(), item_ty));
@@ -1186,15 +967,10 @@ impl Compiler {
         if let Some(p) = &predicate
             && !matches!(p.ty, Ty::Bool | Ty::Dyn)
         {
-            return err(
-                expr,
-                format!("{macro_name}() needs a bool predicate, not {}", p.ty),
-            );
+            return err(expr, format!("{macro_name}() needs a bool predicate, not {}", p.ty));
         }
         let result_ty = match macro_name {
-            "map" => Ty::List(Box::new(
-                mapped.as_ref().map(|m| m.ty.clone()).unwrap_or(Ty::Dyn),
-            )),
+            "map" => Ty::List(Box::new(mapped.as_ref().map(|m| m.ty.clone()).unwrap_or(Ty::Dyn))),
             "filter" => Ty::List(Box::new(match &range.ty {
                 Ty::List(item) => (**item).clone(),
                 Ty::Map(key, _) => (**key).clone(),
@@ -1220,10 +996,7 @@ impl Compiler {
                     Value::List(list) => list.iter().collect(),
                     Value::Map(map) => map.keys(),
                     other => {
-                        return Err(EvalError::new(format!(
-                            "cannot iterate over {}",
-                            other.type_name()
-                        )));
+                        return Err(EvalError::new(format!("cannot iterate over {}", other.type_name())));
                     }
                 };
                 let mut locals = scope.locals.to_vec();
@@ -1234,18 +1007,12 @@ impl Compiler {
                 let mut out = Vec::new();
                 for item in items {
                     locals[slot] = item.clone();
-                    let inner = Scope {
-                        input: scope.input,
-                        locals: &locals,
-                    };
+                    let inner = Scope { input: scope.input, locals: &locals };
                     let keep = match &predicate {
                         Some(p) => match p(&inner) {
                             Ok(Value::Bool(b)) => b,
                             Ok(other) => {
-                                return Err(EvalError::new(format!(
-                                    "predicate yielded {}",
-                                    other.type_name()
-                                )));
+                                return Err(EvalError::new(format!("predicate yielded {}", other.type_name())));
                             }
                             // all/exists absorb errors when another element decides.
                             Err(e) if matches!(kind, Fold::All | Fold::Exists) => {
@@ -1260,9 +1027,7 @@ impl Compiler {
                         Fold::All if !keep => return Ok(Value::Bool(false)),
                         Fold::Exists if keep => return Ok(Value::Bool(true)),
                         Fold::ExistsOne if keep => count += 1,
-                        Fold::Map if keep => {
-                            out.push(mapped.as_ref().expect("map has a transform")(&inner)?)
-                        }
+                        Fold::Map if keep => out.push(mapped.as_ref().expect("map has a transform")(&inner)?),
                         Fold::Filter if keep => out.push(item),
                         _ => {}
                     }
@@ -1310,10 +1075,7 @@ fn string_receiver(expr: &Expr, function: &str, ty: &Ty) -> Result<(), CompileEr
     if matches!(ty, Ty::String | Ty::Dyn) {
         Ok(())
     } else {
-        err(
-            expr,
-            format!("no matching overload for '{function}' on {ty}"),
-        )
+        err(expr, format!("no matching overload for '{function}' on {ty}"))
     }
 }
 
@@ -1330,58 +1092,33 @@ fn literal_value(literal: &Literal) -> Compiled {
         Literal::String(s) => (Ty::String, Value::string(s.as_str())),
         Literal::Bytes(b) => (Ty::Bytes, Value::Bytes(b.as_slice().into())),
     };
-    Compiled {
-        predicate: None,
-        ty,
-        eval: constant(value),
-    }
+    Compiled { predicate: None, ty, eval: constant(value) }
 }
 
 fn common_type<'t>(mut types: impl Iterator<Item = &'t Ty>) -> Ty {
     let Some(first) = types.next() else {
         return Ty::Dyn;
     };
-    if types.all(|t| t == first) {
-        first.clone()
-    } else {
-        Ty::Dyn
-    }
+    if types.all(|t| t == first) { first.clone() } else { Ty::Dyn }
 }
 
 fn message_field(expr: &Expr, message: Message, field: &str) -> Result<Compiled, CompileError> {
     let (ty, eval): (Ty, Eval) = match (message, field) {
-        (Message::Agent, "id") => (
-            Ty::String,
-            eval(|s| Ok(Value::String(Str::Borrowed(&s.input.agent.id)))),
-        ),
-        (Message::Agent, "name") => (
-            Ty::String,
-            eval(|s| Ok(Value::String(Str::Borrowed(&s.input.agent.name)))),
-        ),
-        (Message::Agent, "roles") => (
-            Ty::List(Box::new(Ty::String)),
-            eval(|s| Ok(Value::List(List::Strings(&s.input.agent.roles)))),
-        ),
-        (Message::Agent, "confidence") => (
-            Ty::Double,
-            eval(|s| Ok(Value::Double(s.input.agent.confidence))),
-        ),
+        (Message::Agent, "id") => (Ty::String, eval(|s| Ok(Value::String(Str::Borrowed(&s.input.agent.id))))),
+        (Message::Agent, "name") => (Ty::String, eval(|s| Ok(Value::String(Str::Borrowed(&s.input.agent.name))))),
+        (Message::Agent, "roles") => {
+            (Ty::List(Box::new(Ty::String)), eval(|s| Ok(Value::List(List::Strings(&s.input.agent.roles)))))
+        }
+        (Message::Agent, "confidence") => (Ty::Double, eval(|s| Ok(Value::Double(s.input.agent.confidence)))),
         (Message::Agent, "labels") => (
             Ty::Map(Box::new(Ty::String), Box::new(Ty::String)),
             eval(|s| Ok(Value::Map(Map::Labels(&s.input.agent.labels)))),
         ),
-        (Message::Action, "type") => (
-            Ty::String,
-            eval(|s| Ok(Value::String(Str::Borrowed(&s.input.action.r#type)))),
-        ),
-        (Message::Action, "resource") => (
-            Ty::String,
-            eval(|s| Ok(Value::String(Str::Borrowed(&s.input.action.resource)))),
-        ),
-        (Message::Action, "estimated_cost") => (
-            Ty::Double,
-            eval(|s| Ok(Value::Double(s.input.action.estimated_cost))),
-        ),
+        (Message::Action, "type") => (Ty::String, eval(|s| Ok(Value::String(Str::Borrowed(&s.input.action.r#type))))),
+        (Message::Action, "resource") => {
+            (Ty::String, eval(|s| Ok(Value::String(Str::Borrowed(&s.input.action.resource)))))
+        }
+        (Message::Action, "estimated_cost") => (Ty::Double, eval(|s| Ok(Value::Double(s.input.action.estimated_cost)))),
         (Message::Action, "params") => (
             Ty::Map(Box::new(Ty::String), Box::new(Ty::Dyn)),
             eval(|s| {
@@ -1392,35 +1129,21 @@ fn message_field(expr: &Expr, message: Message, field: &str) -> Result<Compiled,
             }),
         ),
         (Message::Context, "time") => (Ty::Timestamp, eval(|s| Ok(Value::Timestamp(s.input.time)))),
-        (Message::Context, "correlation_id") => (
-            Ty::String,
-            eval(|s| Ok(Value::String(Str::Borrowed(s.input.correlation_id)))),
-        ),
+        (Message::Context, "correlation_id") => {
+            (Ty::String, eval(|s| Ok(Value::String(Str::Borrowed(s.input.correlation_id)))))
+        }
         _ => {
             return err(
                 expr,
-                format!(
-                    "{} has no field '{field}' (fields: {})",
-                    message.name(),
-                    message.fields().join(", ")
-                ),
+                format!("{} has no field '{field}' (fields: {})", message.name(), message.fields().join(", ")),
             );
         }
     };
-    Ok(Compiled {
-        predicate: None,
-        ty,
-        eval,
-    })
+    Ok(Compiled { predicate: None, ty, eval })
 }
 
 fn binary_type(op: BinaryOp, l: &Ty, r: &Ty) -> Result<Ty, String> {
-    let no_overload = || {
-        format!(
-            "no matching overload for '{}' with {l} and {r}",
-            op.symbol()
-        )
-    };
+    let no_overload = || format!("no matching overload for '{}' with {l} and {r}", op.symbol());
     let either_dyn = l.is_dyn() || r.is_dyn();
     match op {
         BinaryOp::And | BinaryOp::Or => {
@@ -1434,11 +1157,7 @@ fn binary_type(op: BinaryOp, l: &Ty, r: &Ty) -> Result<Ty, String> {
         BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => {
             let ok = either_dyn
                 || (l.is_number() && r.is_number())
-                || (l == r
-                    && matches!(
-                        l,
-                        Ty::Bool | Ty::String | Ty::Bytes | Ty::Timestamp | Ty::Duration
-                    ));
+                || (l == r && matches!(l, Ty::Bool | Ty::String | Ty::Bytes | Ty::Timestamp | Ty::Duration));
             if ok { Ok(Ty::Bool) } else { Err(no_overload()) }
         }
         BinaryOp::In => match r {
@@ -1456,13 +1175,12 @@ fn binary_type(op: BinaryOp, l: &Ty, r: &Ty) -> Result<Ty, String> {
                 (_, Ty::Double, Ty::Double) => Some(Ty::Double),
                 (BinaryOp::Add, Ty::String, Ty::String) => Some(Ty::String),
                 (BinaryOp::Add, Ty::Bytes, Ty::Bytes) => Some(Ty::Bytes),
-                (BinaryOp::Add, Ty::List(a), Ty::List(b)) => Some(Ty::List(Box::new(if a == b {
-                    (**a).clone()
-                } else {
-                    Ty::Dyn
-                }))),
-                (BinaryOp::Add, Ty::Timestamp, Ty::Duration)
-                | (BinaryOp::Add, Ty::Duration, Ty::Timestamp) => Some(Ty::Timestamp),
+                (BinaryOp::Add, Ty::List(a), Ty::List(b)) => {
+                    Some(Ty::List(Box::new(if a == b { (**a).clone() } else { Ty::Dyn })))
+                }
+                (BinaryOp::Add, Ty::Timestamp, Ty::Duration) | (BinaryOp::Add, Ty::Duration, Ty::Timestamp) => {
+                    Some(Ty::Timestamp)
+                }
                 (BinaryOp::Add | BinaryOp::Sub, Ty::Duration, Ty::Duration) => Some(Ty::Duration),
                 (BinaryOp::Sub, Ty::Timestamp, Ty::Timestamp) => Some(Ty::Duration),
                 (BinaryOp::Sub, Ty::Timestamp, Ty::Duration) => Some(Ty::Timestamp),
@@ -1485,25 +1203,13 @@ fn conversion(expr: &Expr, function: &str, arg: Compiled) -> Result<Compiled, Co
         "int" => &[Ty::Int, Ty::Uint, Ty::Double, Ty::String, Ty::Timestamp],
         "uint" => &[Ty::Int, Ty::Uint, Ty::Double, Ty::String],
         "double" => &[Ty::Int, Ty::Uint, Ty::Double, Ty::String],
-        "string" => &[
-            Ty::Int,
-            Ty::Uint,
-            Ty::Double,
-            Ty::String,
-            Ty::Bool,
-            Ty::Bytes,
-            Ty::Timestamp,
-            Ty::Duration,
-        ],
+        "string" => &[Ty::Int, Ty::Uint, Ty::Double, Ty::String, Ty::Bool, Ty::Bytes, Ty::Timestamp, Ty::Duration],
         "bool" => &[Ty::Bool, Ty::String],
         "timestamp" => &[Ty::String, Ty::Timestamp, Ty::Int],
         _ => &[Ty::String, Ty::Duration],
     };
     if !arg.ty.is_dyn() && !allowed.contains(&arg.ty) {
-        return err(
-            expr,
-            format!("no matching overload for {function}({})", arg.ty),
-        );
+        return err(expr, format!("no matching overload for {function}({})", arg.ty));
     }
     let ty = match function {
         "int" => Ty::Int,
@@ -1516,72 +1222,52 @@ fn conversion(expr: &Expr, function: &str, arg: Compiled) -> Result<Compiled, Co
     };
     let inner = arg.eval;
     let target = ty.clone();
-    Ok(Compiled {
-        predicate: None,
-        ty,
-        eval: eval(move |scope| convert(&target, inner(scope)?)),
-    })
+    Ok(Compiled { predicate: None, ty, eval: eval(move |scope| convert(&target, inner(scope)?)) })
 }
 
 fn convert<'a>(target: &Ty, value: Value<'a>) -> Result<Value<'a>, EvalError> {
-    let fail = |value: &Value<'_>| {
-        EvalError::new(format!("cannot convert {} to {target}", value.type_name()))
-    };
+    let fail = |value: &Value<'_>| EvalError::new(format!("cannot convert {} to {target}", value.type_name()));
     Ok(match (target, &value) {
-        (Ty::Int, Value::Int(_)) | (Ty::Uint, Value::Uint(_)) | (Ty::Double, Value::Double(_)) => {
-            value
-        }
+        (Ty::Int, Value::Int(_)) | (Ty::Uint, Value::Uint(_)) | (Ty::Double, Value::Double(_)) => value,
         (Ty::String, Value::String(_)) | (Ty::Bool, Value::Bool(_)) => value,
         (Ty::Timestamp, Value::Timestamp(_)) | (Ty::Duration, Value::Duration(_)) => value,
-        (Ty::Int, Value::Uint(u)) => {
-            Value::Int(i64::try_from(*u).map_err(|_| EvalError::new("int overflow"))?)
-        }
+        (Ty::Int, Value::Uint(u)) => Value::Int(i64::try_from(*u).map_err(|_| EvalError::new("int overflow"))?),
         (Ty::Int, Value::Double(d)) => {
             if !d.is_finite() || *d >= 9.223_372_036_854_776e18 || *d < -9.223_372_036_854_776e18 {
                 return Err(EvalError::new("int overflow"));
             }
             Value::Int(d.trunc() as i64)
         }
-        (Ty::Int, Value::String(s)) => Value::Int(
-            s.parse()
-                .map_err(|_| EvalError::new(format!("cannot parse {:?} as int", &**s)))?,
-        ),
-        (Ty::Int, Value::Timestamp(t)) => Value::Int(t.timestamp()),
-        (Ty::Uint, Value::Int(i)) => {
-            Value::Uint(u64::try_from(*i).map_err(|_| EvalError::new("uint overflow"))?)
+        (Ty::Int, Value::String(s)) => {
+            Value::Int(s.parse().map_err(|_| EvalError::new(format!("cannot parse {:?} as int", &**s)))?)
         }
+        (Ty::Int, Value::Timestamp(t)) => Value::Int(t.timestamp()),
+        (Ty::Uint, Value::Int(i)) => Value::Uint(u64::try_from(*i).map_err(|_| EvalError::new("uint overflow"))?),
         (Ty::Uint, Value::Double(d)) => {
             if !d.is_finite() || *d < 0.0 || *d >= 1.844_674_407_370_955_2e19 {
                 return Err(EvalError::new("uint overflow"));
             }
             Value::Uint(d.trunc() as u64)
         }
-        (Ty::Uint, Value::String(s)) => Value::Uint(
-            s.parse()
-                .map_err(|_| EvalError::new(format!("cannot parse {:?} as uint", &**s)))?,
-        ),
+        (Ty::Uint, Value::String(s)) => {
+            Value::Uint(s.parse().map_err(|_| EvalError::new(format!("cannot parse {:?} as uint", &**s)))?)
+        }
         (Ty::Double, Value::Int(i)) => Value::Double(*i as f64),
         (Ty::Double, Value::Uint(u)) => Value::Double(*u as f64),
-        (Ty::Double, Value::String(s)) => Value::Double(
-            s.parse()
-                .map_err(|_| EvalError::new(format!("cannot parse {:?} as double", &**s)))?,
-        ),
+        (Ty::Double, Value::String(s)) => {
+            Value::Double(s.parse().map_err(|_| EvalError::new(format!("cannot parse {:?} as double", &**s)))?)
+        }
         (Ty::String, Value::Int(i)) => Value::string(i.to_string()),
         (Ty::String, Value::Uint(u)) => Value::string(u.to_string()),
         (Ty::String, Value::Double(d)) => Value::string(d.to_string()),
         (Ty::String, Value::Bool(b)) => Value::string(b.to_string()),
-        (Ty::String, Value::Bytes(b)) => Value::string(
-            std::str::from_utf8(b).map_err(|_| EvalError::new("bytes are not valid UTF-8"))?,
-        ),
-        (Ty::String, Value::Timestamp(t)) => {
-            Value::string(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        (Ty::String, Value::Bytes(b)) => {
+            Value::string(std::str::from_utf8(b).map_err(|_| EvalError::new("bytes are not valid UTF-8"))?)
         }
-        (Ty::String, Value::Duration(d)) => Value::string(format!(
-            "{}s",
-            d.num_nanoseconds()
-                .map(|n| n as f64 / 1e9)
-                .unwrap_or(d.num_seconds() as f64)
-        )),
+        (Ty::String, Value::Timestamp(t)) => Value::string(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+        (Ty::String, Value::Duration(d)) => {
+            Value::string(format!("{}s", d.num_nanoseconds().map(|n| n as f64 / 1e9).unwrap_or(d.num_seconds() as f64)))
+        }
         (Ty::Bool, Value::String(s)) => Value::Bool(match &**s {
             "true" | "True" | "TRUE" | "t" | "1" => true,
             "false" | "False" | "FALSE" | "f" | "0" => false,
@@ -1592,10 +1278,9 @@ fn convert<'a>(target: &Ty, value: Value<'a>) -> Result<Value<'a>, EvalError> {
                 .map_err(|e| EvalError::new(format!("cannot parse {:?} as timestamp: {e}", &**s)))?
                 .with_timezone(&Utc),
         ),
-        (Ty::Timestamp, Value::Int(i)) => Value::Timestamp(
-            DateTime::from_timestamp(*i, 0)
-                .ok_or_else(|| EvalError::new("timestamp out of range"))?,
-        ),
+        (Ty::Timestamp, Value::Int(i)) => {
+            Value::Timestamp(DateTime::from_timestamp(*i, 0).ok_or_else(|| EvalError::new("timestamp out of range"))?)
+        }
         (Ty::Duration, Value::String(s)) => Value::Duration(value::parse_duration(s)?),
         _ => return Err(fail(&value)),
     })
@@ -1671,11 +1356,7 @@ impl Field {
     fn is_text(self) -> bool {
         matches!(
             self,
-            Field::AgentId
-                | Field::AgentName
-                | Field::ActionType
-                | Field::ActionResource
-                | Field::ContextCorrelationId
+            Field::AgentId | Field::AgentName | Field::ActionType | Field::ActionResource | Field::ContextCorrelationId
         )
     }
 }
@@ -1715,10 +1396,7 @@ fn ordered(op: BinaryOp, ordering: std::cmp::Ordering) -> bool {
 }
 
 fn is_comparison(op: BinaryOp) -> bool {
-    matches!(
-        op,
-        BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge
-    )
+    matches!(op, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge)
 }
 
 fn constant_strings(value: &Value<'_>) -> Option<Arc<[Arc<str>]>> {
@@ -1738,10 +1416,7 @@ fn constant_strings(value: &Value<'_>) -> Option<Arc<[Arc<str>]>> {
 fn label<'a>(input: &Input<'a>, key: &str) -> Option<&'a str> {
     let labels = &input.agent.labels;
     if labels.len() <= 8 {
-        labels
-            .iter()
-            .find(|(k, _)| k.as_str() == key)
-            .map(|(_, v)| v.as_str())
+        labels.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v.as_str())
     } else {
         labels.get(key).map(String::as_str)
     }
@@ -1762,9 +1437,7 @@ fn specialize(op: BinaryOp, left: Leaf, right: Leaf) -> Option<Predicate> {
             _ => return None,
         };
         return match (field, constant) {
-            (Leaf::Field(f), c @ (Value::Double(_) | Value::Int(_) | Value::Uint(_)))
-                if f.is_number() =>
-            {
+            (Leaf::Field(f), c @ (Value::Double(_) | Value::Int(_) | Value::Uint(_))) if f.is_number() => {
                 let bound = match c {
                     Value::Double(d) => d,
                     Value::Int(i) => i as f64,
@@ -1783,9 +1456,7 @@ fn specialize(op: BinaryOp, left: Leaf, right: Leaf) -> Option<Predicate> {
             }
             (Leaf::Field(f), Value::String(c)) if f.is_text() => {
                 let c: Arc<str> = Arc::from(&*c);
-                Some(pred(move |s| {
-                    Ok(ordered(op, f.text(s.input).unwrap_or_default().cmp(&c)))
-                }))
+                Some(pred(move |s| Ok(ordered(op, f.text(s.input).unwrap_or_default().cmp(&c)))))
             }
             (Leaf::Label(key), Value::String(c)) => {
                 let c: Arc<str> = Arc::from(&*c);
@@ -1818,9 +1489,7 @@ fn specialize(op: BinaryOp, left: Leaf, right: Leaf) -> Option<Predicate> {
     match (left, right) {
         (Leaf::Const(Value::String(needle)), Leaf::Field(Field::AgentRoles)) => {
             let needle: Arc<str> = Arc::from(&*needle);
-            Some(pred(move |s| {
-                Ok(s.input.agent.roles.iter().any(|role| **role == *needle))
-            }))
+            Some(pred(move |s| Ok(s.input.agent.roles.iter().any(|role| **role == *needle))))
         }
         (Leaf::Field(f), Leaf::Const(list)) if f.is_text() => {
             let options = constant_strings(&list)?;
@@ -1891,10 +1560,7 @@ impl OffsetCache {
         }
         let offset = compute();
         if cacheable && offset.abs() < Self::OFFSET_BIAS {
-            self.0.store(
-                ((quarter as u64) << Self::OFFSET_BITS) | (offset + Self::OFFSET_BIAS) as u64,
-                Relaxed,
-            );
+            self.0.store(((quarter as u64) << Self::OFFSET_BITS) | (offset + Self::OFFSET_BIAS) as u64, Relaxed);
         }
         offset
     }
@@ -1931,10 +1597,7 @@ impl TimeField {
     }
 
     fn on_duration(self) -> bool {
-        matches!(
-            self,
-            TimeField::Hours | TimeField::Minutes | TimeField::Seconds | TimeField::Milliseconds
-        )
+        matches!(self, TimeField::Hours | TimeField::Minutes | TimeField::Seconds | TimeField::Milliseconds)
     }
 
     /// CEL's conventions: months and day-of-month/year from 0, date from 1,
@@ -1960,10 +1623,7 @@ impl Zone {
         if name == "UTC" || name == "Z" {
             return Ok(Zone::Utc);
         }
-        if let Some(sign) = name
-            .strip_prefix(['+', '-'])
-            .map(|_| if name.starts_with('-') { -1 } else { 1 })
-        {
+        if let Some(sign) = name.strip_prefix(['+', '-']).map(|_| if name.starts_with('-') { -1 } else { 1 }) {
             let body = &name[1..];
             let (hours, minutes) = body.split_once(':').unwrap_or((body, "0"));
             let parsed = hours.parse::<i32>().ok().zip(minutes.parse::<i32>().ok());
@@ -1974,9 +1634,7 @@ impl Zone {
             }
             return Err(format!("invalid UTC offset {name:?}; use +HH:MM"));
         }
-        name.parse::<Tz>()
-            .map(Zone::Named)
-            .map_err(|_| format!("unknown time zone {name:?}"))
+        name.parse::<Tz>().map(Zone::Named).map_err(|_| format!("unknown time zone {name:?}"))
     }
 
     /// The zone's offset from UTC at `t`, in seconds.
@@ -1986,11 +1644,7 @@ impl Zone {
             Zone::Fixed(offset) => i64::from(offset.local_minus_utc()),
             Zone::Named(tz) => cache.get_or_compute(t.timestamp(), || {
                 use chrono::{Offset, TimeZone};
-                i64::from(
-                    tz.offset_from_utc_datetime(&t.naive_utc())
-                        .fix()
-                        .local_minus_utc(),
-                )
+                i64::from(tz.offset_from_utc_datetime(&t.naive_utc()).fix().local_minus_utc())
             }),
         }
     }

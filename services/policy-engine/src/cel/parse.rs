@@ -76,19 +76,9 @@ impl BinaryOp {
 pub enum ExprKind {
     Literal(Literal),
     Ident(String),
-    Select {
-        operand: Box<Expr>,
-        field: String,
-    },
-    Index {
-        operand: Box<Expr>,
-        index: Box<Expr>,
-    },
-    Call {
-        target: Option<Box<Expr>>,
-        function: String,
-        args: Vec<Expr>,
-    },
+    Select { operand: Box<Expr>, field: String },
+    Index { operand: Box<Expr>, index: Box<Expr> },
+    Call { target: Option<Box<Expr>>, function: String, args: Vec<Expr> },
     List(Vec<Expr>),
     Map(Vec<(Expr, Expr)>),
     Unary(UnaryOp, Box<Expr>),
@@ -124,8 +114,8 @@ enum Token {
 }
 
 const PUNCTS: &[&str] = &[
-    "==", "!=", "<=", ">=", "&&", "||", "(", ")", "[", "]", "{", "}", ".", ",", ":", "?", "+", "-",
-    "*", "/", "%", "!", "<", ">",
+    "==", "!=", "<=", ">=", "&&", "||", "(", ")", "[", "]", "{", "}", ".", ",", ":", "?", "+", "-", "*", "/", "%", "!",
+    "<", ">",
 ];
 
 struct Lexer<'s> {
@@ -136,10 +126,7 @@ struct Lexer<'s> {
 
 impl<'s> Lexer<'s> {
     fn error<T>(&self, offset: usize, message: impl Into<String>) -> Result<T, ParseError> {
-        Err(ParseError {
-            offset,
-            message: message.into(),
-        })
+        Err(ParseError { offset, message: message.into() })
     }
 
     fn skip_space(&mut self) {
@@ -165,18 +152,10 @@ impl<'s> Lexer<'s> {
         };
         let rest = &self.source[self.pos..];
         // String and bytes literals, with optional r / b prefixes.
-        let prefix_len = rest
-            .bytes()
-            .take_while(|b| matches!(b, b'r' | b'R' | b'b' | b'B'))
-            .count();
+        let prefix_len = rest.bytes().take_while(|b| matches!(b, b'r' | b'R' | b'b' | b'B')).count();
         if prefix_len <= 2 && matches!(rest.as_bytes().get(prefix_len), Some(b'"' | b'\'')) {
             let prefix = &rest[..prefix_len].to_ascii_lowercase();
-            if prefix.is_empty()
-                || prefix == "r"
-                || prefix == "b"
-                || prefix == "rb"
-                || prefix == "br"
-            {
+            if prefix.is_empty() || prefix == "r" || prefix == "b" || prefix == "rb" || prefix == "br" {
                 self.pos += prefix_len;
                 let raw = prefix.contains('r');
                 let bytes = prefix.contains('b');
@@ -185,26 +164,21 @@ impl<'s> Lexer<'s> {
                     if bytes {
                         Token::Bytes(text)
                     } else {
-                        Token::String(String::from_utf8(text).map_err(|_| ParseError {
-                            offset: start,
-                            message: "invalid UTF-8 in string".into(),
-                        })?)
+                        Token::String(
+                            String::from_utf8(text)
+                                .map_err(|_| ParseError { offset: start, message: "invalid UTF-8 in string".into() })?,
+                        )
                     },
                     start,
                 ));
             }
         }
         if c.is_ascii_alphabetic() || c == b'_' {
-            let len = rest
-                .bytes()
-                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
-                .count();
+            let len = rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
             self.pos += len;
             return Ok((Token::Ident(rest[..len].to_owned()), start));
         }
-        if c.is_ascii_digit()
-            || (c == b'.' && rest.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
-        {
+        if c.is_ascii_digit() || (c == b'.' && rest.as_bytes().get(1).is_some_and(u8::is_ascii_digit)) {
             return self.number(start).map(|t| (t, start));
         }
         for punct in PUNCTS {
@@ -240,20 +214,14 @@ impl<'s> Lexer<'s> {
         if bytes.get(len) == Some(&b'.') && bytes.get(len + 1).is_some_and(u8::is_ascii_digit) {
             is_double = true;
             len += 1;
-            len += bytes[len..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .count();
+            len += bytes[len..].iter().take_while(|b| b.is_ascii_digit()).count();
         }
         if matches!(bytes.get(len), Some(b'e' | b'E')) {
             let mut exp = len + 1;
             if matches!(bytes.get(exp), Some(b'+' | b'-')) {
                 exp += 1;
             }
-            let digits = bytes[exp.min(bytes.len())..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .count();
+            let digits = bytes[exp.min(bytes.len())..].iter().take_while(|b| b.is_ascii_digit()).count();
             if digits > 0 {
                 is_double = true;
                 len = exp + digits;
@@ -262,19 +230,12 @@ impl<'s> Lexer<'s> {
         let text = &rest[..len];
         self.pos += len;
         if is_double {
-            return text
-                .parse()
-                .map(Token::Double)
-                .or_else(|_| self.error(start, "invalid double literal"));
+            return text.parse().map(Token::Double).or_else(|_| self.error(start, "invalid double literal"));
         }
         if self.unsigned_suffix() {
-            text.parse()
-                .map(Token::Uint)
-                .or_else(|_| self.error(start, "integer literal out of range"))
+            text.parse().map(Token::Uint).or_else(|_| self.error(start, "integer literal out of range"))
         } else {
-            text.parse()
-                .map(Token::Int)
-                .or_else(|_| self.error(start, "integer literal out of range"))
+            text.parse().map(Token::Int).or_else(|_| self.error(start, "integer literal out of range"))
         }
     }
 
@@ -291,11 +252,8 @@ impl<'s> Lexer<'s> {
     fn string(&mut self, raw: bool, start: usize) -> Result<Vec<u8>, ParseError> {
         let quote = self.bytes[self.pos];
         let triple = self.bytes[self.pos..].starts_with(&[quote, quote, quote]);
-        let delimiter: &[u8] = if triple {
-            &[quote, quote, quote]
-        } else {
-            std::slice::from_ref(&self.bytes[self.pos])
-        };
+        let delimiter: &[u8] =
+            if triple { &[quote, quote, quote] } else { std::slice::from_ref(&self.bytes[self.pos]) };
         let delimiter = delimiter.to_vec();
         self.pos += delimiter.len();
         let mut out = Vec::new();
@@ -330,23 +288,19 @@ impl<'s> Lexer<'s> {
                     b'u' | b'U' => {
                         let digits = if escape == b'u' { 4 } else { 8 };
                         let code = self.hex_escape(digits, start)?;
-                        let ch = char::from_u32(code).ok_or(ParseError {
-                            offset: start,
-                            message: "invalid unicode escape".into(),
-                        })?;
+                        let ch = char::from_u32(code)
+                            .ok_or(ParseError { offset: start, message: "invalid unicode escape".into() })?;
                         out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
                     }
                     b'0'..=b'3' => {
-                        let octal =
-                            &self.source[self.pos - 1..(self.pos + 2).min(self.source.len())];
-                        let value = u8::from_str_radix(octal, 8)
-                            .or_else(|_| self.error(start, "invalid octal escape"))?;
+                        let octal = &self.source[self.pos - 1..(self.pos + 2).min(self.source.len())];
+                        let value =
+                            u8::from_str_radix(octal, 8).or_else(|_| self.error(start, "invalid octal escape"))?;
                         self.pos += 2;
                         out.push(value);
                     }
                     other => {
-                        return self
-                            .error(self.pos - 2, format!("invalid escape \\{}", other as char));
+                        return self.error(self.pos - 2, format!("invalid escape \\{}", other as char));
                     }
                 }
                 continue;
@@ -358,10 +312,8 @@ impl<'s> Lexer<'s> {
 
     fn hex_escape(&mut self, digits: usize, start: usize) -> Result<u32, ParseError> {
         let end = self.pos + digits;
-        let text = self.source.get(self.pos..end).ok_or(ParseError {
-            offset: start,
-            message: "truncated escape".into(),
-        })?;
+        let text =
+            self.source.get(self.pos..end).ok_or(ParseError { offset: start, message: "truncated escape".into() })?;
         self.pos = end;
         u32::from_str_radix(text, 16).or_else(|_| self.error(start, "invalid hex escape"))
     }
@@ -371,11 +323,7 @@ impl<'s> Lexer<'s> {
 
 /// Parses a CEL expression.
 pub fn parse(source: &str) -> Result<Expr, ParseError> {
-    let mut lexer = Lexer {
-        source,
-        bytes: source.as_bytes(),
-        pos: 0,
-    };
+    let mut lexer = Lexer { source, bytes: source.as_bytes(), pos: 0 };
     let mut tokens = Vec::new();
     loop {
         let (token, offset) = lexer.next()?;
@@ -385,11 +333,7 @@ pub fn parse(source: &str) -> Result<Expr, ParseError> {
             break;
         }
     }
-    let mut parser = Parser {
-        tokens,
-        pos: 0,
-        depth: 0,
-    };
+    let mut parser = Parser { tokens, pos: 0, depth: 0 };
     let expr = parser.expr()?;
     match parser.peek() {
         Token::Eof => Ok(expr),
@@ -450,11 +394,7 @@ impl Parser {
     }
 
     fn expect(&mut self, punct: &str) -> Result<(), ParseError> {
-        if self.eat(punct) {
-            Ok(())
-        } else {
-            Err(self.error(format!("expected '{punct}'")))
-        }
+        if self.eat(punct) { Ok(()) } else { Err(self.error(format!("expected '{punct}'"))) }
     }
 
     fn error(&self, message: String) -> ParseError {
@@ -464,10 +404,7 @@ impl Parser {
             Token::Ident(name) => format!("'{name}'"),
             _ => "a literal".to_owned(),
         };
-        ParseError {
-            offset: self.offset(),
-            message: format!("{message}, found {found}"),
-        }
+        ParseError { offset: self.offset(), message: format!("{message}, found {found}") }
     }
 
     fn unexpected(&self, _token: Token) -> ParseError {
@@ -493,10 +430,7 @@ impl Parser {
             let then = self.binary(0)?;
             self.expect(":")?;
             let otherwise = self.expr()?;
-            Expr {
-                kind: ExprKind::Ternary(Box::new(condition), Box::new(then), Box::new(otherwise)),
-                offset,
-            }
+            Expr { kind: ExprKind::Ternary(Box::new(condition), Box::new(then), Box::new(otherwise)), offset }
         } else {
             condition
         };
@@ -534,10 +468,7 @@ impl Parser {
             self.enter()?;
             let right = self.binary(level + 1)?;
             self.depth -= 1;
-            left = Expr {
-                kind: ExprKind::Binary(op, Box::new(left), Box::new(right)),
-                offset,
-            };
+            left = Expr { kind: ExprKind::Binary(op, Box::new(left), Box::new(right)), offset };
         }
     }
 
@@ -547,10 +478,7 @@ impl Parser {
             self.enter()?;
             let operand = self.unary()?;
             self.depth -= 1;
-            return Ok(Expr {
-                kind: ExprKind::Unary(UnaryOp::Not, Box::new(operand)),
-                offset,
-            });
+            return Ok(Expr { kind: ExprKind::Unary(UnaryOp::Not, Box::new(operand)), offset });
         }
         if self.eat("-") {
             // Fold negative numeric literals so i64::MIN is expressible.
@@ -558,30 +486,18 @@ impl Parser {
                 Token::Int(_) | Token::Double(_) => {
                     let member = self.member()?;
                     if let ExprKind::Literal(Literal::Int(n)) = member.kind {
-                        return Ok(Expr {
-                            kind: ExprKind::Literal(Literal::Int(-n)),
-                            offset,
-                        });
+                        return Ok(Expr { kind: ExprKind::Literal(Literal::Int(-n)), offset });
                     }
                     if let ExprKind::Literal(Literal::Double(n)) = member.kind {
-                        return Ok(Expr {
-                            kind: ExprKind::Literal(Literal::Double(-n)),
-                            offset,
-                        });
+                        return Ok(Expr { kind: ExprKind::Literal(Literal::Double(-n)), offset });
                     }
-                    return Ok(Expr {
-                        kind: ExprKind::Unary(UnaryOp::Neg, Box::new(member)),
-                        offset,
-                    });
+                    return Ok(Expr { kind: ExprKind::Unary(UnaryOp::Neg, Box::new(member)), offset });
                 }
                 _ => {
                     self.enter()?;
                     let operand = self.unary()?;
                     self.depth -= 1;
-                    return Ok(Expr {
-                        kind: ExprKind::Unary(UnaryOp::Neg, Box::new(operand)),
-                        offset,
-                    });
+                    return Ok(Expr { kind: ExprKind::Unary(UnaryOp::Neg, Box::new(operand)), offset });
                 }
             }
         }
@@ -602,33 +518,15 @@ impl Parser {
                 };
                 if self.eat("(") {
                     let args = self.list_until(")")?;
-                    expr = Expr {
-                        kind: ExprKind::Call {
-                            target: Some(Box::new(expr)),
-                            function: field,
-                            args,
-                        },
-                        offset,
-                    };
+                    expr =
+                        Expr { kind: ExprKind::Call { target: Some(Box::new(expr)), function: field, args }, offset };
                 } else {
-                    expr = Expr {
-                        kind: ExprKind::Select {
-                            operand: Box::new(expr),
-                            field,
-                        },
-                        offset,
-                    };
+                    expr = Expr { kind: ExprKind::Select { operand: Box::new(expr), field }, offset };
                 }
             } else if self.eat("[") {
                 let index = self.expr()?;
                 self.expect("]")?;
-                expr = Expr {
-                    kind: ExprKind::Index {
-                        operand: Box::new(expr),
-                        index: Box::new(index),
-                    },
-                    offset,
-                };
+                expr = Expr { kind: ExprKind::Index { operand: Box::new(expr), index: Box::new(index) }, offset };
             } else {
                 return Ok(expr);
             }
@@ -663,25 +561,15 @@ impl Parser {
                 "false" => ExprKind::Literal(Literal::Bool(false)),
                 "null" => ExprKind::Literal(Literal::Null),
                 "in" => {
-                    return Err(ParseError {
-                        offset,
-                        message: "unexpected 'in'".into(),
-                    });
+                    return Err(ParseError { offset, message: "unexpected 'in'".into() });
                 }
                 reserved if RESERVED.contains(&reserved) => {
-                    return Err(ParseError {
-                        offset,
-                        message: format!("'{reserved}' is a reserved word"),
-                    });
+                    return Err(ParseError { offset, message: format!("'{reserved}' is a reserved word") });
                 }
                 _ => {
                     if self.eat("(") {
                         let args = self.list_until(")")?;
-                        ExprKind::Call {
-                            target: None,
-                            function: name,
-                            args,
-                        }
+                        ExprKind::Call { target: None, function: name, args }
                     } else {
                         ExprKind::Ident(name)
                     }
@@ -738,28 +626,17 @@ mod tests {
             ExprKind::Ident(name) => name.clone(),
             ExprKind::Select { operand, field } => format!("{}.{field}", show(operand)),
             ExprKind::Index { operand, index } => format!("{}[{}]", show(operand), show(index)),
-            ExprKind::Call {
-                target,
-                function,
-                args,
-            } => {
+            ExprKind::Call { target, function, args } => {
                 let args = args.iter().map(show).collect::<Vec<_>>().join(", ");
                 match target {
                     Some(target) => format!("{}.{function}({args})", show(target)),
                     None => format!("{function}({args})"),
                 }
             }
-            ExprKind::List(items) => format!(
-                "[{}]",
-                items.iter().map(show).collect::<Vec<_>>().join(", ")
-            ),
+            ExprKind::List(items) => format!("[{}]", items.iter().map(show).collect::<Vec<_>>().join(", ")),
             ExprKind::Map(entries) => format!(
                 "{{{}}}",
-                entries
-                    .iter()
-                    .map(|(k, v)| format!("{}: {}", show(k), show(v)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                entries.iter().map(|(k, v)| format!("{}: {}", show(k), show(v))).collect::<Vec<_>>().join(", ")
             ),
             ExprKind::Unary(op, operand) => format!("({op:?} {})", show(operand)),
             ExprKind::Binary(op, l, r) => format!("({} {} {})", show(l), op.symbol(), show(r)),
@@ -780,57 +657,30 @@ mod tests {
         check("x in [1, 2,]", "(x in [Int(1), Int(2)])");
         check("a ? b : c ? d : e", "(a ? b : (c ? d : e))");
         check("!a && -b > 2", "((Not a) && ((Neg b) > Int(2)))");
-        check(
-            "-9223372036854775807 - 1",
-            "(Int(-9223372036854775807) - Int(1))",
-        );
+        check("-9223372036854775807 - 1", "(Int(-9223372036854775807) - Int(1))");
     }
 
     #[test]
     fn members_calls_and_literals() {
-        check(
-            "action.params['amount'] > 1.5e2",
-            "(action.params[String(\"amount\")] > Double(150.0))",
-        );
-        check(
-            "context.time.getHours('America/New_York')",
-            "context.time.getHours(String(\"America/New_York\"))",
-        );
-        check(
-            "size({'a': 1u, \"b\": 0x1F})",
-            "size({String(\"a\"): Uint(1), String(\"b\"): Int(31)})",
-        );
-        check(
-            r#"r'\d+' + '\n\u00e9' + b'\x00'"#,
-            r#"((String("\\d+") + String("\né")) + Bytes([0]))"#,
-        );
+        check("action.params['amount'] > 1.5e2", "(action.params[String(\"amount\")] > Double(150.0))");
+        check("context.time.getHours('America/New_York')", "context.time.getHours(String(\"America/New_York\"))");
+        check("size({'a': 1u, \"b\": 0x1F})", "size({String(\"a\"): Uint(1), String(\"b\"): Int(31)})");
+        check(r#"r'\d+' + '\n\u00e9' + b'\x00'"#, r#"((String("\\d+") + String("\né")) + Bytes([0]))"#);
         check("'''multi\nline'''", "String(\"multi\\nline\")");
-        check(
-            "agent.roles.exists(r, r == 'admin')",
-            "agent.roles.exists(r, (r == String(\"admin\")))",
-        );
+        check("agent.roles.exists(r, r == 'admin')", "agent.roles.exists(r, (r == String(\"admin\")))");
     }
 
     #[test]
     fn errors_point_at_the_problem() {
         let cases = [
-            (
-                "a +",
-                "expected an expression, found end of expression at column 4",
-            ),
-            (
-                "a.(b)",
-                "expected a field name after '.', found '(' at column 3",
-            ),
+            ("a +", "expected an expression, found end of expression at column 4"),
+            ("a.(b)", "expected a field name after '.', found '(' at column 3"),
             ("'abc", "unterminated string literal at column 1"),
             ("a # b", "unexpected character '#' at column 3"),
             ("(a", "expected ')', found end of expression at column 3"),
             ("a b", "unexpected token, found 'b' at column 3"),
             ("if", "'if' is a reserved word at column 1"),
-            (
-                "99999999999999999999",
-                "integer literal out of range at column 1",
-            ),
+            ("99999999999999999999", "integer literal out of range at column 1"),
         ];
         for (source, expected) in cases {
             assert_eq!(parse(source).unwrap_err().to_string(), expected, "{source}");

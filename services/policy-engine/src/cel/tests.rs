@@ -19,65 +19,40 @@ fn agent() -> Agent {
 }
 
 fn number(n: f64) -> ProtoValue {
-    ProtoValue {
-        kind: Some(Kind::NumberValue(n)),
-    }
+    ProtoValue { kind: Some(Kind::NumberValue(n)) }
 }
 
 fn text(s: &str) -> ProtoValue {
-    ProtoValue {
-        kind: Some(Kind::StringValue(s.into())),
-    }
+    ProtoValue { kind: Some(Kind::StringValue(s.into())) }
 }
 
 fn action() -> Action {
-    let nested = Struct {
-        fields: [("country".to_string(), text("NL"))].into(),
-    };
+    let nested = Struct { fields: [("country".to_string(), text("NL"))].into() };
     let params = Struct {
         fields: [
             ("amount".to_string(), number(150.0)),
             ("currency".to_string(), text("EUR")),
-            (
-                "customer".to_string(),
-                ProtoValue {
-                    kind: Some(Kind::StructValue(nested)),
-                },
-            ),
+            ("customer".to_string(), ProtoValue { kind: Some(Kind::StructValue(nested)) }),
             (
                 "tags".to_string(),
                 ProtoValue {
-                    kind: Some(Kind::ListValue(prost_types::ListValue {
-                        values: vec![text("vip"), text("eu")],
-                    })),
+                    kind: Some(Kind::ListValue(prost_types::ListValue { values: vec![text("vip"), text("eu")] })),
                 },
             ),
         ]
         .into(),
     };
-    Action {
-        r#type: "issue_refund".into(),
-        resource: "order/42".into(),
-        estimated_cost: 150.0,
-        params: Some(params),
-    }
+    Action { r#type: "issue_refund".into(), resource: "order/42".into(), estimated_cost: 150.0, params: Some(params) }
 }
 
 fn at(time: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(time)
-        .unwrap()
-        .with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(time).unwrap().with_timezone(&Utc)
 }
 
 fn run(source: &str, time: &str) -> Result<bool, String> {
     let program = Program::compile(source).map_err(|e| format!("compile: {e}"))?;
     let (agent, action) = (agent(), action());
-    let input = Input {
-        agent: &agent,
-        action: &action,
-        time: at(time),
-        correlation_id: "corr-1",
-    };
+    let input = Input { agent: &agent, action: &action, time: at(time), correlation_id: "corr-1" };
     program.evaluate(&input).map_err(|e| format!("eval: {e}"))
 }
 
@@ -93,18 +68,12 @@ fn check_at(source: &str, time: &str, expected: bool) {
 
 fn check_compile_error(source: &str, expected: &str) {
     let error = Program::compile(source).unwrap_err().to_string();
-    assert!(
-        error.contains(expected),
-        "{source}: got {error:?}, expected it to contain {expected:?}"
-    );
+    assert!(error.contains(expected), "{source}: got {error:?}, expected it to contain {expected:?}");
 }
 
 fn check_eval_error(source: &str, expected: &str) {
     let error = run(source, NOON).unwrap_err();
-    assert!(
-        error.starts_with("eval: ") && error.contains(expected),
-        "{source}: got {error:?}"
-    );
+    assert!(error.starts_with("eval: ") && error.contains(expected), "{source}: got {error:?}");
 }
 
 #[test]
@@ -115,20 +84,14 @@ fn fields_of_agent_action_and_context() {
     check("'admin' in agent.roles", false);
     check("agent.labels.team == 'billing'", true);
     check("agent.labels['team'].startsWith('bill')", true);
-    check(
-        "action.type == 'issue_refund' && action.resource.startsWith('order/')",
-        true,
-    );
+    check("action.type == 'issue_refund' && action.resource.startsWith('order/')", true);
     check("action.estimated_cost > 100.0", true);
     check("action.estimated_cost > 500", false);
     check("action.params.amount > 100.0", true);
     check("action.params.customer.country in ['NL', 'BE']", true);
     check("action.params.tags.exists(t, t == 'vip')", true);
     check("action.params.tags.all(t, size(t) == 2)", false);
-    check(
-        "size(action.params.tags) == 2 && action.params.tags[1] == 'eu'",
-        true,
-    );
+    check("size(action.params.tags) == 2 && action.params.tags[1] == 'eu'", true);
     check("context.correlation_id == 'corr-1'", true);
 }
 
@@ -142,10 +105,7 @@ fn presence_and_macros() {
     check("[1, 2, 3].map(x, x * 2) == [2, 4, 6]", true);
     check("[1, 2, 3].filter(x, x % 2 == 1).size() == 2", true);
     check("{'a': 1, 'b': 2}.all(k, k in ['a', 'b'])", true);
-    check(
-        "agent.roles.map(r, r.upperAscii()).exists(r, r == 'SUPPORT')",
-        true,
-    );
+    check("agent.roles.map(r, r.upperAscii()).exists(r, r == 'SUPPORT')", true);
 }
 
 #[test]
@@ -153,25 +113,13 @@ fn operators_and_conversions() {
     check("1 + 2 * 3 == 7 && 7 / 2 == 3 && 7 % 2 == 1", true);
     check("2u + 3u == 5u && 1 == 1.0 && 1u == 1", true);
     check("-1 < 0u && 1.5 > 1", true);
-    check(
-        "'ab' + 'c' == 'abc' && 'abc'.contains('b') && 'abc'.matches('^a.c$')",
-        true,
-    );
-    check(
-        "int(action.params.amount) == 150 && double(3) == 3.0 && string(42) == '42'",
-        true,
-    );
+    check("'ab' + 'c' == 'abc' && 'abc'.contains('b') && 'abc'.matches('^a.c$')", true);
+    check("int(action.params.amount) == 150 && double(3) == 3.0 && string(42) == '42'", true);
     check("true ? false : true", false);
-    check(
-        "duration('1h30m') == duration('90m') && duration('1h').getMinutes() == 60",
-        true,
-    );
+    check("duration('1h30m') == duration('90m') && duration('1h').getMinutes() == 60", true);
     check("timestamp('2026-06-15T12:00:00Z') == context.time", true);
     check("context.time - duration('1h') < context.time", true);
-    check(
-        "context.time + duration('36h') > timestamp('2026-06-16T23:00:00Z')",
-        true,
-    );
+    check("context.time + duration('36h') > timestamp('2026-06-16T23:00:00Z')", true);
 }
 
 #[test]
@@ -186,20 +134,11 @@ fn errors_are_absorbed_where_cel_says_so() {
 fn timestamps_in_time_zones() {
     check("context.time.getHours() == 12", true);
     check("context.time.getHours('America/New_York') == 8", true);
-    check(
-        "context.time.getHours('Asia/Kolkata') == 17 && context.time.getMinutes('Asia/Kolkata') == 30",
-        true,
-    );
+    check("context.time.getHours('Asia/Kolkata') == 17 && context.time.getMinutes('Asia/Kolkata') == 30", true);
     check("context.time.getHours('+05:30') == 17", true);
     check("context.time.getDayOfWeek() == 1", true); // 2026-06-15 is a Monday
-    check(
-        "context.time.getMonth() == 5 && context.time.getDate() == 15 && context.time.getDayOfMonth() == 14",
-        true,
-    );
-    check(
-        "context.time.getFullYear() == 2026 && context.time.getDayOfYear() == 165",
-        true,
-    );
+    check("context.time.getMonth() == 5 && context.time.getDate() == 15 && context.time.getDayOfMonth() == 14", true);
+    check("context.time.getFullYear() == 2026 && context.time.getDayOfYear() == 165", true);
     check("context.time.getHours('America/New_York') >= 17", false);
 }
 
@@ -220,59 +159,31 @@ fn time_zones_across_daylight_saving_changes() {
     check_at(&format!("{hour} == 1"), "2026-11-01T06:30:00Z", true); // 01:30 EST
     check_at(&format!("{hour} == 2"), "2026-11-01T07:30:00Z", true); // 02:30 EST
     // Europe changes on a different day.
-    check_at(
-        "context.time.getHours('Europe/Amsterdam') == 3",
-        "2026-03-29T01:00:00Z",
-        true,
-    );
+    check_at("context.time.getHours('Europe/Amsterdam') == 3", "2026-03-29T01:00:00Z", true);
 }
 
 #[test]
 fn load_errors_name_the_problem() {
     check_compile_error("agent.confidance < 0.7", "agent has no field 'confidance'");
     check_compile_error("user.id == 'x'", "undeclared reference to 'user'");
-    check_compile_error(
-        "action.estimated_cost * 2 > 10.0",
-        "no matching overload for '*' with double and int",
-    );
-    check_compile_error(
-        "agent.id > 3",
-        "no matching overload for '>' with string and int",
-    );
+    check_compile_error("action.estimated_cost * 2 > 10.0", "no matching overload for '*' with double and int");
+    check_compile_error("agent.id > 3", "no matching overload for '>' with string and int");
     check_compile_error("agent.id", "condition must be a bool");
     check_compile_error("agent == agent", "'agent' is not a value");
-    check_compile_error(
-        "context.time.getHours('Mars/Olympus') > 1",
-        "unknown time zone",
-    );
+    check_compile_error("context.time.getHours('Mars/Olympus') > 1", "unknown time zone");
     check_compile_error("agent.id.matches('[')", "invalid regular expression");
     check_compile_error("frobnicate(agent.id)", "undeclared function 'frobnicate'");
-    check_compile_error(
-        "agent.id.startsWith()",
-        "no matching overload for 'startsWith' with 0 argument(s)",
-    );
+    check_compile_error("agent.id.startsWith()", "no matching overload for 'startsWith' with 0 argument(s)");
     check_compile_error("agent.confidence <", "expected an expression");
     check_compile_error(&vec!["true"; 100].join(" && "), "levels deep");
 }
 
 #[test]
 fn run_time_errors_are_reported() {
-    check_eval_error(
-        "action.params.refund_reason == 'x'",
-        "no such key: 'refund_reason'",
-    );
-    check_eval_error(
-        "action.params.currency > 1.0",
-        "no such overload: string > double",
-    );
-    check_eval_error(
-        "action.params.amount * 2 > 1.0",
-        "no such overload: double * int",
-    );
+    check_eval_error("action.params.refund_reason == 'x'", "no such key: 'refund_reason'");
+    check_eval_error("action.params.currency > 1.0", "no such overload: string > double");
+    check_eval_error("action.params.amount * 2 > 1.0", "no such overload: double * int");
     check_eval_error("action.params.tags[5] == 'x'", "index out of range");
-    check_eval_error(
-        "1 / (action.params.tags.size() - 2) == 1",
-        "division by zero",
-    );
+    check_eval_error("1 / (action.params.tags.size() - 2) == 1", "division by zero");
     check_eval_error("action.params.amount", "not bool");
 }

@@ -29,11 +29,7 @@ impl EvalError {
     }
 
     pub fn no_overload(op: &str, left: &Value<'_>, right: &Value<'_>) -> Self {
-        EvalError(format!(
-            "no such overload: {} {op} {}",
-            left.type_name(),
-            right.type_name()
-        ))
+        EvalError(format!("no such overload: {} {op} {}", left.type_name(), right.type_name()))
     }
 }
 
@@ -111,34 +107,24 @@ impl<'a> Map<'a> {
         match self {
             Map::Labels(map) => map.get(key).map(|v| Value::String(Str::Borrowed(v))),
             Map::Proto(map) => map.get(key).map(Value::from_proto),
-            Map::Owned(entries) => entries
-                .iter()
-                .find(|(k, _)| matches!(k, Value::String(s) if &**s == key))
-                .map(|(_, v)| v.clone()),
+            Map::Owned(entries) => {
+                entries.iter().find(|(k, _)| matches!(k, Value::String(s) if &**s == key)).map(|(_, v)| v.clone())
+            }
         }
     }
 
     pub fn get(&self, key: &Value<'_>) -> Option<Value<'a>> {
         match (self, key) {
             (_, Value::String(s)) => self.get_str(s),
-            (Map::Owned(entries), key) => entries
-                .iter()
-                .find(|(k, _)| k.equals(key))
-                .map(|(_, v)| v.clone()),
+            (Map::Owned(entries), key) => entries.iter().find(|(k, _)| k.equals(key)).map(|(_, v)| v.clone()),
             _ => None,
         }
     }
 
     pub fn keys(&self) -> Vec<Value<'a>> {
         match self {
-            Map::Labels(map) => map
-                .keys()
-                .map(|k| Value::String(Str::Borrowed(k)))
-                .collect(),
-            Map::Proto(map) => map
-                .keys()
-                .map(|k| Value::String(Str::Borrowed(k)))
-                .collect(),
+            Map::Labels(map) => map.keys().map(|k| Value::String(Str::Borrowed(k))).collect(),
+            Map::Proto(map) => map.keys().map(|k| Value::String(Str::Borrowed(k))).collect(),
             Map::Owned(entries) => entries.iter().map(|(k, _)| k.clone()).collect(),
         }
     }
@@ -201,9 +187,7 @@ impl<'a> Value<'a> {
             (Value::Bytes(a), Value::Bytes(b)) => a == b,
             (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
             (Value::Duration(a), Value::Duration(b)) => a == b,
-            (Value::List(a), Value::List(b)) => {
-                a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.equals(&y))
-            }
+            (Value::List(a), Value::List(b)) => a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.equals(&y)),
             (Value::Map(a), Value::Map(b)) => {
                 a.len() == b.len()
                     && a.keys().iter().all(|k| match (a.get(k), b.get(k)) {
@@ -253,10 +237,7 @@ impl<'a> Value<'a> {
             Value::List(l) => l.len() as i64,
             Value::Map(m) => m.len() as i64,
             other => {
-                return Err(EvalError::new(format!(
-                    "no such overload: size({})",
-                    other.type_name()
-                )));
+                return Err(EvalError::new(format!("no such overload: size({})", other.type_name())));
             }
         })
     }
@@ -267,16 +248,8 @@ fn numeric_cmp(a: &Value<'_>, b: &Value<'_>) -> Option<Ordering> {
         (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
         (Value::Uint(x), Value::Uint(y)) => Some(x.cmp(y)),
         (Value::Double(x), Value::Double(y)) => x.partial_cmp(y),
-        (Value::Int(x), Value::Uint(y)) => Some(if *x < 0 {
-            Ordering::Less
-        } else {
-            (*x as u64).cmp(y)
-        }),
-        (Value::Uint(x), Value::Int(y)) => Some(if *y < 0 {
-            Ordering::Greater
-        } else {
-            x.cmp(&(*y as u64))
-        }),
+        (Value::Int(x), Value::Uint(y)) => Some(if *x < 0 { Ordering::Less } else { (*x as u64).cmp(y) }),
+        (Value::Uint(x), Value::Int(y)) => Some(if *y < 0 { Ordering::Greater } else { x.cmp(&(*y as u64)) }),
         (Value::Int(x), Value::Double(y)) => (*x as f64).partial_cmp(y),
         (Value::Double(x), Value::Int(y)) => x.partial_cmp(&(*y as f64)),
         (Value::Uint(x), Value::Double(y)) => (*x as f64).partial_cmp(y),
@@ -296,18 +269,11 @@ pub fn add<'a>(a: Value<'a>, b: Value<'a>) -> Result<Value<'a>, EvalError> {
         (Value::Double(x), Value::Double(y)) => Value::Double(x + y),
         (Value::String(x), Value::String(y)) => Value::string(format!("{}{}", &**x, &**y)),
         (Value::Bytes(x), Value::Bytes(y)) => Value::Bytes([&x[..], &y[..]].concat().into()),
-        (Value::List(x), Value::List(y)) => {
-            Value::List(List::Owned(Arc::new(x.iter().chain(y.iter()).collect())))
-        }
+        (Value::List(x), Value::List(y)) => Value::List(List::Owned(Arc::new(x.iter().chain(y.iter()).collect()))),
         (Value::Timestamp(t), Value::Duration(d)) | (Value::Duration(d), Value::Timestamp(t)) => {
-            Value::Timestamp(
-                t.checked_add_signed(*d)
-                    .ok_or_else(|| EvalError::new("timestamp overflow"))?,
-            )
+            Value::Timestamp(t.checked_add_signed(*d).ok_or_else(|| EvalError::new("timestamp overflow"))?)
         }
-        (Value::Duration(x), Value::Duration(y)) => {
-            Value::Duration(x.checked_add(y).ok_or_else(overflow)?)
-        }
+        (Value::Duration(x), Value::Duration(y)) => Value::Duration(x.checked_add(y).ok_or_else(overflow)?),
         _ => return Err(EvalError::no_overload("+", &a, &b)),
     })
 }
@@ -318,13 +284,10 @@ pub fn sub<'a>(a: Value<'a>, b: Value<'a>) -> Result<Value<'a>, EvalError> {
         (Value::Uint(x), Value::Uint(y)) => Value::Uint(x.checked_sub(*y).ok_or_else(overflow)?),
         (Value::Double(x), Value::Double(y)) => Value::Double(x - y),
         (Value::Timestamp(x), Value::Timestamp(y)) => Value::Duration(x.signed_duration_since(*y)),
-        (Value::Timestamp(t), Value::Duration(d)) => Value::Timestamp(
-            t.checked_sub_signed(*d)
-                .ok_or_else(|| EvalError::new("timestamp overflow"))?,
-        ),
-        (Value::Duration(x), Value::Duration(y)) => {
-            Value::Duration(x.checked_sub(y).ok_or_else(overflow)?)
+        (Value::Timestamp(t), Value::Duration(d)) => {
+            Value::Timestamp(t.checked_sub_signed(*d).ok_or_else(|| EvalError::new("timestamp overflow"))?)
         }
+        (Value::Duration(x), Value::Duration(y)) => Value::Duration(x.checked_sub(y).ok_or_else(overflow)?),
         _ => return Err(EvalError::no_overload("-", &a, &b)),
     })
 }
@@ -376,19 +339,13 @@ pub fn parse_duration(text: &str) -> Result<TimeDelta, EvalError> {
     }
     let mut total_nanos: i128 = 0;
     while !rest.is_empty() {
-        let number_len = rest
-            .bytes()
-            .take_while(|b| b.is_ascii_digit() || *b == b'.')
-            .count();
+        let number_len = rest.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
         if number_len == 0 {
             return Err(bad());
         }
         let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
         rest = &rest[number_len..];
-        let unit_len = rest
-            .bytes()
-            .take_while(|b| b.is_ascii_alphabetic() || *b == 0xc2 || *b == 0xb5)
-            .count();
+        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic() || *b == 0xc2 || *b == 0xb5).count();
         let unit_nanos: f64 = match &rest[..unit_len] {
             "h" => 3_600e9,
             "m" => 60e9,
@@ -418,15 +375,8 @@ mod tests {
         assert!(Value::Int(1).equals(&Value::Double(1.0)));
         assert!(Value::Uint(1).equals(&Value::Int(1)));
         assert!(!Value::Int(-1).equals(&Value::Uint(u64::MAX)));
-        assert_eq!(
-            Value::Int(-1).compare(&Value::Uint(0), "<").unwrap(),
-            Ordering::Less
-        );
-        assert!(
-            Value::Double(f64::NAN)
-                .compare(&Value::Int(1), "<")
-                .is_err()
-        );
+        assert_eq!(Value::Int(-1).compare(&Value::Uint(0), "<").unwrap(), Ordering::Less);
+        assert!(Value::Double(f64::NAN).compare(&Value::Int(1), "<").is_err());
         assert!(!Value::string("1").equals(&Value::Int(1)));
         assert!(Value::string("a").compare(&Value::Int(1), "<").is_err());
     }
@@ -435,26 +385,15 @@ mod tests {
     fn arithmetic_checks_overflow_and_types() {
         assert!(add(Value::Int(i64::MAX), Value::Int(1)).is_err());
         assert!(div(Value::Int(1), Value::Int(0)).is_err());
-        assert!(
-            add(Value::Int(1), Value::Double(1.0))
-                .unwrap_err()
-                .0
-                .contains("int + double")
-        );
+        assert!(add(Value::Int(1), Value::Double(1.0)).unwrap_err().0.contains("int + double"));
         assert!(sub(Value::Uint(1), Value::Uint(2)).is_err());
     }
 
     #[test]
     fn durations_parse_like_go() {
         assert_eq!(parse_duration("1h30m").unwrap(), TimeDelta::minutes(90));
-        assert_eq!(
-            parse_duration("-1.5s").unwrap(),
-            TimeDelta::milliseconds(-1500)
-        );
-        assert_eq!(
-            parse_duration("250ms").unwrap(),
-            TimeDelta::milliseconds(250)
-        );
+        assert_eq!(parse_duration("-1.5s").unwrap(), TimeDelta::milliseconds(-1500));
+        assert_eq!(parse_duration("250ms").unwrap(), TimeDelta::milliseconds(250));
         assert!(parse_duration("5 days").is_err());
         assert!(parse_duration("").is_err());
     }

@@ -291,17 +291,11 @@ impl Index {
                     for action in actions {
                         let list = exact.entry(action.to_owned()).or_default();
                         if list.last().map(|c| c.index) != Some(index) {
-                            list.push(Candidate {
-                                index,
-                                check_action: false,
-                            });
+                            list.push(Candidate { index, check_action: false });
                         }
                     }
                 }
-                None => other.push(Candidate {
-                    index,
-                    check_action: !scope.actions.is_empty(),
-                }),
+                None => other.push(Candidate { index, check_action: !scope.actions.is_empty() }),
             }
         }
         // Each action's list holds its exact rules merged with the others,
@@ -314,10 +308,7 @@ impl Index {
                 (action, Arc::from(list))
             })
             .collect();
-        Index {
-            by_action,
-            other: Arc::from(other),
-        }
+        Index { by_action, other: Arc::from(other) }
     }
 
     fn candidates(&self, action_type: &str) -> &[Candidate] {
@@ -372,14 +363,7 @@ impl PolicySet {
     fn build(rules: Vec<Rule>, limits: Vec<Limit>, version: String) -> PolicySet {
         let rule_index = Index::build(&rules.iter().map(|r| &r.scope).collect::<Vec<_>>());
         let limit_index = Index::build(&limits.iter().map(|l| &l.scope).collect::<Vec<_>>());
-        PolicySet {
-            version: version.into(),
-            rules,
-            limits,
-            rule_index,
-            limit_index,
-            loaded_at: SystemTime::now(),
-        }
+        PolicySet { version: version.into(), rules, limits, rule_index, limit_index, loaded_at: SystemTime::now() }
     }
 
     /// Evaluates every rule that applies to the request and keeps the rules
@@ -402,10 +386,7 @@ impl PolicySet {
                     // Never fail open: an error makes the rule deny.
                     Err(error) => (
                         Effect::Deny,
-                        Some(Arc::from(format!(
-                            "rule '{}' failed to evaluate (treated as deny): {error}",
-                            rule.name
-                        ))),
+                        Some(Arc::from(format!("rule '{}' failed to evaluate (treated as deny): {error}", rule.name))),
                     ),
                 },
             };
@@ -438,12 +419,7 @@ impl PolicySet {
         self.limit_index
             .candidates(action_type)
             .iter()
-            .filter(move |c| {
-                !c.check_action
-                    || self.limits[c.index as usize]
-                        .scope
-                        .matches_action(action_type)
-            })
+            .filter(move |c| !c.check_action || self.limits[c.index as usize].scope.matches_action(action_type))
             .map(move |c| &self.limits[c.index as usize])
             .filter(move |limit| limit.scope.matches_agent(agent))
     }
@@ -470,49 +446,25 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Source>, Vec<PolicyError>> {
         rule: String::new(),
         message,
     };
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        vec![file_error(
-            dir,
-            format!("cannot read policies directory: {e}"),
-        )]
-    })?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| vec![file_error(dir, format!("cannot read policies directory: {e}"))])?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.is_file()
-                && matches!(
-                    path.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml")
-                )
-        })
+        .filter(|path| path.is_file() && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
         .collect();
     paths.sort();
     if paths.len() > bounds::MAX_FILES {
-        return Err(vec![file_error(
-            dir,
-            format!(
-                "{} policy files; the limit is {}",
-                paths.len(),
-                bounds::MAX_FILES
-            ),
-        )]);
+        return Err(vec![file_error(dir, format!("{} policy files; the limit is {}", paths.len(), bounds::MAX_FILES))]);
     }
     let mut sources = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match std::fs::metadata(&path) {
             Ok(meta) if meta.len() as usize > bounds::MAX_FILE_BYTES => {
                 errors.push(file_error(
                     Path::new(&name),
-                    format!(
-                        "file is {} bytes; the limit is {}",
-                        meta.len(),
-                        bounds::MAX_FILE_BYTES
-                    ),
+                    format!("file is {} bytes; the limit is {}", meta.len(), bounds::MAX_FILE_BYTES),
                 ));
                 continue;
             }
@@ -523,18 +475,11 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Source>, Vec<PolicyError>> {
             Ok(_) => {}
         }
         match std::fs::read_to_string(&path) {
-            Ok(content) => sources.push(Source {
-                file: name,
-                content,
-            }),
+            Ok(content) => sources.push(Source { file: name, content }),
             Err(e) => errors.push(file_error(Path::new(&name), format!("cannot read: {e}"))),
         }
     }
-    if errors.is_empty() {
-        Ok(sources)
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(sources) } else { Err(errors) }
 }
 
 /// Loads a policy directory.
@@ -570,19 +515,12 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                 file: file.clone(),
                 line: 0,
                 rule: String::new(),
-                message: format!(
-                    "file is {} bytes; the limit is {}",
-                    source.content.len(),
-                    bounds::MAX_FILE_BYTES
-                ),
+                message: format!("file is {} bytes; the limit is {}", source.content.len(), bounds::MAX_FILE_BYTES),
             });
             continue;
         }
         let parsed: PolicyFile = if source.content.trim().is_empty() {
-            PolicyFile {
-                rules: Vec::new(),
-                limits: Vec::new(),
-            }
+            PolicyFile { rules: Vec::new(), limits: Vec::new() }
         } else {
             match serde_yaml::from_str(&source.content) {
                 Ok(parsed) => parsed,
@@ -590,12 +528,7 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                     let line = error.location().map(|l| l.line() as u32).unwrap_or(0);
                     let message = error.to_string();
                     let rule = rule_named_in(&source.content, &message).unwrap_or_default();
-                    errors.push(PolicyError {
-                        file: file.clone(),
-                        line,
-                        rule,
-                        message,
-                    });
+                    errors.push(PolicyError { file: file.clone(), line, rule, message });
                     continue;
                 }
             }
@@ -604,12 +537,7 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
         for spec in parsed.rules {
             let line = lines.find(&spec.name);
             let mut fail = |message: String| {
-                errors.push(PolicyError {
-                    file: file.clone(),
-                    line,
-                    rule: spec.name.clone(),
-                    message,
-                });
+                errors.push(PolicyError { file: file.clone(), line, rule: spec.name.clone(), message });
             };
             if let Err(message) = check_name(&spec.name) {
                 fail(message);
@@ -633,11 +561,7 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                     continue;
                 }
                 Some(when) if when.len() > bounds::MAX_CONDITION_BYTES => {
-                    fail(format!(
-                        "condition is {} bytes; the limit is {}",
-                        when.len(),
-                        bounds::MAX_CONDITION_BYTES
-                    ));
+                    fail(format!("condition is {} bytes; the limit is {}", when.len(), bounds::MAX_CONDITION_BYTES));
                     continue;
                 }
                 Some(when) => match Program::compile(when) {
@@ -651,10 +575,7 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
             if let Some(reason) = &spec.reason
                 && reason.len() > bounds::MAX_TEXT_BYTES
             {
-                fail(format!(
-                    "reason is longer than {} bytes",
-                    bounds::MAX_TEXT_BYTES
-                ));
+                fail(format!("reason is longer than {} bytes", bounds::MAX_TEXT_BYTES));
                 continue;
             }
             let reason = spec.reason.clone().unwrap_or_else(|| match spec.effect {
@@ -677,12 +598,7 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
         for spec in parsed.limits {
             let line = lines.find(&spec.name);
             let mut fail = |message: String| {
-                errors.push(PolicyError {
-                    file: file.clone(),
-                    line,
-                    rule: spec.name.clone(),
-                    message,
-                });
+                errors.push(PolicyError { file: file.clone(), line, rule: spec.name.clone(), message });
             };
             if let Err(message) = check_name(&spec.name) {
                 fail(message);
@@ -705,10 +621,7 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                     continue;
                 }
                 Ok(window) if window > bounds::MAX_WINDOW => {
-                    fail(format!(
-                        "window {} is longer than the limit of 31 days",
-                        spec.window
-                    ));
+                    fail(format!("window {} is longer than the limit of 31 days", spec.window));
                     continue;
                 }
                 Ok(window) if window < Duration::from_millis(100) => {
@@ -717,10 +630,7 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                 }
                 Ok(window) => window,
                 Err(error) => {
-                    fail(format!(
-                        "invalid window {:?}: {error} (write e.g. 1m, 24h)",
-                        spec.window
-                    ));
+                    fail(format!("invalid window {:?}: {error} (write e.g. 1m, 24h)", spec.window));
                     continue;
                 }
             };
@@ -783,11 +693,7 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
             file: String::new(),
             line: 0,
             rule: String::new(),
-            message: format!(
-                "{} limits; the limit is {}",
-                limits.len(),
-                bounds::MAX_LIMITS
-            ),
+            message: format!("{} limits; the limit is {}", limits.len(), bounds::MAX_LIMITS),
         });
     }
     if !errors.is_empty() {
@@ -806,12 +712,7 @@ fn rule_named_in(content: &str, message: &str) -> Option<String> {
     };
     let index: usize = rest.split(']').next()?.parse().ok()?;
     let document: serde_yaml::Value = serde_yaml::from_str(content).ok()?;
-    document
-        .get(list)?
-        .get(index)?
-        .get("name")?
-        .as_str()
-        .map(str::to_owned)
+    document.get(list)?.get(index)?.get("name")?.as_str().map(str::to_owned)
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -821,10 +722,7 @@ fn check_name(name: &str) -> Result<(), String> {
     if name.len() > 128 {
         return Err("name must be at most 128 bytes".into());
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'))
-    {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/')) {
         return Err("name may use letters, digits and - _ . : / only".into());
     }
     Ok(())
@@ -834,35 +732,23 @@ fn build_scope(actions: Option<&[String]>, agents: Option<&[String]>) -> Result<
     let actions = actions.unwrap_or_default();
     let agents = agents.unwrap_or_default();
     if actions.len() > bounds::MAX_PATTERNS || agents.len() > bounds::MAX_PATTERNS {
-        return Err(format!(
-            "at most {} patterns per list",
-            bounds::MAX_PATTERNS
-        ));
+        return Err(format!("at most {} patterns per list", bounds::MAX_PATTERNS));
     }
     for pattern in actions.iter().chain(agents) {
         if pattern.is_empty() {
             return Err("empty pattern in actions or agents".into());
         }
         if pattern.len() > bounds::MAX_TEXT_BYTES {
-            return Err(format!(
-                "pattern longer than {} bytes",
-                bounds::MAX_TEXT_BYTES
-            ));
+            return Err(format!("pattern longer than {} bytes", bounds::MAX_TEXT_BYTES));
         }
     }
     // A lone "*" is the same as no list: keep it out of the glob path.
-    let action_globs: Vec<Glob> = if actions.iter().any(|a| a == "*") {
-        Vec::new()
-    } else {
-        actions.iter().map(|a| Glob::new(a)).collect()
-    };
+    let action_globs: Vec<Glob> =
+        if actions.iter().any(|a| a == "*") { Vec::new() } else { actions.iter().map(|a| Glob::new(a)).collect() };
     let agent_patterns: Vec<AgentPattern> = if agents.iter().any(|a| a == "*") {
         Vec::new()
     } else {
-        agents
-            .iter()
-            .map(|a| AgentPattern::parse(a))
-            .collect::<Result<_, _>>()?
+        agents.iter().map(|a| AgentPattern::parse(a)).collect::<Result<_, _>>()?
     };
     Ok(Scope {
         actions: action_globs,
@@ -894,11 +780,7 @@ impl<'s> NameLines<'s> {
     }
 
     fn find(&self, name: &str) -> u32 {
-        self.lines
-            .iter()
-            .find(|(_, value)| *value == name)
-            .map(|(line, _)| *line)
-            .unwrap_or(0)
+        self.lines.iter().find(|(_, value)| *value == name).map(|(line, _)| *line).unwrap_or(0)
     }
 }
 

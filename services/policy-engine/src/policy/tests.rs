@@ -13,20 +13,8 @@ use crate::engine::{Clock, Decision, Engine, KillSwitches, decide_rules};
 use crate::limits::MemoryLimitStore;
 
 fn set(yaml: &str) -> PolicySet {
-    compile_sources(&[Source {
-        file: "test.yaml".into(),
-        content: yaml.into(),
-    }])
-    .unwrap_or_else(|errors| {
-        panic!(
-            "{}",
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })
+    compile_sources(&[Source { file: "test.yaml".into(), content: yaml.into() }])
+        .unwrap_or_else(|errors| panic!("{}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))
 }
 
 fn agent(id: &str, roles: &[&str], confidence: f64) -> Agent {
@@ -40,41 +28,18 @@ fn agent(id: &str, roles: &[&str], confidence: f64) -> Agent {
 }
 
 fn action(kind: &str, cost: f64) -> Action {
-    Action {
-        r#type: kind.into(),
-        resource: String::new(),
-        estimated_cost: cost,
-        params: None,
-    }
+    Action { r#type: kind.into(), resource: String::new(), estimated_cost: cost, params: None }
 }
 
 fn noon() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-06-15T12:00:00Z")
-        .unwrap()
-        .with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2026-06-15T12:00:00Z").unwrap().with_timezone(&Utc)
 }
 
 fn decide(set: &PolicySet, agent: &Agent, action: &Action) -> Decision {
-    decide_rules(
-        set,
-        &Input {
-            agent,
-            action,
-            time: noon(),
-            correlation_id: "",
-        },
-    )
-    .0
+    decide_rules(set, &Input { agent, action, time: noon(), correlation_id: "" }).0
 }
 
-fn check(
-    set: &PolicySet,
-    agent: &Agent,
-    action: &Action,
-    effect: Effect,
-    matched: &[&str],
-    reasons: &[&str],
-) {
+fn check(set: &PolicySet, agent: &Agent, action: &Action, effect: Effect, matched: &[&str], reasons: &[&str]) {
     let decision = decide(set, agent, action);
     assert_eq!(decision.effect, effect, "{decision:?}");
     assert_eq!(decision.matched(), matched, "{decision:?}");
@@ -140,10 +105,7 @@ fn deny_beats_approval_beats_allow_and_default_is_deny() {
         &action("delete_customer", 900.0),
         Effect::Deny,
         &["only-humans-delete-customers", "cost-limit"],
-        &[
-            "Only humans may delete customers",
-            "estimated cost exceeds the cost limit",
-        ],
+        &["Only humans may delete customers", "estimated cost exceeds the cost limit"],
     );
     check(
         &set,
@@ -202,18 +164,13 @@ fn shadow_rules_are_reported_never_enforced() {
     refund.params = Some(prost_types::Struct {
         fields: [(
             "amount".to_string(),
-            prost_types::Value {
-                kind: Some(prost_types::value::Kind::NumberValue(150.0)),
-            },
+            prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(150.0)) },
         )]
         .into(),
     });
     let decision = decide(&set, &finance, &refund);
     assert_eq!(decision.effect, Effect::Allow);
-    assert_eq!(
-        decision.shadow.iter().map(|s| &**s).collect::<Vec<_>>(),
-        ["new-refund-rule"]
-    );
+    assert_eq!(decision.shadow.iter().map(|s| &**s).collect::<Vec<_>>(), ["new-refund-rule"]);
 }
 
 #[test]
@@ -256,13 +213,8 @@ rules:
 }
 
 fn check_errors(files: &[(&str, &str)], expected: &[&str]) {
-    let sources: Vec<Source> = files
-        .iter()
-        .map(|(f, c)| Source {
-            file: f.to_string(),
-            content: c.to_string(),
-        })
-        .collect();
+    let sources: Vec<Source> =
+        files.iter().map(|(f, c)| Source { file: f.to_string(), content: c.to_string() }).collect();
     let errors = compile_sources(&sources).expect_err("sources should be rejected");
     let rendered: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     assert_eq!(rendered, expected);
@@ -343,22 +295,14 @@ fn bad_files_are_rejected_with_file_line_and_rule() {
                 ")".repeat(100)
             ),
         )],
-        &[
-            "deep.yaml:2: rule 'deep': invalid condition: expression nests deeper than 48 levels at column 49",
-        ],
+        &["deep.yaml:2: rule 'deep': invalid condition: expression nests deeper than 48 levels at column 49"],
     );
 }
 
 #[test]
 fn policy_versions_are_content_hashes() {
-    let a = [Source {
-        file: "a.yaml".into(),
-        content: "rules: []".into(),
-    }];
-    let b = [Source {
-        file: "a.yaml".into(),
-        content: "rules: [] ".into(),
-    }];
+    let a = [Source { file: "a.yaml".into(), content: "rules: []".into() }];
+    let b = [Source { file: "a.yaml".into(), content: "rules: [] ".into() }];
     assert_ne!(super::version_of(&a), super::version_of(&b));
     assert_eq!(super::version_of(&a), super::version_of(&a.clone()));
     assert!(super::version_of(&a).starts_with("sha256:"));
@@ -390,22 +334,11 @@ limits:
 "#;
 
 fn engine(yaml: &str) -> Engine {
-    Engine::new(
-        set(yaml),
-        Arc::new(MemoryLimitStore::new()),
-        Clock::starting_at(1_781_524_800_000),
-    )
+    Engine::new(set(yaml), Arc::new(MemoryLimitStore::new()), Clock::starting_at(1_781_524_800_000))
 }
 
 async fn effect_of(engine: &Engine, agent: &Agent, action: &Action) -> Decision {
-    engine
-        .decide(&Input {
-            agent,
-            action,
-            time: engine.clock().now(),
-            correlation_id: "",
-        })
-        .await
+    engine.decide(&Input { agent, action, time: engine.clock().now(), correlation_id: "" }).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -419,17 +352,9 @@ async fn request_limits_slide_with_the_clock() {
     let limited = effect_of(&engine, &bot, &email).await;
     assert_eq!(limited.effect, Effect::Deny);
     assert_eq!(limited.matched(), ["email-rate"]);
-    assert_eq!(
-        limited.reasons(),
-        ["limit 'email-rate' exceeded: at most 3 requests per 1m agent"]
-    );
+    assert_eq!(limited.reasons(), ["limit 'email-rate' exceeded: at most 3 requests per 1m agent"]);
     // Another agent has its own count.
-    assert_eq!(
-        effect_of(&engine, &agent("other", &[], 0.9), &email)
-            .await
-            .effect,
-        Effect::Allow
-    );
+    assert_eq!(effect_of(&engine, &agent("other", &[], 0.9), &email).await.effect, Effect::Allow);
     tokio::time::advance(Duration::from_secs(30)).await;
     assert_eq!(effect_of(&engine, &bot, &email).await.effect, Effect::Deny);
     tokio::time::advance(Duration::from_secs(33)).await;
@@ -440,37 +365,20 @@ async fn request_limits_slide_with_the_clock() {
 async fn spend_limits_require_approval_and_denied_requests_do_not_count() {
     let engine = engine(LIMITS);
     let bot = agent("bot", &[], 0.9);
-    assert_eq!(
-        effect_of(&engine, &bot, &action("buy", 30.0)).await.effect,
-        Effect::Allow
-    );
+    assert_eq!(effect_of(&engine, &bot, &action("buy", 30.0)).await.effect, Effect::Allow);
     // Denied by a rule: not counted against the spend limit.
-    assert_eq!(
-        effect_of(&engine, &bot, &action("delete_user", 30.0))
-            .await
-            .effect,
-        Effect::Deny
-    );
+    assert_eq!(effect_of(&engine, &bot, &action("delete_user", 30.0)).await.effect, Effect::Deny);
     let over = effect_of(&engine, &bot, &action("buy", 30.0)).await;
     assert_eq!(over.effect, Effect::RequireApproval);
-    assert_eq!(
-        over.reasons(),
-        ["limit 'daily-spend' exceeded: at most cost 50 per 24h agent"]
-    );
+    assert_eq!(over.reasons(), ["limit 'daily-spend' exceeded: at most cost 50 per 24h agent"]);
     // The approval-limited request counted (its outcome was not deny).
-    assert_eq!(
-        effect_of(&engine, &bot, &action("buy", 1.0)).await.effect,
-        Effect::RequireApproval
-    );
+    assert_eq!(effect_of(&engine, &bot, &action("buy", 1.0)).await.effect, Effect::RequireApproval);
     // A rule that already requires approval keeps its reason next to the limit's.
     let unsure = agent("bot", &[], 0.5);
     let both = effect_of(&engine, &unsure, &action("buy", 1.0)).await;
     assert_eq!(both.matched(), ["low-confidence", "daily-spend"]);
     tokio::time::advance(Duration::from_secs(25 * 3600)).await;
-    assert_eq!(
-        effect_of(&engine, &bot, &action("buy", 30.0)).await.effect,
-        Effect::Allow
-    );
+    assert_eq!(effect_of(&engine, &bot, &action("buy", 30.0)).await.effect, Effect::Allow);
 }
 
 #[tokio::test]
@@ -484,28 +392,15 @@ async fn kill_switches_deny_first() {
     let decision = effect_of(&engine, &bot, &action("buy", 1.0)).await;
     assert_eq!(decision.effect, Effect::Deny);
     assert_eq!(decision.reasons(), ["kill switch engaged: runaway loop"]);
-    assert_eq!(
-        effect_of(&engine, &agent("other", &[], 0.9), &action("buy", 1.0))
-            .await
-            .effect,
-        Effect::Allow
-    );
-    engine.set_kill_switches(KillSwitches {
-        global: Some(Arc::from("incident 7")),
-        agents: HashMap::new(),
-    });
+    assert_eq!(effect_of(&engine, &agent("other", &[], 0.9), &action("buy", 1.0)).await.effect, Effect::Allow);
+    engine.set_kill_switches(KillSwitches { global: Some(Arc::from("incident 7")), agents: HashMap::new() });
     let decision = effect_of(&engine, &agent("other", &[], 0.9), &action("buy", 1.0)).await;
     assert_eq!(decision.reasons(), ["kill switch engaged: incident 7"]);
 }
 
 #[tokio::test]
 async fn limits_fail_closed_when_the_store_is_down() {
-    let store = crate::limits::RedisLimitStore::new(
-        "redis://127.0.0.1:1",
-        "x:",
-        Duration::from_millis(300),
-    )
-    .unwrap();
+    let store = crate::limits::RedisLimitStore::new("redis://127.0.0.1:1", "x:", Duration::from_millis(300)).unwrap();
     let engine = Engine::new(set(LIMITS), Arc::new(store), Clock::system());
     let decision = effect_of(&engine, &agent("bot", &[], 0.9), &action("send_email", 0.0)).await;
     assert_eq!(decision.effect, Effect::Deny);
