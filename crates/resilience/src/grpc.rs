@@ -55,14 +55,14 @@ pub struct ResilientService<S> {
 /// One failed attempt.
 enum Failure<E> {
     Transport(E),
-    Status(WardenError, http::Response<Body>),
+    Status(Box<(WardenError, http::Response<Body>)>),
 }
 
 impl<E: fmt::Display> fmt::Display for Failure<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Transport(error) => write!(f, "transport: {error}"),
-            Failure::Status(error, _) => write!(f, "{:?}: {}", error.code, error.message),
+            Failure::Status(failed) => write!(f, "{:?}: {}", failed.0.code, failed.0.message),
         }
     }
 }
@@ -72,31 +72,31 @@ impl<E: fmt::Display> Classify for Failure<E> {
         match self {
             // Connection refused, reset, DNS: the server may come back.
             Failure::Transport(_) => Category::Transient,
-            Failure::Status(error, _) => error.category(),
+            Failure::Status(failed) => failed.0.category(),
         }
     }
     fn reason(&self) -> &str {
         match self {
             Failure::Transport(_) => "TRANSPORT",
-            Failure::Status(error, _) => &error.reason,
+            Failure::Status(failed) => &failed.0.reason,
         }
     }
     fn code(&self) -> Code {
         match self {
             Failure::Transport(_) => Code::Unavailable,
-            Failure::Status(error, _) => error.code,
+            Failure::Status(failed) => failed.0.code,
         }
     }
     fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             Failure::Transport(_) => None,
-            Failure::Status(error, _) => error.retry_after,
+            Failure::Status(failed) => failed.0.retry_after,
         }
     }
     fn retryable(&self) -> bool {
         match self {
             Failure::Transport(_) => true,
-            Failure::Status(error, _) => error.retryable(),
+            Failure::Status(failed) => failed.0.retryable(),
         }
     }
 }
@@ -111,7 +111,7 @@ fn rebuild(parts: &http::request::Parts, body: &Bytes) -> http::Request<Body> {
     request
 }
 
-fn status_response(error: &ResilienceError<impl fmt::Display + Classify>) -> http::Response<Body> {
+fn status_response(error: &ResilienceError<impl Classify>) -> http::Response<Body> {
     let status: Status = warden_errors::to_status(error);
     status.into_http()
 }
@@ -148,7 +148,7 @@ where
                         let response = service.oneshot(request).await.map_err(Failure::Transport)?;
                         match Status::from_header_map(response.headers()) {
                             Some(status) if status.code() != tonic::Code::Ok => {
-                                Err(Failure::Status(WardenError::from_status(&status), response))
+                                Err(Failure::Status(Box::new((WardenError::from_status(&status), response))))
                             }
                             _ => Ok(response),
                         }
@@ -157,7 +157,7 @@ where
                 .await;
             match result {
                 Ok(response) => Ok(response),
-                Err(ResilienceError::Inner(Failure::Status(_, response))) => Ok(response),
+                Err(ResilienceError::Inner(Failure::Status(failed))) => Ok(failed.1),
                 Err(ResilienceError::Inner(Failure::Transport(error))) => Err(error.into()),
                 Err(other) => Ok(status_response(&other)),
             }
