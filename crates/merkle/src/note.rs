@@ -79,8 +79,9 @@ impl NoteSigner {
         let text = text.trim();
         let rest =
             text.strip_prefix("PRIVATE+KEY+").ok_or_else(|| NoteError::Key("missing PRIVATE+KEY+ prefix".into()))?;
-        let mut parts = rest.rsplitn(3, '+');
-        let (Some(key), Some(hash), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        // The name and hash hold no '+'; the base64 key may.
+        let mut parts = rest.splitn(3, '+');
+        let (Some(name), Some(hash), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(NoteError::Key("expected PRIVATE+KEY+<name>+<hash>+<key>".into()));
         };
         let bytes = BASE64.decode(key).map_err(|e| NoteError::Key(e.to_string()))?;

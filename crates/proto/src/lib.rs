@@ -11,6 +11,13 @@ pub mod policy {
     }
 }
 
+/// `warden.audit.v1`: the audit log's contract.
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("warden.audit.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every Warden proto, for gRPC server
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("warden_descriptor");

@@ -116,16 +116,7 @@ impl PolicyEngine {
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<PolicyServiceServer<PolicyServiceImpl>>().await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(warden_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .expect("reflection descriptors are valid");
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(warden_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .expect("reflection descriptors are valid");
+        let (reflection_v1, reflection_v1alpha) = warden_telemetry::reflection_services();
         let service = PolicyServiceImpl::new(engine.clone(), reloader.clone(), kill_switch_store);
 
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

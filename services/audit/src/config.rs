@@ -1,0 +1,136 @@
+//! The audit service's configuration: every key, its default, and checks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use warden_config::{ConfigError, Validate, humantime_serde, parse_addr};
+use warden_telemetry::TelemetryConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Prometheus `/metrics` address; empty disables it.
+    pub metrics_listen: String,
+    /// `sqlite://...` or `postgres://...`; empty means `sqlite://<data_dir>/warden.db`.
+    pub database_url: String,
+    /// Local state: the signing and master keys when not configured.
+    pub data_dir: PathBuf,
+    /// The log's origin line in checkpoints, and the signing key's name.
+    pub origin: String,
+    /// Checkpoint signing key in the note form `PRIVATE+KEY+<name>+<hash>+<key>`;
+    /// empty reads `signing_key_file`.
+    pub signing_key: String,
+    /// File holding the signing key; empty means `<data_dir>/audit-signing.key`
+    /// (created on first start).
+    pub signing_key_file: PathBuf,
+    /// Master key that wraps subjects' data keys: 64 hex digits; empty reads
+    /// `master_key_file`.
+    pub master_key: String,
+    /// File holding the master key; empty means `<data_dir>/audit-master.key`
+    /// (created on first start).
+    pub master_key_file: PathBuf,
+    /// Events recorded longer ago than this lose their payload (never their
+    /// hash); 0s keeps payloads forever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Most events committed in one transaction (group commit).
+    pub max_batch: usize,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            listen: "127.0.0.1:50052".into(),
+            metrics_listen: "127.0.0.1:9092".into(),
+            database_url: String::new(),
+            data_dir: PathBuf::from("./warden-data"),
+            origin: "warden.local/audit".into(),
+            signing_key: String::new(),
+            signing_key_file: PathBuf::new(),
+            master_key: String::new(),
+            master_key_file: PathBuf::new(),
+            retention: Duration::ZERO,
+            retention_interval: Duration::from_secs(3600),
+            max_batch: 1000,
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl Validate for AuditConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("listen", &self.listen)?;
+        if !self.metrics_listen.is_empty() {
+            parse_addr("metrics_listen", &self.metrics_listen)?;
+        }
+        if !self.database_url.is_empty()
+            && !["sqlite:", "postgres:", "postgresql:"].iter().any(|p| self.database_url.starts_with(p))
+        {
+            return Err(ConfigError::invalid(
+                "database_url",
+                &self.database_url,
+                "expected sqlite://PATH or postgres://...",
+            ));
+        }
+        if self.origin.is_empty() || self.origin.chars().any(|c| c.is_whitespace() || c == '+') {
+            return Err(ConfigError::invalid("origin", &self.origin, "must be non-empty, without spaces or '+'"));
+        }
+        if !self.master_key.is_empty() && (self.master_key.len() != 64 || hex::decode(&self.master_key).is_err()) {
+            return Err(ConfigError::invalid("master_key", "(hidden)", "must be 64 hex digits (32 bytes)"));
+        }
+        if !(1..=10_000).contains(&self.max_batch) {
+            return Err(ConfigError::invalid("max_batch", self.max_batch, "must be between 1 and 10000"));
+        }
+        if self.retention_interval < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "retention_interval",
+                humantime::format_duration(self.retention_interval),
+                "must be at least 1s",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AuditConfig {
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            warden_store::Database::default_url(&self.data_dir)
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    pub fn signing_key_path(&self) -> PathBuf {
+        if self.signing_key_file.as_os_str().is_empty() {
+            self.data_dir.join("audit-signing.key")
+        } else {
+            self.signing_key_file.clone()
+        }
+    }
+
+    pub fn master_key_path(&self) -> PathBuf {
+        if self.master_key_file.as_os_str().is_empty() {
+            self.data_dir.join("audit-master.key")
+        } else {
+            self.master_key_file.clone()
+        }
+    }
+
+    /// A config for in-process tests: ephemeral port, no metrics listener.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        AuditConfig {
+            listen: "127.0.0.1:0".into(),
+            metrics_listen: String::new(),
+            data_dir: data_dir.into(),
+            ..AuditConfig::default()
+        }
+    }
+}

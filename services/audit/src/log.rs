@@ -1,0 +1,644 @@
+//! The audit log: group-committed appends, signed checkpoints, proofs,
+//! verification, encryption of sensitive fields, retention.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use warden_errors::{Category, Classify, Code, FieldViolation};
+use warden_merkle::note::{Checkpoint, NoteSigner, NoteVerifier};
+use warden_merkle::{Hash, NodeSource};
+use warden_store::StoreError;
+
+use crate::keys::{DataKey, KeyError, MasterKey};
+use crate::leaf::{LeafFields, canonical_json, payload_hash};
+use crate::metrics::METRICS;
+use crate::store::{AuditStore, Filter, Frontier, NewEvent, Receipt, StoredCheckpoint, StoredEvent};
+
+/// The event type retention appends; its correlation id records how far
+/// payloads were purged (`purge-through-<sequence>`), committed to by its leaf.
+pub const RETENTION_EVENT: &str = "retention_purge";
+pub const FORGET_EVENT: &str = "subject_forgotten";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("invalid request")]
+    Invalid(Vec<FieldViolation>),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("key error: {0}")]
+    Key(#[from] KeyError),
+    #[error("the appender has stopped")]
+    Stopped,
+}
+
+impl Classify for AuditError {
+    fn category(&self) -> Category {
+        match self {
+            AuditError::Store(error) => error.category(),
+            AuditError::Invalid(_) | AuditError::OutOfRange(_) => Category::Permanent,
+            AuditError::Key(_) | AuditError::Stopped => Category::Internal,
+        }
+    }
+    fn reason(&self) -> &str {
+        match self {
+            AuditError::Store(error) => error.reason(),
+            AuditError::Invalid(_) => "INVALID_ARGUMENT",
+            AuditError::OutOfRange(_) => "OUT_OF_RANGE",
+            AuditError::Key(_) => "KEY_ERROR",
+            AuditError::Stopped => "APPENDER_STOPPED",
+        }
+    }
+    fn code(&self) -> Code {
+        match self {
+            AuditError::Store(error) => error.code(),
+            AuditError::Invalid(_) => Code::InvalidArgument,
+            AuditError::OutOfRange(_) => Code::OutOfRange,
+            _ => Code::Internal,
+        }
+    }
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            AuditError::Store(error) => error.retry_after(),
+            _ => None,
+        }
+    }
+    fn field_violations(&self) -> &[FieldViolation] {
+        match self {
+            AuditError::Invalid(violations) => violations,
+            _ => &[],
+        }
+    }
+}
+
+pub fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64
+}
+
+/// An event to append, as the API gives it.
+#[derive(Debug, Clone, Default)]
+pub struct EventInput {
+    pub event_id: String,
+    pub event_type: String,
+    pub time_micros: Option<i64>,
+    pub correlation_id: String,
+    pub agent_id: String,
+    pub actor: String,
+    pub subject: String,
+    pub payload: Option<prost_types::Struct>,
+    pub sensitive: Option<prost_types::Struct>,
+}
+
+/// An event as read back: the stored record, its payload and decrypted
+/// sensitive fields.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub stored: StoredEvent,
+    pub payload: Option<prost_types::Struct>,
+    pub sensitive: Option<prost_types::Struct>,
+    pub sensitive_forgotten: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub tree_size: u64,
+    pub root_hash: Hash,
+    pub note: String,
+    pub created_at_micros: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub verified: u64,
+    pub first_bad_sequence: u64,
+    pub problem: String,
+    pub tree_size: u64,
+}
+
+struct AppendJob {
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<Vec<Receipt>, StoreError>>,
+}
+
+pub struct AuditLog {
+    store: AuditStore,
+    signer: NoteSigner,
+    verifier: NoteVerifier,
+    origin: String,
+    master: MasterKey,
+    data_keys: Mutex<HashMap<String, DataKey>>,
+    appender: mpsc::Sender<AppendJob>,
+    size: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("origin", &self.origin).finish()
+    }
+}
+
+/// Node lookups recorded, to fetch them in one query.
+struct Recorder(Vec<(u32, u64)>);
+
+impl NodeSource for Recorder {
+    type Error = std::convert::Infallible;
+    fn node(&mut self, level: u32, index: u64) -> Result<Hash, Self::Error> {
+        self.0.push((level, index));
+        Ok([0; 32])
+    }
+}
+
+struct Fetched(HashMap<(u32, u64), Hash>);
+
+impl NodeSource for Fetched {
+    type Error = StoreError;
+    fn node(&mut self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        self.0
+            .get(&(level, index))
+            .copied()
+            .ok_or_else(|| StoreError::Other(format!("tree node ({level}, {index}) is missing")))
+    }
+}
+
+impl AuditLog {
+    /// Opens the log and starts its appender task.
+    pub async fn open(
+        store: AuditStore,
+        signer: NoteSigner,
+        master: MasterKey,
+        max_batch: usize,
+    ) -> Result<Arc<AuditLog>, AuditError> {
+        let verifier = NoteVerifier::parse(&signer.verifier_key())
+            .map_err(|e| KeyError::Invalid("signing key".into(), e.to_string()))?;
+        let size = store.size().await?;
+        let (size_tx, _) = watch::channel(size);
+        let (appender, jobs) = mpsc::channel::<AppendJob>(4096);
+        let log = Arc::new(AuditLog {
+            origin: signer.name().to_owned(),
+            store: store.clone(),
+            signer,
+            verifier,
+            master,
+            data_keys: Mutex::new(HashMap::new()),
+            appender,
+            size: size_tx,
+        });
+        tokio::spawn(run_appender(store, jobs, max_batch, log.size.clone()));
+        Ok(log)
+    }
+
+    pub fn verifier_key(&self) -> String {
+        self.signer.verifier_key()
+    }
+
+    pub fn store(&self) -> &AuditStore {
+        &self.store
+    }
+
+    /// Watches the log's size as this process appends.
+    pub fn watch_size(&self) -> watch::Receiver<u64> {
+        self.size.subscribe()
+    }
+
+    async fn data_key(&self, subject: &str, create: bool) -> Result<Option<DataKey>, AuditError> {
+        if let Some(key) = self.data_keys.lock().unwrap_or_else(|p| p.into_inner()).get(subject) {
+            return Ok(Some(key.clone()));
+        }
+        let wrapped = match self.store.subject_key(subject).await? {
+            Some(wrapped) => wrapped,
+            None if create => {
+                let wrapped = self.master.wrap(subject, &rand::random::<[u8; 32]>());
+                self.store.create_subject_key(subject, &wrapped, now_micros()).await?
+            }
+            None => return Ok(None),
+        };
+        let key = self.master.unwrap(subject, &wrapped)?;
+        self.data_keys.lock().unwrap_or_else(|p| p.into_inner()).insert(subject.to_owned(), key.clone());
+        Ok(Some(key))
+    }
+
+    /// Prepares events (ids, canonical payloads, encryption, leaf hashes)
+    /// and appends them; returns once they are durable.
+    pub async fn append(&self, inputs: Vec<EventInput>) -> Result<Vec<Receipt>, AuditError> {
+        let mut events = Vec::with_capacity(inputs.len());
+        let mut violations = Vec::new();
+        for (i, input) in inputs.into_iter().enumerate() {
+            let event_id = if input.event_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { input.event_id };
+            let payload_json = match canonical_json(input.payload.as_ref()) {
+                Ok(json) => json,
+                Err(problem) => {
+                    violations.push(FieldViolation::new(format!("events[{i}].payload"), problem));
+                    continue;
+                }
+            };
+            let subject = if input.subject.is_empty() { input.agent_id.clone() } else { input.subject };
+            let sensitive = match &input.sensitive {
+                None => None,
+                Some(fields) if fields.fields.is_empty() => None,
+                Some(fields) => {
+                    let json = match canonical_json(Some(fields)) {
+                        Ok(json) => json,
+                        Err(problem) => {
+                            violations.push(FieldViolation::new(format!("events[{i}].sensitive"), problem));
+                            continue;
+                        }
+                    };
+                    if subject.is_empty() {
+                        violations.push(FieldViolation::new(
+                            format!("events[{i}].subject"),
+                            "sensitive data needs a subject or an agent_id",
+                        ));
+                        continue;
+                    }
+                    let key = self.data_key(&subject, true).await?.expect("created on demand");
+                    Some(key.seal(&event_id, json.as_bytes()))
+                }
+            };
+            let hash = payload_hash(&payload_json);
+            let time_micros = input.time_micros.unwrap_or_else(now_micros);
+            let leaf_hash = LeafFields {
+                event_id: &event_id,
+                event_type: &input.event_type,
+                time_micros,
+                correlation_id: &input.correlation_id,
+                agent_id: &input.agent_id,
+                actor: &input.actor,
+                subject: &subject,
+                payload_hash: &hash,
+                sensitive: sensitive.as_deref(),
+            }
+            .leaf_hash();
+            events.push(NewEvent {
+                event_id,
+                event_type: input.event_type,
+                time_micros,
+                correlation_id: input.correlation_id,
+                agent_id: input.agent_id,
+                actor: input.actor,
+                subject,
+                payload_json,
+                payload_hash: hash,
+                sensitive,
+                leaf_hash,
+            });
+        }
+        if !violations.is_empty() {
+            return Err(AuditError::Invalid(violations));
+        }
+        let (reply, receipt) = oneshot::channel();
+        self.appender.send(AppendJob { events, reply }).await.map_err(|_| AuditError::Stopped)?;
+        Ok(receipt.await.map_err(|_| AuditError::Stopped)??)
+    }
+
+    async fn fetch_nodes<F>(&self, mut run: F) -> Result<Fetched, AuditError>
+    where
+        F: FnMut(&mut Recorder),
+    {
+        let mut recorder = Recorder(Vec::new());
+        run(&mut recorder);
+        recorder.0.sort_unstable();
+        recorder.0.dedup();
+        Ok(Fetched(self.store.nodes(&recorder.0).await?))
+    }
+
+    /// The root of the first `size` leaves, from stored nodes.
+    pub async fn root(&self, size: u64) -> Result<Hash, AuditError> {
+        let mut fetched = self
+            .fetch_nodes(|r| {
+                let _ = warden_merkle::root_hash(r, size);
+            })
+            .await?;
+        Ok(warden_merkle::root_hash(&mut fetched, size)?)
+    }
+
+    /// Signs (and stores) a checkpoint of the current tree.
+    pub async fn checkpoint(&self) -> Result<SignedCheckpoint, AuditError> {
+        let size = self.store.size().await?;
+        let root = self.root(size).await?;
+        let body = Checkpoint { origin: self.origin.clone(), size, root }.body();
+        let note = self.signer.sign(&body).map_err(|e| KeyError::Invalid("checkpoint".into(), e.to_string()))?;
+        let checkpoint = StoredCheckpoint { tree_size: size, root_hash: root, note, created_at_micros: now_micros() };
+        self.store.insert_checkpoint(&checkpoint).await?;
+        Ok(SignedCheckpoint {
+            tree_size: checkpoint.tree_size,
+            root_hash: checkpoint.root_hash,
+            note: checkpoint.note,
+            created_at_micros: checkpoint.created_at_micros,
+        })
+    }
+
+    fn resolve_size(requested: u64, current: u64, field: &str) -> Result<u64, AuditError> {
+        match requested {
+            0 => Ok(current),
+            size if size > current => {
+                Err(AuditError::OutOfRange(format!("{field} {size} is larger than the log ({current} events)")))
+            }
+            size => Ok(size),
+        }
+    }
+
+    /// The inclusion proof of `sequence` in the tree of `tree_size` (0 = now).
+    pub async fn inclusion_proof(&self, sequence: u64, tree_size: u64) -> Result<(u64, Hash, Vec<Hash>), AuditError> {
+        let size = Self::resolve_size(tree_size, self.store.size().await?, "tree_size")?;
+        if sequence >= size {
+            return Err(AuditError::OutOfRange(format!("sequence {sequence} is not in a tree of {size} events")));
+        }
+        let mut fetched = self
+            .fetch_nodes(|r| {
+                let _ = warden_merkle::inclusion_proof(r, sequence, size);
+                let _ = r.node(0, sequence);
+            })
+            .await?;
+        let leaf = fetched.node(0, sequence)?;
+        Ok((size, leaf, warden_merkle::inclusion_proof(&mut fetched, sequence, size)?))
+    }
+
+    pub async fn consistency_proof(&self, old: u64, new: u64) -> Result<(u64, Vec<Hash>), AuditError> {
+        let new = Self::resolve_size(new, self.store.size().await?, "new_size")?;
+        if old > new {
+            return Err(AuditError::OutOfRange(format!("old_size {old} is larger than new_size {new}")));
+        }
+        let mut fetched = self
+            .fetch_nodes(|r| {
+                let _ = warden_merkle::consistency_proof(r, old, new);
+            })
+            .await?;
+        Ok((new, warden_merkle::consistency_proof(&mut fetched, old, new)?))
+    }
+
+    fn decode(&self, stored: StoredEvent, key: Option<&DataKey>) -> Record {
+        let payload = stored.payload_json.as_deref().and_then(crate::leaf::json_to_struct);
+        let (sensitive, sensitive_forgotten) = match (&stored.sensitive, key) {
+            (None, _) => (None, false),
+            (Some(_), None) => (None, true),
+            (Some(sealed), Some(key)) => match key.open(&stored.event_id, sealed) {
+                Ok(plain) => (String::from_utf8(plain).ok().as_deref().and_then(crate::leaf::json_to_struct), false),
+                Err(_) => (None, true),
+            },
+        };
+        Record { stored, payload, sensitive, sensitive_forgotten }
+    }
+
+    /// Events matching `filter` from sequence `from`, decrypted where the
+    /// subject's key still exists.
+    pub async fn records(&self, filter: &Filter, from: u64, limit: u32) -> Result<Vec<Record>, AuditError> {
+        let events = self.store.events(filter, from, limit).await?;
+        let mut records = Vec::with_capacity(events.len());
+        for stored in events {
+            let key = if stored.sensitive.is_some() { self.data_key(&stored.subject, false).await? } else { None };
+            records.push(self.decode(stored, key.as_ref()));
+        }
+        Ok(records)
+    }
+
+    /// Destroys a subject's data key and records that it did.
+    pub async fn forget(&self, subject: &str) -> Result<bool, AuditError> {
+        let forgotten = self.store.delete_subject_key(subject).await?;
+        self.data_keys.lock().unwrap_or_else(|p| p.into_inner()).remove(subject);
+        if forgotten {
+            use sha2::Digest;
+            let digest = hex::encode(sha2::Sha256::digest(subject.as_bytes()));
+            let payload = prost_types::Struct {
+                fields: [(
+                    "subject_sha256".to_string(),
+                    prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(digest)) },
+                )]
+                .into(),
+            };
+            self.append(vec![EventInput {
+                event_type: FORGET_EVENT.into(),
+                actor: "warden-audit".into(),
+                payload: Some(payload),
+                ..EventInput::default()
+            }])
+            .await?;
+        }
+        Ok(forgotten)
+    }
+
+    /// Purges payloads recorded before `cutoff_micros`, then records the
+    /// purge as an event. Returns (purged through, rows deleted).
+    pub async fn purge_before(&self, cutoff_micros: i64) -> Result<Option<(u64, u64)>, AuditError> {
+        let Some(through) = self.store.last_recorded_before(cutoff_micros).await? else { return Ok(None) };
+        let deleted = self.store.purge_payloads(through).await?;
+        if deleted == 0 {
+            return Ok(None);
+        }
+        self.append(vec![EventInput {
+            event_type: RETENTION_EVENT.into(),
+            correlation_id: format!("purge-through-{through}"),
+            actor: "warden-audit".into(),
+            ..EventInput::default()
+        }])
+        .await?;
+        METRICS.payloads_purged.inc_by(deleted);
+        tracing::info!(through, deleted, "retention purged payloads");
+        Ok(Some((through, deleted)))
+    }
+
+    /// Recomputes `[from, to)` from stored data: payload hashes, leaf hashes,
+    /// tree nodes, and every signed checkpoint's root.
+    pub async fn verify(&self, from: u64, to: u64) -> Result<VerifyReport, AuditError> {
+        let size = self.store.size().await?;
+        let to = if to == 0 { size } else { to.min(size) };
+        let mut report =
+            VerifyReport { ok: true, verified: 0, first_bad_sequence: 0, problem: String::new(), tree_size: size };
+        if from > to {
+            return Err(AuditError::OutOfRange(format!("from_sequence {from} is past to_sequence {to}")));
+        }
+        let fail = |report: &mut VerifyReport, sequence: u64, problem: String| {
+            report.ok = false;
+            report.first_bad_sequence = sequence;
+            report.problem = problem;
+        };
+        // How far retention may have purged: the largest horizon any
+        // (tamper-evident) retention event records.
+        let mut horizon: Option<u64> = None;
+        let mut cursor = 0;
+        loop {
+            let filter = Filter { event_types: vec![RETENTION_EVENT.into()], ..Filter::default() };
+            let page = self.store.events(&filter, cursor, 1000).await?;
+            for event in &page {
+                if let Some(n) = event.correlation_id.strip_prefix("purge-through-").and_then(|n| n.parse::<u64>().ok())
+                {
+                    horizon = Some(horizon.map_or(n, |h| h.max(n)));
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == 1000 => cursor = last.sequence + 1,
+                _ => break,
+            }
+        }
+        const PAGE: u32 = 10_000;
+        let mut leaves: Vec<Hash> = Vec::with_capacity((to - from) as usize);
+        let mut expected = from;
+        while expected < to {
+            let page =
+                self.store.events(&Filter { before_sequence: Some(to), ..Filter::default() }, expected, PAGE).await?;
+            let stored_leaves = self.store.level(0, expected, expected + page.len() as u64).await?;
+            let stored_leaves: HashMap<u64, Hash> = stored_leaves.into_iter().collect();
+            if page.is_empty() {
+                fail(&mut report, expected, format!("event {expected} is missing"));
+                return Ok(report);
+            }
+            for event in &page {
+                if event.sequence != expected {
+                    fail(
+                        &mut report,
+                        expected,
+                        format!("event {expected} is missing (next stored is {})", event.sequence),
+                    );
+                    return Ok(report);
+                }
+                match &event.payload_json {
+                    Some(json) if payload_hash(json) != event.payload_hash => {
+                        fail(&mut report, expected, "payload does not match its committed hash".into());
+                        return Ok(report);
+                    }
+                    None if horizon.is_none_or(|h| event.sequence > h) => {
+                        fail(&mut report, expected, "payload is missing and no retention purge covers it".into());
+                        return Ok(report);
+                    }
+                    _ => {}
+                }
+                let recomputed = LeafFields {
+                    event_id: &event.event_id,
+                    event_type: &event.event_type,
+                    time_micros: event.time_micros,
+                    correlation_id: &event.correlation_id,
+                    agent_id: &event.agent_id,
+                    actor: &event.actor,
+                    subject: &event.subject,
+                    payload_hash: &event.payload_hash,
+                    sensitive: event.sensitive.as_deref(),
+                }
+                .leaf_hash();
+                if recomputed != event.leaf_hash {
+                    fail(&mut report, expected, "event fields do not match the leaf hash".into());
+                    return Ok(report);
+                }
+                if stored_leaves.get(&expected) != Some(&recomputed) {
+                    fail(&mut report, expected, "the tree's leaf differs from the event".into());
+                    return Ok(report);
+                }
+                leaves.push(recomputed);
+                expected += 1;
+                report.verified += 1;
+            }
+        }
+        // Inner nodes over complete subtrees inside the range.
+        let mut level_hashes = leaves;
+        let mut level_start = from;
+        for level in 1..64u32 {
+            // Align: the first complete pair at this level.
+            let first_pair = level_start.div_ceil(2) * 2;
+            let skip = (first_pair - level_start) as usize;
+            if level_hashes.len() < skip + 2 {
+                break;
+            }
+            let parents: Vec<Hash> =
+                level_hashes[skip..].chunks_exact(2).map(|pair| warden_merkle::node_hash(&pair[0], &pair[1])).collect();
+            let parent_start = first_pair / 2;
+            let stored = self.store.level(level, parent_start, parent_start + parents.len() as u64).await?;
+            let stored: HashMap<u64, Hash> = stored.into_iter().collect();
+            for (offset, hash) in parents.iter().enumerate() {
+                let index = parent_start + offset as u64;
+                if stored.get(&index) != Some(hash) {
+                    let first_leaf = index << level;
+                    fail(&mut report, first_leaf, format!("tree node ({level}, {index}) does not match its children"));
+                    return Ok(report);
+                }
+            }
+            level_hashes = parents;
+            level_start = parent_start;
+        }
+        // Signed checkpoints: each must verify and match the tree.
+        let mut previous = 0;
+        for checkpoint in self.store.checkpoints().await? {
+            if checkpoint.tree_size > size {
+                fail(
+                    &mut report,
+                    size,
+                    format!("checkpoint of size {} is larger than the log: events were deleted", checkpoint.tree_size),
+                );
+                return Ok(report);
+            }
+            let signed = self.verifier.verify(&checkpoint.note).ok().and_then(|text| Checkpoint::parse(text).ok());
+            let Some(signed) = signed.filter(|c| c.size == checkpoint.tree_size && c.root == checkpoint.root_hash)
+            else {
+                fail(
+                    &mut report,
+                    previous,
+                    format!("checkpoint of size {} has no valid signature", checkpoint.tree_size),
+                );
+                return Ok(report);
+            };
+            if self.root(signed.size).await? != signed.root {
+                fail(
+                    &mut report,
+                    previous,
+                    format!(
+                        "the tree no longer matches signed checkpoint {}: events from {previous} on were altered",
+                        signed.size
+                    ),
+                );
+                return Ok(report);
+            }
+            previous = signed.size;
+        }
+        METRICS.verified_events.inc_by(report.verified);
+        Ok(report)
+    }
+}
+
+async fn run_appender(
+    store: AuditStore,
+    mut jobs: mpsc::Receiver<AppendJob>,
+    max_batch: usize,
+    size: watch::Sender<u64>,
+) {
+    let mut frontier = Frontier::unknown();
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        let mut count = batch[0].events.len();
+        // Group commit: everything that queued during the last commit goes
+        // into this one.
+        while count < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    count += job.events.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let events: Vec<NewEvent> = batch.iter().flat_map(|job| job.events.iter().cloned()).collect();
+        let started = std::time::Instant::now();
+        let result = store.append(&events, &mut frontier, now_micros()).await;
+        METRICS.commit_duration.observe(started.elapsed().as_secs_f64());
+        METRICS.batch_size.observe(events.len() as f64);
+        match result {
+            Ok(receipts) => {
+                METRICS.appended.inc_by(receipts.iter().filter(|r| !r.duplicate).count() as u64);
+                let mut receipts = receipts.into_iter();
+                for job in batch {
+                    let mine: Vec<Receipt> = receipts.by_ref().take(job.events.len()).collect();
+                    let _ = job.reply.send(Ok(mine));
+                }
+                if frontier.size != u64::MAX {
+                    size.send_replace(frontier.size);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, events = events.len(), "append failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::Other(error.to_string())));
+                }
+            }
+        }
+    }
+}

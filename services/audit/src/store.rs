@@ -1,0 +1,583 @@
+//! The audit log's tables, in SQLite or PostgreSQL.
+//!
+//! Appends happen in one transaction per batch: duplicate detection,
+//! sequence assignment, the events, their payloads, and every Merkle tree
+//! node the new leaves complete. On PostgreSQL the transaction first takes
+//! an advisory lock, so replicas in different processes append one batch at
+//! a time and the sequence and tree stay gap-free. SQLite has one writer by
+//! design (one process owns the file).
+//!
+//! Query's indexes are plain indexes on `audit_events`, written by the same
+//! statement as the event, so they cannot drift from the log.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+use warden_merkle::Hash;
+use warden_store::{Database, StoreError};
+
+/// The advisory lock key appenders take on PostgreSQL ("WARDAUDT").
+const APPEND_LOCK: i64 = 0x5741_5244_4155_4454;
+
+/// Rows per multi-row INSERT.
+const CHUNK: usize = 400;
+
+/// An event ready to be appended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub time_micros: i64,
+    pub correlation_id: String,
+    pub agent_id: String,
+    pub actor: String,
+    pub subject: String,
+    pub payload_json: String,
+    pub payload_hash: Hash,
+    pub sensitive: Option<Vec<u8>>,
+    pub leaf_hash: Hash,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub sequence: u64,
+    pub event_id: String,
+    pub event_type: String,
+    pub time_micros: i64,
+    pub correlation_id: String,
+    pub agent_id: String,
+    pub actor: String,
+    pub subject: String,
+    /// `None` once retention purged it.
+    pub payload_json: Option<String>,
+    pub payload_hash: Hash,
+    pub sensitive: Option<Vec<u8>>,
+    pub leaf_hash: Hash,
+    pub recorded_at_micros: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub event_id: String,
+    pub sequence: u64,
+    pub leaf_hash: Hash,
+    pub duplicate: bool,
+}
+
+/// The right edge of the tree: for each level, the complete subtree that
+/// is still waiting for its right sibling.
+#[derive(Debug, Clone)]
+pub struct Frontier {
+    pub size: u64,
+    levels: Vec<Option<Hash>>,
+}
+
+impl Frontier {
+    pub fn unknown() -> Self {
+        Frontier { size: u64::MAX, levels: Vec::new() }
+    }
+
+    /// Adds leaf `size` and returns the nodes it completes, leaf first.
+    fn push(&mut self, leaf: Hash) -> Vec<(u32, u64, Hash)> {
+        let mut nodes = vec![(0, self.size, leaf)];
+        let (mut hash, mut level, mut index) = (leaf, 0u32, self.size);
+        while index & 1 == 1 {
+            let left = self.levels[level as usize].take().expect("a right child has a left sibling on the frontier");
+            hash = warden_merkle::node_hash(&left, &hash);
+            level += 1;
+            index >>= 1;
+            nodes.push((level, index, hash));
+        }
+        if self.levels.len() <= level as usize {
+            self.levels.resize(level as usize + 1, None);
+        }
+        self.levels[level as usize] = Some(hash);
+        self.size += 1;
+        nodes
+    }
+}
+
+/// The (level, index) of each frontier node of a tree of `size` leaves.
+fn frontier_keys(size: u64) -> Vec<(u32, u64)> {
+    (0..64u32).filter(|level| size >> level & 1 == 1).map(|level| (level, (size >> level) - 1)).collect()
+}
+
+fn hash_of(bytes: Vec<u8>) -> Result<Hash, StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Other("stored hash is not 32 bytes".into()))
+}
+
+/// Rewrites `$1`-style placeholders for SQLite (`?1`).
+fn sql(database: &Database, text: &str) -> String {
+    match database {
+        Database::Postgres(_) => text.to_owned(),
+        Database::Sqlite(_) => text.replace('$', "?"),
+    }
+}
+
+fn placeholders(start: usize, rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let cells: Vec<String> = (0..columns).map(|c| format!("${}", start + row * columns + c)).collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs the same code against either pool type.
+macro_rules! on_pool {
+    ($database:expr, $pool:ident => $body:expr) => {
+        match $database {
+            Database::Sqlite($pool) => $body,
+            Database::Postgres($pool) => $body,
+        }
+    };
+}
+
+macro_rules! stored_event {
+    ($row:expr) => {{
+        let row = $row;
+        StoredEvent {
+            sequence: row.try_get::<i64, _>("sequence")? as u64,
+            event_id: row.try_get("event_id")?,
+            event_type: row.try_get("event_type")?,
+            time_micros: row.try_get("time_micros")?,
+            correlation_id: row.try_get("correlation_id")?,
+            agent_id: row.try_get("agent_id")?,
+            actor: row.try_get("actor")?,
+            subject: row.try_get("subject")?,
+            payload_json: row.try_get("payload")?,
+            payload_hash: hash_of(row.try_get("payload_hash")?)?,
+            sensitive: row.try_get("sensitive")?,
+            leaf_hash: hash_of(row.try_get("leaf_hash")?)?,
+            recorded_at_micros: row.try_get("recorded_at_micros")?,
+        }
+    }};
+}
+
+const EVENT_COLUMNS: &str = "e.sequence, e.event_id, e.event_type, e.time_micros, e.correlation_id, e.agent_id, \
+     e.actor, e.subject, e.payload_hash, e.sensitive, e.leaf_hash, e.recorded_at_micros, p.payload";
+
+/// What Query and Export select by.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub correlation_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub event_types: Vec<String>,
+    pub start_micros: Option<i64>,
+    pub end_micros: Option<i64>,
+    /// Exclusive upper bound on the sequence.
+    pub before_sequence: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    pub tree_size: u64,
+    pub root_hash: Hash,
+    pub note: String,
+    pub created_at_micros: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditStore {
+    database: Database,
+}
+
+impl AuditStore {
+    pub fn new(database: Database) -> Self {
+        AuditStore { database }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Appends a batch atomically. Events whose id is already recorded (or
+    /// repeated in the batch) get the first recording's receipt.
+    pub async fn append(
+        &self,
+        events: &[NewEvent],
+        frontier: &mut Frontier,
+        now_micros: i64,
+    ) -> Result<Vec<Receipt>, StoreError> {
+        let result = self.append_inner(events, frontier, now_micros).await;
+        if result.is_err() {
+            // The transaction rolled back: the cached frontier may be ahead.
+            *frontier = Frontier::unknown();
+        }
+        result
+    }
+
+    async fn append_inner(
+        &self,
+        events: &[NewEvent],
+        frontier: &mut Frontier,
+        now_micros: i64,
+    ) -> Result<Vec<Receipt>, StoreError> {
+        let database = &self.database;
+        on_pool!(database, pool => {
+            // SQLite: take the write lock up front (a deferred transaction
+            // that reads, then writes, can deadlock with another writer).
+            // PostgreSQL: an advisory lock serialises appenders across
+            // replicas.
+            let mut tx = match database {
+                Database::Sqlite(_) => pool.begin_with("BEGIN IMMEDIATE").await?,
+                Database::Postgres(_) => pool.begin().await?,
+            };
+            if matches!(database, Database::Postgres(_)) {
+                sqlx::query(&sql(database, "SELECT pg_advisory_xact_lock($1)")).bind(APPEND_LOCK).execute(&mut *tx).await?;
+            }
+            // Ids already in the log.
+            let mut known: HashMap<String, Receipt> = HashMap::new();
+            for chunk in events.chunks(CHUNK) {
+                let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                let text = format!(
+                    "SELECT event_id, sequence, leaf_hash FROM audit_events WHERE event_id IN ({})",
+                    marks.join(", ")
+                );
+                let text = sql(database, &text);
+                let mut query = sqlx::query(&text);
+                for event in chunk {
+                    query = query.bind(&event.event_id);
+                }
+                for row in query.fetch_all(&mut *tx).await? {
+                    let event_id: String = row.try_get("event_id")?;
+                    let receipt = Receipt {
+                        event_id: event_id.clone(),
+                        sequence: row.try_get::<i64, _>("sequence")? as u64,
+                        leaf_hash: hash_of(row.try_get("leaf_hash")?)?,
+                        duplicate: true,
+                    };
+                    known.insert(event_id, receipt);
+                }
+            }
+            let size_text = sql(database, "SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_events");
+            let size = sqlx::query(&size_text).fetch_one(&mut *tx).await?.try_get::<i64, _>("size")? as u64;
+            if frontier.size != size {
+                let mut loaded = Frontier { size, levels: vec![None; 64] };
+                for (level, index) in frontier_keys(size) {
+                    let text = sql(database, "SELECT hash FROM audit_tree_nodes WHERE level = $1 AND idx = $2");
+                    let row = sqlx::query(&text).bind(level as i32).bind(index as i64).fetch_optional(&mut *tx).await?;
+                    let row = row.ok_or_else(|| StoreError::Other(format!("tree node ({level}, {index}) is missing")))?;
+                    loaded.levels[level as usize] = Some(hash_of(row.try_get("hash")?)?);
+                }
+                *frontier = loaded;
+            }
+            let mut fresh: Vec<(u64, &NewEvent)> = Vec::new();
+            let mut nodes: Vec<(u32, u64, Hash)> = Vec::new();
+            let mut receipts = Vec::with_capacity(events.len());
+            for event in events {
+                if let Some(receipt) = known.get(&event.event_id) {
+                    receipts.push(Receipt { duplicate: true, ..receipt.clone() });
+                    continue;
+                }
+                let sequence = frontier.size;
+                nodes.extend(frontier.push(event.leaf_hash));
+                fresh.push((sequence, event));
+                let receipt = Receipt { event_id: event.event_id.clone(), sequence, leaf_hash: event.leaf_hash, duplicate: false };
+                known.insert(event.event_id.clone(), receipt.clone());
+                receipts.push(receipt);
+            }
+            for chunk in fresh.chunks(CHUNK) {
+                let text = format!(
+                    "INSERT INTO audit_events (sequence, event_id, event_type, time_micros, correlation_id, agent_id, actor, \
+                     subject, payload_hash, sensitive, leaf_hash, recorded_at_micros) VALUES {}",
+                    placeholders(1, chunk.len(), 12)
+                );
+                let text = sql(database, &text);
+                let mut query = sqlx::query(&text);
+                for (sequence, event) in chunk {
+                    query = query
+                        .bind(*sequence as i64)
+                        .bind(&event.event_id)
+                        .bind(&event.event_type)
+                        .bind(event.time_micros)
+                        .bind(&event.correlation_id)
+                        .bind(&event.agent_id)
+                        .bind(&event.actor)
+                        .bind(&event.subject)
+                        .bind(event.payload_hash.to_vec())
+                        .bind(event.sensitive.clone())
+                        .bind(event.leaf_hash.to_vec())
+                        .bind(now_micros);
+                }
+                query.execute(&mut *tx).await?;
+                let text = format!("INSERT INTO audit_payloads (sequence, payload) VALUES {}", placeholders(1, chunk.len(), 2));
+                let text = sql(database, &text);
+                let mut query = sqlx::query(&text);
+                for (sequence, event) in chunk {
+                    query = query.bind(*sequence as i64).bind(&event.payload_json);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            for chunk in nodes.chunks(CHUNK) {
+                let text = format!("INSERT INTO audit_tree_nodes (level, idx, hash) VALUES {}", placeholders(1, chunk.len(), 3));
+                let text = sql(database, &text);
+                let mut query = sqlx::query(&text);
+                for (level, index, hash) in chunk {
+                    query = query.bind(*level as i32).bind(*index as i64).bind(hash.to_vec());
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(receipts)
+        })
+    }
+
+    /// The number of events in the log.
+    pub async fn size(&self) -> Result<u64, StoreError> {
+        let database = &self.database;
+        let text = sql(database, "SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_events");
+        on_pool!(database, pool => {
+            Ok(sqlx::query(&text).fetch_one(pool).await?.try_get::<i64, _>("size")? as u64)
+        })
+    }
+
+    /// Stored tree nodes by (level, index).
+    pub async fn nodes(&self, keys: &[(u32, u64)]) -> Result<HashMap<(u32, u64), Hash>, StoreError> {
+        let database = &self.database;
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(CHUNK) {
+            let conditions: Vec<String> =
+                (0..chunk.len()).map(|i| format!("(level = ${} AND idx = ${})", 2 * i + 1, 2 * i + 2)).collect();
+            let text = sql(
+                database,
+                &format!("SELECT level, idx, hash FROM audit_tree_nodes WHERE {}", conditions.join(" OR ")),
+            );
+            on_pool!(database, pool => {
+                let mut query = sqlx::query(&text);
+                for (level, index) in chunk {
+                    query = query.bind(*level as i32).bind(*index as i64);
+                }
+                for row in query.fetch_all(pool).await? {
+                    let level: i32 = row.try_get("level")?;
+                    let index: i64 = row.try_get("idx")?;
+                    found.insert((level as u32, index as u64), hash_of(row.try_get("hash")?)?);
+                }
+            });
+        }
+        Ok(found)
+    }
+
+    /// Every stored node of one level in `[from, to)`, in index order.
+    pub async fn level(&self, level: u32, from: u64, to: u64) -> Result<Vec<(u64, Hash)>, StoreError> {
+        let database = &self.database;
+        let text = sql(
+            database,
+            "SELECT idx, hash FROM audit_tree_nodes WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+        );
+        on_pool!(database, pool => {
+            let rows = sqlx::query(&text).bind(level as i32).bind(from as i64).bind(to as i64).fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get::<i64, _>("idx")? as u64, hash_of(row.try_get("hash")?)?)))
+                .collect()
+        })
+    }
+
+    /// Events matching `filter` with sequence >= `from`, oldest first.
+    pub async fn events(&self, filter: &Filter, from: u64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        let database = &self.database;
+        let mut conditions = vec!["e.sequence >= $1".to_owned()];
+        let mut next = 2;
+        let mut mark = || {
+            let m = format!("${next}");
+            next += 1;
+            m
+        };
+        if filter.correlation_id.is_some() {
+            conditions.push(format!("e.correlation_id = {}", mark()));
+        }
+        if filter.agent_id.is_some() {
+            conditions.push(format!("e.agent_id = {}", mark()));
+        }
+        if !filter.event_types.is_empty() {
+            let marks: Vec<String> = filter.event_types.iter().map(|_| mark()).collect();
+            conditions.push(format!("e.event_type IN ({})", marks.join(", ")));
+        }
+        if filter.start_micros.is_some() {
+            conditions.push(format!("e.time_micros >= {}", mark()));
+        }
+        if filter.end_micros.is_some() {
+            conditions.push(format!("e.time_micros < {}", mark()));
+        }
+        if filter.before_sequence.is_some() {
+            conditions.push(format!("e.sequence < {}", mark()));
+        }
+        let limit_mark = mark();
+        let text = sql(
+            database,
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM audit_events e LEFT JOIN audit_payloads p ON p.sequence = e.sequence \
+                 WHERE {} ORDER BY e.sequence LIMIT {limit_mark}",
+                conditions.join(" AND ")
+            ),
+        );
+        on_pool!(database, pool => {
+            let mut query = sqlx::query(&text).bind(from as i64);
+            if let Some(id) = &filter.correlation_id {
+                query = query.bind(id);
+            }
+            if let Some(id) = &filter.agent_id {
+                query = query.bind(id);
+            }
+            for event_type in &filter.event_types {
+                query = query.bind(event_type);
+            }
+            if let Some(start) = filter.start_micros {
+                query = query.bind(start);
+            }
+            if let Some(end) = filter.end_micros {
+                query = query.bind(end);
+            }
+            if let Some(before) = filter.before_sequence {
+                query = query.bind(before as i64);
+            }
+            let rows = query.bind(i64::from(limit)).fetch_all(pool).await?;
+            let mut events = Vec::with_capacity(rows.len());
+            for row in &rows {
+                events.push(stored_event!(row));
+            }
+            Ok(events)
+        })
+    }
+
+    pub async fn insert_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
+        let database = &self.database;
+        let text = sql(
+            database,
+            "INSERT INTO audit_checkpoints (tree_size, root_hash, note, created_at_micros) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tree_size) DO NOTHING",
+        );
+        on_pool!(database, pool => {
+            sqlx::query(&text)
+                .bind(checkpoint.tree_size as i64)
+                .bind(checkpoint.root_hash.to_vec())
+                .bind(&checkpoint.note)
+                .bind(checkpoint.created_at_micros)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Every stored checkpoint, smallest tree first.
+    pub async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let database = &self.database;
+        let text = "SELECT tree_size, root_hash, note, created_at_micros FROM audit_checkpoints ORDER BY tree_size";
+        on_pool!(database, pool => {
+            let rows = sqlx::query(text).fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(StoredCheckpoint {
+                        tree_size: row.try_get::<i64, _>("tree_size")? as u64,
+                        root_hash: hash_of(row.try_get("root_hash")?)?,
+                        note: row.try_get("note")?,
+                        created_at_micros: row.try_get("created_at_micros")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    pub async fn subject_key(&self, subject: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let database = &self.database;
+        let text = sql(database, "SELECT wrapped_key FROM audit_subject_keys WHERE subject = $1");
+        on_pool!(database, pool => {
+            let row = sqlx::query(&text).bind(subject).fetch_optional(pool).await?;
+            Ok(match row {
+                Some(row) => Some(row.try_get("wrapped_key")?),
+                None => None,
+            })
+        })
+    }
+
+    /// Stores a subject's wrapped key unless one exists; returns the key in
+    /// effect (another replica may have won the race).
+    pub async fn create_subject_key(
+        &self,
+        subject: &str,
+        wrapped: &[u8],
+        now_micros: i64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let database = &self.database;
+        let text = sql(
+            database,
+            "INSERT INTO audit_subject_keys (subject, wrapped_key, created_at_micros) VALUES ($1, $2, $3) \
+             ON CONFLICT (subject) DO NOTHING",
+        );
+        on_pool!(database, pool => {
+            sqlx::query(&text).bind(subject).bind(wrapped.to_vec()).bind(now_micros).execute(pool).await?;
+        });
+        self.subject_key(subject).await?.ok_or_else(|| StoreError::Other("subject key vanished".into()))
+    }
+
+    /// Destroys a subject's key. Returns whether there was one.
+    pub async fn delete_subject_key(&self, subject: &str) -> Result<bool, StoreError> {
+        let database = &self.database;
+        let text = sql(database, "DELETE FROM audit_subject_keys WHERE subject = $1");
+        on_pool!(database, pool => {
+            Ok(sqlx::query(&text).bind(subject).execute(pool).await?.rows_affected() > 0)
+        })
+    }
+
+    /// The last sequence recorded before `micros`, if any.
+    pub async fn last_recorded_before(&self, micros: i64) -> Result<Option<u64>, StoreError> {
+        let database = &self.database;
+        let text = sql(database, "SELECT MAX(sequence) AS last FROM audit_events WHERE recorded_at_micros < $1");
+        on_pool!(database, pool => {
+            let last: Option<i64> = sqlx::query(&text).bind(micros).fetch_one(pool).await?.try_get("last")?;
+            Ok(last.map(|l| l as u64))
+        })
+    }
+
+    /// Deletes the payloads of events up to `through` (inclusive). Returns
+    /// how many were deleted.
+    pub async fn purge_payloads(&self, through: u64) -> Result<u64, StoreError> {
+        let database = &self.database;
+        let text = sql(database, "DELETE FROM audit_payloads WHERE sequence <= $1");
+        on_pool!(database, pool => {
+            Ok(sqlx::query(&text).bind(through as i64).execute(pool).await?.rows_affected())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frontier_keys_name_the_right_edge() {
+        assert_eq!(frontier_keys(0), vec![]);
+        assert_eq!(frontier_keys(1), vec![(0, 0)]);
+        assert_eq!(frontier_keys(6), vec![(1, 2), (2, 0)]);
+        assert_eq!(frontier_keys(7), vec![(0, 6), (1, 2), (2, 0)]);
+        assert_eq!(frontier_keys(8), vec![(3, 0)]);
+    }
+
+    #[test]
+    fn the_frontier_produces_every_complete_node() {
+        let leaves: Vec<Hash> = (0..11u64).map(|i| warden_merkle::leaf_hash(&i.to_be_bytes())).collect();
+        let mut frontier = Frontier { size: 0, levels: Vec::new() };
+        let mut nodes = HashMap::new();
+        for leaf in &leaves {
+            for (level, index, hash) in frontier.push(*leaf) {
+                nodes.insert((level, index), hash);
+            }
+        }
+        struct Stored(HashMap<(u32, u64), Hash>);
+        impl warden_merkle::NodeSource for Stored {
+            type Error = ();
+            fn node(&mut self, level: u32, index: u64) -> Result<Hash, ()> {
+                self.0.get(&(level, index)).copied().ok_or(())
+            }
+        }
+        let mut stored = Stored(nodes);
+        for size in 0..=11 {
+            assert_eq!(
+                warden_merkle::root_hash(&mut stored, size).unwrap(),
+                warden_merkle::root_hash(&mut leaves.as_slice(), size).unwrap()
+            );
+        }
+    }
+}

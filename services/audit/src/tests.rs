@@ -1,0 +1,372 @@
+//! The audit log on both backends: appends, idempotency, proofs against
+//! signed checkpoints, encryption and forgetting, retention, and tampering
+//! by someone with direct database access.
+
+use std::sync::Arc;
+
+use prost_types::value::Kind;
+use prost_types::{Struct, Value};
+use warden_merkle::note::{Checkpoint, NoteSigner, NoteVerifier};
+use warden_store::Database;
+
+use crate::keys::MasterKey;
+use crate::log::{AuditLog, EventInput, SignedCheckpoint};
+use crate::store::{AuditStore, Filter};
+
+fn text(s: &str) -> Value {
+    Value { kind: Some(Kind::StringValue(s.into())) }
+}
+
+fn event(id: &str, agent: &str) -> EventInput {
+    EventInput {
+        event_id: id.into(),
+        event_type: "policy_evaluation".into(),
+        time_micros: Some(1_781_524_800_000_000),
+        correlation_id: format!("corr-{agent}"),
+        agent_id: agent.into(),
+        actor: "warden-policy-engine".into(),
+        subject: String::new(),
+        payload: Some(Struct { fields: [("effect".to_string(), text("allow"))].into() }),
+        sensitive: None,
+    }
+}
+
+async fn open(database: &Database) -> Arc<AuditLog> {
+    let signer = NoteSigner::from_seed("warden.test/audit", [5; 32]).unwrap();
+    AuditLog::open(AuditStore::new(database.clone()), signer, MasterKey::from_bytes([6; 32]), 1000).await.unwrap()
+}
+
+async fn fill(log: &AuditLog, n: usize) {
+    let events: Vec<EventInput> = (0..n).map(|i| event(&format!("e{i}"), &format!("agent-{}", i % 3))).collect();
+    log.append(events).await.unwrap();
+}
+
+/// Checks a checkpoint's signature and returns its size and root.
+fn verified(log: &AuditLog, checkpoint: &SignedCheckpoint) -> Checkpoint {
+    let verifier = NoteVerifier::parse(&log.verifier_key()).unwrap();
+    Checkpoint::parse(verifier.verify(&checkpoint.note).unwrap()).unwrap()
+}
+
+async fn appends_are_durable_ordered_and_idempotent(database: Database) {
+    let log = open(&database).await;
+    let receipts = log.append(vec![event("a", "x"), event("b", "x"), event("a", "x")]).await.unwrap();
+    assert_eq!(
+        receipts.iter().map(|r| (r.sequence, r.duplicate)).collect::<Vec<_>>(),
+        [(0, false), (1, false), (0, true)]
+    );
+    let again = log.append(vec![event("b", "x"), event("c", "y")]).await.unwrap();
+    assert_eq!(again.iter().map(|r| (r.sequence, r.duplicate)).collect::<Vec<_>>(), [(1, true), (2, false)]);
+    assert_eq!(again[0].leaf_hash, receipts[1].leaf_hash);
+    // Generated ids for events that bring none.
+    let generated = log.append(vec![EventInput { event_id: String::new(), ..event("", "z") }]).await.unwrap();
+    assert_eq!(generated[0].event_id.len(), 36);
+    // A second log on the same database (a restart) continues the sequence.
+    drop(log);
+    let log = open(&database).await;
+    let next = log.append(vec![event("d", "x")]).await.unwrap();
+    assert_eq!(next[0].sequence, 4);
+    let records = log.records(&Filter { agent_id: Some("x".into()), ..Filter::default() }, 0, 100).await.unwrap();
+    assert_eq!(records.iter().map(|r| r.stored.event_id.as_str()).collect::<Vec<_>>(), ["a", "b", "d"]);
+    assert_eq!(records[0].payload.as_ref().unwrap().fields["effect"], text("allow"));
+    assert!(log.verify(0, 0).await.unwrap().ok);
+}
+
+async fn proofs_check_against_signed_checkpoints(database: Database) {
+    let log = open(&database).await;
+    fill(&log, 13).await;
+    let early = log.checkpoint().await.unwrap();
+    let early_head = verified(&log, &early);
+    assert_eq!(early_head.size, 13);
+    fill_more(&log, 13, 20).await;
+    let late = log.checkpoint().await.unwrap();
+    let late_head = verified(&log, &late);
+    for sequence in [0, 6, 12] {
+        let (size, leaf, proof) = log.inclusion_proof(sequence, 13).await.unwrap();
+        assert_eq!(size, 13);
+        warden_merkle::verify_inclusion(sequence, 13, &leaf, &proof, &early_head.root).unwrap();
+    }
+    let (size, proof) = log.consistency_proof(13, 0).await.unwrap();
+    assert_eq!(size, 20);
+    warden_merkle::verify_consistency(13, 20, &early_head.root, &late_head.root, &proof).unwrap();
+    assert!(log.inclusion_proof(20, 0).await.is_err());
+    assert!(log.consistency_proof(21, 0).await.is_err());
+}
+
+async fn fill_more(log: &AuditLog, from: usize, to: usize) {
+    let events: Vec<EventInput> = (from..to).map(|i| event(&format!("e{i}"), "more")).collect();
+    log.append(events).await.unwrap();
+}
+
+async fn exec(database: &Database, sql: &str) -> Result<(), warden_store::StoreError> {
+    match database {
+        Database::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+        Database::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+    }
+    .map_err(Into::into)
+}
+
+async fn the_database_refuses_updates_and_deletes(database: Database) {
+    let log = open(&database).await;
+    fill(&log, 3).await;
+    log.checkpoint().await.unwrap();
+    for sql in [
+        "UPDATE audit_events SET agent_id = 'mallory' WHERE sequence = 1",
+        "DELETE FROM audit_events WHERE sequence = 1",
+        "UPDATE audit_tree_nodes SET hash = hash WHERE level = 0",
+        "DELETE FROM audit_tree_nodes",
+        "DELETE FROM audit_checkpoints",
+        "UPDATE audit_payloads SET payload = '{}'",
+    ] {
+        let error = exec(&database, sql).await.expect_err(sql);
+        assert!(matches!(error, warden_store::StoreError::Refused(_)), "{sql}: {error:?}");
+    }
+    if let Database::Postgres(_) = &database {
+        assert!(exec(&database, "TRUNCATE audit_events").await.is_err());
+    }
+    assert!(log.verify(0, 0).await.unwrap().ok);
+}
+
+/// What an attacker with database access does first.
+async fn drop_triggers(database: &Database) {
+    let statements: &[&str] = match database {
+        Database::Sqlite(_) => &[
+            "DROP TRIGGER audit_events_no_update",
+            "DROP TRIGGER audit_events_no_delete",
+            "DROP TRIGGER audit_tree_nodes_no_update",
+            "DROP TRIGGER audit_tree_nodes_no_delete",
+        ],
+        Database::Postgres(_) => &[
+            "DROP TRIGGER audit_events_append_only ON audit_events",
+            "DROP TRIGGER audit_tree_nodes_append_only ON audit_tree_nodes",
+        ],
+    };
+    for sql in statements {
+        exec(database, sql).await.unwrap();
+    }
+}
+
+async fn check_tampering(database: Database, tamper: &[&str], first_bad: u64, problem: &str) {
+    let log = open(&database).await;
+    fill(&log, 12).await;
+    let checkpoint = log.checkpoint().await.unwrap();
+    let head = verified(&log, &checkpoint);
+    assert!(log.verify(0, 0).await.unwrap().ok);
+    drop_triggers(&database).await;
+    for sql in tamper {
+        exec(&database, sql).await.unwrap();
+    }
+    let report = log.verify(0, 0).await.unwrap();
+    assert!(!report.ok, "tampering went unnoticed: {tamper:?}");
+    assert_eq!(report.first_bad_sequence, first_bad, "{report:?}");
+    assert!(report.problem.contains(problem), "{report:?}");
+    // An auditor holding the earlier checkpoint catches it too: for every
+    // event the log shows, it hashes the event and checks the hash against
+    // the checkpoint; and the shown sequences must run 0.. without gaps.
+    let shown = log.records(&Filter::default(), 0, 1000).await.unwrap();
+    let mut caught = shown.iter().enumerate().any(|(i, r)| r.stored.sequence != i as u64) || shown.len() < 12;
+    for record in &shown {
+        let e = &record.stored;
+        let leaf = crate::leaf::LeafFields {
+            event_id: &e.event_id,
+            event_type: &e.event_type,
+            time_micros: e.time_micros,
+            correlation_id: &e.correlation_id,
+            agent_id: &e.agent_id,
+            actor: &e.actor,
+            subject: &e.subject,
+            payload_hash: &e.payload_hash,
+            sensitive: e.sensitive.as_deref(),
+        }
+        .leaf_hash();
+        match log.inclusion_proof(e.sequence, 12).await {
+            Ok((_, _, proof)) if warden_merkle::verify_inclusion(e.sequence, 12, &leaf, &proof, &head.root).is_ok() => {
+            }
+            _ => caught = true,
+        }
+    }
+    assert!(caught, "no proof against the earlier checkpoint failed: {tamper:?}");
+}
+
+async fn an_edited_event_is_caught(database: Database) {
+    check_tampering(database, &["UPDATE audit_events SET agent_id = 'mallory' WHERE sequence = 5"], 5, "leaf hash")
+        .await;
+}
+
+async fn an_edited_event_with_recomputed_hashes_is_caught(database: Database) {
+    // The attacker rewrites the event and its leaf hash consistently; the
+    // tree and the signed checkpoint still hold the original.
+    let leaf = {
+        let hash = crate::leaf::payload_hash("{\"effect\":\"allow\"}");
+        let fields = crate::leaf::LeafFields {
+            event_id: "e5",
+            event_type: "policy_evaluation",
+            time_micros: 1_781_524_800_000_000,
+            correlation_id: "corr-agent-2",
+            agent_id: "mallory",
+            actor: "warden-policy-engine",
+            subject: "agent-2",
+            payload_hash: &hash,
+            sensitive: None,
+        };
+        hex::encode(fields.leaf_hash())
+    };
+    let (update_event, update_node) = match &database {
+        Database::Sqlite(_) => (
+            format!("UPDATE audit_events SET agent_id = 'mallory', leaf_hash = X'{leaf}' WHERE sequence = 5"),
+            format!("UPDATE audit_tree_nodes SET hash = X'{leaf}' WHERE level = 0 AND idx = 5"),
+        ),
+        Database::Postgres(_) => (
+            format!("UPDATE audit_events SET agent_id = 'mallory', leaf_hash = '\\x{leaf}' WHERE sequence = 5"),
+            format!("UPDATE audit_tree_nodes SET hash = '\\x{leaf}' WHERE level = 0 AND idx = 5"),
+        ),
+    };
+    check_tampering(database, &[&update_event, &update_node], 4, "does not match its children").await;
+}
+
+async fn a_deleted_event_is_caught(database: Database) {
+    check_tampering(database, &["DELETE FROM audit_events WHERE sequence = 7"], 7, "event 7 is missing").await;
+}
+
+async fn a_deleted_last_event_is_caught(database: Database) {
+    check_tampering(
+        database,
+        &["DELETE FROM audit_events WHERE sequence = 11", "DELETE FROM audit_tree_nodes WHERE idx >= 11 AND level = 0"],
+        11,
+        "larger than the log",
+    )
+    .await;
+}
+
+async fn an_inserted_event_is_caught(database: Database) {
+    let insert = match &database {
+        Database::Sqlite(_) => {
+            "INSERT INTO audit_events SELECT 12, 'forged', event_type, time_micros, correlation_id, agent_id, \
+             actor, subject, payload_hash, sensitive, leaf_hash, recorded_at_micros FROM audit_events WHERE sequence = 3"
+        }
+        Database::Postgres(_) => {
+            "INSERT INTO audit_events SELECT 12, 'forged', event_type, time_micros, correlation_id, agent_id, \
+             actor, subject, payload_hash, sensitive, leaf_hash, recorded_at_micros FROM audit_events WHERE sequence = 3"
+        }
+    };
+    let payload = "INSERT INTO audit_payloads SELECT 12, payload FROM audit_payloads WHERE sequence = 3";
+    check_tampering(database, &[insert, payload], 12, "leaf hash").await;
+}
+
+async fn reordered_events_are_caught(database: Database) {
+    check_tampering(
+        database,
+        &[
+            "UPDATE audit_events SET sequence = 100 WHERE sequence = 2",
+            "UPDATE audit_events SET sequence = 2 WHERE sequence = 3",
+            "UPDATE audit_events SET sequence = 3 WHERE sequence = 100",
+        ],
+        2,
+        "leaf",
+    )
+    .await;
+}
+
+async fn sensitive_fields_are_encrypted_and_forgettable(database: Database) {
+    let log = open(&database).await;
+    let mut with_pii = event("pii-1", "agent-9");
+    with_pii.subject = "customer-42".into();
+    with_pii.sensitive = Some(Struct { fields: [("email".to_string(), text("jane@example.com"))].into() });
+    log.append(vec![with_pii, event("plain", "agent-9")]).await.unwrap();
+    // At rest the email is ciphertext.
+    let raw = log.store().events(&Filter::default(), 0, 10).await.unwrap();
+    let sealed = raw[0].sensitive.as_ref().unwrap();
+    assert!(!sealed.windows(5).any(|w| w == b"jane@"), "sensitive data stored in clear");
+    let records = log.records(&Filter::default(), 0, 10).await.unwrap();
+    assert_eq!(records[0].sensitive.as_ref().unwrap().fields["email"], text("jane@example.com"));
+    let checkpoint = log.checkpoint().await.unwrap();
+
+    assert!(log.forget("customer-42").await.unwrap());
+    assert!(!log.forget("customer-42").await.unwrap());
+    let records = log.records(&Filter::default(), 0, 10).await.unwrap();
+    assert!(records[0].sensitive.is_none() && records[0].sensitive_forgotten);
+    assert!(records[0].payload.is_some(), "only the sensitive fields are lost");
+    assert_eq!(records[2].stored.event_type, crate::log::FORGET_EVENT);
+    // Every hash still holds, including against the earlier checkpoint.
+    assert!(log.verify(0, 0).await.unwrap().ok);
+    let head = verified(&log, &checkpoint);
+    let (_, leaf, proof) = log.inclusion_proof(0, head.size).await.unwrap();
+    warden_merkle::verify_inclusion(0, head.size, &leaf, &proof, &head.root).unwrap();
+    // A fresh log on the same database cannot read it either.
+    let reopened = open(&database).await;
+    assert!(reopened.records(&Filter::default(), 0, 1).await.unwrap()[0].sensitive_forgotten);
+}
+
+async fn retention_drops_payloads_and_keeps_proofs(database: Database) {
+    let log = open(&database).await;
+    fill(&log, 5).await;
+    let checkpoint = log.checkpoint().await.unwrap();
+    let cutoff = crate::log::now_micros() + 1;
+    let (through, deleted) = log.purge_before(cutoff).await.unwrap().unwrap();
+    assert_eq!((through, deleted), (4, 5));
+    let records = log.records(&Filter::default(), 0, 10).await.unwrap();
+    assert!(records[..5].iter().all(|r| r.payload.is_none()));
+    assert_eq!(records[5].stored.event_type, crate::log::RETENTION_EVENT);
+    let report = log.verify(0, 0).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    let head = verified(&log, &checkpoint);
+    let (_, leaf, proof) = log.inclusion_proof(2, head.size).await.unwrap();
+    warden_merkle::verify_inclusion(2, head.size, &leaf, &proof, &head.root).unwrap();
+    // A payload deleted beyond the recorded purge is tampering.
+    fill_more(&log, 10, 12).await;
+    exec(&database, "DELETE FROM audit_payloads WHERE sequence = 7").await.unwrap();
+    let report = log.verify(0, 0).await.unwrap();
+    assert!(!report.ok && report.first_bad_sequence == 7, "{report:?}");
+}
+
+async fn concurrent_appenders_share_one_gap_free_log(database: Database) {
+    // Two logs over one database stand in for two replicas.
+    let first = open(&database).await;
+    let second = open(&database).await;
+    let mut tasks = Vec::new();
+    for (i, log) in [first.clone(), second.clone()].into_iter().enumerate() {
+        for batch in 0..10 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let events: Vec<EventInput> =
+                    (0..5).map(|k| event(&format!("r{i}-b{batch}-{k}"), "concurrent")).collect();
+                log.append(events).await.unwrap()
+            }));
+        }
+    }
+    let mut sequences = Vec::new();
+    for task in tasks {
+        sequences.extend(task.await.unwrap().into_iter().map(|r| r.sequence));
+    }
+    sequences.sort_unstable();
+    assert_eq!(sequences, (0..100).collect::<Vec<u64>>());
+    assert!(first.verify(0, 0).await.unwrap().ok);
+    let a = first.checkpoint().await.unwrap();
+    let b = second.checkpoint().await.unwrap();
+    assert_eq!((a.tree_size, a.root_hash), (b.tree_size, b.root_hash));
+}
+
+async fn bad_payloads_are_rejected_whole(database: Database) {
+    let log = open(&database).await;
+    let mut bad = event("bad", "x");
+    bad.payload =
+        Some(Struct { fields: [("n".to_string(), Value { kind: Some(Kind::NumberValue(f64::NAN)) })].into() });
+    let error = log.append(vec![event("good", "x"), bad]).await.unwrap_err();
+    assert!(matches!(error, crate::log::AuditError::Invalid(ref v) if v[0].field == "events[1].payload"), "{error:?}");
+    assert_eq!(log.store().size().await.unwrap(), 0, "nothing of a rejected batch is written");
+}
+
+warden_store::backend_tests!(
+    appends_are_durable_ordered_and_idempotent,
+    proofs_check_against_signed_checkpoints,
+    the_database_refuses_updates_and_deletes,
+    an_edited_event_is_caught,
+    an_edited_event_with_recomputed_hashes_is_caught,
+    a_deleted_event_is_caught,
+    a_deleted_last_event_is_caught,
+    an_inserted_event_is_caught,
+    reordered_events_are_caught,
+    sensitive_fields_are_encrypted_and_forgettable,
+    retention_drops_payloads_and_keeps_proofs,
+    concurrent_appenders_share_one_gap_free_log,
+    bad_payloads_are_rejected_whole,
+);
