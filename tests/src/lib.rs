@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use tonic::transport::Channel;
+use warden_audit::{AuditConfig, AuditServer};
 use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
 use warden_proto::policy::v1 as pb;
 use warden_proto::policy::v1::policy_service_client::PolicyServiceClient;
@@ -90,4 +91,12 @@ pub fn request(agent_id: &str, confidence: f64, action: &str, cost: f64) -> pb::
 /// The example policies shipped in `examples/policies`.
 pub fn example_policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies")
+}
+
+/// Starts an audit service on `data` (SQLite inside it), on `listen`
+/// (`127.0.0.1:0` for any port).
+pub async fn start_audit(data: &Path, listen: &str) -> AuditServer {
+    let mut config = AuditConfig::for_tests(data);
+    config.listen = listen.to_owned();
+    AuditServer::start(config).await.unwrap_or_else(|e| panic!("audit service did not start: {e}"))
 }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use warden_config::{ConfigError, Validate, humantime_serde, parse_addr};
 use warden_telemetry::TelemetryConfig;
 
+use crate::decision_log::DecisionLogConfig;
+
 /// Settable in the TOML file, as `WARDEN__KEY` / `WARDEN__SECTION__KEY`
 /// environment variables, and (the common ones) as flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +35,10 @@ pub struct PolicyEngineConfig {
     /// set on one replica reaches the others.
     #[serde(with = "humantime_serde")]
     pub kill_switch_refresh: Duration,
+    /// The audit service (`http://HOST:PORT`) that receives the decision
+    /// log; empty writes decisions to the log output only.
+    pub audit_url: String,
+    pub decision_log: DecisionLogConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -48,6 +54,8 @@ impl Default for PolicyEngineConfig {
             redis_url: String::new(),
             redis_timeout: Duration::from_millis(250),
             kill_switch_refresh: Duration::from_secs(2),
+            audit_url: String::new(),
+            decision_log: DecisionLogConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -82,6 +90,22 @@ impl Validate for PolicyEngineConfig {
                 "kill_switch_refresh",
                 humantime::format_duration(self.kill_switch_refresh),
                 "must be at least 100ms",
+            ));
+        }
+        if !self.audit_url.is_empty()
+            && !self.audit_url.starts_with("http://")
+            && !self.audit_url.starts_with("https://")
+        {
+            return Err(ConfigError::invalid("audit_url", &self.audit_url, "expected http://HOST:PORT"));
+        }
+        if self.decision_log.outbox_cap == 0 {
+            return Err(ConfigError::invalid("decision_log.outbox_cap", 0, "must be at least 1"));
+        }
+        if !(1..=1000).contains(&self.decision_log.batch) {
+            return Err(ConfigError::invalid(
+                "decision_log.batch",
+                self.decision_log.batch,
+                "must be between 1 and 1000",
             ));
         }
         if self.policies.as_os_str().is_empty() {

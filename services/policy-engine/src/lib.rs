@@ -11,6 +11,7 @@
 
 pub mod cel;
 pub mod config;
+pub mod decision_log;
 pub mod engine;
 pub mod fixtures;
 pub mod glob;

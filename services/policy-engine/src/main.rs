@@ -20,6 +20,10 @@ struct Args {
     /// Redis URL for limits shared by replicas (default: in memory).
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
+    /// The audit service that receives the decision log (default: none,
+    /// decisions go to the log output only).
+    #[arg(long, value_name = "URL")]
+    audit_url: Option<String>,
 }
 
 #[tokio::main]
@@ -31,6 +35,9 @@ async fn main() -> ExitCode {
     }
     if let Some(url) = &args.redis_url {
         sources.overrides.push(("redis_url".into(), url.clone()));
+    }
+    if let Some(url) = &args.audit_url {
+        sources.overrides.push(("audit_url".into(), url.clone()));
     }
     let config: PolicyEngineConfig = match warden_config::load(&sources) {
         Ok(config) => config,

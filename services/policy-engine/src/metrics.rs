@@ -20,6 +20,9 @@ pub struct Metrics {
     pub limit_store_errors: IntCounter,
     pub kill_switches_engaged: IntGauge,
     pub invalid_requests: IntCounter,
+    pub outbox_pending: IntGauge,
+    pub decisions_shipped: IntCounter,
+    pub decisions_dropped: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -62,5 +65,19 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     ),
     invalid_requests: register(
         IntCounter::new("policy_invalid_requests_total", "Evaluate requests refused as invalid").expect("metric"),
+    ),
+    outbox_pending: register(
+        IntGauge::new("decision_log_outbox_pending", "Decisions waiting in the outbox for the audit service")
+            .expect("metric"),
+    ),
+    decisions_shipped: register(
+        IntCounter::new("decision_log_shipped_total", "Decisions acknowledged by the audit service").expect("metric"),
+    ),
+    decisions_dropped: register(
+        IntCounter::new(
+            "decision_log_dropped_total",
+            "Decisions not logged because the outbox was full (when_full = drop)",
+        )
+        .expect("metric"),
     ),
 });

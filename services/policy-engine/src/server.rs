@@ -16,6 +16,7 @@ use warden_proto::policy::v1::policy_service_server::PolicyServiceServer;
 use warden_store::Database;
 
 use crate::config::PolicyEngineConfig;
+use crate::decision_log::DecisionLog;
 use crate::engine::{Clock, Engine};
 use crate::kill_switch::KillSwitchStore;
 use crate::limits::{LimitStore, MemoryLimitStore, RedisLimitStore};
@@ -35,6 +36,8 @@ pub enum StartError {
     Bind(String, std::io::Error),
     #[error("telemetry: {0}")]
     Telemetry(#[from] warden_telemetry::TelemetryError),
+    #[error("decision log: {0}")]
+    DecisionLog(#[from] crate::decision_log::DecisionLogError),
     #[error("cannot watch {0}: {1}")]
     Watch(String, notify::Error),
 }
@@ -47,6 +50,7 @@ pub struct PolicyEngine {
     pub metrics_addr: Option<SocketAddr>,
     pub engine: Arc<Engine>,
     pub reloader: Arc<Reloader>,
+    pub decision_log: Option<Arc<DecisionLog>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
@@ -117,7 +121,14 @@ impl PolicyEngine {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<PolicyServiceServer<PolicyServiceImpl>>().await;
         let (reflection_v1, reflection_v1alpha) = warden_telemetry::reflection_services();
-        let service = PolicyServiceImpl::new(engine.clone(), reloader.clone(), kill_switch_store);
+        let decision_log = if config.audit_url.is_empty() {
+            None
+        } else {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|e| StartError::Bind(config.data_dir.display().to_string(), e))?;
+            Some(DecisionLog::start(&config.audit_url, &config.data_dir, config.decision_log.clone()).await?)
+        };
+        let service = PolicyServiceImpl::new(engine.clone(), reloader.clone(), kill_switch_store, decision_log.clone());
 
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(
@@ -137,6 +148,7 @@ impl PolicyEngine {
             metrics_addr,
             engine,
             reloader,
+            decision_log,
             shutdown: Some(shutdown_tx),
             server,
             background,

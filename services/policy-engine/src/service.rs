@@ -14,6 +14,7 @@ use warden_proto::policy::v1 as pb;
 use warden_proto::policy::v1::policy_service_server::PolicyService;
 
 use crate::cel::Input;
+use crate::decision_log::DecisionLog;
 use crate::engine::Engine;
 use crate::kill_switch::{KillSwitchRecord, KillSwitchStore, to_state};
 use crate::metrics::METRICS;
@@ -110,11 +111,66 @@ pub struct PolicyServiceImpl {
     engine: Arc<Engine>,
     reloader: Arc<Reloader>,
     kill_switches: KillSwitchStore,
+    decision_log: Option<Arc<DecisionLog>>,
 }
 
 impl PolicyServiceImpl {
-    pub fn new(engine: Arc<Engine>, reloader: Arc<Reloader>, kill_switches: KillSwitchStore) -> Self {
-        PolicyServiceImpl { engine, reloader, kill_switches }
+    pub fn new(
+        engine: Arc<Engine>,
+        reloader: Arc<Reloader>,
+        kill_switches: KillSwitchStore,
+        decision_log: Option<Arc<DecisionLog>>,
+    ) -> Self {
+        PolicyServiceImpl { engine, reloader, kill_switches, decision_log }
+    }
+}
+
+fn text(s: &str) -> prost_types::Value {
+    prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(s.to_owned())) }
+}
+
+fn texts(items: Vec<String>) -> prost_types::Value {
+    let values = items.into_iter().map(|s| prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(s)) });
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::ListValue(prost_types::ListValue { values: values.collect() })),
+    }
+}
+
+/// The audit event of one decision.
+fn decision_event(
+    decision_id: &str,
+    request: &pb::EvaluateRequest,
+    time: chrono::DateTime<chrono::Utc>,
+    response: &pb::EvaluateResponse,
+    effect: &str,
+) -> warden_proto::audit::v1::AuditEvent {
+    let action = request.action.as_ref().expect("validated");
+    let payload = prost_types::Struct {
+        fields: [
+            ("action".to_string(), text(&action.r#type)),
+            ("resource".to_string(), text(&action.resource)),
+            (
+                "estimated_cost".to_string(),
+                prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(action.estimated_cost)) },
+            ),
+            ("effect".to_string(), text(effect)),
+            ("reasons".to_string(), texts(response.reasons.clone())),
+            ("matched_rules".to_string(), texts(response.matched_rules.clone())),
+            ("shadow_rules".to_string(), texts(response.shadow_rules.clone())),
+            ("policy_version".to_string(), text(&response.policy_version)),
+        ]
+        .into(),
+    };
+    warden_proto::audit::v1::AuditEvent {
+        event_id: decision_id.to_owned(),
+        event_type: "policy_evaluation".into(),
+        time: Some(prost_types::Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 }),
+        correlation_id: request.correlation_id.clone(),
+        agent_id: request.agent.as_ref().map(|a| a.id.clone()).unwrap_or_default(),
+        actor: "warden-policy-engine".into(),
+        payload: Some(payload),
+        sensitive: None,
+        subject: String::new(),
     }
 }
 
@@ -230,14 +286,22 @@ impl PolicyService for PolicyServiceImpl {
             correlation_id = %request.correlation_id,
             "decision"
         );
-        Ok(Response::new(pb::EvaluateResponse {
+        let response = pb::EvaluateResponse {
             decision_id,
             effect: decision.effect.to_proto() as i32,
             reasons: decision.reasons(),
             matched_rules: decision.matched(),
             shadow_rules: decision.shadow.iter().map(|s| s.to_string()).collect(),
             policy_version: decision.policy_version.to_string(),
-        }))
+        };
+        if let Some(log) = &self.decision_log {
+            let event = decision_event(&response.decision_id, &request, time, &response, decision.effect.as_str());
+            log.record(event).await.map_err(|error| {
+                tracing::warn!(%error, "decision not recorded; refusing to answer");
+                to_status(&error)
+            })?;
+        }
+        Ok(Response::new(response))
     }
 
     async fn validate_policies(
