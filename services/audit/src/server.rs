@@ -39,6 +39,7 @@ pub struct AuditServer {
     pub log: Arc<AuditLog>,
     /// The checkpoint verifier key (also printed at start).
     pub verifier_key: String,
+    stopping: tokio::sync::watch::Sender<bool>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
@@ -84,19 +85,29 @@ impl AuditServer {
         health_reporter.set_serving::<AuditServiceServer<AuditServiceImpl>>().await;
         let (reflection_v1, reflection_v1alpha) = warden_telemetry::reflection_services();
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .trace_fn(warden_telemetry::grpc_request_span)
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
-                .add_service(AuditServiceServer::new(AuditServiceImpl::new(log.clone())))
+                .add_service(AuditServiceServer::new(AuditServiceImpl::new(log.clone(), stopping)))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = shutdown_rx.await;
                 }),
         );
         tracing::info!(%addr, "audit service listening");
-        Ok(AuditServer { addr, metrics_addr, log, verifier_key, shutdown: Some(shutdown_tx), server, background })
+        Ok(AuditServer {
+            addr,
+            metrics_addr,
+            log,
+            verifier_key,
+            stopping: stopping_tx,
+            shutdown: Some(shutdown_tx),
+            server,
+            background,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -105,6 +116,7 @@ impl AuditServer {
 
     /// Stops accepting requests and lets in-flight ones finish.
     pub async fn shutdown(mut self) {
+        self.stopping.send_replace(true);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -27,11 +27,14 @@ pub mod limits {
 #[derive(Debug, Clone)]
 pub struct AuditServiceImpl {
     log: Arc<AuditLog>,
+    /// Becomes true when the server shuts down: live streams end, so a
+    /// graceful shutdown never waits on a subscriber.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AuditServiceImpl {
-    pub fn new(log: Arc<AuditLog>) -> Self {
-        AuditServiceImpl { log }
+    pub fn new(log: Arc<AuditLog>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        AuditServiceImpl { log, stopping }
     }
 }
 
@@ -301,6 +304,7 @@ impl AuditService for AuditServiceImpl {
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<RecordStream>, Status> {
         let from = request.into_inner().from_sequence;
         let log = self.log.clone();
+        let mut stopping = self.stopping.clone();
         let stream = async_stream(move |tx| async move {
             let mut next = from;
             let mut size = log.watch_size();
@@ -326,6 +330,10 @@ impl AuditService for AuditServiceImpl {
                         changed = size.changed() => if changed.is_err() { return },
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = tx.closed() => return,
+                        _ = stopped(&mut stopping) => {
+                            let _ = tx.send(Err(Status::unavailable("the audit service is shutting down; resubscribe"))).await;
+                            return;
+                        }
                     }
                 }
             }
@@ -344,6 +352,16 @@ impl AuditService for AuditServiceImpl {
         let forgotten = self.log.forget(&request.subject).await.map_err(|e| to_status(&e))?;
         tracing::warn!(forgotten, "subject forgotten");
         Ok(Response::new(pb::ForgetSubjectResponse { forgotten }))
+    }
+}
+
+/// Resolves once the server is shutting down.
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let stop = *stopping.borrow_and_update();
+        if stop || stopping.changed().await.is_err() {
+            return;
+        }
     }
 }
 
