@@ -20,6 +20,18 @@ use warden_resilience::{Pipeline, RetryPolicy};
 pub enum Target {
     /// Evaluate vs Health/Check on one policy engine.
     Policy(PolicyArgs),
+    /// Audit appends vs the database's own multi-row INSERT, and Verify.
+    Audit(crate::bench_audit::AuditArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecisionLogMode {
+    /// No audit service: decisions go to the log output only.
+    Off,
+    /// Each decision is on disk in the outbox before Evaluate answers.
+    Sync,
+    /// Decisions are written to the outbox in the background.
+    Async,
 }
 
 #[derive(Debug, clap::Args)]
@@ -36,6 +48,9 @@ pub struct PolicyArgs {
     /// Connections the requests share.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Where decisions are recorded.
+    #[arg(long, value_enum, default_value_t = DecisionLogMode::Off)]
+    decision_log: DecisionLogMode,
 }
 
 pub async fn run(target: Target) -> Result<(), String> {
@@ -44,6 +59,7 @@ pub async fn run(target: Target) -> Result<(), String> {
     }
     match target {
         Target::Policy(args) => policy(args).await,
+        Target::Audit(args) => crate::bench_audit::run(args).await,
     }
 }
 
@@ -138,6 +154,21 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
     std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
     let mut config = PolicyEngineConfig::for_tests(&policies, &data);
     config.watch_policies = false;
+    let audit = match args.decision_log {
+        DecisionLogMode::Off => None,
+        mode => {
+            let audit = warden_audit::AuditServer::start(warden_audit::AuditConfig::for_tests(data.join("audit")))
+                .await
+                .map_err(|e| e.to_string())?;
+            config.audit_url = audit.url();
+            config.decision_log.durability = match mode {
+                DecisionLogMode::Sync => warden_policy_engine::decision_log::Durability::Sync,
+                _ => warden_policy_engine::decision_log::Durability::Async,
+            };
+            config.decision_log.outbox_cap = u64::MAX;
+            Some(audit)
+        }
+    };
     let engine = PolicyEngine::start(config).await.map_err(|e| e.to_string())?;
     let url = engine.url();
     // Evaluate goes through the client SDK (resilience pipeline, trace
@@ -159,8 +190,8 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
     let request =
         pb::EvaluateRequest { agent: Some(agent), action: Some(action), time: None, correlation_id: "bench".into() };
     println!(
-        "bench policy: 200-rule set (20 per action), {} in flight over {} connections, {} x {}s phases each, alternating",
-        args.in_flight, args.connections, args.rounds, args.seconds
+        "bench policy: 200-rule set (20 per action), {} in flight over {} connections, {} x {}s phases each, alternating, decision log {:?}",
+        args.in_flight, args.connections, args.rounds, args.seconds, args.decision_log
     );
     let phase = Duration::from_secs(args.seconds);
     let mut evaluate = Totals::default();
@@ -189,6 +220,9 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
         );
     }
     engine.shutdown().await;
+    if let Some(audit) = audit {
+        audit.shutdown().await;
+    }
     let _ = std::fs::remove_dir_all(&policies);
     let _ = std::fs::remove_dir_all(&data);
 

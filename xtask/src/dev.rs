@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use warden_audit::{AuditConfig, AuditServer};
 use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
 
 #[derive(Debug, clap::Args)]
@@ -26,22 +27,30 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let _guard = warden_telemetry::init("warden-dev", &telemetry).map_err(|e| e.to_string())?;
     let data_dir = if args.data_dir.is_absolute() { args.data_dir } else { root.join(args.data_dir) };
     let policies = args.policies.unwrap_or_else(|| root.join("examples/policies"));
+    let audit = AuditServer::start(AuditConfig {
+        data_dir: data_dir.clone(),
+        telemetry: telemetry.clone(),
+        ..AuditConfig::default()
+    })
+    .await
+    .map_err(|e| format!("audit service: {e}"))?;
     let policy_engine = PolicyEngine::start(PolicyEngineConfig {
         data_dir: data_dir.clone(),
         policies: policies.clone(),
+        audit_url: audit.url(),
         telemetry: telemetry.clone(),
         ..PolicyEngineConfig::default()
     })
     .await
     .map_err(|e| format!("policy engine: {e}"))?;
+    let metrics =
+        |addr: Option<std::net::SocketAddr>| addr.map(|a| format!("http://{a}/metrics")).unwrap_or_else(|| "-".into());
 
     println!();
     println!("Warden is running (Ctrl-C stops it)");
-    println!(
-        "  policy engine  grpc://{}   metrics http://{}/metrics",
-        policy_engine.addr,
-        policy_engine.metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
-    );
+    println!("  policy engine  grpc://{}   metrics {}", policy_engine.addr, metrics(policy_engine.metrics_addr));
+    println!("  audit          grpc://{}   metrics {}", audit.addr, metrics(audit.metrics_addr));
+    println!("  checkpoint key {}", audit.verifier_key);
     println!("  policies       {} (edit to reload)", policies.display());
     println!("  data           {}", data_dir.display());
     println!();
@@ -55,5 +64,6 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
     println!("stopping");
     policy_engine.shutdown().await;
+    audit.shutdown().await;
     Ok(())
 }

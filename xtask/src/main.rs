@@ -4,6 +4,8 @@
 //!   SQLite database in `./warden-data`, with the example policies.
 //! - `cargo xtask bench policy`: drive `Evaluate` and `grpc.health.v1.Health/Check`
 //!   on one server and print both rates, latencies and their ratio.
+//! - `cargo xtask bench audit`: appends from 16 producers vs the database's
+//!   own multi-row INSERT, and `Verify` throughput.
 //! - `cargo xtask tidy`: checks the compiler does not make (crate docs).
 
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_audit;
 mod dev;
 mod tidy;
 
