@@ -172,3 +172,49 @@ async fn bad_input_is_invalid_argument_and_writes_nothing() {
     assert_eq!(checkpoint.tree_size, 0, "no rejected event was written");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_postgres_share_one_gap_free_log() {
+    let Some(url) = warden_store::testing::postgres_url().await else { return };
+    let start = |url: String| async move {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = warden_audit::AuditConfig::for_tests(data.path());
+        config.database_url = url;
+        // The replicas share one signing identity, as a deployment would.
+        config.signing_key =
+            warden_merkle::note::NoteSigner::from_seed("warden.test/audit", [3; 32]).unwrap().private_key();
+        config.master_key = "11".repeat(32);
+        (warden_audit::AuditServer::start(config).await.unwrap(), data)
+    };
+    let (first, _a) = start(url.clone()).await;
+    let (second, _b) = start(url).await;
+    let clients =
+        [AuditServiceClient::new(channel(&first.url()).await), AuditServiceClient::new(channel(&second.url()).await)];
+    let mut tasks = Vec::new();
+    for producer in 0..8 {
+        let mut client = clients[producer % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sequences = Vec::new();
+            for batch in 0..10 {
+                let events = (0..5).map(|k| event(&format!("p{producer}-{batch}-{k}"), "replicated", "t")).collect();
+                let receipts = client.append(audit::AppendRequest { events }).await.unwrap().into_inner().receipts;
+                sequences.extend(receipts.into_iter().map(|r| r.sequence));
+            }
+            sequences
+        }));
+    }
+    let mut sequences = Vec::new();
+    for task in tasks {
+        sequences.extend(task.await.unwrap());
+    }
+    sequences.sort_unstable();
+    assert_eq!(sequences, (0..400).collect::<Vec<u64>>());
+    let mut client = clients[1].clone();
+    let report = client.verify(audit::VerifyRequest::default()).await.unwrap().into_inner();
+    assert!(report.ok && report.verified == 400, "{report:?}");
+    let a = clients[0].clone().get_checkpoint(audit::GetCheckpointRequest {}).await.unwrap().into_inner();
+    let b = client.get_checkpoint(audit::GetCheckpointRequest {}).await.unwrap().into_inner();
+    assert_eq!((a.tree_size, a.root_hash), (b.tree_size, b.root_hash));
+    first.shutdown().await;
+    second.shutdown().await;
+}

@@ -107,11 +107,28 @@ fn hash_of(bytes: Vec<u8>) -> Result<Hash, StoreError> {
     bytes.try_into().map_err(|_| StoreError::Other("stored hash is not 32 bytes".into()))
 }
 
-/// Rewrites `$1`-style placeholders for SQLite (`?1`).
+/// Rewrites `$1`-style placeholders for SQLite as plain `?`. Every query
+/// here numbers its parameters in binding order, so positions agree; plain
+/// `?` matters because SQLite looks numbered names up linearly, which made
+/// binding a 400-row INSERT quadratic.
 fn sql(database: &Database, text: &str) -> String {
     match database {
         Database::Postgres(_) => text.to_owned(),
-        Database::Sqlite(_) => text.replace('$', "?"),
+        Database::Sqlite(_) => {
+            let mut out = String::with_capacity(text.len());
+            let mut chars = text.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                    while chars.peek().is_some_and(char::is_ascii_digit) {
+                        chars.next();
+                    }
+                    out.push('?');
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
     }
 }
 
@@ -545,6 +562,12 @@ impl AuditStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sqlite_placeholders_are_positional() {
+        let sqlite = Database::Sqlite(sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap());
+        assert_eq!(sql(&sqlite, "a = $1 AND b IN ($2, $10) AND c = '$'"), "a = ? AND b IN (?, ?) AND c = '$'");
+    }
 
     #[test]
     fn frontier_keys_name_the_right_edge() {
