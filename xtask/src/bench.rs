@@ -205,7 +205,15 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
                 let client = clients[task % clients.len()].clone();
                 let request = request.clone();
                 async move {
-                    matches!(client.evaluate(request).await, Ok(decision) if decision.source == Source::PolicyEngine)
+                    match client.evaluate(request).await {
+                        Ok(decision) if decision.source == Source::PolicyEngine => true,
+                        other => {
+                            // Report the first failure: a benchmark that hides its errors misleads.
+                            static REPORTED: std::sync::Once = std::sync::Once::new();
+                            REPORTED.call_once(|| eprintln!("first failed Evaluate: {other:?}"));
+                            false
+                        }
+                    }
                 }
             })
             .await,
