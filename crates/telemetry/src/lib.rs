@@ -60,6 +60,8 @@ pub enum TelemetryError {
     Otlp(String, String),
     #[error("cannot bind the metrics listener on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error("invalid metrics_listen {0:?}: expected HOST:PORT with a numeric IP")]
+    Addr(String),
 }
 
 /// Keeps the trace pipeline alive; flushes spans when dropped.
@@ -200,6 +202,64 @@ pub fn reflection_services() -> (
         .build_v1alpha()
         .expect("reflection descriptors are valid");
     (v1, v1alpha)
+}
+
+/// A running gRPC server and the background tasks that live as long as it.
+pub struct ServerHandle {
+    name: &'static str,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle").field("name", &self.name).finish()
+    }
+}
+
+/// The future a server's graceful shutdown waits on.
+pub type ShutdownSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl ServerHandle {
+    /// Spawns `serve`, handing it the signal that starts its graceful
+    /// shutdown (e.g. `Server::builder()...serve_with_incoming_shutdown(incoming, signal)`).
+    pub fn spawn<F, Fut>(name: &'static str, background: Vec<tokio::task::JoinHandle<()>>, serve: F) -> Self
+    where
+        F: FnOnce(ShutdownSignal) -> Fut,
+        Fut: std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(Box::pin(async move {
+            let _ = rx.await;
+        })));
+        ServerHandle { name, shutdown: Some(tx), server, background }
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, and stops the
+    /// background tasks.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        match (&mut self.server).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(server = self.name, %error, "server failed"),
+            Err(error) => tracing::error!(server = self.name, %error, "server task failed"),
+        }
+    }
+}
+
+/// Starts the `/metrics` listener unless `listen` is empty.
+pub async fn start_metrics(listen: &str) -> Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>, TelemetryError> {
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = listen.parse().map_err(|_| TelemetryError::Addr(listen.to_owned()))?;
+    serve_metrics(addr).await.map(Some)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -6,11 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use warden_proto::audit::v1::audit_service_server::AuditServiceServer;
 use warden_store::Database;
+use warden_telemetry::ServerHandle;
 
 use crate::config::AuditConfig;
 use crate::keys::{KeyError, MasterKey, load_signer};
@@ -40,9 +39,7 @@ pub struct AuditServer {
     /// The checkpoint verifier key (also printed at start).
     pub verifier_key: String,
     stopping: tokio::sync::watch::Sender<bool>,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
-    background: Vec<JoinHandle<()>>,
+    handle: ServerHandle,
 }
 
 impl std::fmt::Debug for AuditServer {
@@ -68,15 +65,10 @@ impl AuditServer {
         if !config.retention.is_zero() {
             background.push(tokio::spawn(run_retention(log.clone(), config.retention, config.retention_interval)));
         }
-        let metrics_addr = if config.metrics_listen.is_empty() {
-            None
-        } else {
-            let addr = warden_config::parse_addr("metrics_listen", &config.metrics_listen)
-                .map_err(|e| StartError::Bind(config.metrics_listen.clone(), std::io::Error::other(e.to_string())))?;
-            let (bound, task) = warden_telemetry::serve_metrics(addr).await?;
+        let metrics_addr = warden_telemetry::start_metrics(&config.metrics_listen).await?.map(|(addr, task)| {
             background.push(task);
-            Some(bound)
-        };
+            addr
+        });
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
@@ -84,30 +76,19 @@ impl AuditServer {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<AuditServiceServer<AuditServiceImpl>>().await;
         let (reflection_v1, reflection_v1alpha) = warden_telemetry::reflection_services();
-        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(
+        let service = AuditServiceServer::new(AuditServiceImpl::new(log.clone(), stopping));
+        let handle = ServerHandle::spawn("audit", background, |signal| {
             tonic::transport::Server::builder()
                 .trace_fn(warden_telemetry::grpc_request_span)
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
-                .add_service(AuditServiceServer::new(AuditServiceImpl::new(log.clone(), stopping)))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = shutdown_rx.await;
-                }),
-        );
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        });
         tracing::info!(%addr, "audit service listening");
-        Ok(AuditServer {
-            addr,
-            metrics_addr,
-            log,
-            verifier_key,
-            stopping: stopping_tx,
-            shutdown: Some(shutdown_tx),
-            server,
-            background,
-        })
+        Ok(AuditServer { addr, metrics_addr, log, verifier_key, stopping: stopping_tx, handle })
     }
 
     pub fn url(&self) -> String {
@@ -115,19 +96,9 @@ impl AuditServer {
     }
 
     /// Stops accepting requests and lets in-flight ones finish.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.stopping.send_replace(true);
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        for task in &self.background {
-            task.abort();
-        }
-        match (&mut self.server).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "audit server failed"),
-            Err(error) => tracing::error!(%error, "audit server task failed"),
-        }
+        self.handle.stop().await;
     }
 }
 

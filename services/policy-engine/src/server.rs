@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use warden_proto::policy::v1::policy_service_server::PolicyServiceServer;
 use warden_store::Database;
+use warden_telemetry::ServerHandle;
 
 use crate::config::PolicyEngineConfig;
 use crate::decision_log::DecisionLog;
@@ -51,9 +52,7 @@ pub struct PolicyEngine {
     pub engine: Arc<Engine>,
     pub reloader: Arc<Reloader>,
     pub decision_log: Option<Arc<DecisionLog>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
-    background: Vec<JoinHandle<()>>,
+    handle: ServerHandle,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -103,15 +102,10 @@ impl PolicyEngine {
             None
         };
 
-        let metrics_addr = if config.metrics_listen.is_empty() {
-            None
-        } else {
-            let addr = warden_config::parse_addr("metrics_listen", &config.metrics_listen)
-                .map_err(|e| StartError::Bind(config.metrics_listen.clone(), std::io::Error::other(e.to_string())))?;
-            let (bound, task) = warden_telemetry::serve_metrics(addr).await?;
+        let metrics_addr = warden_telemetry::start_metrics(&config.metrics_listen).await?.map(|(addr, task)| {
             background.push(task);
-            Some(bound)
-        };
+            addr
+        });
 
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
@@ -130,30 +124,18 @@ impl PolicyEngine {
         };
         let service = PolicyServiceImpl::new(engine.clone(), reloader.clone(), kill_switch_store, decision_log.clone());
 
-        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(
+        let service = PolicyServiceServer::new(service);
+        let handle = ServerHandle::spawn("policy engine", background, |signal| {
             tonic::transport::Server::builder()
                 .trace_fn(warden_telemetry::grpc_request_span)
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
-                .add_service(PolicyServiceServer::new(service))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = shutdown_rx.await;
-                }),
-        );
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        });
         tracing::info!(%addr, "policy engine listening");
-        Ok(PolicyEngine {
-            addr,
-            metrics_addr,
-            engine,
-            reloader,
-            decision_log,
-            shutdown: Some(shutdown_tx),
-            server,
-            background,
-            _watcher: watcher,
-        })
+        Ok(PolicyEngine { addr, metrics_addr, engine, reloader, decision_log, handle, _watcher: watcher })
     }
 
     /// `http://ADDR`, for clients.
@@ -163,18 +145,8 @@ impl PolicyEngine {
 
     /// Stops accepting requests, lets in-flight ones finish, and stops the
     /// background tasks.
-    pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        for task in &self.background {
-            task.abort();
-        }
-        match (&mut self.server).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "policy engine server failed"),
-            Err(error) => tracing::error!(%error, "policy engine server task failed"),
-        }
+    pub async fn shutdown(self) {
+        self.handle.stop().await;
     }
 }
 
