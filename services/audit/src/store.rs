@@ -132,16 +132,6 @@ fn sql(database: &Database, text: &str) -> String {
     }
 }
 
-fn placeholders(start: usize, rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|row| {
-            let cells: Vec<String> = (0..columns).map(|c| format!("${}", start + row * columns + c)).collect();
-            format!("({})", cells.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Runs the same code against either pool type.
 macro_rules! on_pool {
     ($database:expr, $pool:ident => $body:expr) => {
@@ -196,6 +186,161 @@ pub struct StoredCheckpoint {
     pub created_at_micros: i64,
 }
 
+/// The two statements whose shape differs by backend: PostgreSQL takes
+/// arrays (`ANY`, `UNNEST`), so each statement has one text whatever the
+/// batch size and is prepared once; SQLite takes multi-row VALUES lists.
+trait BatchStatements {
+    /// Receipts of the ids already recorded.
+    async fn recorded(&mut self, ids: &[&str]) -> Result<Vec<Receipt>, StoreError>;
+    async fn insert_batch(
+        &mut self,
+        fresh: &[(u64, &NewEvent)],
+        nodes: &[(u32, u64, Hash)],
+        now_micros: i64,
+    ) -> Result<(), StoreError>;
+}
+
+fn receipt_from(event_id: String, sequence: i64, leaf_hash: Vec<u8>) -> Result<Receipt, StoreError> {
+    Ok(Receipt { event_id, sequence: sequence as u64, leaf_hash: hash_of(leaf_hash)?, duplicate: true })
+}
+
+impl BatchStatements for sqlx::Transaction<'_, sqlx::Postgres> {
+    async fn recorded(&mut self, ids: &[&str]) -> Result<Vec<Receipt>, StoreError> {
+        let rows = sqlx::query("SELECT event_id, sequence, leaf_hash FROM audit_events WHERE event_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut **self)
+            .await?;
+        rows.iter()
+            .map(|row| receipt_from(row.try_get("event_id")?, row.try_get("sequence")?, row.try_get("leaf_hash")?))
+            .collect()
+    }
+
+    async fn insert_batch(
+        &mut self,
+        fresh: &[(u64, &NewEvent)],
+        nodes: &[(u32, u64, Hash)],
+        now_micros: i64,
+    ) -> Result<(), StoreError> {
+        if !fresh.is_empty() {
+            let column = |f: fn(&NewEvent) -> String| fresh.iter().map(|(_, e)| f(e)).collect::<Vec<String>>();
+            sqlx::query(
+                "INSERT INTO audit_events (sequence, event_id, event_type, time_micros, correlation_id, agent_id, actor, \
+                 subject, payload_hash, sensitive, leaf_hash, recorded_at_micros) \
+                 SELECT s, i, t, tm, c, a, ac, su, ph, se, lh, $12 FROM UNNEST($1::bigint[], $2::text[], $3::text[], \
+                 $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bytea[], $11::bytea[]) \
+                 AS x(s, i, t, tm, c, a, ac, su, ph, se, lh)",
+            )
+            .bind(fresh.iter().map(|(s, _)| *s as i64).collect::<Vec<i64>>())
+            .bind(column(|e| e.event_id.clone()))
+            .bind(column(|e| e.event_type.clone()))
+            .bind(fresh.iter().map(|(_, e)| e.time_micros).collect::<Vec<i64>>())
+            .bind(column(|e| e.correlation_id.clone()))
+            .bind(column(|e| e.agent_id.clone()))
+            .bind(column(|e| e.actor.clone()))
+            .bind(column(|e| e.subject.clone()))
+            .bind(fresh.iter().map(|(_, e)| e.payload_hash.to_vec()).collect::<Vec<Vec<u8>>>())
+            .bind(fresh.iter().map(|(_, e)| e.sensitive.clone()).collect::<Vec<Option<Vec<u8>>>>())
+            .bind(fresh.iter().map(|(_, e)| e.leaf_hash.to_vec()).collect::<Vec<Vec<u8>>>())
+            .bind(now_micros)
+            .execute(&mut **self)
+            .await?;
+            sqlx::query(
+                "INSERT INTO audit_payloads (sequence, payload) SELECT * FROM UNNEST($1::bigint[], $2::text[])",
+            )
+            .bind(fresh.iter().map(|(s, _)| *s as i64).collect::<Vec<i64>>())
+            .bind(column(|e| e.payload_json.clone()))
+            .execute(&mut **self)
+            .await?;
+        }
+        if !nodes.is_empty() {
+            sqlx::query("INSERT INTO audit_tree_nodes (level, idx, hash) SELECT * FROM UNNEST($1::int[], $2::bigint[], $3::bytea[])")
+                .bind(nodes.iter().map(|(l, _, _)| *l as i32).collect::<Vec<i32>>())
+                .bind(nodes.iter().map(|(_, i, _)| *i as i64).collect::<Vec<i64>>())
+                .bind(nodes.iter().map(|(_, _, h)| h.to_vec()).collect::<Vec<Vec<u8>>>())
+                .execute(&mut **self)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl BatchStatements for sqlx::Transaction<'_, sqlx::Sqlite> {
+    async fn recorded(&mut self, ids: &[&str]) -> Result<Vec<Receipt>, StoreError> {
+        let mut receipts = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let text = format!(
+                "SELECT event_id, sequence, leaf_hash FROM audit_events WHERE event_id IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(&text);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut **self).await? {
+                receipts.push(receipt_from(
+                    row.try_get("event_id")?,
+                    row.try_get("sequence")?,
+                    row.try_get("leaf_hash")?,
+                )?);
+            }
+        }
+        Ok(receipts)
+    }
+
+    async fn insert_batch(
+        &mut self,
+        fresh: &[(u64, &NewEvent)],
+        nodes: &[(u32, u64, Hash)],
+        now_micros: i64,
+    ) -> Result<(), StoreError> {
+        for chunk in fresh.chunks(CHUNK) {
+            let text = format!(
+                "INSERT INTO audit_events (sequence, event_id, event_type, time_micros, correlation_id, agent_id, actor, \
+                 subject, payload_hash, sensitive, leaf_hash, recorded_at_micros) VALUES {}",
+                vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(&text);
+            for (sequence, event) in chunk {
+                query = query
+                    .bind(*sequence as i64)
+                    .bind(&event.event_id)
+                    .bind(&event.event_type)
+                    .bind(event.time_micros)
+                    .bind(&event.correlation_id)
+                    .bind(&event.agent_id)
+                    .bind(&event.actor)
+                    .bind(&event.subject)
+                    .bind(event.payload_hash.to_vec())
+                    .bind(event.sensitive.clone())
+                    .bind(event.leaf_hash.to_vec())
+                    .bind(now_micros);
+            }
+            query.execute(&mut **self).await?;
+            let text = format!(
+                "INSERT INTO audit_payloads (sequence, payload) VALUES {}",
+                vec!["(?, ?)"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(&text);
+            for (sequence, event) in chunk {
+                query = query.bind(*sequence as i64).bind(&event.payload_json);
+            }
+            query.execute(&mut **self).await?;
+        }
+        for chunk in nodes.chunks(CHUNK) {
+            let text = format!(
+                "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES {}",
+                vec!["(?, ?, ?)"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(&text);
+            for (level, index, hash) in chunk {
+                query = query.bind(*level as i32).bind(*index as i64).bind(hash.to_vec());
+            }
+            query.execute(&mut **self).await?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     database: Database,
@@ -246,29 +391,9 @@ impl AuditStore {
                 sqlx::query(&sql(database, "SELECT pg_advisory_xact_lock($1)")).bind(APPEND_LOCK).execute(&mut *tx).await?;
             }
             // Ids already in the log.
-            let mut known: HashMap<String, Receipt> = HashMap::new();
-            for chunk in events.chunks(CHUNK) {
-                let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-                let text = format!(
-                    "SELECT event_id, sequence, leaf_hash FROM audit_events WHERE event_id IN ({})",
-                    marks.join(", ")
-                );
-                let text = sql(database, &text);
-                let mut query = sqlx::query(&text);
-                for event in chunk {
-                    query = query.bind(&event.event_id);
-                }
-                for row in query.fetch_all(&mut *tx).await? {
-                    let event_id: String = row.try_get("event_id")?;
-                    let receipt = Receipt {
-                        event_id: event_id.clone(),
-                        sequence: row.try_get::<i64, _>("sequence")? as u64,
-                        leaf_hash: hash_of(row.try_get("leaf_hash")?)?,
-                        duplicate: true,
-                    };
-                    known.insert(event_id, receipt);
-                }
-            }
+            let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+            let mut known: HashMap<String, Receipt> =
+                tx.recorded(&ids).await?.into_iter().map(|r| (r.event_id.clone(), r)).collect();
             let size_text = sql(database, "SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_events");
             let size = sqlx::query(&size_text).fetch_one(&mut *tx).await?.try_get::<i64, _>("size")? as u64;
             if frontier.size != size {
@@ -296,47 +421,7 @@ impl AuditStore {
                 known.insert(event.event_id.clone(), receipt.clone());
                 receipts.push(receipt);
             }
-            for chunk in fresh.chunks(CHUNK) {
-                let text = format!(
-                    "INSERT INTO audit_events (sequence, event_id, event_type, time_micros, correlation_id, agent_id, actor, \
-                     subject, payload_hash, sensitive, leaf_hash, recorded_at_micros) VALUES {}",
-                    placeholders(1, chunk.len(), 12)
-                );
-                let text = sql(database, &text);
-                let mut query = sqlx::query(&text);
-                for (sequence, event) in chunk {
-                    query = query
-                        .bind(*sequence as i64)
-                        .bind(&event.event_id)
-                        .bind(&event.event_type)
-                        .bind(event.time_micros)
-                        .bind(&event.correlation_id)
-                        .bind(&event.agent_id)
-                        .bind(&event.actor)
-                        .bind(&event.subject)
-                        .bind(event.payload_hash.to_vec())
-                        .bind(event.sensitive.clone())
-                        .bind(event.leaf_hash.to_vec())
-                        .bind(now_micros);
-                }
-                query.execute(&mut *tx).await?;
-                let text = format!("INSERT INTO audit_payloads (sequence, payload) VALUES {}", placeholders(1, chunk.len(), 2));
-                let text = sql(database, &text);
-                let mut query = sqlx::query(&text);
-                for (sequence, event) in chunk {
-                    query = query.bind(*sequence as i64).bind(&event.payload_json);
-                }
-                query.execute(&mut *tx).await?;
-            }
-            for chunk in nodes.chunks(CHUNK) {
-                let text = format!("INSERT INTO audit_tree_nodes (level, idx, hash) VALUES {}", placeholders(1, chunk.len(), 3));
-                let text = sql(database, &text);
-                let mut query = sqlx::query(&text);
-                for (level, index, hash) in chunk {
-                    query = query.bind(*level as i32).bind(*index as i64).bind(hash.to_vec());
-                }
-                query.execute(&mut *tx).await?;
-            }
+            tx.insert_batch(&fresh, &nodes, now_micros).await?;
             tx.commit().await?;
             Ok(receipts)
         })
