@@ -146,6 +146,21 @@ pub fn parse_addr(key: &str, value: &str) -> Result<std::net::SocketAddr, Config
         .map_err(|_| ConfigError::invalid(key, value, "expected HOST:PORT with a numeric IP, e.g. 127.0.0.1:50051"))
 }
 
+/// Checks the keys every service has: `listen`, `metrics_listen` (empty
+/// disables it) and `database_url` (empty means SQLite in the data
+/// directory).
+pub fn validate_service_keys(listen: &str, metrics_listen: &str, database_url: &str) -> Result<(), ConfigError> {
+    parse_addr("listen", listen)?;
+    if !metrics_listen.is_empty() {
+        parse_addr("metrics_listen", metrics_listen)?;
+    }
+    if !database_url.is_empty() && !["sqlite:", "postgres:", "postgresql:"].iter().any(|p| database_url.starts_with(p))
+    {
+        return Err(ConfigError::invalid("database_url", database_url, "expected sqlite://PATH or postgres://..."));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use warden_config::{ConfigError, Validate, humantime_serde, parse_addr};
+use warden_config::{ConfigError, Validate, humantime_serde};
 use warden_telemetry::TelemetryConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,19 +66,7 @@ impl Default for AuditConfig {
 
 impl Validate for AuditConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        parse_addr("listen", &self.listen)?;
-        if !self.metrics_listen.is_empty() {
-            parse_addr("metrics_listen", &self.metrics_listen)?;
-        }
-        if !self.database_url.is_empty()
-            && !["sqlite:", "postgres:", "postgresql:"].iter().any(|p| self.database_url.starts_with(p))
-        {
-            return Err(ConfigError::invalid(
-                "database_url",
-                &self.database_url,
-                "expected sqlite://PATH or postgres://...",
-            ));
-        }
+        warden_config::validate_service_keys(&self.listen, &self.metrics_listen, &self.database_url)?;
         if self.origin.is_empty() || self.origin.chars().any(|c| c.is_whitespace() || c == '+') {
             return Err(ConfigError::invalid("origin", &self.origin, "must be non-empty, without spaces or '+'"));
         }
