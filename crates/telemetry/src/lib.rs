@@ -253,6 +253,13 @@ impl ServerHandle {
     }
 }
 
+/// Binds a service's gRPC listener; port 0 picks a free port.
+pub async fn bind_grpc(listen: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
 /// Starts the `/metrics` listener unless `listen` is empty.
 pub async fn start_metrics(listen: &str) -> Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>, TelemetryError> {
     if listen.is_empty() {

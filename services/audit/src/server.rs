@@ -69,10 +69,9 @@ impl AuditServer {
             background.push(task);
             addr
         });
-        let listener = tokio::net::TcpListener::bind(&config.listen)
+        let (listener, addr) = warden_telemetry::bind_grpc(&config.listen)
             .await
             .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
-        let addr = listener.local_addr().map_err(|error| StartError::Bind(config.listen.clone(), error))?;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<AuditServiceServer<AuditServiceImpl>>().await;
         let (reflection_v1, reflection_v1alpha) = warden_telemetry::reflection_services();

@@ -107,10 +107,9 @@ impl PolicyEngine {
             addr
         });
 
-        let listener = tokio::net::TcpListener::bind(&config.listen)
+        let (listener, addr) = warden_telemetry::bind_grpc(&config.listen)
             .await
             .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
-        let addr = listener.local_addr().map_err(|error| StartError::Bind(config.listen.clone(), error))?;
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<PolicyServiceServer<PolicyServiceImpl>>().await;

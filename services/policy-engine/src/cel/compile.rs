@@ -686,11 +686,7 @@ impl Compiler {
                 string_receiver(expr, function, &receiver.ty)?;
                 string_receiver(expr, function, &arg.ty)?;
                 let (s, a) = (receiver.eval, arg.eval);
-                let test: fn(&str, &str) -> bool = match function {
-                    "contains" => |s, a| s.contains(a),
-                    "startsWith" => |s, a| s.starts_with(a),
-                    _ => |s, a| s.ends_with(a),
-                };
+                let test = string_test(function);
                 Ok(Compiled {
                     predicate: None,
                     ty: Ty::Bool,
@@ -807,16 +803,8 @@ impl Compiler {
                     return None;
                 };
                 let needle: Arc<str> = needle.as_str().into();
-                let test: fn(&str, &str) -> bool = match function {
-                    "contains" => |s, a| s.contains(a),
-                    "startsWith" => |s, a| s.starts_with(a),
-                    _ => |s, a| s.ends_with(a),
-                };
-                Some(Compiled {
-                    predicate: None,
-                    ty: Ty::Bool,
-                    eval: eval(move |s| Ok(Value::Bool(test(f.text(s.input).unwrap_or_default(), &needle)))),
-                })
+                let test = string_test(function);
+                Some(Compiled::from_predicate(pred(move |s| Ok(test(f.text(s.input).unwrap_or_default(), &needle)))))
             }
             _ => None,
         }
@@ -1069,6 +1057,15 @@ fn logic(and: bool, p: Predicate, q: Predicate) -> Predicate {
             (Err(e), _) | (_, Err(e)) => Err(e),
         }
     })
+}
+
+/// `contains`, `startsWith` or `endsWith` as a plain function.
+fn string_test(function: &str) -> fn(&str, &str) -> bool {
+    match function {
+        "contains" => |s, a| s.contains(a),
+        "startsWith" => |s, a| s.starts_with(a),
+        _ => |s, a| s.ends_with(a),
+    }
 }
 
 fn string_receiver(expr: &Expr, function: &str, ty: &Ty) -> Result<(), CompileError> {
