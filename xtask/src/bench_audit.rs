@@ -58,14 +58,16 @@ pub async fn run(args: AuditArgs) -> Result<(), String> {
     if let Database::Postgres(pool) = &database {
         let schema = format!("warden_bench_{}", std::process::id());
         sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(pool).await.map_err(|e| e.to_string())?;
-        database.close().await;
-        return run_on(
+        let result = run_on(
             &args,
             &format!("{url}{}options=-c%20search_path%3D{schema}", if url.contains('?') { '&' } else { '?' }),
             backend,
             &dir,
         )
         .await;
+        let dropped = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(pool).await;
+        database.close().await;
+        return result.and(dropped.map(drop).map_err(|e| e.to_string()));
     }
     database.close().await;
     run_on(&args, &url, backend, &dir).await
@@ -125,13 +127,15 @@ async fn run_on(args: &AuditArgs, url: &str, backend: &str, dir: &std::path::Pat
     let p99 = percentile(&mut latencies, 0.99);
     let p50 = percentile(&mut latencies, 0.5);
 
-    // 2. The database's own limit: the same rows, 100 per INSERT, same concurrency.
+    // 2. The database's own limits on the same rows: 100 per INSERT at the
+    // same concurrency, and a plain read of them all.
     let raw_rate = raw_inserts(url, args.producers, args.seconds).await?;
 
     // 3. Verify everything appended.
     let started = Instant::now();
     let report = server.log.verify(0, 0).await.map_err(|e| e.to_string())?;
     let verify_rate = report.verified as f64 / started.elapsed().as_secs_f64();
+    let raw_read_rate = raw_reads(url, report.verified).await?;
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 
@@ -139,75 +143,88 @@ async fn run_on(args: &AuditArgs, url: &str, backend: &str, dir: &std::path::Pat
     println!("{:<44} {:>12.0}", "durable appends, events/s", append_rate);
     println!("{:<44} {:>12.1?}", "time to receipt p50", p50);
     println!("{:<44} {:>12.1?}", "time to receipt p99", p99);
-    println!("{:<44} {:>12.0}", "raw 100-row INSERTs, rows/s", raw_rate);
+    println!("{:<44} {:>12.0}", "raw 100-row INSERTs (same rows), rows/s", raw_rate);
     println!("{:<44} {:>12.2}", "ratio appends / raw inserts", append_rate / raw_rate);
     println!("{:<44} {:>12.0}", "Verify, events/s", verify_rate);
+    println!("{:<44} {:>12.0}", "raw SELECT of the same rows, rows/s", raw_read_rate);
+    println!("{:<44} {:>12.2}", "ratio Verify / raw SELECT", verify_rate / raw_read_rate);
     println!("verify: ok={} verified={}", report.ok, report.verified);
     Ok(())
 }
 
+/// The database's own limits, measured on a plain table holding the same
+/// rows as the log (every event column plus the payload; a primary key, no
+/// other index): multi-row INSERTs of 100 rows by `producers` writers.
 async fn raw_inserts(url: &str, producers: usize, seconds: u64) -> Result<f64, String> {
     let database = Arc::new(Database::connect(url).await.map_err(|e| e.to_string())?);
-    let create = match &*database {
-        Database::Sqlite(_) => {
-            "CREATE TABLE IF NOT EXISTS bench_raw (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT, event_type TEXT, agent_id TEXT, payload TEXT)"
-        }
-        Database::Postgres(_) => {
-            "CREATE TABLE IF NOT EXISTS bench_raw (id BIGSERIAL PRIMARY KEY, event_id TEXT, event_type TEXT, agent_id TEXT, payload TEXT)"
-        }
+    let (create, hash_type) = match &*database {
+        Database::Sqlite(_) => ("INTEGER", "BLOB"),
+        Database::Postgres(_) => ("BIGINT", "BYTEA"),
     };
-    match &*database {
-        Database::Sqlite(pool) => sqlx::query(create).execute(pool).await.map(drop),
-        Database::Postgres(pool) => sqlx::query(create).execute(pool).await.map(drop),
+    let create = format!(
+        "CREATE TABLE bench_raw (sequence {create} PRIMARY KEY, event_id TEXT NOT NULL, event_type TEXT NOT NULL, \
+         time_micros BIGINT NOT NULL, correlation_id TEXT NOT NULL, agent_id TEXT NOT NULL, actor TEXT NOT NULL, \
+         subject TEXT NOT NULL, payload_hash {hash_type} NOT NULL, leaf_hash {hash_type} NOT NULL, \
+         recorded_at_micros BIGINT NOT NULL, payload TEXT NOT NULL)"
+    );
+    const COLUMNS: usize = 12;
+    let marks: Vec<String> = (0..100)
+        .map(|r| {
+            let row: Vec<String> = (1..=COLUMNS)
+                .map(|c| match &*database {
+                    Database::Sqlite(_) => "?".to_string(),
+                    Database::Postgres(_) => format!("${}", COLUMNS * r + c),
+                })
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect();
+    let insert = format!("INSERT INTO bench_raw VALUES {}", marks.join(", "));
+    macro_rules! on_pool {
+        ($pool:ident => $body:expr) => {
+            match &*database {
+                Database::Sqlite($pool) => $body,
+                Database::Postgres($pool) => $body,
+            }
+        };
     }
-    .map_err(|e| e.to_string())?;
-    let payload_json = serde_like_json(&payload(0));
+    on_pool!(pool => sqlx::query(&create).execute(pool).await.map(drop)).map_err(|e| e.to_string())?;
+    let payload_json = warden_audit::leaf::canonical_json(Some(&payload(0)))?;
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for producer in 0..producers {
-        let database = database.clone();
-        let payload_json = payload_json.clone();
+        let (database, payload_json, next, insert) =
+            (database.clone(), payload_json.clone(), next.clone(), insert.clone());
         tasks.push(tokio::spawn(async move {
             let mut rows = 0usize;
             while Instant::now() < deadline {
-                let marks: Vec<String> = (0..100)
-                    .map(|r| match &*database {
-                        Database::Sqlite(_) => {
-                            format!("(?{}, ?{}, ?{}, ?{})", 4 * r + 1, 4 * r + 2, 4 * r + 3, 4 * r + 4)
+                let first = next.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
+                macro_rules! bind_rows {
+                    ($query:expr) => {{
+                        let mut query = $query;
+                        for r in 0..100i64 {
+                            query = query
+                                .bind(first + r)
+                                .bind(format!("p{producer}-{rows}-{r}"))
+                                .bind("policy_evaluation")
+                                .bind(1_781_524_800_000_000i64 + r)
+                                .bind(format!("c-{rows}"))
+                                .bind(format!("agent-{}", producer % 5))
+                                .bind("bench")
+                                .bind(format!("agent-{}", producer % 5))
+                                .bind([7u8; 32].to_vec())
+                                .bind([9u8; 32].to_vec())
+                                .bind(1_781_524_800_000_000i64 + r)
+                                .bind(&payload_json);
                         }
-                        Database::Postgres(_) => {
-                            format!("(${}, ${}, ${}, ${})", 4 * r + 1, 4 * r + 2, 4 * r + 3, 4 * r + 4)
-                        }
-                    })
-                    .collect();
-                let text = format!(
-                    "INSERT INTO bench_raw (event_id, event_type, agent_id, payload) VALUES {}",
-                    marks.join(", ")
-                );
+                        query
+                    }};
+                }
                 let ok = match &*database {
-                    Database::Sqlite(pool) => {
-                        let mut query = sqlx::query(&text);
-                        for r in 0..100 {
-                            query = query
-                                .bind(format!("p{producer}-{rows}-{r}"))
-                                .bind("policy_evaluation")
-                                .bind("agent")
-                                .bind(&payload_json);
-                        }
-                        query.execute(pool).await.is_ok()
-                    }
-                    Database::Postgres(pool) => {
-                        let mut query = sqlx::query(&text);
-                        for r in 0..100 {
-                            query = query
-                                .bind(format!("p{producer}-{rows}-{r}"))
-                                .bind("policy_evaluation")
-                                .bind("agent")
-                                .bind(&payload_json);
-                        }
-                        query.execute(pool).await.is_ok()
-                    }
+                    Database::Sqlite(pool) => bind_rows!(sqlx::query(&insert)).execute(pool).await.is_ok(),
+                    Database::Postgres(pool) => bind_rows!(sqlx::query(&insert)).execute(pool).await.is_ok(),
                 };
                 if ok {
                     rows += 100;
@@ -220,11 +237,23 @@ async fn raw_inserts(url: &str, producers: usize, seconds: u64) -> Result<f64, S
     for task in tasks {
         rows += task.await.map_err(|e| e.to_string())?;
     }
+    database.close().await;
     Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
 
-/// A JSON rendering of the payload of the same size as the log stores.
-fn serde_like_json(payload: &prost_types::Struct) -> String {
-    use prost::Message;
-    format!("{{\"bytes\":{}}}", "x".repeat(payload.encoded_len()))
+/// Reads the first `rows` rows of the plain table back in sequence order.
+async fn raw_reads(url: &str, rows: u64) -> Result<f64, String> {
+    use futures::TryStreamExt;
+    let database = Database::connect(url).await.map_err(|e| e.to_string())?;
+    let read = format!("SELECT * FROM bench_raw WHERE sequence < {rows} ORDER BY sequence");
+    let started = Instant::now();
+    let count = match &database {
+        Database::Sqlite(pool) => sqlx::query(&read).fetch(pool).try_fold(0u64, |n, _| async move { Ok(n + 1) }).await,
+        Database::Postgres(pool) => {
+            sqlx::query(&read).fetch(pool).try_fold(0u64, |n, _| async move { Ok(n + 1) }).await
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    database.close().await;
+    Ok(count as f64 / started.elapsed().as_secs_f64())
 }

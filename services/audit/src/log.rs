@@ -473,64 +473,42 @@ impl AuditLog {
                 _ => break,
             }
         }
-        const PAGE: u32 = 10_000;
+        // Pages are read one ahead: while one page is hashed on a blocking
+        // thread, the next is on its way from the database.
+        const PAGE: u64 = 16_384;
+        let read = |from: u64| {
+            let store = self.store.clone();
+            tokio::spawn(async move { store.range(from, (from + PAGE).min(to)).await })
+        };
         let mut leaves: Vec<Hash> = Vec::with_capacity((to - from) as usize);
         let mut expected = from;
-        while expected < to {
-            let page =
-                self.store.events(&Filter { before_sequence: Some(to), ..Filter::default() }, expected, PAGE).await?;
-            let stored_leaves = self.store.level(0, expected, expected + page.len() as u64).await?;
-            let stored_leaves: HashMap<u64, Hash> = stored_leaves.into_iter().collect();
-            if page.is_empty() {
-                fail(&mut report, expected, format!("event {expected} is missing"));
-                return Ok(report);
-            }
-            for event in &page {
-                if event.sequence != expected {
-                    fail(
-                        &mut report,
-                        expected,
-                        format!("event {expected} is missing (next stored is {})", event.sequence),
-                    );
-                    return Ok(report);
+        let mut next = (expected < to).then(|| read(expected));
+        while let Some(pending) = next.take() {
+            let (events, payloads) = pending.await.map_err(|e| StoreError::Other(e.to_string()))??;
+            let page_end = (expected + PAGE).min(to);
+            next = (page_end < to).then(|| read(page_end));
+            let checked =
+                tokio::task::spawn_blocking(move || check_page(expected, page_end, &events, &payloads, horizon))
+                    .await
+                    .map_err(|e| StoreError::Other(e.to_string()))?;
+            match checked {
+                Ok(mut page_leaves) => {
+                    report.verified += page_leaves.len() as u64;
+                    leaves.append(&mut page_leaves);
+                    expected = page_end;
                 }
-                match &event.payload_json {
-                    Some(json) if payload_hash(json) != event.payload_hash => {
-                        fail(&mut report, expected, "payload does not match its committed hash".into());
-                        return Ok(report);
+                Err((sequence, problem)) => {
+                    if let Some(pending) = next {
+                        pending.abort();
                     }
-                    None if horizon.is_none_or(|h| event.sequence > h) => {
-                        fail(&mut report, expected, "payload is missing and no retention purge covers it".into());
-                        return Ok(report);
-                    }
-                    _ => {}
-                }
-                let recomputed = LeafFields {
-                    event_id: &event.event_id,
-                    event_type: &event.event_type,
-                    time_micros: event.time_micros,
-                    correlation_id: &event.correlation_id,
-                    agent_id: &event.agent_id,
-                    actor: &event.actor,
-                    subject: &event.subject,
-                    payload_hash: &event.payload_hash,
-                    sensitive: event.sensitive.as_deref(),
-                }
-                .leaf_hash();
-                if recomputed != event.leaf_hash {
-                    fail(&mut report, expected, "event fields do not match the leaf hash".into());
+                    report.verified += sequence - expected;
+                    fail(&mut report, sequence, problem);
                     return Ok(report);
                 }
-                if stored_leaves.get(&expected) != Some(&recomputed) {
-                    fail(&mut report, expected, "the tree's leaf differs from the event".into());
-                    return Ok(report);
-                }
-                leaves.push(recomputed);
-                expected += 1;
-                report.verified += 1;
             }
         }
-        // Inner nodes over complete subtrees inside the range.
+        // Inner nodes over complete subtrees inside the range, compared
+        // with the stored levels.
         let mut level_hashes = leaves;
         let mut level_start = from;
         for level in 1..64u32 {
@@ -543,14 +521,20 @@ impl AuditLog {
             let parents: Vec<Hash> =
                 level_hashes[skip..].chunks_exact(2).map(|pair| warden_merkle::node_hash(&pair[0], &pair[1])).collect();
             let parent_start = first_pair / 2;
-            let stored = self.store.level(level, parent_start, parent_start + parents.len() as u64).await?;
-            let stored: HashMap<u64, Hash> = stored.into_iter().collect();
-            for (offset, hash) in parents.iter().enumerate() {
-                let index = parent_start + offset as u64;
-                if stored.get(&index) != Some(hash) {
-                    let first_leaf = index << level;
-                    fail(&mut report, first_leaf, format!("tree node ({level}, {index}) does not match its children"));
-                    return Ok(report);
+            if crate::store::is_stored_level(level) {
+                let stored = self.store.level(level, parent_start, parent_start + parents.len() as u64).await?;
+                let stored: HashMap<u64, Hash> = stored.into_iter().collect();
+                for (offset, hash) in parents.iter().enumerate() {
+                    let index = parent_start + offset as u64;
+                    if stored.get(&index) != Some(hash) {
+                        let first_leaf = index << level;
+                        fail(
+                            &mut report,
+                            first_leaf,
+                            format!("tree node ({level}, {index}) does not match the events under it"),
+                        );
+                        return Ok(report);
+                    }
                 }
             }
             level_hashes = parents;
@@ -593,6 +577,57 @@ impl AuditLog {
         METRICS.verified_events.inc_by(report.verified);
         Ok(report)
     }
+}
+
+/// Checks one page of events `[from, to)` against their payloads and leaf
+/// hashes; returns the recomputed leaves, or the first bad sequence and
+/// what is wrong with it.
+fn check_page(
+    from: u64,
+    to: u64,
+    events: &[StoredEvent],
+    payloads: &[(u64, String)],
+    horizon: Option<u64>,
+) -> Result<Vec<Hash>, (u64, String)> {
+    let mut leaves = Vec::with_capacity(events.len());
+    let mut payloads = payloads.iter().peekable();
+    let mut expected = from;
+    for event in events {
+        if event.sequence != expected {
+            return Err((expected, format!("event {expected} is missing (next stored is {})", event.sequence)));
+        }
+        while payloads.next_if(|(sequence, _)| *sequence < expected).is_some() {}
+        match payloads.next_if(|(sequence, _)| *sequence == expected) {
+            Some((_, json)) if payload_hash(json) != event.payload_hash => {
+                return Err((expected, "payload does not match its committed hash".into()));
+            }
+            None if horizon.is_none_or(|h| expected > h) => {
+                return Err((expected, "payload is missing and no retention purge covers it".into()));
+            }
+            _ => {}
+        }
+        let recomputed = LeafFields {
+            event_id: &event.event_id,
+            event_type: &event.event_type,
+            time_micros: event.time_micros,
+            correlation_id: &event.correlation_id,
+            agent_id: &event.agent_id,
+            actor: &event.actor,
+            subject: &event.subject,
+            payload_hash: &event.payload_hash,
+            sensitive: event.sensitive.as_deref(),
+        }
+        .leaf_hash();
+        if recomputed != event.leaf_hash {
+            return Err((expected, "event fields do not match the leaf hash".into()));
+        }
+        leaves.push(recomputed);
+        expected += 1;
+    }
+    if expected < to {
+        return Err((expected, format!("event {expected} is missing")));
+    }
+    Ok(leaves)
 }
 
 async fn run_appender(

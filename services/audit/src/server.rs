@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::wrappers::TcpListenerStream;
 use warden_proto::audit::v1::audit_service_server::AuditServiceServer;
 use warden_store::Database;
 use warden_telemetry::ServerHandle;
@@ -84,7 +83,7 @@ impl AuditServer {
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                .serve_with_incoming_shutdown(listener, signal)
         });
         tracing::info!(%addr, "audit service listening");
         Ok(AuditServer { addr, metrics_addr, log, verifier_key, stopping: stopping_tx, handle })

@@ -1,8 +1,14 @@
 //! The audit log's tables, in SQLite or PostgreSQL.
 //!
 //! Appends happen in one transaction per batch: duplicate detection,
-//! sequence assignment, the events, their payloads, and every Merkle tree
-//! node the new leaves complete. On PostgreSQL the transaction first takes
+//! sequence assignment, the events, their payloads, and the Merkle tree
+//! nodes the new leaves complete on the stored levels.
+//!
+//! Only every eighth level of the tree is stored (levels 8, 16, ...; the
+//! leaves are the events' `leaf_hash`). Any other node is recomputed from
+//! at most 128 hashes of the stored level below it, as Tessera's tiles do:
+//! a leaf costs 1/255 of a node row instead of two rows, which is most of
+//! an append's write cost. On PostgreSQL the transaction first takes
 //! an advisory lock, so replicas in different processes append one batch at
 //! a time and the sequence and tree stay gap-free. SQLite has one writer by
 //! design (one process owns the file).
@@ -16,11 +22,20 @@ use sqlx::Row;
 use warden_merkle::Hash;
 use warden_store::{Database, StoreError};
 
-/// The advisory lock key appenders take on PostgreSQL ("WARDAUDT").
-const APPEND_LOCK: i64 = 0x5741_5244_4155_4454;
+/// An append transaction on PostgreSQL: begun and locked in one round trip.
+/// The advisory lock's key is "WARDAUDT" (0x5741_5244_4155_4454).
+const BEGIN_APPEND: &str = "BEGIN; SELECT pg_advisory_xact_lock(6287397007893283924)";
 
 /// Rows per multi-row INSERT.
 const CHUNK: usize = 400;
+
+/// The distance between stored tree levels.
+pub const LEVEL_STEP: u32 = 8;
+
+/// Whether `audit_tree_nodes` holds the nodes of `level`.
+pub fn is_stored_level(level: u32) -> bool {
+    level > 0 && level.is_multiple_of(LEVEL_STEP)
+}
 
 /// An event ready to be appended.
 #[derive(Debug, Clone, PartialEq)]
@@ -190,8 +205,8 @@ pub struct StoredCheckpoint {
 /// arrays (`ANY`, `UNNEST`), so each statement has one text whatever the
 /// batch size and is prepared once; SQLite takes multi-row VALUES lists.
 trait BatchStatements {
-    /// Receipts of the ids already recorded.
-    async fn recorded(&mut self, ids: &[&str]) -> Result<Vec<Receipt>, StoreError>;
+    /// The log's size, and receipts of the ids already recorded.
+    async fn size_and_recorded(&mut self, ids: &[&str]) -> Result<(u64, Vec<Receipt>), StoreError>;
     async fn insert_batch(
         &mut self,
         fresh: &[(u64, &NewEvent)],
@@ -205,14 +220,28 @@ fn receipt_from(event_id: String, sequence: i64, leaf_hash: Vec<u8>) -> Result<R
 }
 
 impl BatchStatements for sqlx::Transaction<'_, sqlx::Postgres> {
-    async fn recorded(&mut self, ids: &[&str]) -> Result<Vec<Receipt>, StoreError> {
-        let rows = sqlx::query("SELECT event_id, sequence, leaf_hash FROM audit_events WHERE event_id = ANY($1)")
-            .bind(ids)
-            .fetch_all(&mut **self)
-            .await?;
-        rows.iter()
-            .map(|row| receipt_from(row.try_get("event_id")?, row.try_get("sequence")?, row.try_get("leaf_hash")?))
-            .collect()
+    async fn size_and_recorded(&mut self, ids: &[&str]) -> Result<(u64, Vec<Receipt>), StoreError> {
+        // One round trip: the size on every row, and a row per recorded id
+        // (or one row of NULLs when none is).
+        let rows = sqlx::query(
+            "SELECT s.size, e.event_id, e.sequence, e.leaf_hash \
+             FROM (SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_events) s \
+             LEFT JOIN audit_events e ON e.event_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&mut **self)
+        .await?;
+        let size = match rows.first() {
+            Some(row) => row.try_get::<i64, _>("size")? as u64,
+            None => return Err(StoreError::Other("the size query returned no row".into())),
+        };
+        let mut receipts = Vec::new();
+        for row in &rows {
+            if let Some(event_id) = row.try_get::<Option<String>, _>("event_id")? {
+                receipts.push(receipt_from(event_id, row.try_get("sequence")?, row.try_get("leaf_hash")?)?);
+            }
+        }
+        Ok((size, receipts))
     }
 
     async fn insert_batch(
@@ -222,9 +251,12 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Postgres> {
         now_micros: i64,
     ) -> Result<(), StoreError> {
         if !fresh.is_empty() {
+            // Events and payloads in one statement (one round trip).
             let column = |f: fn(&NewEvent) -> String| fresh.iter().map(|(_, e)| f(e)).collect::<Vec<String>>();
             sqlx::query(
-                "INSERT INTO audit_events (sequence, event_id, event_type, time_micros, correlation_id, agent_id, actor, \
+                "WITH payloads AS (INSERT INTO audit_payloads (sequence, payload) \
+                 SELECT * FROM UNNEST($1::bigint[], $13::text[])) \
+                 INSERT INTO audit_events (sequence, event_id, event_type, time_micros, correlation_id, agent_id, actor, \
                  subject, payload_hash, sensitive, leaf_hash, recorded_at_micros) \
                  SELECT s, i, t, tm, c, a, ac, su, ph, se, lh, $12 FROM UNNEST($1::bigint[], $2::text[], $3::text[], \
                  $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[], $10::bytea[], $11::bytea[]) \
@@ -242,12 +274,6 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Postgres> {
             .bind(fresh.iter().map(|(_, e)| e.sensitive.clone()).collect::<Vec<Option<Vec<u8>>>>())
             .bind(fresh.iter().map(|(_, e)| e.leaf_hash.to_vec()).collect::<Vec<Vec<u8>>>())
             .bind(now_micros)
-            .execute(&mut **self)
-            .await?;
-            sqlx::query(
-                "INSERT INTO audit_payloads (sequence, payload) SELECT * FROM UNNEST($1::bigint[], $2::text[])",
-            )
-            .bind(fresh.iter().map(|(s, _)| *s as i64).collect::<Vec<i64>>())
             .bind(column(|e| e.payload_json.clone()))
             .execute(&mut **self)
             .await?;
@@ -265,7 +291,11 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Postgres> {
 }
 
 impl BatchStatements for sqlx::Transaction<'_, sqlx::Sqlite> {
-    async fn recorded(&mut self, ids: &[&str]) -> Result<Vec<Receipt>, StoreError> {
+    async fn size_and_recorded(&mut self, ids: &[&str]) -> Result<(u64, Vec<Receipt>), StoreError> {
+        let size = sqlx::query("SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_events")
+            .fetch_one(&mut **self)
+            .await?
+            .try_get::<i64, _>("size")? as u64;
         let mut receipts = Vec::new();
         for chunk in ids.chunks(CHUNK) {
             let text = format!(
@@ -284,7 +314,7 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Sqlite> {
                 )?);
             }
         }
-        Ok(receipts)
+        Ok((size, receipts))
     }
 
     async fn insert_batch(
@@ -341,6 +371,99 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Sqlite> {
     }
 }
 
+/// Dense runs of tree hashes, read on one connection (a transaction's, or
+/// one taken from the pool).
+trait TreeRows: Send {
+    /// The hashes of `level` (0: the events' leaf hashes) with index in
+    /// `[from, to)`, in order. Fails if any of them is missing.
+    fn hashes(
+        &mut self,
+        level: u32,
+        from: u64,
+        to: u64,
+    ) -> impl std::future::Future<Output = Result<Vec<Hash>, StoreError>> + Send;
+}
+
+macro_rules! tree_rows {
+    ($connection:ty, $leaves:expr, $nodes:expr) => {
+        impl TreeRows for $connection {
+            async fn hashes(&mut self, level: u32, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
+                let rows = if level == 0 {
+                    sqlx::query($leaves).bind(from as i64).bind(to as i64).fetch_all(&mut *self).await?
+                } else {
+                    sqlx::query($nodes)
+                        .bind(level as i32)
+                        .bind(from as i64)
+                        .bind(to as i64)
+                        .fetch_all(&mut *self)
+                        .await?
+                };
+                if rows.len() as u64 != to - from {
+                    return Err(StoreError::Other(format!(
+                        "tree level {level} has {} of the {} hashes in [{from}, {to})",
+                        rows.len(),
+                        to - from
+                    )));
+                }
+                rows.iter().map(|row| hash_of(row.try_get(0)?)).collect()
+            }
+        }
+    };
+}
+
+tree_rows!(
+    sqlx::PgConnection,
+    "SELECT leaf_hash FROM audit_events WHERE sequence >= $1 AND sequence < $2 ORDER BY sequence",
+    "SELECT hash FROM audit_tree_nodes WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx"
+);
+tree_rows!(
+    sqlx::SqliteConnection,
+    "SELECT leaf_hash FROM audit_events WHERE sequence >= ? AND sequence < ? ORDER BY sequence",
+    "SELECT hash FROM audit_tree_nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx"
+);
+
+/// Tree nodes by (level, index): read from the stored level at or below
+/// each, then hashed up. Every node asked for must be complete.
+async fn compute_nodes<C: TreeRows>(
+    connection: &mut C,
+    keys: &[(u32, u64)],
+) -> Result<HashMap<(u32, u64), Hash>, StoreError> {
+    // The runs of stored hashes each key covers, merged per stored level.
+    let mut runs: std::collections::BTreeMap<u32, Vec<(u64, u64)>> = Default::default();
+    for &(level, index) in keys {
+        let base = level - level % LEVEL_STEP;
+        let span = level - base;
+        runs.entry(base).or_default().push((index << span, (index + 1) << span));
+    }
+    let mut stored: HashMap<(u32, u64), Hash> = HashMap::new();
+    for (base, mut list) in runs {
+        list.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (from, to) in list {
+            match merged.last_mut() {
+                Some(last) if from <= last.1 => last.1 = last.1.max(to),
+                _ => merged.push((from, to)),
+            }
+        }
+        for (from, to) in merged {
+            for (offset, hash) in connection.hashes(base, from, to).await?.into_iter().enumerate() {
+                stored.insert((base, from + offset as u64), hash);
+            }
+        }
+    }
+    let mut found = HashMap::with_capacity(keys.len());
+    for &(level, index) in keys {
+        let base = level - level % LEVEL_STEP;
+        let span = level - base;
+        let mut hashes: Vec<Hash> = ((index << span)..((index + 1) << span)).map(|i| stored[&(base, i)]).collect();
+        while hashes.len() > 1 {
+            hashes = hashes.chunks_exact(2).map(|pair| warden_merkle::node_hash(&pair[0], &pair[1])).collect();
+        }
+        found.insert((level, index), hashes[0]);
+    }
+    Ok(found)
+}
+
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     database: Database,
@@ -385,24 +508,16 @@ impl AuditStore {
             // replicas.
             let mut tx = match database {
                 Database::Sqlite(_) => pool.begin_with("BEGIN IMMEDIATE").await?,
-                Database::Postgres(_) => pool.begin().await?,
+                Database::Postgres(_) => pool.begin_with(BEGIN_APPEND).await?,
             };
-            if matches!(database, Database::Postgres(_)) {
-                sqlx::query(&sql(database, "SELECT pg_advisory_xact_lock($1)")).bind(APPEND_LOCK).execute(&mut *tx).await?;
-            }
-            // Ids already in the log.
+            // The size, and the ids already in the log.
             let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-            let mut known: HashMap<String, Receipt> =
-                tx.recorded(&ids).await?.into_iter().map(|r| (r.event_id.clone(), r)).collect();
-            let size_text = sql(database, "SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_events");
-            let size = sqlx::query(&size_text).fetch_one(&mut *tx).await?.try_get::<i64, _>("size")? as u64;
+            let (size, recorded) = tx.size_and_recorded(&ids).await?;
+            let mut known: HashMap<String, Receipt> = recorded.into_iter().map(|r| (r.event_id.clone(), r)).collect();
             if frontier.size != size {
                 let mut loaded = Frontier { size, levels: vec![None; 64] };
-                for (level, index) in frontier_keys(size) {
-                    let text = sql(database, "SELECT hash FROM audit_tree_nodes WHERE level = $1 AND idx = $2");
-                    let row = sqlx::query(&text).bind(level as i32).bind(index as i64).fetch_optional(&mut *tx).await?;
-                    let row = row.ok_or_else(|| StoreError::Other(format!("tree node ({level}, {index}) is missing")))?;
-                    loaded.levels[level as usize] = Some(hash_of(row.try_get("hash")?)?);
+                for ((level, _), hash) in compute_nodes(&mut *tx, &frontier_keys(size)).await? {
+                    loaded.levels[level as usize] = Some(hash);
                 }
                 *frontier = loaded;
             }
@@ -415,7 +530,7 @@ impl AuditStore {
                     continue;
                 }
                 let sequence = frontier.size;
-                nodes.extend(frontier.push(event.leaf_hash));
+                nodes.extend(frontier.push(event.leaf_hash).into_iter().filter(|(level, _, _)| is_stored_level(*level)));
                 fresh.push((sequence, event));
                 let receipt = Receipt { event_id: event.event_id.clone(), sequence, leaf_hash: event.leaf_hash, duplicate: false };
                 known.insert(event.event_id.clone(), receipt.clone());
@@ -436,30 +551,13 @@ impl AuditStore {
         })
     }
 
-    /// Stored tree nodes by (level, index).
+    /// Tree nodes by (level, index), recomputed from the stored levels.
     pub async fn nodes(&self, keys: &[(u32, u64)]) -> Result<HashMap<(u32, u64), Hash>, StoreError> {
         let database = &self.database;
-        let mut found = HashMap::new();
-        for chunk in keys.chunks(CHUNK) {
-            let conditions: Vec<String> =
-                (0..chunk.len()).map(|i| format!("(level = ${} AND idx = ${})", 2 * i + 1, 2 * i + 2)).collect();
-            let text = sql(
-                database,
-                &format!("SELECT level, idx, hash FROM audit_tree_nodes WHERE {}", conditions.join(" OR ")),
-            );
-            on_pool!(database, pool => {
-                let mut query = sqlx::query(&text);
-                for (level, index) in chunk {
-                    query = query.bind(*level as i32).bind(*index as i64);
-                }
-                for row in query.fetch_all(pool).await? {
-                    let level: i32 = row.try_get("level")?;
-                    let index: i64 = row.try_get("idx")?;
-                    found.insert((level as u32, index as u64), hash_of(row.try_get("hash")?)?);
-                }
-            });
-        }
-        Ok(found)
+        on_pool!(database, pool => {
+            let mut connection = pool.acquire().await?;
+            compute_nodes(&mut *connection, keys).await
+        })
     }
 
     /// Every stored node of one level in `[from, to)`, in index order.
@@ -474,6 +572,54 @@ impl AuditStore {
             rows.iter()
                 .map(|row| Ok((row.try_get::<i64, _>("idx")? as u64, hash_of(row.try_get("hash")?)?)))
                 .collect()
+        })
+    }
+
+    /// The events in `[from, to)` (without payloads) and, apart, the
+    /// payloads still stored for them, both in sequence order. Verify's read
+    /// path: two range scans on two connections at once, no join.
+    pub async fn range(&self, from: u64, to: u64) -> Result<(Vec<StoredEvent>, Vec<(u64, String)>), StoreError> {
+        let database = &self.database;
+        let events_text = sql(
+            database,
+            "SELECT sequence, event_id, event_type, time_micros, correlation_id, agent_id, actor, subject, \
+             payload_hash, sensitive, leaf_hash, recorded_at_micros FROM audit_events \
+             WHERE sequence >= $1 AND sequence < $2 ORDER BY sequence",
+        );
+        let payloads_text = sql(
+            database,
+            "SELECT sequence, payload FROM audit_payloads WHERE sequence >= $1 AND sequence < $2 ORDER BY sequence",
+        );
+        on_pool!(database, pool => {
+            let events = async {
+                let rows = sqlx::query(&events_text).bind(from as i64).bind(to as i64).fetch_all(pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(StoredEvent {
+                            sequence: row.try_get::<i64, _>(0)? as u64,
+                            event_id: row.try_get(1)?,
+                            event_type: row.try_get(2)?,
+                            time_micros: row.try_get(3)?,
+                            correlation_id: row.try_get(4)?,
+                            agent_id: row.try_get(5)?,
+                            actor: row.try_get(6)?,
+                            subject: row.try_get(7)?,
+                            payload_json: None,
+                            payload_hash: hash_of(row.try_get(8)?)?,
+                            sensitive: row.try_get(9)?,
+                            leaf_hash: hash_of(row.try_get(10)?)?,
+                            recorded_at_micros: row.try_get(11)?,
+                        })
+                    })
+                    .collect::<Result<Vec<StoredEvent>, StoreError>>()
+            };
+            let payloads = async {
+                let rows = sqlx::query(&payloads_text).bind(from as i64).bind(to as i64).fetch_all(pool).await?;
+                rows.iter()
+                    .map(|row| Ok((row.try_get::<i64, _>(0)? as u64, row.try_get(1)?)))
+                    .collect::<Result<Vec<(u64, String)>, StoreError>>()
+            };
+            tokio::try_join!(events, payloads)
         })
     }
 
@@ -655,12 +801,57 @@ mod tests {
     }
 
     #[test]
+    fn the_append_transaction_takes_the_append_lock() {
+        let key: i64 = 0x5741_5244_4155_4454;
+        assert!(BEGIN_APPEND.ends_with(&format!("pg_advisory_xact_lock({key})")));
+    }
+
+    #[test]
     fn frontier_keys_name_the_right_edge() {
         assert_eq!(frontier_keys(0), vec![]);
         assert_eq!(frontier_keys(1), vec![(0, 0)]);
         assert_eq!(frontier_keys(6), vec![(1, 2), (2, 0)]);
         assert_eq!(frontier_keys(7), vec![(0, 6), (1, 2), (2, 0)]);
         assert_eq!(frontier_keys(8), vec![(3, 0)]);
+    }
+
+    /// A tree in memory that holds, like the tables, only leaves and the
+    /// stored levels.
+    struct Tables(HashMap<u32, Vec<Hash>>);
+
+    impl TreeRows for Tables {
+        async fn hashes(&mut self, level: u32, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
+            assert!(level == 0 || is_stored_level(level), "level {level} is not stored");
+            let stored = self.0.get(&level).map(Vec::as_slice).unwrap_or_default();
+            stored.get(from as usize..to as usize).map(<[Hash]>::to_vec).ok_or(StoreError::Other("missing".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_are_recomputed_from_the_stored_levels() {
+        // 70,000 leaves reach level 16, the second stored level.
+        let mut levels = vec![(0..70_000u64).map(|i| warden_merkle::leaf_hash(&i.to_be_bytes())).collect::<Vec<_>>()];
+        while levels.last().unwrap().len() > 1 {
+            let next = levels.last().unwrap().chunks_exact(2).map(|p| warden_merkle::node_hash(&p[0], &p[1])).collect();
+            levels.push(next);
+        }
+        let stored = (0..levels.len() as u32)
+            .filter(|&level| level == 0 || is_stored_level(level))
+            .map(|level| (level, levels[level as usize].clone()))
+            .collect();
+        let mut tables = Tables(stored);
+        let keys: Vec<(u32, u64)> = (0..levels.len() as u32)
+            .flat_map(|level| {
+                let count = levels[level as usize].len() as u64;
+                [0, count / 2, count - 1].map(|index| (level, index))
+            })
+            .collect();
+        let found = compute_nodes(&mut tables, &keys).await.unwrap();
+        for (level, index) in keys {
+            assert_eq!(found[&(level, index)], levels[level as usize][index as usize], "node ({level}, {index})");
+        }
+        // An incomplete node cannot be computed.
+        assert!(compute_nodes(&mut tables, &[(3, 70_000 / 8)]).await.is_err());
     }
 
     #[test]

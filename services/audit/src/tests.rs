@@ -92,6 +92,37 @@ async fn proofs_check_against_signed_checkpoints(database: Database) {
     assert!(log.consistency_proof(21, 0).await.is_err());
 }
 
+async fn proofs_span_stored_and_recomputed_levels(database: Database) {
+    // 600 events: two complete stored subtrees of 256 and a partial third.
+    let log = open(&database).await;
+    fill(&log, 257).await;
+    let early = verified(&log, &log.checkpoint().await.unwrap());
+    fill_more(&log, 257, 600).await;
+    let late = verified(&log, &log.checkpoint().await.unwrap());
+    for sequence in [0, 5, 255, 256] {
+        let (_, leaf, proof) = log.inclusion_proof(sequence, 257).await.unwrap();
+        warden_merkle::verify_inclusion(sequence, 257, &leaf, &proof, &early.root).unwrap();
+    }
+    for sequence in [0, 300, 511, 512, 599] {
+        let (_, leaf, proof) = log.inclusion_proof(sequence, 600).await.unwrap();
+        warden_merkle::verify_inclusion(sequence, 600, &leaf, &proof, &late.root).unwrap();
+    }
+    for old in [1, 256, 257] {
+        let old_root = log.root(old).await.unwrap();
+        let (_, proof) = log.consistency_proof(old, 600).await.unwrap();
+        warden_merkle::verify_consistency(old, 600, &old_root, &late.root, &proof).unwrap();
+    }
+    assert_eq!(log.root(257).await.unwrap(), early.root);
+    // A log reopened mid-subtree rebuilds its right edge and carries on.
+    let reopened = open(&database).await;
+    fill_more(&reopened, 600, 800).await;
+    let report = reopened.verify(0, 0).await.unwrap();
+    assert!(report.ok && report.verified == 800, "{report:?}");
+    let head = verified(&reopened, &reopened.checkpoint().await.unwrap());
+    let (_, proof) = reopened.consistency_proof(600, 800).await.unwrap();
+    warden_merkle::verify_consistency(600, 800, &late.root, &head.root, &proof).unwrap();
+}
+
 async fn fill_more(log: &AuditLog, from: usize, to: usize) {
     let events: Vec<EventInput> = (from..to).map(|i| event(&format!("e{i}"), "more")).collect();
     log.append(events).await.unwrap();
@@ -107,12 +138,13 @@ async fn exec(database: &Database, sql: &str) -> Result<(), warden_store::StoreE
 
 async fn the_database_refuses_updates_and_deletes(database: Database) {
     let log = open(&database).await;
-    fill(&log, 3).await;
+    // 256 events complete the first stored tree node.
+    fill(&log, 256).await;
     log.checkpoint().await.unwrap();
     for sql in [
         "UPDATE audit_events SET agent_id = 'mallory' WHERE sequence = 1",
         "DELETE FROM audit_events WHERE sequence = 1",
-        "UPDATE audit_tree_nodes SET hash = hash WHERE level = 0",
+        "UPDATE audit_tree_nodes SET hash = hash WHERE level = 8",
         "DELETE FROM audit_tree_nodes",
         "DELETE FROM audit_checkpoints",
         "UPDATE audit_payloads SET payload = '{}'",
@@ -146,8 +178,12 @@ async fn drop_triggers(database: &Database) {
 }
 
 async fn check_tampering(database: Database, tamper: &[&str], first_bad: u64, problem: &str) {
+    check_tampering_of(database, 12, tamper, first_bad, problem).await;
+}
+
+async fn check_tampering_of(database: Database, events: u64, tamper: &[&str], first_bad: u64, problem: &str) {
     let log = open(&database).await;
-    fill(&log, 12).await;
+    fill(&log, events as usize).await;
     let checkpoint = log.checkpoint().await.unwrap();
     let head = verified(&log, &checkpoint);
     assert!(log.verify(0, 0).await.unwrap().ok);
@@ -163,7 +199,8 @@ async fn check_tampering(database: Database, tamper: &[&str], first_bad: u64, pr
     // event the log shows, it hashes the event and checks the hash against
     // the checkpoint; and the shown sequences must run 0.. without gaps.
     let shown = log.records(&Filter::default(), 0, 1000).await.unwrap();
-    let mut caught = shown.iter().enumerate().any(|(i, r)| r.stored.sequence != i as u64) || shown.len() < 12;
+    let mut caught =
+        shown.iter().enumerate().any(|(i, r)| r.stored.sequence != i as u64) || (shown.len() as u64) < events;
     for record in &shown {
         let e = &record.stored;
         let leaf = crate::leaf::LeafFields {
@@ -178,9 +215,9 @@ async fn check_tampering(database: Database, tamper: &[&str], first_bad: u64, pr
             sensitive: e.sensitive.as_deref(),
         }
         .leaf_hash();
-        match log.inclusion_proof(e.sequence, 12).await {
-            Ok((_, _, proof)) if warden_merkle::verify_inclusion(e.sequence, 12, &leaf, &proof, &head.root).is_ok() => {
-            }
+        match log.inclusion_proof(e.sequence, events).await {
+            Ok((_, _, proof))
+                if warden_merkle::verify_inclusion(e.sequence, events, &leaf, &proof, &head.root).is_ok() => {}
             _ => caught = true,
         }
     }
@@ -192,35 +229,42 @@ async fn an_edited_event_is_caught(database: Database) {
         .await;
 }
 
+/// The attacker rewrites event 5 and its leaf hash consistently.
+fn rewrite_event_5(database: &Database) -> String {
+    let hash = crate::leaf::payload_hash("{\"effect\":\"allow\"}");
+    let fields = crate::leaf::LeafFields {
+        event_id: "e5",
+        event_type: "policy_evaluation",
+        time_micros: 1_781_524_800_000_000,
+        correlation_id: "corr-agent-2",
+        agent_id: "mallory",
+        actor: "warden-policy-engine",
+        subject: "agent-2",
+        payload_hash: &hash,
+        sensitive: None,
+    };
+    let leaf = hex::encode(fields.leaf_hash());
+    match database {
+        Database::Sqlite(_) => {
+            format!("UPDATE audit_events SET agent_id = 'mallory', leaf_hash = X'{leaf}' WHERE sequence = 5")
+        }
+        Database::Postgres(_) => {
+            format!("UPDATE audit_events SET agent_id = 'mallory', leaf_hash = '\\x{leaf}' WHERE sequence = 5")
+        }
+    }
+}
+
 async fn an_edited_event_with_recomputed_hashes_is_caught(database: Database) {
-    // The attacker rewrites the event and its leaf hash consistently; the
-    // tree and the signed checkpoint still hold the original.
-    let leaf = {
-        let hash = crate::leaf::payload_hash("{\"effect\":\"allow\"}");
-        let fields = crate::leaf::LeafFields {
-            event_id: "e5",
-            event_type: "policy_evaluation",
-            time_micros: 1_781_524_800_000_000,
-            correlation_id: "corr-agent-2",
-            agent_id: "mallory",
-            actor: "warden-policy-engine",
-            subject: "agent-2",
-            payload_hash: &hash,
-            sensitive: None,
-        };
-        hex::encode(fields.leaf_hash())
-    };
-    let (update_event, update_node) = match &database {
-        Database::Sqlite(_) => (
-            format!("UPDATE audit_events SET agent_id = 'mallory', leaf_hash = X'{leaf}' WHERE sequence = 5"),
-            format!("UPDATE audit_tree_nodes SET hash = X'{leaf}' WHERE level = 0 AND idx = 5"),
-        ),
-        Database::Postgres(_) => (
-            format!("UPDATE audit_events SET agent_id = 'mallory', leaf_hash = '\\x{leaf}' WHERE sequence = 5"),
-            format!("UPDATE audit_tree_nodes SET hash = '\\x{leaf}' WHERE level = 0 AND idx = 5"),
-        ),
-    };
-    check_tampering(database, &[&update_event, &update_node], 4, "does not match its children").await;
+    // Inside a complete stored subtree (256 leaves), the stored node over
+    // the first 256 events still holds the original.
+    let update = rewrite_event_5(&database);
+    check_tampering_of(database, 300, &[&update], 0, "tree node (8, 0) does not match the events under it").await;
+}
+
+async fn an_edited_event_with_recomputed_hashes_is_caught_by_the_checkpoint(database: Database) {
+    // Before any stored node covers it, the signed checkpoint does.
+    let update = rewrite_event_5(&database);
+    check_tampering(database, &[&update], 0, "no longer matches signed checkpoint 12").await;
 }
 
 async fn a_deleted_event_is_caught(database: Database) {
@@ -228,13 +272,7 @@ async fn a_deleted_event_is_caught(database: Database) {
 }
 
 async fn a_deleted_last_event_is_caught(database: Database) {
-    check_tampering(
-        database,
-        &["DELETE FROM audit_events WHERE sequence = 11", "DELETE FROM audit_tree_nodes WHERE idx >= 11 AND level = 0"],
-        11,
-        "larger than the log",
-    )
-    .await;
+    check_tampering(database, &["DELETE FROM audit_events WHERE sequence = 11"], 11, "larger than the log").await;
 }
 
 async fn an_inserted_event_is_caught(database: Database) {
@@ -253,6 +291,8 @@ async fn an_inserted_event_is_caught(database: Database) {
 }
 
 async fn reordered_events_are_caught(database: Database) {
+    // Each event still matches its own leaf hash (a leaf commits to the
+    // event, its position is the tree's), so the signed tree catches it.
     check_tampering(
         database,
         &[
@@ -260,8 +300,8 @@ async fn reordered_events_are_caught(database: Database) {
             "UPDATE audit_events SET sequence = 2 WHERE sequence = 3",
             "UPDATE audit_events SET sequence = 3 WHERE sequence = 100",
         ],
-        2,
-        "leaf",
+        0,
+        "no longer matches signed checkpoint 12",
     )
     .await;
 }
@@ -361,6 +401,8 @@ warden_store::backend_tests!(
     the_database_refuses_updates_and_deletes,
     an_edited_event_is_caught,
     an_edited_event_with_recomputed_hashes_is_caught,
+    an_edited_event_with_recomputed_hashes_is_caught_by_the_checkpoint,
+    proofs_span_stored_and_recomputed_levels,
     a_deleted_event_is_caught,
     a_deleted_last_event_is_caught,
     an_inserted_event_is_caught,

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use warden_proto::policy::v1::policy_service_server::PolicyServiceServer;
 use warden_store::Database;
 use warden_telemetry::ServerHandle;
@@ -131,7 +130,7 @@ impl PolicyEngine {
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                .serve_with_incoming_shutdown(listener, signal)
         });
         tracing::info!(%addr, "policy engine listening");
         Ok(PolicyEngine { addr, metrics_addr, engine, reloader, decision_log, handle, _watcher: watcher })
