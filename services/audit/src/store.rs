@@ -22,6 +22,9 @@ use sqlx::Row;
 use warden_merkle::Hash;
 use warden_store::{Database, StoreError};
 
+/// The number of events in the log (sequences start at 0 and have no gaps).
+const SIZE: &str = "SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_events";
+
 /// An append transaction on PostgreSQL: begun and locked in one round trip.
 /// The advisory lock's key is "WARDAUDT" (0x5741_5244_4155_4454).
 const BEGIN_APPEND: &str = "BEGIN; SELECT pg_advisory_xact_lock(6287397007893283924)";
@@ -292,10 +295,7 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Postgres> {
 
 impl BatchStatements for sqlx::Transaction<'_, sqlx::Sqlite> {
     async fn size_and_recorded(&mut self, ids: &[&str]) -> Result<(u64, Vec<Receipt>), StoreError> {
-        let size = sqlx::query("SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_events")
-            .fetch_one(&mut **self)
-            .await?
-            .try_get::<i64, _>("size")? as u64;
+        let size = sqlx::query(SIZE).fetch_one(&mut **self).await?.try_get::<i64, _>("size")? as u64;
         let mut receipts = Vec::new();
         for chunk in ids.chunks(CHUNK) {
             let text = format!(
@@ -545,9 +545,8 @@ impl AuditStore {
     /// The number of events in the log.
     pub async fn size(&self) -> Result<u64, StoreError> {
         let database = &self.database;
-        let text = sql(database, "SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_events");
         on_pool!(database, pool => {
-            Ok(sqlx::query(&text).fetch_one(pool).await?.try_get::<i64, _>("size")? as u64)
+            Ok(sqlx::query(SIZE).fetch_one(pool).await?.try_get::<i64, _>("size")? as u64)
         })
     }
 
@@ -583,8 +582,8 @@ impl AuditStore {
         let events_text = sql(
             database,
             "SELECT sequence, event_id, event_type, time_micros, correlation_id, agent_id, actor, subject, \
-             payload_hash, sensitive, leaf_hash, recorded_at_micros FROM audit_events \
-             WHERE sequence >= $1 AND sequence < $2 ORDER BY sequence",
+             payload_hash, sensitive, leaf_hash, recorded_at_micros, CAST(NULL AS TEXT) AS payload \
+             FROM audit_events WHERE sequence >= $1 AND sequence < $2 ORDER BY sequence",
         );
         let payloads_text = sql(
             database,
@@ -593,25 +592,11 @@ impl AuditStore {
         on_pool!(database, pool => {
             let events = async {
                 let rows = sqlx::query(&events_text).bind(from as i64).bind(to as i64).fetch_all(pool).await?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(StoredEvent {
-                            sequence: row.try_get::<i64, _>(0)? as u64,
-                            event_id: row.try_get(1)?,
-                            event_type: row.try_get(2)?,
-                            time_micros: row.try_get(3)?,
-                            correlation_id: row.try_get(4)?,
-                            agent_id: row.try_get(5)?,
-                            actor: row.try_get(6)?,
-                            subject: row.try_get(7)?,
-                            payload_json: None,
-                            payload_hash: hash_of(row.try_get(8)?)?,
-                            sensitive: row.try_get(9)?,
-                            leaf_hash: hash_of(row.try_get(10)?)?,
-                            recorded_at_micros: row.try_get(11)?,
-                        })
-                    })
-                    .collect::<Result<Vec<StoredEvent>, StoreError>>()
+                let mut events = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    events.push(stored_event!(row));
+                }
+                Ok::<_, StoreError>(events)
             };
             let payloads = async {
                 let rows = sqlx::query(&payloads_text).bind(from as i64).bind(to as i64).fetch_all(pool).await?;
