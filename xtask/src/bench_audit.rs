@@ -26,6 +26,10 @@ pub struct AuditArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// The service's `append_connections` (PostgreSQL: transactions a
+    /// large batch is split across).
+    #[arg(long, default_value_t = AuditConfig::default().append_connections)]
+    append_connections: usize,
 }
 
 fn payload(i: usize) -> prost_types::Struct {
@@ -76,15 +80,18 @@ pub async fn run(args: AuditArgs) -> Result<(), String> {
 async fn run_on(args: &AuditArgs, url: &str, backend: &str, dir: &std::path::Path) -> Result<(), String> {
     let mut config = AuditConfig::for_tests(dir);
     config.database_url = url.to_owned();
+    config.append_connections = args.append_connections;
     let server = AuditServer::start(config).await.map_err(|e| e.to_string())?;
     let channel =
         Channel::from_shared(server.url()).map_err(|e| e.to_string())?.connect().await.map_err(|e| e.to_string())?;
     println!(
-        "bench audit on {backend}: {} producers, {} event(s) per Append, ~400-byte events, {}s",
-        args.producers, args.batch, args.seconds
+        "bench audit on {backend}: {} producers, {} event(s) per Append, ~400-byte events, {}s, {} append connection(s)",
+        args.producers, args.batch, args.seconds, args.append_connections
     );
 
     // 1. Durable appends through the service.
+    let metrics = &warden_audit::metrics::METRICS;
+    let (commits_before, events_before) = (metrics.batch_size.get_sample_count(), metrics.batch_size.get_sample_sum());
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -124,6 +131,8 @@ async fn run_on(args: &AuditArgs, url: &str, backend: &str, dir: &std::path::Pat
     }
     let elapsed = started.elapsed().as_secs_f64();
     let append_rate = events as f64 / elapsed;
+    let per_commit = (metrics.batch_size.get_sample_sum() - events_before)
+        / (metrics.batch_size.get_sample_count() - commits_before).max(1) as f64;
     let p99 = percentile(&mut latencies, 0.99);
     let p50 = percentile(&mut latencies, 0.5);
 
@@ -141,6 +150,7 @@ async fn run_on(args: &AuditArgs, url: &str, backend: &str, dir: &std::path::Pat
 
     println!("{:<44} {:>12}", "measure", "value");
     println!("{:<44} {:>12.0}", "durable appends, events/s", append_rate);
+    println!("{:<44} {:>12.0}", "events per group commit, mean", per_commit);
     println!("{:<44} {:>12.1?}", "time to receipt p50", p50);
     println!("{:<44} {:>12.1?}", "time to receipt p99", p99);
     println!("{:<44} {:>12.0}", "raw 100-row INSERTs (same rows), rows/s", raw_rate);

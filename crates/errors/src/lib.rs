@@ -363,10 +363,14 @@ impl Validator {
         }
     }
 
-    /// Requires a string of at most `max` bytes.
+    /// Requires a string of at most `max` bytes, without NUL characters
+    /// (PostgreSQL's text cannot hold them; stored text would fail the
+    /// whole transaction, and a group commit with it).
     pub fn max_len(&mut self, field: &str, value: &str, max: usize) {
         if value.len() > max {
             self.violation(field, format!("must be at most {max} bytes, got {}", value.len()));
+        } else if value.contains('\0') {
+            self.violation(field, "must not contain NUL characters");
         }
     }
 
@@ -399,6 +403,19 @@ mod tests {
             ["agent.id", "action.estimated_cost"]
         );
         assert_eq!(back.reason, "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn strings_with_nul_characters_are_refused() {
+        let mut validator = Validator::new();
+        validator.max_len("event_id", "ok", 8);
+        validator.max_len("actor", "a\0b", 8);
+        validator.required_str("agent_id", "\0", 8);
+        let error = validator.finish().unwrap_err();
+        assert_eq!(
+            error.violations.iter().map(|v| (v.field.as_str(), v.description.as_str())).collect::<Vec<_>>(),
+            [("actor", "must not contain NUL characters"), ("agent_id", "must not contain NUL characters")]
+        );
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub struct AuditConfig {
     pub retention_interval: Duration,
     /// Most events committed in one transaction (group commit).
     pub max_batch: usize,
+    /// PostgreSQL: a large batch is split across up to this many
+    /// transactions on as many connections, whose inserts run at once and
+    /// which commit in order (1 turns this off).
+    pub append_connections: usize,
     pub telemetry: TelemetryConfig,
 }
 
@@ -59,6 +63,7 @@ impl Default for AuditConfig {
             retention: Duration::ZERO,
             retention_interval: Duration::from_secs(3600),
             max_batch: 1000,
+            append_connections: 2,
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -75,6 +80,9 @@ impl Validate for AuditConfig {
         }
         if !(1..=10_000).contains(&self.max_batch) {
             return Err(ConfigError::invalid("max_batch", self.max_batch, "must be between 1 and 10000"));
+        }
+        if !(1..=8).contains(&self.append_connections) {
+            return Err(ConfigError::invalid("append_connections", self.append_connections, "must be between 1 and 8"));
         }
         if self.retention_interval < Duration::from_secs(1) {
             return Err(ConfigError::invalid(

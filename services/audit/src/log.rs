@@ -119,6 +119,15 @@ pub struct VerifyReport {
     pub tree_size: u64,
 }
 
+/// How the appender groups commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Most events committed at once (group commit).
+    pub max_batch: usize,
+    /// PostgreSQL: most transactions a large batch is split across.
+    pub stripes: usize,
+}
+
 struct AppendJob {
     events: Vec<NewEvent>,
     reply: oneshot::Sender<Result<Vec<Receipt>, StoreError>>,
@@ -170,7 +179,7 @@ impl AuditLog {
         store: AuditStore,
         signer: NoteSigner,
         master: MasterKey,
-        max_batch: usize,
+        batching: Batching,
     ) -> Result<Arc<AuditLog>, AuditError> {
         let verifier = NoteVerifier::parse(&signer.verifier_key())
             .map_err(|e| KeyError::Invalid("signing key".into(), e.to_string()))?;
@@ -187,7 +196,7 @@ impl AuditLog {
             appender,
             size: size_tx,
         });
-        tokio::spawn(run_appender(store, jobs, max_batch, log.size.clone()));
+        tokio::spawn(run_appender(store, jobs, batching, log.size.clone()));
         Ok(log)
     }
 
@@ -224,6 +233,15 @@ impl AuditLog {
     /// Prepares events (ids, canonical payloads, encryption, leaf hashes)
     /// and appends them; returns once they are durable.
     pub async fn append(&self, inputs: Vec<EventInput>) -> Result<Vec<Receipt>, AuditError> {
+        let events = self.prepare(inputs).await?;
+        let (reply, receipt) = oneshot::channel();
+        self.appender.send(AppendJob { events, reply }).await.map_err(|_| AuditError::Stopped)?;
+        Ok(receipt.await.map_err(|_| AuditError::Stopped)??)
+    }
+
+    /// Events as stored: ids, canonical payloads, sealed sensitive fields
+    /// and leaf hashes. Fails, naming every bad field, if any is invalid.
+    pub async fn prepare(&self, inputs: Vec<EventInput>) -> Result<Vec<NewEvent>, AuditError> {
         let mut events = Vec::with_capacity(inputs.len());
         let mut violations = Vec::new();
         for (i, input) in inputs.into_iter().enumerate() {
@@ -289,9 +307,7 @@ impl AuditLog {
         if !violations.is_empty() {
             return Err(AuditError::Invalid(violations));
         }
-        let (reply, receipt) = oneshot::channel();
-        self.appender.send(AppendJob { events, reply }).await.map_err(|_| AuditError::Stopped)?;
-        Ok(receipt.await.map_err(|_| AuditError::Stopped)??)
+        Ok(events)
     }
 
     async fn fetch_nodes<F>(&self, mut run: F) -> Result<Fetched, AuditError>
@@ -633,9 +649,10 @@ fn check_page(
 async fn run_appender(
     store: AuditStore,
     mut jobs: mpsc::Receiver<AppendJob>,
-    max_batch: usize,
+    batching: Batching,
     size: watch::Sender<u64>,
 ) {
+    let Batching { max_batch, stripes } = batching;
     let mut frontier = Frontier::unknown();
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
@@ -651,29 +668,34 @@ async fn run_appender(
                 Err(_) => break,
             }
         }
-        let events: Vec<NewEvent> = batch.iter().flat_map(|job| job.events.iter().cloned()).collect();
+        let groups: Vec<&[NewEvent]> = batch.iter().map(|job| job.events.as_slice()).collect();
         let started = std::time::Instant::now();
-        let result = store.append(&events, &mut frontier, now_micros()).await;
+        let appended = store.append(&groups, &mut frontier, now_micros(), stripes).await;
         METRICS.commit_duration.observe(started.elapsed().as_secs_f64());
-        METRICS.batch_size.observe(events.len() as f64);
-        match result {
-            Ok(receipts) => {
-                METRICS.appended.inc_by(receipts.iter().filter(|r| !r.duplicate).count() as u64);
-                let mut receipts = receipts.into_iter();
-                for job in batch {
-                    let mine: Vec<Receipt> = receipts.by_ref().take(job.events.len()).collect();
-                    let _ = job.reply.send(Ok(mine));
-                }
-                if frontier.size != u64::MAX {
-                    size.send_replace(frontier.size);
-                }
+        METRICS.batch_size.observe(count as f64);
+        METRICS.appended.inc_by(appended.receipts.iter().flatten().filter(|r| !r.duplicate).count() as u64);
+        // The log's new size: what the frontier says, or after a partly
+        // committed batch, one past the last sequence it committed.
+        let grown = match appended.error {
+            None => Some(frontier.size).filter(|size| *size != u64::MAX),
+            Some(_) => appended.receipts.iter().flatten().filter(|r| !r.duplicate).map(|r| r.sequence + 1).max(),
+        };
+        let mut jobs_left = batch.into_iter();
+        for (job, receipts) in jobs_left.by_ref().zip(appended.receipts) {
+            let _ = job.reply.send(Ok(receipts));
+        }
+        if let Some(error) = appended.error {
+            tracing::error!(%error, events = count, "append failed");
+            for job in jobs_left {
+                let _ = job.reply.send(Err(StoreError::Other(error.to_string())));
             }
-            Err(error) => {
-                tracing::error!(%error, events = events.len(), "append failed");
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Other(error.to_string())));
-                }
-            }
+        }
+        if let Some(grown) = grown {
+            size.send_if_modified(|current| {
+                let larger = grown > *current;
+                *current = (*current).max(grown);
+                larger
+            });
         }
     }
 }

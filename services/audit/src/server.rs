@@ -12,7 +12,7 @@ use warden_telemetry::ServerHandle;
 
 use crate::config::AuditConfig;
 use crate::keys::{KeyError, MasterKey, load_signer};
-use crate::log::{AuditError, AuditLog, now_micros};
+use crate::log::{AuditError, AuditLog, Batching, now_micros};
 use crate::service::AuditServiceImpl;
 use crate::store::AuditStore;
 
@@ -56,7 +56,13 @@ impl AuditServer {
             tracing::warn!(path = %config.signing_key_path().display(), "created a new checkpoint signing key");
         }
         let master = MasterKey::load(&config.master_key, &config.master_key_path())?;
-        let log = AuditLog::open(AuditStore::new(database), signer, master, config.max_batch).await?;
+        let log = AuditLog::open(
+            AuditStore::new(database),
+            signer,
+            master,
+            Batching { max_batch: config.max_batch, stripes: config.append_connections },
+        )
+        .await?;
         let verifier_key = log.verifier_key();
         tracing::info!(verifier_key = %verifier_key, "checkpoint verifier key");
 

@@ -29,6 +29,14 @@ const SIZE: &str = "SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_eve
 /// The advisory lock's key is "WARDAUDT" (0x5741_5244_4155_4454).
 const BEGIN_APPEND: &str = "BEGIN; SELECT pg_advisory_xact_lock(6287397007893283924)";
 
+/// The same lock at session level, for a striped append whose transactions
+/// span several connections; it is held until [`UNLOCK_APPEND`].
+const LOCK_APPEND: &str = "SELECT pg_advisory_lock(6287397007893283924); BEGIN";
+const UNLOCK_APPEND: &str = "SELECT pg_advisory_unlock(6287397007893283924)";
+
+/// The smallest batch worth splitting across connections.
+const STRIPE_MIN_EVENTS: usize = 256;
+
 /// Rows per multi-row INSERT.
 const CHUNK: usize = 400;
 
@@ -207,15 +215,18 @@ pub struct StoredCheckpoint {
 /// The two statements whose shape differs by backend: PostgreSQL takes
 /// arrays (`ANY`, `UNNEST`), so each statement has one text whatever the
 /// batch size and is prepared once; SQLite takes multi-row VALUES lists.
-trait BatchStatements {
+trait BatchStatements: Send {
     /// The log's size, and receipts of the ids already recorded.
-    async fn size_and_recorded(&mut self, ids: &[&str]) -> Result<(u64, Vec<Receipt>), StoreError>;
-    async fn insert_batch(
+    fn size_and_recorded(
+        &mut self,
+        ids: &[&str],
+    ) -> impl std::future::Future<Output = Result<(u64, Vec<Receipt>), StoreError>> + Send;
+    fn insert_batch(
         &mut self,
         fresh: &[(u64, &NewEvent)],
         nodes: &[(u32, u64, Hash)],
         now_micros: i64,
-    ) -> Result<(), StoreError>;
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
 }
 
 fn receipt_from(event_id: String, sequence: i64, leaf_hash: Vec<u8>) -> Result<Receipt, StoreError> {
@@ -464,6 +475,183 @@ async fn compute_nodes<C: TreeRows>(
     Ok(found)
 }
 
+/// What an append did: the receipts of the groups that were committed (a
+/// prefix of the groups given), and why the rest were not.
+#[derive(Debug)]
+pub struct Appended {
+    pub receipts: Vec<Vec<Receipt>>,
+    pub error: Option<StoreError>,
+}
+
+/// The rows one append transaction writes.
+#[derive(Debug, Default)]
+struct Part<'a> {
+    fresh: Vec<(u64, &'a NewEvent)>,
+    nodes: Vec<(u32, u64, Hash)>,
+    /// The groups whose events this part holds: `groups[first_group..end_group]`.
+    end_group: usize,
+}
+
+/// Sequences, receipts and tree rows for a batch, split on group
+/// boundaries into at most `stripes` parts of about equal size. Runs in
+/// the transaction that holds the append lock: it reads the log's size and
+/// the ids already recorded, and reloads the frontier if another replica
+/// appended since.
+struct Plan<'a> {
+    parts: Vec<Part<'a>>,
+    receipts: Vec<Vec<Receipt>>,
+}
+
+fn plan<'a>(groups: &[&'a [NewEvent]], recorded: Vec<Receipt>, frontier: &mut Frontier, stripes: usize) -> Plan<'a> {
+    let total: usize = groups.iter().map(|g| g.len()).sum();
+    let mut known: HashMap<String, Receipt> = recorded.into_iter().map(|r| (r.event_id.clone(), r)).collect();
+    let target = total.div_ceil(stripes.max(1));
+    let mut parts = vec![Part::default()];
+    let mut in_part = 0;
+    let mut receipts = Vec::with_capacity(groups.len());
+    for (index, group) in groups.iter().enumerate() {
+        if in_part >= target && parts.len() < stripes {
+            parts.push(Part::default());
+            in_part = 0;
+        }
+        let part = parts.last_mut().expect("there is always a part");
+        let mut mine = Vec::with_capacity(group.len());
+        for event in group.iter() {
+            if let Some(receipt) = known.get(&event.event_id) {
+                mine.push(Receipt { duplicate: true, ..receipt.clone() });
+                continue;
+            }
+            let sequence = frontier.size;
+            part.nodes
+                .extend(frontier.push(event.leaf_hash).into_iter().filter(|(level, _, _)| is_stored_level(*level)));
+            part.fresh.push((sequence, event));
+            let receipt =
+                Receipt { event_id: event.event_id.clone(), sequence, leaf_hash: event.leaf_hash, duplicate: false };
+            known.insert(event.event_id.clone(), receipt.clone());
+            mine.push(receipt);
+        }
+        in_part += group.len();
+        part.end_group = index + 1;
+        receipts.push(mine);
+    }
+    Plan { parts, receipts }
+}
+
+/// The ids of a batch's events, in order.
+fn ids<'a>(groups: &[&'a [NewEvent]]) -> Vec<&'a str> {
+    groups.iter().flat_map(|g| g.iter()).map(|e| e.event_id.as_str()).collect()
+}
+
+/// Reloads the frontier from the stored tree if the log's size is not
+/// the one it was cached at (another replica appended, or a rollback).
+async fn sync_frontier<C: TreeRows>(connection: &mut C, frontier: &mut Frontier, size: u64) -> Result<(), StoreError> {
+    if frontier.size != size {
+        let mut loaded = Frontier { size, levels: vec![None; 64] };
+        for ((level, _), hash) in compute_nodes(connection, &frontier_keys(size)).await? {
+            loaded.levels[level as usize] = Some(hash);
+        }
+        *frontier = loaded;
+    }
+    Ok(())
+}
+
+/// An append in one transaction, already begun with the append lock.
+async fn append_in<'c, DB>(
+    mut tx: sqlx::Transaction<'c, DB>,
+    groups: &[&[NewEvent]],
+    frontier: &mut Frontier,
+    now_micros: i64,
+) -> Result<Vec<Vec<Receipt>>, StoreError>
+where
+    DB: sqlx::Database,
+    sqlx::Transaction<'c, DB>: BatchStatements,
+    DB::Connection: TreeRows,
+{
+    let (size, recorded) = tx.size_and_recorded(&ids(groups)).await?;
+    sync_frontier(&mut *tx, frontier, size).await?;
+    let plan = plan(groups, recorded, frontier, 1);
+    let part = &plan.parts[0];
+    tx.insert_batch(&part.fresh, &part.nodes, now_micros).await?;
+    tx.commit().await?;
+    Ok(plan.receipts)
+}
+
+/// A striped append on PostgreSQL (see [`AuditStore::append`]). The first
+/// transaction's connection takes the append lock at session level, so it
+/// covers the other transactions too and is held until the last commits.
+async fn append_striped(
+    pool: &sqlx::PgPool,
+    groups: &[&[NewEvent]],
+    frontier: &mut Frontier,
+    now_micros: i64,
+    stripes: usize,
+) -> Appended {
+    let mut holder = match pool.acquire().await {
+        Ok(connection) => connection,
+        Err(error) => return Appended { receipts: Vec::new(), error: Some(error.into()) },
+    };
+    let result = striped(&mut holder, pool, groups, frontier, now_micros, stripes).await;
+    // A connection that still holds the lock must not go back to the pool.
+    if sqlx::query(UNLOCK_APPEND).execute(&mut *holder).await.is_err() {
+        let _ = holder.close().await;
+    }
+    result
+}
+
+async fn striped(
+    holder: &mut sqlx::PgConnection,
+    pool: &sqlx::PgPool,
+    groups: &[&[NewEvent]],
+    frontier: &mut Frontier,
+    now_micros: i64,
+    stripes: usize,
+) -> Appended {
+    use sqlx::Connection;
+    let failed = |error: StoreError| Appended { receipts: Vec::new(), error: Some(error) };
+    let (first, others) = futures::join!(
+        holder.begin_with(LOCK_APPEND),
+        futures::future::try_join_all((1..stripes).map(|_| pool.begin()))
+    );
+    let (mut first, others) = match (first, others) {
+        (Ok(first), Ok(others)) => (first, others),
+        (Err(error), _) | (_, Err(error)) => return failed(error.into()),
+    };
+    let (size, recorded) = match first.size_and_recorded(&ids(groups)).await {
+        Ok(read) => read,
+        Err(error) => return failed(error),
+    };
+    if let Err(error) = sync_frontier(&mut *first, frontier, size).await {
+        return failed(error);
+    }
+    let plan = plan(groups, recorded, frontier, stripes);
+    let mut transactions = vec![first];
+    transactions.extend(others);
+    transactions.truncate(plan.parts.len());
+    let inserted = futures::future::join_all(
+        transactions
+            .iter_mut()
+            .zip(&plan.parts)
+            .map(|(tx, part)| tx.insert_batch(&part.fresh, &part.nodes, now_micros)),
+    )
+    .await;
+    // In sequence order, each only after the one before it committed; the
+    // first that failed, and every one after it, roll back.
+    let mut committed_groups = 0;
+    for ((tx, part), insert) in transactions.into_iter().zip(&plan.parts).zip(inserted) {
+        let done = match insert {
+            Ok(()) => tx.commit().await.map_err(StoreError::from),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = done {
+            let mut receipts = plan.receipts;
+            receipts.truncate(committed_groups);
+            return Appended { receipts, error: Some(error) };
+        }
+        committed_groups = part.end_group;
+    }
+    Appended { receipts: plan.receipts, error: None }
+}
+
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     database: Database,
@@ -478,68 +666,55 @@ impl AuditStore {
         &self.database
     }
 
-    /// Appends a batch atomically. Events whose id is already recorded (or
-    /// repeated in the batch) get the first recording's receipt.
+    /// Appends the events of each group (one Append call's events) and
+    /// returns each group's receipts. A group is committed whole or not at
+    /// all. Events whose id is already recorded (or repeated earlier in the
+    /// batch) get the first recording's receipt.
+    ///
+    /// On PostgreSQL a large batch of several groups is split, on group
+    /// boundaries, into up to `stripes` transactions on as many
+    /// connections: their inserts run at once (one backend alone leaves
+    /// cores idle) and they commit in sequence order, each only after the
+    /// one before it, so the log never has a gap: if one fails, it and the
+    /// ones after it roll back and only the groups before it are appended.
     pub async fn append(
         &self,
-        events: &[NewEvent],
+        groups: &[&[NewEvent]],
         frontier: &mut Frontier,
         now_micros: i64,
-    ) -> Result<Vec<Receipt>, StoreError> {
-        let result = self.append_inner(events, frontier, now_micros).await;
-        if result.is_err() {
-            // The transaction rolled back: the cached frontier may be ahead.
+        stripes: usize,
+    ) -> Appended {
+        let events: usize = groups.iter().map(|g| g.len()).sum();
+        let result = match &self.database {
+            Database::Postgres(pool) if stripes > 1 && groups.len() > 1 && events >= STRIPE_MIN_EVENTS => {
+                append_striped(pool, groups, frontier, now_micros, stripes).await
+            }
+            database => {
+                // SQLite: take the write lock up front (a deferred
+                // transaction that reads, then writes, can deadlock with
+                // another writer). PostgreSQL: an advisory lock serialises
+                // appenders across replicas.
+                let result = match database {
+                    Database::Sqlite(pool) => match pool.begin_with("BEGIN IMMEDIATE").await {
+                        Ok(tx) => append_in(tx, groups, frontier, now_micros).await,
+                        Err(error) => Err(error.into()),
+                    },
+                    Database::Postgres(pool) => match pool.begin_with(BEGIN_APPEND).await {
+                        Ok(tx) => append_in(tx, groups, frontier, now_micros).await,
+                        Err(error) => Err(error.into()),
+                    },
+                };
+                match result {
+                    Ok(receipts) => Appended { receipts, error: None },
+                    Err(error) => Appended { receipts: Vec::new(), error: Some(error) },
+                }
+            }
+        };
+        if result.error.is_some() {
+            // Something rolled back: the cached frontier may be ahead.
             *frontier = Frontier::unknown();
         }
         result
-    }
-
-    async fn append_inner(
-        &self,
-        events: &[NewEvent],
-        frontier: &mut Frontier,
-        now_micros: i64,
-    ) -> Result<Vec<Receipt>, StoreError> {
-        let database = &self.database;
-        on_pool!(database, pool => {
-            // SQLite: take the write lock up front (a deferred transaction
-            // that reads, then writes, can deadlock with another writer).
-            // PostgreSQL: an advisory lock serialises appenders across
-            // replicas.
-            let mut tx = match database {
-                Database::Sqlite(_) => pool.begin_with("BEGIN IMMEDIATE").await?,
-                Database::Postgres(_) => pool.begin_with(BEGIN_APPEND).await?,
-            };
-            // The size, and the ids already in the log.
-            let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-            let (size, recorded) = tx.size_and_recorded(&ids).await?;
-            let mut known: HashMap<String, Receipt> = recorded.into_iter().map(|r| (r.event_id.clone(), r)).collect();
-            if frontier.size != size {
-                let mut loaded = Frontier { size, levels: vec![None; 64] };
-                for ((level, _), hash) in compute_nodes(&mut *tx, &frontier_keys(size)).await? {
-                    loaded.levels[level as usize] = Some(hash);
-                }
-                *frontier = loaded;
-            }
-            let mut fresh: Vec<(u64, &NewEvent)> = Vec::new();
-            let mut nodes: Vec<(u32, u64, Hash)> = Vec::new();
-            let mut receipts = Vec::with_capacity(events.len());
-            for event in events {
-                if let Some(receipt) = known.get(&event.event_id) {
-                    receipts.push(Receipt { duplicate: true, ..receipt.clone() });
-                    continue;
-                }
-                let sequence = frontier.size;
-                nodes.extend(frontier.push(event.leaf_hash).into_iter().filter(|(level, _, _)| is_stored_level(*level)));
-                fresh.push((sequence, event));
-                let receipt = Receipt { event_id: event.event_id.clone(), sequence, leaf_hash: event.leaf_hash, duplicate: false };
-                known.insert(event.event_id.clone(), receipt.clone());
-                receipts.push(receipt);
-            }
-            tx.insert_batch(&fresh, &nodes, now_micros).await?;
-            tx.commit().await?;
-            Ok(receipts)
-        })
     }
 
     /// The number of events in the log.

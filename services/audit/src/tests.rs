@@ -10,8 +10,8 @@ use warden_merkle::note::{Checkpoint, NoteSigner, NoteVerifier};
 use warden_store::Database;
 
 use crate::keys::MasterKey;
-use crate::log::{AuditLog, EventInput, SignedCheckpoint};
-use crate::store::{AuditStore, Filter};
+use crate::log::{AuditLog, Batching, EventInput, SignedCheckpoint};
+use crate::store::{AuditStore, Filter, Frontier, NewEvent};
 
 fn text(s: &str) -> Value {
     Value { kind: Some(Kind::StringValue(s.into())) }
@@ -33,7 +33,14 @@ fn event(id: &str, agent: &str) -> EventInput {
 
 async fn open(database: &Database) -> Arc<AuditLog> {
     let signer = NoteSigner::from_seed("warden.test/audit", [5; 32]).unwrap();
-    AuditLog::open(AuditStore::new(database.clone()), signer, MasterKey::from_bytes([6; 32]), 1000).await.unwrap()
+    AuditLog::open(
+        AuditStore::new(database.clone()),
+        signer,
+        MasterKey::from_bytes([6; 32]),
+        Batching { max_batch: 1000, stripes: 2 },
+    )
+    .await
+    .unwrap()
 }
 
 async fn fill(log: &AuditLog, n: usize) {
@@ -395,6 +402,125 @@ async fn bad_payloads_are_rejected_whole(database: Database) {
     assert_eq!(log.store().size().await.unwrap(), 0, "nothing of a rejected batch is written");
 }
 
+/// `groups` Append calls of `size` events each, prepared for the store.
+async fn groups_of(log: &AuditLog, prefix: &str, groups: usize, size: usize) -> Vec<Vec<NewEvent>> {
+    let mut prepared = Vec::new();
+    for g in 0..groups {
+        let inputs = (0..size).map(|k| event(&format!("{prefix}-{g}-{k}"), &format!("agent-{}", k % 3))).collect();
+        prepared.push(log.prepare(inputs).await.unwrap());
+    }
+    prepared
+}
+
+/// Makes the database refuse to store an event with the id `poison`.
+async fn refuse_poison(database: &Database) {
+    let statements: &[&str] = match database {
+        Database::Sqlite(_) => &["CREATE TRIGGER poison BEFORE INSERT ON audit_events WHEN NEW.event_id = 'poison' \
+              BEGIN SELECT RAISE(ABORT, 'poisoned event'); END"],
+        Database::Postgres(_) => &[
+            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN IF NEW.event_id = 'poison' THEN \
+             RAISE EXCEPTION 'poisoned event'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER poison BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION poison()",
+        ],
+    };
+    for statement in statements {
+        exec(database, statement).await.unwrap();
+    }
+}
+
+async fn a_failing_append_commits_only_the_calls_before_it(database: Database) {
+    let log = open(&database).await;
+    let store = log.store().clone();
+    refuse_poison(&database).await;
+    // Four calls of 100 events; the last call holds an event the database
+    // refuses. On PostgreSQL the batch is striped over two transactions
+    // (calls 0-1 and 2-3) that commit in order; SQLite has one.
+    let mut groups = groups_of(&log, "s", 4, 100).await;
+    groups[3][50] = log.prepare(vec![event("poison", "x")]).await.unwrap().remove(0);
+    let slices: Vec<&[NewEvent]> = groups.iter().map(Vec::as_slice).collect();
+    let mut frontier = Frontier::unknown();
+    let appended = store.append(&slices, &mut frontier, crate::log::now_micros(), 2).await;
+    assert!(appended.error.is_some(), "the poisoned call fails");
+    let committed = match database {
+        Database::Postgres(_) => 2,
+        Database::Sqlite(_) => 0,
+    };
+    assert_eq!(appended.receipts.len(), committed, "the calls before the failed transaction are kept");
+    for (g, receipts) in appended.receipts.iter().enumerate() {
+        let sequences: Vec<u64> = receipts.iter().map(|r| r.sequence).collect();
+        assert_eq!(sequences, (g as u64 * 100..(g as u64 + 1) * 100).collect::<Vec<_>>());
+    }
+    assert_eq!(store.size().await.unwrap(), committed as u64 * 100, "nothing of the failed calls is written");
+    assert!(log.verify(0, 0).await.unwrap().ok);
+
+    // The same calls again, once the database takes them: the kept calls
+    // are duplicates and the rest continue the log without a gap, whatever
+    // the cached frontier said.
+    let drop_trigger = match database {
+        Database::Sqlite(_) => "DROP TRIGGER poison",
+        Database::Postgres(_) => "DROP TRIGGER poison ON audit_events",
+    };
+    exec(&database, drop_trigger).await.unwrap();
+    let appended = store.append(&slices, &mut frontier, crate::log::now_micros(), 2).await;
+    assert!(appended.error.is_none(), "{:?}", appended.error);
+    let receipts: Vec<(u64, bool)> = appended.receipts.iter().flatten().map(|r| (r.sequence, r.duplicate)).collect();
+    let expected: Vec<(u64, bool)> = (0..400u64).map(|s| (s, (s as usize) < committed * 100)).collect();
+    assert_eq!(receipts, expected);
+    let report = log.verify(0, 0).await.unwrap();
+    assert!(report.ok && report.verified == 400, "{report:?}");
+    let checkpoint = log.checkpoint().await.unwrap();
+    assert_eq!(verified(&log, &checkpoint).size, 400);
+}
+
+async fn replicas_appending_striped_batches_share_one_gap_free_log(database: Database) {
+    // Two stores with their own frontiers stand in for two replicas, each
+    // appending striped batches while a third appends small ones.
+    let log = open(&database).await;
+    let other = open(&database).await;
+    let mut batches = Vec::new();
+    for replica in 0..2 {
+        for round in 0..3 {
+            batches.push(groups_of(&log, &format!("r{replica}-{round}"), 3, 100).await);
+        }
+    }
+    let mut tasks = Vec::new();
+    for (replica, mine) in batches.chunks(3).map(<[_]>::to_vec).enumerate() {
+        let store = AuditStore::new(database.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut frontier = Frontier::unknown();
+            let mut sequences = Vec::new();
+            for groups in mine {
+                let slices: Vec<&[NewEvent]> = groups.iter().map(Vec::as_slice).collect();
+                let appended = store.append(&slices, &mut frontier, crate::log::now_micros(), 2).await;
+                assert!(appended.error.is_none(), "replica {replica}: {:?}", appended.error);
+                sequences.extend(appended.receipts.iter().flatten().map(|r| r.sequence));
+            }
+            sequences
+        }));
+    }
+    let small = tokio::spawn(async move {
+        let mut sequences = Vec::new();
+        for k in 0..20 {
+            let receipts = other.append(vec![event(&format!("small-{k}"), "x")]).await.unwrap();
+            sequences.push(receipts[0].sequence);
+        }
+        sequences
+    });
+    let mut sequences = small.await.unwrap();
+    for task in tasks {
+        let mine = task.await.unwrap();
+        // Each call's events are consecutive.
+        for call in mine.chunks(100) {
+            assert!(call.windows(2).all(|w| w[1] == w[0] + 1), "{call:?}");
+        }
+        sequences.extend(mine);
+    }
+    sequences.sort_unstable();
+    assert_eq!(sequences, (0..1820).collect::<Vec<u64>>());
+    let report = log.verify(0, 0).await.unwrap();
+    assert!(report.ok && report.verified == 1820, "{report:?}");
+}
+
 warden_store::backend_tests!(
     appends_are_durable_ordered_and_idempotent,
     proofs_check_against_signed_checkpoints,
@@ -411,4 +537,6 @@ warden_store::backend_tests!(
     retention_drops_payloads_and_keeps_proofs,
     concurrent_appenders_share_one_gap_free_log,
     bad_payloads_are_rejected_whole,
+    a_failing_append_commits_only_the_calls_before_it,
+    replicas_appending_striped_batches_share_one_gap_free_log,
 );
