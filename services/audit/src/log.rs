@@ -14,7 +14,7 @@ use warden_store::StoreError;
 use crate::keys::{DataKey, KeyError, MasterKey};
 use crate::leaf::{LeafFields, canonical_json, payload_hash};
 use crate::metrics::METRICS;
-use crate::store::{AuditStore, Filter, Frontier, NewEvent, Receipt, StoredCheckpoint, StoredEvent};
+use crate::store::{AppendSession, AuditStore, Filter, NewEvent, Receipt, StoredCheckpoint, StoredEvent};
 
 /// The event type retention appends; its correlation id records how far
 /// payloads were purged (`purge-through-<sequence>`), committed to by its leaf.
@@ -646,6 +646,9 @@ fn check_page(
     Ok(leaves)
 }
 
+/// The longest a busy appender keeps the append lock from other replicas.
+const HOLD_LOCK: std::time::Duration = std::time::Duration::from_millis(100);
+
 async fn run_appender(
     store: AuditStore,
     mut jobs: mpsc::Receiver<AppendJob>,
@@ -653,8 +656,19 @@ async fn run_appender(
     size: watch::Sender<u64>,
 ) {
     let Batching { max_batch, stripes } = batching;
-    let mut frontier = Frontier::unknown();
-    while let Some(first) = jobs.recv().await {
+    let mut session = AppendSession::default();
+    loop {
+        let first = match jobs.try_recv() {
+            Ok(job) => job,
+            Err(_) => {
+                // Idle: let other replicas append while this one waits.
+                store.release(&mut session).await;
+                match jobs.recv().await {
+                    Some(job) => job,
+                    None => break,
+                }
+            }
+        };
         let mut batch = vec![first];
         let mut count = batch[0].events.len();
         // Group commit: everything that queued during the last commit goes
@@ -670,14 +684,14 @@ async fn run_appender(
         }
         let groups: Vec<&[NewEvent]> = batch.iter().map(|job| job.events.as_slice()).collect();
         let started = std::time::Instant::now();
-        let appended = store.append(&groups, &mut frontier, now_micros(), stripes).await;
+        let appended = store.append(&groups, &mut session, now_micros(), stripes).await;
         METRICS.commit_duration.observe(started.elapsed().as_secs_f64());
         METRICS.batch_size.observe(count as f64);
         METRICS.appended.inc_by(appended.receipts.iter().flatten().filter(|r| !r.duplicate).count() as u64);
         // The log's new size: what the frontier says, or after a partly
         // committed batch, one past the last sequence it committed.
         let grown = match appended.error {
-            None => Some(frontier.size).filter(|size| *size != u64::MAX),
+            None => Some(session.frontier.size).filter(|size| *size != u64::MAX),
             Some(_) => appended.receipts.iter().flatten().filter(|r| !r.duplicate).map(|r| r.sequence + 1).max(),
         };
         let mut jobs_left = batch.into_iter();
@@ -696,6 +710,11 @@ async fn run_appender(
                 *current = (*current).max(grown);
                 larger
             });
+        }
+        // Busy for long: give waiting replicas a turn (PostgreSQL queues
+        // this appender's next lock request behind theirs).
+        if session.locked_for().is_some_and(|held| held >= HOLD_LOCK) {
+            store.release(&mut session).await;
         }
     }
 }

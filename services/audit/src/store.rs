@@ -29,9 +29,9 @@ const SIZE: &str = "SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_eve
 /// The advisory lock's key is "WARDAUDT" (0x5741_5244_4155_4454).
 const BEGIN_APPEND: &str = "BEGIN; SELECT pg_advisory_xact_lock(6287397007893283924)";
 
-/// The same lock at session level, for a striped append whose transactions
+/// The same lock at session level, for striped appends whose transactions
 /// span several connections; it is held until [`UNLOCK_APPEND`].
-const LOCK_APPEND: &str = "SELECT pg_advisory_lock(6287397007893283924); BEGIN";
+const LOCK_APPEND: &str = "SELECT pg_advisory_lock(6287397007893283924)";
 const UNLOCK_APPEND: &str = "SELECT pg_advisory_unlock(6287397007893283924)";
 
 /// The smallest batch worth splitting across connections.
@@ -576,56 +576,89 @@ where
     Ok(plan.receipts)
 }
 
-/// A striped append on PostgreSQL (see [`AuditStore::append`]). The first
-/// transaction's connection takes the append lock at session level, so it
-/// covers the other transactions too and is held until the last commits.
+/// What an appender keeps between batches: the tree's right edge and, for
+/// striped appends on PostgreSQL, its connections, the first of which may
+/// hold the append lock at session level across batches (see
+/// [`AuditStore::release`]).
+#[derive(Debug)]
+pub struct AppendSession {
+    pub frontier: Frontier,
+    connections: Vec<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    locked_since: Option<std::time::Instant>,
+}
+
+impl Default for AppendSession {
+    fn default() -> Self {
+        AppendSession { frontier: Frontier::unknown(), connections: Vec::new(), locked_since: None }
+    }
+}
+
+impl AppendSession {
+    /// How long the append lock has been held, if it is.
+    pub fn locked_for(&self) -> Option<std::time::Duration> {
+        self.locked_since.map(|since| since.elapsed())
+    }
+
+    /// Forgets everything: the frontier, and the connections, closed so
+    /// that a lock or transaction they hold ends with them.
+    fn reset(&mut self) {
+        self.frontier = Frontier::unknown();
+        self.locked_since = None;
+        for connection in self.connections.drain(..) {
+            drop(connection.detach());
+        }
+    }
+}
+
+impl Drop for AppendSession {
+    fn drop(&mut self) {
+        // A connection holding the lock must never go back to the pool.
+        if self.locked_since.is_some() {
+            self.reset();
+        }
+    }
+}
+
+/// A striped append on PostgreSQL (see [`AuditStore::append`]) on the
+/// session's connections. The first takes the append lock at session
+/// level, so it covers the other transactions too, and keeps it until
+/// [`AuditStore::release`].
 async fn append_striped(
     pool: &sqlx::PgPool,
     groups: &[&[NewEvent]],
-    frontier: &mut Frontier,
-    now_micros: i64,
-    stripes: usize,
-) -> Appended {
-    let mut holder = match pool.acquire().await {
-        Ok(connection) => connection,
-        Err(error) => return Appended { receipts: Vec::new(), error: Some(error.into()) },
-    };
-    let result = striped(&mut holder, pool, groups, frontier, now_micros, stripes).await;
-    // A connection that still holds the lock must not go back to the pool.
-    if sqlx::query(UNLOCK_APPEND).execute(&mut *holder).await.is_err() {
-        let _ = holder.close().await;
-    }
-    result
-}
-
-async fn striped(
-    holder: &mut sqlx::PgConnection,
-    pool: &sqlx::PgPool,
-    groups: &[&[NewEvent]],
-    frontier: &mut Frontier,
+    session: &mut AppendSession,
     now_micros: i64,
     stripes: usize,
 ) -> Appended {
     use sqlx::Connection;
     let failed = |error: StoreError| Appended { receipts: Vec::new(), error: Some(error) };
-    let (first, others) = futures::join!(
-        holder.begin_with(LOCK_APPEND),
-        futures::future::try_join_all((1..stripes).map(|_| pool.begin()))
-    );
-    let (mut first, others) = match (first, others) {
-        (Ok(first), Ok(others)) => (first, others),
-        (Err(error), _) | (_, Err(error)) => return failed(error.into()),
-    };
-    let (size, recorded) = match first.size_and_recorded(&ids(groups)).await {
+    while session.connections.len() < stripes {
+        match pool.acquire().await {
+            Ok(connection) => session.connections.push(connection),
+            Err(error) => return failed(error.into()),
+        }
+    }
+    if session.locked_since.is_none() {
+        if let Err(error) = sqlx::query(LOCK_APPEND).execute(&mut *session.connections[0]).await {
+            return failed(error.into());
+        }
+        session.locked_since = Some(std::time::Instant::now());
+    }
+    let mut transactions = Vec::with_capacity(stripes);
+    for result in futures::future::join_all(session.connections.iter_mut().take(stripes).map(|c| c.begin())).await {
+        match result {
+            Ok(tx) => transactions.push(tx),
+            Err(error) => return failed(error.into()),
+        }
+    }
+    let (size, recorded) = match transactions[0].size_and_recorded(&ids(groups)).await {
         Ok(read) => read,
         Err(error) => return failed(error),
     };
-    if let Err(error) = sync_frontier(&mut *first, frontier, size).await {
+    if let Err(error) = sync_frontier(&mut *transactions[0], &mut session.frontier, size).await {
         return failed(error);
     }
-    let plan = plan(groups, recorded, frontier, stripes);
-    let mut transactions = vec![first];
-    transactions.extend(others);
+    let plan = plan(groups, recorded, &mut session.frontier, stripes);
     transactions.truncate(plan.parts.len());
     let inserted = futures::future::join_all(
         transactions
@@ -680,20 +713,24 @@ impl AuditStore {
     pub async fn append(
         &self,
         groups: &[&[NewEvent]],
-        frontier: &mut Frontier,
+        session: &mut AppendSession,
         now_micros: i64,
         stripes: usize,
     ) -> Appended {
         let events: usize = groups.iter().map(|g| g.len()).sum();
+        let large = stripes > 1 && groups.len() > 1 && events >= STRIPE_MIN_EVENTS;
         let result = match &self.database {
-            Database::Postgres(pool) if stripes > 1 && groups.len() > 1 && events >= STRIPE_MIN_EVENTS => {
-                append_striped(pool, groups, frontier, now_micros, stripes).await
+            // While the session holds the append lock, every batch goes
+            // through it (another transaction would wait for the lock).
+            Database::Postgres(pool) if large || session.locked_since.is_some() => {
+                append_striped(pool, groups, session, now_micros, if large { stripes } else { 1 }).await
             }
             database => {
                 // SQLite: take the write lock up front (a deferred
                 // transaction that reads, then writes, can deadlock with
                 // another writer). PostgreSQL: an advisory lock serialises
                 // appenders across replicas.
+                let frontier = &mut session.frontier;
                 let result = match database {
                     Database::Sqlite(pool) => match pool.begin_with("BEGIN IMMEDIATE").await {
                         Ok(tx) => append_in(tx, groups, frontier, now_micros).await,
@@ -711,10 +748,27 @@ impl AuditStore {
             }
         };
         if result.error.is_some() {
-            // Something rolled back: the cached frontier may be ahead.
-            *frontier = Frontier::unknown();
+            // Something rolled back: the cached frontier may be ahead, and
+            // a connection may be broken.
+            session.reset();
         }
         result
+    }
+
+    /// Lets other appenders (replicas) in: releases the append lock if the
+    /// session holds it. The appender calls this when it has nothing
+    /// queued, and after holding the lock for a while.
+    pub async fn release(&self, session: &mut AppendSession) {
+        if session.locked_since.is_none() {
+            return;
+        }
+        match sqlx::query(UNLOCK_APPEND).execute(&mut *session.connections[0]).await {
+            Ok(_) => session.locked_since = None,
+            Err(error) => {
+                tracing::warn!(%error, "could not release the append lock; closing its connection");
+                session.reset();
+            }
+        }
     }
 
     /// The number of events in the log.

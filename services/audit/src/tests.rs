@@ -11,7 +11,7 @@ use warden_store::Database;
 
 use crate::keys::MasterKey;
 use crate::log::{AuditLog, Batching, EventInput, SignedCheckpoint};
-use crate::store::{AuditStore, Filter, Frontier, NewEvent};
+use crate::store::{AppendSession, AuditStore, Filter, NewEvent};
 
 fn text(s: &str) -> Value {
     Value { kind: Some(Kind::StringValue(s.into())) }
@@ -438,8 +438,8 @@ async fn a_failing_append_commits_only_the_calls_before_it(database: Database) {
     let mut groups = groups_of(&log, "s", 4, 100).await;
     groups[3][50] = log.prepare(vec![event("poison", "x")]).await.unwrap().remove(0);
     let slices: Vec<&[NewEvent]> = groups.iter().map(Vec::as_slice).collect();
-    let mut frontier = Frontier::unknown();
-    let appended = store.append(&slices, &mut frontier, crate::log::now_micros(), 2).await;
+    let mut session = AppendSession::default();
+    let appended = store.append(&slices, &mut session, crate::log::now_micros(), 2).await;
     assert!(appended.error.is_some(), "the poisoned call fails");
     let committed = match database {
         Database::Postgres(_) => 2,
@@ -461,8 +461,9 @@ async fn a_failing_append_commits_only_the_calls_before_it(database: Database) {
         Database::Postgres(_) => "DROP TRIGGER poison ON audit_events",
     };
     exec(&database, drop_trigger).await.unwrap();
-    let appended = store.append(&slices, &mut frontier, crate::log::now_micros(), 2).await;
+    let appended = store.append(&slices, &mut session, crate::log::now_micros(), 2).await;
     assert!(appended.error.is_none(), "{:?}", appended.error);
+    store.release(&mut session).await;
     let receipts: Vec<(u64, bool)> = appended.receipts.iter().flatten().map(|r| (r.sequence, r.duplicate)).collect();
     let expected: Vec<(u64, bool)> = (0..400u64).map(|s| (s, (s as usize) < committed * 100)).collect();
     assert_eq!(receipts, expected);
@@ -487,14 +488,17 @@ async fn replicas_appending_striped_batches_share_one_gap_free_log(database: Dat
     for (replica, mine) in batches.chunks(3).map(<[_]>::to_vec).enumerate() {
         let store = AuditStore::new(database.clone());
         tasks.push(tokio::spawn(async move {
-            let mut frontier = Frontier::unknown();
+            // The first batch takes the append lock and the next ones keep
+            // it, as a busy appender does; releasing it lets the others in.
+            let mut session = AppendSession::default();
             let mut sequences = Vec::new();
             for groups in mine {
                 let slices: Vec<&[NewEvent]> = groups.iter().map(Vec::as_slice).collect();
-                let appended = store.append(&slices, &mut frontier, crate::log::now_micros(), 2).await;
+                let appended = store.append(&slices, &mut session, crate::log::now_micros(), 2).await;
                 assert!(appended.error.is_none(), "replica {replica}: {:?}", appended.error);
                 sequences.extend(appended.receipts.iter().flatten().map(|r| r.sequence));
             }
+            store.release(&mut session).await;
             sequences
         }));
     }
@@ -521,6 +525,38 @@ async fn replicas_appending_striped_batches_share_one_gap_free_log(database: Dat
     assert!(report.ok && report.verified == 1820, "{report:?}");
 }
 
+async fn the_append_lock_is_released_when_idle_or_dropped(database: Database) {
+    // A busy log's appender keeps the append lock between batches; once
+    // idle it lets the other replica in. (A lock kept forever would hang
+    // the second replica's append.)
+    let busy = open(&database).await;
+    let other = open(&database).await;
+    let calls: Vec<_> = (0..4)
+        .map(|c| {
+            let busy = busy.clone();
+            tokio::spawn(async move {
+                let events = (0..100).map(|k| event(&format!("busy-{c}-{k}"), "x")).collect();
+                busy.append(events).await.unwrap()
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap();
+    }
+    assert_eq!(other.append(vec![event("other-1", "y")]).await.unwrap()[0].sequence, 400);
+
+    // A session dropped while holding the lock closes its connections
+    // instead of returning the lock to the pool with them.
+    let store = AuditStore::new(database.clone());
+    let groups = groups_of(&busy, "dropped", 3, 100).await;
+    let slices: Vec<&[NewEvent]> = groups.iter().map(Vec::as_slice).collect();
+    let mut session = AppendSession::default();
+    assert!(store.append(&slices, &mut session, crate::log::now_micros(), 2).await.error.is_none());
+    drop(session);
+    assert_eq!(other.append(vec![event("other-2", "y")]).await.unwrap()[0].sequence, 701);
+    assert!(other.verify(0, 0).await.unwrap().ok);
+}
+
 warden_store::backend_tests!(
     appends_are_durable_ordered_and_idempotent,
     proofs_check_against_signed_checkpoints,
@@ -539,4 +575,5 @@ warden_store::backend_tests!(
     bad_payloads_are_rejected_whole,
     a_failing_append_commits_only_the_calls_before_it,
     replicas_appending_striped_batches_share_one_gap_free_log,
+    the_append_lock_is_released_when_idle_or_dropped,
 );
