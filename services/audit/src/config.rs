@@ -130,3 +130,23 @@ impl AuditConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use warden_config::Sources;
+
+    use super::*;
+
+    #[test]
+    fn batching_keys_are_read_and_checked() {
+        let sources = Sources::default().with_override("append_connections", "4").with_override("max_batch", "500");
+        let config: AuditConfig = warden_config::load(&sources).unwrap();
+        assert_eq!((config.append_connections, config.max_batch), (4, 500));
+        for (key, value) in [("append_connections", "0"), ("append_connections", "9"), ("max_batch", "0")] {
+            let error = warden_config::load::<AuditConfig>(&Sources::default().with_override(key, value))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(&format!("`{key}`")), "{key}={value}: {error}");
+        }
+    }
+}
