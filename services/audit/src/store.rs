@@ -1,6 +1,8 @@
 //! The audit log's tables, in SQLite or PostgreSQL.
 //!
-//! Appends happen in one transaction per batch: duplicate detection,
+//! An append batch (the events of one or more Append calls) is written by
+//! one transaction, or on PostgreSQL a large one by several that commit in
+//! sequence order (see [`AuditStore::append`]): duplicate detection,
 //! sequence assignment, the events, their payloads, and the Merkle tree
 //! nodes the new leaves complete on the stored levels.
 //!
@@ -8,9 +10,10 @@
 //! leaves are the events' `leaf_hash`). Any other node is recomputed from
 //! at most 128 hashes of the stored level below it, as Tessera's tiles do:
 //! a leaf costs 1/255 of a node row instead of two rows, which is most of
-//! an append's write cost. On PostgreSQL the transaction first takes
-//! an advisory lock, so replicas in different processes append one batch at
-//! a time and the sequence and tree stay gap-free. SQLite has one writer by
+//! an append's write cost. On PostgreSQL appends first take an advisory
+//! lock (per transaction, or per [`AppendSession`] while it is busy), so
+//! replicas in different processes append one batch at a time and the
+//! sequence and tree stay gap-free. SQLite has one writer by
 //! design (one process owns the file).
 //!
 //! Query's indexes are plain indexes on `audit_events`, written by the same
@@ -488,15 +491,15 @@ pub struct Appended {
 struct Part<'a> {
     fresh: Vec<(u64, &'a NewEvent)>,
     nodes: Vec<(u32, u64, Hash)>,
-    /// The groups whose events this part holds: `groups[first_group..end_group]`.
+    /// One past the last group whose events this part holds (a part
+    /// starts where the one before it ends).
     end_group: usize,
 }
 
 /// Sequences, receipts and tree rows for a batch, split on group
-/// boundaries into at most `stripes` parts of about equal size. Runs in
-/// the transaction that holds the append lock: it reads the log's size and
-/// the ids already recorded, and reloads the frontier if another replica
-/// appended since.
+/// boundaries into at most `stripes` parts of about equal size. Made under
+/// the append lock, from the ids already `recorded` and a frontier that
+/// [`sync_frontier`] brought up to the log's size.
 struct Plan<'a> {
     parts: Vec<Part<'a>>,
     receipts: Vec<Vec<Receipt>>,
