@@ -14,7 +14,9 @@ use warden_store::StoreError;
 use crate::keys::{DataKey, KeyError, MasterKey};
 use crate::leaf::{LeafFields, canonical_json, payload_hash};
 use crate::metrics::METRICS;
-use crate::store::{AppendSession, AuditStore, Filter, NewEvent, Receipt, StoredCheckpoint, StoredEvent};
+use crate::store::{
+    AppendSession, Appended, AuditStore, Filter, NewEvent, Receipt, Staged, StoredCheckpoint, StoredEvent,
+};
 
 /// The event type retention appends; its correlation id records how far
 /// payloads were purged (`purge-through-<sequence>`), committed to by its leaf.
@@ -646,8 +648,21 @@ fn check_page(
     Ok(leaves)
 }
 
-/// The longest a busy appender keeps the append lock from other replicas.
+/// The longest a busy appender keeps the append lock from other replicas
+/// waiting for it.
 const HOLD_LOCK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How long an idle appender keeps the append lock for the next batch.
+const IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A batch written by open transactions, committing while the next batch
+/// is written behind it (see [`AuditStore::stage`]).
+struct InFlight {
+    jobs: Vec<AppendJob>,
+    staged: Staged,
+    events: usize,
+    started: std::time::Instant,
+}
 
 async fn run_appender(
     store: AuditStore,
@@ -657,17 +672,49 @@ async fn run_appender(
 ) {
     let Batching { max_batch, stripes } = batching;
     let mut session = AppendSession::default();
+    let mut in_flight: Option<InFlight> = None;
     loop {
-        let first = match jobs.try_recv() {
-            Ok(job) => job,
-            Err(_) => {
-                // Idle: let other replicas append while this one waits.
+        // Busy for long and another replica waits: finish what is staged
+        // and give it a turn (PostgreSQL queues this appender's next lock
+        // request behind its).
+        if session.locked_for().is_some_and(|held| held >= HOLD_LOCK) {
+            if store.others_waiting(&mut session).await {
+                if let Some(flight) = in_flight.take() {
+                    let appended = flight.staged.commit().await;
+                    finish(flight.jobs, flight.events, flight.started, appended, &mut session, &size);
+                }
                 store.release(&mut session).await;
-                match jobs.recv().await {
-                    Some(job) => job,
+            } else {
+                session.renew_hold();
+            }
+        }
+        let first = match jobs.try_recv() {
+            Ok(job) => Some(job),
+            Err(_) if in_flight.is_some() => None,
+            Err(_) => {
+                // Idle: let other replicas append while this one waits. Not
+                // at once: under steady load the queue empties between
+                // batches, and taking the lock again costs a read of the log.
+                let job = match tokio::time::timeout(IDLE_GRACE, jobs.recv()).await {
+                    Ok(job) => job,
+                    Err(_) => {
+                        store.release(&mut session).await;
+                        jobs.recv().await
+                    }
+                };
+                match job {
+                    Some(job) => Some(job),
                     None => break,
                 }
             }
+        };
+        let Some(first) = first else {
+            // Nothing queued behind the staged batch: commit it.
+            if let Some(flight) = in_flight.take() {
+                let appended = flight.staged.commit().await;
+                finish(flight.jobs, flight.events, flight.started, appended, &mut session, &size);
+            }
+            continue;
         };
         let mut batch = vec![first];
         let mut count = batch[0].events.len();
@@ -682,39 +729,76 @@ async fn run_appender(
                 Err(_) => break,
             }
         }
-        let groups: Vec<&[NewEvent]> = batch.iter().map(|job| job.events.as_slice()).collect();
         let started = std::time::Instant::now();
-        let appended = store.append(&groups, &mut session, now_micros(), stripes).await;
-        METRICS.commit_duration.observe(started.elapsed().as_secs_f64());
-        METRICS.batch_size.observe(count as f64);
-        METRICS.appended.inc_by(appended.receipts.iter().flatten().filter(|r| !r.duplicate).count() as u64);
-        // The log's new size: what the frontier says, or after a partly
-        // committed batch, one past the last sequence it committed.
-        let grown = match appended.error {
-            None => Some(session.frontier.size).filter(|size| *size != u64::MAX),
-            Some(_) => appended.receipts.iter().flatten().filter(|r| !r.duplicate).map(|r| r.sequence + 1).max(),
+        let groups: Vec<&[NewEvent]> = batch.iter().map(|job| job.events.as_slice()).collect();
+        let staged = match in_flight.take() {
+            // Commit the staged batch while this one is written behind it.
+            Some(InFlight { jobs: before, staged, events, started: before_started }) => {
+                let recorded = staged.fresh_receipts();
+                let (appended, next) =
+                    tokio::join!(staged.commit(), store.stage(&groups, &mut session, now_micros(), stripes, recorded));
+                let failed = appended.error.is_some();
+                finish(before, events, before_started, appended, &mut session, &size);
+                match next {
+                    Ok(next) if failed => {
+                        // Its sequences followed on from the batch that failed.
+                        next.abandon().await;
+                        None
+                    }
+                    next => next.ok(),
+                }
+            }
+            None if store.can_stage(&session) => {
+                store.stage(&groups, &mut session, now_micros(), stripes, Vec::new()).await.ok()
+            }
+            None => None,
         };
-        let mut jobs_left = batch.into_iter();
-        for (job, receipts) in jobs_left.by_ref().zip(appended.receipts) {
-            let _ = job.reply.send(Ok(receipts));
-        }
-        if let Some(error) = appended.error {
-            tracing::error!(%error, events = count, "append failed");
-            for job in jobs_left {
-                let _ = job.reply.send(Err(StoreError::Other(error.to_string())));
+        match staged {
+            Some(staged) => in_flight = Some(InFlight { jobs: batch, staged, events: count, started }),
+            // Not stageable, or staging failed (say, on an id the log
+            // records already): append the batch reading the log first.
+            None => {
+                let groups: Vec<&[NewEvent]> = batch.iter().map(|job| job.events.as_slice()).collect();
+                let appended = store.append(&groups, &mut session, now_micros(), stripes).await;
+                finish(batch, count, started, appended, &mut session, &size);
             }
         }
-        if let Some(grown) = grown {
-            size.send_if_modified(|current| {
-                let larger = grown > *current;
-                *current = (*current).max(grown);
-                larger
-            });
+    }
+}
+
+/// Answers a batch's callers once its transactions ended: receipts for the
+/// calls that were committed, the error for the rest.
+fn finish(
+    batch: Vec<AppendJob>,
+    events: usize,
+    started: std::time::Instant,
+    appended: Appended,
+    session: &mut AppendSession,
+    size: &watch::Sender<u64>,
+) {
+    METRICS.commit_duration.observe(started.elapsed().as_secs_f64());
+    METRICS.batch_size.observe(events as f64);
+    let fresh = || appended.receipts.iter().flatten().filter(|r| !r.duplicate);
+    METRICS.appended.inc_by(fresh().count() as u64);
+    // The log's new size: one past the last sequence committed.
+    let grown = fresh().map(|r| r.sequence + 1).max();
+    let mut jobs_left = batch.into_iter();
+    for (job, receipts) in jobs_left.by_ref().zip(appended.receipts) {
+        let _ = job.reply.send(Ok(receipts));
+    }
+    if let Some(error) = appended.error {
+        tracing::error!(%error, events, "append failed");
+        // Something rolled back: the session's frontier may be ahead.
+        session.reset();
+        for job in jobs_left {
+            let _ = job.reply.send(Err(StoreError::Other(error.to_string())));
         }
-        // Busy for long: give waiting replicas a turn (PostgreSQL queues
-        // this appender's next lock request behind theirs).
-        if session.locked_for().is_some_and(|held| held >= HOLD_LOCK) {
-            store.release(&mut session).await;
-        }
+    }
+    if let Some(grown) = grown {
+        size.send_if_modified(|current| {
+            let larger = grown > *current;
+            *current = (*current).max(grown);
+            larger
+        });
     }
 }

@@ -15,6 +15,12 @@ struct Args {
     common: CommonArgs,
 }
 
+/// mimalloc rather than the system allocator: request handling allocates
+/// many small, short-lived objects across threads, where glibc's malloc
+/// spent about a tenth of the audit service's CPU (see the README).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();

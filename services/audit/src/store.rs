@@ -28,14 +28,32 @@ use warden_store::{Database, StoreError};
 /// The number of events in the log (sequences start at 0 and have no gaps).
 const SIZE: &str = "SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_events";
 
+/// The append lock's advisory key: "WARDAUDT" (0x5741_5244_4155_4454)
+/// mixed with the schema's name, so that deployments sharing a database in
+/// different schemas do not hold each other up (advisory locks are
+/// database-wide), while the replicas of one share the lock.
+macro_rules! append_lock_key {
+    () => {
+        "(6287397007893283924 # hashtext(current_schema())::bigint)"
+    };
+}
+
 /// An append transaction on PostgreSQL: begun and locked in one round trip.
-/// The advisory lock's key is "WARDAUDT" (0x5741_5244_4155_4454).
-const BEGIN_APPEND: &str = "BEGIN; SELECT pg_advisory_xact_lock(6287397007893283924)";
+const BEGIN_APPEND: &str = concat!("BEGIN; SELECT pg_advisory_xact_lock", append_lock_key!());
 
 /// The same lock at session level, for striped appends whose transactions
 /// span several connections; it is held until [`UNLOCK_APPEND`].
-const LOCK_APPEND: &str = "SELECT pg_advisory_lock(6287397007893283924)";
-const UNLOCK_APPEND: &str = "SELECT pg_advisory_unlock(6287397007893283924)";
+const LOCK_APPEND: &str = concat!("SELECT pg_advisory_lock", append_lock_key!());
+const UNLOCK_APPEND: &str = concat!("SELECT pg_advisory_unlock", append_lock_key!());
+
+/// Whether any session waits for the append lock (a bigint advisory key
+/// shows in `pg_locks` as its high and low halves, `objsubid` 1).
+const LOCK_WAITERS: &str = concat!(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks, (SELECT ",
+    append_lock_key!(),
+    " AS key) k WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 \
+     AND classid::bigint = (k.key >> 32) & 4294967295 AND objid::bigint = k.key & 4294967295)"
+);
 
 /// The smallest batch worth splitting across connections.
 const STRIPE_MIN_EVENTS: usize = 256;
@@ -579,20 +597,21 @@ where
     Ok(plan.receipts)
 }
 
-/// What an appender keeps between batches: the tree's right edge and, for
-/// striped appends on PostgreSQL, its connections, the first of which may
-/// hold the append lock at session level across batches (see
-/// [`AuditStore::release`]).
+/// What an appender keeps between batches: the tree's right edge and, on
+/// PostgreSQL, the connection holding the append lock at session level
+/// while the appender is busy (see [`AuditStore::release`]). While it holds
+/// the lock no other appender can have grown the log, so the frontier is
+/// the log's: batches are then staged without reading the log first.
 #[derive(Debug)]
 pub struct AppendSession {
     pub frontier: Frontier,
-    connections: Vec<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    lock: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
     locked_since: Option<std::time::Instant>,
 }
 
 impl Default for AppendSession {
     fn default() -> Self {
-        AppendSession { frontier: Frontier::unknown(), connections: Vec::new(), locked_since: None }
+        AppendSession { frontier: Frontier::unknown(), lock: None, locked_since: None }
     }
 }
 
@@ -602,90 +621,170 @@ impl AppendSession {
         self.locked_since.map(|since| since.elapsed())
     }
 
-    /// Forgets everything: the frontier, and the connections, closed so
-    /// that a lock or transaction they hold ends with them.
-    fn reset(&mut self) {
+    /// Forgets everything: the frontier, and the lock's connection, closed
+    /// so that the lock ends with it.
+    pub fn reset(&mut self) {
         self.frontier = Frontier::unknown();
         self.locked_since = None;
-        for connection in self.connections.drain(..) {
+        if let Some(connection) = self.lock.take() {
             drop(connection.detach());
         }
+    }
+
+    /// Starts the hold time over: no other appender waited.
+    pub fn renew_hold(&mut self) {
+        if self.locked_since.is_some() {
+            self.locked_since = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Takes the append lock at session level, unless it is held already.
+    async fn lock(&mut self, pool: &sqlx::PgPool) -> Result<(), StoreError> {
+        if self.lock.is_none() {
+            let mut connection = pool.acquire().await?;
+            sqlx::query(LOCK_APPEND).execute(&mut *connection).await?;
+            self.lock = Some(connection);
+            self.locked_since = Some(std::time::Instant::now());
+        }
+        Ok(())
     }
 }
 
 impl Drop for AppendSession {
     fn drop(&mut self) {
         // A connection holding the lock must never go back to the pool.
-        if self.locked_since.is_some() {
+        if self.lock.is_some() {
             self.reset();
         }
     }
 }
 
-/// A striped append on PostgreSQL (see [`AuditStore::append`]) on the
-/// session's connections. The first takes the append lock at session
-/// level, so it covers the other transactions too, and keeps it until
-/// [`AuditStore::release`].
-async fn append_striped(
+/// A batch whose rows are written, on PostgreSQL, by open transactions in
+/// sequence order, none committed yet: [`Staged::commit`] commits them one
+/// after another. Dropping it rolls them all back.
+#[derive(Debug)]
+pub struct Staged {
+    /// Each transaction, and one past the last group it holds.
+    transactions: Vec<(sqlx::Transaction<'static, sqlx::Postgres>, usize)>,
+    receipts: Vec<Vec<Receipt>>,
+}
+
+impl Staged {
+    /// The receipts of the events this batch adds to the log: the events a
+    /// batch staged behind it must treat as recorded.
+    pub fn fresh_receipts(&self) -> Vec<Receipt> {
+        self.receipts.iter().flatten().filter(|r| !r.duplicate).cloned().collect()
+    }
+
+    /// Commits in sequence order, each transaction only after the one
+    /// before it committed; the first that fails, and every one after it,
+    /// roll back, and only the groups before it are appended.
+    pub async fn commit(self) -> Appended {
+        let Staged { transactions, mut receipts } = self;
+        let mut committed_groups = 0;
+        let mut transactions = transactions.into_iter();
+        for (tx, end_group) in transactions.by_ref() {
+            if let Err(error) = tx.commit().await {
+                abandon(transactions.map(|(tx, _)| tx)).await;
+                receipts.truncate(committed_groups);
+                return Appended { receipts, error: Some(error.into()) };
+            }
+            committed_groups = end_group;
+        }
+        Appended { receipts, error: None }
+    }
+
+    /// Rolls every transaction back.
+    pub async fn abandon(self) {
+        abandon(self.transactions.into_iter().map(|(tx, _)| tx)).await;
+    }
+}
+
+/// Rolls transactions back now rather than when their connections are next
+/// used, so their rows stop holding up the appends that replace them.
+async fn abandon(transactions: impl Iterator<Item = sqlx::Transaction<'static, sqlx::Postgres>>) {
+    for result in futures::future::join_all(transactions.map(|tx| tx.rollback())).await {
+        if let Err(error) = result {
+            tracing::warn!(%error, "could not roll back an abandoned append transaction");
+        }
+    }
+}
+
+/// Begins a transaction for each part of `plan` (reusing `transactions`)
+/// and writes the parts at once, each on its own connection. Returns the
+/// parts before the first whose write failed, with that failure; the parts
+/// from it on are rolled back.
+async fn write_parts(
+    pool: &sqlx::PgPool,
+    mut transactions: Vec<sqlx::Transaction<'static, sqlx::Postgres>>,
+    plan: Plan<'_>,
+    now_micros: i64,
+) -> (Staged, Option<StoreError>) {
+    let Plan { parts, mut receipts } = plan;
+    let mut error = None;
+    if transactions.len() < parts.len() {
+        let missing = parts.len() - transactions.len();
+        for begun in futures::future::join_all((0..missing).map(|_| pool.begin())).await {
+            match begun {
+                Ok(tx) => transactions.push(tx),
+                Err(failure) => error = error.or(Some(failure.into())),
+            }
+        }
+    }
+    let written: Vec<Result<(), StoreError>> = match error {
+        Some(_) => Vec::new(),
+        None => {
+            futures::future::join_all(
+                transactions
+                    .iter_mut()
+                    .zip(&parts)
+                    .map(|(tx, part)| tx.insert_batch(&part.fresh, &part.nodes, now_micros)),
+            )
+            .await
+        }
+    };
+    let good = written.iter().take_while(|result| result.is_ok()).count();
+    if let Some(Err(failure)) = written.into_iter().nth(good) {
+        error = Some(failure);
+    }
+    abandon(transactions.drain(good.min(transactions.len())..)).await;
+    let kept: Vec<usize> = parts.iter().take(good).map(|part| part.end_group).collect();
+    receipts.truncate(kept.last().copied().unwrap_or(0));
+    (Staged { transactions: transactions.into_iter().zip(kept).collect(), receipts }, error)
+}
+
+/// How many transactions a PostgreSQL batch is split across.
+fn stripes_for(groups: &[&[NewEvent]], stripes: usize) -> usize {
+    let events: usize = groups.iter().map(|g| g.len()).sum();
+    if stripes > 1 && groups.len() > 1 && events >= STRIPE_MIN_EVENTS { stripes } else { 1 }
+}
+
+/// An append on PostgreSQL under the session-level append lock (taken if
+/// the session does not hold it): reads the log's size and which ids are
+/// recorded, then writes and commits the batch, split across `stripes`
+/// transactions when it is large (see [`AuditStore::append`]).
+async fn append_locked(
     pool: &sqlx::PgPool,
     groups: &[&[NewEvent]],
     session: &mut AppendSession,
     now_micros: i64,
     stripes: usize,
 ) -> Appended {
-    use sqlx::Connection;
-    let failed = |error: StoreError| Appended { receipts: Vec::new(), error: Some(error) };
-    while session.connections.len() < stripes {
-        match pool.acquire().await {
-            Ok(connection) => session.connections.push(connection),
-            Err(error) => return failed(error.into()),
-        }
-    }
-    if session.locked_since.is_none() {
-        if let Err(error) = sqlx::query(LOCK_APPEND).execute(&mut *session.connections[0]).await {
-            return failed(error.into());
-        }
-        session.locked_since = Some(std::time::Instant::now());
-    }
-    let mut transactions = Vec::with_capacity(stripes);
-    for result in futures::future::join_all(session.connections.iter_mut().take(stripes).map(|c| c.begin())).await {
-        match result {
-            Ok(tx) => transactions.push(tx),
-            Err(error) => return failed(error.into()),
-        }
-    }
-    let (size, recorded) = match transactions[0].size_and_recorded(&ids(groups)).await {
-        Ok(read) => read,
-        Err(error) => return failed(error),
+    let planned = async {
+        session.lock(pool).await?;
+        let mut first = pool.begin().await?;
+        let (size, recorded) = first.size_and_recorded(&ids(groups)).await?;
+        sync_frontier(&mut *first, &mut session.frontier, size).await?;
+        Ok::<_, StoreError>((first, plan(groups, recorded, &mut session.frontier, stripes_for(groups, stripes))))
     };
-    if let Err(error) = sync_frontier(&mut *transactions[0], &mut session.frontier, size).await {
-        return failed(error);
-    }
-    let plan = plan(groups, recorded, &mut session.frontier, stripes);
-    transactions.truncate(plan.parts.len());
-    let inserted = futures::future::join_all(
-        transactions
-            .iter_mut()
-            .zip(&plan.parts)
-            .map(|(tx, part)| tx.insert_batch(&part.fresh, &part.nodes, now_micros)),
-    )
-    .await;
-    // In sequence order, each only after the one before it committed; the
-    // first that failed, and every one after it, roll back.
-    let mut committed_groups = 0;
-    for ((tx, part), insert) in transactions.into_iter().zip(&plan.parts).zip(inserted) {
-        let done = match insert {
-            Ok(()) => tx.commit().await.map_err(StoreError::from),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = done {
-            let mut receipts = plan.receipts;
-            receipts.truncate(committed_groups);
-            return Appended { receipts, error: Some(error) };
-        }
-        committed_groups = part.end_group;
-    }
-    Appended { receipts: plan.receipts, error: None }
+    let (first, plan) = match planned.await {
+        Ok(planned) => planned,
+        Err(error) => return Appended { receipts: Vec::new(), error: Some(error) },
+    };
+    let (staged, failure) = write_parts(pool, vec![first], plan, now_micros).await;
+    let mut appended = staged.commit().await;
+    appended.error = appended.error.or(failure);
+    appended
 }
 
 #[derive(Debug, Clone)]
@@ -720,13 +819,20 @@ impl AuditStore {
         now_micros: i64,
         stripes: usize,
     ) -> Appended {
-        let events: usize = groups.iter().map(|g| g.len()).sum();
-        let large = stripes > 1 && groups.len() > 1 && events >= STRIPE_MIN_EVENTS;
         let result = match &self.database {
-            // While the session holds the append lock, every batch goes
+            // While the session holds the append lock every batch goes
             // through it (another transaction would wait for the lock).
-            Database::Postgres(pool) if large || session.locked_since.is_some() => {
-                append_striped(pool, groups, session, now_micros, if large { stripes } else { 1 }).await
+            Database::Postgres(pool) if session.lock.is_some() || stripes_for(groups, stripes) > 1 => {
+                let staged = match self.can_stage(session) {
+                    true => self.stage(groups, session, now_micros, stripes, Vec::new()).await.ok(),
+                    false => None,
+                };
+                match staged {
+                    Some(staged) => staged.commit().await,
+                    // Not stageable, or an id the log records already: read
+                    // the log first.
+                    None => append_locked(pool, groups, session, now_micros, stripes).await,
+                }
             }
             database => {
                 // SQLite: take the write lock up front (a deferred
@@ -758,19 +864,66 @@ impl AuditStore {
         result
     }
 
+    /// Whether [`AuditStore::stage`] can take a batch: on PostgreSQL, while
+    /// the session holds the append lock and knows the log's size.
+    pub fn can_stage(&self, session: &AppendSession) -> bool {
+        matches!(self.database, Database::Postgres(_)) && session.lock.is_some() && session.frontier.size != u64::MAX
+    }
+
+    /// Writes a batch without committing it (see [`AuditStore::can_stage`]),
+    /// without reading the log first: sequences come from the session's
+    /// frontier, and the events of `in_flight` (those of a batch staged
+    /// before this one and not yet committed) count as recorded. An id the
+    /// log records already makes the unique index refuse the insert: the
+    /// caller then appends the batch with [`AuditStore::append`], which
+    /// reads the recorded ids first. On failure the session forgets its
+    /// frontier.
+    ///
+    /// This is how the appender pipelines: while one batch commits, the
+    /// next is written behind it. A staged batch must be committed after
+    /// the one before it and abandoned if that one fails, since its
+    /// sequences follow on from it.
+    pub async fn stage(
+        &self,
+        groups: &[&[NewEvent]],
+        session: &mut AppendSession,
+        now_micros: i64,
+        stripes: usize,
+        in_flight: Vec<Receipt>,
+    ) -> Result<Staged, StoreError> {
+        let Database::Postgres(pool) = &self.database else {
+            return Err(StoreError::Other("only PostgreSQL stages appends".into()));
+        };
+        if !self.can_stage(session) {
+            return Err(StoreError::Other("the session does not hold the append lock".into()));
+        }
+        let plan = plan(groups, in_flight, &mut session.frontier, stripes_for(groups, stripes));
+        match write_parts(pool, Vec::new(), plan, now_micros).await {
+            (staged, None) => Ok(staged),
+            (staged, Some(error)) => {
+                staged.abandon().await;
+                session.frontier = Frontier::unknown();
+                Err(error)
+            }
+        }
+    }
+
+    /// Whether another appender (a replica) waits for the append lock the
+    /// session holds. A failed check counts as yes.
+    pub async fn others_waiting(&self, session: &mut AppendSession) -> bool {
+        let Some(connection) = session.lock.as_mut() else { return false };
+        sqlx::query_scalar::<_, bool>(LOCK_WAITERS).fetch_one(&mut **connection).await.unwrap_or(true)
+    }
+
     /// Lets other appenders (replicas) in: releases the append lock if the
     /// session holds it. The appender calls this when it has nothing
     /// queued, and after holding the lock for a while.
     pub async fn release(&self, session: &mut AppendSession) {
-        if session.locked_since.is_none() {
-            return;
-        }
-        match sqlx::query(UNLOCK_APPEND).execute(&mut *session.connections[0]).await {
-            Ok(_) => session.locked_since = None,
-            Err(error) => {
-                tracing::warn!(%error, "could not release the append lock; closing its connection");
-                session.reset();
-            }
+        let Some(mut connection) = session.lock.take() else { return };
+        session.locked_since = None;
+        if let Err(error) = sqlx::query(UNLOCK_APPEND).execute(&mut *connection).await {
+            tracing::warn!(%error, "could not release the append lock; closing its connection");
+            drop(connection.detach());
         }
     }
 
@@ -1018,9 +1171,12 @@ mod tests {
     }
 
     #[test]
-    fn the_append_transaction_takes_the_append_lock() {
-        let key: i64 = 0x5741_5244_4155_4454;
-        assert!(BEGIN_APPEND.ends_with(&format!("pg_advisory_xact_lock({key})")));
+    fn every_append_lock_statement_names_the_same_key() {
+        assert_eq!(i64::from_be_bytes(*b"WARDAUDT"), 6287397007893283924);
+        assert!(BEGIN_APPEND.ends_with(concat!("pg_advisory_xact_lock", append_lock_key!())));
+        assert!(LOCK_APPEND.ends_with(concat!("pg_advisory_lock", append_lock_key!())));
+        assert!(UNLOCK_APPEND.ends_with(concat!("pg_advisory_unlock", append_lock_key!())));
+        assert!(LOCK_WAITERS.contains(append_lock_key!()));
     }
 
     #[test]

@@ -552,9 +552,102 @@ async fn the_append_lock_is_released_when_idle_or_dropped(database: Database) {
     let slices: Vec<&[NewEvent]> = groups.iter().map(Vec::as_slice).collect();
     let mut session = AppendSession::default();
     assert!(store.append(&slices, &mut session, crate::log::now_micros(), 2).await.error.is_none());
+    assert!(!store.others_waiting(&mut session).await, "nobody waits yet");
+    let waiting = tokio::spawn({
+        let other = other.clone();
+        async move { other.append(vec![event("other-2", "y")]).await.unwrap()[0].sequence }
+    });
+    if matches!(database, Database::Postgres(_)) {
+        // The holder sees the other replica queue for the lock (a busy
+        // appender then lets it in).
+        let mut seen = false;
+        for _ in 0..5000 {
+            if store.others_waiting(&mut session).await {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(seen, "the waiting replica shows");
+        assert!(!waiting.is_finished(), "it waits while the lock is held");
+    }
     drop(session);
-    assert_eq!(other.append(vec![event("other-2", "y")]).await.unwrap()[0].sequence, 701);
+    assert_eq!(waiting.await.unwrap(), 701);
     assert!(other.verify(0, 0).await.unwrap().ok);
+}
+
+async fn a_batch_staged_behind_another_commits_after_it_or_not_at_all(database: Database) {
+    let log = open(&database).await;
+    let store = log.store().clone();
+    let mut session = AppendSession::default();
+    let first = groups_of(&log, "a", 3, 100).await;
+    let slices: Vec<&[NewEvent]> = first.iter().map(Vec::as_slice).collect();
+    assert!(store.append(&slices, &mut session, crate::log::now_micros(), 2).await.error.is_none());
+    if matches!(database, Database::Sqlite(_)) {
+        assert!(!store.can_stage(&session), "SQLite appends one transaction at a time");
+        return;
+    }
+    assert!(store.can_stage(&session), "the session holds the lock and knows the log's size");
+    let now = crate::log::now_micros();
+
+    // Two batches in flight: the second names an event of the first, and
+    // gets the first's receipt for it.
+    let b1 = groups_of(&log, "b1", 3, 100).await;
+    let mut b2 = groups_of(&log, "b2", 3, 100).await;
+    b2[1][7] = b1[2][5].clone();
+    let s1: Vec<&[NewEvent]> = b1.iter().map(Vec::as_slice).collect();
+    let s2: Vec<&[NewEvent]> = b2.iter().map(Vec::as_slice).collect();
+    let staged1 = store.stage(&s1, &mut session, now, 2, Vec::new()).await.unwrap();
+    let staged2 = store.stage(&s2, &mut session, now, 2, staged1.fresh_receipts()).await.unwrap();
+    assert_eq!(store.size().await.unwrap(), 300, "nothing staged is visible before it commits");
+    let r1 = staged1.commit().await;
+    let r2 = staged2.commit().await;
+    assert!(r1.error.is_none() && r2.error.is_none());
+    assert_eq!(r1.receipts[2][5].sequence, 300 + 205);
+    assert_eq!((r2.receipts[1][7].sequence, r2.receipts[1][7].duplicate), (505, true));
+    let fresh: Vec<u64> = r2.receipts.iter().flatten().filter(|r| !r.duplicate).map(|r| r.sequence).collect();
+    assert_eq!(fresh, (600..899).collect::<Vec<u64>>(), "the second batch follows the first without a gap");
+
+    // An id the log already records: staging refuses the batch (the unique
+    // index), and an append that reads the log first takes it.
+    let mut b3 = groups_of(&log, "b3", 3, 100).await;
+    b3[0][0] = first[0][0].clone();
+    let s3: Vec<&[NewEvent]> = b3.iter().map(Vec::as_slice).collect();
+    assert!(store.stage(&s3, &mut session, now, 2, Vec::new()).await.is_err());
+    assert!(!store.can_stage(&session), "a failed stage forgets the frontier");
+    let r3 = store.append(&s3, &mut session, now, 2).await;
+    assert!(r3.error.is_none(), "{:?}", r3.error);
+    assert_eq!((r3.receipts[0][0].sequence, r3.receipts[0][0].duplicate), (0, true));
+    assert_eq!(r3.receipts[0][1].sequence, 899);
+
+    // The first batch fails at commit (a deferred check): the one staged
+    // behind it is abandoned, and appended again it follows the log's end.
+    let checks = [
+        "CREATE FUNCTION refuse_at_commit() RETURNS trigger AS $$ BEGIN IF NEW.event_id = 'late-poison' THEN \
+         RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; END $$ LANGUAGE plpgsql",
+        "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON audit_events DEFERRABLE INITIALLY DEFERRED \
+         FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()",
+    ];
+    for check in checks {
+        exec(&database, check).await.unwrap();
+    }
+    let mut b4 = groups_of(&log, "b4", 1, 10).await;
+    b4[0][3] = log.prepare(vec![event("late-poison", "x")]).await.unwrap().remove(0);
+    let b5 = groups_of(&log, "b5", 1, 10).await;
+    let s4: Vec<&[NewEvent]> = b4.iter().map(Vec::as_slice).collect();
+    let s5: Vec<&[NewEvent]> = b5.iter().map(Vec::as_slice).collect();
+    let staged4 = store.stage(&s4, &mut session, now, 2, Vec::new()).await.unwrap();
+    let staged5 = store.stage(&s5, &mut session, now, 2, staged4.fresh_receipts()).await.unwrap();
+    let r4 = staged4.commit().await;
+    assert!(r4.error.is_some() && r4.receipts.is_empty(), "the failed batch appends nothing");
+    staged5.abandon().await;
+    session.reset();
+    let r5 = store.append(&s5, &mut session, now, 2).await;
+    assert!(r5.error.is_none(), "{:?}", r5.error);
+    assert_eq!(r5.receipts[0][0].sequence, 1198, "no gap where the failed batch was");
+    store.release(&mut session).await;
+    let report = log.verify(0, 0).await.unwrap();
+    assert!(report.ok && report.verified == 1208, "{report:?}");
 }
 
 warden_store::backend_tests!(
@@ -576,4 +669,5 @@ warden_store::backend_tests!(
     a_failing_append_commits_only_the_calls_before_it,
     replicas_appending_striped_batches_share_one_gap_free_log,
     the_append_lock_is_released_when_idle_or_dropped,
+    a_batch_staged_behind_another_commits_after_it_or_not_at_all,
 );
