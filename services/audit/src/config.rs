@@ -41,9 +41,9 @@ pub struct AuditConfig {
     pub retention_interval: Duration,
     /// Most events committed in one transaction (group commit).
     pub max_batch: usize,
-    /// PostgreSQL: a large batch is split across up to this many
-    /// transactions on as many connections, whose inserts run at once and
-    /// which commit in order (1 turns this off).
+    /// PostgreSQL: a batch of several calls is split across up to this
+    /// many transactions on as many connections, whose writes run at once
+    /// and which commit in order (1 turns this off).
     pub append_connections: usize,
     pub telemetry: TelemetryConfig,
 }
@@ -63,7 +63,7 @@ impl Default for AuditConfig {
             retention: Duration::ZERO,
             retention_interval: Duration::from_secs(3600),
             max_batch: 1000,
-            append_connections: 2,
+            append_connections: 3,
             telemetry: TelemetryConfig::default(),
         }
     }

@@ -11,13 +11,14 @@
 //! at most 128 hashes of the stored level below it, as Tessera's tiles do:
 //! a leaf costs 1/255 of a node row instead of two rows, which is most of
 //! an append's write cost. On PostgreSQL appends first take an advisory
-//! lock (per transaction, or per [`AppendSession`] while it is busy), so
+//! lock, held by the [`AppendSession`] while the appender is busy, so
 //! replicas in different processes append one batch at a time and the
-//! sequence and tree stay gap-free. SQLite has one writer by
+//! sequence and tree stay gap-free; under it, batches are staged behind
+//! one another (see [`AuditStore::stage`]). SQLite has one writer by
 //! design (one process owns the file).
 //!
-//! Query's indexes are plain indexes on `audit_events`, written by the same
-//! statement as the event, so they cannot drift from the log.
+//! Query's indexes are plain indexes on `audit_events`, written with the
+//! event by the same statement, so they cannot drift from the log.
 
 use std::collections::HashMap;
 
@@ -38,11 +39,9 @@ macro_rules! append_lock_key {
     };
 }
 
-/// An append transaction on PostgreSQL: begun and locked in one round trip.
-const BEGIN_APPEND: &str = concat!("BEGIN; SELECT pg_advisory_xact_lock", append_lock_key!());
-
-/// The same lock at session level, for striped appends whose transactions
-/// span several connections; it is held until [`UNLOCK_APPEND`].
+/// The append lock, taken at session level: it covers the transactions of
+/// a striped append on several connections, and is kept between batches
+/// while the appender is busy, until [`UNLOCK_APPEND`].
 const LOCK_APPEND: &str = concat!("SELECT pg_advisory_lock", append_lock_key!());
 const UNLOCK_APPEND: &str = concat!("SELECT pg_advisory_unlock", append_lock_key!());
 
@@ -875,9 +874,8 @@ impl AuditStore {
         stripes: usize,
     ) -> Appended {
         let result = match &self.database {
-            // While the session holds the append lock every batch goes
-            // through it (another transaction would wait for the lock).
-            Database::Postgres(pool) if session.lock.is_some() || stripes_for(groups, stripes) > 1 => {
+            // Under the session-level lock, kept while the appender is busy.
+            Database::Postgres(pool) => {
                 let staged = match self.can_stage(session) {
                     true => self.stage(groups, session, now_micros, stripes, Vec::new()).await.ok(),
                     false => None,
@@ -889,21 +887,13 @@ impl AuditStore {
                     None => append_locked(pool, groups, session, now_micros, stripes).await,
                 }
             }
-            database => {
-                // SQLite: take the write lock up front (a deferred
-                // transaction that reads, then writes, can deadlock with
-                // another writer). PostgreSQL: an advisory lock serialises
-                // appenders across replicas.
-                let frontier = &mut session.frontier;
-                let result = match database {
-                    Database::Sqlite(pool) => match pool.begin_with("BEGIN IMMEDIATE").await {
-                        Ok(tx) => append_in(tx, groups, frontier, now_micros).await,
-                        Err(error) => Err(error.into()),
-                    },
-                    Database::Postgres(pool) => match pool.begin_with(BEGIN_APPEND).await {
-                        Ok(tx) => append_in(tx, groups, frontier, now_micros).await,
-                        Err(error) => Err(error.into()),
-                    },
+            // One process owns the file: take the write lock up front (a
+            // deferred transaction that reads, then writes, can deadlock
+            // with another writer).
+            Database::Sqlite(pool) => {
+                let result = match pool.begin_with("BEGIN IMMEDIATE").await {
+                    Ok(tx) => append_in(tx, groups, &mut session.frontier, now_micros).await,
+                    Err(error) => Err(error.into()),
                 };
                 match result {
                     Ok(receipts) => Appended { receipts, error: None },
@@ -1228,7 +1218,6 @@ mod tests {
     #[test]
     fn every_append_lock_statement_names_the_same_key() {
         assert_eq!(i64::from_be_bytes(*b"WARDAUDT"), 6287397007893283924);
-        assert!(BEGIN_APPEND.ends_with(concat!("pg_advisory_xact_lock", append_lock_key!())));
         assert!(LOCK_APPEND.ends_with(concat!("pg_advisory_lock", append_lock_key!())));
         assert!(UNLOCK_APPEND.ends_with(concat!("pg_advisory_unlock", append_lock_key!())));
         assert!(LOCK_WAITERS.contains(append_lock_key!()));
