@@ -655,13 +655,32 @@ const HOLD_LOCK: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long an idle appender keeps the append lock for the next batch.
 const IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// The Append calls of one group commit.
+struct Batch {
+    jobs: Vec<AppendJob>,
+    events: usize,
+    started: std::time::Instant,
+}
+
+impl Batch {
+    fn groups(&self) -> Vec<&[NewEvent]> {
+        self.jobs.iter().map(|job| job.events.as_slice()).collect()
+    }
+}
+
 /// A batch written by open transactions, committing while the next batch
 /// is written behind it (see [`AuditStore::stage`]).
 struct InFlight {
-    jobs: Vec<AppendJob>,
+    batch: Batch,
     staged: Staged,
-    events: usize,
-    started: std::time::Instant,
+}
+
+impl InFlight {
+    /// Commits it and answers its callers.
+    async fn settle(self, session: &mut AppendSession, size: &watch::Sender<u64>) {
+        let appended = self.staged.commit().await;
+        finish(self.batch, appended, session, size);
+    }
 }
 
 async fn run_appender(
@@ -680,8 +699,7 @@ async fn run_appender(
         if session.locked_for().is_some_and(|held| held >= HOLD_LOCK) {
             if store.others_waiting(&mut session).await {
                 if let Some(flight) = in_flight.take() {
-                    let appended = flight.staged.commit().await;
-                    finish(flight.jobs, flight.events, flight.started, appended, &mut session, &size);
+                    flight.settle(&mut session, &size).await;
                 }
                 store.release(&mut session).await;
             } else {
@@ -711,34 +729,31 @@ async fn run_appender(
         let Some(first) = first else {
             // Nothing queued behind the staged batch: commit it.
             if let Some(flight) = in_flight.take() {
-                let appended = flight.staged.commit().await;
-                finish(flight.jobs, flight.events, flight.started, appended, &mut session, &size);
+                flight.settle(&mut session, &size).await;
             }
             continue;
         };
-        let mut batch = vec![first];
-        let mut count = batch[0].events.len();
+        let mut batch = Batch { events: first.events.len(), jobs: vec![first], started: std::time::Instant::now() };
         // Group commit: everything that queued during the last commit goes
         // into this one.
-        while count < max_batch {
+        while batch.events < max_batch {
             match jobs.try_recv() {
                 Ok(job) => {
-                    count += job.events.len();
-                    batch.push(job);
+                    batch.events += job.events.len();
+                    batch.jobs.push(job);
                 }
                 Err(_) => break,
             }
         }
-        let started = std::time::Instant::now();
-        let groups: Vec<&[NewEvent]> = batch.iter().map(|job| job.events.as_slice()).collect();
+        let groups = batch.groups();
         let staged = match in_flight.take() {
             // Commit the staged batch while this one is written behind it.
-            Some(InFlight { jobs: before, staged, events, started: before_started }) => {
+            Some(InFlight { batch: before, staged }) => {
                 let recorded = staged.fresh_receipts();
                 let (appended, next) =
                     tokio::join!(staged.commit(), store.stage(&groups, &mut session, now_micros(), stripes, recorded));
                 let failed = appended.error.is_some();
-                finish(before, events, before_started, appended, &mut session, &size);
+                finish(before, appended, &mut session, &size);
                 match next {
                     Ok(next) if failed => {
                         // Its sequences followed on from the batch that failed.
@@ -748,19 +763,15 @@ async fn run_appender(
                     next => next.ok(),
                 }
             }
-            None if store.can_stage(&session) => {
-                store.stage(&groups, &mut session, now_micros(), stripes, Vec::new()).await.ok()
-            }
-            None => None,
+            None => store.stage(&groups, &mut session, now_micros(), stripes, Vec::new()).await.ok(),
         };
         match staged {
-            Some(staged) => in_flight = Some(InFlight { jobs: batch, staged, events: count, started }),
+            Some(staged) => in_flight = Some(InFlight { batch, staged }),
             // Not stageable, or staging failed (say, on an id the log
             // records already): append the batch reading the log first.
             None => {
-                let groups: Vec<&[NewEvent]> = batch.iter().map(|job| job.events.as_slice()).collect();
-                let appended = store.append(&groups, &mut session, now_micros(), stripes).await;
-                finish(batch, count, started, appended, &mut session, &size);
+                let appended = store.append(&batch.groups(), &mut session, now_micros(), stripes).await;
+                finish(batch, appended, &mut session, &size);
             }
         }
     }
@@ -768,21 +779,15 @@ async fn run_appender(
 
 /// Answers a batch's callers once its transactions ended: receipts for the
 /// calls that were committed, the error for the rest.
-fn finish(
-    batch: Vec<AppendJob>,
-    events: usize,
-    started: std::time::Instant,
-    appended: Appended,
-    session: &mut AppendSession,
-    size: &watch::Sender<u64>,
-) {
+fn finish(batch: Batch, appended: Appended, session: &mut AppendSession, size: &watch::Sender<u64>) {
+    let Batch { jobs, events, started } = batch;
     METRICS.commit_duration.observe(started.elapsed().as_secs_f64());
     METRICS.batch_size.observe(events as f64);
     let fresh = || appended.receipts.iter().flatten().filter(|r| !r.duplicate);
     METRICS.appended.inc_by(fresh().count() as u64);
     // The log's new size: one past the last sequence committed.
     let grown = fresh().map(|r| r.sequence + 1).max();
-    let mut jobs_left = batch.into_iter();
+    let mut jobs_left = jobs.into_iter();
     for (job, receipts) in jobs_left.by_ref().zip(appended.receipts) {
         let _ = job.reply.send(Ok(receipts));
     }

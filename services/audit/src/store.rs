@@ -324,13 +324,17 @@ impl<'a> CopyReader<'a> {
         Ok(taken)
     }
 
+    fn array<const N: usize>(bytes: &[u8]) -> Result<[u8; N], StoreError> {
+        bytes.try_into().map_err(|_| malformed())
+    }
+
     fn int4(&mut self) -> Result<i32, StoreError> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into().map_err(|_| malformed())?))
+        Ok(i32::from_be_bytes(Self::array(self.take(4)?)?))
     }
 
     /// Starts the next row of `fields` fields; false at the trailer.
     fn row(&mut self, fields: i16) -> Result<bool, StoreError> {
-        match i16::from_be_bytes(self.take(2)?.try_into().map_err(|_| malformed())?) {
+        match i16::from_be_bytes(Self::array(self.take(2)?)?) {
             -1 => Ok(false),
             n if n == fields => Ok(true),
             _ => Err(malformed()),
@@ -349,7 +353,7 @@ impl<'a> CopyReader<'a> {
     }
 
     fn int8(&mut self) -> Result<i64, StoreError> {
-        Ok(i64::from_be_bytes(self.bytes()?.try_into().map_err(|_| malformed())?))
+        Ok(i64::from_be_bytes(Self::array(self.bytes()?)?))
     }
 
     fn text(&mut self) -> Result<String, StoreError> {
@@ -998,18 +1002,12 @@ impl AuditStore {
     ) -> Appended {
         let result = match &self.database {
             // Under the session-level lock, kept while the appender is busy.
-            Database::Postgres(pool) => {
-                let staged = match self.can_stage(session) {
-                    true => self.stage(groups, session, now_micros, stripes, Vec::new()).await.ok(),
-                    false => None,
-                };
-                match staged {
-                    Some(staged) => staged.commit().await,
-                    // Not stageable, or an id the log records already: read
-                    // the log first.
-                    None => append_locked(pool, groups, session, now_micros, stripes).await,
-                }
-            }
+            Database::Postgres(pool) => match self.stage(groups, session, now_micros, stripes, Vec::new()).await {
+                Ok(staged) => staged.commit().await,
+                // Not stageable, or an id the log records already: read the
+                // log first.
+                Err(_) => append_locked(pool, groups, session, now_micros, stripes).await,
+            },
             // One process owns the file: take the write lock up front (a
             // deferred transaction that reads, then writes, can deadlock
             // with another writer).
@@ -1132,37 +1130,39 @@ impl AuditStore {
     /// path: two range scans on two connections at once, no join (on
     /// PostgreSQL by binary COPY: Verify ran ~35% faster than by rows).
     pub async fn range(&self, from: u64, to: u64) -> Result<(Vec<StoredEvent>, Vec<(u64, String)>), StoreError> {
-        let database = &self.database;
-        let events_text = sql(
-            database,
-            "SELECT sequence, event_id, event_type, time_micros, correlation_id, agent_id, actor, subject, \
-             payload_hash, sensitive, leaf_hash, recorded_at_micros, CAST(NULL AS TEXT) AS payload \
-             FROM audit_events WHERE sequence >= $1 AND sequence < $2 ORDER BY sequence",
-        );
-        let payloads_text = sql(
-            database,
-            "SELECT sequence, payload FROM audit_payloads WHERE sequence >= $1 AND sequence < $2 ORDER BY sequence",
-        );
-        if let Database::Postgres(pool) = database {
-            return range_by_copy(pool, from, to).await;
-        }
-        on_pool!(database, pool => {
-            let events = async {
-                let rows = sqlx::query(&events_text).bind(from as i64).bind(to as i64).fetch_all(pool).await?;
-                let mut events = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    events.push(stored_event!(row));
-                }
-                Ok::<_, StoreError>(events)
-            };
-            let payloads = async {
-                let rows = sqlx::query(&payloads_text).bind(from as i64).bind(to as i64).fetch_all(pool).await?;
-                rows.iter()
-                    .map(|row| Ok((row.try_get::<i64, _>(0)? as u64, row.try_get(1)?)))
-                    .collect::<Result<Vec<(u64, String)>, StoreError>>()
-            };
-            tokio::try_join!(events, payloads)
-        })
+        let pool = match &self.database {
+            Database::Postgres(pool) => return range_by_copy(pool, from, to).await,
+            Database::Sqlite(pool) => pool,
+        };
+        let events = async {
+            let rows = sqlx::query(
+                "SELECT sequence, event_id, event_type, time_micros, correlation_id, agent_id, actor, subject, \
+                 payload_hash, sensitive, leaf_hash, recorded_at_micros, CAST(NULL AS TEXT) AS payload \
+                 FROM audit_events WHERE sequence >= ? AND sequence < ? ORDER BY sequence",
+            )
+            .bind(from as i64)
+            .bind(to as i64)
+            .fetch_all(pool)
+            .await?;
+            let mut events = Vec::with_capacity(rows.len());
+            for row in &rows {
+                events.push(stored_event!(row));
+            }
+            Ok::<_, StoreError>(events)
+        };
+        let payloads = async {
+            let rows = sqlx::query(
+                "SELECT sequence, payload FROM audit_payloads WHERE sequence >= ? AND sequence < ? ORDER BY sequence",
+            )
+            .bind(from as i64)
+            .bind(to as i64)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| Ok((row.try_get::<i64, _>(0)? as u64, row.try_get(1)?)))
+                .collect::<Result<Vec<(u64, String)>, StoreError>>()
+        };
+        tokio::try_join!(events, payloads)
     }
 
     /// Events matching `filter` with sequence >= `from`, oldest first.
