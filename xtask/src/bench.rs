@@ -51,6 +51,10 @@ pub struct PolicyArgs {
     /// Where decisions are recorded.
     #[arg(long, value_enum, default_value_t = DecisionLogMode::Off)]
     decision_log: DecisionLogMode,
+    /// Compare Evaluate with authentication on (an API key) against the
+    /// same engine setup with it off, instead of against Health/Check.
+    #[arg(long)]
+    compare_auth: bool,
 }
 
 pub async fn run(target: Target) -> Result<(), String> {
@@ -147,7 +151,99 @@ where
     phase
 }
 
+/// One Evaluate phase through the SDK clients; failures are counted and
+/// the first one is printed (a benchmark that hides its errors misleads).
+async fn evaluate_phase(
+    clients: std::sync::Arc<Vec<PolicyClient>>,
+    request: pb::EvaluateRequest,
+    in_flight: usize,
+    phase: Duration,
+) -> Phase {
+    drive(in_flight, phase, move |task| {
+        let client = clients[task % clients.len()].clone();
+        let request = request.clone();
+        async move {
+            match client.evaluate(request).await {
+                Ok(decision) if decision.source == Source::PolicyEngine => true,
+                other => {
+                    static REPORTED: std::sync::Once = std::sync::Once::new();
+                    REPORTED.call_once(|| eprintln!("first failed Evaluate: {other:?}"));
+                    false
+                }
+            }
+        }
+    })
+    .await
+}
+
+fn print_rows(rows: &mut [(&str, &mut Totals)]) {
+    println!("{:<22} {:>12} {:>10} {:>10} {:>8}", "rpc", "requests/s", "p50", "p99", "errors");
+    for (name, totals) in rows.iter_mut() {
+        let rate = totals.rate();
+        let (p50, p99) = (totals.percentile(0.5), totals.percentile(0.99));
+        println!("{:<22} {:>12.0} {:>10.1?} {:>10.1?} {:>8}", name, rate, p50, p99, totals.errors);
+    }
+}
+
+/// Evaluate on an engine with API-key authentication against one without,
+/// alternating phases, same request, same client stack.
+async fn compare_auth(args: PolicyArgs) -> Result<(), String> {
+    let root = std::env::temp_dir().join(format!("warden-bench-auth-{}", std::process::id()));
+    let policies = root.join("policies");
+    std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
+    std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
+    let (agent, action) = fixtures::request(3);
+    let key =
+        warden_auth::api_key::create_key(&agent.id, warden_auth::Kind::Agent, vec!["agent".into()], vec![], None, None);
+    let keys_file = root.join("keys.toml");
+    std::fs::write(&keys_file, warden_auth::KeyFile { keys: vec![key.entry.clone()] }.to_toml())
+        .map_err(|e| e.to_string())?;
+    let mut engines = Vec::new();
+    let mut clients = Vec::new();
+    for auth_on in [false, true] {
+        let mut config = PolicyEngineConfig::for_tests(&policies, root.join(if auth_on { "on" } else { "off" }));
+        config.watch_policies = false;
+        if auth_on {
+            config.auth = warden_auth::AuthConfig { keys_file: keys_file.clone(), ..Default::default() };
+        }
+        let engine = PolicyEngine::start(config).await.map_err(|e| e.to_string())?;
+        let mut per_engine = Vec::new();
+        for _ in 0..args.connections {
+            let mut config = ClientConfig::new(engine.url());
+            if auth_on {
+                config = config.api_key(key.token.expose());
+            }
+            per_engine.push(PolicyClient::new(config).map_err(|e| e.to_string())?);
+        }
+        clients.push(std::sync::Arc::new(per_engine));
+        engines.push(engine);
+    }
+    let request =
+        pb::EvaluateRequest { agent: Some(agent), action: Some(action), time: None, correlation_id: "bench".into() };
+    println!(
+        "bench policy --compare-auth: Evaluate with an API key vs auth off, {} in flight over {} connections, {} x {}s phases each, alternating",
+        args.in_flight, args.connections, args.rounds, args.seconds
+    );
+    let phase = Duration::from_secs(args.seconds);
+    let (mut off, mut on) = (Totals::default(), Totals::default());
+    for _ in 0..args.rounds {
+        off.add(evaluate_phase(clients[0].clone(), request.clone(), args.in_flight, phase).await);
+        on.add(evaluate_phase(clients[1].clone(), request.clone(), args.in_flight, phase).await);
+    }
+    for engine in engines {
+        engine.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    let ratio = on.rate() / off.rate();
+    print_rows(&mut [("Evaluate, auth off", &mut off), ("Evaluate, API key", &mut on)]);
+    println!("ratio auth on/off throughput: {ratio:.2}");
+    Ok(())
+}
+
 async fn policy(args: PolicyArgs) -> Result<(), String> {
+    if args.compare_auth {
+        return compare_auth(args).await;
+    }
     let policies = std::env::temp_dir().join(format!("warden-bench-policies-{}", std::process::id()));
     let data = std::env::temp_dir().join(format!("warden-bench-data-{}", std::process::id()));
     std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
@@ -199,25 +295,7 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
     let policy_clients = std::sync::Arc::new(policy_clients);
     let health_clients = std::sync::Arc::new(health_clients);
     for _ in 0..args.rounds {
-        let (clients, request) = (policy_clients.clone(), request.clone());
-        evaluate.add(
-            drive(args.in_flight, phase, move |task| {
-                let client = clients[task % clients.len()].clone();
-                let request = request.clone();
-                async move {
-                    match client.evaluate(request).await {
-                        Ok(decision) if decision.source == Source::PolicyEngine => true,
-                        other => {
-                            // Report the first failure: a benchmark that hides its errors misleads.
-                            static REPORTED: std::sync::Once = std::sync::Once::new();
-                            REPORTED.call_once(|| eprintln!("first failed Evaluate: {other:?}"));
-                            false
-                        }
-                    }
-                }
-            })
-            .await,
-        );
+        evaluate.add(evaluate_phase(policy_clients.clone(), request.clone(), args.in_flight, phase).await);
         let clients = health_clients.clone();
         health.add(
             drive(args.in_flight, phase, move |task| {
@@ -235,12 +313,7 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&data);
 
     let (evaluate_rate, health_rate) = (evaluate.rate(), health.rate());
-    println!("{:<22} {:>12} {:>10} {:>10} {:>8}", "rpc", "requests/s", "p50", "p99", "errors");
-    for (name, totals) in [("Evaluate", &mut evaluate), ("Health/Check", &mut health)] {
-        let rate = totals.rate();
-        let (p50, p99) = (totals.percentile(0.5), totals.percentile(0.99));
-        println!("{:<22} {:>12.0} {:>10.1?} {:>10.1?} {:>8}", name, rate, p50, p99, totals.errors);
-    }
+    print_rows(&mut [("Evaluate", &mut evaluate), ("Health/Check", &mut health)]);
     println!("ratio Evaluate/Health throughput: {:.2}", evaluate_rate / health_rate);
     Ok(())
 }

@@ -1,6 +1,12 @@
 //! `cargo xtask dev`: every service in one process, for local development.
+//!
+//! Authentication is on, as in production: on first start, dev creates an
+//! admin key, an agent key for the example agent (`support-bot`) and a
+//! service key for the policy engine's decision log, writes their digests
+//! to `<data dir>/keys.toml` (which every service reads) and the tokens to
+//! `<data dir>/dev-keys/` (mode 0600), and prints them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use warden_audit::{AuditConfig, AuditServer};
 use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
@@ -27,6 +33,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let _guard = warden_telemetry::init("warden-dev", &telemetry).map_err(|e| e.to_string())?;
     let data_dir = if args.data_dir.is_absolute() { args.data_dir } else { root.join(args.data_dir) };
     let policies = args.policies.unwrap_or_else(|| root.join("examples/policies"));
+    let keys = dev_keys(&data_dir)?;
     let audit = AuditServer::start(AuditConfig {
         data_dir: data_dir.clone(),
         telemetry: telemetry.clone(),
@@ -38,6 +45,10 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         data_dir: data_dir.clone(),
         policies: policies.clone(),
         audit_url: audit.url(),
+        outbound: warden_auth::OutboundConfig {
+            credential: format!("file:{}", keys.join("policy-engine.key").display()),
+            ..Default::default()
+        },
         telemetry: telemetry.clone(),
         ..PolicyEngineConfig::default()
     })
@@ -53,10 +64,16 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     println!("  checkpoint key {}", audit.verifier_key);
     println!("  policies       {} (edit to reload)", policies.display());
     println!("  data           {}", data_dir.display());
+    println!("  api keys       {} (digests; tokens in {})", data_dir.join("keys.toml").display(), keys.display());
+    for (name, role) in [("admin", "admin"), ("support-bot", "agent for support-bot")] {
+        let token = std::fs::read_to_string(keys.join(format!("{name}.key"))).unwrap_or_default();
+        println!("    {role:<22} {}", token.trim());
+    }
     println!();
     println!("Try:");
     println!(
-        "  grpcurl -plaintext -d '{{\"agent\":{{\"id\":\"support-bot\",\"confidence\":0.9}},\"action\":{{\"type\":\"send_email\"}}}}' {} warden.policy.v1.PolicyService/Evaluate",
+        "  grpcurl -plaintext -H \"authorization: Bearer $(cat {})\" -d '{{\"agent\":{{\"id\":\"support-bot\",\"confidence\":0.9}},\"action\":{{\"type\":\"send_email\"}}}}' {} warden.policy.v1.PolicyService/Evaluate",
+        keys.join("support-bot.key").display(),
         policy_engine.addr
     );
     println!();
@@ -66,4 +83,40 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     policy_engine.shutdown().await;
     audit.shutdown().await;
     Ok(())
+}
+
+/// Creates the dev keys once; later runs reuse them. Returns the directory
+/// holding the tokens.
+fn dev_keys(data_dir: &Path) -> Result<PathBuf, String> {
+    use warden_auth::Kind;
+    let dir = data_dir.join("dev-keys");
+    let keys_file = data_dir.join("keys.toml");
+    if dir.join("admin.key").exists() && keys_file.exists() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut file = if keys_file.exists() { warden_auth::KeyFile::load(&keys_file)? } else { Default::default() };
+    for (name, kind, role) in [
+        ("admin", Kind::Human, "admin"),
+        ("support-bot", Kind::Agent, "agent"),
+        ("policy-engine", Kind::Service, "service"),
+    ] {
+        let mut key = warden_auth::api_key::create_key(name, kind, vec![role.into()], vec![], None, None);
+        key.entry.comment = "created by cargo xtask dev".into();
+        let path = dir.join(format!("{name}.key"));
+        write_private(&path, &format!("{}\n", key.token.expose()))?;
+        file.keys.push(key.entry);
+    }
+    std::fs::write(&keys_file, file.to_toml()).map_err(|e| format!("cannot write {}: {e}", keys_file.display()))?;
+    Ok(dir)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    file.write_all(text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

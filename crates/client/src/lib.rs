@@ -10,7 +10,8 @@
 //! ```no_run
 //! # async fn run() -> Result<(), warden_client::ClientError> {
 //! use warden_client::{ClientConfig, PolicyClient, Request};
-//! let client = PolicyClient::new(ClientConfig::new("http://127.0.0.1:50051"))?;
+//! let config = ClientConfig::new("http://127.0.0.1:50051").api_key(std::env::var("WARDEN_API_KEY").unwrap_or_default());
+//! let client = PolicyClient::new(config)?;
 //! let decision = client.evaluate(Request::new("support-bot", "issue_refund").cost(20.0)).await?;
 //! if decision.is_allowed() { /* act */ }
 //! # Ok(()) }
@@ -20,13 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+pub use warden_auth::{CallCredentials, ClientIdentity};
 use warden_errors::{Classify, WardenError};
 use warden_proto::policy::v1 as pb;
 use warden_proto::policy::v1::policy_service_client::PolicyServiceClient;
 use warden_resilience::grpc::{ResilienceLayer, ResilientService};
 use warden_resilience::{Backoff, BreakerConfig, BreakerRegistry, Pipeline, RetryPolicy, SlidingWindow};
-use warden_telemetry::TraceContextInterceptor;
 
 pub use pb::Effect;
 
@@ -51,6 +52,8 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
     pub breaker: BreakerConfig,
     pub when_unavailable: WhenUnavailable,
+    /// The credential sent on every call, and TLS settings for `https://`.
+    pub identity: ClientIdentity,
 }
 
 impl ClientConfig {
@@ -78,7 +81,21 @@ impl ClientConfig {
                 ..BreakerConfig::default()
             },
             when_unavailable: WhenUnavailable::Deny,
+            identity: ClientIdentity::default(),
         }
+    }
+
+    /// Sends `token` (a Warden API key or a JWT) as `authorization: Bearer`.
+    pub fn api_key(mut self, token: impl Into<String>) -> Self {
+        let token = token.into();
+        self.identity.bearer = (!token.is_empty()).then(|| warden_auth::Secret::new(token));
+        self
+    }
+
+    /// TLS settings (CA, client certificate for mTLS) for an `https://` URL.
+    pub fn tls(mut self, tls: tonic::transport::ClientTlsConfig) -> Self {
+        self.identity.tls = Some(tls);
+        self
     }
 }
 
@@ -86,6 +103,13 @@ impl ClientConfig {
 pub enum ClientError {
     #[error("invalid policy engine url {0:?}: {1}")]
     InvalidUrl(String, String),
+    #[error("invalid credential: {0}")]
+    InvalidCredential(String),
+    /// The engine refused the caller: no or a bad credential
+    /// (UNAUTHENTICATED), a missing role or another agent's name
+    /// (PERMISSION_DENIED). Not an outage: fix the credential.
+    #[error("refused: {0}")]
+    Refused(WardenError),
     /// The request itself is wrong (fix the caller): the violations name the
     /// fields.
     #[error("invalid request: {0}")]
@@ -230,8 +254,8 @@ impl From<bool> for Param {
     }
 }
 
-/// The channel stack: trace context, then the resilience pipeline.
-pub type PolicyChannel = InterceptedService<ResilientService<Channel>, TraceContextInterceptor>;
+/// The channel stack: credentials and trace context, then the resilience pipeline.
+pub type PolicyChannel = InterceptedService<ResilientService<Channel>, CallCredentials>;
 
 /// A resilient, fail-closed client of the policy engine. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -245,10 +269,13 @@ impl PolicyClient {
     /// Creates the client. It connects lazily: a policy engine that is down
     /// now makes decisions fail closed, not this call fail.
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(config.url.clone())
-            .map_err(|e| ClientError::InvalidUrl(config.url.clone(), e.to_string()))?
+        let endpoint = config
+            .identity
+            .endpoint(&config.url)
+            .map_err(|e| ClientError::InvalidUrl(config.url.clone(), e))?
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true);
+        let credentials = config.identity.credentials().map_err(ClientError::InvalidCredential)?;
         let channel = endpoint.connect_lazy();
         // One breaker per policy engine URL, shared by every client of it.
         let breaker_name = format!("warden-policy-engine:{}", config.url);
@@ -259,7 +286,7 @@ impl PolicyClient {
             .timeout(config.attempt_timeout)
             .build();
         let stack = tower::ServiceBuilder::new().layer(ResilienceLayer::new(pipeline)).service(channel);
-        let client = PolicyServiceClient::new(InterceptedService::new(stack, TraceContextInterceptor));
+        let client = PolicyServiceClient::new(InterceptedService::new(stack, credentials));
         Ok(PolicyClient { client, when_unavailable: config.when_unavailable, url: config.url.into() })
     }
 
@@ -285,6 +312,9 @@ impl PolicyClient {
                 let error = WardenError::from_status(&status);
                 if status.code() == tonic::Code::InvalidArgument {
                     return Err(ClientError::InvalidRequest(error));
+                }
+                if matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) {
+                    return Err(ClientError::Refused(error));
                 }
                 tracing::warn!(url = %self.url, code = ?status.code(), reason = %error.reason, retryable = error.retryable(), "policy engine unavailable");
                 let (effect, verdict) = match self.when_unavailable {

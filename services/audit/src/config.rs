@@ -20,14 +20,15 @@ pub struct AuditConfig {
     pub data_dir: PathBuf,
     /// The log's origin line in checkpoints, and the signing key's name.
     pub origin: String,
-    /// Checkpoint signing key in the note form `PRIVATE+KEY+<name>+<hash>+<key>`;
+    /// Checkpoint signing key in the note form `PRIVATE+KEY+<name>+<hash>+<key>`,
+    /// or a secret reference (`env:NAME`, `file:PATH`, `vault:MOUNT/PATH#FIELD`);
     /// empty reads `signing_key_file`.
     pub signing_key: String,
     /// File holding the signing key; empty means `<data_dir>/audit-signing.key`
     /// (created on first start).
     pub signing_key_file: PathBuf,
-    /// Master key that wraps subjects' data keys: 64 hex digits; empty reads
-    /// `master_key_file`.
+    /// Master key that wraps subjects' data keys: 64 hex digits or a secret
+    /// reference; empty reads `master_key_file`.
     pub master_key: String,
     /// File holding the master key; empty means `<data_dir>/audit-master.key`
     /// (created on first start).
@@ -45,6 +46,8 @@ pub struct AuditConfig {
     /// many transactions on as many connections, whose writes run at once
     /// and which commit in order (1 turns this off).
     pub append_connections: usize,
+    /// Who may call, and how callers prove it.
+    pub auth: warden_auth::AuthConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -64,6 +67,7 @@ impl Default for AuditConfig {
             retention_interval: Duration::from_secs(3600),
             max_batch: 1000,
             append_connections: 3,
+            auth: warden_auth::AuthConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -75,7 +79,11 @@ impl Validate for AuditConfig {
         if self.origin.is_empty() || self.origin.chars().any(|c| c.is_whitespace() || c == '+') {
             return Err(ConfigError::invalid("origin", &self.origin, "must be non-empty, without spaces or '+'"));
         }
-        if !self.master_key.is_empty() && (self.master_key.len() != 64 || hex::decode(&self.master_key).is_err()) {
+        let reference = |s: &str| ["env:", "file:", "vault:"].iter().any(|p| s.starts_with(p));
+        if !self.master_key.is_empty()
+            && !reference(&self.master_key)
+            && (self.master_key.len() != 64 || hex::decode(&self.master_key).is_err())
+        {
             return Err(ConfigError::invalid("master_key", "(hidden)", "must be 64 hex digits (32 bytes)"));
         }
         if !(1..=10_000).contains(&self.max_batch) {
@@ -91,7 +99,7 @@ impl Validate for AuditConfig {
                 "must be at least 1s",
             ));
         }
-        Ok(())
+        self.auth.validate()
     }
 }
 
@@ -120,12 +128,14 @@ impl AuditConfig {
         }
     }
 
-    /// A config for in-process tests: ephemeral port, no metrics listener.
+    /// A config for in-process tests: ephemeral port, no metrics listener,
+    /// authentication off (tests of identity and access turn it on).
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
         AuditConfig {
             listen: "127.0.0.1:0".into(),
             metrics_listen: String::new(),
             data_dir: data_dir.into(),
+            auth: warden_auth::AuthConfig::insecure(),
             ..AuditConfig::default()
         }
     }

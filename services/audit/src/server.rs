@@ -28,6 +28,10 @@ pub enum StartError {
     Bind(String, std::io::Error),
     #[error("telemetry: {0}")]
     Telemetry(#[from] warden_telemetry::TelemetryError),
+    #[error("{0}")]
+    Auth(#[from] warden_auth::AuthError),
+    #[error("secret: {0}")]
+    Secret(#[from] warden_auth::secret::SecretError),
 }
 
 /// A running audit service.
@@ -51,11 +55,18 @@ impl AuditServer {
     pub async fn start(config: AuditConfig) -> Result<AuditServer, StartError> {
         let database = Database::connect(&config.database_url()).await?;
         database.migrate().await?;
-        let (signer, created) = load_signer(&config.origin, &config.signing_key, &config.signing_key_path())?;
+        let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
+        let signing_key = secrets.resolve_setting(&config.signing_key).await?;
+        let master_key = secrets.resolve_setting(&config.master_key).await?;
+        let (signer, created) = load_signer(
+            &config.origin,
+            signing_key.as_ref().map(|k| k.expose()).unwrap_or(""),
+            &config.signing_key_path(),
+        )?;
         if created {
             tracing::warn!(path = %config.signing_key_path().display(), "created a new checkpoint signing key");
         }
-        let master = MasterKey::load(&config.master_key, &config.master_key_path())?;
+        let master = MasterKey::load(master_key.as_ref().map(|k| k.expose()).unwrap_or(""), &config.master_key_path())?;
         let log = AuditLog::open(
             AuditStore::new(database),
             signer,
@@ -66,7 +77,8 @@ impl AuditServer {
         let verifier_key = log.verifier_key();
         tracing::info!(verifier_key = %verifier_key, "checkpoint verifier key");
 
-        let mut background = Vec::new();
+        let (auth, mut background) = warden_auth::Auth::start(&config.auth, "audit", &config.data_dir).await?;
+        auth.set_denial_sink(Arc::new(LogDenials(log.clone())));
         if !config.retention.is_zero() {
             background.push(tokio::spawn(run_retention(log.clone(), config.retention, config.retention_interval)));
         }
@@ -74,24 +86,14 @@ impl AuditServer {
             background.push(task);
             addr
         });
-        let (listener, addr) = warden_telemetry::bind_grpc(&config.listen)
-            .await
-            .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<AuditServiceServer<AuditServiceImpl>>().await;
-        let (reflection_v1, reflection_v1alpha) = warden_telemetry::reflection_services();
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-        let service = AuditServiceServer::new(AuditServiceImpl::new(log.clone(), stopping));
-        let handle = ServerHandle::spawn("audit", background, |signal| {
-            tonic::transport::Server::builder()
-                .trace_fn(warden_telemetry::grpc_request_span)
-                .add_service(health_service)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .add_service(service)
-                .serve_with_incoming_shutdown(listener, signal)
-        });
-        tracing::info!(%addr, "audit service listening");
+        let service = AuditServiceServer::new(AuditServiceImpl::new(log.clone(), auth.clone(), stopping));
+        let routes = tonic::service::Routes::new(health_service).add_service(service);
+        let (addr, handle) = warden_auth::serve("audit", &config.listen, auth, routes, background)
+            .await
+            .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
         Ok(AuditServer { addr, metrics_addr, log, verifier_key, stopping: stopping_tx, handle })
     }
 
@@ -103,6 +105,31 @@ impl AuditServer {
     pub async fn shutdown(self) {
         self.stopping.send_replace(true);
         self.handle.stop().await;
+    }
+}
+
+/// Denials of calls to the audit service are recorded in the log itself.
+struct LogDenials(Arc<AuditLog>);
+
+impl warden_auth::DenialSink for LogDenials {
+    fn record(&self, event: warden_proto::audit::v1::AuditEvent) {
+        let log = self.0.clone();
+        let input = crate::log::EventInput {
+            event_id: event.event_id,
+            event_type: event.event_type,
+            time_micros: None,
+            correlation_id: event.correlation_id,
+            agent_id: event.agent_id,
+            actor: event.actor,
+            subject: event.subject,
+            payload: event.payload,
+            sensitive: event.sensitive,
+        };
+        tokio::spawn(async move {
+            if let Err(error) = log.append(vec![input]).await {
+                tracing::warn!(%error, "cannot record an auth denial");
+            }
+        });
     }
 }
 

@@ -27,14 +27,15 @@ pub mod limits {
 #[derive(Debug, Clone)]
 pub struct AuditServiceImpl {
     log: Arc<AuditLog>,
+    auth: Arc<warden_auth::Auth>,
     /// Becomes true when the server shuts down: live streams end, so a
     /// graceful shutdown never waits on a subscriber.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AuditServiceImpl {
-    pub fn new(log: Arc<AuditLog>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
-        AuditServiceImpl { log, stopping }
+    pub fn new(log: Arc<AuditLog>, auth: Arc<warden_auth::Auth>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        AuditServiceImpl { log, auth, stopping }
     }
 }
 
@@ -89,12 +90,20 @@ fn validate_filter(v: &mut Validator, correlation_id: &str, agent_id: &str, even
     }
 }
 
+const APPEND_PATH: &str = "/warden.audit.v1.AuditService/Append";
+
 type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AuditService for AuditServiceImpl {
     async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
         use prost::Message;
+        // The authenticated caller is the actor; only services and admins
+        // may record in someone else's name.
+        let mut actors = Vec::with_capacity(request.get_ref().events.len());
+        for event in &request.get_ref().events {
+            actors.push(self.auth.actor(&request, APPEND_PATH, &event.actor)?);
+        }
         let request = request.into_inner();
         let mut v = Validator::new();
         v.check(!request.events.is_empty(), "events", "at least one event is required");
@@ -137,7 +146,7 @@ impl AuditService for AuditServiceImpl {
                 time_micros,
                 correlation_id: event.correlation_id,
                 agent_id: event.agent_id,
-                actor: event.actor,
+                actor: std::mem::take(&mut actors[i]),
                 subject: event.subject,
                 payload: event.payload,
                 sensitive: event.sensitive,

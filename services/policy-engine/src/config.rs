@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use warden_auth::{AuthConfig, OutboundConfig};
 use warden_config::{ConfigError, Validate, humantime_serde};
 use warden_telemetry::TelemetryConfig;
 
@@ -39,6 +40,10 @@ pub struct PolicyEngineConfig {
     /// log; empty writes decisions to the log output only.
     pub audit_url: String,
     pub decision_log: DecisionLogConfig,
+    /// Who may call, and how callers prove it.
+    pub auth: AuthConfig,
+    /// What this service presents to the audit service.
+    pub outbound: OutboundConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -56,6 +61,8 @@ impl Default for PolicyEngineConfig {
             kill_switch_refresh: Duration::from_secs(2),
             audit_url: String::new(),
             decision_log: DecisionLogConfig::default(),
+            auth: AuthConfig::default(),
+            outbound: OutboundConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -99,7 +106,8 @@ impl Validate for PolicyEngineConfig {
         if self.policies.as_os_str().is_empty() {
             return Err(ConfigError::invalid("policies", "", "must name a directory"));
         }
-        Ok(())
+        self.auth.validate()?;
+        self.outbound.validate()
     }
 }
 
@@ -113,13 +121,15 @@ impl PolicyEngineConfig {
         }
     }
 
-    /// A config for in-process tests: ephemeral ports, no metrics listener.
+    /// A config for in-process tests: ephemeral ports, no metrics listener,
+    /// authentication off (tests of identity and access turn it on).
     pub fn for_tests(policies: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
         PolicyEngineConfig {
             listen: "127.0.0.1:0".into(),
             metrics_listen: String::new(),
             policies: policies.into(),
             data_dir: data_dir.into(),
+            auth: AuthConfig::insecure(),
             ..PolicyEngineConfig::default()
         }
     }

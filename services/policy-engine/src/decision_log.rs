@@ -125,12 +125,20 @@ impl std::fmt::Debug for DecisionLog {
     }
 }
 
-type AuditClient = AuditServiceClient<ResilientService<tonic::transport::Channel>>;
+type AuditClient = AuditServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        ResilientService<tonic::transport::Channel>,
+        warden_auth::CallCredentials,
+    >,
+>;
 
 impl DecisionLog {
     /// Opens the outbox in `data_dir` and starts the writer and the shipper.
+    /// `identity` is what the engine presents to the audit service (its
+    /// API key or client certificate).
     pub async fn start(
         audit_url: &str,
+        identity: &warden_auth::ClientIdentity,
         data_dir: &Path,
         config: DecisionLogConfig,
     ) -> Result<Arc<DecisionLog>, DecisionLogError> {
@@ -153,10 +161,13 @@ impl DecisionLog {
             .map_err(warden_store::translate)?;
         let pending = Arc::new(AtomicU64::new(backlog as u64));
         METRICS.outbox_pending.set(backlog);
-        let channel = tonic::transport::Endpoint::from_shared(audit_url.to_owned())
-            .map_err(|e| DecisionLogError::Url(audit_url.to_owned(), e.to_string()))?
+        let channel = identity
+            .endpoint(audit_url)
+            .map_err(|e| DecisionLogError::Url(audit_url.to_owned(), e))?
             .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
             .connect_lazy();
+        let credentials = identity.credentials().map_err(|e| DecisionLogError::Url(audit_url.to_owned(), e))?;
         let breaker_name = format!("warden-audit:{audit_url}");
         let breaker = BreakerRegistry::global().get_or_create(&breaker_name, || BreakerConfig {
             open_duration: Duration::from_millis(500),
@@ -173,9 +184,10 @@ impl DecisionLog {
             .breaker(breaker)
             .timeout(Duration::from_secs(5))
             .build();
-        let client = AuditServiceClient::new(
+        let client = AuditServiceClient::new(tonic::service::interceptor::InterceptedService::new(
             tower::ServiceBuilder::new().layer(ResilienceLayer::new(pipeline)).service(channel),
-        );
+            credentials,
+        ));
         let (writer, jobs) = mpsc::channel(65_536);
         let wake = Arc::new(Notify::new());
         tokio::spawn(run_writer(pool.clone(), jobs, pending.clone(), wake.clone()));
@@ -219,6 +231,22 @@ impl DecisionLog {
                     Err(_) => Err(DecisionLogError::Stopped),
                 }
             }
+        }
+    }
+}
+
+/// Denials (unauthenticated calls, missing roles, impersonation) reach the
+/// audit log through the same outbox as decisions, without waiting.
+impl warden_auth::DenialSink for DecisionLog {
+    fn record(&self, event: audit::AuditEvent) {
+        if self.pending.load(Ordering::Relaxed) >= self.config.outbox_cap {
+            METRICS.decisions_dropped.inc();
+            return;
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if self.writer.try_send(WriteJob { event: event.encode_to_vec(), ack: None }).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            METRICS.decisions_dropped.inc();
         }
     }
 }

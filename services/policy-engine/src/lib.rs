@@ -14,7 +14,6 @@ pub mod config;
 pub mod decision_log;
 pub mod engine;
 pub mod fixtures;
-pub mod glob;
 pub mod kill_switch;
 pub mod limits;
 pub mod metrics;

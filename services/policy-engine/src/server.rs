@@ -40,6 +40,10 @@ pub enum StartError {
     DecisionLog(#[from] crate::decision_log::DecisionLogError),
     #[error("cannot watch {0}: {1}")]
     Watch(String, notify::Error),
+    #[error("{0}")]
+    Auth(#[from] warden_auth::AuthError),
+    #[error("outbound identity: {0}")]
+    Outbound(String),
 }
 
 /// A running policy engine.
@@ -87,7 +91,7 @@ impl PolicyEngine {
         engine.set_kill_switches(switches);
         let reloader = Arc::new(Reloader::new(dir.clone(), engine.clone()));
 
-        let mut background = Vec::new();
+        let (auth, mut background) = warden_auth::Auth::start(&config.auth, "policy-engine", &config.data_dir).await?;
         background.push(tokio::spawn(refresh_kill_switches(
             engine.clone(),
             kill_switch_store.clone(),
@@ -106,33 +110,31 @@ impl PolicyEngine {
             addr
         });
 
-        let (listener, addr) = warden_telemetry::bind_grpc(&config.listen)
-            .await
-            .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
-
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<PolicyServiceServer<PolicyServiceImpl>>().await;
-        let (reflection_v1, reflection_v1alpha) = warden_telemetry::reflection_services();
         let decision_log = if config.audit_url.is_empty() {
             None
         } else {
             std::fs::create_dir_all(&config.data_dir)
                 .map_err(|e| StartError::Bind(config.data_dir.display().to_string(), e))?;
-            Some(DecisionLog::start(&config.audit_url, &config.data_dir, config.decision_log.clone()).await?)
+            let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
+            let identity = config.outbound.resolve(&secrets).await.map_err(StartError::Outbound)?;
+            let log =
+                DecisionLog::start(&config.audit_url, &identity, &config.data_dir, config.decision_log.clone()).await?;
+            auth.set_denial_sink(log.clone());
+            Some(log)
         };
-        let service = PolicyServiceImpl::new(engine.clone(), reloader.clone(), kill_switch_store, decision_log.clone());
-
-        let service = PolicyServiceServer::new(service);
-        let handle = ServerHandle::spawn("policy engine", background, |signal| {
-            tonic::transport::Server::builder()
-                .trace_fn(warden_telemetry::grpc_request_span)
-                .add_service(health_service)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .add_service(service)
-                .serve_with_incoming_shutdown(listener, signal)
-        });
-        tracing::info!(%addr, "policy engine listening");
+        let service = PolicyServiceImpl::new(
+            engine.clone(),
+            reloader.clone(),
+            kill_switch_store,
+            decision_log.clone(),
+            auth.clone(),
+        );
+        let routes = tonic::service::Routes::new(health_service).add_service(PolicyServiceServer::new(service));
+        let (addr, handle) = warden_auth::serve("policy-engine", &config.listen, auth, routes, background)
+            .await
+            .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
         Ok(PolicyEngine { addr, metrics_addr, engine, reloader, decision_log, handle, _watcher: watcher })
     }
 

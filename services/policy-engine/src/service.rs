@@ -112,6 +112,7 @@ pub struct PolicyServiceImpl {
     reloader: Arc<Reloader>,
     kill_switches: KillSwitchStore,
     decision_log: Option<Arc<DecisionLog>>,
+    auth: Arc<warden_auth::Auth>,
 }
 
 impl PolicyServiceImpl {
@@ -120,10 +121,13 @@ impl PolicyServiceImpl {
         reloader: Arc<Reloader>,
         kill_switches: KillSwitchStore,
         decision_log: Option<Arc<DecisionLog>>,
+        auth: Arc<warden_auth::Auth>,
     ) -> Self {
-        PolicyServiceImpl { engine, reloader, kill_switches, decision_log }
+        PolicyServiceImpl { engine, reloader, kill_switches, decision_log, auth }
     }
 }
+
+const EVALUATE_PATH: &str = "/warden.policy.v1.PolicyService/Evaluate";
 
 fn text(s: &str) -> prost_types::Value {
     prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(s.to_owned())) }
@@ -258,8 +262,12 @@ fn errors_to_proto(errors: &[PolicyError]) -> Vec<pb::PolicyError> {
 impl PolicyService for PolicyServiceImpl {
     async fn evaluate(&self, request: Request<pb::EvaluateRequest>) -> Result<Response<pb::EvaluateResponse>, Status> {
         let started = Instant::now();
+        validate_evaluate(request.get_ref()).map_err(invalid)?;
+        // An agent may only ask in the name of the agents it is bound to.
+        let agent_id = request.get_ref().agent.as_ref().map(|a| a.id.as_str()).unwrap_or_default();
+        self.auth.check_agent(&request, EVALUATE_PATH, agent_id)?;
         let request = request.into_inner();
-        let (agent, action) = validate_evaluate(&request).map_err(invalid)?;
+        let (agent, action) = (request.agent.as_ref().expect("validated"), request.action.as_ref().expect("validated"));
         let time = match &request.time {
             Some(t) => {
                 chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap_or_else(|| self.engine.clock().now())

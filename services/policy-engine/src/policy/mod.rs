@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use warden_proto::policy::v1 as pb;
 
 use crate::cel::{Input, Program};
-use crate::glob::Glob;
+use warden_glob::Glob;
 
 /// Bounds on what a policy set may cost to load and evaluate.
 pub mod bounds {

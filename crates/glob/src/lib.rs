@@ -1,6 +1,9 @@
 //! Glob patterns for action types and agent ids: `*` matches any run of
 //! characters, `?` exactly one. Patterns are classified once at load time so
 //! the common shapes (everything, exact, prefix, suffix) cost one comparison.
+//!
+//! Shared by the policy engine (rule scopes) and the identity layer (the
+//! agent ids an agent principal may act as). No I/O, no dependencies.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Glob {

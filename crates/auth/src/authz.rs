@@ -1,0 +1,117 @@
+//! Which roles may call which RPC: the one table, for every service.
+//!
+//! `admin` may call everything and is not repeated below. Health checks and
+//! reflection are open (reflection can be turned off). A method missing
+//! from the table is refused to everyone but admins; the test
+//! `every_rpc_of_every_contract_is_in_the_table` keeps it complete.
+//! Deployments add roles per method (or per `package.Service/*`) with
+//! `[auth.grants]`.
+
+use crate::principal::roles::{AGENT, AUDITOR, SERVICE};
+
+/// One row: a full gRPC path and the roles (besides admin) that may call it.
+#[derive(Debug, Clone, Copy)]
+pub struct MethodRule {
+    pub path: &'static str,
+    pub roles: &'static [&'static str],
+}
+
+const fn rule(path: &'static str, roles: &'static [&'static str]) -> MethodRule {
+    MethodRule { path, roles }
+}
+
+const ADMIN_ONLY: &[&str] = &[];
+
+/// The authorization table.
+pub const TABLE: &[MethodRule] = &[
+    // warden.policy.v1: agents ask; auditors may look at what is in force.
+    rule("/warden.policy.v1.PolicyService/Evaluate", &[AGENT]),
+    rule("/warden.policy.v1.PolicyService/ValidatePolicies", ADMIN_ONLY),
+    rule("/warden.policy.v1.PolicyService/ReloadPolicies", ADMIN_ONLY),
+    rule("/warden.policy.v1.PolicyService/GetPolicies", &[AUDITOR]),
+    rule("/warden.policy.v1.PolicyService/SetKillSwitch", ADMIN_ONLY),
+    rule("/warden.policy.v1.PolicyService/GetKillSwitch", &[AUDITOR]),
+    // warden.audit.v1: services write; auditors read and prove.
+    rule("/warden.audit.v1.AuditService/Append", &[SERVICE]),
+    rule("/warden.audit.v1.AuditService/Query", &[AUDITOR]),
+    rule("/warden.audit.v1.AuditService/GetCheckpoint", &[AUDITOR]),
+    rule("/warden.audit.v1.AuditService/GetInclusionProof", &[AUDITOR]),
+    rule("/warden.audit.v1.AuditService/GetConsistencyProof", &[AUDITOR]),
+    rule("/warden.audit.v1.AuditService/Verify", &[AUDITOR]),
+    rule("/warden.audit.v1.AuditService/Export", &[AUDITOR]),
+    rule("/warden.audit.v1.AuditService/Subscribe", &[AUDITOR]),
+    rule("/warden.audit.v1.AuditService/ForgetSubject", ADMIN_ONLY),
+];
+
+/// Services anyone may call, authenticated or not.
+pub const OPEN_SERVICES: &[&str] = &["grpc.health.v1.Health"];
+
+/// Reflection services: open unless `reflection = false`.
+pub const REFLECTION_SERVICES: &[&str] =
+    &["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
+/// `/package.Service/Method` split into service and method.
+pub fn split_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix('/')?;
+    let (service, method) = rest.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some((service, method))
+}
+
+/// The roles that may call `path`, with `admin` and the configured grants.
+pub fn roles_for(path: &str, grants: &std::collections::BTreeMap<String, Vec<String>>) -> Vec<String> {
+    let mut roles: Vec<String> = vec![crate::principal::roles::ADMIN.to_owned()];
+    if let Some(rule) = TABLE.iter().find(|r| r.path == path) {
+        roles.extend(rule.roles.iter().map(|r| (*r).to_owned()));
+    }
+    let service_wildcard = split_path(path).map(|(service, _)| format!("{service}/*"));
+    for (key, extra) in grants {
+        let key = key.trim_start_matches('/');
+        if key == path.trim_start_matches('/') || Some(key) == service_wildcard.as_deref() {
+            roles.extend(extra.iter().cloned());
+        }
+    }
+    roles.sort();
+    roles.dedup();
+    roles
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn every_rpc_of_every_contract_is_in_the_table() {
+        let set = prost_types::FileDescriptorSet::decode(warden_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut paths = Vec::new();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    paths.push(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
+                }
+            }
+        }
+        assert!(paths.len() >= TABLE.len(), "{paths:?}");
+        for path in &paths {
+            assert!(TABLE.iter().any(|rule| rule.path == path), "{path} is missing from the authorization table");
+        }
+        for rule in TABLE {
+            assert!(paths.iter().any(|path| path == rule.path), "{} is in the table but no contract has it", rule.path);
+        }
+    }
+
+    #[test]
+    fn grants_add_roles_per_method_or_service() {
+        let grants = [
+            ("warden.audit.v1.AuditService/*".to_string(), vec!["compliance".to_string()]),
+            ("/warden.policy.v1.PolicyService/GetPolicies".to_string(), vec!["support".to_string()]),
+        ]
+        .into();
+        assert_eq!(roles_for("/warden.audit.v1.AuditService/Query", &grants), ["admin", "auditor", "compliance"]);
+        assert_eq!(roles_for("/warden.policy.v1.PolicyService/GetPolicies", &grants), ["admin", "auditor", "support"]);
+        assert_eq!(roles_for("/warden.policy.v1.PolicyService/Evaluate", &grants), ["admin", "agent"]);
+        assert_eq!(roles_for("/unknown.Service/Call", &grants), ["admin"]);
+        assert_eq!(split_path("/a.B/C"), Some(("a.B", "C")));
+        assert_eq!(split_path("/a.B"), None);
+    }
+}
