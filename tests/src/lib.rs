@@ -100,3 +100,151 @@ pub async fn start_audit(data: &Path, listen: &str) -> AuditServer {
     config.listen = listen.to_owned();
     AuditServer::start(config).await.unwrap_or_else(|e| panic!("audit service did not start: {e}"))
 }
+
+/// Credentials for tests of identity and access: a keys file with one key
+/// per role, plus a revoked and an expired one.
+pub mod identity {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use warden_auth::api_key::{KeyFile, create_key};
+    use warden_auth::{AuthConfig, Kind};
+
+    pub struct Keys {
+        pub path: PathBuf,
+        /// Token by name: a role name, `revoked`, `expired`, `service`.
+        pub tokens: BTreeMap<&'static str, String>,
+        pub file: KeyFile,
+    }
+
+    /// Roles that get one key each, principal id = role name (the agent key
+    /// is `support-bot`).
+    pub const ROLES: &[&str] = &["agent", "approver", "admin", "auditor", "service"];
+
+    pub fn keys(dir: &Path) -> Keys {
+        let mut tokens = BTreeMap::new();
+        let mut file = KeyFile::default();
+        for role in ROLES {
+            let (principal, kind) = match *role {
+                "agent" => ("support-bot", Kind::Agent),
+                "service" => ("policy-engine", Kind::Service),
+                other => (other, Kind::Human),
+            };
+            let key = create_key(principal, kind, vec![(*role).into()], vec![], None, None);
+            tokens.insert(*role, key.token.expose().to_owned());
+            file.keys.push(key.entry);
+        }
+        let mut revoked = create_key("admin", Kind::Human, vec!["admin".into()], vec![], None, None);
+        revoked.entry.revoked = true;
+        tokens.insert("revoked", revoked.token.expose().to_owned());
+        file.keys.push(revoked.entry);
+        let expired = create_key(
+            "admin",
+            Kind::Human,
+            vec!["admin".into()],
+            vec![],
+            Some(chrono::Utc::now() - chrono::Duration::minutes(1)),
+            None,
+        );
+        tokens.insert("expired", expired.token.expose().to_owned());
+        file.keys.push(expired.entry);
+        let path = dir.join("keys.toml");
+        std::fs::write(&path, file.to_toml()).unwrap();
+        Keys { path, tokens, file }
+    }
+
+    impl Keys {
+        pub fn token(&self, name: &str) -> &str {
+            &self.tokens[name]
+        }
+
+        /// Auth on, reading this keys file every 100 ms.
+        pub fn auth(&self) -> AuthConfig {
+            AuthConfig {
+                keys_file: self.path.clone(),
+                reload_interval: std::time::Duration::from_millis(100),
+                ..AuthConfig::default()
+            }
+        }
+
+        /// Rewrites the file atomically, as `wardenctl keys` does.
+        pub fn save(&self) {
+            let tmp = self.path.with_extension("tmp");
+            std::fs::write(&tmp, self.file.to_toml()).unwrap();
+            std::fs::rename(&tmp, &self.path).unwrap();
+        }
+    }
+
+    /// `authorization: Bearer <token>` on a request.
+    pub fn bearer<T>(mut request: tonic::Request<T>, token: &str) -> tonic::Request<T> {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    }
+}
+
+/// A throwaway PKI for TLS tests: two CAs, a server certificate for
+/// 127.0.0.1, and client certificates with SPIFFE URI SANs.
+pub mod pki {
+    use std::path::{Path, PathBuf};
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+    };
+
+    pub struct Ca {
+        issuer: CertifiedIssuer<'static, KeyPair>,
+        pub pem: String,
+    }
+
+    pub struct Leaf {
+        pub cert: PathBuf,
+        pub key: PathBuf,
+        pub cert_pem: String,
+        pub key_pem: String,
+    }
+
+    pub fn ca(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let pem = issuer.pem();
+        Ca { issuer, pem }
+    }
+
+    impl Ca {
+        pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
+            let path = dir.join(name);
+            std::fs::write(&path, &self.pem).unwrap();
+            path
+        }
+
+        /// A server certificate for 127.0.0.1 and localhost.
+        pub fn server(&self, dir: &Path, name: &str) -> Leaf {
+            let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            self.leaf(dir, name, params)
+        }
+
+        /// A client certificate whose identity is `uri` (a SPIFFE id).
+        pub fn client(&self, dir: &Path, name: &str, uri: &str) -> Leaf {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.subject_alt_names.push(SanType::URI(uri.try_into().unwrap()));
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            self.leaf(dir, name, params)
+        }
+
+        fn leaf(&self, dir: &Path, name: &str, params: CertificateParams) -> Leaf {
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+            let leaf =
+                Leaf { cert: dir.join(format!("{name}.crt")), key: dir.join(format!("{name}.key")), cert_pem, key_pem };
+            std::fs::write(&leaf.cert, &leaf.cert_pem).unwrap();
+            std::fs::write(&leaf.key, &leaf.key_pem).unwrap();
+            leaf
+        }
+    }
+}

@@ -48,11 +48,14 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    read_certs_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The certificates in a PEM bundle.
+pub fn read_certs_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = rustls_pemfile::certs(&mut &pem[..]).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
     if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
+        return Err("no PEM certificate".into());
     }
     Ok(certs)
 }
