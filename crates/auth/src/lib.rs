@@ -781,3 +781,117 @@ pub async fn serve(
     tracing::info!(service = name, %addr, tls = auth.tls.is_some(), mtls = auth.tls.as_ref().is_some_and(|t| t.mutual()), auth = !auth.insecure(), "listening");
     Ok((addr, handle))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(id: &str) -> Principal {
+        Principal::new(Kind::Agent, id, vec![roles::AGENT.into()], &[], "test")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limits_are_per_principal_and_refill_with_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuthConfig {
+            rate_limits: vec![RateLimitRule {
+                role: "agent".into(),
+                method: "Evaluate".into(),
+                per_second: 2,
+                burst: 2,
+            }],
+            ..AuthConfig::default()
+        };
+        let (auth, tasks) = Auth::start(&config, "test", dir.path()).await.unwrap();
+        let evaluate = auth.method("/warden.policy.v1.PolicyService/Evaluate");
+        let query = auth.method("/warden.audit.v1.AuditService/Query");
+        let (noisy, quiet) = (principal("noisy"), principal("quiet"));
+        assert!(auth.rate_limit(&evaluate, &noisy).is_ok());
+        assert!(auth.rate_limit(&evaluate, &noisy).is_ok());
+        let limited = auth.rate_limit(&evaluate, &noisy).unwrap_err();
+        assert_eq!(limited.code(), Code::ResourceExhausted);
+        let retry = WardenError::from_status(&limited).retry_after.unwrap();
+        assert!(retry > Duration::ZERO && retry <= Duration::from_millis(500), "{retry:?}");
+        // Another principal, and another method, are not limited.
+        assert!(auth.rate_limit(&evaluate, &quiet).is_ok());
+        assert!(auth.rate_limit(&query, &noisy).is_ok());
+        // Half a second later, one more request fits.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(auth.rate_limit(&evaluate, &noisy).is_ok());
+        assert!(auth.rate_limit(&evaluate, &noisy).is_err());
+        tasks.into_iter().for_each(|t| t.abort());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn denial_events_are_rate_limited_and_count_what_they_suppressed() {
+        #[derive(Default)]
+        struct Collect(std::sync::Mutex<Vec<AuditEvent>>);
+        impl DenialSink for Collect {
+            fn record(&self, event: AuditEvent) {
+                self.0.lock().unwrap().push(event);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuthConfig { denial_events_per_second: 1, ..AuthConfig::default() };
+        let (auth, tasks) = Auth::start(&config, "test", dir.path()).await.unwrap();
+        let sink = Arc::new(Collect::default());
+        auth.set_denial_sink(sink.clone());
+        let bot = principal("bot");
+        for _ in 0..100 {
+            auth.record_denial("/x.Y/Z", Code::PermissionDenied, "no", Some(&bot), "", None);
+        }
+        // A burst of five, then nothing until time passes.
+        assert_eq!(sink.0.lock().unwrap().len(), 5);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        auth.record_denial("/x.Y/Z", Code::PermissionDenied, "no", Some(&bot), "", None);
+        let events = sink.0.lock().unwrap();
+        assert_eq!(events.len(), 6);
+        let suppressed = &events[5].payload.as_ref().unwrap().fields["suppressed_before"];
+        assert_eq!(suppressed.kind, Some(prost_types::value::Kind::NumberValue(95.0)));
+        assert_eq!(events[5].event_type, "auth_denied");
+        assert_eq!(events[5].actor, "bot");
+        tasks.into_iter().for_each(|t| t.abort());
+    }
+
+    #[tokio::test]
+    async fn a_broken_keys_file_keeps_the_last_good_set_and_a_removed_one_revokes_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = api_key::create_key("bot", Kind::Agent, vec!["agent".into()], vec![], None, None);
+        let path = dir.path().join("keys.toml");
+        std::fs::write(&path, KeyFile { keys: vec![key.entry] }.to_toml()).unwrap();
+        let (auth, tasks) = Auth::start(&AuthConfig::default(), "test", dir.path()).await.unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {}", key.token.expose()).parse().unwrap());
+        assert_eq!(auth.authenticate(&headers, None).await.unwrap().id, "bot");
+        std::fs::write(&path, "[[key]]\nthis is not toml").unwrap();
+        assert!(auth.reload().await.unwrap_err().contains("keys.toml"));
+        assert_eq!(auth.authenticate(&headers, None).await.unwrap().id, "bot");
+        std::fs::remove_file(&path).unwrap();
+        assert!(auth.reload().await.is_err());
+        let refused = auth.authenticate(&headers, None).await.unwrap_err();
+        assert!(refused.message.contains("unknown API key"), "{}", refused.message);
+        let none = auth.authenticate(&http::HeaderMap::new(), None).await.unwrap_err();
+        assert!(none.message.starts_with("no credentials"), "{}", none.message);
+        tasks.into_iter().for_each(|t| t.abort());
+    }
+
+    #[test]
+    fn config_checks_name_their_keys() {
+        let bad = [
+            AuthConfig { tls_cert: "cert.pem".into(), ..AuthConfig::default() },
+            AuthConfig { tls_client_ca: "ca.pem".into(), ..AuthConfig::default() },
+            AuthConfig {
+                jwt: jwt::JwtConfig { issuer: "https://idp".into(), ..Default::default() },
+                ..AuthConfig::default()
+            },
+            AuthConfig { key_pepper: "vault:nope".into(), ..AuthConfig::default() },
+        ];
+        for (config, key) in
+            bad.iter().zip(["auth.tls_key", "auth.tls_client_ca", "auth.jwt.audiences", "auth.key_pepper"])
+        {
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+        }
+        assert!(AuthConfig::default().validate().is_ok());
+    }
+}

@@ -119,6 +119,22 @@ pub struct CommonArgs {
     /// Directory for local state (default ./warden-data).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// API keys file (default <data-dir>/keys.toml); re-read every few seconds.
+    #[arg(long, value_name = "FILE")]
+    pub keys_file: Option<PathBuf>,
+    /// PEM certificate chain: serve TLS 1.3 only (with --tls-key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key: a path, or env:NAME / file:PATH / vault:MOUNT/PATH#FIELD.
+    #[arg(long, value_name = "KEY")]
+    pub tls_key: Option<String>,
+    /// CA bundle for client certificates: require mTLS, principals from certificates.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Turn authentication off. For experiments only: anyone who can reach
+    /// the port may call every RPC (warned about at start and hourly).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 impl CommonArgs {
@@ -135,6 +151,11 @@ impl CommonArgs {
         set("metrics_listen", self.metrics_listen.clone());
         set("database_url", self.database_url.clone());
         set("data_dir", self.data_dir.as_ref().map(|p| p.display().to_string()));
+        set("auth.keys_file", self.keys_file.as_ref().map(|p| p.display().to_string()));
+        set("auth.tls_cert", self.tls_cert.as_ref().map(|p| p.display().to_string()));
+        set("auth.tls_key", self.tls_key.clone());
+        set("auth.tls_client_ca", self.tls_client_ca.as_ref().map(|p| p.display().to_string()));
+        set("auth.insecure_no_auth", self.insecure_no_auth.then(|| "true".to_string()));
         sources
     }
 }

@@ -12,7 +12,8 @@ use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
 
 fn spawn(data: &std::path::Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_warden-audit"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", ""])
+        // Durability, not identity, is under test here.
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "", "--insecure-no-auth"])
         .arg("--data-dir")
         .arg(data)
         .env("WARDEN__TELEMETRY__LOG_LEVEL", "warn")
