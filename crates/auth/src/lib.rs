@@ -484,7 +484,6 @@ impl Auth {
     /// Re-reads the keys file (and the TLS certificate) if it changed.
     /// Returns the number of keys in force.
     pub async fn reload(&self) -> Result<usize, String> {
-        self.resolver.invalidate();
         if let Some(tls) = &self.tls {
             let key = tls_key_pem(&self.resolver, &self.config.tls_key).await.map_err(|e| e.to_string())?;
             let cert = std::fs::read(&tls.cert_path).map_err(|e| format!("{}: {e}", tls.cert_path.display()))?;
@@ -744,14 +743,16 @@ fn no_caller() -> Status {
         .to_status()
 }
 
-/// The TLS private key: a plain path, or a secret reference.
+/// The TLS private key: a plain path (read each time, so a key rotated
+/// with its certificate is picked up with it), or a secret reference
+/// (cached for `secret_cache_ttl`).
 async fn tls_key_pem(resolver: &SecretResolver, setting: &str) -> Result<Secret, AuthError> {
-    let reference = if setting.starts_with("env:") || setting.starts_with("file:") || setting.starts_with("vault:") {
-        setting.to_owned()
-    } else {
-        format!("file:{setting}")
-    };
-    resolver.resolve_setting(&reference).await?.ok_or_else(|| AuthError::Tls("tls_key is empty".into()))
+    if setting.starts_with("env:") || setting.starts_with("file:") || setting.starts_with("vault:") {
+        return resolver.resolve_setting(setting).await?.ok_or_else(|| AuthError::Tls("tls_key is empty".into()));
+    }
+    std::fs::read_to_string(setting)
+        .map(Secret::new)
+        .map_err(|e| AuthError::Tls(format!("cannot read tls_key {setting}: {e}")))
 }
 
 // === serving ===
