@@ -80,7 +80,9 @@ pub struct AuthConfig {
     /// Turns authentication and authorization off. For experiments only:
     /// warned about at start and every hour.
     pub insecure_no_auth: bool,
-    /// The API keys file; empty means `<data_dir>/keys.toml`.
+    /// The API keys file; empty means `<data_dir>/keys.toml`. A secret
+    /// reference (`vault:MOUNT/PATH#FIELD`, `env:NAME`) reads the file's
+    /// content from there instead, again after `secret_cache_ttl`.
     pub keys_file: PathBuf,
     /// A secret reference for the HMAC pepper of `hmac-sha256:` digests.
     pub key_pepper: String,
@@ -496,6 +498,18 @@ impl Auth {
             *last = Some(fingerprint);
         }
         let pepper = self.resolver.resolve_setting(&self.config.key_pepper).await.map_err(|e| e.to_string())?;
+        // The keys file may itself come from a secret store (`vault:`,
+        // `env:`), re-read when its cached value expires.
+        let setting = self.config.keys_file.to_string_lossy();
+        if setting.starts_with("vault:") || setting.starts_with("env:") {
+            let text = self
+                .resolver
+                .resolve_setting(&setting)
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or_else(|| Secret::new(""));
+            return self.install_keys(text.expose(), pepper);
+        }
         let text = match std::fs::read_to_string(&self.keys_path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -506,6 +520,11 @@ impl Auth {
             }
             Err(error) => return Err(format!("cannot read {}: {error}", self.keys_path.display())),
         };
+        self.install_keys(&text, pepper)
+    }
+
+    /// Parses and swaps in a keys file's text unless it is unchanged.
+    fn install_keys(&self, text: &str, pepper: Option<Secret>) -> Result<usize, String> {
         let fingerprint: [u8; 32] = Sha256::new()
             .chain_update(text.as_bytes())
             .chain_update(pepper.as_ref().map(|p| p.expose()).unwrap_or(""))
@@ -514,7 +533,7 @@ impl Auth {
         if *self.keys_fingerprint.lock().expect("not poisoned") == Some(fingerprint) {
             return Ok(self.keys.load().len());
         }
-        let file = KeyFile::parse(&text).map_err(|e| format!("{}: {e}", self.keys_path.display()))?;
+        let file = KeyFile::parse(text).map_err(|e| format!("{}: {e}", self.keys_path.display()))?;
         let (set, problems) = KeySet::new(&file, pepper);
         for problem in problems {
             tracing::warn!(service = self.service, %problem, "api key skipped");
@@ -873,6 +892,20 @@ mod tests {
         assert!(refused.message.contains("unknown API key"), "{}", refused.message);
         let none = auth.authenticate(&http::HeaderMap::new(), None).await.unwrap_err();
         assert!(none.message.starts_with("no credentials"), "{}", none.message);
+        tasks.into_iter().for_each(|t| t.abort());
+    }
+
+    #[tokio::test]
+    async fn the_keys_file_can_come_from_a_secret_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = api_key::create_key("bot", Kind::Agent, vec!["agent".into()], vec![], None, None);
+        let env = [("WARDEN_KEYS".to_string(), KeyFile { keys: vec![key.entry] }.to_toml())].into();
+        let config = AuthConfig { keys_file: "env:WARDEN_KEYS".into(), ..AuthConfig::default() };
+        let resolver = SecretResolver::new(env, Duration::from_secs(60));
+        let (auth, tasks) = Auth::start_with(&config, "test", dir.path(), resolver).await.unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {}", key.token.expose()).parse().unwrap());
+        assert_eq!(auth.authenticate(&headers, None).await.unwrap().id, "bot");
         tasks.into_iter().for_each(|t| t.abort());
     }
 

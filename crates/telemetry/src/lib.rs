@@ -253,15 +253,6 @@ impl ServerHandle {
     }
 }
 
-/// Binds a service's gRPC listener; port 0 picks a free port. Accepted
-/// connections have Nagle's algorithm off: a small response must not wait
-/// for the peer's delayed ACK (that alone added ~40 ms to audit receipts).
-pub async fn bind_grpc(listen: &str) -> std::io::Result<(tonic::transport::server::TcpIncoming, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    Ok((tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), addr))
-}
-
 /// Starts the `/metrics` listener unless `listen` is empty.
 pub async fn start_metrics(listen: &str) -> Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>, TelemetryError> {
     if listen.is_empty() {
