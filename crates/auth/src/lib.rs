@@ -439,7 +439,7 @@ impl Auth {
             return Ok((auth, tasks));
         }
         match auth.reload().await {
-            Ok(count) => tracing::info!(service, keys = count, path = %auth.keys_path.display(), "api keys loaded"),
+            Ok(_) => {}
             Err(error) => {
                 tracing::warn!(service, %error, "no api keys loaded; the file is re-read every reload_interval")
             }
@@ -541,7 +541,7 @@ impl Auth {
         let count = set.len();
         self.keys.store(Arc::new(set));
         *self.keys_fingerprint.lock().expect("not poisoned") = Some(fingerprint);
-        tracing::info!(service = self.service, keys = count, "api keys reloaded");
+        tracing::info!(service = self.service, keys = count, path = %self.keys_path.display(), "api keys loaded");
         Ok(count)
     }
 
