@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use protox::prost::Message;
 
-const PROTOS: &[&str] = &["warden/policy/v1/policy.proto", "warden/audit/v1/audit.proto"];
+const PROTOS: &[&str] =
+    &["warden/policy/v1/policy.proto", "warden/audit/v1/audit.proto", "warden/approval/v1/approval.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

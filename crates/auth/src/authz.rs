@@ -7,7 +7,7 @@
 //! Deployments add roles per method (or per `package.Service/*`) with
 //! `[auth.grants]`.
 
-use crate::principal::roles::{AGENT, AUDITOR, SERVICE};
+use crate::principal::roles::{AGENT, APPROVER, AUDITOR, SERVICE};
 
 /// One row: a full gRPC path and the roles (besides admin) that may call it.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +41,15 @@ pub const TABLE: &[MethodRule] = &[
     rule("/warden.audit.v1.AuditService/Export", &[AUDITOR]),
     rule("/warden.audit.v1.AuditService/Subscribe", &[AUDITOR]),
     rule("/warden.audit.v1.AuditService/ForgetSubject", ADMIN_ONLY),
+    // warden.approval.v1: the policy engine opens and redeems; people
+    // review; agents wait on (and withdraw) their own requests.
+    rule("/warden.approval.v1.ApprovalService/CreateApproval", &[SERVICE]),
+    rule("/warden.approval.v1.ApprovalService/GetApproval", &[AGENT, APPROVER, AUDITOR, SERVICE]),
+    rule("/warden.approval.v1.ApprovalService/ListApprovals", &[APPROVER, AUDITOR]),
+    rule("/warden.approval.v1.ApprovalService/WatchApproval", &[AGENT, APPROVER, SERVICE]),
+    rule("/warden.approval.v1.ApprovalService/Review", &[APPROVER]),
+    rule("/warden.approval.v1.ApprovalService/Cancel", &[AGENT]),
+    rule("/warden.approval.v1.ApprovalService/Redeem", &[SERVICE]),
 ];
 
 /// Services anyone may call, authenticated or not.

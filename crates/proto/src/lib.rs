@@ -18,6 +18,13 @@ pub mod audit {
     }
 }
 
+/// `warden.approval.v1`: the approval service's contract.
+pub mod approval {
+    pub mod v1 {
+        tonic::include_proto!("warden.approval.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every Warden proto, for gRPC server
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("warden_descriptor");

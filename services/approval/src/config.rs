@@ -1,0 +1,125 @@
+//! The approval service's configuration: every key, its default, and checks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use warden_auth::{AuthConfig, OutboundConfig};
+use warden_config::{ConfigError, Validate, humantime_serde};
+use warden_telemetry::TelemetryConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalConfig {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Prometheus `/metrics` address; empty disables it.
+    pub metrics_listen: String,
+    /// `sqlite://...` or `postgres://...`; empty means `sqlite://<data_dir>/warden.db`.
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    /// The approval routes file (YAML); empty uses the built-in default
+    /// route (any `approver`, one approval, 1 h timeout, 15 min grant).
+    pub routes: PathBuf,
+    /// The audit service that records every step; empty records none.
+    pub audit_url: String,
+    /// How often expiry, escalation and reminders are checked.
+    #[serde(with = "humantime_serde")]
+    pub clock_interval: Duration,
+    /// How often the outbox is delivered.
+    #[serde(with = "humantime_serde")]
+    pub outbox_interval: Duration,
+    /// How often a watcher re-reads its request, to see reviews made
+    /// through other replicas.
+    #[serde(with = "humantime_serde")]
+    pub watch_poll: Duration,
+    pub auth: AuthConfig,
+    /// What this service presents to the audit service.
+    pub outbound: OutboundConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> Self {
+        ApprovalConfig {
+            listen: "127.0.0.1:50053".into(),
+            metrics_listen: "127.0.0.1:9093".into(),
+            database_url: String::new(),
+            data_dir: PathBuf::from("./warden-data"),
+            routes: PathBuf::new(),
+            audit_url: String::new(),
+            clock_interval: Duration::from_secs(1),
+            outbox_interval: Duration::from_millis(200),
+            watch_poll: Duration::from_secs(1),
+            auth: AuthConfig::default(),
+            outbound: OutboundConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl Validate for ApprovalConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        warden_config::validate_service_keys(&self.listen, &self.metrics_listen, &self.database_url)?;
+        if !self.audit_url.is_empty()
+            && !self.audit_url.starts_with("http://")
+            && !self.audit_url.starts_with("https://")
+        {
+            return Err(ConfigError::invalid("audit_url", &self.audit_url, "expected http(s)://HOST:PORT"));
+        }
+        for (key, value) in [
+            ("clock_interval", self.clock_interval),
+            ("outbox_interval", self.outbox_interval),
+            ("watch_poll", self.watch_poll),
+        ] {
+            if value < Duration::from_millis(10) {
+                return Err(ConfigError::invalid(key, humantime::format_duration(value), "must be at least 10ms"));
+            }
+        }
+        self.auth.validate()?;
+        self.outbound.validate()
+    }
+}
+
+impl ApprovalConfig {
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            warden_store::Database::default_url(&self.data_dir)
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    /// A config for in-process tests: ephemeral port, no metrics listener,
+    /// authentication off (tests of identity turn it on).
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        ApprovalConfig {
+            listen: "127.0.0.1:0".into(),
+            metrics_listen: String::new(),
+            data_dir: data_dir.into(),
+            auth: AuthConfig::insecure(),
+            ..ApprovalConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use warden_config::Sources;
+
+    use super::*;
+
+    #[test]
+    fn keys_are_read_and_checked() {
+        let sources =
+            Sources::default().with_override("clock_interval", "5s").with_override("routes", "approvals.yaml");
+        let config: ApprovalConfig = warden_config::load(&sources).unwrap();
+        assert_eq!((config.clock_interval, config.routes), (Duration::from_secs(5), PathBuf::from("approvals.yaml")));
+        for (key, value) in [("audit_url", "audit:50052"), ("watch_poll", "1ms"), ("listen", "nowhere")] {
+            let error = warden_config::load::<ApprovalConfig>(&Sources::default().with_override(key, value))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(&format!("`{key}`")), "{key}={value}: {error}");
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! `warden-approval`: loads config, initialises telemetry, serves until
+//! Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use warden_approval::{ApprovalConfig, ApprovalServer};
+use warden_config::CommonArgs;
+
+/// The Warden approval service.
+#[derive(Debug, Parser)]
+#[command(name = "warden-approval", version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The approval routes file (YAML).
+    #[arg(long, value_name = "FILE")]
+    routes: Option<PathBuf>,
+    /// The audit service that records every step.
+    #[arg(long, value_name = "URL")]
+    audit_url: Option<String>,
+}
+
+/// mimalloc, as in the other services.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut sources = args.common.sources();
+    if let Some(routes) = &args.routes {
+        sources.overrides.push(("routes".into(), routes.display().to_string()));
+    }
+    if let Some(url) = &args.audit_url {
+        sources.overrides.push(("audit_url".into(), url.clone()));
+    }
+    let config: ApprovalConfig = match warden_config::load(&sources) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("warden-approval: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = match warden_telemetry::init("warden-approval", &config.telemetry) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("warden-approval: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match ApprovalServer::start(config).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            eprintln!("warden-approval: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    warden_telemetry::shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,132 @@
+//! Starting and stopping the approval service: storage, routes, the
+//! workflow, the clocks and the outbox shipper, the gRPC server behind the
+//! shared auth layer, and the metrics listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use warden_proto::approval::v1::approval_service_server::ApprovalServiceServer;
+use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
+use warden_resilience::grpc::ResilienceLayer;
+use warden_resilience::{Backoff, BreakerConfig, BreakerRegistry, Pipeline, RetryPolicy};
+use warden_store::Database;
+use warden_telemetry::ServerHandle;
+
+use crate::approvals::{Approvals, Clock};
+use crate::config::ApprovalConfig;
+use crate::routes::Routes;
+use crate::service::ApprovalServiceImpl;
+use crate::store::ApprovalStore;
+use crate::worker::{Shipper, run_clocks};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Store(#[from] warden_store::StoreError),
+    #[error("approval routes: {0}")]
+    Routes(String),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] warden_telemetry::TelemetryError),
+    #[error("{0}")]
+    Auth(#[from] warden_auth::AuthError),
+    #[error("audit client: {0}")]
+    Audit(String),
+}
+
+/// A running approval service.
+pub struct ApprovalServer {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub approvals: Arc<Approvals>,
+    stopping: tokio::sync::watch::Sender<bool>,
+    handle: ServerHandle,
+}
+
+impl std::fmt::Debug for ApprovalServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApprovalServer").field("addr", &self.addr).finish()
+    }
+}
+
+impl ApprovalServer {
+    pub async fn start(config: ApprovalConfig) -> Result<ApprovalServer, StartError> {
+        ApprovalServer::start_with_clock(config, Clock::system()).await
+    }
+
+    /// Starts with a given clock (tests pass one on tokio's paused time).
+    pub async fn start_with_clock(config: ApprovalConfig, clock: Clock) -> Result<ApprovalServer, StartError> {
+        let database = Database::connect(&config.database_url()).await?;
+        database.migrate().await?;
+        let routes = if config.routes.as_os_str().is_empty() {
+            Routes::default()
+        } else {
+            Routes::load(&config.routes).map_err(StartError::Routes)?
+        };
+        let (auth, mut background) = warden_auth::Auth::start(&config.auth, "approval", &config.data_dir).await?;
+        let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
+        let audit = if config.audit_url.is_empty() {
+            None
+        } else {
+            let identity = config.outbound.resolve(&secrets).await.map_err(StartError::Audit)?;
+            let channel = identity
+                .endpoint(&config.audit_url)
+                .map_err(StartError::Audit)?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            let breaker_name = format!("warden-audit:{}", config.audit_url);
+            let breaker = BreakerRegistry::global().get_or_create(&breaker_name, BreakerConfig::default);
+            let pipeline = Pipeline::builder(breaker_name)
+                .retry(RetryPolicy {
+                    max_attempts: 3,
+                    deadline: Some(Duration::from_secs(10)),
+                    backoff: Backoff::exponential(Duration::from_millis(50), Duration::from_secs(1)),
+                })
+                .breaker(breaker)
+                .timeout(Duration::from_secs(5))
+                .build();
+            Some(AuditServiceClient::new(tonic::service::interceptor::InterceptedService::new(
+                tower::ServiceBuilder::new().layer(ResilienceLayer::new(pipeline)).service(channel),
+                identity.credentials().map_err(StartError::Audit)?,
+            )))
+        };
+        let approvals = Approvals::new(ApprovalStore::new(database), routes, clock, audit.is_some());
+        background.push(tokio::spawn(run_clocks(approvals.clone(), config.clock_interval)));
+        let shipper = Shipper {
+            approvals: approvals.clone(),
+            audit,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
+            secrets,
+            replica: uuid::Uuid::now_v7().to_string(),
+            backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300)),
+        };
+        background.push(tokio::spawn(shipper.run(config.outbox_interval)));
+        let metrics_addr = warden_telemetry::start_metrics(&config.metrics_listen).await?.map(|(addr, task)| {
+            background.push(task);
+            addr
+        });
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<ApprovalServiceServer<ApprovalServiceImpl>>().await;
+        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+        let service =
+            ApprovalServiceServer::new(ApprovalServiceImpl::new(approvals.clone(), stopping, config.watch_poll));
+        let routes = tonic::service::Routes::new(health_service).add_service(service);
+        let (addr, handle) = warden_auth::serve("approval", &config.listen, auth, routes, background)
+            .await
+            .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
+        Ok(ApprovalServer { addr, metrics_addr, approvals, stopping: stopping_tx, handle })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting requests; watchers' streams end.
+    pub async fn shutdown(self) {
+        self.stopping.send_replace(true);
+        self.handle.stop().await;
+    }
+}

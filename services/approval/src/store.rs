@@ -1,0 +1,689 @@
+//! The approval service's tables: requests, reviews, and the outbox of
+//! audit events and notifications written in the same transaction as the
+//! change they describe.
+//!
+//! Every transition is a conditional update on the current state inside a
+//! transaction that first locks the request (`FOR UPDATE` on PostgreSQL,
+//! `BEGIN IMMEDIATE` on SQLite), so two reviewers, or two replicas, racing
+//! cannot both win, a quorum is counted under the lock, and terminal states
+//! never change. Queries are written once with `$N` placeholders, which
+//! both drivers accept.
+
+use prost::Message;
+use sqlx::Row;
+use warden_proto::audit::v1::AuditEvent;
+use warden_store::{Database, StoreError};
+
+/// A request's state, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Cancelled,
+    Redeemed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "PENDING",
+            State::Approved => "APPROVED",
+            State::Denied => "DENIED",
+            State::Expired => "EXPIRED",
+            State::Cancelled => "CANCELLED",
+            State::Redeemed => "REDEEMED",
+        }
+    }
+
+    pub fn parse(text: &str) -> State {
+        match text {
+            "PENDING" => State::Pending,
+            "APPROVED" => State::Approved,
+            "DENIED" => State::Denied,
+            "CANCELLED" => State::Cancelled,
+            "REDEEMED" => State::Redeemed,
+            _ => State::Expired,
+        }
+    }
+
+    /// No transition leaves these.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Denied | State::Expired | State::Cancelled | State::Redeemed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReviewRow {
+    pub reviewer: String,
+    pub approve: bool,
+    pub comment: String,
+    pub at_micros: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalRow {
+    pub id: String,
+    pub state: State,
+    pub agent_id: String,
+    pub requested_by: String,
+    /// The canonical JSON of the action: what reviewers see and what is hashed.
+    pub action_json: String,
+    pub action_hash: String,
+    pub correlation_id: String,
+    pub rules: Vec<String>,
+    pub reasons: Vec<String>,
+    pub route: String,
+    pub min_approvals: u32,
+    pub created_at_micros: i64,
+    pub expires_at_micros: i64,
+    pub decided_at_micros: Option<i64>,
+    pub grant_expires_at_micros: Option<i64>,
+    pub redeemed_at_micros: Option<i64>,
+    pub outcome_reason: String,
+    pub escalation_level: u32,
+    pub reminded: bool,
+    pub reviews: Vec<ReviewRow>,
+}
+
+impl ApprovalRow {
+    pub fn approvers(&self) -> Vec<String> {
+        self.reviews.iter().filter(|r| r.approve).map(|r| r.reviewer.clone()).collect()
+    }
+}
+
+/// A request to open.
+#[derive(Debug, Clone)]
+pub struct NewApproval {
+    pub id: String,
+    pub agent_id: String,
+    pub requested_by: String,
+    pub action_json: String,
+    pub action_hash: String,
+    pub correlation_id: String,
+    pub rules: Vec<String>,
+    pub reasons: Vec<String>,
+    pub route: String,
+    pub min_approvals: u32,
+    pub idempotency_key: Option<String>,
+    pub created_at_micros: i64,
+    pub expires_at_micros: i64,
+}
+
+/// A row for the outbox: an audit event or a notification.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    Audit(AuditEvent),
+    /// A notification for one receiver, as JSON.
+    Notify {
+        receiver: String,
+        body: serde_json::Value,
+    },
+}
+
+impl Outgoing {
+    fn encode(&self) -> (&'static str, Vec<u8>) {
+        match self {
+            Outgoing::Audit(event) => ("audit", event.encode_to_vec()),
+            Outgoing::Notify { receiver, body } => (
+                "notify",
+                serde_json::to_vec(&serde_json::json!({ "receiver": receiver, "body": body })).expect("json"),
+            ),
+        }
+    }
+
+    fn decode(kind: &str, payload: &[u8]) -> Option<Outgoing> {
+        match kind {
+            "audit" => AuditEvent::decode(payload).ok().map(Outgoing::Audit),
+            "notify" => {
+                let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+                Some(Outgoing::Notify { receiver: value["receiver"].as_str()?.to_owned(), body: value["body"].clone() })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A claimed outbox row.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub attempts: i32,
+    pub item: Option<Outgoing>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error("approval request {0} not found")]
+    NotFound(String),
+    /// The request is not in a state that allows this (names the state).
+    #[error("approval request is {0}")]
+    WrongState(&'static str),
+    #[error("{0} has already reviewed this request")]
+    AlreadyReviewed(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for TransitionError {
+    fn from(error: sqlx::Error) -> Self {
+        TransitionError::Store(warden_store::translate(error))
+    }
+}
+
+const COLUMNS: &str = "id, state, agent_id, requested_by, action_json, action_hash, correlation_id, rules_json, \
+     reasons_json, route, min_approvals, created_at_micros, expires_at_micros, decided_at_micros, \
+     grant_expires_at_micros, redeemed_at_micros, outcome_reason, escalation_level, reminded";
+
+macro_rules! approval_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        let strings = |column: &str| -> Result<Vec<String>, sqlx::Error> {
+            let text: String = row.try_get(column)?;
+            serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        };
+        ApprovalRow {
+            id: row.try_get("id")?,
+            state: State::parse(&row.try_get::<String, _>("state")?),
+            agent_id: row.try_get("agent_id")?,
+            requested_by: row.try_get("requested_by")?,
+            action_json: row.try_get("action_json")?,
+            action_hash: row.try_get("action_hash")?,
+            correlation_id: row.try_get("correlation_id")?,
+            rules: strings("rules_json")?,
+            reasons: strings("reasons_json")?,
+            route: row.try_get("route")?,
+            min_approvals: row.try_get::<i32, _>("min_approvals")? as u32,
+            created_at_micros: row.try_get("created_at_micros")?,
+            expires_at_micros: row.try_get("expires_at_micros")?,
+            decided_at_micros: row.try_get("decided_at_micros")?,
+            grant_expires_at_micros: row.try_get("grant_expires_at_micros")?,
+            redeemed_at_micros: row.try_get("redeemed_at_micros")?,
+            outcome_reason: row.try_get("outcome_reason")?,
+            escalation_level: row.try_get::<i32, _>("escalation_level")? as u32,
+            reminded: row.try_get("reminded")?,
+            reviews: Vec::new(),
+        }
+    }};
+}
+
+macro_rules! reviews_of {
+    ($executor:expr, $id:expr) => {{
+        let rows = sqlx::query(
+            "SELECT reviewer, approve, comment, at_micros FROM approval_reviews WHERE approval_id = $1 ORDER BY at_micros, reviewer",
+        )
+        .bind($id)
+        .fetch_all($executor)
+        .await?;
+        let mut reviews = Vec::with_capacity(rows.len());
+        for row in &rows {
+            reviews.push(ReviewRow {
+                reviewer: row.try_get("reviewer")?,
+                approve: row.try_get("approve")?,
+                comment: row.try_get("comment")?,
+                at_micros: row.try_get("at_micros")?,
+            });
+        }
+        reviews
+    }};
+}
+
+/// Runs `$body` in a transaction that serializes writers: `BEGIN IMMEDIATE`
+/// on SQLite; on PostgreSQL `$lock` (` FOR UPDATE`) is appended to the
+/// statement that reads the request.
+macro_rules! in_transaction {
+    ($database:expr, |$tx:ident, $lock:ident| $body:block) => {
+        match $database {
+            Database::Sqlite(pool) => {
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let $lock = "";
+                $body
+            }
+            Database::Postgres(pool) => {
+                let mut $tx = pool.begin().await?;
+                let $lock = " FOR UPDATE";
+                $body
+            }
+        }
+    };
+}
+
+macro_rules! insert_outgoing {
+    ($tx:expr, $items:expr) => {
+        for item in $items {
+            let (kind, payload) = item.encode();
+            sqlx::query("INSERT INTO approval_outbox (kind, payload) VALUES ($1, $2)")
+                .bind(kind)
+                .bind(payload)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    };
+}
+
+/// What a transition produces besides the new row: audit events and
+/// notifications, built by the caller from the row before and after.
+pub type Effects<'a> = &'a (dyn Fn(&ApprovalRow) -> Vec<Outgoing> + Send + Sync);
+
+#[derive(Debug, Clone)]
+pub struct ApprovalStore {
+    database: Database,
+}
+
+impl ApprovalStore {
+    pub fn new(database: Database) -> Self {
+        ApprovalStore { database }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Opens a request, or returns the one already open for the same key,
+    /// or for the same agent and action while it is pending (`false`).
+    pub async fn create(
+        &self,
+        new: &NewApproval,
+        effects: Effects<'_>,
+    ) -> Result<(ApprovalRow, bool), TransitionError> {
+        let select_key = format!("SELECT {COLUMNS} FROM approval_requests WHERE idempotency_key = $1");
+        let select_pending = format!(
+            "SELECT {COLUMNS} FROM approval_requests WHERE agent_id = $1 AND action_hash = $2 AND state = 'PENDING' \
+             ORDER BY created_at_micros LIMIT 1"
+        );
+        let existing = in_transaction!(&self.database, |tx, _lock| {
+            if matches!(self.database, Database::Postgres(_)) {
+                // Serialize creations of the same agent and action across replicas.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(format!("approval:{}:{}", new.agent_id, new.action_hash))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let mut found = None;
+            if let Some(key) = &new.idempotency_key {
+                if let Some(row) = sqlx::query(&select_key).bind(key).fetch_optional(&mut *tx).await? {
+                    found = Some(approval_from_row!(&row));
+                }
+            }
+            if found.is_none() {
+                if let Some(row) = sqlx::query(&select_pending)
+                    .bind(&new.agent_id)
+                    .bind(&new.action_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                {
+                    found = Some(approval_from_row!(&row));
+                }
+            }
+            if found.is_none() {
+                sqlx::query(
+                    "INSERT INTO approval_requests (id, state, agent_id, requested_by, action_json, action_hash, \
+                     correlation_id, rules_json, reasons_json, route, min_approvals, idempotency_key, \
+                     created_at_micros, expires_at_micros) \
+                     VALUES ($1, 'PENDING', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(&new.id)
+                .bind(&new.agent_id)
+                .bind(&new.requested_by)
+                .bind(&new.action_json)
+                .bind(&new.action_hash)
+                .bind(&new.correlation_id)
+                .bind(serde_json::to_string(&new.rules).expect("json"))
+                .bind(serde_json::to_string(&new.reasons).expect("json"))
+                .bind(&new.route)
+                .bind(new.min_approvals as i32)
+                .bind(&new.idempotency_key)
+                .bind(new.created_at_micros)
+                .bind(new.expires_at_micros)
+                .execute(&mut *tx)
+                .await?;
+                let row = sqlx::query(&format!("SELECT {COLUMNS} FROM approval_requests WHERE id = $1"))
+                    .bind(&new.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let row = approval_from_row!(&row);
+                insert_outgoing!(tx, effects(&row));
+            }
+            tx.commit().await?;
+            found
+        });
+        match existing {
+            Some(row) => Ok((self.get(&row.id).await?.unwrap_or(row), false)),
+            None => Ok((self.get(&new.id).await?.ok_or_else(|| TransitionError::NotFound(new.id.clone()))?, true)),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<ApprovalRow>, TransitionError> {
+        let select = format!("SELECT {COLUMNS} FROM approval_requests WHERE id = $1");
+        match &self.database {
+            Database::Sqlite(pool) => {
+                let Some(row) = sqlx::query(&select).bind(id).fetch_optional(pool).await? else { return Ok(None) };
+                let mut approval = approval_from_row!(&row);
+                approval.reviews = reviews_of!(pool, id);
+                Ok(Some(approval))
+            }
+            Database::Postgres(pool) => {
+                let Some(row) = sqlx::query(&select).bind(id).fetch_optional(pool).await? else { return Ok(None) };
+                let mut approval = approval_from_row!(&row);
+                approval.reviews = reviews_of!(pool, id);
+                Ok(Some(approval))
+            }
+        }
+    }
+
+    /// Requests newest first, filtered by state and agent, after `before`
+    /// (a page token: the last id of the previous page).
+    pub async fn list(
+        &self,
+        state: Option<State>,
+        agent_id: Option<&str>,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ApprovalRow>, TransitionError> {
+        // Ids are UUIDv7: ordering by id is ordering by creation.
+        let select = format!(
+            "SELECT {COLUMNS} FROM approval_requests WHERE ($1 = '' OR state = $1) AND ($2 = '' OR agent_id = $2) \
+             AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT $4"
+        );
+        let state = state.map(State::as_str).unwrap_or("");
+        let mut rows = Vec::new();
+        match &self.database {
+            Database::Sqlite(pool) => {
+                for row in sqlx::query(&select)
+                    .bind(state)
+                    .bind(agent_id.unwrap_or(""))
+                    .bind(before.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await?
+                {
+                    let mut approval = approval_from_row!(&row);
+                    approval.reviews = reviews_of!(pool, &approval.id);
+                    rows.push(approval);
+                }
+            }
+            Database::Postgres(pool) => {
+                for row in sqlx::query(&select)
+                    .bind(state)
+                    .bind(agent_id.unwrap_or(""))
+                    .bind(before.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await?
+                {
+                    let mut approval = approval_from_row!(&row);
+                    approval.reviews = reviews_of!(pool, &approval.id);
+                    rows.push(approval);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Records a review and, when it decides the request, the transition:
+    /// any deny denies; `min_approvals` distinct approvals grant (valid for
+    /// `grant_ttl_micros`).
+    pub async fn review(
+        &self,
+        id: &str,
+        reviewer: &str,
+        approve: bool,
+        comment: &str,
+        now_micros: i64,
+        grant_ttl_micros: i64,
+        effects: Effects<'_>,
+    ) -> Result<ApprovalRow, TransitionError> {
+        let select = format!("SELECT {COLUMNS} FROM approval_requests WHERE id = $1");
+        in_transaction!(&self.database, |tx, lock| {
+            let row = sqlx::query(&format!("{select}{lock}"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| TransitionError::NotFound(id.to_owned()))?;
+            let before = approval_from_row!(&row);
+            if before.state != State::Pending {
+                return Err(TransitionError::WrongState(before.state.as_str()));
+            }
+            if now_micros >= before.expires_at_micros {
+                return Err(TransitionError::WrongState(State::Expired.as_str()));
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO approval_reviews (approval_id, reviewer, approve, comment, at_micros) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (approval_id, reviewer) DO NOTHING",
+            )
+            .bind(id)
+            .bind(reviewer)
+            .bind(approve)
+            .bind(comment)
+            .bind(now_micros)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Err(TransitionError::AlreadyReviewed(reviewer.to_owned()));
+            }
+            let approvals: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM approval_reviews WHERE approval_id = $1 AND approve")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            let transition = if !approve {
+                Some((State::Denied, None, format!("denied by {reviewer}: {comment}")))
+            } else if approvals >= i64::from(before.min_approvals) {
+                Some((
+                    State::Approved,
+                    Some(now_micros + grant_ttl_micros),
+                    format!("approved by {approvals} reviewer(s)"),
+                ))
+            } else {
+                None
+            };
+            if let Some((state, grant_expires, reason)) = transition {
+                let updated = sqlx::query(
+                    "UPDATE approval_requests SET state = $1, decided_at_micros = $2, grant_expires_at_micros = $3, \
+                     outcome_reason = $4 WHERE id = $5 AND state = 'PENDING'",
+                )
+                .bind(state.as_str())
+                .bind(now_micros)
+                .bind(grant_expires)
+                .bind(&reason)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() != 1 {
+                    // Another transaction decided first: ours changes nothing.
+                    return Err(TransitionError::WrongState("no longer pending"));
+                }
+            }
+            let mut after = approval_from_row!(&sqlx::query(&select).bind(id).fetch_one(&mut *tx).await?);
+            after.reviews = reviews_of!(&mut *tx, id);
+            insert_outgoing!(tx, effects(&after));
+            tx.commit().await?;
+            Ok(after)
+        })
+    }
+
+    /// Moves a request from `from` to `to` if it is still in `from` (and,
+    /// for a cancellation, still the requester's), with the outcome reason.
+    /// `Ok(None)` when another writer moved it first.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: State,
+        to: State,
+        reason: &str,
+        now_micros: i64,
+        effects: Effects<'_>,
+    ) -> Result<Option<ApprovalRow>, TransitionError> {
+        let select = format!("SELECT {COLUMNS} FROM approval_requests WHERE id = $1");
+        in_transaction!(&self.database, |tx, _lock| {
+            let (decided, redeemed) = match to {
+                State::Redeemed => (None, Some(now_micros)),
+                _ if from == State::Pending => (Some(now_micros), None),
+                _ => (None, None),
+            };
+            let updated = sqlx::query(
+                "UPDATE approval_requests SET state = $1, outcome_reason = $2, \
+                 decided_at_micros = COALESCE($3, decided_at_micros), redeemed_at_micros = COALESCE($4, redeemed_at_micros) \
+                 WHERE id = $5 AND state = $6",
+            )
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(decided)
+            .bind(redeemed)
+            .bind(id)
+            .bind(from.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() != 1 {
+                return Ok(None);
+            }
+            let mut after = approval_from_row!(&sqlx::query(&select).bind(id).fetch_one(&mut *tx).await?);
+            after.reviews = reviews_of!(&mut *tx, id);
+            insert_outgoing!(tx, effects(&after));
+            tx.commit().await?;
+            Ok(Some(after))
+        })
+    }
+
+    /// Marks a pending request escalated (level 0 -> 1) or reminded, once.
+    pub async fn mark(
+        &self,
+        id: &str,
+        escalate: bool,
+        effects: Effects<'_>,
+    ) -> Result<Option<ApprovalRow>, TransitionError> {
+        let update = if escalate {
+            "UPDATE approval_requests SET escalation_level = 1 WHERE id = $1 AND state = 'PENDING' AND escalation_level = 0"
+        } else {
+            "UPDATE approval_requests SET reminded = TRUE WHERE id = $1 AND state = 'PENDING' AND NOT reminded"
+        };
+        let select = format!("SELECT {COLUMNS} FROM approval_requests WHERE id = $1");
+        in_transaction!(&self.database, |tx, _lock| {
+            if sqlx::query(update).bind(id).execute(&mut *tx).await?.rows_affected() != 1 {
+                return Ok(None);
+            }
+            let mut after = approval_from_row!(&sqlx::query(&select).bind(id).fetch_one(&mut *tx).await?);
+            after.reviews = reviews_of!(&mut *tx, id);
+            insert_outgoing!(tx, effects(&after));
+            tx.commit().await?;
+            Ok(Some(after))
+        })
+    }
+
+    /// Pending requests (and grants) with a deadline at or before `now`,
+    /// and every pending request, for the worker to act on.
+    pub async fn pending_and_due_grants(&self, now_micros: i64) -> Result<Vec<ApprovalRow>, TransitionError> {
+        let select = format!(
+            "SELECT {COLUMNS} FROM approval_requests WHERE state = 'PENDING' \
+             OR (state = 'APPROVED' AND grant_expires_at_micros <= $1) ORDER BY id LIMIT 10000"
+        );
+        let mut rows = Vec::new();
+        match &self.database {
+            Database::Sqlite(pool) => {
+                for row in sqlx::query(&select).bind(now_micros).fetch_all(pool).await? {
+                    rows.push(approval_from_row!(&row));
+                }
+            }
+            Database::Postgres(pool) => {
+                for row in sqlx::query(&select).bind(now_micros).fetch_all(pool).await? {
+                    rows.push(approval_from_row!(&row));
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Claims up to `limit` outbox rows not claimed by anyone (or whose
+    /// claim lapsed) until `until_micros`. A row is claimed by one replica
+    /// at a time: the outer condition is re-checked under the row lock.
+    pub async fn claim(
+        &self,
+        replica: &str,
+        now_micros: i64,
+        until_micros: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, TransitionError> {
+        let claim = "UPDATE approval_outbox SET claimed_until_micros = $1, claimed_by = $2, attempts = attempts + 1 \
+             WHERE claimed_until_micros < $3 AND id IN \
+             (SELECT id FROM approval_outbox WHERE claimed_until_micros < $3 ORDER BY id LIMIT $4)";
+        let read = "SELECT id, kind, payload, attempts FROM approval_outbox \
+             WHERE claimed_by = $1 AND claimed_until_micros = $2 ORDER BY id";
+        let mut claimed = Vec::new();
+        match &self.database {
+            Database::Sqlite(pool) => {
+                sqlx::query(claim)
+                    .bind(until_micros)
+                    .bind(replica)
+                    .bind(now_micros)
+                    .bind(i64::from(limit))
+                    .execute(pool)
+                    .await?;
+                for row in sqlx::query(read).bind(replica).bind(until_micros).fetch_all(pool).await? {
+                    let (kind, payload): (String, Vec<u8>) = (row.try_get("kind")?, row.try_get("payload")?);
+                    claimed.push(OutboxRow {
+                        id: row.try_get("id")?,
+                        attempts: row.try_get("attempts")?,
+                        item: Outgoing::decode(&kind, &payload),
+                    });
+                }
+            }
+            Database::Postgres(pool) => {
+                sqlx::query(claim)
+                    .bind(until_micros)
+                    .bind(replica)
+                    .bind(now_micros)
+                    .bind(i64::from(limit))
+                    .execute(pool)
+                    .await?;
+                for row in sqlx::query(read).bind(replica).bind(until_micros).fetch_all(pool).await? {
+                    let (kind, payload): (String, Vec<u8>) = (row.try_get("kind")?, row.try_get("payload")?);
+                    claimed.push(OutboxRow {
+                        id: row.try_get("id")?,
+                        attempts: row.try_get("attempts")?,
+                        item: Outgoing::decode(&kind, &payload),
+                    });
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Removes delivered rows (only while this replica holds them).
+    pub async fn delivered(&self, replica: &str, ids: &[i64]) -> Result<(), TransitionError> {
+        for id in ids {
+            let delete = "DELETE FROM approval_outbox WHERE id = $1 AND claimed_by = $2";
+            match &self.database {
+                Database::Sqlite(pool) => sqlx::query(delete).bind(id).bind(replica).execute(pool).await.map(drop)?,
+                Database::Postgres(pool) => sqlx::query(delete).bind(id).bind(replica).execute(pool).await.map(drop)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves a row for a later attempt, not before `retry_at_micros`.
+    pub async fn retry_later(&self, id: i64, retry_at_micros: i64) -> Result<(), TransitionError> {
+        let update = "UPDATE approval_outbox SET claimed_until_micros = $1 WHERE id = $2";
+        match &self.database {
+            Database::Sqlite(pool) => {
+                sqlx::query(update).bind(retry_at_micros).bind(id).execute(pool).await.map(drop)?
+            }
+            Database::Postgres(pool) => {
+                sqlx::query(update).bind(retry_at_micros).bind(id).execute(pool).await.map(drop)?
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows waiting in the outbox.
+    pub async fn outbox_len(&self) -> Result<i64, TransitionError> {
+        let count = "SELECT COUNT(*) AS n FROM approval_outbox";
+        Ok(match &self.database {
+            Database::Sqlite(pool) => sqlx::query(count).fetch_one(pool).await?.try_get("n")?,
+            Database::Postgres(pool) => sqlx::query(count).fetch_one(pool).await?.try_get("n")?,
+        })
+    }
+}

@@ -1,0 +1,222 @@
+//! Background work: the clocks (expiry, escalation, reminders) and the
+//! outbox shipper that delivers audit events to the audit service and
+//! notifications to webhooks and Slack.
+//!
+//! Outbox rows are claimed through the database (a lease), so replicas
+//! deliver each once; a row is deleted only after its delivery succeeded,
+//! and a failed delivery is retried later with backoff and jitter (a
+//! receiver's `Retry-After` wins when longer), never dropped: a restart
+//! loses nothing, and the audit service's idempotent appends keep each
+//! event once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::Mac;
+use sha2::Sha256;
+use warden_proto::audit::v1 as audit;
+use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
+use warden_resilience::Backoff;
+use warden_resilience::grpc::ResilientService;
+
+use crate::approvals::Approvals;
+use crate::metrics::METRICS;
+use crate::routes::Receiver;
+use crate::store::Outgoing;
+
+pub type AuditClient = AuditServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        ResilientService<tonic::transport::Channel>,
+        warden_auth::CallCredentials,
+    >,
+>;
+
+/// Runs the clocks every `every`.
+pub async fn run_clocks(approvals: Arc<Approvals>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(error) = approvals.tick().await {
+            tracing::warn!(%error, "approval clock pass failed; will retry");
+        }
+    }
+}
+
+/// How long a claimed row stays ours while we deliver it.
+const LEASE: Duration = Duration::from_secs(60);
+
+pub struct Shipper {
+    pub approvals: Arc<Approvals>,
+    pub audit: Option<AuditClient>,
+    pub http: reqwest::Client,
+    pub secrets: warden_auth::SecretResolver,
+    pub replica: String,
+    pub backoff: Backoff,
+}
+
+impl Shipper {
+    pub async fn run(self, every: Duration) {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Err(error) = self.pass().await {
+                tracing::warn!(%error, "approval outbox pass failed; will retry");
+            }
+        }
+    }
+
+    /// Claims and delivers one batch. Returns how many rows were delivered.
+    pub async fn pass(&self) -> Result<usize, crate::store::TransitionError> {
+        let store = &self.approvals.store;
+        let now = self.approvals.clock.now_micros();
+        let rows = store.claim(&self.replica, now, now + LEASE.as_micros() as i64, 200).await?;
+        if let Ok(pending) = store.outbox_len().await {
+            METRICS.outbox_pending.set(pending);
+        }
+        let mut delivered = Vec::new();
+        let mut events = Vec::new();
+        for row in &rows {
+            match &row.item {
+                Some(Outgoing::Audit(event)) => events.push((row.id, row.attempts, event.clone())),
+                Some(Outgoing::Notify { receiver, body }) => match self.notify(receiver, body).await {
+                    Ok(()) => delivered.push(row.id),
+                    Err(retry_after) => {
+                        let delay = retry_after.max(self.backoff.delay(row.attempts.max(1) as u32 - 1));
+                        store.retry_later(row.id, now + delay.as_micros() as i64).await?;
+                    }
+                },
+                None => {
+                    tracing::error!(id = row.id, "dropping an undecodable approval outbox row");
+                    delivered.push(row.id);
+                }
+            }
+        }
+        if !events.is_empty() {
+            match &self.audit {
+                // Without an audit service, audit rows are never written.
+                None => delivered.extend(events.iter().map(|(id, ..)| *id)),
+                Some(client) => {
+                    let request = audit::AppendRequest { events: events.iter().map(|(.., e)| e.clone()).collect() };
+                    match client.clone().append(request).await {
+                        Ok(_) => delivered.extend(events.iter().map(|(id, ..)| *id)),
+                        Err(status) => {
+                            let error = warden_errors::WardenError::from_status(&status);
+                            tracing::warn!(code = ?status.code(), reason = %error.reason, events = events.len(), "audit service unavailable; approval events wait in the outbox");
+                            for (id, attempts, _) in &events {
+                                let delay = error
+                                    .retry_after
+                                    .unwrap_or_default()
+                                    .max(self.backoff.delay((*attempts).max(1) as u32 - 1));
+                                store.retry_later(*id, now + delay.as_micros() as i64).await?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        store.delivered(&self.replica, &delivered).await?;
+        Ok(delivered.len())
+    }
+
+    /// Delivers one notification. `Err(delay)` to retry (429, 5xx, a
+    /// network error); a permanent refusal (other 4xx) is logged and
+    /// counted, not retried forever.
+    async fn notify(&self, name: &str, body: &serde_json::Value) -> Result<(), Duration> {
+        let routes = self.approvals.routes();
+        let Some(receiver) = routes.receiver(name) else {
+            tracing::warn!(receiver = name, "notification for a receiver no longer configured; dropped");
+            METRICS.notifications.with_label_values(&[name, "dropped"]).inc();
+            return Ok(());
+        };
+        let (request, secret) = match self.build(receiver, body).await {
+            Ok(built) => built,
+            Err(error) => {
+                tracing::warn!(receiver = name, %error, "cannot build notification; will retry");
+                return Err(Duration::from_secs(5));
+            }
+        };
+        let payload = request.1;
+        let mut http = self.http.post(&request.0).header("content-type", "application/json");
+        if let Some(secret) = secret {
+            let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("any key length");
+            mac.update(&payload);
+            http = http.header("x-warden-signature", format!("sha256={}", hex::encode(mac.finalize().into_bytes())));
+        }
+        match http.body(payload).send().await {
+            Ok(response) if response.status().is_success() => {
+                METRICS.notifications.with_label_values(&[name, "sent"]).inc();
+                Ok(())
+            }
+            Ok(response) => {
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| warden_resilience::http::parse_retry_after(v, std::time::SystemTime::now()));
+                if status.as_u16() == 429 || status.is_server_error() {
+                    METRICS.notifications.with_label_values(&[name, "retried"]).inc();
+                    tracing::warn!(receiver = name, %status, "notification refused for now; will retry");
+                    Err(retry_after.unwrap_or_default())
+                } else {
+                    METRICS.notifications.with_label_values(&[name, "failed"]).inc();
+                    tracing::error!(receiver = name, %status, "notification refused; not retried");
+                    Ok(())
+                }
+            }
+            Err(error) => {
+                METRICS.notifications.with_label_values(&[name, "retried"]).inc();
+                tracing::warn!(receiver = name, %error, "cannot reach receiver; will retry");
+                Err(Duration::ZERO)
+            }
+        }
+    }
+
+    /// The URL, body and signing secret for a receiver.
+    async fn build(
+        &self,
+        receiver: &Receiver,
+        body: &serde_json::Value,
+    ) -> Result<((String, Vec<u8>), Option<warden_auth::Secret>), String> {
+        if let Some(webhook) = &receiver.webhook {
+            let secret = self.secrets.resolve_setting(&webhook.secret).await.map_err(|e| e.to_string())?;
+            return Ok(((webhook.url.clone(), serde_json::to_vec(body).expect("json")), secret));
+        }
+        if let Some(slack) = &receiver.slack {
+            let url = self.secrets.resolve_setting(&slack.url).await.map_err(|e| e.to_string())?.ok_or("empty url")?;
+            return Ok(((url.expose().to_owned(), serde_json::to_vec(&slack_message(body)).expect("json")), None));
+        }
+        Err("receiver has no kind".into())
+    }
+}
+
+/// A Slack message showing exactly what will run.
+fn slack_message(body: &serde_json::Value) -> serde_json::Value {
+    let title = format!(
+        "{}: {} wants to {} ({})",
+        body["event"].as_str().unwrap_or("approval"),
+        body["agent_id"].as_str().unwrap_or("?"),
+        body["action"]["type"].as_str().unwrap_or("?"),
+        body["state"].as_str().unwrap_or("?"),
+    );
+    let details = format!(
+        "*Approval* `{}`\n*Action* ```{}```\n*Why* {}\n*Route* {} (needs {})",
+        body["approval_id"].as_str().unwrap_or(""),
+        serde_json::to_string_pretty(&body["action"]).unwrap_or_default(),
+        body["reasons"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join("; "))
+            .unwrap_or_default(),
+        body["route"].as_str().unwrap_or(""),
+        body["min_approvals"],
+    );
+    serde_json::json!({
+        "text": title,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": title}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": details}},
+        ],
+    })
+}
