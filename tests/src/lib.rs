@@ -85,6 +85,7 @@ pub fn request(agent_id: &str, confidence: f64, action: &str, cost: f64) -> pb::
         action: Some(pb::Action { r#type: action.into(), estimated_cost: cost, ..Default::default() }),
         time: None,
         correlation_id: String::new(),
+        approval_id: String::new(),
     }
 }
 

@@ -218,8 +218,13 @@ async fn compare_auth(args: PolicyArgs) -> Result<(), String> {
         clients.push(std::sync::Arc::new(per_engine));
         engines.push(engine);
     }
-    let request =
-        pb::EvaluateRequest { agent: Some(agent), action: Some(action), time: None, correlation_id: "bench".into() };
+    let request = pb::EvaluateRequest {
+        agent: Some(agent),
+        action: Some(action),
+        time: None,
+        correlation_id: "bench".into(),
+        approval_id: String::new(),
+    };
     println!(
         "bench policy --compare-auth: Evaluate with an API key vs auth off, {} in flight over {} connections, {} x {}s phases each, alternating",
         args.in_flight, args.connections, args.rounds, args.seconds
@@ -283,8 +288,13 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
         ));
     }
     let (agent, action) = fixtures::request(3);
-    let request =
-        pb::EvaluateRequest { agent: Some(agent), action: Some(action), time: None, correlation_id: "bench".into() };
+    let request = pb::EvaluateRequest {
+        agent: Some(agent),
+        action: Some(action),
+        time: None,
+        correlation_id: "bench".into(),
+        approval_id: String::new(),
+    };
     println!(
         "bench policy: 200-rule set (20 per action), {} in flight over {} connections, {} x {}s phases each, alternating, decision log {:?}",
         args.in_flight, args.connections, args.rounds, args.seconds, args.decision_log

@@ -134,6 +134,10 @@ pub struct Decision {
     /// The decision log id; `None` when the engine did not decide.
     pub decision_id: Option<String>,
     pub policy_version: Option<String>,
+    /// When approval is required: the request to wait on
+    /// ([`ApprovalClient::wait_for_approval`]), then to send back with
+    /// [`Request::approval_id`].
+    pub approval_id: Option<String>,
     pub source: Source,
 }
 
@@ -202,6 +206,12 @@ impl Request {
 
     pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
         self.0.correlation_id = id.into();
+        self
+    }
+
+    /// Spends a granted approval on this (exact) action.
+    pub fn approval_id(mut self, id: impl Into<String>) -> Self {
+        self.0.approval_id = id.into();
         self
     }
 
@@ -305,6 +315,7 @@ impl PolicyClient {
                     shadow_rules: response.shadow_rules,
                     decision_id: Some(response.decision_id),
                     policy_version: Some(response.policy_version),
+                    approval_id: (!response.approval_id.is_empty()).then_some(response.approval_id),
                     source: Source::PolicyEngine,
                 })
             }
@@ -328,6 +339,7 @@ impl PolicyClient {
                     shadow_rules: Vec::new(),
                     decision_id: None,
                     policy_version: None,
+                    approval_id: None,
                     source: Source::Unavailable,
                 })
             }
@@ -337,6 +349,95 @@ impl PolicyClient {
     /// The generated client on the same resilient channel, for the other
     /// RPCs (kill switches, policy management).
     pub fn raw(&self) -> PolicyServiceClient<PolicyChannel> {
+        self.client.clone()
+    }
+}
+
+// === approvals ===
+
+/// How waiting for an approval ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApprovalOutcome {
+    /// Granted: ask `evaluate` again with [`Request::approval_id`].
+    Approved(warden_proto::approval::v1::Approval),
+    /// Denied by a reviewer, expired, or cancelled: do not act.
+    NotApproved(warden_proto::approval::v1::Approval),
+    /// Still pending when the caller's timeout ran out.
+    TimedOut,
+}
+
+/// A client of the approval service, for agents that wait.
+#[derive(Debug, Clone)]
+pub struct ApprovalClient {
+    client: warden_proto::approval::v1::approval_service_client::ApprovalServiceClient<
+        InterceptedService<Channel, CallCredentials>,
+    >,
+}
+
+impl ApprovalClient {
+    /// `config.url` is the approval service's address; its credential and
+    /// TLS settings are used as for the policy engine.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        let channel = config
+            .identity
+            .endpoint(&config.url)
+            .map_err(|e| ClientError::InvalidUrl(config.url.clone(), e))?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let credentials = config.identity.credentials().map_err(ClientError::InvalidCredential)?;
+        Ok(ApprovalClient {
+            client: warden_proto::approval::v1::approval_service_client::ApprovalServiceClient::new(
+                InterceptedService::new(channel, credentials),
+            ),
+        })
+    }
+
+    /// Waits until the request is decided or `timeout` passes. Survives a
+    /// restart of either side: a broken stream is reopened, and the first
+    /// message of a new stream is the current state.
+    pub async fn wait_for_approval(&self, id: &str, timeout: Duration) -> Result<ApprovalOutcome, tonic::Status> {
+        use warden_proto::approval::v1::{State, WatchApprovalRequest};
+        let deadline = tokio::time::Instant::now() + timeout;
+        let wait = async {
+            loop {
+                let stream = self.client.clone().watch_approval(WatchApprovalRequest { id: id.to_owned() }).await;
+                let mut stream = match stream {
+                    Ok(stream) => stream.into_inner(),
+                    Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    Err(status) => return Err(status),
+                };
+                loop {
+                    match stream.message().await {
+                        Ok(Some(approval)) => match State::try_from(approval.state).unwrap_or(State::Unspecified) {
+                            State::Pending | State::Unspecified => {}
+                            State::Approved => return Ok(ApprovalOutcome::Approved(approval)),
+                            _ => return Ok(ApprovalOutcome::NotApproved(approval)),
+                        },
+                        // The stream ended or broke (a restart): reopen it.
+                        Ok(None) | Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(result) => result,
+            Err(_) => Ok(ApprovalOutcome::TimedOut),
+        }
+    }
+
+    /// The generated client, for the other RPCs.
+    pub fn raw(
+        &self,
+    ) -> warden_proto::approval::v1::approval_service_client::ApprovalServiceClient<
+        InterceptedService<Channel, CallCredentials>,
+    > {
         self.client.clone()
     }
 }

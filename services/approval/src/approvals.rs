@@ -18,20 +18,33 @@ use crate::store::{ApprovalRow, ApprovalStore, NewApproval, Outgoing, State, Tra
 
 /// Microseconds since the epoch on tokio's clock, so tests run with a
 /// paused clock: the wall clock at start plus tokio's elapsed time.
+/// [`Clock::advance`] moves it forward by hand, for tests that run on a
+/// multi-threaded runtime (where tokio's clock cannot be paused).
 #[derive(Debug, Clone)]
 pub struct Clock {
     base_micros: i64,
     start: tokio::time::Instant,
+    offset_micros: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Clock {
     pub fn system() -> Clock {
         let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Clock { base_micros: base.as_micros() as i64, start: tokio::time::Instant::now() }
+        Clock {
+            base_micros: base.as_micros() as i64,
+            start: tokio::time::Instant::now(),
+            offset_micros: Arc::default(),
+        }
     }
 
     pub fn now_micros(&self) -> i64 {
-        self.base_micros + self.start.elapsed().as_micros() as i64
+        self.base_micros
+            + self.start.elapsed().as_micros() as i64
+            + self.offset_micros.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.offset_micros.fetch_add(micros(by), std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -25,3 +25,6 @@ pub mod worker;
 
 pub use config::ApprovalConfig;
 pub use server::{ApprovalServer, StartError};
+
+#[cfg(test)]
+mod tests;

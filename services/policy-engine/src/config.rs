@@ -40,6 +40,11 @@ pub struct PolicyEngineConfig {
     /// log; empty writes decisions to the log output only.
     pub audit_url: String,
     pub decision_log: DecisionLogConfig,
+    /// The approval service (`http://HOST:PORT`): a decision that requires
+    /// approval opens a request there, and `approval_id` is redeemed there.
+    /// Empty: require_approval is answered as is, and an `approval_id` is
+    /// refused (deny).
+    pub approval_url: String,
     /// Who may call, and how callers prove it.
     pub auth: AuthConfig,
     /// What this service presents to the audit service.
@@ -61,6 +66,7 @@ impl Default for PolicyEngineConfig {
             kill_switch_refresh: Duration::from_secs(2),
             audit_url: String::new(),
             decision_log: DecisionLogConfig::default(),
+            approval_url: String::new(),
             auth: AuthConfig::default(),
             outbound: OutboundConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -92,6 +98,12 @@ impl Validate for PolicyEngineConfig {
             && !self.audit_url.starts_with("https://")
         {
             return Err(ConfigError::invalid("audit_url", &self.audit_url, "expected http://HOST:PORT"));
+        }
+        if !self.approval_url.is_empty()
+            && !self.approval_url.starts_with("http://")
+            && !self.approval_url.starts_with("https://")
+        {
+            return Err(ConfigError::invalid("approval_url", &self.approval_url, "expected http(s)://HOST:PORT"));
         }
         if self.decision_log.outbox_cap == 0 {
             return Err(ConfigError::invalid("decision_log.outbox_cap", 0, "must be at least 1"));

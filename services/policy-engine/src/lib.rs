@@ -9,6 +9,7 @@
 //! The library is the service; `main.rs` only loads config and serves.
 //! This crate must not depend on any other service crate.
 
+pub mod approval_client;
 pub mod cel;
 pub mod config;
 pub mod decision_log;

@@ -24,6 +24,10 @@ struct Args {
     /// decisions go to the log output only).
     #[arg(long, value_name = "URL")]
     audit_url: Option<String>,
+    /// The approval service: decisions that require approval open requests
+    /// there (default: none).
+    #[arg(long, value_name = "URL")]
+    approval_url: Option<String>,
 }
 
 /// mimalloc rather than the system allocator: request handling allocates
@@ -44,6 +48,9 @@ async fn main() -> ExitCode {
     }
     if let Some(url) = &args.audit_url {
         sources.overrides.push(("audit_url".into(), url.clone()));
+    }
+    if let Some(url) = &args.approval_url {
+        sources.overrides.push(("approval_url".into(), url.clone()));
     }
     let config: PolicyEngineConfig = match warden_config::load(&sources) {
         Ok(config) => config,

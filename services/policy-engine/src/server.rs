@@ -15,6 +15,7 @@ use warden_proto::policy::v1::policy_service_server::PolicyServiceServer;
 use warden_store::Database;
 use warden_telemetry::ServerHandle;
 
+use crate::approval_client::ApprovalClient;
 use crate::config::PolicyEngineConfig;
 use crate::decision_log::DecisionLog;
 use crate::engine::{Clock, Engine};
@@ -112,13 +113,18 @@ impl PolicyEngine {
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<PolicyServiceServer<PolicyServiceImpl>>().await;
+        let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
+        let identity = config.outbound.resolve(&secrets).await.map_err(StartError::Outbound)?;
+        let approvals = if config.approval_url.is_empty() {
+            None
+        } else {
+            Some(ApprovalClient::new(&config.approval_url, &identity).map_err(StartError::Outbound)?)
+        };
         let decision_log = if config.audit_url.is_empty() {
             None
         } else {
             std::fs::create_dir_all(&config.data_dir)
                 .map_err(|e| StartError::Bind(config.data_dir.display().to_string(), e))?;
-            let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
-            let identity = config.outbound.resolve(&secrets).await.map_err(StartError::Outbound)?;
             let log =
                 DecisionLog::start(&config.audit_url, &identity, &config.data_dir, config.decision_log.clone()).await?;
             auth.set_denial_sink(log.clone());
@@ -130,6 +136,7 @@ impl PolicyEngine {
             kill_switch_store,
             decision_log.clone(),
             auth.clone(),
+            approvals,
         );
         let routes = tonic::service::Routes::new(health_service).add_service(PolicyServiceServer::new(service));
         let (addr, handle) = warden_auth::serve("policy-engine", &config.listen, auth, routes, background)

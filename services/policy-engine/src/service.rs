@@ -13,12 +13,13 @@ use warden_errors::{Category, Validator, WardenError, to_status};
 use warden_proto::policy::v1 as pb;
 use warden_proto::policy::v1::policy_service_server::PolicyService;
 
+use crate::approval_client::{ApprovalClient, Outcome};
 use crate::cel::Input;
 use crate::decision_log::DecisionLog;
 use crate::engine::Engine;
 use crate::kill_switch::{KillSwitchRecord, KillSwitchStore, to_state};
 use crate::metrics::METRICS;
-use crate::policy::{self, PolicyError, PolicySet, Source};
+use crate::policy::{self, Effect, PolicyError, PolicySet, Source};
 
 /// Largest accepted sizes of request fields.
 pub mod limits {
@@ -113,6 +114,7 @@ pub struct PolicyServiceImpl {
     kill_switches: KillSwitchStore,
     decision_log: Option<Arc<DecisionLog>>,
     auth: Arc<warden_auth::Auth>,
+    approvals: Option<ApprovalClient>,
 }
 
 impl PolicyServiceImpl {
@@ -122,12 +124,61 @@ impl PolicyServiceImpl {
         kill_switches: KillSwitchStore,
         decision_log: Option<Arc<DecisionLog>>,
         auth: Arc<warden_auth::Auth>,
+        approvals: Option<ApprovalClient>,
     ) -> Self {
-        PolicyServiceImpl { engine, reloader, kill_switches, decision_log, auth }
+        PolicyServiceImpl { engine, reloader, kill_switches, decision_log, auth, approvals }
     }
 }
 
 const EVALUATE_PATH: &str = "/warden.policy.v1.PolicyService/Evaluate";
+
+impl PolicyServiceImpl {
+    /// Approvals: a decision that requires approval opens a request (the
+    /// agent waits on `approval_id`); an `approval_id` on a decision that
+    /// requires approval is redeemed, and only then allows. A deny stays a
+    /// deny (nothing is redeemed), an allow needs no approval. When the
+    /// approval service cannot answer, the answer is deny.
+    async fn approve(
+        &self,
+        request: &pb::EvaluateRequest,
+        response: &mut pb::EvaluateResponse,
+        effect: Effect,
+        requested_by: &str,
+    ) -> Effect {
+        if effect != Effect::RequireApproval {
+            return effect;
+        }
+        let outcome = match &self.approvals {
+            None if request.approval_id.is_empty() => return effect,
+            None => Outcome::Refused(format!(
+                "approval {} cannot be checked: this policy engine has no approval service; denying",
+                request.approval_id
+            )),
+            Some(approvals) if request.approval_id.is_empty() => {
+                approvals.open(request, response.matched_rules.clone(), response.reasons.clone(), requested_by).await
+            }
+            Some(approvals) => approvals.redeem(&request.approval_id, request).await,
+        };
+        let effect = match outcome {
+            Outcome::Opened(id) => {
+                response.approval_id = id;
+                Effect::RequireApproval
+            }
+            Outcome::Redeemed { approvers } => {
+                response.reasons =
+                    vec![format!("approved by {} (approval {})", approvers.join(", "), request.approval_id)];
+                response.approval_id = request.approval_id.clone();
+                Effect::Allow
+            }
+            Outcome::Refused(reason) => {
+                response.reasons = vec![reason];
+                Effect::Deny
+            }
+        };
+        response.effect = effect.to_proto() as i32;
+        effect
+    }
+}
 
 fn text(s: &str) -> prost_types::Value {
     prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(s.to_owned())) }
@@ -162,6 +213,7 @@ fn decision_event(
             ("matched_rules".to_string(), texts(response.matched_rules.clone())),
             ("shadow_rules".to_string(), texts(response.shadow_rules.clone())),
             ("policy_version".to_string(), text(&response.policy_version)),
+            ("approval_id".to_string(), text(&response.approval_id)),
         ]
         .into(),
     };
@@ -266,6 +318,8 @@ impl PolicyService for PolicyServiceImpl {
         // An agent may only ask in the name of the agents it is bound to.
         let agent_id = request.get_ref().agent.as_ref().map(|a| a.id.as_str()).unwrap_or_default();
         self.auth.check_agent(&request, EVALUATE_PATH, agent_id)?;
+        let requested_by =
+            warden_auth::Caller::of(&request).and_then(|c| c.principal().map(|p| p.id.clone())).unwrap_or_default();
         let request = request.into_inner();
         let (agent, action) = (request.agent.as_ref().expect("validated"), request.action.as_ref().expect("validated"));
         let time = match &request.time {
@@ -294,16 +348,21 @@ impl PolicyService for PolicyServiceImpl {
             correlation_id = %request.correlation_id,
             "decision"
         );
-        let response = pb::EvaluateResponse {
+        let mut response = pb::EvaluateResponse {
             decision_id,
             effect: decision.effect.to_proto() as i32,
             reasons: decision.reasons(),
             matched_rules: decision.matched(),
             shadow_rules: decision.shadow.iter().map(|s| s.to_string()).collect(),
             policy_version: decision.policy_version.to_string(),
+            approval_id: String::new(),
         };
+        let mut effect = decision.effect;
+        if effect == Effect::RequireApproval || !request.approval_id.is_empty() {
+            effect = self.approve(&request, &mut response, effect, &requested_by).await;
+        }
         if let Some(log) = &self.decision_log {
-            let event = decision_event(&response.decision_id, &request, time, &response, decision.effect.as_str());
+            let event = decision_event(&response.decision_id, &request, time, &response, effect.as_str());
             log.record(event).await.map_err(|error| {
                 tracing::warn!(%error, "decision not recorded; refusing to answer");
                 to_status(&error)

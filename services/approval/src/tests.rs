@@ -1,0 +1,272 @@
+//! The approval workflow on both backends (one suite): races, quorum,
+//! separation of duties, redemption, the clocks, and the outbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use warden_auth::{Kind, Principal};
+use warden_proto::approval::v1 as pb;
+use warden_store::Database;
+
+use crate::approvals::{Approvals, Clock, Redemption};
+use crate::routes::Routes;
+use crate::store::{ApprovalStore, Outgoing, State};
+
+const ROUTES: &str = r#"
+receivers:
+  - name: hook
+    webhook: { url: "http://127.0.0.1:9/hook" }
+routes:
+  - name: big-refunds
+    actions: ["issue_refund"]
+    reviewers: ["role:finance"]
+    min_approvals: 2
+    timeout: 1h
+    escalate_after: 30m
+    escalate_to: ["role:admin"]
+    remind_before: 10m
+    grant_ttl: 5m
+    notify: [hook]
+    escalate_notify: [hook]
+"#;
+
+async fn workflow(database: Database) -> Arc<Approvals> {
+    database.migrate().await.unwrap();
+    Approvals::new(ApprovalStore::new(database), Routes::parse(ROUTES).unwrap(), Clock::system(), true)
+}
+
+fn person(id: &str, role: &str) -> Principal {
+    Principal::new(Kind::Human, id, vec![role.into()], &[], "test")
+}
+
+fn action(kind: &str, amount: f64) -> pb::Action {
+    pb::Action {
+        r#type: kind.into(),
+        resource: "order/1".into(),
+        estimated_cost: amount,
+        params: Some(prost_types::Struct {
+            fields: [(
+                "amount".to_string(),
+                prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(amount)) },
+            )]
+            .into(),
+        }),
+    }
+}
+
+fn create(agent: &str, action: pb::Action) -> pb::CreateApprovalRequest {
+    pb::CreateApprovalRequest {
+        agent_id: agent.into(),
+        action: Some(action),
+        correlation_id: format!("corr-{agent}"),
+        rules: vec!["refunds-over-100".into()],
+        reasons: vec!["refunds over 100 need a person".into()],
+        ..Default::default()
+    }
+}
+
+async fn a_request_is_opened_once_per_pending_action(database: Database) {
+    let approvals = workflow(database).await;
+    let (first, created) =
+        approvals.create(&create("bot", action("issue_refund", 150.0)), "policy-engine").await.unwrap();
+    assert!(created);
+    assert_eq!((first.state, first.route.as_str(), first.min_approvals), (State::Pending, "big-refunds", 2));
+    let (again, created) =
+        approvals.create(&create("bot", action("issue_refund", 150.0)), "policy-engine").await.unwrap();
+    assert!(!created);
+    assert_eq!(again.id, first.id, "a retry must not open a second request");
+    let (other, created) =
+        approvals.create(&create("bot", action("issue_refund", 151.0)), "policy-engine").await.unwrap();
+    assert!(created && other.id != first.id, "different params are a different action");
+    let mut keyed = create("bot2", action("send_email", 0.0));
+    keyed.idempotency_key = "k-1".into();
+    let (a, _) = approvals.create(&keyed, "policy-engine").await.unwrap();
+    let (b, created) = approvals.create(&keyed, "policy-engine").await.unwrap();
+    assert!(!created && a.id == b.id);
+    assert_eq!(a.route, "default");
+}
+
+async fn quorum_deny_and_separation_of_duties(database: Database) {
+    let approvals = workflow(database).await;
+    let (row, _) = approvals.create(&create("bot", action("issue_refund", 150.0)), "owner").await.unwrap();
+    let (ada, bob, cy) = (person("ada", "finance"), person("bob", "finance"), person("cy", "finance"));
+    // Self-review: the agent, and the principal that asked for it.
+    for own in [Principal::new(Kind::Human, "bot", vec!["finance".into()], &[], "t"), person("owner", "finance")] {
+        let error = approvals.review(&row.id, &own, true, "mine").await.unwrap_err();
+        assert!(error.to_string().contains("may not review its own request"), "{error}");
+    }
+    let error = approvals.review(&row.id, &person("eve", "approver"), true, "").await.unwrap_err();
+    assert!(error.to_string().contains("not a reviewer for route big-refunds"), "{error}");
+
+    // 2 of 3: one approval is not enough; the same reviewer counts once.
+    let after = approvals.review(&row.id, &ada, true, "ok").await.unwrap();
+    assert_eq!(after.state, State::Pending);
+    let error = approvals.review(&row.id, &ada, true, "again").await.unwrap_err();
+    assert!(error.to_string().contains("already reviewed"), "{error}");
+    let after = approvals.review(&row.id, &bob, true, "fine").await.unwrap();
+    assert_eq!(after.state, State::Approved);
+    assert_eq!(after.approvers(), ["ada", "bob"]);
+    assert!(after.grant_expires_at_micros.is_some());
+    // Terminal for reviews: a late reviewer is told the state.
+    let error = approvals.review(&row.id, &cy, false, "late").await.unwrap_err();
+    assert_eq!(error.to_string(), "approval request is APPROVED");
+
+    // Any authorised deny denies.
+    let (row, _) = approvals.create(&create("bot", action("issue_refund", 300.0)), "owner").await.unwrap();
+    approvals.review(&row.id, &ada, true, "ok").await.unwrap();
+    let denied = approvals.review(&row.id, &cy, false, "too much").await.unwrap();
+    assert_eq!(denied.state, State::Denied);
+    assert_eq!(denied.outcome_reason, "denied by cy: too much");
+}
+
+async fn approve_and_deny_racing_have_exactly_one_outcome(database: Database) {
+    let approvals = workflow(database).await;
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let (row, _) = approvals.create(&create(&format!("bot-{i}"), action("send_email", 0.0)), "pe").await.unwrap();
+        ids.push(row.id);
+    }
+    let mut tasks = Vec::new();
+    for id in &ids {
+        for (who, approve) in [("ada", true), ("bob", false)] {
+            let (approvals, id) = (approvals.clone(), id.clone());
+            tasks.push(tokio::spawn(async move {
+                approvals.review(&id, &person(who, "approver"), approve, "").await.map(|row| row.state)
+            }));
+        }
+    }
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(State::Approved | State::Denied) => wins += 1,
+            Ok(other) => panic!("a single review left {other:?}"),
+            Err(error) => assert!(error.to_string().starts_with("approval request is"), "{error}"),
+        }
+    }
+    assert_eq!(wins, 100, "each request has exactly one outcome");
+    for id in &ids {
+        let row = approvals.store.get(id).await.unwrap().unwrap();
+        assert!(matches!(row.state, State::Approved | State::Denied));
+        assert_eq!(row.reviews.len(), 1, "the losing review must not be recorded");
+    }
+}
+
+async fn a_grant_is_spent_once_for_exactly_its_action(database: Database) {
+    let approvals = workflow(database).await;
+    let (row, _) = approvals.create(&create("bot", action("send_email", 0.0)), "pe").await.unwrap();
+    let refused = approvals.redeem(&row.id, "bot", &action("send_email", 0.0)).await.unwrap();
+    assert!(matches!(refused, Redemption::Refused { ref reason, .. } if reason == "approval is still pending"));
+    approvals.review(&row.id, &person("ada", "approver"), true, "").await.unwrap();
+    for (agent, changed) in [("bot", action("send_email", 1.0)), ("other-bot", action("send_email", 0.0))] {
+        let refused = approvals.redeem(&row.id, agent, &changed).await.unwrap();
+        assert!(
+            matches!(refused, Redemption::Refused { ref reason, .. } if reason == "approval was for a different action"),
+            "{refused:?}"
+        );
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (approvals, id) = (approvals.clone(), row.id.clone());
+        tasks
+            .push(tokio::spawn(async move { approvals.redeem(&id, "bot", &action("send_email", 0.0)).await.unwrap() }));
+    }
+    let mut redeemed = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Redemption::Redeemed(row) => {
+                redeemed += 1;
+                assert_eq!(row.approvers(), ["ada"]);
+            }
+            Redemption::Refused { reason, .. } => assert_eq!(reason, "approval already used"),
+        }
+    }
+    assert_eq!(redeemed, 1);
+    // Approving one call does not approve the next call of the same tool.
+    let (next, created) = approvals.create(&create("bot", action("send_email", 0.0)), "pe").await.unwrap();
+    assert!(created && next.id != row.id && next.state == State::Pending);
+}
+
+async fn clocks_expire_escalate_remind_and_end_grants(database: Database) {
+    let approvals = workflow(database).await;
+    let clock = approvals.clock.clone();
+    let (row, _) = approvals.create(&create("bot", action("issue_refund", 150.0)), "pe").await.unwrap();
+    let admin = person("root", "admin");
+    assert!(approvals.may_review(&row, &admin).is_err(), "the second tier waits for escalation");
+    clock.advance(Duration::from_secs(31 * 60));
+    approvals.tick().await.unwrap();
+    let escalated = approvals.store.get(&row.id).await.unwrap().unwrap();
+    assert_eq!((escalated.escalation_level, escalated.state), (1, State::Pending));
+    assert!(approvals.may_review(&escalated, &admin).is_ok());
+    clock.advance(Duration::from_secs(20 * 60));
+    approvals.tick().await.unwrap();
+    assert!(approvals.store.get(&row.id).await.unwrap().unwrap().reminded);
+    // Nobody decided in time: EXPIRED, and said not to be a rejection.
+    clock.advance(Duration::from_secs(10 * 60));
+    approvals.tick().await.unwrap();
+    let expired = approvals.store.get(&row.id).await.unwrap().unwrap();
+    assert_eq!(expired.state, State::Expired);
+    assert!(expired.outcome_reason.contains("not a rejection"), "{}", expired.outcome_reason);
+    approvals.tick().await.unwrap();
+    let error = approvals.review(&row.id, &admin, true, "late").await.unwrap_err();
+    assert_eq!(error.to_string(), "approval request is EXPIRED");
+
+    // A grant not used within grant_ttl expires too.
+    let (row, _) = approvals.create(&create("bot", action("send_email", 0.0)), "pe").await.unwrap();
+    approvals.review(&row.id, &person("ada", "approver"), true, "").await.unwrap();
+    clock.advance(Duration::from_secs(16 * 60));
+    let refused = approvals.redeem(&row.id, "bot", &action("send_email", 0.0)).await.unwrap();
+    assert!(matches!(refused, Redemption::Refused { ref reason, .. } if reason.contains("expired")), "{refused:?}");
+    assert_eq!(approvals.store.get(&row.id).await.unwrap().unwrap().state, State::Expired);
+
+    // Every step left its audit event (and notifications) in the outbox.
+    let rows = approvals.store.claim("r1", clock.now_micros(), clock.now_micros() + 60_000_000, 1000).await.unwrap();
+    let types: Vec<String> = rows
+        .iter()
+        .filter_map(|r| match &r.item {
+            Some(Outgoing::Audit(event)) => Some(event.event_type.clone()),
+            _ => None,
+        })
+        .collect();
+    for expected in
+        ["approval_requested", "approval_escalated", "approval_reminder", "approval_expired", "approval_granted"]
+    {
+        assert!(types.iter().any(|t| t == expected), "{expected} missing from {types:?}");
+    }
+    assert!(rows.iter().any(|r| matches!(&r.item, Some(Outgoing::Notify { receiver, .. }) if receiver == "hook")));
+}
+
+async fn outbox_rows_are_claimed_by_one_replica(database: Database) {
+    let approvals = workflow(database).await;
+    for i in 0..20 {
+        approvals.create(&create(&format!("bot-{i}"), action("send_email", 0.0)), "pe").await.unwrap();
+    }
+    let now = approvals.clock.now_micros();
+    let lease = now + 60_000_000;
+    let (a, b) =
+        tokio::join!(approvals.store.claim("a", now, lease, 1000), approvals.store.claim("b", now, lease, 1000));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), 20, "every row claimed once");
+    assert!(a.iter().all(|row| b.iter().all(|other| other.id != row.id)));
+    // Delivered rows are gone; a row whose delivery failed comes back after its delay.
+    let ids: Vec<i64> = a.iter().map(|r| r.id).collect();
+    approvals.store.delivered("a", &ids).await.unwrap();
+    if let Some(row) = b.first() {
+        approvals.store.retry_later(row.id, now + 5_000_000).await.unwrap();
+    }
+    approvals.store.delivered("b", &b.iter().skip(1).map(|r| r.id).collect::<Vec<_>>()).await.unwrap();
+    assert!(approvals.store.claim("c", now + 1_000_000, lease, 1000).await.unwrap().is_empty() || b.is_empty());
+    let later = approvals.store.claim("c", now + 6_000_000, lease + 6_000_000, 1000).await.unwrap();
+    assert_eq!(later.len(), usize::from(!b.is_empty()));
+    if let Some(row) = later.first() {
+        assert_eq!(row.attempts, 2);
+    }
+}
+
+warden_store::backend_tests!(
+    a_request_is_opened_once_per_pending_action,
+    quorum_deny_and_separation_of_duties,
+    approve_and_deny_racing_have_exactly_one_outcome,
+    a_grant_is_spent_once_for_exactly_its_action,
+    clocks_expire_escalate_remind_and_end_grants,
+    outbox_rows_are_claimed_by_one_replica,
+);
