@@ -64,6 +64,7 @@ struct Stack {
     _sandbox: Sandbox,
     keys: Keys,
     audit: AuditServer,
+    approval: warden_approval::ApprovalServer,
     engine: PolicyEngine,
 }
 
@@ -75,12 +76,15 @@ async fn stack() -> Stack {
     let mut audit_config = warden_audit::AuditConfig::for_tests(sandbox.data.path().join("audit"));
     audit_config.auth = keys.auth();
     let audit = AuditServer::start(audit_config).await.unwrap();
+    let mut approval_config = warden_approval::ApprovalConfig::for_tests(sandbox.data.path().join("approval"));
+    approval_config.auth = keys.auth();
+    let approval = warden_approval::ApprovalServer::start(approval_config).await.unwrap();
     let mut config = warden_policy_engine::PolicyEngineConfig::for_tests(example_policies(), sandbox.data.path());
     config.auth = keys.auth();
     config.audit_url = audit.url();
     config.outbound.credential = keys.token("service").to_owned();
     let engine = PolicyEngine::start(config).await.unwrap();
-    Stack { _sandbox: sandbox, keys, audit, engine }
+    Stack { _sandbox: sandbox, keys, audit, approval, engine }
 }
 
 #[tokio::test]
@@ -88,10 +92,17 @@ async fn every_rpc_answers_each_caller_exactly_as_the_table_says() {
     let stack = stack().await;
     let engine = channel(&stack.engine.url()).await;
     let audit = channel(&stack.audit.url()).await;
+    let approval = channel(&stack.approval.url()).await;
     let no_grants = Default::default();
     let mut checked = 0;
     for (path, streaming) in all_rpcs() {
-        let channel = if path.starts_with("/warden.policy.") { engine.clone() } else { audit.clone() };
+        let channel = if path.starts_with("/warden.policy.") {
+            engine.clone()
+        } else if path.starts_with("/warden.approval.") {
+            approval.clone()
+        } else {
+            audit.clone()
+        };
         let allowed = authz::roles_for(&path, &no_grants);
         let mut callers: Vec<(&str, Option<&str>)> = vec![("nobody", None)];
         for name in identity::ROLES.iter().chain(&["revoked", "expired"]) {
@@ -119,9 +130,9 @@ async fn every_rpc_answers_each_caller_exactly_as_the_table_says() {
             checked += 1;
         }
     }
-    assert!(checked >= 15 * 8, "{checked}");
+    assert!(checked >= 22 * 8, "{checked}");
     // Health stays open.
-    for channel in [engine, audit] {
+    for channel in [engine, audit, approval] {
         let (code, _) = call(channel, "/grpc.health.v1.Health/Check", false, None).await;
         assert_eq!(code, Code::Ok);
     }
@@ -135,6 +146,7 @@ async fn every_rpc_answers_each_caller_exactly_as_the_table_says() {
     );
     assert!(metrics.contains(r#"grpc_code="PermissionDenied",grpc_method="Verify""#), "{metrics}");
     stack.engine.shutdown().await;
+    stack.approval.shutdown().await;
     stack.audit.shutdown().await;
 }
 

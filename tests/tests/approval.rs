@@ -1,0 +1,258 @@
+//! The seeds' approval flow across real services (policy engine, approval,
+//! audit; authentication on): an agent asks to refund 150, approval is
+//! required, a manager approves, the refund goes ahead once, and the audit
+//! trail shows who approved.
+
+use std::time::Duration;
+
+use tonic::Code;
+use warden_approval::{ApprovalConfig, ApprovalServer};
+use warden_audit::AuditServer;
+use warden_client::{ApprovalClient, ApprovalOutcome, ClientConfig, Effect, PolicyClient, Request};
+use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
+use warden_proto::approval::v1 as pb;
+use warden_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+use warden_proto::audit::v1 as audit;
+use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
+use warden_tests::identity::{self, Keys, bearer};
+use warden_tests::{Sandbox, channel, eventually};
+
+const POLICY: &str = r#"
+rules:
+  - name: refunds-over-100
+    actions: ["issue_refund"]
+    when: "action.params.amount > 100.0"
+    effect: require_approval
+    reason: "refunds over 100 need a manager"
+  - name: agents-may-work
+    effect: allow
+"#;
+
+struct Stack {
+    sandbox: Sandbox,
+    keys: Keys,
+    audit: AuditServer,
+    approval: ApprovalServer,
+    engine: PolicyEngine,
+}
+
+fn approval_config(stack_dir: &std::path::Path, keys: &Keys, audit_url: &str, listen: &str) -> ApprovalConfig {
+    let mut config = ApprovalConfig::for_tests(stack_dir.join("approval"));
+    config.listen = listen.into();
+    config.auth = keys.auth();
+    config.audit_url = audit_url.into();
+    config.outbound.credential = keys.token("service").into();
+    config.outbox_interval = Duration::from_millis(20);
+    config.watch_poll = Duration::from_millis(50);
+    config
+}
+
+async fn stack() -> Stack {
+    let sandbox = Sandbox::new(&[("refunds.yaml", POLICY)]);
+    let keys = identity::keys(sandbox.data.path());
+    let mut audit_config = warden_audit::AuditConfig::for_tests(sandbox.data.path().join("audit"));
+    audit_config.auth = keys.auth();
+    let audit = AuditServer::start(audit_config).await.unwrap();
+    let approval =
+        ApprovalServer::start(approval_config(sandbox.data.path(), &keys, &audit.url(), "127.0.0.1:0")).await.unwrap();
+    let mut config = PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path());
+    config.auth = keys.auth();
+    config.audit_url = audit.url();
+    config.approval_url = approval.url();
+    config.outbound.credential = keys.token("service").into();
+    let engine = PolicyEngine::start(config).await.unwrap();
+    Stack { sandbox, keys, audit, approval, engine }
+}
+
+fn agent(stack: &Stack) -> PolicyClient {
+    PolicyClient::new(ClientConfig::new(stack.engine.url()).api_key(stack.keys.token("agent"))).unwrap()
+}
+
+fn refund(amount: f64) -> Request {
+    Request::new("support-bot", "issue_refund")
+        .resource("order/1234")
+        .param("amount", amount)
+        .correlation_id("ticket-981")
+}
+
+async fn review(stack: &Stack, id: &str, who: &str, approve: bool) -> Result<pb::Approval, tonic::Status> {
+    let mut client = ApprovalServiceClient::new(channel(&stack.approval.url()).await);
+    let request = pb::ReviewRequest { id: id.into(), approve, comment: "checked the order".into() };
+    client.review(bearer(tonic::Request::new(request), stack.keys.token(who))).await.map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn a_manager_approves_a_refund_and_it_runs_once() {
+    let stack = stack().await;
+    let agent = agent(&stack);
+    let asked = agent.evaluate(refund(150.0)).await.unwrap();
+    assert_eq!(asked.effect, Effect::RequireApproval, "{asked:?}");
+    let id = asked.approval_id.clone().expect("an approval request was opened");
+    // Asking again while it is pending reuses it.
+    assert_eq!(agent.evaluate(refund(150.0)).await.unwrap().approval_id.as_deref(), Some(id.as_str()));
+
+    // The agent waits; the manager sees exactly the action and approves.
+    let waiter =
+        ApprovalClient::new(ClientConfig::new(stack.approval.url()).api_key(stack.keys.token("agent"))).unwrap();
+    let wait = tokio::spawn({
+        let (waiter, id) = (waiter.clone(), id.clone());
+        async move { waiter.wait_for_approval(&id, Duration::from_secs(20)).await }
+    });
+    let mut reviewer = ApprovalServiceClient::new(channel(&stack.approval.url()).await);
+    let pending = reviewer
+        .list_approvals(bearer(
+            tonic::Request::new(pb::ListApprovalsRequest { reviewable_by_me: true, ..Default::default() }),
+            stack.keys.token("approver"),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert_eq!(pending.len(), 1);
+    let shown = pending[0].action.clone().unwrap();
+    assert_eq!((shown.r#type.as_str(), shown.resource.as_str()), ("issue_refund", "order/1234"));
+    assert_eq!(pending[0].reasons, ["refunds over 100 need a manager"]);
+    let approved = review(&stack, &id, "approver", true).await.unwrap();
+    assert_eq!(approved.state, pb::State::Approved as i32);
+    let outcome = wait.await.unwrap().unwrap();
+    assert!(matches!(outcome, ApprovalOutcome::Approved(_)), "{outcome:?}");
+
+    // Approve then deny: the second review is refused, naming the state.
+    let late = review(&stack, &id, "admin", false).await.unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
+    assert_eq!(late.message(), "approval request is APPROVED");
+
+    // The refund goes ahead once, and only with the reviewed params.
+    let changed = agent.evaluate(refund(151.0).approval_id(&id)).await.unwrap();
+    assert_eq!(changed.effect, Effect::Deny);
+    assert!(changed.reasons[0].ends_with("approval was for a different action"), "{:?}", changed.reasons);
+    let allowed = agent.evaluate(refund(150.0).approval_id(&id)).await.unwrap();
+    assert_eq!(allowed.effect, Effect::Allow, "{allowed:?}");
+    assert_eq!(allowed.reasons, [format!("approved by approver (approval {id})")]);
+    let again = agent.evaluate(refund(150.0).approval_id(&id)).await.unwrap();
+    assert_eq!(again.effect, Effect::Deny);
+    assert!(again.reasons[0].ends_with("approval already used"), "{:?}", again.reasons);
+
+    // The audit trail, by correlation id, shows every step and the approver.
+    let auditor = AuditServiceClient::new(channel(&stack.audit.url()).await);
+    let token = stack.keys.token("auditor").to_owned();
+    let records = eventually(Duration::from_secs(10), || {
+        let (mut auditor, token) = (auditor.clone(), token.clone());
+        async move {
+            let query =
+                audit::QueryRequest { correlation_id: "ticket-981".into(), page_size: 100, ..Default::default() };
+            let records = auditor.query(bearer(tonic::Request::new(query), &token)).await.ok()?.into_inner().records;
+            let types: Vec<String> = records.iter().map(|r| r.event.as_ref().unwrap().event_type.clone()).collect();
+            ["approval_requested", "approval_reviewed", "approval_granted", "approval_redeemed"]
+                .iter()
+                .all(|t| types.iter().any(|x| x == t))
+                .then_some(records)
+        }
+    })
+    .await;
+    let granted = records.iter().find_map(|r| r.event.clone().filter(|e| e.event_type == "approval_granted")).unwrap();
+    assert_eq!(granted.actor, "approver");
+    assert_eq!(granted.agent_id, "support-bot");
+    let approvers = &granted.payload.unwrap().fields["approvers"];
+    assert!(format!("{approvers:?}").contains("approver"));
+    let decisions = records.iter().filter(|r| r.event.as_ref().unwrap().event_type == "policy_evaluation").count();
+    assert!(decisions >= 4, "every decision is in the trail too");
+    stack.engine.shutdown().await;
+    stack.approval.shutdown().await;
+    stack.audit.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_approval_allows_one_of_ten_concurrent_calls() {
+    let stack = stack().await;
+    let agent = agent(&stack);
+    let id = agent.evaluate(refund(500.0)).await.unwrap().approval_id.unwrap();
+    review(&stack, &id, "approver", true).await.unwrap();
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        let (agent, id) = (agent.clone(), id.clone());
+        calls.push(tokio::spawn(async move { agent.evaluate(refund(500.0).approval_id(id)).await.unwrap().effect }));
+    }
+    let mut allowed = 0;
+    for call in calls {
+        if call.await.unwrap() == Effect::Allow {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 1);
+    stack.engine.shutdown().await;
+    stack.approval.shutdown().await;
+    stack.audit.shutdown().await;
+}
+
+#[tokio::test]
+async fn reviewers_are_checked_and_denials_stop_the_action() {
+    let stack = stack().await;
+    let agent = agent(&stack);
+    let id = agent.evaluate(refund(120.0)).await.unwrap().approval_id.unwrap();
+    // An agent cannot review (no role), nor see another agent's requests.
+    let refused = review(&stack, &id, "agent", true).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let denied = review(&stack, &id, "approver", false).await.unwrap();
+    assert_eq!(denied.state, pb::State::Denied as i32);
+    let late = review(&stack, &id, "approver", true).await.unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    assert_eq!(late.message(), "approval request is DENIED");
+    let decision = agent.evaluate(refund(120.0).approval_id(&id)).await.unwrap();
+    assert_eq!(decision.effect, Effect::Deny);
+    assert!(decision.reasons[0].contains("approval was denied"), "{:?}", decision.reasons);
+    // Bad input names the field.
+    let bad = review(&stack, "", "approver", true).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let unknown = review(&stack, "no-such-id", "approver", true).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    stack.engine.shutdown().await;
+    stack.approval.shutdown().await;
+    stack.audit.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_approval_service_means_deny() {
+    let sandbox = Sandbox::new(&[("refunds.yaml", POLICY)]);
+    let keys = identity::keys(sandbox.data.path());
+    let mut config = PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path());
+    config.auth = keys.auth();
+    config.approval_url = "http://127.0.0.1:1".into();
+    config.outbound.credential = keys.token("service").into();
+    let engine = PolicyEngine::start(config).await.unwrap();
+    let agent = PolicyClient::new(ClientConfig::new(engine.url()).api_key(keys.token("agent"))).unwrap();
+    let decision = agent.evaluate(refund(150.0)).await.unwrap();
+    assert_eq!(decision.effect, Effect::Deny);
+    assert!(decision.reasons[0].contains("approval service is unavailable"), "{:?}", decision.reasons);
+    let redeem = agent.evaluate(refund(150.0).approval_id("0199-anything")).await.unwrap();
+    assert_eq!(redeem.effect, Effect::Deny);
+    // Small refunds need no approval and are unaffected.
+    assert_eq!(agent.evaluate(refund(50.0)).await.unwrap().effect, Effect::Allow);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_waiting_agent_survives_a_restart_of_the_approval_service() {
+    let stack = stack().await;
+    let agent = agent(&stack);
+    let id = agent.evaluate(refund(150.0)).await.unwrap().approval_id.unwrap();
+    let waiter =
+        ApprovalClient::new(ClientConfig::new(stack.approval.url()).api_key(stack.keys.token("agent"))).unwrap();
+    let wait = tokio::spawn({
+        let id = id.clone();
+        async move { waiter.wait_for_approval(&id, Duration::from_secs(30)).await }
+    });
+    let listen = stack.approval.addr.to_string();
+    let audit_url = stack.audit.url();
+    let Stack { sandbox, keys, audit, approval, engine } = stack;
+    approval.shutdown().await;
+    let approval =
+        ApprovalServer::start(approval_config(sandbox.data.path(), &keys, &audit_url, &listen)).await.unwrap();
+    let stack = Stack { sandbox, keys, audit, approval, engine };
+    review(&stack, &id, "approver", true).await.unwrap();
+    let outcome = wait.await.unwrap().unwrap();
+    assert!(matches!(outcome, ApprovalOutcome::Approved(_)), "{outcome:?}");
+    stack.engine.shutdown().await;
+    stack.approval.shutdown().await;
+    stack.audit.shutdown().await;
+}
