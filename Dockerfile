@@ -13,5 +13,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && chown warden /var/lib/warden /etc/warden/keys
 COPY --from=build /out/ /usr/local/bin/
 COPY examples/policies /etc/warden/policies
+COPY examples/approvals.yaml /etc/warden/approvals.yaml
 USER warden
 WORKDIR /var/lib/warden

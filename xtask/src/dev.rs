@@ -1,13 +1,15 @@
 //! `cargo xtask dev`: every service in one process, for local development.
 //!
 //! Authentication is on, as in production: on first start, dev creates an
-//! admin key, an agent key for the example agent (`support-bot`) and a
-//! service key for the policy engine's decision log, writes their digests
+//! admin key, an agent key for the example agent (`support-bot`), an
+//! approver key (`manager`) and a service key the policy engine and the
+//! approval service present to each other and to audit, writes their digests
 //! to `<data dir>/keys.toml` (which every service reads) and the tokens to
 //! `<data dir>/dev-keys/` (mode 0600), and prints them.
 
 use std::path::{Path, PathBuf};
 
+use warden_approval::{ApprovalConfig, ApprovalServer};
 use warden_audit::{AuditConfig, AuditServer};
 use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
 
@@ -41,14 +43,26 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     })
     .await
     .map_err(|e| format!("audit service: {e}"))?;
+    let service_key = warden_auth::OutboundConfig {
+        credential: format!("file:{}", keys.join("policy-engine.key").display()),
+        ..Default::default()
+    };
+    let approval = ApprovalServer::start(ApprovalConfig {
+        data_dir: data_dir.clone(),
+        routes: root.join("examples/approvals.yaml"),
+        audit_url: audit.url(),
+        outbound: service_key.clone(),
+        telemetry: telemetry.clone(),
+        ..ApprovalConfig::default()
+    })
+    .await
+    .map_err(|e| format!("approval service: {e}"))?;
     let policy_engine = PolicyEngine::start(PolicyEngineConfig {
         data_dir: data_dir.clone(),
         policies: policies.clone(),
         audit_url: audit.url(),
-        outbound: warden_auth::OutboundConfig {
-            credential: format!("file:{}", keys.join("policy-engine.key").display()),
-            ..Default::default()
-        },
+        approval_url: approval.url(),
+        outbound: service_key,
         telemetry: telemetry.clone(),
         ..PolicyEngineConfig::default()
     })
@@ -61,11 +75,12 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     println!("Warden is running (Ctrl-C stops it)");
     println!("  policy engine  grpc://{}   metrics {}", policy_engine.addr, metrics(policy_engine.metrics_addr));
     println!("  audit          grpc://{}   metrics {}", audit.addr, metrics(audit.metrics_addr));
+    println!("  approval       grpc://{}   metrics {}", approval.addr, metrics(approval.metrics_addr));
     println!("  checkpoint key {}", audit.verifier_key);
     println!("  policies       {} (edit to reload)", policies.display());
     println!("  data           {}", data_dir.display());
     println!("  api keys       {} (digests; tokens in {})", data_dir.join("keys.toml").display(), keys.display());
-    for (name, role) in [("admin", "admin"), ("support-bot", "agent for support-bot")] {
+    for (name, role) in [("admin", "admin"), ("support-bot", "agent for support-bot"), ("manager", "approver")] {
         let token = std::fs::read_to_string(keys.join(format!("{name}.key"))).unwrap_or_default();
         println!("    {role:<22} {}", token.trim());
     }
@@ -81,6 +96,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
     println!("stopping");
     policy_engine.shutdown().await;
+    approval.shutdown().await;
     audit.shutdown().await;
     Ok(())
 }
@@ -91,7 +107,7 @@ fn dev_keys(data_dir: &Path) -> Result<PathBuf, String> {
     use warden_auth::Kind;
     let dir = data_dir.join("dev-keys");
     let keys_file = data_dir.join("keys.toml");
-    if dir.join("admin.key").exists() && keys_file.exists() {
+    if dir.join("manager.key").exists() && keys_file.exists() {
         return Ok(dir);
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -100,6 +116,7 @@ fn dev_keys(data_dir: &Path) -> Result<PathBuf, String> {
         ("admin", Kind::Human, "admin"),
         ("support-bot", Kind::Agent, "agent"),
         ("policy-engine", Kind::Service, "service"),
+        ("manager", Kind::Human, "approver"),
     ] {
         let mut key = warden_auth::api_key::create_key(name, kind, vec![role.into()], vec![], None, None);
         key.entry.comment = "created by cargo xtask dev".into();
