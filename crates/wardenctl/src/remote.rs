@@ -1,0 +1,428 @@
+//! The verbs that talk to running services over gRPC.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Subcommand;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use warden_auth::{CallCredentials, ClientIdentity};
+use warden_proto::approval::v1 as approval;
+use warden_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+use warden_proto::audit::v1 as audit;
+use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
+use warden_proto::policy::v1 as policy;
+use warden_proto::policy::v1::policy_service_client::PolicyServiceClient;
+
+use crate::Failure;
+
+#[derive(Debug, clap::Args)]
+pub struct RemoteArgs {
+    /// The policy engine.
+    #[arg(long, global = true, env = "WARDEN_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// The audit service.
+    #[arg(long, global = true, env = "WARDEN_AUDIT_ADDR", default_value = "http://127.0.0.1:50052")]
+    audit_addr: String,
+    /// The approval service.
+    #[arg(long, global = true, env = "WARDEN_APPROVAL_ADDR", default_value = "http://127.0.0.1:50053")]
+    approval_addr: String,
+    /// API key or token, sent as `authorization: Bearer ...`.
+    #[arg(long, global = true, env = "WARDEN_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// PEM CA for https:// addresses.
+    #[arg(long, global = true, env = "WARDEN_CA")]
+    ca: Option<PathBuf>,
+    /// Output: table (for people) or json (for scripts).
+    #[arg(short, long, global = true, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+type Stack = InterceptedService<Channel, CallCredentials>;
+
+impl RemoteArgs {
+    async fn channel(&self, url: &str) -> Result<Stack, Failure> {
+        let mut identity = ClientIdentity { bearer: self.api_key.clone().map(warden_auth::Secret::new), tls: None };
+        if let Some(ca) = &self.ca {
+            let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+            identity.tls = Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)));
+        }
+        let channel = identity
+            .endpoint(url)
+            .map_err(|e| format!("bad address {url}: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {url}: {e}; is the service running there (see --addr flags)?"))?;
+        Ok(InterceptedService::new(channel, identity.credentials()?))
+    }
+}
+
+/// A refused call, explained: the code, the message, each bad field, and
+/// what to do about an authentication problem.
+fn explain(status: tonic::Status) -> Failure {
+    let error = warden_errors::WardenError::from_status(&status);
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    for violation in &error.violations {
+        text.push_str(&format!("\n  {}: {}", violation.field, violation.description));
+    }
+    match status.code() {
+        tonic::Code::Unauthenticated => text.push_str("\n  give a key with --api-key or WARDEN_API_KEY"),
+        tonic::Code::PermissionDenied => text.push_str("\n  this key's principal lacks the needed role"),
+        tonic::Code::Unavailable => text.push_str("\n  the service is unreachable or overloaded; try again"),
+        _ => {}
+    }
+    Failure::Failed(text)
+}
+
+fn print_json(value: serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+}
+
+fn seconds(time: &Option<prost_types::Timestamp>) -> String {
+    time.as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".into())
+}
+
+// === approvals ===
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// List requests (default: the pending ones you may review).
+    List {
+        /// pending, approved, denied, expired, cancelled, redeemed, or all.
+        #[arg(long, default_value = "reviewable")]
+        state: String,
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Show one request: the exact action, why, reviews, deadlines.
+    Show { id: String },
+    /// Approve, with a comment.
+    Approve {
+        id: String,
+        #[arg(long, short, default_value = "")]
+        comment: String,
+    },
+    /// Deny, with a comment.
+    Deny {
+        id: String,
+        #[arg(long, short, default_value = "")]
+        comment: String,
+    },
+    /// Print the request's state now and at every change until it ends.
+    Watch { id: String },
+}
+
+fn state_name(state: i32) -> &'static str {
+    match approval::State::try_from(state).unwrap_or(approval::State::Unspecified) {
+        approval::State::Pending => "pending",
+        approval::State::Approved => "approved",
+        approval::State::Denied => "denied",
+        approval::State::Expired => "expired",
+        approval::State::Cancelled => "cancelled",
+        approval::State::Redeemed => "redeemed",
+        approval::State::Unspecified => "unknown",
+    }
+}
+
+fn approval_json(a: &approval::Approval) -> serde_json::Value {
+    let action = a.action.clone().unwrap_or_default();
+    serde_json::json!({
+        "id": a.id, "state": state_name(a.state), "agent_id": a.agent_id, "requested_by": a.requested_by,
+        "action": {"type": action.r#type, "resource": action.resource, "estimated_cost": action.estimated_cost,
+                   "params": action.params.as_ref().map(|p| format!("{p:?}"))},
+        "action_hash": a.action_hash, "correlation_id": a.correlation_id, "rules": a.rules, "reasons": a.reasons,
+        "route": a.route, "min_approvals": a.min_approvals,
+        "reviews": a.reviews.iter().map(|r| serde_json::json!({"reviewer": r.reviewer, "approve": r.approve, "comment": r.comment})).collect::<Vec<_>>(),
+        "created_at": seconds(&a.created_at), "expires_at": seconds(&a.expires_at),
+        "grant_expires_at": seconds(&a.grant_expires_at), "outcome_reason": a.outcome_reason,
+    })
+}
+
+fn print_approval(a: &approval::Approval, output: Output) {
+    if output == Output::Json {
+        return print_json(approval_json(a));
+    }
+    let action = a.action.clone().unwrap_or_default();
+    println!("approval   {}", a.id);
+    println!(
+        "state      {}{}",
+        state_name(a.state),
+        if a.outcome_reason.is_empty() { String::new() } else { format!(" ({})", a.outcome_reason) }
+    );
+    println!("agent      {} (asked by {})", a.agent_id, a.requested_by);
+    println!("action     {} on {} (estimated cost {})", action.r#type, action.resource, action.estimated_cost);
+    if let Some(params) = &action.params {
+        for (key, value) in &params.fields {
+            println!("  {key} = {:?}", value.kind.as_ref().map(|k| format!("{k:?}")).unwrap_or_default());
+        }
+    }
+    println!("hash       {}", a.action_hash);
+    println!("why        {} ({})", a.reasons.join("; "), a.rules.join(", "));
+    println!("route      {} (needs {} approval(s))", a.route, a.min_approvals);
+    println!("expires    {}", seconds(&a.expires_at));
+    for r in &a.reviews {
+        println!("review     {} {} {}", r.reviewer, if r.approve { "approved" } else { "denied" }, r.comment);
+    }
+}
+
+pub async fn approvals(args: &RemoteArgs, command: ApprovalsCommand) -> Result<(), Failure> {
+    let mut client = ApprovalServiceClient::new(args.channel(&args.approval_addr).await?);
+    match command {
+        ApprovalsCommand::List { state, agent } => {
+            let (state, mine) = match state.as_str() {
+                "reviewable" => (approval::State::Unspecified, true),
+                "all" => (approval::State::Unspecified, false),
+                "pending" => (approval::State::Pending, false),
+                "approved" => (approval::State::Approved, false),
+                "denied" => (approval::State::Denied, false),
+                "expired" => (approval::State::Expired, false),
+                "cancelled" => (approval::State::Cancelled, false),
+                "redeemed" => (approval::State::Redeemed, false),
+                other => {
+                    return Err(Failure::Failed(format!(
+                        "--state {other:?}: expected reviewable, all, pending, approved, denied, expired, cancelled or redeemed"
+                    )));
+                }
+            };
+            let request = approval::ListApprovalsRequest {
+                state: state as i32,
+                agent_id: agent.unwrap_or_default(),
+                reviewable_by_me: mine,
+                page_size: 500,
+                page_token: String::new(),
+            };
+            let list = client.list_approvals(request).await.map_err(explain)?.into_inner().approvals;
+            if args.output == Output::Json {
+                print_json(serde_json::Value::Array(list.iter().map(approval_json).collect()));
+                return Ok(());
+            }
+            println!("{:<38} {:<10} {:<20} {:<20} {:<8} EXPIRES", "ID", "STATE", "AGENT", "ACTION", "REVIEWS");
+            for a in &list {
+                let action = a.action.clone().unwrap_or_default();
+                println!(
+                    "{:<38} {:<10} {:<20} {:<20} {:<8} {}",
+                    a.id,
+                    state_name(a.state),
+                    a.agent_id,
+                    action.r#type,
+                    format!("{}/{}", a.reviews.iter().filter(|r| r.approve).count(), a.min_approvals),
+                    seconds(&a.expires_at)
+                );
+            }
+            Ok(())
+        }
+        ApprovalsCommand::Show { id } => {
+            let a = client.get_approval(approval::GetApprovalRequest { id }).await.map_err(explain)?.into_inner();
+            print_approval(&a, args.output);
+            Ok(())
+        }
+        ApprovalsCommand::Approve { id, comment } => review(&mut client, id, true, comment, args.output).await,
+        ApprovalsCommand::Deny { id, comment } => review(&mut client, id, false, comment, args.output).await,
+        ApprovalsCommand::Watch { id } => {
+            let mut stream =
+                client.watch_approval(approval::WatchApprovalRequest { id }).await.map_err(explain)?.into_inner();
+            while let Some(a) = stream.message().await.map_err(explain)? {
+                if args.output == Output::Json {
+                    println!("{}", approval_json(&a));
+                } else {
+                    println!("{} {} reviews={}", a.id, state_name(a.state), a.reviews.len());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn review(
+    client: &mut ApprovalServiceClient<Stack>,
+    id: String,
+    approve: bool,
+    comment: String,
+    output: Output,
+) -> Result<(), Failure> {
+    let a = client.review(approval::ReviewRequest { id, approve, comment }).await.map_err(explain)?.into_inner();
+    print_approval(&a, output);
+    Ok(())
+}
+
+// === kill switches ===
+
+#[derive(Debug, Subcommand)]
+pub enum KillSwitchCommand {
+    /// Stop an agent (or, without --agent, every agent) now.
+    Engage {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let it act again.
+    Release {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The engaged switches.
+    List {
+        #[arg(long)]
+        agent: Option<String>,
+    },
+}
+
+pub async fn killswitch(args: &RemoteArgs, command: KillSwitchCommand) -> Result<(), Failure> {
+    let mut client = PolicyServiceClient::new(args.channel(&args.addr).await?);
+    let (agent, engaged, reason) = match command {
+        KillSwitchCommand::List { agent } => {
+            let list = client
+                .get_kill_switch(policy::GetKillSwitchRequest { agent_id: agent.unwrap_or_default() })
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .kill_switches;
+            if args.output == Output::Json {
+                print_json(serde_json::Value::Array(
+                    list.iter()
+                        .map(|k| serde_json::json!({"agent_id": k.agent_id, "engaged": k.engaged, "reason": k.reason, "updated_at": seconds(&k.updated_at)}))
+                        .collect(),
+                ));
+            } else {
+                println!("{:<24} {:<22} REASON", "AGENT", "SINCE");
+                for k in list {
+                    let agent = if k.agent_id.is_empty() { "* (every agent)".to_string() } else { k.agent_id };
+                    println!("{agent:<24} {:<22} {}", seconds(&k.updated_at), k.reason);
+                }
+            }
+            return Ok(());
+        }
+        KillSwitchCommand::Engage { agent, reason } => (agent, true, reason),
+        KillSwitchCommand::Release { agent, reason } => (agent, false, reason),
+    };
+    let switch = client
+        .set_kill_switch(policy::SetKillSwitchRequest { agent_id: agent.unwrap_or_default(), engaged, reason })
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .kill_switch
+        .unwrap_or_default();
+    let who = if switch.agent_id.is_empty() { "every agent".to_string() } else { switch.agent_id.clone() };
+    if args.output == Output::Json {
+        print_json(
+            serde_json::json!({"agent_id": switch.agent_id, "engaged": switch.engaged, "reason": switch.reason}),
+        );
+    } else {
+        println!("kill switch for {who}: {}", if switch.engaged { "ENGAGED" } else { "released" });
+    }
+    Ok(())
+}
+
+// === audit ===
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The latest signed checkpoint, its signature checked with --key.
+    Checkpoint {
+        /// The verifier key (`name+hash+key`, printed by the audit service at start).
+        #[arg(long, env = "WARDEN_AUDIT_KEY")]
+        key: Option<String>,
+    },
+    /// Ask the service to recompute every hash from stored data.
+    Verify {
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 0)]
+        to: u64,
+    },
+    /// Prove an event is in the log: the inclusion proof is checked here,
+    /// against the checkpoint's root, and the checkpoint's signature
+    /// against --key.
+    Proof {
+        /// The event's sequence number.
+        sequence: u64,
+        #[arg(long, env = "WARDEN_AUDIT_KEY")]
+        key: String,
+    },
+}
+
+pub async fn audit(args: &RemoteArgs, command: AuditCommand) -> Result<(), Failure> {
+    let mut client = AuditServiceClient::new(args.channel(&args.audit_addr).await?);
+    match command {
+        AuditCommand::Checkpoint { key } => {
+            let checkpoint = client.get_checkpoint(audit::GetCheckpointRequest {}).await.map_err(explain)?.into_inner();
+            if let Some(key) = key {
+                verified_checkpoint(&checkpoint.note, &key)?;
+            }
+            if args.output == Output::Json {
+                print_json(
+                    serde_json::json!({"tree_size": checkpoint.tree_size, "root_hash": hex::encode(&checkpoint.root_hash), "note": checkpoint.note, "verifier_key": checkpoint.verifier_key}),
+                );
+            } else {
+                print!("{}", checkpoint.note);
+            }
+            Ok(())
+        }
+        AuditCommand::Verify { from, to } => {
+            let result = client
+                .verify(audit::VerifyRequest { from_sequence: from, to_sequence: to })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if result.ok {
+                println!("ok: {} events verified (tree size {})", result.verified, result.tree_size);
+                Ok(())
+            } else {
+                Err(Failure::Unverified(format!("event {}: {}", result.first_bad_sequence, result.problem)))
+            }
+        }
+        AuditCommand::Proof { sequence, key } => {
+            let checkpoint = client.get_checkpoint(audit::GetCheckpointRequest {}).await.map_err(explain)?.into_inner();
+            let body = verified_checkpoint(&checkpoint.note, &key)?;
+            let proof = client
+                .get_inclusion_proof(audit::GetInclusionProofRequest { sequence, tree_size: body.size })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let leaf: warden_merkle::Hash = proof
+                .leaf_hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| Failure::Unverified("leaf hash is not 32 bytes".into()))?;
+            let hashes = proof
+                .hashes
+                .iter()
+                .map(|h| <warden_merkle::Hash>::try_from(h.as_slice()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| Failure::Unverified("a proof hash is not 32 bytes".into()))?;
+            warden_merkle::verify_inclusion(sequence, body.size, &leaf, &hashes, &body.root)
+                .map_err(|e| Failure::Unverified(format!("inclusion proof of event {sequence}: {e}")))?;
+            println!(
+                "ok: event {sequence} (leaf {}) is in the log of {} events signed by {}",
+                hex::encode(leaf),
+                body.size,
+                key.split('+').next().unwrap_or("")
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Checks a checkpoint note's signature and returns its body.
+fn verified_checkpoint(note: &str, key: &str) -> Result<warden_merkle::note::Checkpoint, Failure> {
+    let verifier = warden_merkle::note::NoteVerifier::parse(key).map_err(|e| format!("--key: {e}"))?;
+    let text = verifier.verify(note).map_err(|e| Failure::Unverified(format!("checkpoint signature: {e}")))?;
+    warden_merkle::note::Checkpoint::parse(text).map_err(|e| Failure::Unverified(format!("checkpoint: {e}")))
+}

@@ -1,0 +1,140 @@
+//! `wardenctl` against running services, as an operator uses it: review an
+//! approval, engage and release a kill switch, check an inclusion proof
+//! locally; exit codes scripts rely on.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use warden_approval::{ApprovalConfig, ApprovalServer};
+use warden_audit::AuditServer;
+use warden_client::{ClientConfig, Effect, PolicyClient, Request};
+use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
+use warden_tests::Sandbox;
+use warden_tests::identity;
+
+/// The `wardenctl` binary next to this test's (built by `cargo test
+/// --workspace`; built here when a narrower command skipped it).
+fn wardenctl_path() -> PathBuf {
+    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned();
+    let path = dir.join("wardenctl");
+    if !path.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "-p", "wardenctl"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    path
+}
+
+async fn run(args: Vec<String>) -> (i32, String, String) {
+    let path = wardenctl_path();
+    let output = tokio::task::spawn_blocking(move || Command::new(path).args(args).output().unwrap()).await.unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn operators_review_stop_agents_and_check_proofs() {
+    let sandbox = Sandbox::new(&[(
+        "refunds.yaml",
+        "rules:\n  - name: big\n    actions: [issue_refund]\n    effect: require_approval\n  - name: rest\n    effect: allow\n",
+    )]);
+    let keys = identity::keys(sandbox.data.path());
+    let mut audit_config = warden_audit::AuditConfig::for_tests(sandbox.data.path().join("audit"));
+    audit_config.auth = keys.auth();
+    let audit = AuditServer::start(audit_config).await.unwrap();
+    let mut approval_config = ApprovalConfig::for_tests(sandbox.data.path().join("approval"));
+    approval_config.auth = keys.auth();
+    let approval = ApprovalServer::start(approval_config).await.unwrap();
+    let mut config = PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path());
+    config.auth = keys.auth();
+    config.audit_url = audit.url();
+    config.approval_url = approval.url();
+    config.outbound.credential = keys.token("service").into();
+    let engine = PolicyEngine::start(config).await.unwrap();
+    let agent = PolicyClient::new(ClientConfig::new(engine.url()).api_key(keys.token("agent"))).unwrap();
+    let decision = agent.evaluate(Request::new("support-bot", "issue_refund").param("amount", 150.0)).await.unwrap();
+    let id = decision.approval_id.unwrap();
+
+    let remote = |key: &str| {
+        vec![
+            "--addr".to_string(),
+            engine.url(),
+            "--audit-addr".into(),
+            audit.url(),
+            "--approval-addr".into(),
+            approval.url(),
+            "--api-key".into(),
+            keys.token(key).into(),
+        ]
+    };
+    let with = |key: &str, rest: &[&str]| {
+        let mut all = remote(key);
+        all.extend(args(rest));
+        all
+    };
+
+    let (code, out, _) = run(with("approver", &["approvals", "list"])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains(&id) && out.contains("issue_refund"), "{out}");
+    let (code, out, _) = run(with("approver", &["approvals", "approve", &id, "-c", "looks right"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("state      approved"), "{out}");
+    let (code, _, err) = run(with("approver", &["approvals", "deny", &id])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("approval request is APPROVED"), "{err}");
+    let (code, out, _) = run(with("approver", &["approvals", "show", &id, "-o", "json"])).await;
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["state"], "approved");
+
+    // Kill switches: an admin stops the agent, and its next decision is a deny.
+    let (code, out, _) =
+        run(with("admin", &["killswitch", "engage", "--agent", "support-bot", "--reason", "incident 7"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(agent.evaluate(Request::new("support-bot", "send_email")).await.unwrap().effect, Effect::Deny);
+    let (_, out, _) = run(with("admin", &["killswitch", "list"])).await;
+    assert!(out.contains("support-bot") && out.contains("incident 7"), "{out}");
+    let (code, _, _) = run(with("admin", &["killswitch", "release", "--agent", "support-bot"])).await;
+    assert_eq!(code, 0);
+    assert_eq!(agent.evaluate(Request::new("support-bot", "send_email")).await.unwrap().effect, Effect::Allow);
+    // An agent's key cannot.
+    let (code, _, err) = run(with("agent", &["killswitch", "engage", "--reason", "x"])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("PermissionDenied"), "{err}");
+
+    // Audit: the log verifies; an inclusion proof checks out locally
+    // against the signed checkpoint, and fails against another key.
+    warden_tests::eventually(std::time::Duration::from_secs(10), || async {
+        (audit.log.checkpoint().await.ok()?.tree_size >= 1).then_some(())
+    })
+    .await;
+    let (code, out, _) = run(with("auditor", &["audit", "verify"])).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out, err) = run(with("auditor", &["audit", "proof", "0", "--key", &audit.verifier_key])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("ok: event 0"), "{out}");
+    let other = warden_merkle::note::NoteSigner::from_seed("warden.local/audit", [7; 32]).unwrap().verifier_key();
+    let (code, _, err) = run(with("auditor", &["audit", "proof", "0", "--key", &other])).await;
+    assert_eq!(code, 3, "{err}");
+
+    // No credentials: refused, and told what to do.
+    let mut anonymous = remote("agent");
+    anonymous.truncate(6);
+    anonymous.extend(args(&["approvals", "list", "--state", "all"]));
+    let (code, _, err) = run(anonymous).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("Unauthenticated") && err.contains("--api-key"), "{err}");
+
+    engine.shutdown().await;
+    approval.shutdown().await;
+    audit.shutdown().await;
+}
