@@ -44,9 +44,6 @@ pub enum KeysCommand {
     List {
         #[command(flatten)]
         file: FileArg,
-        /// Output format.
-        #[arg(short, long, default_value = "table")]
-        output: String,
     },
     /// Mark a key revoked; services refuse it after their next reload.
     Revoke {
@@ -93,7 +90,7 @@ fn pepper_value(pepper: Option<String>) -> Result<Option<Secret>, String> {
     Ok(Some(Secret::new(text)))
 }
 
-pub fn run(command: KeysCommand) -> Result<(), String> {
+pub fn run(command: KeysCommand, json: bool) -> Result<(), String> {
     match command {
         KeysCommand::Create { principal, kind, roles, agents, expires_in, pepper, comment, file, print_only } => {
             let kind =
@@ -119,9 +116,9 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
             println!("{}", key.token.expose());
             Ok(())
         }
-        KeysCommand::List { file, output } => {
+        KeysCommand::List { file } => {
             let keys = read(&file.path)?;
-            if output == "json" {
+            if json {
                 let rows: Vec<_> = keys
                     .keys
                     .iter()

@@ -71,7 +71,7 @@ impl From<String> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Keys { command } => keys::run(command).map_err(Failure::Failed),
+        Command::Keys { command } => keys::run(command, cli.remote.json()).map_err(Failure::Failed),
         Command::Approvals { command } => remote::runtime().block_on(remote::approvals(&cli.remote, command)),
         Command::Killswitch { command } => remote::runtime().block_on(remote::killswitch(&cli.remote, command)),
         Command::Audit { command } => remote::runtime().block_on(remote::audit(&cli.remote, command)),

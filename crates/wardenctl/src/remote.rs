@@ -51,6 +51,10 @@ pub fn runtime() -> tokio::runtime::Runtime {
 type Stack = InterceptedService<Channel, CallCredentials>;
 
 impl RemoteArgs {
+    pub fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+
     async fn channel(&self, url: &str) -> Result<Stack, Failure> {
         let mut identity = ClientIdentity { bearer: self.api_key.clone().map(warden_auth::Secret::new), tls: None };
         if let Some(ca) = &self.ca {

@@ -15,6 +15,8 @@ pub struct ApprovalConfig {
     pub listen: String,
     /// Prometheus `/metrics` address; empty disables it.
     pub metrics_listen: String,
+    /// The web inbox's HTTP address; empty disables it.
+    pub http_listen: String,
     /// `sqlite://...` or `postgres://...`; empty means `sqlite://<data_dir>/warden.db`.
     pub database_url: String,
     pub data_dir: PathBuf,
@@ -44,6 +46,7 @@ impl Default for ApprovalConfig {
         ApprovalConfig {
             listen: "127.0.0.1:50053".into(),
             metrics_listen: "127.0.0.1:9093".into(),
+            http_listen: "127.0.0.1:8093".into(),
             database_url: String::new(),
             data_dir: PathBuf::from("./warden-data"),
             routes: PathBuf::new(),
@@ -61,6 +64,9 @@ impl Default for ApprovalConfig {
 impl Validate for ApprovalConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         warden_config::validate_service_keys(&self.listen, &self.metrics_listen, &self.database_url)?;
+        if !self.http_listen.is_empty() {
+            warden_config::parse_addr("http_listen", &self.http_listen)?;
+        }
         if !self.audit_url.is_empty()
             && !self.audit_url.starts_with("http://")
             && !self.audit_url.starts_with("https://")
@@ -96,6 +102,7 @@ impl ApprovalConfig {
         ApprovalConfig {
             listen: "127.0.0.1:0".into(),
             metrics_listen: String::new(),
+            http_listen: String::new(),
             data_dir: data_dir.into(),
             auth: AuthConfig::insecure(),
             ..ApprovalConfig::default()

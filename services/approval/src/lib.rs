@@ -9,13 +9,15 @@
 //!   notifications.
 //! - [`routes`]: the routes file (reviewers, thresholds, clocks, receivers).
 //! - [`worker`]: the clocks and the outbox shipper.
-//! - [`service`]: gRPC handlers; [`server`]: startup and shutdown.
+//! - [`service`]: gRPC handlers; [`inbox`]: the web inbox; [`server`]:
+//!   startup and shutdown.
 //!
 //! The library is the service; `main.rs` only loads config and serves.
 //! This crate must not depend on any other service crate.
 
 pub mod approvals;
 pub mod config;
+pub mod inbox;
 pub mod metrics;
 pub mod routes;
 pub mod server;

@@ -20,6 +20,9 @@ struct Args {
     /// The audit service that records every step.
     #[arg(long, value_name = "URL")]
     audit_url: Option<String>,
+    /// The web inbox's HTTP address (empty disables it).
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
 }
 
 /// mimalloc, as in the other services.
@@ -35,6 +38,9 @@ async fn main() -> ExitCode {
     }
     if let Some(url) = &args.audit_url {
         sources.overrides.push(("audit_url".into(), url.clone()));
+    }
+    if let Some(addr) = &args.http_listen {
+        sources.overrides.push(("http_listen".into(), addr.clone()));
     }
     let config: ApprovalConfig = match warden_config::load(&sources) {
         Ok(config) => config,

@@ -40,6 +40,8 @@ pub enum StartError {
 pub struct ApprovalServer {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// The web inbox, when enabled.
+    pub http_addr: Option<SocketAddr>,
     pub approvals: Arc<Approvals>,
     stopping: tokio::sync::watch::Sender<bool>,
     handle: ServerHandle,
@@ -108,6 +110,16 @@ impl ApprovalServer {
             background.push(task);
             addr
         });
+        let http_addr = if config.http_listen.is_empty() {
+            None
+        } else {
+            let inbox = crate::inbox::Inbox::new(approvals.clone(), auth.clone(), auth.tls().is_some());
+            let (addr, task) = crate::inbox::serve(inbox, &config.http_listen)
+                .await
+                .map_err(|error| StartError::Bind(config.http_listen.clone(), error))?;
+            background.push(task);
+            Some(addr)
+        };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<ApprovalServiceServer<ApprovalServiceImpl>>().await;
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
@@ -117,7 +129,7 @@ impl ApprovalServer {
         let (addr, handle) = warden_auth::serve("approval", &config.listen, auth, routes, background)
             .await
             .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
-        Ok(ApprovalServer { addr, metrics_addr, approvals, stopping: stopping_tx, handle })
+        Ok(ApprovalServer { addr, metrics_addr, http_addr, approvals, stopping: stopping_tx, handle })
     }
 
     pub fn url(&self) -> String {

@@ -269,4 +269,93 @@ warden_store::backend_tests!(
     a_grant_is_spent_once_for_exactly_its_action,
     clocks_expire_escalate_remind_and_end_grants,
     outbox_rows_are_claimed_by_one_replica,
+    two_replicas_expire_a_request_once,
 );
+
+/// A receiver that answers 429 with `Retry-After: 2` first, then 200, and
+/// records what it got.
+async fn flaky_receiver() -> (String, Arc<std::sync::Mutex<Vec<(http::HeaderMap, Vec<u8>)>>>) {
+    let seen: Arc<std::sync::Mutex<Vec<(http::HeaderMap, Vec<u8>)>>> = Arc::default();
+    let recorded = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: http::HeaderMap, body: axum::body::Bytes| {
+            let recorded = recorded.clone();
+            async move {
+                let mut seen = recorded.lock().unwrap();
+                seen.push((headers, body.to_vec()));
+                if seen.len() == 1 {
+                    (http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")]).into_response()
+                } else {
+                    http::StatusCode::OK.into_response()
+                }
+            }
+        }),
+    );
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), seen)
+}
+
+#[tokio::test]
+async fn a_refused_notification_is_retried_after_retry_after_and_sent_once_signed() {
+    let (url, seen) = flaky_receiver().await;
+    let test = warden_store::testing::sqlite().await;
+    test.database.migrate().await.unwrap();
+    let routes = Routes::parse(&format!(
+        "receivers:\n  - name: hook\n    webhook: {{ url: \"{url}\", secret: \"s3cret\" }}\nroutes:\n  - name: r\n    reviewers: [\"role:approver\"]\n    notify: [hook]\n"
+    ))
+    .unwrap();
+    let approvals = Approvals::new(ApprovalStore::new(test.database.clone()), routes, Clock::system(), false);
+    approvals.create(&create("bot", action("send_email", 0.0)), "pe").await.unwrap();
+    let shipper = crate::worker::Shipper {
+        approvals: approvals.clone(),
+        audit: None,
+        http: reqwest::Client::new(),
+        secrets: warden_auth::SecretResolver::new(Default::default(), Duration::from_secs(60)),
+        replica: "r1".into(),
+        backoff: warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1)),
+    };
+    assert_eq!(shipper.pass().await.unwrap(), 0, "429: not delivered");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // Not before the receiver's Retry-After, though our own backoff is shorter.
+    approvals.clock.advance(Duration::from_secs(1));
+    assert_eq!(shipper.pass().await.unwrap(), 0);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    approvals.clock.advance(Duration::from_millis(1100));
+    assert_eq!(shipper.pass().await.unwrap(), 1);
+    approvals.clock.advance(Duration::from_secs(60));
+    assert_eq!(shipper.pass().await.unwrap(), 0, "a delivered notification is not sent again");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    let (headers, body) = &seen[1];
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+    mac.update(body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(headers["x-warden-signature"].to_str().unwrap(), expected);
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(json["event"], "approval_requested");
+    assert_eq!(json["action"]["type"], "send_email");
+}
+
+async fn two_replicas_expire_a_request_once(database: Database) {
+    let first = workflow(database.clone()).await;
+    let second =
+        Approvals::new(ApprovalStore::new(database), Routes::parse(ROUTES).unwrap(), first.clock.clone(), true);
+    let (row, _) = first.create(&create("bot", action("send_email", 0.0)), "pe").await.unwrap();
+    first.clock.advance(Duration::from_secs(2 * 3600));
+    let (a, b) = tokio::join!(first.tick(), second.tick());
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(first.store.get(&row.id).await.unwrap().unwrap().state, State::Expired);
+    let now = first.clock.now_micros();
+    let rows = first.store.claim("r", now, now + 60_000_000, 1000).await.unwrap();
+    let expired = rows
+        .iter()
+        .filter(|r| matches!(&r.item, Some(Outgoing::Audit(e)) if e.event_type == "approval_expired"))
+        .count();
+    assert_eq!(expired, 1);
+}

@@ -1,0 +1,440 @@
+//! The web inbox: pending approvals with everything a reviewer needs,
+//! approve or deny with a comment, and the history. Server-rendered HTML,
+//! no JavaScript.
+//!
+//! Sign-in takes an API key or an OIDC token (checked by the shared auth
+//! layer's verifiers) and exchanges it for a session cookie (`HttpOnly`,
+//! `SameSite=Strict`, `Secure` under TLS). The credential is re-checked on
+//! every request, so a revoked key ends its sessions. Every form carries
+//! the session's CSRF token; every page has a strict Content-Security-Policy
+//! (no scripts at all) and is never cached. Reviewers see the canonical
+//! action whose hash redemption checks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use warden_auth::{Auth, Principal, Secret};
+
+use crate::approvals::Approvals;
+use crate::store::{ApprovalRow, State as ApprovalState};
+
+const COOKIE: &str = "warden_session";
+const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+const CSP: &str = "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#222}\
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.4rem;text-align:left;vertical-align:top}\
+pre{background:#f6f6f6;padding:.6rem;overflow:auto}.pending{color:#a60}.approved,.redeemed{color:#070}\
+.denied,.expired,.cancelled{color:#a00}textarea{width:100%;height:4rem}button{margin:.3rem .6rem 0 0;padding:.4rem 1rem}\
+.error{background:#fee;padding:.6rem}nav{margin-bottom:1rem}";
+
+struct Session {
+    token: Secret,
+    csrf: String,
+    expires: tokio::time::Instant,
+}
+
+#[derive(Clone)]
+pub struct Inbox {
+    approvals: Arc<Approvals>,
+    auth: Arc<Auth>,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+    secure_cookies: bool,
+}
+
+fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// HTML-escapes text.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(title: &str, principal: Option<&Principal>, csrf: &str, body: &str) -> Response {
+    let nav = match principal {
+        Some(p) => format!(
+            "<nav>Signed in as <b>{}</b> · <a href=\"/approvals\">Pending</a> · <a href=\"/history\">History</a> \
+             <form method=\"post\" action=\"/logout\" style=\"display:inline\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form></nav>",
+            escape(&p.id),
+            escape(csrf)
+        ),
+        None => String::new(),
+    };
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · Warden approvals</title>\
+         <link rel=\"stylesheet\" href=\"/static/inbox.css\"></head><body>{nav}<h1>{}</h1>{body}</body></html>",
+        escape(title),
+        escape(title)
+    );
+    secured((StatusCode::OK, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
+}
+
+fn secured(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+fn time_left(row: &ApprovalRow, now_micros: i64) -> String {
+    let left = (row.expires_at_micros - now_micros).max(0) / 1_000_000;
+    if row.state != ApprovalState::Pending {
+        return "-".into();
+    }
+    format!("{}m {}s", left / 60, left % 60)
+}
+
+impl Inbox {
+    pub fn new(approvals: Arc<Approvals>, auth: Arc<Auth>, secure_cookies: bool) -> Inbox {
+        Inbox { approvals, auth, sessions: Arc::default(), secure_cookies }
+    }
+
+    pub fn router(self) -> axum::Router {
+        axum::Router::new()
+            .route("/", get(|| async { Redirect::to("/approvals") }))
+            .route("/static/inbox.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
+            .route("/login", get(login_page).post(login))
+            .route("/logout", post(logout))
+            .route("/approvals", get(pending))
+            .route("/history", get(history))
+            .route("/approvals/{id}", get(detail))
+            .route("/approvals/{id}/review", post(review))
+            .with_state(self)
+    }
+
+    /// The signed-in principal and the session's CSRF token, re-checking
+    /// the credential (a revoked key ends the session).
+    async fn session(&self, headers: &HeaderMap) -> Option<(Arc<Principal>, String)> {
+        let id = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().strip_prefix(&format!("{COOKIE}=")))
+            .next()?
+            .to_owned();
+        let (token, csrf) = {
+            let mut sessions = self.sessions.lock().expect("not poisoned");
+            let session = sessions.get(&id)?;
+            if session.expires < tokio::time::Instant::now() {
+                sessions.remove(&id);
+                return None;
+            }
+            (session.token.clone(), session.csrf.clone())
+        };
+        match self.principal(&token).await {
+            Ok(principal) => Some((principal, csrf)),
+            Err(_) => {
+                self.sessions.lock().expect("not poisoned").remove(&id);
+                None
+            }
+        }
+    }
+
+    async fn principal(&self, token: &Secret) -> Result<Arc<Principal>, String> {
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| "malformed credential")?;
+        headers.insert(header::AUTHORIZATION, value);
+        let principal = self.auth.authenticate(&headers, None).await.map_err(|r| r.message)?;
+        if principal.kind == warden_auth::Kind::Agent {
+            return Err("agents may not review approvals".into());
+        }
+        Ok(principal)
+    }
+}
+
+async fn login_page() -> Response {
+    let body = "<p>Sign in with your Warden API key or your SSO token.</p>\
+        <form method=\"post\" action=\"/login\"><label>Key or token <input type=\"password\" name=\"token\" autocomplete=\"off\" required></label>\
+        <button type=\"submit\">Sign in</button></form>";
+    page("Sign in", None, "", body)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(inbox): State<Inbox>, Form(form): Form<LoginForm>) -> Response {
+    let token = Secret::new(form.token.trim());
+    match inbox.principal(&token).await {
+        Ok(principal) => {
+            let id = random_token();
+            inbox.sessions.lock().expect("not poisoned").insert(
+                id.clone(),
+                Session { token, csrf: random_token(), expires: tokio::time::Instant::now() + SESSION_TTL },
+            );
+            tracing::info!(principal = %principal.id, "inbox sign-in");
+            let cookie = format!(
+                "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+                SESSION_TTL.as_secs(),
+                if inbox.secure_cookies { "; Secure" } else { "" }
+            );
+            let mut response = Redirect::to("/approvals").into_response();
+            response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("cookie"));
+            secured(response)
+        }
+        Err(message) => {
+            let body = format!(
+                "<p class=\"error\">Sign-in refused: {}</p><p><a href=\"/login\">Try again</a></p>",
+                escape(&message)
+            );
+            let mut response = page("Sign in", None, "", &body);
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            response
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn logout(State(inbox): State<Inbox>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+    if let Some((_, csrf)) = inbox.session(&headers).await
+        && bool::from(csrf.as_bytes().ct_eq(form.csrf.as_bytes()))
+    {
+        inbox.sessions.lock().expect("not poisoned").retain(|_, s| s.csrf != csrf);
+    }
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("warden_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    secured(response)
+}
+
+fn rows_table(rows: &[ApprovalRow], now: i64) -> String {
+    if rows.is_empty() {
+        return "<p>Nothing here.</p>".into();
+    }
+    let mut html = String::from(
+        "<table><tr><th>Agent</th><th>Action</th><th>Cost</th><th>Why</th><th>Correlation</th><th>State</th><th>Reviews</th><th>Time left</th></tr>",
+    );
+    for row in rows {
+        let action: serde_json::Value = serde_json::from_str(&row.action_json).unwrap_or_default();
+        html.push_str(&format!(
+            "<tr><td>{}</td><td><a href=\"/approvals/{}\">{}</a> on {}<br><code>{}</code></td><td>{}</td><td>{}<br><small>{}</small></td>\
+             <td>{}</td><td class=\"{}\">{}</td><td>{}/{}</td><td>{}</td></tr>",
+            escape(&row.agent_id),
+            escape(&row.id),
+            escape(action["type"].as_str().unwrap_or("")),
+            escape(action["resource"].as_str().unwrap_or("")),
+            escape(&action["params"].to_string()),
+            escape(&action["estimated_cost"].to_string()),
+            escape(&row.reasons.join("; ")),
+            escape(&row.rules.join(", ")),
+            escape(&row.correlation_id),
+            row.state.as_str().to_lowercase(),
+            row.state.as_str().to_lowercase(),
+            row.approvers().len(),
+            row.min_approvals,
+            time_left(row, now),
+        ));
+    }
+    html.push_str("</table>");
+    html
+}
+
+async fn pending(State(inbox): State<Inbox>, headers: HeaderMap) -> Response {
+    let Some((principal, csrf)) = inbox.session(&headers).await else {
+        return secured(Redirect::to("/login").into_response());
+    };
+    let rows = match inbox.approvals.store.list(Some(ApprovalState::Pending), None, None, 500).await {
+        Ok(rows) => rows,
+        Err(error) => {
+            return page(
+                "Pending approvals",
+                Some(&principal),
+                &csrf,
+                &format!("<p class=\"error\">{}</p>", escape(&error.to_string())),
+            );
+        }
+    };
+    let mine: Vec<ApprovalRow> = rows
+        .into_iter()
+        .filter(|row| {
+            inbox.approvals.may_review(row, &principal).is_ok()
+                && !row.reviews.iter().any(|r| r.reviewer == principal.id)
+        })
+        .collect();
+    page("Pending approvals", Some(&principal), &csrf, &rows_table(&mine, inbox.approvals.clock.now_micros()))
+}
+
+async fn history(State(inbox): State<Inbox>, headers: HeaderMap) -> Response {
+    let Some((principal, csrf)) = inbox.session(&headers).await else {
+        return secured(Redirect::to("/login").into_response());
+    };
+    let rows = inbox.approvals.store.list(None, None, None, 100).await.unwrap_or_default();
+    page("History", Some(&principal), &csrf, &rows_table(&rows, inbox.approvals.clock.now_micros()))
+}
+
+async fn detail(State(inbox): State<Inbox>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let Some((principal, csrf)) = inbox.session(&headers).await else {
+        return secured(Redirect::to("/login").into_response());
+    };
+    let row = match inbox.approvals.store.get(&id).await {
+        Ok(Some(row)) => row,
+        _ => {
+            let mut response = page("Not found", Some(&principal), &csrf, "<p>No such approval request.</p>");
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            return response;
+        }
+    };
+    let action: serde_json::Value = serde_json::from_str(&row.action_json).unwrap_or_default();
+    let mut body = format!(
+        "<p>Agent <b>{}</b> (asked by {}) wants to run exactly this action; approving it allows this and nothing else:</p>\
+         <pre>{}</pre><p>Hash <code>{}</code></p>\
+         <table><tr><th>State</th><td class=\"{}\">{}</td></tr><tr><th>Why</th><td>{} <small>({})</small></td></tr>\
+         <tr><th>Correlation</th><td>{}</td></tr><tr><th>Route</th><td>{} (needs {} approval(s))</td></tr>\
+         <tr><th>Time left</th><td>{}</td></tr><tr><th>Outcome</th><td>{}</td></tr></table><h2>Reviews</h2>",
+        escape(&row.agent_id),
+        escape(&row.requested_by),
+        escape(&serde_json::to_string_pretty(&action).unwrap_or_default()),
+        escape(&row.action_hash),
+        row.state.as_str().to_lowercase(),
+        row.state.as_str().to_lowercase(),
+        escape(&row.reasons.join("; ")),
+        escape(&row.rules.join(", ")),
+        escape(&row.correlation_id),
+        escape(&row.route),
+        row.min_approvals,
+        time_left(&row, inbox.approvals.clock.now_micros()),
+        escape(&row.outcome_reason),
+    );
+    if row.reviews.is_empty() {
+        body.push_str("<p>None yet.</p>");
+    }
+    for review in &row.reviews {
+        body.push_str(&format!(
+            "<p><b>{}</b> {}: {}</p>",
+            escape(&review.reviewer),
+            if review.approve { "approved" } else { "denied" },
+            escape(&review.comment)
+        ));
+    }
+    match inbox.approvals.may_review(&row, &principal) {
+        Ok(()) if row.state == ApprovalState::Pending => body.push_str(&format!(
+            "<form method=\"post\" action=\"/approvals/{}/review\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <label>Comment<textarea name=\"comment\" maxlength=\"4096\"></textarea></label>\
+             <button type=\"submit\" name=\"decision\" value=\"approve\" id=\"approve\">Approve</button>\
+             <button type=\"submit\" name=\"decision\" value=\"deny\" id=\"deny\">Deny</button></form>",
+            escape(&row.id),
+            escape(&csrf)
+        )),
+        Ok(()) => {}
+        Err(why) => body.push_str(&format!("<p>You cannot review this request: {}</p>", escape(&why))),
+    }
+    page(&format!("Approval {}", row.id), Some(&principal), &csrf, &body)
+}
+
+#[derive(Deserialize)]
+struct ReviewForm {
+    csrf: String,
+    decision: String,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn review(
+    State(inbox): State<Inbox>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<ReviewForm>,
+) -> Response {
+    let Some((principal, csrf)) = inbox.session(&headers).await else {
+        return secured(Redirect::to("/login").into_response());
+    };
+    if !bool::from(csrf.as_bytes().ct_eq(form.csrf.as_bytes())) {
+        let mut response = page(
+            "Refused",
+            Some(&principal),
+            &csrf,
+            "<p class=\"error\">The form's CSRF token does not match your session.</p>",
+        );
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        return response;
+    }
+    let approve = match form.decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => {
+            let mut response =
+                page("Refused", Some(&principal), &csrf, "<p class=\"error\">decision must be approve or deny</p>");
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            return response;
+        }
+    };
+    if form.comment.len() > 4096 {
+        let mut response =
+            page("Refused", Some(&principal), &csrf, "<p class=\"error\">comment: at most 4096 bytes</p>");
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    }
+    match inbox.approvals.review(&id, &principal, approve, &form.comment).await {
+        Ok(_) => secured(Redirect::to(&format!("/approvals/{id}")).into_response()),
+        Err(error) => {
+            let body = format!(
+                "<p class=\"error\">{}</p><p><a href=\"/approvals/{}\">Back</a></p>",
+                escape(&error.to_string()),
+                escape(&id)
+            );
+            let mut response = page("Review refused", Some(&principal), &csrf, &body);
+            *response.status_mut() = StatusCode::CONFLICT;
+            response
+        }
+    }
+}
+
+/// Serves the inbox on `listen` until the task is aborted.
+pub async fn serve(inbox: Inbox, listen: &str) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let router = inbox.router();
+    let task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "approval inbox stopped");
+        }
+    });
+    tracing::info!(%addr, "approval inbox listening");
+    Ok((addr, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape("<script>alert('x')</script>&\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! The web inbox in a real headless Chromium: a reviewer signs in with an
+//! API key, opens a pending request, approves it with a comment, and an
+//! agent waiting on `WatchApproval` receives the approval.
+
+use std::time::Duration;
+
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use futures::StreamExt;
+use warden_approval::{ApprovalConfig, ApprovalServer};
+use warden_client::{ApprovalClient, ApprovalOutcome, ClientConfig};
+use warden_proto::approval::v1 as pb;
+use warden_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+use warden_tests::identity::{self, bearer};
+use warden_tests::{Sandbox, channel};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+async fn text(page: &chromiumoxide::Page) -> String {
+    page.content().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
+    if !std::path::Path::new(CHROMIUM).exists() {
+        assert!(
+            std::env::var("WARDEN_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+            "{CHROMIUM} is missing (apt-get install chromium) and WARDEN_REQUIRE_EXTERNAL=1"
+        );
+        eprintln!("skipping the inbox browser test: {CHROMIUM} is not installed");
+        return;
+    }
+    let sandbox = Sandbox::new(&[]);
+    let keys = identity::keys(sandbox.data.path());
+    let mut config = ApprovalConfig::for_tests(sandbox.data.path().join("approval"));
+    config.auth = keys.auth();
+    config.http_listen = "127.0.0.1:0".into();
+    config.watch_poll = Duration::from_millis(50);
+    let approval = ApprovalServer::start(config).await.unwrap();
+    let inbox = format!("http://{}", approval.http_addr.unwrap());
+
+    let mut service = ApprovalServiceClient::new(channel(&approval.url()).await);
+    let create = pb::CreateApprovalRequest {
+        agent_id: "support-bot".into(),
+        action: Some(pb::Action {
+            r#type: "issue_refund".into(),
+            resource: "order/1234".into(),
+            estimated_cost: 150.0,
+            params: Some(prost_types::Struct {
+                fields: [(
+                    "amount".to_string(),
+                    prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(150.0)) },
+                )]
+                .into(),
+            }),
+        }),
+        correlation_id: "ticket-981".into(),
+        rules: vec!["large-refunds".into()],
+        reasons: vec!["refunds over 100 need a manager".into()],
+        ..Default::default()
+    };
+    let id = service
+        .create_approval(bearer(tonic::Request::new(create), keys.token("service")))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let waiter = ApprovalClient::new(ClientConfig::new(approval.url()).api_key(keys.token("agent"))).unwrap();
+    let wait = tokio::spawn({
+        let id = id.clone();
+        async move { waiter.wait_for_approval(&id, Duration::from_secs(60)).await }
+    });
+
+    let profile = tempfile::tempdir().unwrap();
+    let browser_config = BrowserConfig::builder()
+        .chrome_executable(CHROMIUM)
+        .no_sandbox()
+        .user_data_dir(profile.path())
+        .args([
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .window_size(1200, 900)
+        .build()
+        .unwrap();
+    let (mut browser, mut handler) = Browser::launch(browser_config).await.unwrap();
+    let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+    let screenshots = std::env::var("WARDEN_SCREENSHOTS").ok();
+
+    let page = browser.new_page(format!("{inbox}/login")).await.unwrap();
+    page.find_element("input[name=token]")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap()
+        .type_str(keys.token("approver"))
+        .await
+        .unwrap();
+    page.find_element("button[type=submit]").await.unwrap().click().await.unwrap();
+    page.wait_for_navigation().await.unwrap();
+    let list = text(&page).await;
+    assert!(
+        list.contains("Pending approvals") && list.contains("issue_refund") && list.contains("ticket-981"),
+        "{list}"
+    );
+    if let Some(dir) = &screenshots {
+        page.save_screenshot(
+            chromiumoxide::page::ScreenshotParams::builder().full_page(true).build(),
+            format!("{dir}/inbox-pending.png"),
+        )
+        .await
+        .unwrap();
+    }
+    page.find_element(&format!("a[href='/approvals/{id}']")).await.unwrap().click().await.unwrap();
+    page.wait_for_navigation().await.unwrap();
+    let detail = text(&page).await;
+    assert!(detail.contains("order/1234") && detail.contains("sha256:"), "{detail}");
+    page.find_element("textarea[name=comment]")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap()
+        .type_str("checked the order")
+        .await
+        .unwrap();
+    if let Some(dir) = &screenshots {
+        page.save_screenshot(
+            chromiumoxide::page::ScreenshotParams::builder().full_page(true).build(),
+            format!("{dir}/inbox-detail.png"),
+        )
+        .await
+        .unwrap();
+    }
+    page.find_element("#approve").await.unwrap().click().await.unwrap();
+    page.wait_for_navigation().await.unwrap();
+    let after = text(&page).await;
+    assert!(after.contains("approved") && after.contains("checked the order"), "{after}");
+
+    let outcome = wait.await.unwrap().unwrap();
+    match outcome {
+        ApprovalOutcome::Approved(approval) => {
+            assert_eq!(approval.reviews[0].reviewer, "approver");
+            assert_eq!(approval.reviews[0].comment, "checked the order");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The pages carry a strict policy, and a form without the session's
+    // CSRF token is refused.
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let login = http.post(format!("{inbox}/login")).form(&[("token", keys.token("approver"))]).send().await.unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let forged = http
+        .post(format!("{inbox}/approvals/{id}/review"))
+        .header("cookie", &session)
+        .form(&[("csrf", "guess"), ("decision", "deny")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let listing = http.get(format!("{inbox}/approvals")).header("cookie", &session).send().await.unwrap();
+    let csp = listing.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
+    // An agent's key does not sign in.
+    let agent = http.post(format!("{inbox}/login")).form(&[("token", keys.token("agent"))]).send().await.unwrap();
+    assert_eq!(agent.status(), 401);
+
+    browser.close().await.unwrap();
+    let _ = browser.wait().await;
+    events.abort();
+    approval.shutdown().await;
+}
