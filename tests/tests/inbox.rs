@@ -15,8 +15,18 @@ use warden_tests::{Sandbox, channel};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-async fn text(page: &chromiumoxide::Page) -> String {
-    page.content().await.unwrap()
+/// The page's HTML once it contains `expected` (navigations finish on
+/// their own time).
+async fn until(page: &chromiumoxide::Page, expected: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let html = page.content().await.unwrap_or_default();
+        if html.contains(expected) {
+            return html;
+        }
+        assert!(std::time::Instant::now() < deadline, "the page never showed {expected:?}:\n{html}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,8 +111,7 @@ async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
         .await
         .unwrap();
     page.find_element("button[type=submit]").await.unwrap().click().await.unwrap();
-    page.wait_for_navigation().await.unwrap();
-    let list = text(&page).await;
+    let list = until(&page, "Pending approvals").await;
     assert!(
         list.contains("Pending approvals") && list.contains("issue_refund") && list.contains("ticket-981"),
         "{list}"
@@ -116,8 +125,7 @@ async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
         .unwrap();
     }
     page.find_element(&format!("a[href='/approvals/{id}']")).await.unwrap().click().await.unwrap();
-    page.wait_for_navigation().await.unwrap();
-    let detail = text(&page).await;
+    let detail = until(&page, "wants to run exactly this action").await;
     assert!(detail.contains("order/1234") && detail.contains("sha256:"), "{detail}");
     page.find_element("textarea[name=comment]")
         .await
@@ -137,8 +145,7 @@ async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
         .unwrap();
     }
     page.find_element("#approve").await.unwrap().click().await.unwrap();
-    page.wait_for_navigation().await.unwrap();
-    let after = text(&page).await;
+    let after = until(&page, "checked the order</p>").await;
     assert!(after.contains("approved") && after.contains("checked the order"), "{after}");
 
     let outcome = wait.await.unwrap().unwrap();

@@ -76,6 +76,9 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     println!("  policy engine  grpc://{}   metrics {}", policy_engine.addr, metrics(policy_engine.metrics_addr));
     println!("  audit          grpc://{}   metrics {}", audit.addr, metrics(audit.metrics_addr));
     println!("  approval       grpc://{}   metrics {}", approval.addr, metrics(approval.metrics_addr));
+    if let Some(inbox) = approval.http_addr {
+        println!("  approval inbox http://{inbox}/ (sign in with the approver key)");
+    }
     println!("  checkpoint key {}", audit.verifier_key);
     println!("  policies       {} (edit to reload)", policies.display());
     println!("  data           {}", data_dir.display());

@@ -33,7 +33,7 @@ const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2rem;max-width:7
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.4rem;text-align:left;vertical-align:top}\
 pre{background:#f6f6f6;padding:.6rem;overflow:auto}.pending{color:#a60}.approved,.redeemed{color:#070}\
 .denied,.expired,.cancelled{color:#a00}textarea{width:100%;height:4rem}button{margin:.3rem .6rem 0 0;padding:.4rem 1rem}\
-.error{background:#fee;padding:.6rem}nav{margin-bottom:1rem}";
+.error{background:#fee;padding:.6rem}nav{margin-bottom:1rem}.inline{display:inline}";
 
 struct Session {
     token: Secret,
@@ -76,7 +76,7 @@ fn page(title: &str, principal: Option<&Principal>, csrf: &str, body: &str) -> R
     let nav = match principal {
         Some(p) => format!(
             "<nav>Signed in as <b>{}</b> · <a href=\"/approvals\">Pending</a> · <a href=\"/history\">History</a> \
-             <form method=\"post\" action=\"/logout\" style=\"display:inline\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form></nav>",
+             <form method=\"post\" action=\"/logout\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form></nav>",
             escape(&p.id),
             escape(csrf)
         ),
