@@ -102,12 +102,24 @@ pub struct SlackReceiver {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct EmailReceiver {
+    /// `smtp://HOST:PORT` (plain, or `?tls=required` for STARTTLS) or
+    /// `smtps://USER:PASSWORD@HOST:465`; a secret reference is accepted.
+    pub smtp_url: String,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Receiver {
     pub name: String,
     #[serde(default)]
     pub webhook: Option<WebhookReceiver>,
     #[serde(default)]
     pub slack: Option<SlackReceiver>,
+    #[serde(default)]
+    pub email: Option<EmailReceiver>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,8 +187,14 @@ impl Routes {
         let file: RouteFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         let mut routes = Vec::new();
         for receiver in &file.receivers {
-            if receiver.webhook.is_some() == receiver.slack.is_some() {
-                return Err(format!("receiver {}: give exactly one of webhook or slack", receiver.name));
+            let kinds = [receiver.webhook.is_some(), receiver.slack.is_some(), receiver.email.is_some()];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return Err(format!("receiver {}: give exactly one of webhook, slack or email", receiver.name));
+            }
+            if let Some(email) = &receiver.email
+                && (email.to.is_empty() || !email.from.contains('@'))
+            {
+                return Err(format!("receiver {}: email needs a from address and at least one to", receiver.name));
             }
         }
         for source in file.routes {

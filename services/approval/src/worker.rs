@@ -130,6 +130,9 @@ impl Shipper {
             METRICS.notifications.with_label_values(&[name, "dropped"]).inc();
             return Ok(());
         };
+        if let Some(email) = &receiver.email {
+            return self.email(name, email, body).await;
+        }
         let (request, secret) = match self.build(receiver, body).await {
             Ok(built) => built,
             Err(error) => {
@@ -174,6 +177,67 @@ impl Shipper {
         }
     }
 
+    /// Sends an email over SMTP. A temporary SMTP refusal (4xx) or a lost
+    /// connection is retried; a permanent one (5xx) is logged and counted.
+    async fn email(
+        &self,
+        name: &str,
+        email: &crate::routes::EmailReceiver,
+        body: &serde_json::Value,
+    ) -> Result<(), Duration> {
+        use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+        let url = match self.secrets.resolve_setting(&email.smtp_url).await {
+            Ok(Some(url)) => url,
+            _ => {
+                tracing::warn!(receiver = name, "cannot resolve smtp_url; will retry");
+                return Err(Duration::from_secs(5));
+            }
+        };
+        let transport = match AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose()) {
+            Ok(builder) => builder.timeout(Some(Duration::from_secs(10))).build(),
+            Err(error) => {
+                tracing::error!(receiver = name, %error, "bad smtp_url; notification not sent");
+                METRICS.notifications.with_label_values(&[name, "failed"]).inc();
+                return Ok(());
+            }
+        };
+        let (subject, text) = email_text(body);
+        let mut message = Message::builder().subject(subject);
+        match email.from.parse() {
+            Ok(from) => message = message.from(from),
+            Err(_) => return Ok(()),
+        }
+        for to in &email.to {
+            match to.parse() {
+                Ok(to) => message = message.to(to),
+                Err(_) => tracing::warn!(receiver = name, to, "skipping a malformed address"),
+            }
+        }
+        let message = match message.body(text) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::error!(receiver = name, %error, "cannot build the email");
+                return Ok(());
+            }
+        };
+        match transport.send(message).await {
+            Ok(_) => {
+                METRICS.notifications.with_label_values(&[name, "sent"]).inc();
+                Ok(())
+            }
+            Err(error) if error.is_permanent() => {
+                METRICS.notifications.with_label_values(&[name, "failed"]).inc();
+                tracing::error!(receiver = name, %error, "email refused; not retried");
+                Ok(())
+            }
+            Err(error) => {
+                METRICS.notifications.with_label_values(&[name, "retried"]).inc();
+                tracing::warn!(receiver = name, %error, "email not sent; will retry");
+                Err(Duration::ZERO)
+            }
+        }
+    }
+
     /// The URL, body and signing secret for a receiver.
     async fn build(
         &self,
@@ -190,6 +254,31 @@ impl Shipper {
         }
         Err("receiver has no kind".into())
     }
+}
+
+/// An email's subject and plain-text body, showing exactly what will run.
+fn email_text(body: &serde_json::Value) -> (String, String) {
+    let subject = format!(
+        "[warden] {}: {} wants to {}",
+        body["event"].as_str().unwrap_or("approval"),
+        body["agent_id"].as_str().unwrap_or("?"),
+        body["action"]["type"].as_str().unwrap_or("?"),
+    );
+    let text = format!(
+        "Approval {}\nState: {}\nAgent: {}\nWhy: {}\nRoute: {} (needs {})\n\nThe exact action (hash {}):\n{}\n",
+        body["approval_id"].as_str().unwrap_or(""),
+        body["state"].as_str().unwrap_or(""),
+        body["agent_id"].as_str().unwrap_or(""),
+        body["reasons"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join("; "))
+            .unwrap_or_default(),
+        body["route"].as_str().unwrap_or(""),
+        body["min_approvals"],
+        body["action_hash"].as_str().unwrap_or(""),
+        serde_json::to_string_pretty(&body["action"]).unwrap_or_default(),
+    );
+    (subject, text)
 }
 
 /// A Slack message showing exactly what will run.
