@@ -22,6 +22,8 @@ pub enum Target {
     Policy(PolicyArgs),
     /// Audit appends vs the database's own multi-row INSERT, and Verify.
     Audit(crate::bench_audit::AuditArgs),
+    /// Approvals created, reviewed and redeemed per second; what redeeming adds to Evaluate.
+    Approval(crate::bench_approval::ApprovalArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -64,6 +66,7 @@ pub async fn run(target: Target) -> Result<(), String> {
     match target {
         Target::Policy(args) => policy(args).await,
         Target::Audit(args) => crate::bench_audit::run(args).await,
+        Target::Approval(args) => crate::bench_approval::run(args).await,
     }
 }
 

@@ -6,6 +6,8 @@
 //!   on one server and print both rates, latencies and their ratio.
 //! - `cargo xtask bench audit`: appends from 16 producers vs the database's
 //!   own multi-row INSERT, and `Verify` throughput.
+//! - `cargo xtask bench approval`: approvals created, reviewed and redeemed
+//!   per second, and the latency redeeming adds to `Evaluate`.
 //! - `cargo xtask tidy`: checks the compiler does not make (crate docs).
 
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_approval;
 mod bench_audit;
 mod dev;
 mod tidy;
