@@ -256,3 +256,47 @@ async fn a_waiting_agent_survives_a_restart_of_the_approval_service() {
     stack.approval.shutdown().await;
     stack.audit.shutdown().await;
 }
+
+#[tokio::test]
+async fn two_replicas_on_one_postgres_share_requests_and_watchers_see_reviews_made_elsewhere() {
+    let Some(url) = warden_store::testing::postgres_url().await else { return };
+    let sandbox = Sandbox::new(&[]);
+    let keys = identity::keys(sandbox.data.path());
+    let mut replicas = Vec::new();
+    for name in ["a", "b"] {
+        let mut config = ApprovalConfig::for_tests(sandbox.data.path().join(name));
+        config.database_url = url.clone();
+        config.auth = keys.auth();
+        config.watch_poll = Duration::from_millis(50);
+        replicas.push(ApprovalServer::start(config).await.unwrap());
+    }
+    let mut a = ApprovalServiceClient::new(channel(&replicas[0].url()).await);
+    let create = pb::CreateApprovalRequest {
+        agent_id: "support-bot".into(),
+        action: Some(pb::Action { r#type: "send_email".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let id = a
+        .create_approval(bearer(tonic::Request::new(create.clone()), keys.token("service")))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    // The other replica finds the same pending request.
+    let mut b = ApprovalServiceClient::new(channel(&replicas[1].url()).await);
+    let again =
+        b.create_approval(bearer(tonic::Request::new(create), keys.token("service"))).await.unwrap().into_inner();
+    assert_eq!(again.id, id);
+    // An agent watching on replica a sees the review made through b.
+    let waiter = ApprovalClient::new(ClientConfig::new(replicas[0].url()).api_key(keys.token("agent"))).unwrap();
+    let wait = tokio::spawn({
+        let id = id.clone();
+        async move { waiter.wait_for_approval(&id, Duration::from_secs(20)).await }
+    });
+    let review = pb::ReviewRequest { id: id.clone(), approve: true, comment: String::new() };
+    b.review(bearer(tonic::Request::new(review), keys.token("approver"))).await.unwrap();
+    assert!(matches!(wait.await.unwrap().unwrap(), ApprovalOutcome::Approved(_)));
+    for replica in replicas {
+        replica.shutdown().await;
+    }
+}

@@ -391,46 +391,39 @@ impl Approvals {
     }
 
     /// Spends a granted approval for this exact agent and action, once.
+    /// The common case is one conditional update; a refusal reads the
+    /// request to say why.
     pub async fn redeem(&self, id: &str, agent_id: &str, action: &pb::Action) -> Result<Redemption, ApprovalError> {
+        let (_, hash) = canonical_action(action);
+        let effects = |after: &ApprovalRow| self.outgoing(after, "approval_redeemed", agent_id, &[]);
+        if let Some(after) = self.store.redeem(id, agent_id, &hash, self.clock.now_micros(), &effects).await? {
+            METRICS.redeemed.inc();
+            self.changed(id);
+            return Ok(Redemption::Redeemed(after));
+        }
         let Some(row) = self.store.get(id).await? else {
             return Ok(Redemption::Refused { reason: format!("approval {id} not found"), row: None });
         };
-        let (_, hash) = canonical_action(action);
-        let refuse = |reason: String, row: ApprovalRow| Ok(Redemption::Refused { reason, row: Some(row) });
-        if row.agent_id != agent_id || row.action_hash != hash {
-            return refuse("approval was for a different action".into(), row);
-        }
         let now = self.clock.now_micros();
-        match row.state {
-            State::Approved if row.grant_expires_at_micros.is_some_and(|t| now >= t) => {
-                self.expire(&row, State::Approved).await?;
-                return refuse("approval expired before it was used".into(), row);
+        let reason = if row.agent_id != agent_id || row.action_hash != hash {
+            "approval was for a different action".to_string()
+        } else {
+            match row.state {
+                State::Approved if row.grant_expires_at_micros.is_some_and(|t| now >= t) => {
+                    self.expire(&row, State::Approved).await?;
+                    "approval expired before it was used".to_string()
+                }
+                // Redeemable after all: the grant changed between the two
+                // reads (it cannot become redeemable again); say so.
+                State::Approved => "approval changed while being redeemed; ask again".to_string(),
+                State::Redeemed => "approval already used".to_string(),
+                State::Pending => "approval is still pending".to_string(),
+                State::Denied => format!("approval was denied ({})", row.outcome_reason),
+                State::Expired => format!("approval expired ({})", row.outcome_reason),
+                State::Cancelled => "approval was cancelled".to_string(),
             }
-            State::Approved => {}
-            State::Redeemed => return refuse("approval already used".into(), row),
-            State::Pending => return refuse("approval is still pending".into(), row),
-            State::Denied => return refuse(format!("approval was denied ({})", row.outcome_reason), row),
-            State::Expired => return refuse(format!("approval expired ({})", row.outcome_reason), row),
-            State::Cancelled => return refuse("approval was cancelled".into(), row),
-        }
-        let reason = format!("redeemed by {agent_id}");
-        let effects = |after: &ApprovalRow| self.outgoing(after, "approval_redeemed", agent_id, &[]);
-        match self.store.transition(id, State::Approved, State::Redeemed, &reason, now, &effects).await? {
-            Some(after) => {
-                METRICS.redeemed.inc();
-                self.changed(id);
-                Ok(Redemption::Redeemed(after))
-            }
-            // Another redemption (or expiry) won the race.
-            None => {
-                let row = self.store.get(id).await?.ok_or_else(|| ApprovalError::NotFound(id.to_owned()))?;
-                let reason = match row.state {
-                    State::Redeemed => "approval already used".to_string(),
-                    other => format!("approval is {}", other.as_str()),
-                };
-                refuse(reason, row)
-            }
-        }
+        };
+        Ok(Redemption::Refused { reason, row: Some(row) })
     }
 
     /// Expires a pending request (nobody decided in time) or an unused grant.

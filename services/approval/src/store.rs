@@ -271,11 +271,22 @@ pub type Effects<'a> = &'a (dyn Fn(&ApprovalRow) -> Vec<Outgoing> + Send + Sync)
 #[derive(Debug, Clone)]
 pub struct ApprovalStore {
     database: Database,
+    /// SQLite allows one writer: writers queue here, in order, instead of
+    /// meeting `SQLITE_BUSY` and sleeping in its busy handler (which put
+    /// tens of milliseconds on the tail of every write under load).
+    sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ApprovalStore {
     pub fn new(database: Database) -> Self {
-        ApprovalStore { database }
+        ApprovalStore { database, sqlite_writer: Default::default() }
+    }
+
+    async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.database {
+            Database::Sqlite(_) => Some(self.sqlite_writer.lock().await),
+            Database::Postgres(_) => None,
+        }
     }
 
     pub fn database(&self) -> &Database {
@@ -289,6 +300,7 @@ impl ApprovalStore {
         new: &NewApproval,
         effects: Effects<'_>,
     ) -> Result<(ApprovalRow, bool), TransitionError> {
+        let _writer = self.writer().await;
         let select_key = format!("SELECT {COLUMNS} FROM approval_requests WHERE idempotency_key = $1");
         let select_pending = format!(
             "SELECT {COLUMNS} FROM approval_requests WHERE agent_id = $1 AND action_hash = $2 AND state = 'PENDING' \
@@ -436,6 +448,7 @@ impl ApprovalStore {
         grant_ttl_micros: i64,
         effects: Effects<'_>,
     ) -> Result<ApprovalRow, TransitionError> {
+        let _writer = self.writer().await;
         let select = format!("SELECT {COLUMNS} FROM approval_requests WHERE id = $1");
         in_transaction!(&self.database, |tx, lock| {
             let row = sqlx::query(&format!("{select}{lock}"))
@@ -518,6 +531,7 @@ impl ApprovalStore {
         now_micros: i64,
         effects: Effects<'_>,
     ) -> Result<Option<ApprovalRow>, TransitionError> {
+        let _writer = self.writer().await;
         let select = format!("SELECT {COLUMNS} FROM approval_requests WHERE id = $1");
         in_transaction!(&self.database, |tx, _lock| {
             let (decided, redeemed) = match to {
@@ -549,6 +563,44 @@ impl ApprovalStore {
         })
     }
 
+    /// Spends a grant in one statement: only if it is APPROVED, for this
+    /// agent and action hash, and not past its grant expiry. `Ok(None)`
+    /// when it is not redeemable (the caller reads the row to say why).
+    pub async fn redeem(
+        &self,
+        id: &str,
+        agent_id: &str,
+        action_hash: &str,
+        now_micros: i64,
+        effects: Effects<'_>,
+    ) -> Result<Option<ApprovalRow>, TransitionError> {
+        let _writer = self.writer().await;
+        let update = format!(
+            "UPDATE approval_requests SET state = 'REDEEMED', redeemed_at_micros = $1, outcome_reason = $2 \
+             WHERE id = $3 AND state = 'APPROVED' AND agent_id = $4 AND action_hash = $5 \
+             AND grant_expires_at_micros > $1 RETURNING {COLUMNS}"
+        );
+        let reason = format!("redeemed by {agent_id}");
+        in_transaction!(&self.database, |tx, _lock| {
+            let Some(row) = sqlx::query(&update)
+                .bind(now_micros)
+                .bind(&reason)
+                .bind(id)
+                .bind(agent_id)
+                .bind(action_hash)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let mut after = approval_from_row!(&row);
+            after.reviews = reviews_of!(&mut *tx, id);
+            insert_outgoing!(tx, effects(&after));
+            tx.commit().await?;
+            Ok(Some(after))
+        })
+    }
+
     /// Marks a pending request escalated (level 0 -> 1) or reminded, once.
     pub async fn mark(
         &self,
@@ -556,6 +608,7 @@ impl ApprovalStore {
         escalate: bool,
         effects: Effects<'_>,
     ) -> Result<Option<ApprovalRow>, TransitionError> {
+        let _writer = self.writer().await;
         let update = if escalate {
             "UPDATE approval_requests SET escalation_level = 1 WHERE id = $1 AND state = 'PENDING' AND escalation_level = 0"
         } else {
@@ -607,6 +660,7 @@ impl ApprovalStore {
         until_micros: i64,
         limit: u32,
     ) -> Result<Vec<OutboxRow>, TransitionError> {
+        let _writer = self.writer().await;
         let claim = "UPDATE approval_outbox SET claimed_until_micros = $1, claimed_by = $2, attempts = attempts + 1 \
              WHERE claimed_until_micros < $3 AND id IN \
              (SELECT id FROM approval_outbox WHERE claimed_until_micros < $3 ORDER BY id LIMIT $4)";
@@ -654,6 +708,7 @@ impl ApprovalStore {
 
     /// Removes delivered rows (only while this replica holds them).
     pub async fn delivered(&self, replica: &str, ids: &[i64]) -> Result<(), TransitionError> {
+        let _writer = self.writer().await;
         for id in ids {
             let delete = "DELETE FROM approval_outbox WHERE id = $1 AND claimed_by = $2";
             match &self.database {
@@ -666,6 +721,7 @@ impl ApprovalStore {
 
     /// Leaves a row for a later attempt, not before `retry_at_micros`.
     pub async fn retry_later(&self, id: i64, retry_at_micros: i64) -> Result<(), TransitionError> {
+        let _writer = self.writer().await;
         let update = "UPDATE approval_outbox SET claimed_until_micros = $1 WHERE id = $2";
         match &self.database {
             Database::Sqlite(pool) => {

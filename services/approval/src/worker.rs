@@ -309,3 +309,27 @@ fn slack_message(body: &serde_json::Value) -> serde_json::Value {
         ],
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_and_email_messages_show_the_exact_action() {
+        let body = serde_json::json!({
+            "event": "approval_requested", "approval_id": "a-1", "state": "PENDING", "agent_id": "support-bot",
+            "action": {"type": "issue_refund", "resource": "order/1234", "estimated_cost": 150.0, "params": {"amount": 150.0}},
+            "action_hash": "sha256:ab", "reasons": ["refunds over 100 need a manager"], "route": "default", "min_approvals": 1,
+        });
+        let slack = slack_message(&body);
+        assert_eq!(slack["text"], "approval_requested: support-bot wants to issue_refund (PENDING)");
+        let details = slack["blocks"][1]["text"]["text"].as_str().unwrap();
+        assert!(
+            details.contains("\"amount\": 150.0") && details.contains("refunds over 100 need a manager"),
+            "{details}"
+        );
+        let (subject, text) = email_text(&body);
+        assert_eq!(subject, "[warden] approval_requested: support-bot wants to issue_refund");
+        assert!(text.contains("sha256:ab") && text.contains("order/1234"), "{text}");
+    }
+}
