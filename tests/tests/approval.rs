@@ -204,6 +204,38 @@ async fn reviewers_are_checked_and_denials_stop_the_action() {
     // Bad input names the field.
     let bad = review(&stack, "", "approver", true).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(warden_errors::WardenError::from_status(&bad).violations[0].field, "id");
+    let mut client = ApprovalServiceClient::new(channel(&stack.approval.url()).await);
+    let huge = pb::ListApprovalsRequest { page_size: 100_000, ..Default::default() };
+    let bad = client.list_approvals(bearer(tonic::Request::new(huge), stack.keys.token("auditor"))).await.unwrap_err();
+    assert_eq!(warden_errors::WardenError::from_status(&bad).violations[0].field, "page_size");
+
+    // Paging: three more requests, listed two at a time, newest first.
+    for amount in [200.0, 300.0, 400.0] {
+        agent.evaluate(refund(amount)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = pb::ListApprovalsRequest { page_size: 2, page_token: token.clone(), ..Default::default() };
+        let page = client
+            .list_approvals(bearer(tonic::Request::new(page), stack.keys.token("auditor")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.approvals.len() <= 2);
+        seen.extend(page.approvals.into_iter().map(|a| a.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first: {seen:?}");
+    // The seeds' metrics are exported.
+    let metrics = warden_telemetry::render_metrics();
+    assert!(metrics.contains(r#"approvals_total{approval_type="default",decision="denied"}"#), "{metrics}");
+    assert!(metrics.contains("approval_wait_time_seconds_bucket"), "{metrics}");
     let unknown = review(&stack, "no-such-id", "approver", true).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
     stack.engine.shutdown().await;

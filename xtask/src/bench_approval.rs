@@ -24,9 +24,13 @@ pub struct ApprovalArgs {
     /// Seconds of create/review/redeem cycles.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Evaluate pairs (plain, with approval_id) per worker in the latency part.
-    #[arg(long, default_value_t = 200)]
+    /// Evaluate pairs (plain, with approval_id) in the latency part.
+    #[arg(long, default_value_t = 500)]
     pairs: usize,
+    /// Callers at once in the latency part (1: the latency one call adds,
+    /// without queueing behind other writes).
+    #[arg(long, default_value_t = 1)]
+    latency_callers: usize,
 }
 
 fn percentile(latencies: &mut [Duration], p: f64) -> Duration {
@@ -170,28 +174,34 @@ async fn run_on(args: &ApprovalArgs, url: &str, dir: &std::path::Path) -> Result
     engine_config.watch_policies = false;
     let engine = PolicyEngine::start(engine_config).await.map_err(|e| e.to_string())?;
     let policy = PolicyClient::new(ClientConfig::new(engine.url()).api_key(&agent)).map_err(|e| e.to_string())?;
+    // Granted approvals first, so the measured calls do not queue behind
+    // the writes that open and review them.
     let approver = Arc::new(approver);
+    let mut granted = Vec::with_capacity(args.pairs);
+    for i in 0..args.pairs {
+        let gated = Request::new("bot-0", "gated").param("n", i as f64);
+        let id =
+            policy.evaluate(gated.clone()).await.map_err(|e| e.to_string())?.approval_id.ok_or("no approval opened")?;
+        let review = pb::ReviewRequest { id: id.clone(), approve: true, comment: String::new() };
+        client.clone().review(bearer(review, &approver)).await.map_err(|e| e.to_string())?;
+        granted.push(gated.approval_id(id));
+    }
+    let granted = Arc::new(std::sync::Mutex::new(granted));
     let mut tasks = Vec::new();
-    for worker in 0..args.workers.min(8) {
-        let (policy, client, approver) = (policy.clone(), client.clone(), approver.clone());
-        let pairs = args.pairs;
+    for _ in 0..args.latency_callers.max(1) {
+        let (policy, granted) = (policy.clone(), granted.clone());
         tasks.push(tokio::spawn(async move {
             let (mut plain, mut redeeming) = (Vec::new(), Vec::new());
-            for i in 0..pairs {
-                let gated = Request::new(format!("bot-{worker}"), "gated").param("n", i as f64);
-                let opened = policy.evaluate(gated.clone()).await.map_err(|e| e.to_string())?;
-                let id = opened.approval_id.ok_or("no approval opened")?;
-                let review = pb::ReviewRequest { id: id.clone(), approve: true, comment: String::new() };
-                client.clone().review(bearer(review, &approver)).await.map_err(|e| e.to_string())?;
+            loop {
+                let Some(request) = granted.lock().expect("not poisoned").pop() else { break };
                 let begin = Instant::now();
-                let decision =
-                    policy.evaluate(Request::new(format!("bot-{worker}"), "free")).await.map_err(|e| e.to_string())?;
+                let decision = policy.evaluate(Request::new("bot-0", "free")).await.map_err(|e| e.to_string())?;
                 plain.push(begin.elapsed());
                 if decision.effect != Effect::Allow {
                     return Err(format!("plain Evaluate: {decision:?}"));
                 }
                 let begin = Instant::now();
-                let decision = policy.evaluate(gated.approval_id(id)).await.map_err(|e| e.to_string())?;
+                let decision = policy.evaluate(request).await.map_err(|e| e.to_string())?;
                 redeeming.push(begin.elapsed());
                 if decision.effect != Effect::Allow {
                     return Err(format!("Evaluate with approval_id: {decision:?}"));
@@ -208,6 +218,7 @@ async fn run_on(args: &ApprovalArgs, url: &str, dir: &std::path::Path) -> Result
     }
     let (p50, p99) = (percentile(&mut plain, 0.5), percentile(&mut plain, 0.99));
     let (r50, r99) = (percentile(&mut redeeming, 0.5), percentile(&mut redeeming, 0.99));
+    println!("latency, {} caller(s), alternating:", args.latency_callers.max(1));
     println!("Evaluate                   p50 {p50:>9.1?}  p99 {p99:>9.1?}  ({} calls)", plain.len());
     println!("Evaluate with approval_id  p50 {r50:>9.1?}  p99 {r99:>9.1?}  ({} calls)", redeeming.len());
     println!("ratio p99 with approval_id / plain: {:.2}", r99.as_secs_f64() / p99.as_secs_f64());
