@@ -7,6 +7,8 @@
 //! - `audit checkpoint|verify|proof`: check the audit log; proofs are
 //!   verified here, against the signed checkpoint, so an auditor need not
 //!   trust the server.
+//! - `policy validate|reload|show`: policies on a running engine.
+//! - `completions SHELL`: shell completion scripts.
 //!
 //! Addresses and the credential come from flags or the environment
 //! (`WARDEN_ADDR`, `WARDEN_AUDIT_ADDR`, `WARDEN_APPROVAL_ADDR`,
@@ -51,6 +53,13 @@ enum Command {
         #[command(subcommand)]
         command: remote::AuditCommand,
     },
+    /// Policies on a running engine: validate files, reload, show.
+    Policy {
+        #[command(subcommand)]
+        command: remote::PolicyCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 /// Why a command failed, and the exit code it maps to.
@@ -75,6 +84,12 @@ fn main() -> ExitCode {
         Command::Approvals { command } => remote::runtime().block_on(remote::approvals(&cli.remote, command)),
         Command::Killswitch { command } => remote::runtime().block_on(remote::killswitch(&cli.remote, command)),
         Command::Audit { command } => remote::runtime().block_on(remote::audit(&cli.remote, command)),
+        Command::Policy { command } => remote::runtime().block_on(remote::policy(&cli.remote, command)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "wardenctl", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

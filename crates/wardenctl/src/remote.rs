@@ -430,3 +430,106 @@ fn verified_checkpoint(note: &str, key: &str) -> Result<warden_merkle::note::Che
     let text = verifier.verify(note).map_err(|e| Failure::Unverified(format!("checkpoint signature: {e}")))?;
     warden_merkle::note::Checkpoint::parse(text).map_err(|e| Failure::Unverified(format!("checkpoint: {e}")))
 }
+
+// === policies ===
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check every *.yaml file in DIR with the engine's own compiler, without
+    /// activating them: errors with file, line and rule; exit 1 when invalid.
+    Validate { dir: PathBuf },
+    /// Re-read the engine's policy directory now (the last good set stays on error).
+    Reload,
+    /// The active rules and limits.
+    Show,
+}
+
+fn print_policy_errors(errors: &[policy::PolicyError]) {
+    for e in errors {
+        let rule = if e.rule.is_empty() { String::new() } else { format!(" rule {}", e.rule) };
+        eprintln!("{}:{}:{rule}: {}", e.file, e.line, e.message);
+    }
+}
+
+pub async fn policy(args: &RemoteArgs, command: PolicyCommand) -> Result<(), Failure> {
+    let mut client = PolicyServiceClient::new(args.channel(&args.addr).await?);
+    match command {
+        PolicyCommand::Validate { dir } => {
+            let mut sources = Vec::new();
+            let entries = std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+            let mut paths: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_test.yaml")))
+                .collect();
+            paths.sort();
+            for path in paths {
+                let content =
+                    std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                sources.push(policy::PolicySource { file, content });
+            }
+            if sources.is_empty() {
+                return Err(Failure::Failed(format!("no *.yaml policy files in {}", dir.display())));
+            }
+            let result = client
+                .validate_policies(policy::ValidatePoliciesRequest { sources })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if args.output == Output::Json {
+                print_json(serde_json::json!({
+                    "valid": result.valid, "policy_version": result.policy_version, "rules": result.rule_count,
+                    "limits": result.limit_count,
+                    "errors": result.errors.iter().map(|e| serde_json::json!({"file": e.file, "line": e.line, "rule": e.rule, "message": e.message})).collect::<Vec<_>>(),
+                }));
+            }
+            if result.valid {
+                if args.output == Output::Table {
+                    println!(
+                        "valid: {} rules, {} limits (version {})",
+                        result.rule_count, result.limit_count, result.policy_version
+                    );
+                }
+                Ok(())
+            } else {
+                print_policy_errors(&result.errors);
+                Err(Failure::Failed(format!("{} error(s) in {}", result.errors.len(), dir.display())))
+            }
+        }
+        PolicyCommand::Reload => {
+            let result = client.reload_policies(policy::ReloadPoliciesRequest {}).await.map_err(explain)?.into_inner();
+            if result.reloaded {
+                println!("reloaded: version {}", result.policy_version);
+                Ok(())
+            } else {
+                print_policy_errors(&result.errors);
+                Err(Failure::Failed(format!("reload rejected; version {} stays active", result.policy_version)))
+            }
+        }
+        PolicyCommand::Show => {
+            let set = client.get_policies(policy::GetPoliciesRequest {}).await.map_err(explain)?.into_inner();
+            let effect = |e: i32| match policy::Effect::try_from(e).unwrap_or(policy::Effect::Unspecified) {
+                policy::Effect::Allow => "allow",
+                policy::Effect::Deny => "deny",
+                policy::Effect::RequireApproval => "require_approval",
+                policy::Effect::Unspecified => "?",
+            };
+            if args.output == Output::Json {
+                print_json(serde_json::json!({
+                    "policy_version": set.policy_version, "policies_dir": set.policies_dir,
+                    "rules": set.rules.iter().map(|r| serde_json::json!({"name": r.name, "file": r.file, "actions": r.actions, "agents": r.agents, "when": r.when, "effect": effect(r.effect), "reason": r.reason, "shadow": r.shadow})).collect::<Vec<_>>(),
+                    "limits": set.limits.iter().map(|l| serde_json::json!({"name": l.name, "per": l.per, "max_requests": l.max_requests, "max_cost": l.max_cost, "window_seconds": l.window_seconds})).collect::<Vec<_>>(),
+                }));
+                return Ok(());
+            }
+            println!("version {} from {}", set.policy_version, set.policies_dir);
+            println!("{:<28} {:<18} {:<24} WHEN", "RULE", "EFFECT", "ACTIONS");
+            for r in &set.rules {
+                let name = if r.shadow { format!("{} (shadow)", r.name) } else { r.name.clone() };
+                println!("{name:<28} {:<18} {:<24} {}", effect(r.effect), r.actions.join(","), r.when);
+            }
+            Ok(())
+        }
+    }
+}

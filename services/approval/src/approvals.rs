@@ -14,7 +14,7 @@ use warden_proto::audit::v1::AuditEvent;
 
 use crate::metrics::METRICS;
 use crate::routes::{Route, Routes};
-use crate::store::{ApprovalRow, ApprovalStore, NewApproval, Outgoing, State, TransitionError};
+use crate::store::{ApprovalRow, ApprovalStore, NewApproval, Outgoing, ReviewInput, State, TransitionError};
 
 /// Microseconds since the epoch on tokio's clock, so tests run with a
 /// paused clock: the wall clock at start plus tokio's elapsed time.
@@ -337,10 +337,15 @@ impl Approvals {
             }
             items
         };
-        let after = self
-            .store
-            .review(id, &reviewer.id, approve, comment, self.clock.now_micros(), micros(route.grant_ttl), &effects)
-            .await?;
+        let input = ReviewInput {
+            id,
+            reviewer: &reviewer.id,
+            approve,
+            comment,
+            now_micros: self.clock.now_micros(),
+            grant_ttl_micros: micros(route.grant_ttl),
+        };
+        let after = self.store.review(&input, &effects).await?;
         tracing::info!(approval_id = %id, reviewer = %reviewer.id, approve, state = after.state.as_str(), "approval reviewed");
         if after.state != State::Pending {
             self.decided(&after, route);

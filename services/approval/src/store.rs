@@ -111,6 +111,18 @@ pub struct NewApproval {
     pub expires_at_micros: i64,
 }
 
+/// One review to record.
+#[derive(Debug, Clone, Copy)]
+pub struct ReviewInput<'a> {
+    pub id: &'a str,
+    pub reviewer: &'a str,
+    pub approve: bool,
+    pub comment: &'a str,
+    pub now_micros: i64,
+    /// How long a grant stays redeemable.
+    pub grant_ttl_micros: i64,
+}
+
 /// A row for the outbox: an audit event or a notification.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
@@ -315,20 +327,19 @@ impl ApprovalStore {
                     .await?;
             }
             let mut found = None;
-            if let Some(key) = &new.idempotency_key {
-                if let Some(row) = sqlx::query(&select_key).bind(key).fetch_optional(&mut *tx).await? {
-                    found = Some(approval_from_row!(&row));
-                }
+            if let Some(key) = &new.idempotency_key
+                && let Some(row) = sqlx::query(&select_key).bind(key).fetch_optional(&mut *tx).await?
+            {
+                found = Some(approval_from_row!(&row));
             }
-            if found.is_none() {
-                if let Some(row) = sqlx::query(&select_pending)
+            if found.is_none()
+                && let Some(row) = sqlx::query(&select_pending)
                     .bind(&new.agent_id)
                     .bind(&new.action_hash)
                     .fetch_optional(&mut *tx)
                     .await?
-                {
-                    found = Some(approval_from_row!(&row));
-                }
+            {
+                found = Some(approval_from_row!(&row));
             }
             if found.is_none() {
                 sqlx::query(
@@ -438,16 +449,8 @@ impl ApprovalStore {
     /// Records a review and, when it decides the request, the transition:
     /// any deny denies; `min_approvals` distinct approvals grant (valid for
     /// `grant_ttl_micros`).
-    pub async fn review(
-        &self,
-        id: &str,
-        reviewer: &str,
-        approve: bool,
-        comment: &str,
-        now_micros: i64,
-        grant_ttl_micros: i64,
-        effects: Effects<'_>,
-    ) -> Result<ApprovalRow, TransitionError> {
+    pub async fn review(&self, review: &ReviewInput<'_>, effects: Effects<'_>) -> Result<ApprovalRow, TransitionError> {
+        let ReviewInput { id, reviewer, approve, comment, now_micros, grant_ttl_micros } = *review;
         let _writer = self.writer().await;
         let select = format!("SELECT {COLUMNS} FROM approval_requests WHERE id = $1");
         in_transaction!(&self.database, |tx, lock| {

@@ -274,8 +274,10 @@ warden_store::backend_tests!(
 
 /// A receiver that answers 429 with `Retry-After: 2` first, then 200, and
 /// records what it got.
-async fn flaky_receiver() -> (String, Arc<std::sync::Mutex<Vec<(http::HeaderMap, Vec<u8>)>>>) {
-    let seen: Arc<std::sync::Mutex<Vec<(http::HeaderMap, Vec<u8>)>>> = Arc::default();
+type Deliveries = Arc<std::sync::Mutex<Vec<(http::HeaderMap, Vec<u8>)>>>;
+
+async fn flaky_receiver() -> (String, Deliveries) {
+    let seen: Deliveries = Arc::default();
     let recorded = seen.clone();
     let app = axum::Router::new().route(
         "/hook",
