@@ -126,6 +126,26 @@ async fn operators_review_stop_agents_and_check_proofs() {
     let (code, _, err) = run(with("auditor", &["audit", "proof", "0", "--key", &other])).await;
     assert_eq!(code, 3, "{err}");
 
+    // Policies: files checked by the engine's compiler, errors by file and line.
+    let examples = warden_tests::example_policies().display().to_string();
+    let (code, out, err) = run(with("admin", &["policy", "validate", &examples])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("valid: "), "{out}");
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::write(
+        broken.path().join("bad.yaml"),
+        "rules:\n  - name: typo\n    when: \"agent.confidance > 0.5\"\n    effect: allow\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(with("admin", &["policy", "validate", &broken.path().display().to_string()])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.yaml:2: rule typo") && err.contains("confidance"), "{err}");
+    let (code, out, _) = run(with("auditor", &["policy", "show"])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("big") && out.contains("require_approval"), "{out}");
+    let (code, out, _) = run(args(&["completions", "bash"])).await;
+    assert!(code == 0 && out.contains("wardenctl"), "{out}");
+
     // No credentials: refused, and told what to do.
     let mut anonymous = remote("agent");
     anonymous.truncate(6);
