@@ -31,6 +31,10 @@ pub struct ApprovalArgs {
     /// without queueing behind other writes).
     #[arg(long, default_value_t = 1)]
     latency_callers: usize,
+    /// Record every decision (sync outbox, audit service in the same
+    /// process), as production does; both Evaluates then pay for it.
+    #[arg(long)]
+    decision_log: bool,
 }
 
 fn percentile(latencies: &mut [Duration], p: f64) -> Duration {
@@ -172,6 +176,15 @@ async fn run_on(args: &ApprovalArgs, url: &str, dir: &std::path::Path) -> Result
     engine_config.approval_url = approval.url();
     engine_config.outbound.credential = service.clone();
     engine_config.watch_policies = false;
+    let audit = if args.decision_log {
+        let audit = warden_audit::AuditServer::start(warden_audit::AuditConfig::for_tests(dir.join("audit")))
+            .await
+            .map_err(|e| e.to_string())?;
+        engine_config.audit_url = audit.url();
+        Some(audit)
+    } else {
+        None
+    };
     let engine = PolicyEngine::start(engine_config).await.map_err(|e| e.to_string())?;
     let policy = PolicyClient::new(ClientConfig::new(engine.url()).api_key(&agent)).map_err(|e| e.to_string())?;
     // Granted approvals first, so the measured calls do not queue behind
@@ -218,11 +231,18 @@ async fn run_on(args: &ApprovalArgs, url: &str, dir: &std::path::Path) -> Result
     }
     let (p50, p99) = (percentile(&mut plain, 0.5), percentile(&mut plain, 0.99));
     let (r50, r99) = (percentile(&mut redeeming, 0.5), percentile(&mut redeeming, 0.99));
-    println!("latency, {} caller(s), alternating:", args.latency_callers.max(1));
+    println!(
+        "latency, {} caller(s), alternating, decision log {}:",
+        args.latency_callers.max(1),
+        if args.decision_log { "sync" } else { "off" }
+    );
     println!("Evaluate                   p50 {p50:>9.1?}  p99 {p99:>9.1?}  ({} calls)", plain.len());
     println!("Evaluate with approval_id  p50 {r50:>9.1?}  p99 {r99:>9.1?}  ({} calls)", redeeming.len());
     println!("ratio p99 with approval_id / plain: {:.2}", r99.as_secs_f64() / p99.as_secs_f64());
     engine.shutdown().await;
     approval.shutdown().await;
+    if let Some(audit) = audit {
+        audit.shutdown().await;
+    }
     Ok(())
 }
