@@ -206,6 +206,38 @@ async fn an_agent_cannot_act_as_another_and_the_attempt_is_audited() {
     assert_eq!(text("method"), "/warden.policy.v1.PolicyService/Evaluate");
     assert!(text("reason").contains("may not act as agent billing-bot"));
 
+    // Agents record only their own actions' outcomes, and read only their own trail.
+    let note = audit::AuditEvent { event_type: "approval_granted".into(), ..Default::default() };
+    let refused = auditor
+        .append(bearer(tonic::Request::new(audit::AppendRequest { events: vec![note] }), agent))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let theirs = audit::AuditEvent {
+        event_type: "action_completed".into(),
+        agent_id: "billing-bot".into(),
+        ..Default::default()
+    };
+    let refused = auditor
+        .append(bearer(tonic::Request::new(audit::AppendRequest { events: vec![theirs] }), agent))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let mine = audit::AuditEvent { event_type: "action_completed".into(), ..Default::default() };
+    auditor.append(bearer(tonic::Request::new(audit::AppendRequest { events: vec![mine] }), agent)).await.unwrap();
+    let others = audit::QueryRequest { agent_id: "billing-bot".into(), ..Default::default() };
+    assert_eq!(
+        auditor.query(bearer(tonic::Request::new(others), agent)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let own = auditor
+        .query(bearer(tonic::Request::new(audit::QueryRequest::default()), agent))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert!(!own.is_empty() && own.iter().all(|r| r.event.as_ref().unwrap().agent_id == "support-bot"));
+
     // The audit service records the caller as the actor when none is given.
     let admin = stack.keys.token("admin");
     let event = audit::AuditEvent { event_type: "note".into(), ..Default::default() };

@@ -31,9 +31,11 @@ pub const TABLE: &[MethodRule] = &[
     rule("/warden.policy.v1.PolicyService/GetPolicies", &[AUDITOR]),
     rule("/warden.policy.v1.PolicyService/SetKillSwitch", ADMIN_ONLY),
     rule("/warden.policy.v1.PolicyService/GetKillSwitch", &[AUDITOR]),
-    // warden.audit.v1: services write; auditors read and prove.
-    rule("/warden.audit.v1.AuditService/Append", &[SERVICE]),
-    rule("/warden.audit.v1.AuditService/Query", &[AUDITOR]),
+    // warden.audit.v1: services write; auditors read and prove. Agents may
+    // record what their own actions did (`action_completed`) and read
+    // their own trail (the handlers hold them to that).
+    rule("/warden.audit.v1.AuditService/Append", &[SERVICE, AGENT]),
+    rule("/warden.audit.v1.AuditService/Query", &[AUDITOR, AGENT]),
     rule("/warden.audit.v1.AuditService/GetCheckpoint", &[AUDITOR]),
     rule("/warden.audit.v1.AuditService/GetInclusionProof", &[AUDITOR]),
     rule("/warden.audit.v1.AuditService/GetConsistencyProof", &[AUDITOR]),

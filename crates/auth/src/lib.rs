@@ -670,6 +670,41 @@ impl Auth {
         }
     }
 
+    /// An agent principal (one without the auditor, service or admin role)
+    /// is held to its own agents: returns the agent id to use (its own
+    /// when none was given) or refuses another's. Everyone else gets
+    /// `requested` back unchanged.
+    pub fn own_agent<T>(&self, request: &tonic::Request<T>, path: &str, requested: &str) -> Result<String, Status> {
+        match Caller::of(request) {
+            Some(Caller::Anonymous) if self.insecure() => Ok(requested.to_owned()),
+            Some(Caller::Principal(principal)) => {
+                let trusted = [roles::AUDITOR, roles::SERVICE, roles::ADMIN].iter().any(|r| principal.has_role(r));
+                if trusted {
+                    return Ok(requested.to_owned());
+                }
+                let agent_id = if requested.is_empty() { principal.id.as_str() } else { requested };
+                if principal.may_act_as(agent_id) {
+                    Ok(agent_id.to_owned())
+                } else {
+                    let message = format!("principal {} may not act as agent {agent_id}", principal.id);
+                    self.record_denial(path, Code::PermissionDenied, &message, Some(principal), agent_id, None);
+                    Err(WardenError::new(Category::PolicyViolation, "IMPERSONATION", message)
+                        .with_code(Code::PermissionDenied)
+                        .to_status())
+                }
+            }
+            _ => Err(no_caller()),
+        }
+    }
+
+    /// Whether the caller is held to its own agents (see [`Auth::own_agent`]).
+    pub fn is_plain_agent<T>(&self, request: &tonic::Request<T>) -> bool {
+        match Caller::of(request) {
+            Some(Caller::Principal(p)) => ![roles::AUDITOR, roles::SERVICE, roles::ADMIN].iter().any(|r| p.has_role(r)),
+            _ => false,
+        }
+    }
+
     /// For audit appends: the actor to record. Empty means the caller;
     /// another name is accepted only from services and admins (who record
     /// on behalf of the people and agents they serve).

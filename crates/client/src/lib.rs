@@ -267,6 +267,29 @@ impl From<bool> for Param {
 /// The channel stack: credentials and trace context, then the resilience pipeline.
 pub type PolicyChannel = InterceptedService<ResilientService<Channel>, CallCredentials>;
 
+/// A lazily connected channel to `config.url` through the resilience
+/// pipeline (one breaker per service and URL, shared by every client of
+/// it), with the caller's credentials and trace context.
+fn resilient_channel(config: &ClientConfig, service: &str) -> Result<PolicyChannel, ClientError> {
+    let endpoint = config
+        .identity
+        .endpoint(&config.url)
+        .map_err(|e| ClientError::InvalidUrl(config.url.clone(), e))?
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true);
+    let credentials = config.identity.credentials().map_err(ClientError::InvalidCredential)?;
+    let channel = endpoint.connect_lazy();
+    let breaker_name = format!("{service}:{}", config.url);
+    let breaker = BreakerRegistry::global().get_or_create(&breaker_name, || config.breaker.clone());
+    let pipeline = Pipeline::builder(breaker_name)
+        .retry(config.retry.clone())
+        .breaker(breaker)
+        .timeout(config.attempt_timeout)
+        .build();
+    let stack = tower::ServiceBuilder::new().layer(ResilienceLayer::new(pipeline)).service(channel);
+    Ok(InterceptedService::new(stack, credentials))
+}
+
 /// A resilient, fail-closed client of the policy engine. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PolicyClient {
@@ -279,24 +302,7 @@ impl PolicyClient {
     /// Creates the client. It connects lazily: a policy engine that is down
     /// now makes decisions fail closed, not this call fail.
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
-        let endpoint = config
-            .identity
-            .endpoint(&config.url)
-            .map_err(|e| ClientError::InvalidUrl(config.url.clone(), e))?
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true);
-        let credentials = config.identity.credentials().map_err(ClientError::InvalidCredential)?;
-        let channel = endpoint.connect_lazy();
-        // One breaker per policy engine URL, shared by every client of it.
-        let breaker_name = format!("warden-policy-engine:{}", config.url);
-        let breaker = BreakerRegistry::global().get_or_create(&breaker_name, || config.breaker.clone());
-        let pipeline = Pipeline::builder(breaker_name)
-            .retry(config.retry.clone())
-            .breaker(breaker)
-            .timeout(config.attempt_timeout)
-            .build();
-        let stack = tower::ServiceBuilder::new().layer(ResilienceLayer::new(pipeline)).service(channel);
-        let client = PolicyServiceClient::new(InterceptedService::new(stack, credentials));
+        let client = PolicyServiceClient::new(resilient_channel(&config, "warden-policy-engine")?);
         Ok(PolicyClient { client, when_unavailable: config.when_unavailable, url: config.url.into() })
     }
 
@@ -350,6 +356,87 @@ impl PolicyClient {
     /// RPCs (kill switches, policy management).
     pub fn raw(&self) -> PolicyServiceClient<PolicyChannel> {
         self.client.clone()
+    }
+}
+
+// === outcomes ===
+
+/// How an action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionStatus {
+    Success,
+    Failure,
+}
+
+/// What an action did, for the audit log and the alerting service.
+#[derive(Debug, Clone)]
+pub struct ActionOutcome {
+    pub agent_id: String,
+    pub action_type: String,
+    pub correlation_id: String,
+    /// The decision that allowed it: makes the record idempotent (a retry
+    /// records it once).
+    pub decision_id: Option<String>,
+    pub status: ActionStatus,
+    pub duration: Duration,
+    /// What it cost, in the operator's currency.
+    pub cost: f64,
+    /// For failures: a class such as `timeout` or `rate_limited`.
+    pub error_class: Option<String>,
+}
+
+/// Records `action_completed` events in the audit log (an agent key may
+/// record only its own actions).
+#[derive(Debug, Clone)]
+pub struct ActionRecorder {
+    client: warden_proto::audit::v1::audit_service_client::AuditServiceClient<PolicyChannel>,
+}
+
+impl ActionRecorder {
+    /// `config.url` is the audit service's address.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        Ok(ActionRecorder {
+            client: warden_proto::audit::v1::audit_service_client::AuditServiceClient::new(resilient_channel(
+                &config,
+                "warden-audit",
+            )?),
+        })
+    }
+
+    /// Records one outcome; returns its sequence number in the log.
+    pub async fn record_action(&self, outcome: &ActionOutcome) -> Result<u64, tonic::Status> {
+        use prost_types::value::Kind;
+        let text = |s: &str| prost_types::Value { kind: Some(Kind::StringValue(s.to_owned())) };
+        let number = |n: f64| prost_types::Value { kind: Some(Kind::NumberValue(n)) };
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("action_type".to_string(), text(&outcome.action_type));
+        let status = match outcome.status {
+            ActionStatus::Success => "success",
+            ActionStatus::Failure => "failure",
+        };
+        fields.insert("status".to_string(), text(status));
+        fields.insert("duration_seconds".to_string(), number(outcome.duration.as_secs_f64()));
+        fields.insert("cost".to_string(), number(outcome.cost));
+        if let Some(class) = &outcome.error_class {
+            fields.insert("error_class".to_string(), text(class));
+        }
+        if let Some(id) = &outcome.decision_id {
+            fields.insert("decision_id".to_string(), text(id));
+        }
+        let event = warden_proto::audit::v1::AuditEvent {
+            event_id: outcome.decision_id.as_ref().map(|id| format!("action:{id}")).unwrap_or_default(),
+            event_type: "action_completed".into(),
+            time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            correlation_id: outcome.correlation_id.clone(),
+            agent_id: outcome.agent_id.clone(),
+            actor: String::new(),
+            payload: Some(prost_types::Struct { fields: fields.into_iter().collect() }),
+            sensitive: None,
+            subject: String::new(),
+        };
+        let response =
+            self.client.clone().append(warden_proto::audit::v1::AppendRequest { events: vec![event] }).await?;
+        Ok(response.into_inner().receipts.first().map(|r| r.sequence).unwrap_or_default())
     }
 }
 

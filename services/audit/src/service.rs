@@ -91,6 +91,7 @@ fn validate_filter(v: &mut Validator, correlation_id: &str, agent_id: &str, even
 }
 
 const APPEND_PATH: &str = "/warden.audit.v1.AuditService/Append";
+const QUERY_PATH: &str = "/warden.audit.v1.AuditService/Query";
 
 type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;
 
@@ -101,8 +102,20 @@ impl AuditService for AuditServiceImpl {
         // The authenticated caller is the actor; only services and admins
         // may record in someone else's name.
         let mut actors = Vec::with_capacity(request.get_ref().events.len());
-        for event in &request.get_ref().events {
+        let mut agents = Vec::with_capacity(request.get_ref().events.len());
+        let plain_agent = self.auth.is_plain_agent(&request);
+        for (i, event) in request.get_ref().events.iter().enumerate() {
             actors.push(self.auth.actor(&request, APPEND_PATH, &event.actor)?);
+            // Agents record only what their own actions did.
+            if plain_agent && event.event_type != "action_completed" {
+                return Err(to_status(&warden_errors::WardenError::invalid_argument(vec![
+                    warden_errors::FieldViolation::new(
+                        format!("events[{i}].event_type"),
+                        "agents may only record action_completed events",
+                    ),
+                ])));
+            }
+            agents.push(self.auth.own_agent(&request, APPEND_PATH, &event.agent_id)?);
         }
         let request = request.into_inner();
         let mut v = Validator::new();
@@ -145,7 +158,7 @@ impl AuditService for AuditServiceImpl {
                 event_type: event.event_type,
                 time_micros,
                 correlation_id: event.correlation_id,
-                agent_id: event.agent_id,
+                agent_id: std::mem::take(&mut agents[i]),
                 actor: std::mem::take(&mut actors[i]),
                 subject: event.subject,
                 payload: event.payload,
@@ -168,7 +181,10 @@ impl AuditService for AuditServiceImpl {
     }
 
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
-        let request = request.into_inner();
+        // Agents read their own trail only.
+        let agent_id = self.auth.own_agent(&request, QUERY_PATH, &request.get_ref().agent_id)?;
+        let mut request = request.into_inner();
+        request.agent_id = agent_id;
         let mut v = Validator::new();
         let mut filter = validate_filter(&mut v, &request.correlation_id, &request.agent_id, &request.event_types);
         v.check(request.page_size <= limits::PAGE_SIZE, "page_size", format!("at most {}", limits::PAGE_SIZE));

@@ -1,0 +1,112 @@
+//! The Python example agent (`examples/python/agent.py`) against real
+//! services: it is asked to refund 150, waits while a manager approves,
+//! acts, records the outcome, and prints its audit trail.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use warden_approval::{ApprovalConfig, ApprovalServer};
+use warden_audit::AuditServer;
+use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
+use warden_proto::approval::v1 as pb;
+use warden_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+use warden_tests::identity::{self, bearer};
+use warden_tests::{Sandbox, channel, eventually};
+
+const POLICY: &str = r#"
+rules:
+  - name: refunds-over-100
+    actions: ["issue_refund"]
+    when: "action.params.amount > 100.0"
+    effect: require_approval
+    reason: "refunds over 100 need a manager"
+  - name: agents-may-work
+    effect: allow
+"#;
+
+#[tokio::test]
+async fn the_python_agent_waits_for_a_manager_then_acts_and_records() {
+    let Ok(python) = std::env::var("WARDEN_TEST_PYTHON") else {
+        assert!(
+            std::env::var("WARDEN_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+            "WARDEN_TEST_PYTHON (a Python with examples/python/requirements.txt) is not set and WARDEN_REQUIRE_EXTERNAL=1"
+        );
+        eprintln!("skipping the Python agent test: WARDEN_TEST_PYTHON is not set");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let stubs = tempfile::tempdir().unwrap();
+    let protos: Vec<String> =
+        ["policy", "approval", "audit"].iter().map(|name| format!("proto/warden/{name}/v1/{name}.proto")).collect();
+    let generated = Command::new(&python)
+        .current_dir(&root)
+        .args(["-m", "grpc_tools.protoc", "-I", "proto"])
+        .arg(format!("--python_out={}", stubs.path().display()))
+        .arg(format!("--grpc_python_out={}", stubs.path().display()))
+        .args(&protos)
+        .status()
+        .unwrap();
+    assert!(generated.success());
+
+    let sandbox = Sandbox::new(&[("refunds.yaml", POLICY)]);
+    let keys = identity::keys(sandbox.data.path());
+    let mut audit_config = warden_audit::AuditConfig::for_tests(sandbox.data.path().join("audit"));
+    audit_config.auth = keys.auth();
+    let audit = AuditServer::start(audit_config).await.unwrap();
+    let mut approval_config = ApprovalConfig::for_tests(sandbox.data.path().join("approval"));
+    approval_config.auth = keys.auth();
+    approval_config.audit_url = audit.url();
+    approval_config.outbound.credential = keys.token("service").into();
+    approval_config.outbox_interval = Duration::from_millis(20);
+    approval_config.watch_poll = Duration::from_millis(50);
+    let approval = ApprovalServer::start(approval_config).await.unwrap();
+    let mut config = PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path());
+    config.auth = keys.auth();
+    config.audit_url = audit.url();
+    config.approval_url = approval.url();
+    config.outbound.credential = keys.token("service").into();
+    let engine = PolicyEngine::start(config).await.unwrap();
+
+    let mut agent = tokio::process::Command::new(&python);
+    agent
+        .arg(root.join("examples/python/agent.py"))
+        .args(["--amount", "150", "--wait", "30"])
+        .env("WARDEN_STUBS", stubs.path())
+        .env("WARDEN_API_KEY", keys.token("agent"))
+        .env("WARDEN_ADDR", engine.addr.to_string())
+        .env("WARDEN_APPROVAL_ADDR", approval.addr.to_string())
+        .env("WARDEN_AUDIT_ADDR", audit.addr.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let running = agent.spawn().unwrap();
+
+    // The manager approves what the agent asked for.
+    let manager = ApprovalServiceClient::new(channel(&approval.url()).await);
+    let token = keys.token("approver").to_owned();
+    let id = eventually(Duration::from_secs(30), || {
+        let (mut manager, token) = (manager.clone(), token.clone());
+        async move {
+            let list = pb::ListApprovalsRequest { reviewable_by_me: true, ..Default::default() };
+            let pending = manager.list_approvals(bearer(tonic::Request::new(list), &token)).await.ok()?.into_inner();
+            pending.approvals.into_iter().next().map(|a| a.id)
+        }
+    })
+    .await;
+    let mut manager = manager.clone();
+    let review = pb::ReviewRequest { id, approve: true, comment: "fine".into() };
+    manager.review(bearer(tonic::Request::new(review), &token)).await.unwrap();
+
+    let output = tokio::time::timeout(Duration::from_secs(60), running.wait_with_output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("EFFECT_REQUIRE_APPROVAL") && stdout.contains("STATE_APPROVED"), "{stdout}");
+    assert!(stdout.contains("EFFECT_ALLOW") && stdout.contains("refunding 150"), "{stdout}");
+    assert!(stdout.contains("action_completed by support-bot"), "{stdout}");
+    assert!(stdout.contains("policy_evaluation"), "{stdout}");
+    engine.shutdown().await;
+    approval.shutdown().await;
+    audit.shutdown().await;
+}
