@@ -118,7 +118,7 @@ mod tests {
             ("/warden.policy.v1.PolicyService/GetPolicies".to_string(), vec!["support".to_string()]),
         ]
         .into();
-        assert_eq!(roles_for("/warden.audit.v1.AuditService/Query", &grants), ["admin", "auditor", "compliance"]);
+        assert_eq!(roles_for("/warden.audit.v1.AuditService/Verify", &grants), ["admin", "auditor", "compliance"]);
         assert_eq!(roles_for("/warden.policy.v1.PolicyService/GetPolicies", &grants), ["admin", "auditor", "support"]);
         assert_eq!(roles_for("/warden.policy.v1.PolicyService/Evaluate", &grants), ["admin", "agent"]);
         assert_eq!(roles_for("/unknown.Service/Call", &grants), ["admin"]);
