@@ -438,6 +438,9 @@ impl Auth {
             }));
             return Ok((auth, tasks));
         }
+        if !auth.keys_path.exists() && !setting_is_reference(&config.keys_file) {
+            tracing::warn!(service, path = %auth.keys_path.display(), "no api keys file; create keys with `wardenctl keys create`");
+        }
         match auth.reload().await {
             Ok(_) => {}
             Err(error) => {
@@ -500,8 +503,8 @@ impl Auth {
         let pepper = self.resolver.resolve_setting(&self.config.key_pepper).await.map_err(|e| e.to_string())?;
         // The keys file may itself come from a secret store (`vault:`,
         // `env:`), re-read when its cached value expires.
-        let setting = self.config.keys_file.to_string_lossy();
-        if setting.starts_with("vault:") || setting.starts_with("env:") {
+        if setting_is_reference(&self.config.keys_file) {
+            let setting = self.config.keys_file.to_string_lossy();
             let text = self
                 .resolver
                 .resolve_setting(&setting)
@@ -513,10 +516,15 @@ impl Auth {
         let text = match std::fs::read_to_string(&self.keys_path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                // No file (yet): no keys. Removing the file revokes them all.
+                // No file (yet): no keys. Removing the file revokes them
+                // all; said once, not at every reload.
                 self.keys.store(Arc::new(KeySet::default()));
-                *self.keys_fingerprint.lock().expect("not poisoned") = None;
-                return Err(format!("{} does not exist", self.keys_path.display()));
+                let was_there = self.keys_fingerprint.lock().expect("not poisoned").take().is_some();
+                return if was_there {
+                    Err(format!("{} was removed: every API key is revoked", self.keys_path.display()))
+                } else {
+                    Ok(0)
+                };
             }
             Err(error) => return Err(format!("cannot read {}: {error}", self.keys_path.display())),
         };
@@ -791,6 +799,11 @@ impl Auth {
     }
 }
 
+fn setting_is_reference(path: &Path) -> bool {
+    let text = path.to_string_lossy();
+    text.starts_with("vault:") || text.starts_with("env:")
+}
+
 fn no_caller() -> Status {
     WardenError::new(Category::Internal, "NO_CALLER", "the request did not pass the auth layer; refusing")
         .with_code(Code::PermissionDenied)
@@ -835,6 +848,54 @@ pub async fn serve(
     });
     tracing::info!(service = name, %addr, tls = auth.tls.is_some(), mtls = auth.tls.as_ref().is_some_and(|t| t.mutual()), auth = !auth.insecure(), "listening");
     Ok((addr, handle))
+}
+
+/// The `main` every service binary shares: load the config (defaults, file,
+/// environment, flags), initialise telemetry, start, serve until Ctrl-C or
+/// SIGTERM, stop. Exit codes: 2 for a bad configuration, 1 when the
+/// service cannot start, 0 after a clean shutdown.
+pub async fn run_binary<C, S, E, Start, Started, Stop, Stopped>(
+    name: &'static str,
+    sources: &warden_config::Sources,
+    telemetry: impl Fn(&C) -> &warden_telemetry::TelemetryConfig,
+    start: Start,
+    stop: Stop,
+) -> std::process::ExitCode
+where
+    C: Default + Serialize + serde::de::DeserializeOwned + warden_config::Validate,
+    E: std::fmt::Display,
+    Start: FnOnce(C) -> Started,
+    Started: std::future::Future<Output = Result<S, E>>,
+    Stop: FnOnce(S) -> Stopped,
+    Stopped: std::future::Future<Output = ()>,
+{
+    use std::process::ExitCode;
+    let config: C = match warden_config::load(sources) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = match warden_telemetry::init(name, telemetry(&config)) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let service = match start(config).await {
+        Ok(service) => service,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            eprintln!("{name}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    warden_telemetry::shutdown_signal().await;
+    tracing::info!("shutting down");
+    stop(service).await;
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]

@@ -42,30 +42,12 @@ async fn main() -> ExitCode {
     if let Some(addr) = &args.http_listen {
         sources.overrides.push(("http_listen".into(), addr.clone()));
     }
-    let config: ApprovalConfig = match warden_config::load(&sources) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("warden-approval: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let _telemetry = match warden_telemetry::init("warden-approval", &config.telemetry) {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("warden-approval: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let server = match ApprovalServer::start(config).await {
-        Ok(server) => server,
-        Err(error) => {
-            tracing::error!(%error, "cannot start");
-            eprintln!("warden-approval: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    warden_telemetry::shutdown_signal().await;
-    tracing::info!("shutting down");
-    server.shutdown().await;
-    ExitCode::SUCCESS
+    warden_auth::run_binary(
+        "warden-approval",
+        &sources,
+        |config: &ApprovalConfig| &config.telemetry,
+        ApprovalServer::start,
+        ApprovalServer::shutdown,
+    )
+    .await
 }

@@ -272,6 +272,18 @@ warden_store::backend_tests!(
     two_replicas_expire_a_request_once,
 );
 
+/// A shipper with no audit service, backing off 100 ms at first.
+fn shipper(approvals: &Arc<Approvals>) -> crate::worker::Shipper {
+    crate::worker::Shipper {
+        approvals: approvals.clone(),
+        audit: None,
+        http: reqwest::Client::new(),
+        secrets: warden_auth::SecretResolver::new(Default::default(), Duration::from_secs(60)),
+        replica: "r1".into(),
+        backoff: warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1)),
+    }
+}
+
 /// A receiver that answers 429 with `Retry-After: 2` first, then 200, and
 /// records what it got.
 type Deliveries = Arc<std::sync::Mutex<Vec<(http::HeaderMap, Vec<u8>)>>>;
@@ -312,14 +324,7 @@ async fn a_refused_notification_is_retried_after_retry_after_and_sent_once_signe
     .unwrap();
     let approvals = Approvals::new(ApprovalStore::new(test.database.clone()), routes, Clock::system(), false);
     approvals.create(&create("bot", action("send_email", 0.0)), "pe").await.unwrap();
-    let shipper = crate::worker::Shipper {
-        approvals: approvals.clone(),
-        audit: None,
-        http: reqwest::Client::new(),
-        secrets: warden_auth::SecretResolver::new(Default::default(), Duration::from_secs(60)),
-        replica: "r1".into(),
-        backoff: warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1)),
-    };
+    let shipper = shipper(&approvals);
     assert_eq!(shipper.pass().await.unwrap(), 0, "429: not delivered");
     assert_eq!(seen.lock().unwrap().len(), 1);
     // Not before the receiver's Retry-After, though our own backoff is shorter.
@@ -423,14 +428,7 @@ async fn email_notifications_show_the_action_and_are_sent_once() {
     .unwrap();
     let approvals = Approvals::new(ApprovalStore::new(test.database.clone()), routes, Clock::system(), false);
     approvals.create(&create("bot", action("issue_refund", 150.0)), "pe").await.unwrap();
-    let shipper = crate::worker::Shipper {
-        approvals: approvals.clone(),
-        audit: None,
-        http: reqwest::Client::new(),
-        secrets: warden_auth::SecretResolver::new(Default::default(), Duration::from_secs(60)),
-        replica: "r1".into(),
-        backoff: warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1)),
-    };
+    let shipper = shipper(&approvals);
     assert_eq!(shipper.pass().await.unwrap(), 1);
     approvals.clock.advance(Duration::from_secs(120));
     assert_eq!(shipper.pass().await.unwrap(), 0);

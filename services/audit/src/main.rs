@@ -24,31 +24,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config: AuditConfig = match warden_config::load(&args.common.sources()) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("warden-audit: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let _telemetry = match warden_telemetry::init("warden-audit", &config.telemetry) {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("warden-audit: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let server = match AuditServer::start(config).await {
-        Ok(server) => server,
-        Err(error) => {
-            tracing::error!(%error, "cannot start");
-            eprintln!("warden-audit: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("warden-audit listening on {} (checkpoint verifier key {})", server.addr, server.verifier_key);
-    warden_telemetry::shutdown_signal().await;
-    tracing::info!("shutting down");
-    server.shutdown().await;
-    ExitCode::SUCCESS
+    warden_auth::run_binary(
+        "warden-audit",
+        &args.common.sources(),
+        |config: &AuditConfig| &config.telemetry,
+        |config| async {
+            let server = AuditServer::start(config).await?;
+            println!("warden-audit listening on {} (checkpoint verifier key {})", server.addr, server.verifier_key);
+            Ok::<_, warden_audit::StartError>(server)
+        },
+        AuditServer::shutdown,
+    )
+    .await
 }

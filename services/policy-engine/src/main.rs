@@ -52,30 +52,12 @@ async fn main() -> ExitCode {
     if let Some(url) = &args.approval_url {
         sources.overrides.push(("approval_url".into(), url.clone()));
     }
-    let config: PolicyEngineConfig = match warden_config::load(&sources) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("warden-policy-engine: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let _telemetry = match warden_telemetry::init("warden-policy-engine", &config.telemetry) {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("warden-policy-engine: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let engine = match PolicyEngine::start(config).await {
-        Ok(engine) => engine,
-        Err(error) => {
-            tracing::error!(%error, "cannot start");
-            eprintln!("warden-policy-engine: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    warden_telemetry::shutdown_signal().await;
-    tracing::info!("shutting down");
-    engine.shutdown().await;
-    ExitCode::SUCCESS
+    warden_auth::run_binary(
+        "warden-policy-engine",
+        &sources,
+        |config: &PolicyEngineConfig| &config.telemetry,
+        PolicyEngine::start,
+        PolicyEngine::shutdown,
+    )
+    .await
 }
