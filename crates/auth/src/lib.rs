@@ -799,6 +799,43 @@ impl Auth {
     }
 }
 
+/// Asks the local service on `listen` (a wildcard address means this
+/// host) for its health.
+async fn healthcheck(name: &str, listen: &str) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let addr = listen.replacen("0.0.0.0", "127.0.0.1", 1).replacen("[::]", "[::1]", 1);
+    let channel = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(endpoint) => {
+            endpoint.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(2)).connect().await
+        }
+        Err(error) => {
+            eprintln!("{name}: bad listen address {listen}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(channel) = channel else {
+        eprintln!("{name}: nothing answers on {addr}");
+        return ExitCode::FAILURE;
+    };
+    let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+    match tonic_health::pb::health_client::HealthClient::new(channel).check(request).await {
+        Ok(response)
+            if response.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+        {
+            println!("{name} on {addr}: serving");
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!("{name} on {addr}: {:?}", response.get_ref().status);
+            ExitCode::FAILURE
+        }
+        Err(status) => {
+            eprintln!("{name} on {addr}: {status}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn setting_is_reference(path: &Path) -> bool {
     let text = path.to_string_lossy();
     text.starts_with("vault:") || text.starts_with("env:")
@@ -854,10 +891,13 @@ pub async fn serve(
 /// environment, flags), initialise telemetry, start, serve until Ctrl-C or
 /// SIGTERM, stop. Exit codes: 2 for a bad configuration, 1 when the
 /// service cannot start, 0 after a clean shutdown.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_binary<C, S, E, Start, Started, Stop, Stopped>(
     name: &'static str,
+    common: &warden_config::CommonArgs,
     sources: &warden_config::Sources,
     telemetry: impl Fn(&C) -> &warden_telemetry::TelemetryConfig,
+    listen: impl Fn(&C) -> &str,
     start: Start,
     stop: Stop,
 ) -> std::process::ExitCode
@@ -877,6 +917,9 @@ where
             return ExitCode::from(2);
         }
     };
+    if common.healthcheck {
+        return healthcheck(name, listen(&config)).await;
+    }
     let _telemetry = match warden_telemetry::init(name, telemetry(&config)) {
         Ok(guard) => guard,
         Err(error) => {

@@ -135,6 +135,11 @@ pub struct CommonArgs {
     /// the port may call every RPC (warned about at start and hourly).
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Instead of serving: ask the service already running with this
+    /// configuration for its health (grpc.health.v1) and exit 0 when it
+    /// serves, 1 when not. For container health checks.
+    #[arg(long)]
+    pub healthcheck: bool,
 }
 
 impl CommonArgs {

@@ -44,8 +44,10 @@ async fn main() -> ExitCode {
     }
     warden_auth::run_binary(
         "warden-approval",
+        &args.common,
         &sources,
         |config: &ApprovalConfig| &config.telemetry,
+        |config: &ApprovalConfig| &config.listen,
         ApprovalServer::start,
         ApprovalServer::shutdown,
     )

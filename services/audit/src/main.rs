@@ -26,8 +26,10 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     warden_auth::run_binary(
         "warden-audit",
+        &args.common,
         &args.common.sources(),
         |config: &AuditConfig| &config.telemetry,
+        |config: &AuditConfig| &config.listen,
         |config| async {
             let server = AuditServer::start(config).await?;
             println!("warden-audit listening on {} (checkpoint verifier key {})", server.addr, server.verifier_key);

@@ -54,8 +54,10 @@ async fn main() -> ExitCode {
     }
     warden_auth::run_binary(
         "warden-policy-engine",
+        &args.common,
         &sources,
         |config: &PolicyEngineConfig| &config.telemetry,
+        |config: &PolicyEngineConfig| &config.listen,
         PolicyEngine::start,
         PolicyEngine::shutdown,
     )
