@@ -10,17 +10,17 @@
 //! This crate must not depend on any other service crate.
 
 pub mod approval_client;
-pub mod cel;
 pub mod config;
 pub mod decision_log;
 pub mod engine;
-pub mod fixtures;
 pub mod kill_switch;
 pub mod limits;
 pub mod metrics;
-pub mod policy;
 pub mod server;
 pub mod service;
+
+/// The policy language, re-exported: the engine evaluates with it.
+pub use warden_policy::{cel, fixtures, policy};
 
 pub use config::PolicyEngineConfig;
 pub use server::{PolicyEngine, StartError};

@@ -5,10 +5,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use warden_policy_engine::cel::Input;
-use warden_policy_engine::engine::decide_rules;
-use warden_policy_engine::fixtures;
-use warden_policy_engine::policy::{Source, compile_sources};
+use warden_policy::cel::Input;
+use warden_policy::decision::decide_rules;
+use warden_policy::fixtures;
+use warden_policy::policy::{Source, compile_sources};
 
 fn decide(c: &mut Criterion) {
     let time = chrono::DateTime::parse_from_rfc3339("2026-06-15T12:00:00Z").unwrap().with_timezone(&chrono::Utc);
