@@ -1,6 +1,7 @@
 //! Warden's policy language: CEL conditions ([`cel`]), the YAML policy
 //! format with its load-time checks ([`policy`]), and how rule outcomes
-//! combine into a decision ([`decision`]).
+//! combine into a decision ([`decision`]); policy test files run offline
+//! ([`testing`]).
 //!
 //! The policy engine service evaluates with it (adding kill switches,
 //! limits and the decision log), and `wardenctl policy test` runs policy
@@ -11,3 +12,4 @@ pub mod cel;
 pub mod decision;
 pub mod fixtures;
 pub mod policy;
+pub mod testing;

@@ -435,6 +435,14 @@ fn verified_checkpoint(note: &str, key: &str) -> Result<warden_merkle::note::Che
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
+    /// Run the policy tests (`*_test.yaml`) in DIR offline, through the
+    /// engine's own evaluation: a summary, exit 1 on any failure.
+    Test {
+        dir: PathBuf,
+        /// Also write JUnit XML here, for CI systems.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
     /// Check every *.yaml file in DIR with the engine's own compiler, without
     /// activating them: errors with file, line and rule; exit 1 when invalid.
     Validate { dir: PathBuf },
@@ -451,10 +459,45 @@ fn print_policy_errors(errors: &[policy::PolicyError]) {
     }
 }
 
+/// Policy tests, offline: no server is involved.
+fn policy_test(args: &RemoteArgs, dir: &std::path::Path, junit: Option<&std::path::Path>) -> Result<(), Failure> {
+    let policies = warden_policy::policy::load_dir(dir).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{}:{}: rule {}: {}", e.file, e.line, e.rule, e.message);
+        }
+        Failure::Failed(format!("the policies in {} do not load", dir.display()))
+    })?;
+    let results = warden_policy::testing::run_dir(dir, &policies);
+    if let Some(path) = junit {
+        std::fs::write(path, warden_policy::testing::junit(&results))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let failed = results.iter().filter(|r| r.failure.is_some()).count();
+    if args.output == Output::Json {
+        print_json(serde_json::Value::Array(
+            results.iter().map(|r| serde_json::json!({"file": r.file, "name": r.name, "failure": r.failure})).collect(),
+        ));
+    } else {
+        for result in &results {
+            match &result.failure {
+                None => println!("PASS {}: {}", result.file, result.name),
+                Some(why) => println!("FAIL {}: {}: {why}", result.file, result.name),
+            }
+        }
+        println!("{} passed, {failed} failed", results.len() - failed);
+    }
+    if results.is_empty() {
+        return Err(Failure::Failed(format!("no policy tests (*_test.yaml) in {}", dir.display())));
+    }
+    if failed > 0 { Err(Failure::Failed(format!("{failed} policy test(s) failed"))) } else { Ok(()) }
+}
+
 pub async fn policy(args: &RemoteArgs, command: PolicyCommand) -> Result<(), Failure> {
-    let mut client = PolicyServiceClient::new(args.channel(&args.addr).await?);
+    let connect = || async { Ok::<_, Failure>(PolicyServiceClient::new(args.channel(&args.addr).await?)) };
     match command {
+        PolicyCommand::Test { dir, junit } => policy_test(args, &dir, junit.as_deref()),
         PolicyCommand::Validate { dir } => {
+            let mut client = connect().await?;
             let mut sources = Vec::new();
             let entries = std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
             let mut paths: Vec<PathBuf> = entries
@@ -498,6 +541,7 @@ pub async fn policy(args: &RemoteArgs, command: PolicyCommand) -> Result<(), Fai
             }
         }
         PolicyCommand::Reload => {
+            let mut client = connect().await?;
             let result = client.reload_policies(policy::ReloadPoliciesRequest {}).await.map_err(explain)?.into_inner();
             if result.reloaded {
                 println!("reloaded: version {}", result.policy_version);
@@ -508,6 +552,7 @@ pub async fn policy(args: &RemoteArgs, command: PolicyCommand) -> Result<(), Fai
             }
         }
         PolicyCommand::Show => {
+            let mut client = connect().await?;
             let set = client.get_policies(policy::GetPoliciesRequest {}).await.map_err(explain)?.into_inner();
             let effect = |e: i32| match policy::Effect::try_from(e).unwrap_or(policy::Effect::Unspecified) {
                 policy::Effect::Allow => "allow",

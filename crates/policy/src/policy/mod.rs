@@ -439,6 +439,11 @@ pub struct Source {
 }
 
 /// Reads every `*.yaml` / `*.yml` file in `dir` (not recursive), sorted by name.
+/// Whether a file in a policy directory holds policy tests, not policies.
+pub fn is_test_file(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("_test.yaml") || n.ends_with("_test.yml"))
+}
+
 pub fn read_dir(dir: &Path) -> Result<Vec<Source>, Vec<PolicyError>> {
     let file_error = |file: &Path, message: String| PolicyError {
         file: file.display().to_string(),
@@ -451,6 +456,8 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Source>, Vec<PolicyError>> {
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.is_file() && matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        // Policy tests live next to the policies (`*_test.yaml`).
+        .filter(|path| !is_test_file(path))
         .collect();
     paths.sort();
     if paths.len() > bounds::MAX_FILES {
