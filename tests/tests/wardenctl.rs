@@ -146,6 +146,28 @@ async fn operators_review_stop_agents_and_check_proofs() {
     let (code, out, _) = run(args(&["completions", "bash"])).await;
     assert!(code == 0 && out.contains("wardenctl"), "{out}");
 
+    // Replay: recorded decisions re-decided with a stricter candidate set.
+    let candidate = tempfile::tempdir().unwrap();
+    std::fs::write(
+        candidate.path().join("p.yaml"),
+        "rules:\n  - name: no-email\n    actions: [send_email]\n    effect: deny\n    reason: email is off\n  - name: rest\n    effect: allow\n",
+    )
+    .unwrap();
+    let candidate_dir = candidate.path().display().to_string();
+    let mut replayed = String::new();
+    for _ in 0..100 {
+        let (code, out, err) =
+            run(with("auditor", &["policy", "replay", "--policies", &candidate_dir, "--since", "1h"])).await;
+        assert_eq!(code, 0, "{err}");
+        replayed = out;
+        if replayed.contains("allow -> deny") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(replayed.contains("allow -> deny: 1") && replayed.contains("no-email (1)"), "{replayed}");
+    assert!(replayed.contains("require_approval -> allow: 1"), "{replayed}");
+
     // No credentials: refused, and told what to do.
     let mut anonymous = remote("agent");
     anonymous.truncate(6);

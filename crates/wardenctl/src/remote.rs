@@ -443,6 +443,23 @@ pub enum PolicyCommand {
         #[arg(long)]
         junit: Option<PathBuf>,
     },
+    /// Re-decide recorded decisions with a candidate policy set and report
+    /// which would change (rules only: kill switches, limits and approvals
+    /// are not replayed). Needs an auditor key for the audit service.
+    Replay {
+        /// The candidate policy directory.
+        #[arg(long)]
+        policies: PathBuf,
+        /// How far back, e.g. 24h or 7d.
+        #[arg(long, default_value = "24h")]
+        since: humantime::Duration,
+        /// Most decisions to replay.
+        #[arg(long, default_value_t = 100_000)]
+        limit: usize,
+        /// Example requests shown per change.
+        #[arg(long, default_value_t = 3)]
+        sample: usize,
+    },
     /// Check every *.yaml file in DIR with the engine's own compiler, without
     /// activating them: errors with file, line and rule; exit 1 when invalid.
     Validate { dir: PathBuf },
@@ -496,6 +513,9 @@ pub async fn policy(args: &RemoteArgs, command: PolicyCommand) -> Result<(), Fai
     let connect = || async { Ok::<_, Failure>(PolicyServiceClient::new(args.channel(&args.addr).await?)) };
     match command {
         PolicyCommand::Test { dir, junit } => policy_test(args, &dir, junit.as_deref()),
+        PolicyCommand::Replay { policies, since, limit, sample } => {
+            replay(args, &policies, since.into(), limit, sample).await
+        }
         PolicyCommand::Validate { dir } => {
             let mut client = connect().await?;
             let mut sources = Vec::new();
@@ -577,4 +597,170 @@ pub async fn policy(args: &RemoteArgs, command: PolicyCommand) -> Result<(), Fai
             Ok(())
         }
     }
+}
+
+fn field<'a>(s: &'a prost_types::Struct, key: &str) -> Option<&'a prost_types::value::Kind> {
+    s.fields.get(key).and_then(|v| v.kind.as_ref())
+}
+
+fn field_str(s: &prost_types::Struct, key: &str) -> String {
+    match field(s, key) {
+        Some(prost_types::value::Kind::StringValue(text)) => text.clone(),
+        _ => String::new(),
+    }
+}
+
+fn field_num(s: &prost_types::Struct, key: &str) -> f64 {
+    match field(s, key) {
+        Some(prost_types::value::Kind::NumberValue(n)) => *n,
+        _ => 0.0,
+    }
+}
+
+/// The request a recorded decision was made for, if the event carries it.
+fn recorded_request(payload: &prost_types::Struct) -> Option<(policy::Agent, policy::Action)> {
+    use prost_types::value::Kind;
+    let Some(Kind::StructValue(agent)) = field(payload, "agent") else { return None };
+    let roles = match field(agent, "roles") {
+        Some(Kind::ListValue(list)) => list
+            .values
+            .iter()
+            .filter_map(|v| match &v.kind {
+                Some(Kind::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let labels = match field(agent, "labels") {
+        Some(Kind::StructValue(labels)) => labels.fields.keys().map(|k| (k.clone(), field_str(labels, k))).collect(),
+        _ => Default::default(),
+    };
+    let params = match field(payload, "params") {
+        Some(Kind::StructValue(params)) => Some(params.clone()),
+        _ => None,
+    };
+    Some((
+        policy::Agent {
+            id: field_str(agent, "id"),
+            name: field_str(agent, "name"),
+            roles,
+            confidence: field_num(agent, "confidence"),
+            labels,
+        },
+        policy::Action {
+            r#type: field_str(payload, "action"),
+            resource: field_str(payload, "resource"),
+            estimated_cost: field_num(payload, "estimated_cost"),
+            params,
+        },
+    ))
+}
+
+async fn replay(
+    args: &RemoteArgs,
+    dir: &std::path::Path,
+    since: Duration,
+    limit: usize,
+    sample: usize,
+) -> Result<(), Failure> {
+    use std::collections::BTreeMap;
+    let candidate = warden_policy::policy::load_dir(dir).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{}:{}: rule {}: {}", e.file, e.line, e.rule, e.message);
+        }
+        Failure::Failed(format!("the candidate policies in {} do not load", dir.display()))
+    })?;
+    let mut client = AuditServiceClient::new(args.channel(&args.audit_addr).await?);
+    let start = std::time::SystemTime::now() - since;
+    let (mut total, mut unchanged, mut skipped) = (0usize, 0usize, 0usize);
+    let mut changes: BTreeMap<(String, String), (usize, BTreeMap<String, usize>, Vec<String>)> = BTreeMap::new();
+    let mut token = String::new();
+    'pages: loop {
+        let query = audit::QueryRequest {
+            event_types: vec!["policy_evaluation".into()],
+            start_time: Some(prost_types::Timestamp::from(start)),
+            page_size: 1000,
+            page_token: token.clone(),
+            ..Default::default()
+        };
+        let page = client.query(query).await.map_err(explain)?.into_inner();
+        for record in page.records {
+            if total + skipped >= limit {
+                break 'pages;
+            }
+            let Some(event) = record.event else { continue };
+            let Some(payload) = event.payload else {
+                skipped += 1;
+                continue;
+            };
+            let Some((agent, action)) = recorded_request(&payload) else {
+                skipped += 1;
+                continue;
+            };
+            total += 1;
+            let time = event
+                .time
+                .as_ref()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+                .unwrap_or_else(chrono::Utc::now);
+            let input = warden_policy::cel::Input {
+                agent: &agent,
+                action: &action,
+                time,
+                correlation_id: &event.correlation_id,
+            };
+            let (decision, _) = warden_policy::decision::decide_rules(&candidate, &input);
+            let old = field_str(&payload, "effect");
+            let new = decision.effect.as_str().to_owned();
+            if old == new {
+                unchanged += 1;
+                continue;
+            }
+            let entry = changes.entry((old, new)).or_default();
+            entry.0 += 1;
+            for rule in decision.matched() {
+                *entry.1.entry(rule).or_default() += 1;
+            }
+            if entry.2.len() < sample {
+                entry.2.push(format!(
+                    "{} {} {} on {} (event {}, {})",
+                    seconds(&event.time),
+                    agent.id,
+                    action.r#type,
+                    action.resource,
+                    record.sequence,
+                    decision.reasons().join("; ")
+                ));
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    if args.output == Output::Json {
+        print_json(serde_json::json!({
+            "replayed": total, "unchanged": unchanged, "skipped": skipped, "policy_version": candidate.version.to_string(),
+            "changes": changes.iter().map(|((old, new), (count, rules, samples))| serde_json::json!({
+                "from": old, "to": new, "count": count, "rules": rules, "samples": samples})).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    println!(
+        "replayed {total} decisions from the last {} against {} ({}): {unchanged} unchanged, {} would change{}",
+        humantime::format_duration(since),
+        dir.display(),
+        candidate.version,
+        total - unchanged,
+        if skipped > 0 { format!(" ({skipped} recorded without their request were skipped)") } else { String::new() }
+    );
+    for ((old, new), (count, rules, samples)) in &changes {
+        let rules: Vec<String> = rules.iter().map(|(rule, n)| format!("{rule} ({n})")).collect();
+        println!("  {old} -> {new}: {count}   rules: {}", rules.join(", "));
+        for example in samples {
+            println!("    {example}");
+        }
+    }
+    Ok(())
 }

@@ -200,8 +200,36 @@ fn decision_event(
     effect: &str,
 ) -> warden_proto::audit::v1::AuditEvent {
     let action = request.action.as_ref().expect("validated");
+    let agent = request.agent.as_ref().expect("validated");
+    let number = |n: f64| prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(n)) };
+    // The request as evaluated, so a candidate policy set can re-decide it
+    // (`wardenctl policy replay`).
+    let agent_value = prost_types::Value {
+        kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
+            fields: [
+                ("id".to_string(), text(&agent.id)),
+                ("name".to_string(), text(&agent.name)),
+                ("roles".to_string(), texts(agent.roles.clone())),
+                ("confidence".to_string(), number(agent.confidence)),
+                (
+                    "labels".to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
+                            fields: agent.labels.iter().map(|(k, v)| (k.clone(), text(v))).collect(),
+                        })),
+                    },
+                ),
+            ]
+            .into(),
+        })),
+    };
+    let params = prost_types::Value {
+        kind: Some(prost_types::value::Kind::StructValue(action.params.clone().unwrap_or_default())),
+    };
     let payload = prost_types::Struct {
         fields: [
+            ("agent".to_string(), agent_value),
+            ("params".to_string(), params),
             ("action".to_string(), text(&action.r#type)),
             ("resource".to_string(), text(&action.resource)),
             (
