@@ -657,6 +657,15 @@ fn recorded_request(payload: &prost_types::Struct) -> Option<(policy::Agent, pol
     ))
 }
 
+/// Decisions that would change one way (old -> new effect).
+#[derive(Debug, Default)]
+struct Change {
+    count: usize,
+    /// The candidate set's deciding rules, with how often each decided.
+    rules: std::collections::BTreeMap<String, usize>,
+    samples: Vec<String>,
+}
+
 async fn replay(
     args: &RemoteArgs,
     dir: &std::path::Path,
@@ -674,7 +683,7 @@ async fn replay(
     let mut client = AuditServiceClient::new(args.channel(&args.audit_addr).await?);
     let start = std::time::SystemTime::now() - since;
     let (mut total, mut unchanged, mut skipped) = (0usize, 0usize, 0usize);
-    let mut changes: BTreeMap<(String, String), (usize, BTreeMap<String, usize>, Vec<String>)> = BTreeMap::new();
+    let mut changes: BTreeMap<(String, String), Change> = BTreeMap::new();
     let mut token = String::new();
     'pages: loop {
         let query = audit::QueryRequest {
@@ -718,12 +727,12 @@ async fn replay(
                 continue;
             }
             let entry = changes.entry((old, new)).or_default();
-            entry.0 += 1;
+            entry.count += 1;
             for rule in decision.matched() {
-                *entry.1.entry(rule).or_default() += 1;
+                *entry.rules.entry(rule).or_default() += 1;
             }
-            if entry.2.len() < sample {
-                entry.2.push(format!(
+            if entry.samples.len() < sample {
+                entry.samples.push(format!(
                     "{} {} {} on {} (event {}, {})",
                     seconds(&event.time),
                     agent.id,
@@ -742,8 +751,8 @@ async fn replay(
     if args.output == Output::Json {
         print_json(serde_json::json!({
             "replayed": total, "unchanged": unchanged, "skipped": skipped, "policy_version": candidate.version.to_string(),
-            "changes": changes.iter().map(|((old, new), (count, rules, samples))| serde_json::json!({
-                "from": old, "to": new, "count": count, "rules": rules, "samples": samples})).collect::<Vec<_>>(),
+            "changes": changes.iter().map(|((old, new), change)| serde_json::json!({
+                "from": old, "to": new, "count": change.count, "rules": change.rules, "samples": change.samples})).collect::<Vec<_>>(),
         }));
         return Ok(());
     }
@@ -755,10 +764,10 @@ async fn replay(
         total - unchanged,
         if skipped > 0 { format!(" ({skipped} recorded without their request were skipped)") } else { String::new() }
     );
-    for ((old, new), (count, rules, samples)) in &changes {
-        let rules: Vec<String> = rules.iter().map(|(rule, n)| format!("{rule} ({n})")).collect();
-        println!("  {old} -> {new}: {count}   rules: {}", rules.join(", "));
-        for example in samples {
+    for ((old, new), change) in &changes {
+        let rules: Vec<String> = change.rules.iter().map(|(rule, n)| format!("{rule} ({n})")).collect();
+        println!("  {old} -> {new}: {}   rules: {}", change.count, rules.join(", "));
+        for example in &change.samples {
             println!("    {example}");
         }
     }
