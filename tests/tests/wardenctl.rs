@@ -168,6 +168,29 @@ async fn operators_review_stop_agents_and_check_proofs() {
     assert!(replayed.contains("allow -> deny: 1") && replayed.contains("no-email (1)"), "{replayed}");
     assert!(replayed.contains("require_approval -> allow: 1"), "{replayed}");
 
+    // A profile file instead of flags; audit query and export.
+    let profile = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        profile.path(),
+        format!(
+            "addr = \"{}\"\naudit_addr = \"{}\"\napproval_addr = \"{}\"\napi_key = \"{}\"\n",
+            engine.url(),
+            audit.url(),
+            approval.url(),
+            keys.token("auditor")
+        ),
+    )
+    .unwrap();
+    let profile_path = profile.path().display().to_string();
+    let (code, out, err) =
+        run(args(&["--profile", &profile_path, "audit", "query", "--types", "policy_evaluation"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().filter(|l| l.contains("policy_evaluation")).count() >= 3, "{out}");
+    let (code, out, _) = run(args(&["--profile", &profile_path, "audit", "export"])).await;
+    assert_eq!(code, 0);
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["sequence"], 0);
+
     // No credentials: refused, and told what to do.
     let mut anonymous = remote("agent");
     anonymous.truncate(6);

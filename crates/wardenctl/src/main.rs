@@ -4,6 +4,7 @@
 //! - `keys create|list|revoke`: API keys files.
 //! - `approvals list|show|approve|deny|watch`: review what agents asked for.
 //! - `killswitch engage|release|list`: stop one agent, or all.
+//! - `audit query|export|forget`: read the log, forget a subject.
 //! - `audit checkpoint|verify|proof`: check the audit log; proofs are
 //!   verified here, against the signed checkpoint, so an auditor need not
 //!   trust the server.
@@ -12,7 +13,7 @@
 //!
 //! Addresses and the credential come from flags or the environment
 //! (`WARDEN_ADDR`, `WARDEN_AUDIT_ADDR`, `WARDEN_APPROVAL_ADDR`,
-//! `WARDEN_API_KEY`, `WARDEN_CA`). Exit codes: 0 success; 1 the request
+//! `WARDEN_API_KEY`, `WARDEN_CA`) or a profile file (`--profile`). Exit codes: 0 success; 1 the request
 //! failed or was refused; 2 bad usage; 3 a proof or the log did not verify.
 
 use std::process::ExitCode;
@@ -78,7 +79,14 @@ impl From<String> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.remote = match cli.remote.with_profile() {
+        Ok(remote) => remote,
+        Err(error) => {
+            eprintln!("wardenctl: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Keys { command } => keys::run(command, cli.remote.json()).map_err(Failure::Failed),
         Command::Approvals { command } => remote::runtime().block_on(remote::approvals(&cli.remote, command)),

@@ -36,6 +36,9 @@ pub struct RemoteArgs {
     /// Output: table (for people) or json (for scripts).
     #[arg(short, long, global = true, default_value = "table")]
     output: Output,
+    /// A TOML profile with addr, audit_addr, approval_addr, api_key, ca.
+    #[arg(long, global = true, env = "WARDEN_PROFILE")]
+    profile: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,7 +53,54 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 type Stack = InterceptedService<Channel, CallCredentials>;
 
+/// A profile file (`--profile FILE`, or `WARDEN_PROFILE`): the addresses
+/// and key for one deployment, in TOML. Flags and the environment win.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    addr: Option<String>,
+    audit_addr: Option<String>,
+    approval_addr: Option<String>,
+    api_key: Option<String>,
+    ca: Option<PathBuf>,
+}
+
 impl RemoteArgs {
+    /// Fills what flags and the environment left unset from the profile.
+    pub fn with_profile(mut self) -> Result<RemoteArgs, String> {
+        let Some(path) = self.profile.clone() else { return Ok(self) };
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("cannot read profile {}: {e}", path.display()))?;
+        let profile: Profile = toml::from_str(&text).map_err(|e| format!("profile {}: {e}", path.display()))?;
+        let defaults = RemoteArgs::default_addresses();
+        if self.addr == defaults.0
+            && let Some(addr) = profile.addr
+        {
+            self.addr = addr;
+        }
+        if self.audit_addr == defaults.1
+            && let Some(addr) = profile.audit_addr
+        {
+            self.audit_addr = addr;
+        }
+        if self.approval_addr == defaults.2
+            && let Some(addr) = profile.approval_addr
+        {
+            self.approval_addr = addr;
+        }
+        if self.api_key.is_none() {
+            self.api_key = profile.api_key;
+        }
+        if self.ca.is_none() {
+            self.ca = profile.ca;
+        }
+        Ok(self)
+    }
+
+    fn default_addresses() -> (&'static str, &'static str, &'static str) {
+        ("http://127.0.0.1:50051", "http://127.0.0.1:50052", "http://127.0.0.1:50053")
+    }
+
     pub fn json(&self) -> bool {
         self.output == Output::Json
     }
@@ -338,6 +388,30 @@ pub async fn killswitch(args: &RemoteArgs, command: KillSwitchCommand) -> Result
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
+    /// Events by correlation id, agent and type, oldest first.
+    Query {
+        #[arg(long)]
+        correlation_id: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        /// Event types, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        types: Vec<String>,
+        /// Most events to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Every event in a sequence range, as JSON lines.
+    Export {
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Exclusive; 0 = the current end of the log.
+        #[arg(long, default_value_t = 0)]
+        to: u64,
+    },
+    /// Destroy a subject's data key: its sensitive fields become unreadable,
+    /// the events and their hashes stay and verify (admin).
+    Forget { subject: String },
     /// The latest signed checkpoint, its signature checked with --key.
     Checkpoint {
         /// The verifier key (`name+hash+key`, printed by the audit service at start).
@@ -392,6 +466,61 @@ pub async fn audit(args: &RemoteArgs, command: AuditCommand) -> Result<(), Failu
                 Err(Failure::Unverified(format!("event {}: {}", result.first_bad_sequence, result.problem)))
             }
         }
+        AuditCommand::Query { correlation_id, agent, types, limit } => {
+            let mut token = String::new();
+            let mut printed = 0;
+            if args.output == Output::Table {
+                println!("{:<8} {:<22} {:<22} {:<16} {:<20} CORRELATION", "SEQ", "TIME", "TYPE", "AGENT", "ACTOR");
+            }
+            while printed < limit {
+                let query = audit::QueryRequest {
+                    correlation_id: correlation_id.clone().unwrap_or_default(),
+                    agent_id: agent.clone().unwrap_or_default(),
+                    event_types: types.clone(),
+                    page_size: 1000.min(limit as u32),
+                    page_token: token.clone(),
+                    ..Default::default()
+                };
+                let page = client.query(query).await.map_err(explain)?.into_inner();
+                for record in page.records.iter().take(limit - printed) {
+                    print_record(record, args.output);
+                    printed += 1;
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            Ok(())
+        }
+        AuditCommand::Export { from, to } => {
+            let mut stream = client
+                .export(audit::ExportRequest { from_sequence: from, to_sequence: to, ..Default::default() })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            while let Some(record) = stream.message().await.map_err(explain)? {
+                print_record(&record, Output::Json);
+            }
+            Ok(())
+        }
+        AuditCommand::Forget { subject } => {
+            let forgotten = client
+                .forget_subject(audit::ForgetSubjectRequest { subject: subject.clone() })
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .forgotten;
+            println!(
+                "{}",
+                if forgotten {
+                    format!("forgot {subject}: its sensitive fields are unreadable now")
+                } else {
+                    format!("{subject} had no stored personal data")
+                }
+            );
+            Ok(())
+        }
         AuditCommand::Proof { sequence, key } => {
             let checkpoint = client.get_checkpoint(audit::GetCheckpointRequest {}).await.map_err(explain)?.into_inner();
             let body = verified_checkpoint(&checkpoint.note, &key)?;
@@ -421,6 +550,32 @@ pub async fn audit(args: &RemoteArgs, command: AuditCommand) -> Result<(), Failu
             );
             Ok(())
         }
+    }
+}
+
+fn print_record(record: &audit::AuditRecord, output: Output) {
+    let event = record.event.clone().unwrap_or_default();
+    if output == Output::Json {
+        let payload = event.payload.as_ref().map(|p| format!("{p:?}")).unwrap_or_default();
+        println!(
+            "{}",
+            serde_json::json!({
+                "sequence": record.sequence, "leaf_hash": hex::encode(&record.leaf_hash), "event_id": event.event_id,
+                "event_type": event.event_type, "time": seconds(&event.time), "correlation_id": event.correlation_id,
+                "agent_id": event.agent_id, "actor": event.actor, "payload": payload,
+                "payload_purged": record.payload_purged, "sensitive_forgotten": record.sensitive_forgotten,
+            })
+        );
+    } else {
+        println!(
+            "{:<8} {:<22} {:<22} {:<16} {:<20} {}",
+            record.sequence,
+            seconds(&event.time),
+            event.event_type,
+            event.agent_id,
+            event.actor,
+            event.correlation_id
+        );
     }
 }
 
