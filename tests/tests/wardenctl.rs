@@ -45,7 +45,7 @@ fn args(list: &[&str]) -> Vec<String> {
 async fn operators_review_stop_agents_and_check_proofs() {
     let sandbox = Sandbox::new(&[(
         "refunds.yaml",
-        "rules:\n  - name: big\n    actions: [issue_refund]\n    effect: require_approval\n  - name: rest\n    effect: allow\n",
+        "personal_params: [customer_email]\nrules:\n  - name: big\n    actions: [issue_refund]\n    effect: require_approval\n  - name: rest\n    effect: allow\n",
     )]);
     let keys = identity::keys(sandbox.data.path());
     let mut audit_config = warden_audit::AuditConfig::for_tests(sandbox.data.path().join("audit"));
@@ -61,7 +61,14 @@ async fn operators_review_stop_agents_and_check_proofs() {
     config.outbound.credential = keys.token("service").into();
     let engine = PolicyEngine::start(config).await.unwrap();
     let agent = PolicyClient::new(ClientConfig::new(engine.url()).api_key(keys.token("agent"))).unwrap();
-    let decision = agent.evaluate(Request::new("support-bot", "issue_refund").param("amount", 150.0)).await.unwrap();
+    let decision = agent
+        .evaluate(
+            Request::new("support-bot", "issue_refund")
+                .param("amount", 150.0)
+                .param("customer_email", "ada@example.com"),
+        )
+        .await
+        .unwrap();
     let id = decision.approval_id.unwrap();
 
     let remote = |key: &str| {
@@ -190,6 +197,26 @@ async fn operators_review_stop_agents_and_check_proofs() {
     assert_eq!(code, 0);
     let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(first["sequence"], 0);
+
+    // The personal param is kept encrypted, apart from the payload.
+    let mut auditor = warden_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        warden_tests::channel(&audit.url()).await,
+    );
+    let query =
+        warden_proto::audit::v1::QueryRequest { event_types: vec!["policy_evaluation".into()], ..Default::default() };
+    let records = auditor
+        .query(identity::bearer(tonic::Request::new(query), keys.token("auditor")))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let refund = records
+        .iter()
+        .filter_map(|r| r.event.clone())
+        .find(|e| format!("{:?}", e.payload).contains("issue_refund"))
+        .unwrap();
+    assert!(!format!("{:?}", refund.payload).contains("ada@example.com"));
+    assert!(format!("{:?}", refund.sensitive).contains("ada@example.com"));
 
     // No credentials: refused, and told what to do.
     let mut anonymous = remote("agent");

@@ -773,7 +773,10 @@ fn field_num(s: &prost_types::Struct, key: &str) -> f64 {
 }
 
 /// The request a recorded decision was made for, if the event carries it.
-fn recorded_request(payload: &prost_types::Struct) -> Option<(policy::Agent, policy::Action)> {
+fn recorded_request(
+    payload: &prost_types::Struct,
+    sensitive: Option<&prost_types::Struct>,
+) -> Option<(policy::Agent, policy::Action)> {
     use prost_types::value::Kind;
     let Some(Kind::StructValue(agent)) = field(payload, "agent") else { return None };
     let roles = match field(agent, "roles") {
@@ -791,10 +794,15 @@ fn recorded_request(payload: &prost_types::Struct) -> Option<(policy::Agent, pol
         Some(Kind::StructValue(labels)) => labels.fields.keys().map(|k| (k.clone(), field_str(labels, k))).collect(),
         _ => Default::default(),
     };
-    let params = match field(payload, "params") {
+    let mut params = match field(payload, "params") {
         Some(Kind::StructValue(params)) => Some(params.clone()),
         _ => None,
     };
+    // Personal params are kept encrypted; the audit service decrypts them
+    // for an auditor unless the subject was forgotten.
+    if let Some(Kind::StructValue(private)) = sensitive.and_then(|s| field(s, "params")) {
+        params.get_or_insert_with(Default::default).fields.extend(private.fields.clone());
+    }
     Some((
         policy::Agent {
             id: field_str(agent, "id"),
@@ -858,7 +866,7 @@ async fn replay(
                 skipped += 1;
                 continue;
             };
-            let Some((agent, action)) = recorded_request(&payload) else {
+            let Some((agent, action)) = recorded_request(&payload, event.sensitive.as_ref()) else {
                 skipped += 1;
                 continue;
             };

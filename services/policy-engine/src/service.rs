@@ -198,6 +198,7 @@ fn decision_event(
     time: chrono::DateTime<chrono::Utc>,
     response: &pb::EvaluateResponse,
     effect: &str,
+    personal: &std::collections::BTreeSet<String>,
 ) -> warden_proto::audit::v1::AuditEvent {
     let action = request.action.as_ref().expect("validated");
     let agent = request.agent.as_ref().expect("validated");
@@ -223,9 +224,21 @@ fn decision_event(
             .into(),
         })),
     };
-    let params = prost_types::Value {
-        kind: Some(prost_types::value::Kind::StructValue(action.params.clone().unwrap_or_default())),
-    };
+    // Params a policy marks as personal data are kept encrypted under the
+    // agent's subject key (forgettable); the rest stay in the payload.
+    let (mut plain, mut private) = (prost_types::Struct::default(), prost_types::Struct::default());
+    for (key, value) in action.params.iter().flat_map(|p| p.fields.iter()) {
+        let target = if personal.contains(key) { &mut private } else { &mut plain };
+        target.fields.insert(key.clone(), value.clone());
+    }
+    let sensitive = (!private.fields.is_empty()).then(|| prost_types::Struct {
+        fields: [(
+            "params".to_string(),
+            prost_types::Value { kind: Some(prost_types::value::Kind::StructValue(private)) },
+        )]
+        .into(),
+    });
+    let params = prost_types::Value { kind: Some(prost_types::value::Kind::StructValue(plain)) };
     let payload = prost_types::Struct {
         fields: [
             ("agent".to_string(), agent_value),
@@ -253,7 +266,7 @@ fn decision_event(
         agent_id: request.agent.as_ref().map(|a| a.id.clone()).unwrap_or_default(),
         actor: "warden-policy-engine".into(),
         payload: Some(payload),
-        sensitive: None,
+        sensitive,
         subject: String::new(),
     }
 }
@@ -390,7 +403,8 @@ impl PolicyService for PolicyServiceImpl {
             effect = self.approve(&request, &mut response, effect, &requested_by).await;
         }
         if let Some(log) = &self.decision_log {
-            let event = decision_event(&response.decision_id, &request, time, &response, effect.as_str());
+            let personal = &self.engine.policies().personal_params;
+            let event = decision_event(&response.decision_id, &request, time, &response, effect.as_str(), personal);
             log.record(event).await.map_err(|error| {
                 tracing::warn!(%error, "decision not recorded; refusing to answer");
                 to_status(&error)

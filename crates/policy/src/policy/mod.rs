@@ -105,6 +105,10 @@ struct PolicyFile {
     rules: Vec<RuleSpec>,
     #[serde(default)]
     limits: Vec<LimitSpec>,
+    /// Action params that are personal data: the decision log keeps them
+    /// encrypted (the audit log's `sensitive`, forgettable per subject).
+    #[serde(default)]
+    personal_params: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,6 +326,8 @@ pub struct PolicySet {
     pub version: Arc<str>,
     pub rules: Vec<Rule>,
     pub limits: Vec<Limit>,
+    /// Param names any file marks as personal data (`personal_params`).
+    pub personal_params: std::collections::BTreeSet<String>,
     rule_index: Index,
     limit_index: Index,
     pub loaded_at: SystemTime,
@@ -363,7 +369,15 @@ impl PolicySet {
     fn build(rules: Vec<Rule>, limits: Vec<Limit>, version: String) -> PolicySet {
         let rule_index = Index::build(&rules.iter().map(|r| &r.scope).collect::<Vec<_>>());
         let limit_index = Index::build(&limits.iter().map(|l| &l.scope).collect::<Vec<_>>());
-        PolicySet { version: version.into(), rules, limits, rule_index, limit_index, loaded_at: SystemTime::now() }
+        PolicySet {
+            version: version.into(),
+            rules,
+            limits,
+            personal_params: Default::default(),
+            rule_index,
+            limit_index,
+            loaded_at: SystemTime::now(),
+        }
     }
 
     /// Evaluates every rule that applies to the request and keeps the rules
@@ -515,6 +529,7 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
     let mut limits = Vec::new();
     let mut rule_names: BTreeMap<String, String> = BTreeMap::new();
     let mut limit_names: HashSet<String> = HashSet::new();
+    let mut personal: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for source in sources {
         let file = &source.file;
         if source.content.len() > bounds::MAX_FILE_BYTES {
@@ -527,7 +542,7 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
             continue;
         }
         let parsed: PolicyFile = if source.content.trim().is_empty() {
-            PolicyFile { rules: Vec::new(), limits: Vec::new() }
+            PolicyFile { rules: Vec::new(), limits: Vec::new(), personal_params: Vec::new() }
         } else {
             match serde_yaml::from_str(&source.content) {
                 Ok(parsed) => parsed,
@@ -541,6 +556,7 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
             }
         };
         let lines = NameLines::new(&source.content);
+        personal.extend(parsed.personal_params.iter().cloned());
         for spec in parsed.rules {
             let line = lines.find(&spec.name);
             let mut fail = |message: String| {
@@ -706,7 +722,9 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(PolicySet::build(rules, limits, version_of(sources)))
+    let mut set = PolicySet::build(rules, limits, version_of(sources));
+    set.personal_params = personal;
+    Ok(set)
 }
 
 /// The name of the rule or limit a deserialisation error points at
