@@ -281,7 +281,7 @@ fn bad_files_are_rejected_with_file_line_and_rule() {
     );
     check_errors(
         &[("unknown.yaml", "rulez: []\n")],
-        &["unknown.yaml:1: unknown field `rulez`, expected `rules` or `limits`"],
+        &["unknown.yaml:1: unknown field `rulez`, expected one of `rules`, `limits`, `personal_params`"],
     );
     check_errors(
         &[(
