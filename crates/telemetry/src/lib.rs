@@ -87,6 +87,7 @@ pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<Tele
     let filter = EnvFilter::try_new(&directive)
         .map_err(|error| TelemetryError::Filter(config.log_level.clone(), error.to_string()))?;
 
+    install_propagator();
     let mut guard = TelemetryGuard::default();
     let otel_layer = if config.otlp_endpoint.is_empty() {
         None
@@ -100,7 +101,6 @@ pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<Tele
             .with_batch_exporter(exporter)
             .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service_name).build())
             .build();
-        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
         opentelemetry::global::set_tracer_provider(provider.clone());
         let tracer = provider.tracer(service_name);
         guard.provider = Some(provider);
@@ -126,6 +126,28 @@ pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<Tele
 }
 
 // === W3C trace context over gRPC metadata ===
+
+/// Installs the W3C trace context propagator (idempotent). `init` calls it;
+/// tests that install their own subscriber call it too.
+pub fn install_propagator() {
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+}
+
+/// The current span's `traceparent`, to carry a trace across a queue (the
+/// decision log's outbox); `None` outside a sampled trace.
+pub fn current_traceparent() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut carrier));
+    carrier.remove("traceparent")
+}
+
+/// The span context a `traceparent` names, for a span that continues it.
+pub fn context_from_traceparent(traceparent: &str) -> opentelemetry::Context {
+    let carrier: std::collections::HashMap<String, String> =
+        [("traceparent".to_string(), traceparent.to_string())].into();
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier))
+}
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 

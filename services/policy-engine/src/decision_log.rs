@@ -109,6 +109,8 @@ impl Classify for DecisionLogError {
 
 struct WriteJob {
     event: Vec<u8>,
+    /// The decision's trace, continued by the shipping span.
+    traceparent: Option<String>,
     ack: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -148,11 +150,19 @@ impl DecisionLog {
         // A local file private to this process: its one table is created
         // here rather than by the shared migrations.
         sqlx::query(
-            "CREATE TABLE IF NOT EXISTS decision_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event BLOB NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS decision_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event BLOB NOT NULL, \
+             traceparent TEXT)",
         )
         .execute(&pool)
         .await
         .map_err(warden_store::translate)?;
+        // Outboxes written by an earlier release lack the trace column.
+        if sqlx::query("SELECT traceparent FROM decision_outbox LIMIT 0").execute(&pool).await.is_err() {
+            sqlx::query("ALTER TABLE decision_outbox ADD COLUMN traceparent TEXT")
+                .execute(&pool)
+                .await
+                .map_err(warden_store::translate)?;
+        }
         let backlog: i64 = sqlx::query("SELECT COUNT(*) AS n FROM decision_outbox")
             .fetch_one(&pool)
             .await
@@ -215,14 +225,17 @@ impl DecisionLog {
         }
         self.pending.fetch_add(1, Ordering::Relaxed);
         let bytes = event.encode_to_vec();
+        let traceparent = warden_telemetry::current_traceparent();
         match self.config.durability {
-            Durability::Async => {
-                self.writer.send(WriteJob { event: bytes, ack: None }).await.map_err(|_| DecisionLogError::Stopped)
-            }
+            Durability::Async => self
+                .writer
+                .send(WriteJob { event: bytes, traceparent, ack: None })
+                .await
+                .map_err(|_| DecisionLogError::Stopped),
             Durability::Sync => {
                 let (ack, written) = oneshot::channel();
                 self.writer
-                    .send(WriteJob { event: bytes, ack: Some(ack) })
+                    .send(WriteJob { event: bytes, traceparent, ack: Some(ack) })
                     .await
                     .map_err(|_| DecisionLogError::Stopped)?;
                 match written.await {
@@ -244,7 +257,9 @@ impl warden_auth::DenialSink for DecisionLog {
             return;
         }
         self.pending.fetch_add(1, Ordering::Relaxed);
-        if self.writer.try_send(WriteJob { event: event.encode_to_vec(), ack: None }).is_err() {
+        let job =
+            WriteJob { event: event.encode_to_vec(), traceparent: warden_telemetry::current_traceparent(), ack: None };
+        if self.writer.try_send(job).is_err() {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             METRICS.decisions_dropped.inc();
         }
@@ -285,11 +300,11 @@ async fn run_writer(
 async fn write_batch(pool: &sqlx::SqlitePool, batch: &[WriteJob]) -> Result<(), String> {
     let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
     for chunk in batch.chunks(500) {
-        let marks = vec!["(?)"; chunk.len()].join(", ");
-        let text = format!("INSERT INTO decision_outbox (event) VALUES {marks}");
+        let marks = vec!["(?, ?)"; chunk.len()].join(", ");
+        let text = format!("INSERT INTO decision_outbox (event, traceparent) VALUES {marks}");
         let mut query = sqlx::query(&text);
         for job in chunk {
-            query = query.bind(&job.event);
+            query = query.bind(&job.event).bind(&job.traceparent);
         }
         query.execute(&mut *tx).await.map_err(|e| e.to_string())?;
     }
@@ -307,7 +322,7 @@ async fn run_shipper(
 ) {
     let mut failures = 0u32;
     loop {
-        let rows = sqlx::query("SELECT id, event FROM decision_outbox ORDER BY id LIMIT ?")
+        let rows = sqlx::query("SELECT id, event, traceparent FROM decision_outbox ORDER BY id LIMIT ?")
             .bind(batch as i64)
             .fetch_all(&pool)
             .await;
@@ -326,6 +341,21 @@ async fn run_shipper(
         }
         let mut last_id = 0i64;
         let mut events = Vec::with_capacity(rows.len());
+        // The shipping span continues the first decision's trace and links
+        // the others, so a decision's trace reaches the audit append.
+        let span = tracing::info_span!("decision_log_ship", events = rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            if let Ok(Some(traceparent)) = row.try_get::<Option<String>, _>("traceparent") {
+                use opentelemetry::trace::TraceContextExt;
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                let context = warden_telemetry::context_from_traceparent(&traceparent);
+                if i == 0 {
+                    let _ = span.set_parent(context);
+                } else {
+                    span.add_link(context.span().span_context().clone());
+                }
+            }
+        }
         for row in &rows {
             last_id = row.get::<i64, _>("id");
             let bytes: Vec<u8> = row.get("event");
@@ -337,7 +367,8 @@ async fn run_shipper(
         let shipped = if events.is_empty() {
             Ok(())
         } else {
-            client.clone().append(audit::AppendRequest { events }).await.map(drop)
+            use tracing::Instrument;
+            client.clone().append(audit::AppendRequest { events }).instrument(span).await.map(drop)
         };
         match shipped {
             Ok(()) => {
