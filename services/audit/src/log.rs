@@ -341,6 +341,8 @@ impl AuditLog {
         let note = self.signer.sign(&body).map_err(|e| KeyError::Invalid("checkpoint".into(), e.to_string()))?;
         let checkpoint = StoredCheckpoint { tree_size: size, root_hash: root, note, created_at_micros: now_micros() };
         self.store.insert_checkpoint(&checkpoint).await?;
+        crate::metrics::METRICS.checkpoint_time.set(checkpoint.created_at_micros as f64 / 1e6);
+        crate::metrics::METRICS.checkpoint_size.set(checkpoint.tree_size as i64);
         Ok(SignedCheckpoint {
             tree_size: checkpoint.tree_size,
             root_hash: checkpoint.root_hash,

@@ -11,6 +11,9 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     pub verified_events: IntCounter,
     pub payloads_purged: IntCounter,
+    /// When the latest checkpoint was signed (Unix seconds), and its size.
+    pub checkpoint_time: prometheus::Gauge,
+    pub checkpoint_size: prometheus::IntGauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -30,6 +33,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     ),
     verified_events: register(
         IntCounter::new("audit_events_verified_total", "Events checked by Verify").expect("metric"),
+    ),
+    checkpoint_time: register(
+        prometheus::Gauge::new("audit_checkpoint_timestamp_seconds", "When the latest checkpoint was signed")
+            .expect("metric"),
+    ),
+    checkpoint_size: register(
+        prometheus::IntGauge::new("audit_checkpoint_tree_size", "Events under the latest signed checkpoint")
+            .expect("metric"),
     ),
     payloads_purged: register(
         IntCounter::new("audit_payloads_purged_total", "Payloads removed by retention").expect("metric"),

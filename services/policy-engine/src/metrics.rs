@@ -23,9 +23,17 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     pub decisions_shipped: IntCounter,
     pub decisions_dropped: IntCounter,
+    /// Denied requests by agent (the "top denied agents" panel). Only
+    /// denials are counted, so the series grow with misbehaving agents, not
+    /// with traffic.
+    pub denied_agents: IntCounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    denied_agents: register(
+        IntCounterVec::new(Opts::new("policy_denials_total", "Denied requests, by agent"), &["agent_id"])
+            .expect("metric"),
+    ),
     evaluations: register(
         IntCounterVec::new(
             Opts::new("policy_evaluations_total", "Policy decisions, by deciding rule and effect"),

@@ -402,6 +402,9 @@ impl PolicyService for PolicyServiceImpl {
         if effect == Effect::RequireApproval || !request.approval_id.is_empty() {
             effect = self.approve(&request, &mut response, effect, &requested_by).await;
         }
+        if effect == Effect::Deny {
+            METRICS.denied_agents.with_label_values(&[&agent.id]).inc();
+        }
         if let Some(log) = &self.decision_log {
             let personal = &self.engine.policies().personal_params;
             let event = decision_event(&response.decision_id, &request, time, &response, effect.as_str(), personal);
