@@ -22,10 +22,22 @@ pub struct RemoteArgs {
     #[arg(long, global = true, env = "WARDEN_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
     /// The audit service.
-    #[arg(long, global = true, env = "WARDEN_AUDIT_ADDR", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        visible_alias = "audit",
+        global = true,
+        env = "WARDEN_AUDIT_ADDR",
+        default_value = "http://127.0.0.1:50052"
+    )]
     audit_addr: String,
     /// The approval service.
-    #[arg(long, global = true, env = "WARDEN_APPROVAL_ADDR", default_value = "http://127.0.0.1:50053")]
+    #[arg(
+        long,
+        visible_alias = "approval",
+        global = true,
+        env = "WARDEN_APPROVAL_ADDR",
+        default_value = "http://127.0.0.1:50053"
+    )]
     approval_addr: String,
     /// API key or token, sent as `authorization: Bearer ...`.
     #[arg(long, global = true, env = "WARDEN_API_KEY", hide_env_values = true)]
