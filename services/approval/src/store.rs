@@ -263,6 +263,17 @@ macro_rules! in_transaction {
     };
 }
 
+/// Runs `$body` with `$pool` bound to whichever pool the database has
+/// (the body is compiled once per driver).
+macro_rules! on_pool {
+    ($database:expr, |$pool:ident| $body:expr) => {
+        match $database {
+            Database::Sqlite($pool) => $body,
+            Database::Postgres($pool) => $body,
+        }
+    };
+}
+
 macro_rules! insert_outgoing {
     ($tx:expr, $items:expr) => {
         for item in $items {
@@ -381,20 +392,12 @@ impl ApprovalStore {
 
     pub async fn get(&self, id: &str) -> Result<Option<ApprovalRow>, TransitionError> {
         let select = format!("SELECT {COLUMNS} FROM approval_requests WHERE id = $1");
-        match &self.database {
-            Database::Sqlite(pool) => {
-                let Some(row) = sqlx::query(&select).bind(id).fetch_optional(pool).await? else { return Ok(None) };
-                let mut approval = approval_from_row!(&row);
-                approval.reviews = reviews_of!(pool, id);
-                Ok(Some(approval))
-            }
-            Database::Postgres(pool) => {
-                let Some(row) = sqlx::query(&select).bind(id).fetch_optional(pool).await? else { return Ok(None) };
-                let mut approval = approval_from_row!(&row);
-                approval.reviews = reviews_of!(pool, id);
-                Ok(Some(approval))
-            }
-        }
+        on_pool!(&self.database, |pool| {
+            let Some(row) = sqlx::query(&select).bind(id).fetch_optional(pool).await? else { return Ok(None) };
+            let mut approval = approval_from_row!(&row);
+            approval.reviews = reviews_of!(pool, id);
+            Ok(Some(approval))
+        })
     }
 
     /// Requests newest first, filtered by state and agent, after `before`
@@ -413,36 +416,20 @@ impl ApprovalStore {
         );
         let state = state.map(State::as_str).unwrap_or("");
         let mut rows = Vec::new();
-        match &self.database {
-            Database::Sqlite(pool) => {
-                for row in sqlx::query(&select)
-                    .bind(state)
-                    .bind(agent_id.unwrap_or(""))
-                    .bind(before.unwrap_or(""))
-                    .bind(i64::from(limit))
-                    .fetch_all(pool)
-                    .await?
-                {
-                    let mut approval = approval_from_row!(&row);
-                    approval.reviews = reviews_of!(pool, &approval.id);
-                    rows.push(approval);
-                }
+        on_pool!(&self.database, |pool| {
+            for row in sqlx::query(&select)
+                .bind(state)
+                .bind(agent_id.unwrap_or(""))
+                .bind(before.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+            {
+                let mut approval = approval_from_row!(&row);
+                approval.reviews = reviews_of!(pool, &approval.id);
+                rows.push(approval);
             }
-            Database::Postgres(pool) => {
-                for row in sqlx::query(&select)
-                    .bind(state)
-                    .bind(agent_id.unwrap_or(""))
-                    .bind(before.unwrap_or(""))
-                    .bind(i64::from(limit))
-                    .fetch_all(pool)
-                    .await?
-                {
-                    let mut approval = approval_from_row!(&row);
-                    approval.reviews = reviews_of!(pool, &approval.id);
-                    rows.push(approval);
-                }
-            }
-        }
+        });
         Ok(rows)
     }
 
@@ -638,18 +625,11 @@ impl ApprovalStore {
              OR (state = 'APPROVED' AND grant_expires_at_micros <= $1) ORDER BY id LIMIT 10000"
         );
         let mut rows = Vec::new();
-        match &self.database {
-            Database::Sqlite(pool) => {
-                for row in sqlx::query(&select).bind(now_micros).fetch_all(pool).await? {
-                    rows.push(approval_from_row!(&row));
-                }
+        on_pool!(&self.database, |pool| {
+            for row in sqlx::query(&select).bind(now_micros).fetch_all(pool).await? {
+                rows.push(approval_from_row!(&row));
             }
-            Database::Postgres(pool) => {
-                for row in sqlx::query(&select).bind(now_micros).fetch_all(pool).await? {
-                    rows.push(approval_from_row!(&row));
-                }
-            }
-        }
+        });
         Ok(rows)
     }
 
@@ -670,42 +650,23 @@ impl ApprovalStore {
         let read = "SELECT id, kind, payload, attempts FROM approval_outbox \
              WHERE claimed_by = $1 AND claimed_until_micros = $2 ORDER BY id";
         let mut claimed = Vec::new();
-        match &self.database {
-            Database::Sqlite(pool) => {
-                sqlx::query(claim)
-                    .bind(until_micros)
-                    .bind(replica)
-                    .bind(now_micros)
-                    .bind(i64::from(limit))
-                    .execute(pool)
-                    .await?;
-                for row in sqlx::query(read).bind(replica).bind(until_micros).fetch_all(pool).await? {
-                    let (kind, payload): (String, Vec<u8>) = (row.try_get("kind")?, row.try_get("payload")?);
-                    claimed.push(OutboxRow {
-                        id: row.try_get("id")?,
-                        attempts: row.try_get("attempts")?,
-                        item: Outgoing::decode(&kind, &payload),
-                    });
-                }
+        on_pool!(&self.database, |pool| {
+            sqlx::query(claim)
+                .bind(until_micros)
+                .bind(replica)
+                .bind(now_micros)
+                .bind(i64::from(limit))
+                .execute(pool)
+                .await?;
+            for row in sqlx::query(read).bind(replica).bind(until_micros).fetch_all(pool).await? {
+                let (kind, payload): (String, Vec<u8>) = (row.try_get("kind")?, row.try_get("payload")?);
+                claimed.push(OutboxRow {
+                    id: row.try_get("id")?,
+                    attempts: row.try_get("attempts")?,
+                    item: Outgoing::decode(&kind, &payload),
+                });
             }
-            Database::Postgres(pool) => {
-                sqlx::query(claim)
-                    .bind(until_micros)
-                    .bind(replica)
-                    .bind(now_micros)
-                    .bind(i64::from(limit))
-                    .execute(pool)
-                    .await?;
-                for row in sqlx::query(read).bind(replica).bind(until_micros).fetch_all(pool).await? {
-                    let (kind, payload): (String, Vec<u8>) = (row.try_get("kind")?, row.try_get("payload")?);
-                    claimed.push(OutboxRow {
-                        id: row.try_get("id")?,
-                        attempts: row.try_get("attempts")?,
-                        item: Outgoing::decode(&kind, &payload),
-                    });
-                }
-            }
-        }
+        });
         Ok(claimed)
     }
 
@@ -726,14 +687,9 @@ impl ApprovalStore {
     pub async fn retry_later(&self, id: i64, retry_at_micros: i64) -> Result<(), TransitionError> {
         let _writer = self.writer().await;
         let update = "UPDATE approval_outbox SET claimed_until_micros = $1 WHERE id = $2";
-        match &self.database {
-            Database::Sqlite(pool) => {
-                sqlx::query(update).bind(retry_at_micros).bind(id).execute(pool).await.map(drop)?
-            }
-            Database::Postgres(pool) => {
-                sqlx::query(update).bind(retry_at_micros).bind(id).execute(pool).await.map(drop)?
-            }
-        }
+        on_pool!(&self.database, |pool| {
+            sqlx::query(update).bind(retry_at_micros).bind(id).execute(pool).await.map(drop)?
+        });
         Ok(())
     }
 
