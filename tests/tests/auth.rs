@@ -626,3 +626,79 @@ async fn the_sdk_and_the_decision_log_authenticate_over_tls() {
     engine.shutdown().await;
     audit.shutdown().await;
 }
+
+#[tokio::test]
+async fn services_call_each_other_with_their_own_certificates() {
+    let sandbox = Sandbox::new(&[]);
+    let dir = sandbox.data.path();
+    let ca = pki::ca("warden test ca");
+    let server = ca.server(dir, "audit-server");
+    let engine_cert = ca.client(dir, "policy-engine", "spiffe://warden.local/service/policy-engine");
+    let auditor_cert = ca.client(dir, "auditor", "spiffe://warden.local/human/ada");
+    let ca_path = ca.write(dir, "ca.pem");
+    let keys = identity::keys(dir);
+
+    // The audit service requires client certificates; a person's
+    // certificate gets the auditor role through an explicit mapping.
+    let mut audit_config = warden_audit::AuditConfig::for_tests(dir.join("audit"));
+    audit_config.auth = keys.auth();
+    audit_config.auth.tls_cert = server.cert.clone();
+    audit_config.auth.tls_key = server.key.display().to_string();
+    audit_config.auth.tls_client_ca = ca_path.clone();
+    audit_config.auth.certificates = vec![warden_auth::CertificateMapping {
+        identity: "spiffe://warden.local/human/ada".into(),
+        principal: "ada".into(),
+        kind: warden_auth::Kind::Human,
+        roles: vec!["auditor".into()],
+        agents: vec![],
+    }];
+    let audit = AuditServer::start(audit_config).await.unwrap();
+    // The policy engine presents its own certificate (no API key) when it
+    // ships the decision log.
+    let mut config = warden_policy_engine::PolicyEngineConfig::for_tests(example_policies(), dir);
+    config.auth = keys.auth();
+    config.audit_url = format!("https://127.0.0.1:{}", audit.addr.port());
+    config.outbound = warden_auth::OutboundConfig {
+        tls_ca: ca_path.clone(),
+        tls_cert: engine_cert.cert.clone(),
+        tls_key: engine_cert.key.display().to_string(),
+        tls_domain: "localhost".into(),
+        ..Default::default()
+    };
+    let engine = PolicyEngine::start(config).await.unwrap();
+    let sdk =
+        warden_client::PolicyClient::new(warden_client::ClientConfig::new(engine.url()).api_key(keys.token("agent")))
+            .unwrap();
+    let decision = sdk.evaluate(warden_client::Request::new("support-bot", "send_email")).await.unwrap();
+    let decision_id = decision.decision_id.unwrap();
+
+    let auditor_channel = Channel::from_shared(format!("https://127.0.0.1:{}", audit.addr.port()))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&ca.pem))
+                .identity(Identity::from_pem(&auditor_cert.cert_pem, &auditor_cert.key_pem))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let auditor = AuditServiceClient::new(auditor_channel);
+    let record = eventually(Duration::from_secs(10), || {
+        let mut auditor = auditor.clone();
+        async move {
+            let query = audit::QueryRequest { event_types: vec!["policy_evaluation".into()], ..Default::default() };
+            auditor.query(tonic::Request::new(query)).await.ok()?.into_inner().records.into_iter().next()
+        }
+    })
+    .await;
+    let event = record.event.unwrap();
+    assert_eq!(event.event_id, decision_id);
+    // The append succeeded with no API key configured: the engine's
+    // certificate (spiffe://.../service/policy-engine) gave it the service
+    // role, which may name the engine as the actor.
+    assert_eq!(event.actor, "warden-policy-engine");
+    engine.shutdown().await;
+    audit.shutdown().await;
+}
