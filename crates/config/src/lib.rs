@@ -60,6 +60,13 @@ impl Sources {
         self.overrides.push((key.into(), value.into()));
         self
     }
+
+    /// A flag's value as an override, when the flag was given.
+    pub fn flag(&mut self, key: &str, value: Option<impl Display>) {
+        if let Some(value) = value {
+            self.overrides.push((key.to_owned(), value.to_string()));
+        }
+    }
 }
 
 /// Something that can check its own values after loading.
@@ -147,20 +154,15 @@ impl CommonArgs {
     pub fn sources(&self) -> Sources {
         let mut sources = Sources::from_process_env();
         sources.file = self.config.clone();
-        let mut set = |key: &str, value: Option<String>| {
-            if let Some(value) = value {
-                sources.overrides.push((key.to_owned(), value));
-            }
-        };
-        set("listen", self.listen.clone());
-        set("metrics_listen", self.metrics_listen.clone());
-        set("database_url", self.database_url.clone());
-        set("data_dir", self.data_dir.as_ref().map(|p| p.display().to_string()));
-        set("auth.keys_file", self.keys_file.as_ref().map(|p| p.display().to_string()));
-        set("auth.tls_cert", self.tls_cert.as_ref().map(|p| p.display().to_string()));
-        set("auth.tls_key", self.tls_key.clone());
-        set("auth.tls_client_ca", self.tls_client_ca.as_ref().map(|p| p.display().to_string()));
-        set("auth.insecure_no_auth", self.insecure_no_auth.then(|| "true".to_string()));
+        sources.flag("listen", self.listen.as_ref());
+        sources.flag("metrics_listen", self.metrics_listen.as_ref());
+        sources.flag("database_url", self.database_url.as_ref());
+        sources.flag("data_dir", self.data_dir.as_ref().map(|p| p.display()));
+        sources.flag("auth.keys_file", self.keys_file.as_ref().map(|p| p.display()));
+        sources.flag("auth.tls_cert", self.tls_cert.as_ref().map(|p| p.display()));
+        sources.flag("auth.tls_key", self.tls_key.as_ref());
+        sources.flag("auth.tls_client_ca", self.tls_client_ca.as_ref().map(|p| p.display()));
+        sources.flag("auth.insecure_no_auth", self.insecure_no_auth.then_some("true"));
         sources
     }
 }

@@ -33,15 +33,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let args = Args::parse();
     let mut sources = args.common.sources();
-    if let Some(routes) = &args.routes {
-        sources.overrides.push(("routes".into(), routes.display().to_string()));
-    }
-    if let Some(url) = &args.audit_url {
-        sources.overrides.push(("audit_url".into(), url.clone()));
-    }
-    if let Some(addr) = &args.http_listen {
-        sources.overrides.push(("http_listen".into(), addr.clone()));
-    }
+    sources.flag("routes", args.routes.as_ref().map(|p| p.display()));
+    sources.flag("audit_url", args.audit_url.as_ref());
+    sources.flag("http_listen", args.http_listen.as_ref());
     warden_auth::run_binary(
         "warden-approval",
         &args.common,

@@ -40,18 +40,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let args = Args::parse();
     let mut sources = args.common.sources();
-    if let Some(policies) = &args.policies {
-        sources.overrides.push(("policies".into(), policies.display().to_string()));
-    }
-    if let Some(url) = &args.redis_url {
-        sources.overrides.push(("redis_url".into(), url.clone()));
-    }
-    if let Some(url) = &args.audit_url {
-        sources.overrides.push(("audit_url".into(), url.clone()));
-    }
-    if let Some(url) = &args.approval_url {
-        sources.overrides.push(("approval_url".into(), url.clone()));
-    }
+    sources.flag("policies", args.policies.as_ref().map(|p| p.display()));
+    sources.flag("redis_url", args.redis_url.as_ref());
+    sources.flag("audit_url", args.audit_url.as_ref());
+    sources.flag("approval_url", args.approval_url.as_ref());
     warden_auth::run_binary(
         "warden-policy-engine",
         &args.common,
