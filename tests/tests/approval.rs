@@ -332,3 +332,32 @@ async fn two_replicas_on_one_postgres_share_requests_and_watchers_see_reviews_ma
         replica.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn bad_create_and_redeem_requests_name_their_fields_and_write_nothing() {
+    let stack = stack().await;
+    let mut client = ApprovalServiceClient::new(channel(&stack.approval.url()).await);
+    let service = stack.keys.token("service");
+    let bad = pb::CreateApprovalRequest {
+        agent_id: String::new(),
+        action: Some(pb::Action { r#type: String::new(), estimated_cost: -1.0, ..Default::default() }),
+        ..Default::default()
+    };
+    let status = client.create_approval(bearer(tonic::Request::new(bad), service)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields: Vec<String> =
+        warden_errors::WardenError::from_status(&status).violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, ["agent_id", "action.type", "action.estimated_cost"]);
+    let redeem = pb::RedeemRequest { id: String::new(), agent_id: "support-bot".into(), action: None };
+    let status = client.redeem(bearer(tonic::Request::new(redeem), service)).await.unwrap_err();
+    let fields: Vec<String> =
+        warden_errors::WardenError::from_status(&status).violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, ["id", "action"]);
+    // Nothing was written.
+    let all = pb::ListApprovalsRequest::default();
+    let listed = client.list_approvals(bearer(tonic::Request::new(all), stack.keys.token("auditor"))).await.unwrap();
+    assert!(listed.into_inner().approvals.is_empty());
+    stack.engine.shutdown().await;
+    stack.approval.shutdown().await;
+    stack.audit.shutdown().await;
+}
