@@ -18,8 +18,12 @@ use warden_resilience::{Pipeline, RetryPolicy};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Target {
-    /// Evaluate vs Health/Check on one policy engine.
+    /// Evaluate vs Health/Check on one policy engine; with `--decision-log`,
+    /// an engine recording every decision vs one that does not.
     Policy(PolicyArgs),
+    /// Evaluate vs Health/Check driven by h2load (an outside load
+    /// generator; Debian's nghttp2-client).
+    H2load(crate::bench_h2load::H2loadArgs),
     /// Audit appends vs the database's own multi-row INSERT, and Verify.
     Audit(crate::bench_audit::AuditArgs),
     /// Approvals created, reviewed and redeemed per second; what redeeming adds to Evaluate.
@@ -30,9 +34,9 @@ pub enum Target {
 pub enum DecisionLogMode {
     /// No audit service: decisions go to the log output only.
     Off,
-    /// Each decision is on disk in the outbox before Evaluate answers.
+    /// Each decision is on disk in the journal before Evaluate answers.
     Sync,
-    /// Decisions are written to the outbox in the background.
+    /// Decisions are written to the journal in the background.
     Async,
 }
 
@@ -40,16 +44,16 @@ pub enum DecisionLogMode {
 pub struct PolicyArgs {
     /// Seconds per phase.
     #[arg(long, default_value_t = 3)]
-    seconds: u64,
+    pub seconds: u64,
     /// Phases of each kind (they alternate).
     #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    pub rounds: usize,
     /// Requests in flight.
     #[arg(long, default_value_t = 64)]
-    in_flight: usize,
+    pub in_flight: usize,
     /// Connections the requests share.
     #[arg(long, default_value_t = 4)]
-    connections: usize,
+    pub connections: usize,
     /// Where decisions are recorded.
     #[arg(long, value_enum, default_value_t = DecisionLogMode::Off)]
     decision_log: DecisionLogMode,
@@ -65,6 +69,7 @@ pub async fn run(target: Target) -> Result<(), String> {
     }
     match target {
         Target::Policy(args) => policy(args).await,
+        Target::H2load(args) => crate::bench_h2load::run(args).await,
         Target::Audit(args) => crate::bench_audit::run(args).await,
         Target::Approval(args) => crate::bench_approval::run(args).await,
     }
@@ -85,31 +90,31 @@ fn rerun_in_release() -> Result<(), String> {
 
 /// Latencies and count of one phase.
 #[derive(Debug, Default)]
-struct Phase {
+pub struct Phase {
     latencies: Vec<Duration>,
     elapsed: Duration,
     errors: u64,
 }
 
 #[derive(Debug, Default)]
-struct Totals {
+pub struct Totals {
     latencies: Vec<Duration>,
     elapsed: Duration,
     errors: u64,
 }
 
 impl Totals {
-    fn add(&mut self, phase: Phase) {
+    pub fn add(&mut self, phase: Phase) {
         self.latencies.extend(phase.latencies);
         self.elapsed += phase.elapsed;
         self.errors += phase.errors;
     }
 
-    fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn percentile(&mut self, p: f64) -> Duration {
+    pub fn percentile(&mut self, p: f64) -> Duration {
         self.latencies.sort_unstable();
         if self.latencies.is_empty() {
             return Duration::ZERO;
@@ -156,7 +161,7 @@ where
 
 /// One Evaluate phase through the SDK clients; failures are counted and
 /// the first one is printed (a benchmark that hides its errors misleads).
-async fn evaluate_phase(
+pub async fn evaluate_phase(
     clients: std::sync::Arc<Vec<PolicyClient>>,
     request: pb::EvaluateRequest,
     in_flight: usize,
@@ -179,7 +184,7 @@ async fn evaluate_phase(
     .await
 }
 
-fn print_rows(rows: &mut [(&str, &mut Totals)]) {
+pub fn print_rows(rows: &mut [(&str, &mut Totals)]) {
     println!("{:<22} {:>12} {:>10} {:>10} {:>8}", "rpc", "requests/s", "p50", "p99", "errors");
     for (name, totals) in rows.iter_mut() {
         let rate = totals.rate();
@@ -252,27 +257,16 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
     if args.compare_auth {
         return compare_auth(args).await;
     }
+    if args.decision_log != DecisionLogMode::Off {
+        let mode = args.decision_log;
+        return crate::bench_log::run(args, mode).await;
+    }
     let policies = std::env::temp_dir().join(format!("warden-bench-policies-{}", std::process::id()));
     let data = std::env::temp_dir().join(format!("warden-bench-data-{}", std::process::id()));
     std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
     std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
     let mut config = PolicyEngineConfig::for_tests(&policies, &data);
     config.watch_policies = false;
-    let audit = match args.decision_log {
-        DecisionLogMode::Off => None,
-        mode => {
-            let audit = warden_audit::AuditServer::start(warden_audit::AuditConfig::for_tests(data.join("audit")))
-                .await
-                .map_err(|e| e.to_string())?;
-            config.audit_url = audit.url();
-            config.decision_log.durability = match mode {
-                DecisionLogMode::Sync => warden_policy_engine::decision_log::Durability::Sync,
-                _ => warden_policy_engine::decision_log::Durability::Async,
-            };
-            config.decision_log.outbox_cap = u64::MAX;
-            Some(audit)
-        }
-    };
     let engine = PolicyEngine::start(config).await.map_err(|e| e.to_string())?;
     let url = engine.url();
     // Evaluate goes through the client SDK (resilience pipeline, trace
@@ -299,8 +293,8 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
         approval_id: String::new(),
     };
     println!(
-        "bench policy: 200-rule set (20 per action), {} in flight over {} connections, {} x {}s phases each, alternating, decision log {:?}",
-        args.in_flight, args.connections, args.rounds, args.seconds, args.decision_log
+        "bench policy: 200-rule set (20 per action), {} in flight over {} connections, {} x {}s phases each, alternating",
+        args.in_flight, args.connections, args.rounds, args.seconds
     );
     let phase = Duration::from_secs(args.seconds);
     let mut evaluate = Totals::default();
@@ -319,9 +313,6 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
         );
     }
     engine.shutdown().await;
-    if let Some(audit) = audit {
-        audit.shutdown().await;
-    }
     let _ = std::fs::remove_dir_all(&policies);
     let _ = std::fs::remove_dir_all(&data);
 

@@ -4,6 +4,9 @@
 //!   SQLite database in `./warden-data`, with the example policies.
 //! - `cargo xtask bench policy`: drive `Evaluate` and `grpc.health.v1.Health/Check`
 //!   on one server and print both rates, latencies and their ratio.
+//! - `cargo xtask bench policy --decision-log sync|async`: an engine that
+//!   records every decision vs one that does not, audit in its own process.
+//! - `cargo xtask bench h2load`: `Evaluate` vs `Health/Check` under h2load.
 //! - `cargo xtask bench audit`: appends from 16 producers vs the database's
 //!   own multi-row INSERT, and `Verify` throughput.
 //! - `cargo xtask bench approval`: approvals created, reviewed and redeemed
@@ -18,6 +21,8 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_approval;
 mod bench_audit;
+mod bench_h2load;
+mod bench_log;
 mod dev;
 mod tidy;
 

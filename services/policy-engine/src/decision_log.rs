@@ -1,13 +1,16 @@
 //! The decision log: every decision becomes a `policy_evaluation` audit
-//! event, written first to a local outbox (an SQLite file in the data
-//! directory) and shipped to the audit service in batches.
+//! event, written first to a local journal (`warden-journal`: append-only
+//! segment files in `DATA_DIR/decision-log/`) and shipped to the audit
+//! service in batches.
 //!
 //! - `Evaluate` never waits for the audit service. In `sync` durability
-//!   (the default) it waits for the outbox write, which is group-committed:
-//!   concurrent decisions share one fsync. In `async` durability it does not
+//!   (the default) it waits until the decision is on disk; the journal
+//!   group-commits, so every decision waiting shares one `fdatasync` and
+//!   the next group forms while it runs. In `async` durability it does not
 //!   wait at all, and a crash may lose the last few milliseconds.
-//! - The shipper sends the oldest rows through the resilience pipeline and
-//!   deletes them only after the audit service acknowledged them. A crash
+//! - The shipper sends the oldest records through the resilience pipeline
+//!   and moves the journal's cursor only after the audit service
+//!   acknowledged them; segments wholly shipped are deleted. A crash
 //!   between the two resends them, and the audit service's idempotent
 //!   appends (event_id = decision_id) keep each decision exactly once.
 //! - When the outbox holds `outbox_cap` events, `block` makes `Evaluate`
@@ -16,14 +19,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
-use tokio::sync::{Notify, mpsc, oneshot};
 use warden_errors::{Category, Classify, WardenError};
+use warden_journal::{Journal, Reader};
 use warden_proto::audit::v1 as audit;
 use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
 use warden_resilience::grpc::{ResilienceLayer, ResilientService};
@@ -61,11 +63,19 @@ pub struct DecisionLogConfig {
     pub when_full: WhenFull,
     /// Most events per Append call to the audit service.
     pub batch: usize,
+    /// Bytes per journal segment file; a shipped segment is deleted.
+    pub segment_bytes: u64,
 }
 
 impl Default for DecisionLogConfig {
     fn default() -> Self {
-        DecisionLogConfig { durability: Durability::Sync, outbox_cap: 100_000, when_full: WhenFull::Block, batch: 500 }
+        DecisionLogConfig {
+            durability: Durability::Sync,
+            outbox_cap: 100_000,
+            when_full: WhenFull::Block,
+            batch: 500,
+            segment_bytes: 64 << 20,
+        }
     }
 }
 
@@ -75,6 +85,8 @@ pub enum DecisionLogError {
     Full(u64),
     #[error("decision log outbox: {0}")]
     Store(#[from] warden_store::StoreError),
+    #[error("decision log journal: {0}")]
+    Io(#[from] std::io::Error),
     #[error("the decision log writer has stopped")]
     Stopped,
     #[error("invalid audit url {0:?}: {1}")]
@@ -86,6 +98,7 @@ impl Classify for DecisionLogError {
         match self {
             DecisionLogError::Full(_) => Category::Transient,
             DecisionLogError::Store(error) => error.category(),
+            DecisionLogError::Io(_) => Category::Transient,
             DecisionLogError::Stopped => Category::Internal,
             DecisionLogError::Url(..) => Category::Permanent,
         }
@@ -94,6 +107,7 @@ impl Classify for DecisionLogError {
         match self {
             DecisionLogError::Full(_) => "DECISION_LOG_FULL",
             DecisionLogError::Store(error) => error.reason(),
+            DecisionLogError::Io(_) => "DECISION_LOG_WRITE_FAILED",
             DecisionLogError::Stopped => "DECISION_LOG_STOPPED",
             DecisionLogError::Url(..) => "INVALID_AUDIT_URL",
         }
@@ -102,28 +116,20 @@ impl Classify for DecisionLogError {
         match self {
             DecisionLogError::Full(_) => Some(Duration::from_secs(1)),
             DecisionLogError::Store(error) => error.retry_after(),
+            DecisionLogError::Io(_) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
 }
 
-struct WriteJob {
-    event: Vec<u8>,
-    /// The decision's trace, continued by the shipping span.
-    traceparent: Option<String>,
-    ack: Option<oneshot::Sender<Result<(), String>>>,
-}
-
 pub struct DecisionLog {
-    writer: mpsc::Sender<WriteJob>,
-    /// Events accepted and not yet acknowledged by the audit service.
-    pending: Arc<AtomicU64>,
+    journal: Journal,
     config: DecisionLogConfig,
 }
 
 impl std::fmt::Debug for DecisionLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DecisionLog").field("pending", &self.pending.load(Ordering::Relaxed)).finish()
+        f.debug_struct("DecisionLog").field("pending", &self.pending()).finish()
     }
 }
 
@@ -134,8 +140,27 @@ type AuditClient = AuditServiceClient<
     >,
 >;
 
+/// A journal record: the decision's traceparent (continued by the shipping
+/// span), then the encoded event.
+fn encode_record(event: &audit::AuditEvent, traceparent: Option<String>) -> Vec<u8> {
+    let traceparent = traceparent.filter(|t| t.len() < 256).unwrap_or_default();
+    let mut record = Vec::with_capacity(1 + traceparent.len() + event.encoded_len());
+    record.push(traceparent.len() as u8);
+    record.extend_from_slice(traceparent.as_bytes());
+    event.encode(&mut record).expect("a Vec grows");
+    record
+}
+
+fn decode_record(record: &[u8]) -> Result<(Option<String>, audit::AuditEvent), String> {
+    let (&length, rest) = record.split_first().ok_or("an empty record")?;
+    let (traceparent, event) = rest.split_at_checked(length as usize).ok_or("a record cut short")?;
+    let traceparent = (!traceparent.is_empty()).then(|| String::from_utf8_lossy(traceparent).into_owned());
+    let event = audit::AuditEvent::decode(event).map_err(|e| e.to_string())?;
+    Ok((traceparent, event))
+}
+
 impl DecisionLog {
-    /// Opens the outbox in `data_dir` and starts the writer and the shipper.
+    /// Opens the journal in `data_dir` and starts the shipper.
     /// `identity` is what the engine presents to the audit service (its
     /// API key or client certificate).
     pub async fn start(
@@ -144,33 +169,17 @@ impl DecisionLog {
         data_dir: &Path,
         config: DecisionLogConfig,
     ) -> Result<Arc<DecisionLog>, DecisionLogError> {
-        let url = format!("sqlite://{}", data_dir.join("decision-outbox.db").display());
-        let database = warden_store::Database::connect(&url).await?;
-        let warden_store::Database::Sqlite(pool) = database else { unreachable!("the outbox is always SQLite") };
-        // A local file private to this process: its one table is created
-        // here rather than by the shared migrations.
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS decision_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event BLOB NOT NULL, \
-             traceparent TEXT)",
-        )
-        .execute(&pool)
-        .await
-        .map_err(warden_store::translate)?;
-        // Outboxes written by an earlier release lack the trace column.
-        if sqlx::query("SELECT traceparent FROM decision_outbox LIMIT 0").execute(&pool).await.is_err() {
-            sqlx::query("ALTER TABLE decision_outbox ADD COLUMN traceparent TEXT")
-                .execute(&pool)
-                .await
-                .map_err(warden_store::translate)?;
+        let options = warden_journal::Options { segment_bytes: config.segment_bytes, ..Default::default() };
+        let (journal, reader, recovery) = Journal::open(&data_dir.join("decision-log"), options)?;
+        if recovery.truncated_bytes > 0 || !recovery.corrupt_segments.is_empty() {
+            tracing::warn!(
+                truncated_bytes = recovery.truncated_bytes,
+                corrupt_segments = recovery.corrupt_segments.len(),
+                "decision log journal repaired"
+            );
         }
-        let backlog: i64 = sqlx::query("SELECT COUNT(*) AS n FROM decision_outbox")
-            .fetch_one(&pool)
-            .await
-            .map_err(warden_store::translate)?
-            .try_get("n")
-            .map_err(warden_store::translate)?;
-        let pending = Arc::new(AtomicU64::new(backlog as u64));
-        METRICS.outbox_pending.set(backlog);
+        migrate_sqlite_outbox(data_dir, &journal).await?;
+        METRICS.outbox_pending.set(journal.pending() as i64);
         let channel = identity
             .endpoint(audit_url)
             .map_err(|e| DecisionLogError::Url(audit_url.to_owned(), e))?
@@ -198,21 +207,18 @@ impl DecisionLog {
             tower::ServiceBuilder::new().layer(ResilienceLayer::new(pipeline)).service(channel),
             credentials,
         ));
-        let (writer, jobs) = mpsc::channel(65_536);
-        let wake = Arc::new(Notify::new());
-        tokio::spawn(run_writer(pool.clone(), jobs, pending.clone(), wake.clone()));
-        tokio::spawn(run_shipper(pool, client, config.batch.max(1), pending.clone(), wake));
-        Ok(Arc::new(DecisionLog { writer, pending, config }))
+        tokio::spawn(run_shipper(reader, client, config.batch.max(1)));
+        Ok(Arc::new(DecisionLog { journal, config }))
     }
 
     /// Events not yet acknowledged by the audit service.
     pub fn pending(&self) -> u64 {
-        self.pending.load(Ordering::Relaxed)
+        self.journal.pending() + self.journal.queued()
     }
 
     /// Records one decision's event.
     pub async fn record(&self, event: audit::AuditEvent) -> Result<(), DecisionLogError> {
-        let pending = self.pending.load(Ordering::Relaxed);
+        let pending = self.pending();
         if pending >= self.config.outbox_cap {
             return match self.config.when_full {
                 WhenFull::Block => Err(DecisionLogError::Full(pending)),
@@ -223,174 +229,120 @@ impl DecisionLog {
                 }
             };
         }
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        let bytes = event.encode_to_vec();
-        let traceparent = warden_telemetry::current_traceparent();
-        match self.config.durability {
-            Durability::Async => self
-                .writer
-                .send(WriteJob { event: bytes, traceparent, ack: None })
-                .await
-                .map_err(|_| DecisionLogError::Stopped),
-            Durability::Sync => {
-                let (ack, written) = oneshot::channel();
-                self.writer
-                    .send(WriteJob { event: bytes, traceparent, ack: Some(ack) })
-                    .await
-                    .map_err(|_| DecisionLogError::Stopped)?;
-                match written.await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => Err(DecisionLogError::Store(warden_store::StoreError::Unavailable(error))),
-                    Err(_) => Err(DecisionLogError::Stopped),
-                }
-            }
-        }
+        let record = encode_record(&event, warden_telemetry::current_traceparent());
+        self.journal.append(record, self.config.durability == Durability::Sync).await.map_err(|error| {
+            if error.kind() == std::io::ErrorKind::BrokenPipe { DecisionLogError::Stopped } else { error.into() }
+        })
     }
 }
 
 /// Denials (unauthenticated calls, missing roles, impersonation) reach the
-/// audit log through the same outbox as decisions, without waiting.
+/// audit log through the same journal as decisions, without waiting.
 impl warden_auth::DenialSink for DecisionLog {
     fn record(&self, event: audit::AuditEvent) {
-        if self.pending.load(Ordering::Relaxed) >= self.config.outbox_cap {
-            METRICS.decisions_dropped.inc();
-            return;
-        }
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        let job =
-            WriteJob { event: event.encode_to_vec(), traceparent: warden_telemetry::current_traceparent(), ack: None };
-        if self.writer.try_send(job).is_err() {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+        if self.pending() >= self.config.outbox_cap
+            || !self.journal.try_append(encode_record(&event, warden_telemetry::current_traceparent()))
+        {
             METRICS.decisions_dropped.inc();
         }
     }
 }
 
-/// Writes queued events in one transaction per batch (group commit).
-async fn run_writer(
-    pool: sqlx::SqlitePool,
-    mut jobs: mpsc::Receiver<WriteJob>,
-    pending: Arc<AtomicU64>,
-    wake: Arc<Notify>,
-) {
-    while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < 1000 {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let result = write_batch(&pool, &batch).await;
-        if let Err(error) = &result {
-            // Not written: these events are not pending any more.
-            pending.fetch_sub(batch.len() as u64, Ordering::Relaxed);
-            tracing::error!(%error, events = batch.len(), "cannot write the decision log outbox");
-        }
-        METRICS.outbox_pending.set(pending.load(Ordering::Relaxed) as i64);
-        for job in batch {
-            if let Some(ack) = job.ack {
-                let _ = ack.send(result.clone().map_err(|e| e.to_string()));
-            }
-        }
-        wake.notify_one();
+/// Earlier releases kept the outbox in `decision-outbox.db` (SQLite): its
+/// rows move into the journal, durably, before the file is removed.
+async fn migrate_sqlite_outbox(data_dir: &Path, journal: &Journal) -> Result<(), DecisionLogError> {
+    let path = data_dir.join("decision-outbox.db");
+    if !path.exists() {
+        return Ok(());
     }
+    let database = warden_store::Database::connect(&format!("sqlite://{}", path.display())).await?;
+    let warden_store::Database::Sqlite(pool) = &database else { unreachable!("a sqlite:// URL") };
+    let rows = sqlx::query("SELECT event, traceparent FROM decision_outbox ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .map_err(warden_store::translate)?;
+    let moved = rows.len();
+    for (i, row) in rows.iter().enumerate() {
+        let bytes: Vec<u8> = row.try_get("event").map_err(warden_store::translate)?;
+        let traceparent: Option<String> = row.try_get("traceparent").unwrap_or(None);
+        match audit::AuditEvent::decode(bytes.as_slice()) {
+            Ok(event) => journal.append(encode_record(&event, traceparent), i + 1 == moved).await?,
+            Err(error) => tracing::error!(%error, "skipping an undecodable outbox row"),
+        }
+    }
+    database.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(format!("decision-outbox.db{suffix}")));
+    }
+    tracing::info!(events = moved, "moved the sqlite decision outbox into the journal");
+    Ok(())
 }
 
-async fn write_batch(pool: &sqlx::SqlitePool, batch: &[WriteJob]) -> Result<(), String> {
-    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
-    for chunk in batch.chunks(500) {
-        let marks = vec!["(?, ?)"; chunk.len()].join(", ");
-        let text = format!("INSERT INTO decision_outbox (event, traceparent) VALUES {marks}");
-        let mut query = sqlx::query(&text);
-        for job in chunk {
-            query = query.bind(&job.event).bind(&job.traceparent);
-        }
-        query.execute(&mut *tx).await.map_err(|e| e.to_string())?;
-    }
-    tx.commit().await.map_err(|e| e.to_string())
-}
-
-/// Sends the oldest outbox rows to the audit service, deleting them once
-/// acknowledged.
-async fn run_shipper(
-    pool: sqlx::SqlitePool,
-    client: AuditClient,
-    batch: usize,
-    pending: Arc<AtomicU64>,
-    wake: Arc<Notify>,
-) {
-    let mut failures = 0u32;
+/// Sends the oldest journal records to the audit service, moving the
+/// journal's cursor once they are acknowledged.
+async fn run_shipper(mut reader: Reader, client: AuditClient, batch: usize) {
     loop {
-        let rows = sqlx::query("SELECT id, event, traceparent FROM decision_outbox ORDER BY id LIMIT ?")
-            .bind(batch as i64)
-            .fetch_all(&pool)
-            .await;
-        let rows = match rows {
-            Ok(rows) => rows,
+        let records = match reader.next_batch(batch).await {
+            Ok(records) if records.is_empty() => return,
+            Ok(records) => records,
             Err(error) => {
-                tracing::error!(%error, "cannot read the decision log outbox");
+                tracing::error!(%error, "cannot read the decision log journal");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        if rows.is_empty() {
-            // Wait for the writer, with a timeout as a safety net.
-            let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
-            continue;
-        }
-        let mut last_id = 0i64;
-        let mut events = Vec::with_capacity(rows.len());
+        let end = records.last().map_or(0, |r| r.sequence + 1);
+        let mut events = Vec::with_capacity(records.len());
         // The shipping span continues the first decision's trace and links
         // the others, so a decision's trace reaches the audit append.
-        let span = tracing::info_span!("decision_log_ship", events = rows.len());
-        for (i, row) in rows.iter().enumerate() {
-            if let Ok(Some(traceparent)) = row.try_get::<Option<String>, _>("traceparent") {
+        let span = tracing::info_span!("decision_log_ship", events = records.len());
+        for record in &records {
+            let (traceparent, event) = match decode_record(&record.payload) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    tracing::error!(%error, sequence = record.sequence, "skipping an undecodable journal record");
+                    continue;
+                }
+            };
+            if let Some(traceparent) = traceparent {
                 use opentelemetry::trace::TraceContextExt;
                 use tracing_opentelemetry::OpenTelemetrySpanExt;
                 let context = warden_telemetry::context_from_traceparent(&traceparent);
-                if i == 0 {
+                if events.is_empty() {
                     let _ = span.set_parent(context);
                 } else {
                     span.add_link(context.span().span_context().clone());
                 }
             }
+            events.push(event);
         }
-        for row in &rows {
-            last_id = row.get::<i64, _>("id");
-            let bytes: Vec<u8> = row.get("event");
-            match audit::AuditEvent::decode(bytes.as_slice()) {
-                Ok(event) => events.push(event),
-                Err(error) => tracing::error!(%error, id = last_id, "skipping an undecodable outbox row"),
-            }
-        }
-        let shipped = if events.is_empty() {
-            Ok(())
-        } else {
-            use tracing::Instrument;
-            client.clone().append(audit::AppendRequest { events }).instrument(span).await.map(drop)
-        };
-        match shipped {
-            Ok(()) => {
-                failures = 0;
-                if let Err(error) =
-                    sqlx::query("DELETE FROM decision_outbox WHERE id <= ?").bind(last_id).execute(&pool).await
-                {
-                    // The rows will be resent and deduplicated by the audit service.
-                    tracing::error!(%error, "cannot trim the decision log outbox");
-                    continue;
+        let mut failures = 0u32;
+        loop {
+            let shipped = if events.is_empty() {
+                Ok(())
+            } else {
+                use tracing::Instrument;
+                let request = audit::AppendRequest { events: events.clone() };
+                client.clone().append(request).instrument(span.clone()).await.map(drop)
+            };
+            match shipped {
+                Ok(()) => {
+                    if let Err(error) = reader.consumed(end) {
+                        // The records will be resent and deduplicated by the audit service.
+                        tracing::error!(%error, "cannot move the decision log cursor");
+                    }
+                    METRICS.decisions_shipped.inc_by(records.len() as u64);
+                    METRICS.outbox_pending.set(reader.pending() as i64);
+                    break;
                 }
-                pending.fetch_sub(rows.len() as u64, Ordering::Relaxed);
-                METRICS.decisions_shipped.inc_by(rows.len() as u64);
-                METRICS.outbox_pending.set(pending.load(Ordering::Relaxed) as i64);
-            }
-            Err(status) => {
-                failures += 1;
-                let error = WardenError::from_status(&status);
-                let delay =
-                    error.retry_after.unwrap_or_else(|| Duration::from_millis(100 * u64::from(failures.min(20))));
-                tracing::warn!(code = ?status.code(), reason = %error.reason, pending = pending.load(Ordering::Relaxed), "audit service unavailable; decisions wait in the outbox");
-                tokio::time::sleep(delay.min(Duration::from_secs(5))).await;
+                Err(status) => {
+                    failures += 1;
+                    let error = WardenError::from_status(&status);
+                    let delay =
+                        error.retry_after.unwrap_or_else(|| Duration::from_millis(100 * u64::from(failures.min(20))));
+                    tracing::warn!(code = ?status.code(), reason = %error.reason, pending = reader.pending(), "audit service unavailable; decisions wait in the journal");
+                    tokio::time::sleep(delay.min(Duration::from_secs(5))).await;
+                }
             }
         }
     }

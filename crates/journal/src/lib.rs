@@ -1,0 +1,498 @@
+//! A durable append-only journal of opaque records: the policy engine's
+//! decision log keeps decisions here until the audit service has them.
+//!
+//! - Records go to segment files (`{first sequence:020}.seg`) in one
+//!   directory, each record framed as `length u32 | crc32 u32 | sequence u64
+//!   | payload`, little-endian, the checksum covering sequence and payload.
+//! - One writer thread owns the active segment. It takes every append
+//!   waiting, writes them with one `write`, and makes them durable with one
+//!   `fdatasync` (group commit); appends that arrive meanwhile form the next
+//!   group. [`Journal::append`] with `durable` returns only after that sync.
+//! - On open, every segment is checked record by record; a torn tail (a
+//!   record cut short or failing its checksum, as a crash mid-write leaves)
+//!   is truncated away, so appends continue after the last whole record.
+//! - One [`Reader`] consumes records in order. [`Reader::consumed`] moves
+//!   its cursor (kept in the file `cursor`) and deletes the segments wholly
+//!   before it. The cursor file is written without a sync: after a crash
+//!   the reader may see a few records again, never miss one, so consumers
+//!   must be idempotent (the audit service deduplicates by event id).
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+const HEADER: usize = 16;
+/// Larger lengths are corruption, not records.
+const MAX_RECORD: u32 = 64 << 20;
+const SUFFIX: &str = ".seg";
+
+/// How a journal is laid out and queued.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A segment is closed and a new one started once it holds this many
+    /// bytes.
+    pub segment_bytes: u64,
+    /// Appends queued for the writer before [`Journal::append`] waits.
+    pub queue: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { segment_bytes: 64 << 20, queue: 65_536 }
+    }
+}
+
+/// What opening found on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Whole records not yet consumed.
+    pub pending: u64,
+    /// Bytes cut from the end of the last segment (a torn write).
+    pub truncated_bytes: u64,
+    /// Records lost inside older segments (corruption, not a crash).
+    pub corrupt_segments: Vec<PathBuf>,
+}
+
+struct Job {
+    payload: Vec<u8>,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+struct Shared {
+    /// The reader's cursor: records before it are consumed.
+    consumed: AtomicU64,
+}
+
+/// The writing side; cheap to share behind an `Arc`.
+pub struct Journal {
+    jobs: mpsc::Sender<Job>,
+    written: watch::Receiver<u64>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("pending", &self.pending()).finish()
+    }
+}
+
+/// The consuming side: records in order, from the cursor on.
+pub struct Reader {
+    dir: PathBuf,
+    written: watch::Receiver<u64>,
+    shared: Arc<Shared>,
+    /// The next record to hand out.
+    next: u64,
+    /// The segment being read: its first sequence, file and read offset.
+    segment: Option<(u64, File, u64)>,
+    /// Segments read to their end: (first sequence, first sequence of the
+    /// segment after it).
+    finished: VecDeque<(u64, u64)>,
+}
+
+/// One record handed to the reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub sequence: u64,
+    pub payload: Vec<u8>,
+}
+
+fn segment_path(dir: &Path, start: u64) -> PathBuf {
+    dir.join(format!("{start:020}{SUFFIX}"))
+}
+
+/// The segments in `dir`, by first sequence.
+fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut starts = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(start) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)).and_then(|n| n.parse::<u64>().ok()) {
+            starts.push(start);
+        }
+    }
+    starts.sort_unstable();
+    Ok(starts)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn frame(buf: &mut Vec<u8>, sequence: u64, payload: &[u8]) {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&sequence.to_le_bytes());
+    crc.update(payload);
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc.finalize().to_le_bytes());
+    buf.extend_from_slice(&sequence.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// Reads the record at `offset`: `Ok(None)` at a clean end of file,
+/// `Err` for a record cut short or failing its checksum.
+fn read_record(file: &File, offset: u64, expected: u64) -> Result<Option<(Record, u64)>, String> {
+    let mut header = [0u8; HEADER];
+    match read_full(file, &mut header, offset) {
+        Ok(0) => return Ok(None),
+        Ok(HEADER) => {}
+        Ok(n) => return Err(format!("a record header cut short at {n} of {HEADER} bytes")),
+        Err(error) => return Err(error.to_string()),
+    }
+    let length = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let sequence = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    if length > MAX_RECORD {
+        return Err(format!("a record length of {length} bytes"));
+    }
+    let mut payload = vec![0u8; length as usize];
+    match read_full(file, &mut payload, offset + HEADER as u64) {
+        Ok(n) if n == payload.len() => {}
+        Ok(n) => return Err(format!("a record cut short at {n} of {length} bytes")),
+        Err(error) => return Err(error.to_string()),
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&sequence.to_le_bytes());
+    hasher.update(&payload);
+    if hasher.finalize() != crc {
+        return Err("a record failing its checksum".into());
+    }
+    if sequence != expected {
+        return Err(format!("record {sequence} where {expected} was due"));
+    }
+    Ok(Some((Record { sequence, payload }, offset + HEADER as u64 + u64::from(length))))
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
+fn read_cursor(dir: &Path) -> io::Result<Option<u64>> {
+    match std::fs::read_to_string(dir.join("cursor")) {
+        Ok(text) => Ok(text.trim().parse().ok()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`, repairs a torn tail, and
+    /// starts the writer thread.
+    pub fn open(dir: &Path, options: Options) -> io::Result<(Journal, Reader, Recovery)> {
+        std::fs::create_dir_all(dir)?;
+        let mut recovery = Recovery::default();
+        let mut starts = segments(dir)?;
+        let mut cursor = read_cursor(dir)?.unwrap_or(0);
+        // Segments wholly consumed whose deletion a crash interrupted.
+        while starts.len() > 1 && starts[1] <= cursor {
+            std::fs::remove_file(segment_path(dir, starts.remove(0)))?;
+        }
+        if let Some(&first) = starts.first() {
+            cursor = cursor.max(first);
+        }
+        // Check every segment; the end of the last whole record is where
+        // appends continue.
+        let mut next = cursor;
+        let mut active: Option<(u64, File, u64)> = None;
+        for (i, &start) in starts.iter().enumerate() {
+            let path = segment_path(dir, start);
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let length = file.metadata()?.len();
+            let mut offset = 0u64;
+            let mut expected = start;
+            let failure = loop {
+                match read_record(&file, offset, expected) {
+                    Ok(Some((_, end))) => {
+                        offset = end;
+                        expected += 1;
+                    }
+                    Ok(None) => break None,
+                    Err(reason) => break Some(reason),
+                }
+            };
+            let last = i + 1 == starts.len();
+            if let Some(reason) = failure {
+                if last {
+                    tracing::warn!(segment = %path.display(), offset, bytes = length - offset, %reason, "truncating a torn journal tail");
+                    recovery.truncated_bytes = length - offset;
+                } else {
+                    tracing::error!(segment = %path.display(), offset, %reason, "journal segment corrupt; records after the offset are lost");
+                    recovery.corrupt_segments.push(path.clone());
+                }
+                file.set_len(offset)?;
+                file.sync_all()?;
+            }
+            next = next.max(expected);
+            if last {
+                active = Some((start, file, offset));
+            }
+        }
+        let active = match active {
+            Some(active) => active,
+            None => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(segment_path(dir, next))?;
+                sync_dir(dir)?;
+                (next, file, 0)
+            }
+        };
+        recovery.pending = next.saturating_sub(cursor);
+        let shared = Arc::new(Shared { consumed: AtomicU64::new(cursor) });
+        let (written_tx, written) = watch::channel(next);
+        let (jobs, queue) = mpsc::channel(options.queue.max(1));
+        let writer = Writer { dir: dir.to_owned(), options, active, next, written: written_tx, buf: Vec::new() };
+        std::thread::Builder::new().name("warden-journal".into()).spawn(move || writer.run(queue))?;
+        let reader = Reader {
+            dir: dir.to_owned(),
+            written: written.clone(),
+            shared: shared.clone(),
+            next: cursor,
+            segment: None,
+            finished: VecDeque::new(),
+        };
+        Ok((Journal { jobs, written, shared }, reader, recovery))
+    }
+
+    /// Appends one record. With `durable`, returns once it is on disk
+    /// (`fdatasync`ed, shared with every append waiting at the time);
+    /// without, once it is queued (written within the next group).
+    pub async fn append(&self, payload: Vec<u8>, durable: bool) -> io::Result<()> {
+        if !durable {
+            return self.jobs.send(Job { payload, done: None }).await.map_err(|_| stopped());
+        }
+        let (done, synced) = oneshot::channel();
+        self.jobs.send(Job { payload, done: Some(done) }).await.map_err(|_| stopped())?;
+        match synced.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(io::Error::other(error)),
+            Err(_) => Err(stopped()),
+        }
+    }
+
+    /// Queues one record without waiting; `false` when the queue is full or
+    /// the writer has stopped.
+    pub fn try_append(&self, payload: Vec<u8>) -> bool {
+        self.jobs.try_send(Job { payload, done: None }).is_ok()
+    }
+
+    /// Records written and not yet consumed.
+    pub fn pending(&self) -> u64 {
+        self.written.borrow().saturating_sub(self.shared.consumed.load(Ordering::Acquire))
+    }
+
+    /// Appends queued for the writer and not yet written.
+    pub fn queued(&self) -> u64 {
+        (self.jobs.max_capacity() - self.jobs.capacity()) as u64
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the journal writer has stopped")
+}
+
+struct Writer {
+    dir: PathBuf,
+    options: Options,
+    /// First sequence, file, and length of the active segment.
+    active: (u64, File, u64),
+    /// The sequence the next record gets.
+    next: u64,
+    written: watch::Sender<u64>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        let mut group = Vec::new();
+        while let Some(first) = queue.blocking_recv() {
+            group.push(first);
+            // Everything that queued while the last group synced.
+            let mut bytes = group[0].payload.len();
+            while bytes < 8 << 20 {
+                match queue.try_recv() {
+                    Ok(job) => {
+                        bytes += job.payload.len();
+                        group.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit(&group).map_err(|error| {
+                tracing::error!(%error, records = group.len(), "cannot write the journal");
+                error.to_string()
+            });
+            for job in group.drain(..) {
+                if let Some(done) = job.done {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, group: &[Job]) -> io::Result<()> {
+        if self.active.2 >= self.options.segment_bytes {
+            self.roll()?;
+        }
+        self.buf.clear();
+        for (i, job) in group.iter().enumerate() {
+            frame(&mut self.buf, self.next + i as u64, &job.payload);
+        }
+        let (_, file, length) = &mut self.active;
+        let written = file.write_all_at(&self.buf, *length).and_then(|()| file.sync_data());
+        if let Err(error) = written {
+            // Whatever reached the file is not acknowledged: cut it off so
+            // the next group starts at a record boundary.
+            let _ = file.set_len(*length);
+            return Err(error);
+        }
+        *length += self.buf.len() as u64;
+        self.next += group.len() as u64;
+        self.written.send_replace(self.next);
+        Ok(())
+    }
+
+    fn roll(&mut self) -> io::Result<()> {
+        let path = segment_path(&self.dir, self.next);
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        sync_dir(&self.dir)?;
+        self.active = (self.next, file, 0);
+        Ok(())
+    }
+}
+
+impl Reader {
+    /// Waits until at least one record past the cursor exists, then returns
+    /// up to `max` of them, in order. Call [`Reader::consumed`] once they
+    /// are handled; until then the next call returns records after these.
+    pub async fn next_batch(&mut self, max: usize) -> io::Result<Vec<Record>> {
+        loop {
+            let written = *self.written.borrow_and_update();
+            if self.next < written {
+                return self.read(written, max.max(1));
+            }
+            if self.written.changed().await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    fn read(&mut self, written: u64, max: usize) -> io::Result<Vec<Record>> {
+        let mut records = Vec::new();
+        while self.next < written && records.len() < max {
+            let (start, file, offset) = match &mut self.segment {
+                Some(segment) => segment,
+                None => {
+                    let segment = self.open_segment()?;
+                    self.segment.insert(segment)
+                }
+            };
+            match read_record(file, *offset, self.next) {
+                Ok(Some((record, end))) => {
+                    *offset = end;
+                    self.next += 1;
+                    records.push(record);
+                }
+                Ok(None) => {
+                    // This segment is done; the next one starts here.
+                    let start = *start;
+                    self.segment = None;
+                    self.finished.push_back((start, self.next));
+                    let following = segments(&self.dir)?.into_iter().find(|&s| s >= self.next);
+                    match following {
+                        Some(following) if following > self.next => {
+                            tracing::error!(from = self.next, to = following, "journal records lost to corruption");
+                            self.next = following;
+                        }
+                        Some(_) => {}
+                        None => {
+                            return Err(io::Error::other(format!("journal segment for record {} missing", self.next)));
+                        }
+                    }
+                }
+                Err(reason) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("journal segment {start:020}: {reason} at offset {offset}"),
+                    ));
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    /// The segment holding `self.next`, positioned at that record.
+    fn open_segment(&mut self) -> io::Result<(u64, File, u64)> {
+        let starts = segments(&self.dir)?;
+        let Some(&start) = starts.iter().rev().find(|&&s| s <= self.next).or(starts.first()) else {
+            return Err(io::Error::other("the journal has no segments"));
+        };
+        if start > self.next {
+            tracing::error!(from = self.next, to = start, "journal records lost to corruption");
+            self.next = start;
+        }
+        let file = File::open(segment_path(&self.dir, start))?;
+        let (mut offset, mut sequence) = (0, start);
+        while sequence < self.next {
+            match read_record(&file, offset, sequence) {
+                Ok(Some((_, end))) => {
+                    offset = end;
+                    sequence += 1;
+                }
+                _ => break,
+            }
+        }
+        self.next = sequence;
+        Ok((start, file, offset))
+    }
+
+    /// Marks every record before `sequence` consumed: the cursor moves there
+    /// and segments wholly before it are deleted.
+    pub fn consumed(&mut self, sequence: u64) -> io::Result<()> {
+        self.shared.consumed.fetch_max(sequence, Ordering::AcqRel);
+        let temporary = self.dir.join("cursor.tmp");
+        {
+            let mut file = File::create(&temporary)?;
+            file.write_all(sequence.to_string().as_bytes())?;
+        }
+        std::fs::rename(&temporary, self.dir.join("cursor"))?;
+        while let Some(&(start, end)) = self.finished.front() {
+            if end > sequence {
+                break;
+            }
+            self.finished.pop_front();
+            match std::fs::remove_file(segment_path(&self.dir, start)) {
+                Ok(()) => tracing::debug!(segment = start, "journal segment consumed and deleted"),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records written and not yet consumed.
+    pub fn pending(&self) -> u64 {
+        self.written.borrow().saturating_sub(self.shared.consumed.load(Ordering::Acquire))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,187 @@
+//! `cargo xtask bench h2load`: `Evaluate` vs `grpc.health.v1.Health/Check`
+//! on one policy engine, driven by h2load (Debian's `nghttp2-client`), an
+//! outside load generator that costs the server nothing of its own stack.
+//! Phases alternate; h2load cannot read gRPC trailers, so one call of each
+//! kind is checked through a real client first.
+
+use std::process::Command;
+use std::time::Duration;
+
+use prost::Message;
+use warden_client::{ClientConfig, Effect, PolicyClient};
+use warden_policy_engine::{PolicyEngine, PolicyEngineConfig, fixtures};
+use warden_proto::policy::v1 as pb;
+
+#[derive(Debug, clap::Args)]
+pub struct H2loadArgs {
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Phases of each kind (they alternate).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// HTTP/2 connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Concurrent streams on each connection.
+    #[arg(long, default_value_t = 16)]
+    streams: usize,
+    /// Send an agent's API key (the auth layer checks it) instead of
+    /// running the engine with auth off.
+    #[arg(long)]
+    auth: bool,
+}
+
+/// A unary gRPC request body: the 5-byte frame header, then the message.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Run {
+    requests: f64,
+    seconds: f64,
+    failed: u64,
+    mean_ms: f64,
+}
+
+fn h2load(args: &H2loadArgs, url: &str, body: &std::path::Path, token: Option<&str>) -> Result<Run, String> {
+    let mut command = Command::new("h2load");
+    command
+        .args(["-t", "1", "-c", &args.connections.to_string(), "-m", &args.streams.to_string()])
+        .args(["-D", &args.seconds.to_string(), "--warm-up-time", "1"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("-d")
+        .arg(body);
+    if let Some(token) = token {
+        command.args(["-H", &format!("authorization: Bearer {token}")]);
+    }
+    let output =
+        command.arg(url).output().map_err(|e| format!("cannot run h2load (apt-get install nghttp2-client): {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!("h2load failed: {text}{}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let mut run = Run { seconds: args.seconds as f64, ..Run::default() };
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if line.starts_with("requests:") {
+            // requests: N total, N started, N done, N succeeded, N failed, ...
+            let number = |name: &str| {
+                words.windows(2).find(|w| w[1].trim_end_matches(',') == name).and_then(|w| w[0].parse::<f64>().ok())
+            };
+            run.requests = number("succeeded").unwrap_or(0.0);
+            run.failed = number("failed").unwrap_or(0.0) as u64 + number("errored").unwrap_or(0.0) as u64;
+        } else if line.starts_with("time for request:") {
+            // The mean is the third figure, with its unit.
+            if let Some(mean) = words.get(5) {
+                run.mean_ms = parse_duration_ms(mean);
+            }
+        }
+    }
+    if run.requests == 0.0 {
+        return Err(format!("h2load reported no successful requests:\n{text}"));
+    }
+    Ok(run)
+}
+
+fn parse_duration_ms(text: &str) -> f64 {
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().unwrap_or(0.0);
+    match unit {
+        "us" => number / 1000.0,
+        "ms" => number,
+        "s" => number * 1000.0,
+        _ => number,
+    }
+}
+
+pub async fn run(args: H2loadArgs) -> Result<(), String> {
+    let root = std::env::temp_dir().join(format!("warden-bench-h2load-{}", std::process::id()));
+    let policies = root.join("policies");
+    std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
+    std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
+    let (agent, action) = fixtures::request(3);
+    let mut config = PolicyEngineConfig::for_tests(&policies, root.join("data"));
+    config.watch_policies = false;
+    let mut token = None;
+    if args.auth {
+        let key = warden_auth::api_key::create_key(
+            &agent.id,
+            warden_auth::Kind::Agent,
+            vec!["agent".into()],
+            vec![],
+            None,
+            None,
+        );
+        let keys_file = root.join("keys.toml");
+        std::fs::write(&keys_file, warden_auth::KeyFile { keys: vec![key.entry.clone()] }.to_toml())
+            .map_err(|e| e.to_string())?;
+        config.auth = warden_auth::AuthConfig { keys_file, ..Default::default() };
+        token = Some(key.token.expose().to_owned());
+    }
+    let engine = PolicyEngine::start(config).await.map_err(|e| e.to_string())?;
+    let request = pb::EvaluateRequest {
+        agent: Some(agent),
+        action: Some(action),
+        time: None,
+        correlation_id: "bench".into(),
+        approval_id: String::new(),
+    };
+    // h2load sees HTTP statuses only: check that this exact request is answered.
+    let mut client_config = ClientConfig::new(engine.url());
+    if let Some(token) = &token {
+        client_config = client_config.api_key(token);
+    }
+    let client = PolicyClient::new(client_config).map_err(|e| e.to_string())?;
+    let decision = client.evaluate(request.clone()).await.map_err(|e| format!("Evaluate failed: {e}"))?;
+    if decision.effect == Effect::Deny && decision.reasons.iter().any(|r| r.contains("unavailable")) {
+        return Err(format!("Evaluate did not decide: {decision:?}"));
+    }
+    let evaluate_body = root.join("evaluate.bin");
+    std::fs::write(&evaluate_body, grpc_frame(&request.encode_to_vec())).map_err(|e| e.to_string())?;
+    let health_body = root.join("health.bin");
+    std::fs::write(&health_body, grpc_frame(&[])).map_err(|e| e.to_string())?;
+    let evaluate_url = format!("{}/warden.policy.v1.PolicyService/Evaluate", engine.url());
+    let health_url = format!("{}/grpc.health.v1.Health/Check", engine.url());
+    println!(
+        "bench h2load: 200-rule set, {} connections x {} streams, {} x {}s phases each, alternating, auth {}",
+        args.connections,
+        args.streams,
+        args.rounds,
+        args.seconds,
+        if args.auth { "on (API key)" } else { "off" }
+    );
+    let (mut evaluate, mut health) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        let (a, url, body, token) = (&args, evaluate_url.clone(), evaluate_body.clone(), token.clone());
+        let run = tokio::task::block_in_place(|| h2load(a, &url, &body, token.as_deref()))?;
+        evaluate.push(run);
+        let (url, body) = (health_url.clone(), health_body.clone());
+        let run = tokio::task::block_in_place(|| h2load(a, &url, &body, token.as_deref()))?;
+        health.push(run);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    engine.shutdown().await;
+    let _ = std::fs::remove_dir_all(&root);
+    let total = |runs: &[Run]| {
+        let requests: f64 = runs.iter().map(|r| r.requests).sum();
+        let seconds: f64 = runs.iter().map(|r| r.seconds).sum();
+        let failed: u64 = runs.iter().map(|r| r.failed).sum();
+        let mean = runs.iter().map(|r| r.mean_ms).sum::<f64>() / runs.len().max(1) as f64;
+        (requests / seconds, failed, mean)
+    };
+    let (evaluate_rate, evaluate_failed, evaluate_mean) = total(&evaluate);
+    let (health_rate, health_failed, health_mean) = total(&health);
+    println!("{:<14} {:>12} {:>12} {:>8}", "rpc", "requests/s", "mean", "failed");
+    println!("{:<14} {:>12.0} {:>10.2}ms {:>8}", "Evaluate", evaluate_rate, evaluate_mean, evaluate_failed);
+    println!("{:<14} {:>12.0} {:>10.2}ms {:>8}", "Health/Check", health_rate, health_mean, health_failed);
+    let rounds: Vec<String> =
+        evaluate.iter().zip(&health).map(|(e, h)| format!("{:.2}", e.requests / h.requests)).collect();
+    println!("ratio Evaluate/Health throughput: {:.2} (per round: {})", evaluate_rate / health_rate, rounds.join(", "));
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! `cargo xtask bench policy --decision-log sync|async`: what recording
+//! every decision costs the policy engine. Two engines in this process, one
+//! without a decision log and one shipping to an audit service running as
+//! its own process (as in production), driven in alternating phases; a
+//! third kind of phase stops the audit process (SIGSTOP) so the engine's
+//! own cost shows without the audit service's appends sharing the cores.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use warden_client::{ClientConfig, PolicyClient};
+use warden_policy_engine::decision_log::Durability;
+use warden_policy_engine::{PolicyEngine, PolicyEngineConfig, fixtures};
+use warden_proto::policy::v1 as pb;
+
+use crate::bench::{DecisionLogMode, PolicyArgs, Totals, evaluate_phase, print_rows};
+
+/// The release `warden-audit` binary, built if needed, started on a free
+/// port with its own data directory.
+struct AuditProcess {
+    child: Child,
+    url: String,
+}
+
+impl AuditProcess {
+    fn start(data: &std::path::Path) -> Result<AuditProcess, String> {
+        let root = crate::workspace_root();
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "--release", "-p", "warden-audit"])
+            .current_dir(&root)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err("cannot build warden-audit".into());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?.local_addr().unwrap().port();
+        let child = Command::new(root.join("target/release/warden-audit"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "", "--insecure-no-auth"])
+            .arg("--data-dir")
+            .arg(data)
+            .env("WARDEN__TELEMETRY__LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start warden-audit: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("warden-audit did not come up".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(AuditProcess { child, url: format!("http://127.0.0.1:{port}") })
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill").args([signal, &self.child.id().to_string()]).status();
+    }
+}
+
+impl Drop for AuditProcess {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn run(args: PolicyArgs, mode: DecisionLogMode) -> Result<(), String> {
+    let root = std::env::temp_dir().join(format!("warden-bench-log-{}", std::process::id()));
+    let policies = root.join("policies");
+    std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
+    std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
+    let audit = AuditProcess::start(&root.join("audit"))?;
+    let mut engines = Vec::new();
+    let mut clients = Vec::new();
+    for logged in [false, true] {
+        let mut config = PolicyEngineConfig::for_tests(&policies, root.join(if logged { "logged" } else { "off" }));
+        config.watch_policies = false;
+        if logged {
+            config.audit_url = audit.url.clone();
+            config.decision_log.durability =
+                if mode == DecisionLogMode::Sync { Durability::Sync } else { Durability::Async };
+            config.decision_log.outbox_cap = u64::MAX;
+        }
+        let engine = PolicyEngine::start(config).await.map_err(|e| e.to_string())?;
+        let mut per_engine = Vec::new();
+        for _ in 0..args.connections {
+            per_engine.push(PolicyClient::new(ClientConfig::new(engine.url())).map_err(|e| e.to_string())?);
+        }
+        clients.push(std::sync::Arc::new(per_engine));
+        engines.push(engine);
+    }
+    let (agent, action) = fixtures::request(3);
+    let request = pb::EvaluateRequest {
+        agent: Some(agent),
+        action: Some(action),
+        time: None,
+        correlation_id: "bench".into(),
+        approval_id: String::new(),
+    };
+    println!(
+        "bench policy --decision-log {mode:?}: 200-rule set, {} in flight over {} connections, {} x {}s phases each, alternating; audit service in its own process",
+        args.in_flight, args.connections, args.rounds, args.seconds
+    );
+    let phase = Duration::from_secs(args.seconds);
+    let (mut off, mut logged, mut paused) = (Totals::default(), Totals::default(), Totals::default());
+    for _ in 0..args.rounds {
+        off.add(evaluate_phase(clients[0].clone(), request.clone(), args.in_flight, phase).await);
+        logged.add(evaluate_phase(clients[1].clone(), request.clone(), args.in_flight, phase).await);
+        audit.signal("-STOP");
+        paused.add(evaluate_phase(clients[1].clone(), request.clone(), args.in_flight, phase).await);
+        audit.signal("-CONT");
+    }
+    let backlog = engines[1].decision_log.as_ref().map_or(0, |log| log.pending());
+    // Everything recorded reaches the audit service before the figures count.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while engines[1].decision_log.as_ref().is_some_and(|log| log.pending() > 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = engines[1].decision_log.as_ref().map_or(0, |log| log.pending());
+    for engine in engines {
+        engine.shutdown().await;
+    }
+    drop(audit);
+    let _ = std::fs::remove_dir_all(&root);
+    let (off_rate, off_p99) = (off.rate(), off.percentile(0.99));
+    let (logged_rate, logged_p99) = (logged.rate(), logged.percentile(0.99));
+    let (paused_rate, paused_p99) = (paused.rate(), paused.percentile(0.99));
+    print_rows(&mut [
+        ("Evaluate, no log", &mut off),
+        ("Evaluate, logged", &mut logged),
+        ("logged, audit stopped", &mut paused),
+    ]);
+    println!(
+        "ratio logged/off: throughput {:.2}, p99 {:.2}; with the audit process stopped: throughput {:.2}, p99 {:.2}",
+        logged_rate / off_rate,
+        logged_p99.as_secs_f64() / off_p99.as_secs_f64(),
+        paused_rate / off_rate,
+        paused_p99.as_secs_f64() / off_p99.as_secs_f64(),
+    );
+    println!("journal backlog after the last phase: {backlog} decisions; not shipped after draining: {left}");
+    if left > 0 {
+        return Err(format!("{left} decisions were not shipped"));
+    }
+    Ok(())
+}
