@@ -121,3 +121,47 @@ async fn a_full_outbox_blocks_decisions_with_retry_info() {
     assert_eq!(engine.decision_log.as_ref().unwrap().pending(), 5);
     engine.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_left_in_an_earlier_releases_sqlite_outbox_are_shipped_after_an_upgrade() {
+    use prost::Message;
+    let audit_data = tempfile::tempdir().unwrap();
+    let audit_server = start_audit(audit_data.path(), "127.0.0.1:0").await;
+    let sandbox = Sandbox::new(&[("p.yaml", POLICY)]);
+    let mut config = sandbox.config();
+    config.audit_url = audit_server.url();
+    // The outbox an earlier release left behind, with one decision in it.
+    let outbox = config.data_dir.join("decision-outbox.db");
+    std::fs::create_dir_all(&config.data_dir).unwrap();
+    let database = warden_store::Database::connect(&format!("sqlite://{}", outbox.display())).await.unwrap();
+    let warden_store::Database::Sqlite(pool) = &database else { unreachable!() };
+    warden_store::sqlx::query(
+        "CREATE TABLE decision_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event BLOB NOT NULL, traceparent TEXT)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let event = audit::AuditEvent {
+        event_id: "left-behind".into(),
+        event_type: "policy_evaluation".into(),
+        agent_id: "agent-1".into(),
+        ..Default::default()
+    };
+    warden_store::sqlx::query("INSERT INTO decision_outbox (event) VALUES (?)")
+        .bind(event.encode_to_vec())
+        .execute(pool)
+        .await
+        .unwrap();
+    database.close().await;
+
+    let engine = warden_tests::start(config).await;
+    let records = eventually(Duration::from_secs(10), || async {
+        let records = logged_decisions(&audit_server.url()).await;
+        (!records.is_empty()).then_some(records)
+    })
+    .await;
+    assert_eq!(records[0].event.as_ref().unwrap().event_id, "left-behind");
+    assert!(!outbox.exists(), "the old outbox is removed once its rows are in the journal");
+    engine.shutdown().await;
+    audit_server.shutdown().await;
+}

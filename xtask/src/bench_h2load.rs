@@ -1,15 +1,17 @@
 //! `cargo xtask bench h2load`: `Evaluate` vs `grpc.health.v1.Health/Check`
 //! on one policy engine, driven by h2load (Debian's `nghttp2-client`), an
 //! outside load generator that costs the server nothing of its own stack.
-//! Phases alternate; h2load cannot read gRPC trailers, so one call of each
-//! kind is checked through a real client first.
+//! The engine is the release `warden-policy-engine` binary as deployed
+//! (default telemetry, its own process; `--pid-file` lets a profiler attach).
+//! Phases alternate; h2load cannot read gRPC trailers, so the Evaluate
+//! request is checked through a real client first.
 
 use std::process::Command;
 use std::time::Duration;
 
 use prost::Message;
 use warden_client::{ClientConfig, Effect, PolicyClient};
-use warden_policy_engine::{PolicyEngine, PolicyEngineConfig, fixtures};
+use warden_policy_engine::fixtures;
 use warden_proto::policy::v1 as pb;
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +32,9 @@ pub struct H2loadArgs {
     /// running the engine with auth off.
     #[arg(long)]
     auth: bool,
+    /// Write the engine's process id here once it serves (for `perf record -p`).
+    #[arg(long)]
+    pid_file: Option<std::path::PathBuf>,
 }
 
 /// A unary gRPC request body: the 5-byte frame header, then the message.
@@ -38,6 +43,16 @@ fn grpc_frame(message: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
     frame.extend_from_slice(message);
     frame
+}
+
+/// The engine process, killed when the benchmark ends or fails.
+struct Engine(std::process::Child);
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -106,8 +121,24 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
     std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
     let (agent, action) = fixtures::request(3);
-    let mut config = PolicyEngineConfig::for_tests(&policies, root.join("data"));
-    config.watch_policies = false;
+    let workspace = crate::workspace_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "--release", "-p", "warden-policy-engine"])
+        .current_dir(&workspace)
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err("cannot build warden-policy-engine".into());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?.local_addr().unwrap().port();
+    let mut engine = Command::new(workspace.join("target/release/warden-policy-engine"));
+    engine
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", ""])
+        .arg("--data-dir")
+        .arg(root.join("data"))
+        .arg("--policies")
+        .arg(&policies)
+        .stdout(std::process::Stdio::null());
     let mut token = None;
     if args.auth {
         let key = warden_auth::api_key::create_key(
@@ -121,10 +152,23 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
         let keys_file = root.join("keys.toml");
         std::fs::write(&keys_file, warden_auth::KeyFile { keys: vec![key.entry.clone()] }.to_toml())
             .map_err(|e| e.to_string())?;
-        config.auth = warden_auth::AuthConfig { keys_file, ..Default::default() };
+        engine.arg("--keys-file").arg(keys_file);
         token = Some(key.token.expose().to_owned());
+    } else {
+        engine.arg("--insecure-no-auth").stderr(std::process::Stdio::null());
     }
-    let engine = PolicyEngine::start(config).await.map_err(|e| e.to_string())?;
+    let engine = Engine(engine.spawn().map_err(|e| format!("cannot start warden-policy-engine: {e}"))?);
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err("warden-policy-engine did not come up".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(path) = &args.pid_file {
+        std::fs::write(path, engine.0.id().to_string()).map_err(|e| e.to_string())?;
+    }
     let request = pb::EvaluateRequest {
         agent: Some(agent),
         action: Some(action),
@@ -133,7 +177,7 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
         approval_id: String::new(),
     };
     // h2load sees HTTP statuses only: check that this exact request is answered.
-    let mut client_config = ClientConfig::new(engine.url());
+    let mut client_config = ClientConfig::new(url.clone());
     if let Some(token) = &token {
         client_config = client_config.api_key(token);
     }
@@ -146,8 +190,8 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     std::fs::write(&evaluate_body, grpc_frame(&request.encode_to_vec())).map_err(|e| e.to_string())?;
     let health_body = root.join("health.bin");
     std::fs::write(&health_body, grpc_frame(&[])).map_err(|e| e.to_string())?;
-    let evaluate_url = format!("{}/warden.policy.v1.PolicyService/Evaluate", engine.url());
-    let health_url = format!("{}/grpc.health.v1.Health/Check", engine.url());
+    let evaluate_url = format!("{url}/warden.policy.v1.PolicyService/Evaluate");
+    let health_url = format!("{url}/grpc.health.v1.Health/Check");
     println!(
         "bench h2load: 200-rule set, {} connections x {} streams, {} x {}s phases each, alternating, auth {}",
         args.connections,
@@ -166,7 +210,7 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
         health.push(run);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    engine.shutdown().await;
+    drop(engine);
     let _ = std::fs::remove_dir_all(&root);
     let total = |runs: &[Run]| {
         let requests: f64 = runs.iter().map(|r| r.requests).sum();

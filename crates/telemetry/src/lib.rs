@@ -136,10 +136,20 @@ pub fn install_propagator() {
 /// The current span's `traceparent`, to carry a trace across a queue (the
 /// decision log's outbox); `None` outside a sampled trace.
 pub fn current_traceparent() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    // Written directly in the W3C format rather than through the global
+    // propagator and a map: this runs on every recorded decision.
     let context = tracing::Span::current().context();
-    let mut carrier = std::collections::HashMap::new();
-    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut carrier));
-    carrier.remove("traceparent")
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        )
+    })
 }
 
 /// The span context a `traceparent` names, for a span that continues it.

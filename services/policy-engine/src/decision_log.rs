@@ -142,12 +142,12 @@ type AuditClient = AuditServiceClient<
 
 /// A journal record: the decision's traceparent (continued by the shipping
 /// span), then the encoded event.
-fn encode_record(event: &audit::AuditEvent, traceparent: Option<String>) -> Vec<u8> {
+fn encode_record(event: &[u8], traceparent: Option<String>) -> Vec<u8> {
     let traceparent = traceparent.filter(|t| t.len() < 256).unwrap_or_default();
-    let mut record = Vec::with_capacity(1 + traceparent.len() + event.encoded_len());
+    let mut record = Vec::with_capacity(1 + traceparent.len() + event.len());
     record.push(traceparent.len() as u8);
     record.extend_from_slice(traceparent.as_bytes());
-    event.encode(&mut record).expect("a Vec grows");
+    record.extend_from_slice(event);
     record
 }
 
@@ -216,15 +216,15 @@ impl DecisionLog {
         self.journal.pending() + self.journal.queued()
     }
 
-    /// Records one decision's event.
-    pub async fn record(&self, event: audit::AuditEvent) -> Result<(), DecisionLogError> {
+    /// Records one decision's event, encoded (`decision_record::encode`).
+    pub async fn record(&self, event: Vec<u8>) -> Result<(), DecisionLogError> {
         let pending = self.pending();
         if pending >= self.config.outbox_cap {
             return match self.config.when_full {
                 WhenFull::Block => Err(DecisionLogError::Full(pending)),
                 WhenFull::Drop => {
                     METRICS.decisions_dropped.inc();
-                    tracing::warn!(pending, event_id = %event.event_id, "decision log outbox full; decision not logged");
+                    tracing::warn!(pending, "decision log outbox full; decision not logged");
                     Ok(())
                 }
             };
@@ -241,7 +241,7 @@ impl DecisionLog {
 impl warden_auth::DenialSink for DecisionLog {
     fn record(&self, event: audit::AuditEvent) {
         if self.pending() >= self.config.outbox_cap
-            || !self.journal.try_append(encode_record(&event, warden_telemetry::current_traceparent()))
+            || !self.journal.try_append(encode_record(&event.encode_to_vec(), warden_telemetry::current_traceparent()))
         {
             METRICS.decisions_dropped.inc();
         }
@@ -266,7 +266,7 @@ async fn migrate_sqlite_outbox(data_dir: &Path, journal: &Journal) -> Result<(),
         let bytes: Vec<u8> = row.try_get("event").map_err(warden_store::translate)?;
         let traceparent: Option<String> = row.try_get("traceparent").unwrap_or(None);
         match audit::AuditEvent::decode(bytes.as_slice()) {
-            Ok(event) => journal.append(encode_record(&event, traceparent), i + 1 == moved).await?,
+            Ok(_) => journal.append(encode_record(&bytes, traceparent), i + 1 == moved).await?,
             Err(error) => tracing::error!(%error, "skipping an undecodable outbox row"),
         }
     }

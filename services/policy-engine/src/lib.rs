@@ -12,6 +12,7 @@
 pub mod approval_client;
 pub mod config;
 pub mod decision_log;
+pub mod decision_record;
 pub mod engine;
 pub mod kill_switch;
 pub mod limits;
