@@ -105,6 +105,13 @@ impl Validate for PolicyEngineConfig {
         {
             return Err(ConfigError::invalid("approval_url", &self.approval_url, "expected http(s)://HOST:PORT"));
         }
+        if self.decision_log.segment_bytes < 4096 {
+            return Err(ConfigError::invalid(
+                "decision_log.segment_bytes",
+                self.decision_log.segment_bytes,
+                "must be at least 4096",
+            ));
+        }
         if self.decision_log.outbox_cap == 0 {
             return Err(ConfigError::invalid("decision_log.outbox_cap", 0, "must be at least 1"));
         }

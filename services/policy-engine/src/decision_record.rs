@@ -63,7 +63,9 @@ impl Value<'_> {
         match self {
             Value::Str(text) => str_len(3, text),
             Value::Number(_) => key_len(2) + 8,
-            Value::List(items) => key_len(6) + delimited_len(items.iter().map(|item| key_len(1) + delimited_len(str_len(3, item))).sum()),
+            Value::List(items) => {
+                key_len(6) + delimited_len(items.iter().map(|item| key_len(1) + delimited_len(str_len(3, item))).sum())
+            }
             Value::Struct(fields) => key_len(5) + delimited_len(struct_len(fields)),
             Value::Proto(value) => value.encoded_len(),
         }
@@ -78,7 +80,10 @@ impl Value<'_> {
             }
             Value::List(items) => {
                 encode_key(6, WireType::LengthDelimited, buf);
-                encode_varint(items.iter().map(|item| key_len(1) + delimited_len(str_len(3, item))).sum::<usize>() as u64, buf);
+                encode_varint(
+                    items.iter().map(|item| key_len(1) + delimited_len(str_len(3, item))).sum::<usize>() as u64,
+                    buf,
+                );
                 for item in *items {
                     encode_key(1, WireType::LengthDelimited, buf);
                     encode_varint(str_len(3, item) as u64, buf);
@@ -205,7 +210,13 @@ mod tests {
                 ("amount".to_string(), number(150.0)),
                 ("email".to_string(), text("ada@example.com")),
                 ("items".to_string(), list(&["a", "b"])),
-                ("nested".to_string(), object(vec![("deep", object(vec![("x", prost_types::Value { kind: Some(Kind::BoolValue(true)) })]))])),
+                (
+                    "nested".to_string(),
+                    object(vec![(
+                        "deep",
+                        object(vec![("x", prost_types::Value { kind: Some(Kind::BoolValue(true)) })]),
+                    )]),
+                ),
             ]
             .into(),
         };
@@ -264,7 +275,13 @@ mod tests {
                     object(vec![
                         ("amount", number(150.0)),
                         ("items", list(&["a", "b"])),
-                        ("nested", object(vec![("deep", object(vec![("x", prost_types::Value { kind: Some(Kind::BoolValue(true)) })]))])),
+                        (
+                            "nested",
+                            object(vec![(
+                                "deep",
+                                object(vec![("x", prost_types::Value { kind: Some(Kind::BoolValue(true)) })]),
+                            )]),
+                        ),
                     ]),
                 ),
                 ("action", text("issue_refund")),
