@@ -187,3 +187,28 @@ fn run_time_errors_are_reported() {
     check_eval_error("1 / (action.params.tags.size() - 2) == 1", "division by zero");
     check_eval_error("action.params.amount", "not bool");
 }
+
+#[test]
+fn times_and_durations_out_of_range_are_errors_not_wrapped_values() {
+    // Each was a value before: a policy comparing ages or durations could
+    // decide on a wrapped number without any error.
+    check_eval_error("duration('200000000000s') + duration('200000000000s') > duration('0s')", "out of range");
+    check_eval_error("duration('-200000000000s') - duration('200000000000s') < duration('0s')", "out of range");
+    check_eval_error(
+        "timestamp('9999-12-31T23:59:59Z') - timestamp('0001-01-01T00:00:00Z') > duration('0s')",
+        "out of range",
+    );
+    check_eval_error("timestamp(253402300800) > context.time", "out of range");
+    check_eval_error("timestamp(-62135596801) < context.time", "out of range");
+    check_eval_error("timestamp('0000-01-01T00:00:00Z') < context.time", "out of range");
+    check_eval_error("timestamp('9999-12-31T23:59:59Z') + duration('1s') > context.time", "out of range");
+    check_eval_error("timestamp('0001-01-01T00:00:00Z') - duration('1ns') < context.time", "out of range");
+    check_eval_error("int(-9223372036854775808.0) < 0", "out of range");
+    check_eval_error("int(9223372036854775807.0) > 0", "out of range");
+    // The edges themselves are values.
+    check("timestamp('9999-12-31T23:59:59Z') > context.time", true);
+    check("timestamp('0001-01-01T00:00:00Z') < context.time", true);
+    check("timestamp(-62135596800) < context.time", true);
+    check("duration('2562047h') > duration('0s')", true);
+    check("int(-9223372036854774784.0) < 0", true);
+}

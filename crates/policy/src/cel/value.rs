@@ -10,7 +10,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use prost_types::value::Kind;
 
 /// Why a condition could not be evaluated.
@@ -262,6 +262,26 @@ fn overflow() -> EvalError {
     EvalError::new("integer overflow")
 }
 
+/// CEL's timestamps run from 0001-01-01 to 9999-12-31: anything else is a
+/// range error, never a value.
+pub fn timestamp_in_range(t: DateTime<Utc>) -> Result<DateTime<Utc>, EvalError> {
+    if (1..=9999).contains(&t.year()) { Ok(t) } else { Err(EvalError::new("timestamp out of range")) }
+}
+
+/// CEL's durations are whole int64 nanoseconds (about +-292 years, as in
+/// cel-go): a result beyond that is a range error, never a wrapped value.
+pub fn duration_in_range(d: TimeDelta) -> Result<TimeDelta, EvalError> {
+    if d.num_nanoseconds().is_some() { Ok(d) } else { Err(EvalError::new("duration out of range")) }
+}
+
+fn timestamp_overflow() -> EvalError {
+    EvalError::new("timestamp out of range")
+}
+
+fn duration_overflow() -> EvalError {
+    EvalError::new("duration out of range")
+}
+
 pub fn add<'a>(a: Value<'a>, b: Value<'a>) -> Result<Value<'a>, EvalError> {
     Ok(match (&a, &b) {
         (Value::Int(x), Value::Int(y)) => Value::Int(x.checked_add(*y).ok_or_else(overflow)?),
@@ -271,9 +291,11 @@ pub fn add<'a>(a: Value<'a>, b: Value<'a>) -> Result<Value<'a>, EvalError> {
         (Value::Bytes(x), Value::Bytes(y)) => Value::Bytes([&x[..], &y[..]].concat().into()),
         (Value::List(x), Value::List(y)) => Value::List(List::Owned(Arc::new(x.iter().chain(y.iter()).collect()))),
         (Value::Timestamp(t), Value::Duration(d)) | (Value::Duration(d), Value::Timestamp(t)) => {
-            Value::Timestamp(t.checked_add_signed(*d).ok_or_else(|| EvalError::new("timestamp overflow"))?)
+            Value::Timestamp(timestamp_in_range(t.checked_add_signed(*d).ok_or_else(timestamp_overflow)?)?)
         }
-        (Value::Duration(x), Value::Duration(y)) => Value::Duration(x.checked_add(y).ok_or_else(overflow)?),
+        (Value::Duration(x), Value::Duration(y)) => {
+            Value::Duration(duration_in_range(x.checked_add(y).ok_or_else(duration_overflow)?)?)
+        }
         _ => return Err(EvalError::no_overload("+", &a, &b)),
     })
 }
@@ -283,11 +305,13 @@ pub fn sub<'a>(a: Value<'a>, b: Value<'a>) -> Result<Value<'a>, EvalError> {
         (Value::Int(x), Value::Int(y)) => Value::Int(x.checked_sub(*y).ok_or_else(overflow)?),
         (Value::Uint(x), Value::Uint(y)) => Value::Uint(x.checked_sub(*y).ok_or_else(overflow)?),
         (Value::Double(x), Value::Double(y)) => Value::Double(x - y),
-        (Value::Timestamp(x), Value::Timestamp(y)) => Value::Duration(x.signed_duration_since(*y)),
+        (Value::Timestamp(x), Value::Timestamp(y)) => Value::Duration(duration_in_range(x.signed_duration_since(*y))?),
         (Value::Timestamp(t), Value::Duration(d)) => {
-            Value::Timestamp(t.checked_sub_signed(*d).ok_or_else(|| EvalError::new("timestamp overflow"))?)
+            Value::Timestamp(timestamp_in_range(t.checked_sub_signed(*d).ok_or_else(timestamp_overflow)?)?)
         }
-        (Value::Duration(x), Value::Duration(y)) => Value::Duration(x.checked_sub(y).ok_or_else(overflow)?),
+        (Value::Duration(x), Value::Duration(y)) => {
+            Value::Duration(duration_in_range(x.checked_sub(y).ok_or_else(duration_overflow)?)?)
+        }
         _ => return Err(EvalError::no_overload("-", &a, &b)),
     })
 }
@@ -358,11 +382,9 @@ pub fn parse_duration(text: &str) -> Result<TimeDelta, EvalError> {
         rest = &rest[unit_len..];
         total_nanos += (number * unit_nanos).round() as i128;
     }
-    // CEL durations span about +-10,000 years.
-    if total_nanos > 315_576_000_000i128 * 1_000_000_000 {
-        return Err(EvalError::new(format!("duration {text:?} out of range")));
-    }
-    let nanos = if negative { -total_nanos } else { total_nanos } as i64;
+    // Whole int64 nanoseconds, as every other duration (`duration_in_range`).
+    let nanos = i64::try_from(if negative { -total_nanos } else { total_nanos })
+        .map_err(|_| EvalError::new(format!("duration {text:?} out of range")))?;
     Ok(TimeDelta::nanoseconds(nanos))
 }
 
