@@ -105,6 +105,8 @@ impl fmt::Display for ParseError {
 enum Token {
     Ident(String),
     Int(i64),
+    /// 9223372036854775808 (2^63): an int literal only after a `-`.
+    IntMinMagnitude,
     Uint(u64),
     Double(f64),
     String(String),
@@ -159,7 +161,7 @@ impl<'s> Lexer<'s> {
                 self.pos += prefix_len;
                 let raw = prefix.contains('r');
                 let bytes = prefix.contains('b');
-                let text = self.string(raw, start)?;
+                let text = self.string(raw, bytes, start)?;
                 return Ok((
                     if bytes {
                         Token::Bytes(text)
@@ -234,6 +236,8 @@ impl<'s> Lexer<'s> {
         }
         if self.unsigned_suffix() {
             text.parse().map(Token::Uint).or_else(|_| self.error(start, "integer literal out of range"))
+        } else if text.trim_start_matches('0') == "9223372036854775808" {
+            Ok(Token::IntMinMagnitude)
         } else {
             text.parse().map(Token::Int).or_else(|_| self.error(start, "integer literal out of range"))
         }
@@ -249,7 +253,10 @@ impl<'s> Lexer<'s> {
     }
 
     /// Reads a quoted literal starting at `self.pos` (on the quote).
-    fn string(&mut self, raw: bool, start: usize) -> Result<Vec<u8>, ParseError> {
+    /// A string or bytes literal's content. `\xHH` and octal escapes are
+    /// bytes in a bytes literal and code points (U+0000 to U+00FF) in a
+    /// string literal, where `'\377'` is `ÿ`.
+    fn string(&mut self, raw: bool, bytes: bool, start: usize) -> Result<Vec<u8>, ParseError> {
         let quote = self.bytes[self.pos];
         let triple = self.bytes[self.pos..].starts_with(&[quote, quote, quote]);
         let delimiter: &[u8] =
@@ -284,7 +291,10 @@ impl<'s> Lexer<'s> {
                     b'f' => out.push(0x0c),
                     b'v' => out.push(0x0b),
                     b'\\' | b'\'' | b'"' | b'`' | b'?' => out.push(escape),
-                    b'x' | b'X' => out.push(self.hex_escape(2, start)? as u8),
+                    b'x' | b'X' => {
+                        let value = self.hex_escape(2, start)? as u8;
+                        push_escaped(&mut out, value, bytes);
+                    }
                     b'u' | b'U' => {
                         let digits = if escape == b'u' { 4 } else { 8 };
                         let code = self.hex_escape(digits, start)?;
@@ -297,7 +307,7 @@ impl<'s> Lexer<'s> {
                         let value =
                             u8::from_str_radix(octal, 8).or_else(|_| self.error(start, "invalid octal escape"))?;
                         self.pos += 2;
-                        out.push(value);
+                        push_escaped(&mut out, value, bytes);
                     }
                     other => {
                         return self.error(self.pos - 2, format!("invalid escape \\{}", other as char));
@@ -316,6 +326,14 @@ impl<'s> Lexer<'s> {
             self.source.get(self.pos..end).ok_or(ParseError { offset: start, message: "truncated escape".into() })?;
         self.pos = end;
         u32::from_str_radix(text, 16).or_else(|_| self.error(start, "invalid hex escape"))
+    }
+}
+
+fn push_escaped(out: &mut Vec<u8>, value: u8, bytes: bool) {
+    if bytes {
+        out.push(value);
+    } else {
+        out.extend_from_slice(char::from(value).encode_utf8(&mut [0; 4]).as_bytes());
     }
 }
 
@@ -483,6 +501,10 @@ impl Parser {
         if self.eat("-") {
             // Fold negative numeric literals so i64::MIN is expressible.
             match self.peek().clone() {
+                Token::IntMinMagnitude => {
+                    self.bump();
+                    return Ok(Expr { kind: ExprKind::Literal(Literal::Int(i64::MIN)), offset });
+                }
                 Token::Int(_) | Token::Double(_) => {
                     let member = self.member()?;
                     if let ExprKind::Literal(Literal::Int(n)) = member.kind {
@@ -552,6 +574,9 @@ impl Parser {
         let at_end = token == Token::Eof;
         let kind = match token {
             Token::Int(n) => ExprKind::Literal(Literal::Int(n)),
+            Token::IntMinMagnitude => {
+                return Err(ParseError { offset, message: "integer literal out of range".into() });
+            }
             Token::Uint(n) => ExprKind::Literal(Literal::Uint(n)),
             Token::Double(n) => ExprKind::Literal(Literal::Double(n)),
             Token::String(s) => ExprKind::Literal(Literal::String(s)),
@@ -658,6 +683,9 @@ mod tests {
         check("a ? b : c ? d : e", "(a ? b : (c ? d : e))");
         check("!a && -b > 2", "((Not a) && ((Neg b) > Int(2)))");
         check("-9223372036854775807 - 1", "(Int(-9223372036854775807) - Int(1))");
+        check("-9223372036854775808 < 0", "(Int(-9223372036854775808) < Int(0))");
+        // Escapes name code points in strings and bytes in bytes literals.
+        check(r"'\377\xff' == b'\377\xff'", "(String(\"ÿÿ\") == Bytes([255, 255]))");
     }
 
     #[test]
@@ -681,6 +709,7 @@ mod tests {
             ("a b", "unexpected token, found 'b' at column 3"),
             ("if", "'if' is a reserved word at column 1"),
             ("99999999999999999999", "integer literal out of range at column 1"),
+            ("1 + 9223372036854775808", "integer literal out of range at column 5"),
         ];
         for (source, expected) in cases {
             assert_eq!(parse(source).unwrap_err().to_string(), expected, "{source}");
