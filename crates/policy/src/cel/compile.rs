@@ -262,6 +262,8 @@ const FUNCTIONS: &[&str] = &[
     "double",
     "string",
     "bool",
+    "bytes",
+    "dyn",
     "timestamp",
     "duration",
     "getFullYear",
@@ -752,7 +754,12 @@ impl Compiler {
                     }),
                 })
             }
-            ("int" | "uint" | "double" | "string" | "bool" | "timestamp" | "duration", false, 1) => {
+            ("dyn", false, 1) => {
+                // The value unchanged, its static type given up.
+                let arg = compiled_args.into_iter().next().expect("one argument");
+                Ok(Compiled { predicate: None, ty: Ty::Dyn, eval: arg.eval })
+            }
+            ("int" | "uint" | "double" | "string" | "bytes" | "bool" | "timestamp" | "duration", false, 1) => {
                 let arg = compiled_args.into_iter().next().expect("one argument");
                 conversion(expr, function, arg)
             }
@@ -1203,6 +1210,7 @@ fn conversion(expr: &Expr, function: &str, arg: Compiled) -> Result<Compiled, Co
         "string" => &[Ty::Int, Ty::Uint, Ty::Double, Ty::String, Ty::Bool, Ty::Bytes, Ty::Timestamp, Ty::Duration],
         "bool" => &[Ty::Bool, Ty::String],
         "timestamp" => &[Ty::String, Ty::Timestamp, Ty::Int],
+        "bytes" => &[Ty::String, Ty::Bytes],
         _ => &[Ty::String, Ty::Duration],
     };
     if !arg.ty.is_dyn() && !allowed.contains(&arg.ty) {
@@ -1215,6 +1223,7 @@ fn conversion(expr: &Expr, function: &str, arg: Compiled) -> Result<Compiled, Co
         "string" => Ty::String,
         "bool" => Ty::Bool,
         "timestamp" => Ty::Timestamp,
+        "bytes" => Ty::Bytes,
         _ => Ty::Duration,
     };
     let inner = arg.eval;
@@ -1228,6 +1237,8 @@ fn convert<'a>(target: &Ty, value: Value<'a>) -> Result<Value<'a>, EvalError> {
         (Ty::Int, Value::Int(_)) | (Ty::Uint, Value::Uint(_)) | (Ty::Double, Value::Double(_)) => value,
         (Ty::String, Value::String(_)) | (Ty::Bool, Value::Bool(_)) => value,
         (Ty::Timestamp, Value::Timestamp(_)) | (Ty::Duration, Value::Duration(_)) => value,
+        (Ty::Bytes, Value::Bytes(_)) => value,
+        (Ty::Bytes, Value::String(s)) => Value::Bytes(s.as_bytes().to_vec().into()),
         (Ty::Int, Value::Uint(u)) => Value::Int(i64::try_from(*u).map_err(|_| EvalError::new("int overflow"))?),
         (Ty::Int, Value::Double(d)) => {
             // Both bounds exclusive, as the spec's conformance data has it:
@@ -1622,8 +1633,10 @@ impl Zone {
         if name == "UTC" || name == "Z" {
             return Ok(Zone::Utc);
         }
-        if let Some(sign) = name.strip_prefix(['+', '-']).map(|_| if name.starts_with('-') { -1 } else { 1 }) {
-            let body = &name[1..];
+        // A fixed offset: `+HH:MM`, `-HH:MM`, or (as cel-go accepts) `HH:MM`.
+        let signed = name.strip_prefix(['+', '-']).map(|body| (if name.starts_with('-') { -1 } else { 1 }, body));
+        let unsigned = (name.contains(':') && name.starts_with(|c: char| c.is_ascii_digit())).then_some((1, name));
+        if let Some((sign, body)) = signed.or(unsigned) {
             let (hours, minutes) = body.split_once(':').unwrap_or((body, "0"));
             let parsed = hours.parse::<i32>().ok().zip(minutes.parse::<i32>().ok());
             if let Some((h, m)) = parsed.filter(|(h, m)| *h <= 23 && *m <= 59)

@@ -212,3 +212,15 @@ fn times_and_durations_out_of_range_are_errors_not_wrapped_values() {
     check("duration('2562047h') > duration('0s')", true);
     check("int(-9223372036854774784.0) < 0", true);
 }
+
+#[test]
+fn conditions_pasted_from_other_cel_deployments_load() {
+    check("dyn(action.params.amount) > 100.0", true);
+    check("dyn(1) == 1", true);
+    check("bytes('abc') == b'abc'", true);
+    check("size(bytes('ÿ')) == 2", true);
+    check("context.time.getHours('02:00') == 14", true);
+    check("context.time.getHours('+02:00') == 14", true);
+    check("-9223372036854775808 < 0", true);
+    check("'\\377' == 'ÿ'", true);
+}
