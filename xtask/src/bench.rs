@@ -57,6 +57,10 @@ pub struct PolicyArgs {
     /// Where decisions are recorded.
     #[arg(long, value_enum, default_value_t = DecisionLogMode::Off)]
     decision_log: DecisionLogMode,
+    /// With `--decision-log sync`: how long the journal waits for more
+    /// decisions to share a sync (e.g. 200us).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub commit_delay: Duration,
     /// Compare Evaluate with authentication on (an API key) against the
     /// same engine setup with it off, instead of against Health/Check.
     #[arg(long)]
@@ -98,7 +102,7 @@ pub struct Phase {
 
 #[derive(Debug, Default)]
 pub struct Totals {
-    latencies: Vec<Duration>,
+    pub latencies: Vec<Duration>,
     elapsed: Duration,
     errors: u64,
 }

@@ -81,6 +81,7 @@ pub async fn run(args: PolicyArgs, mode: DecisionLogMode) -> Result<(), String> 
             config.decision_log.durability =
                 if mode == DecisionLogMode::Sync { Durability::Sync } else { Durability::Async };
             config.decision_log.outbox_cap = u64::MAX;
+            config.decision_log.commit_delay = args.commit_delay;
         }
         let engine = PolicyEngine::start(config).await.map_err(|e| e.to_string())?;
         let mut per_engine = Vec::new();
@@ -104,6 +105,7 @@ pub async fn run(args: PolicyArgs, mode: DecisionLogMode) -> Result<(), String> 
     );
     let phase = Duration::from_secs(args.seconds);
     let (mut off, mut logged, mut paused) = (Totals::default(), Totals::default(), Totals::default());
+    let syncs_before = engines[1].decision_log.as_ref().map_or(0, |log| log.syncs());
     for _ in 0..args.rounds {
         off.add(evaluate_phase(clients[0].clone(), request.clone(), args.in_flight, phase).await);
         logged.add(evaluate_phase(clients[1].clone(), request.clone(), args.in_flight, phase).await);
@@ -112,6 +114,8 @@ pub async fn run(args: PolicyArgs, mode: DecisionLogMode) -> Result<(), String> 
         audit.signal("-CONT");
     }
     let backlog = engines[1].decision_log.as_ref().map_or(0, |log| log.pending());
+    let syncs = engines[1].decision_log.as_ref().map_or(0, |log| log.syncs()) - syncs_before;
+    let recorded = (logged.latencies.len() + paused.latencies.len()) as f64;
     // Everything recorded reaches the audit service before the figures count.
     let deadline = Instant::now() + Duration::from_secs(120);
     while engines[1].decision_log.as_ref().is_some_and(|log| log.pending() > 0) && Instant::now() < deadline {
@@ -138,7 +142,10 @@ pub async fn run(args: PolicyArgs, mode: DecisionLogMode) -> Result<(), String> 
         paused_rate / off_rate,
         paused_p99.as_secs_f64() / off_p99.as_secs_f64(),
     );
-    println!("journal backlog after the last phase: {backlog} decisions; not shipped after draining: {left}");
+    println!(
+        "journal: {syncs} syncs, {:.1} decisions per sync; backlog after the last phase {backlog}, not shipped after draining {left}",
+        recorded / syncs.max(1) as f64
+    );
     if left > 0 {
         return Err(format!("{left} decisions were not shipped"));
     }

@@ -40,11 +40,15 @@ pub struct Options {
     pub segment_bytes: u64,
     /// Appends queued for the writer before [`Journal::append`] waits.
     pub queue: usize,
+    /// How long the writer waits for more appends to join a group before
+    /// it syncs (as PostgreSQL's `commit_delay`): fewer, larger syncs, for
+    /// that much latency. Zero syncs at once.
+    pub commit_delay: std::time::Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { segment_bytes: 64 << 20, queue: 65_536 }
+        Options { segment_bytes: 64 << 20, queue: 65_536, commit_delay: std::time::Duration::ZERO }
     }
 }
 
@@ -67,6 +71,8 @@ struct Job {
 struct Shared {
     /// The reader's cursor: records before it are consumed.
     consumed: AtomicU64,
+    /// Groups written and synced.
+    syncs: AtomicU64,
 }
 
 /// The writing side; cheap to share behind an `Arc`.
@@ -256,10 +262,18 @@ impl Journal {
             }
         };
         recovery.pending = next.saturating_sub(cursor);
-        let shared = Arc::new(Shared { consumed: AtomicU64::new(cursor) });
+        let shared = Arc::new(Shared { consumed: AtomicU64::new(cursor), syncs: AtomicU64::new(0) });
         let (written_tx, written) = watch::channel(next);
         let (jobs, queue) = mpsc::channel(options.queue.max(1));
-        let writer = Writer { dir: dir.to_owned(), options, active, next, written: written_tx, buf: Vec::new() };
+        let writer = Writer {
+            dir: dir.to_owned(),
+            options,
+            active,
+            next,
+            written: written_tx,
+            buf: Vec::new(),
+            shared: shared.clone(),
+        };
         std::thread::Builder::new().name("warden-journal".into()).spawn(move || writer.run(queue))?;
         let reader = Reader {
             dir: dir.to_owned(),
@@ -299,9 +313,28 @@ impl Journal {
         self.written.borrow().saturating_sub(self.shared.consumed.load(Ordering::Acquire))
     }
 
+    /// Groups written and synced since the journal opened: appends per
+    /// sync is what group commit saves.
+    pub fn syncs(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+
     /// Appends queued for the writer and not yet written.
     pub fn queued(&self) -> u64 {
         (self.jobs.max_capacity() - self.jobs.capacity()) as u64
+    }
+}
+
+/// Moves queued appends into `group`, up to 8 MiB.
+fn drain(queue: &mut mpsc::Receiver<Job>, group: &mut Vec<Job>, bytes: &mut usize) {
+    while *bytes < 8 << 20 {
+        match queue.try_recv() {
+            Ok(job) => {
+                *bytes += job.payload.len();
+                group.push(job);
+            }
+            Err(_) => break,
+        }
     }
 }
 
@@ -318,6 +351,7 @@ struct Writer {
     next: u64,
     written: watch::Sender<u64>,
     buf: Vec<u8>,
+    shared: Arc<Shared>,
 }
 
 impl Writer {
@@ -325,16 +359,13 @@ impl Writer {
         let mut group = Vec::new();
         while let Some(first) = queue.blocking_recv() {
             group.push(first);
-            // Everything that queued while the last group synced.
+            // Everything that queued while the last group synced, and with
+            // a commit delay, what arrives during it.
             let mut bytes = group[0].payload.len();
-            while bytes < 8 << 20 {
-                match queue.try_recv() {
-                    Ok(job) => {
-                        bytes += job.payload.len();
-                        group.push(job);
-                    }
-                    Err(_) => break,
-                }
+            drain(&mut queue, &mut group, &mut bytes);
+            if !self.options.commit_delay.is_zero() && bytes < 8 << 20 {
+                std::thread::sleep(self.options.commit_delay);
+                drain(&mut queue, &mut group, &mut bytes);
             }
             let result = self.commit(&group).map_err(|error| {
                 tracing::error!(%error, records = group.len(), "cannot write the journal");
@@ -349,6 +380,7 @@ impl Writer {
     }
 
     fn commit(&mut self, group: &[Job]) -> io::Result<()> {
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         if self.active.2 >= self.options.segment_bytes {
             self.roll()?;
         }

@@ -65,6 +65,10 @@ pub struct DecisionLogConfig {
     pub batch: usize,
     /// Bytes per journal segment file; a shipped segment is deleted.
     pub segment_bytes: u64,
+    /// How long the journal waits for more decisions to share one
+    /// `fdatasync` (`sync` durability): fewer syncs for that much latency.
+    #[serde(with = "humantime_serde")]
+    pub commit_delay: Duration,
 }
 
 impl Default for DecisionLogConfig {
@@ -75,6 +79,7 @@ impl Default for DecisionLogConfig {
             when_full: WhenFull::Block,
             batch: 500,
             segment_bytes: 64 << 20,
+            commit_delay: Duration::ZERO,
         }
     }
 }
@@ -169,7 +174,11 @@ impl DecisionLog {
         data_dir: &Path,
         config: DecisionLogConfig,
     ) -> Result<Arc<DecisionLog>, DecisionLogError> {
-        let options = warden_journal::Options { segment_bytes: config.segment_bytes, ..Default::default() };
+        let options = warden_journal::Options {
+            segment_bytes: config.segment_bytes,
+            commit_delay: config.commit_delay,
+            ..Default::default()
+        };
         let (journal, reader, recovery) = Journal::open(&data_dir.join("decision-log"), options)?;
         if recovery.truncated_bytes > 0 || !recovery.corrupt_segments.is_empty() {
             tracing::warn!(
@@ -209,6 +218,11 @@ impl DecisionLog {
         ));
         tokio::spawn(run_shipper(reader, client, config.batch.max(1)));
         Ok(Arc::new(DecisionLog { journal, config }))
+    }
+
+    /// Journal syncs so far (decisions per sync is group commit's gain).
+    pub fn syncs(&self) -> u64 {
+        self.journal.syncs()
     }
 
     /// Events not yet acknowledged by the audit service.
