@@ -92,6 +92,64 @@ fn rerun_in_release() -> Result<(), String> {
     if status.success() { Ok(()) } else { Err(format!("release benchmark failed: {status}")) }
 }
 
+/// The request every Evaluate benchmark sends: `fixtures::request`'s agent
+/// and action.
+pub fn evaluate_request(agent: pb::Agent, action: pb::Action) -> pb::EvaluateRequest {
+    pb::EvaluateRequest {
+        agent: Some(agent),
+        action: Some(action),
+        time: None,
+        correlation_id: "bench".into(),
+        approval_id: String::new(),
+    }
+}
+
+/// A keys file in `dir` with one agent key for `agent_id`; returns its
+/// path and the token.
+pub fn agent_key_file(dir: &std::path::Path, agent_id: &str) -> Result<(std::path::PathBuf, String), String> {
+    let key =
+        warden_auth::api_key::create_key(agent_id, warden_auth::Kind::Agent, vec!["agent".into()], vec![], None, None);
+    let path = dir.join("keys.toml");
+    std::fs::write(&path, warden_auth::KeyFile { keys: vec![key.entry.clone()] }.to_toml())
+        .map_err(|e| e.to_string())?;
+    Ok((path, key.token.expose().to_owned()))
+}
+
+/// A service binary from a release build of the workspace (built here).
+pub fn release_binary(package: &str) -> Result<std::path::PathBuf, String> {
+    let root = crate::workspace_root();
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "--release", "-p", package])
+        .current_dir(&root)
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("cannot build {package}"));
+    }
+    Ok(root.join("target/release").join(package))
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> Result<u16, String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| e.to_string())?
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .port())
+}
+
+/// Waits until something listens on `port` (a started process).
+pub fn wait_for_port(port: u16, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not come up"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// Latencies and count of one phase.
 #[derive(Debug, Default)]
 pub struct Phase {
@@ -205,11 +263,7 @@ async fn compare_auth(args: PolicyArgs) -> Result<(), String> {
     std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
     std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
     let (agent, action) = fixtures::request(3);
-    let key =
-        warden_auth::api_key::create_key(&agent.id, warden_auth::Kind::Agent, vec!["agent".into()], vec![], None, None);
-    let keys_file = root.join("keys.toml");
-    std::fs::write(&keys_file, warden_auth::KeyFile { keys: vec![key.entry.clone()] }.to_toml())
-        .map_err(|e| e.to_string())?;
+    let (keys_file, token) = agent_key_file(&root, &agent.id)?;
     let mut engines = Vec::new();
     let mut clients = Vec::new();
     for auth_on in [false, true] {
@@ -223,20 +277,14 @@ async fn compare_auth(args: PolicyArgs) -> Result<(), String> {
         for _ in 0..args.connections {
             let mut config = ClientConfig::new(engine.url());
             if auth_on {
-                config = config.api_key(key.token.expose());
+                config = config.api_key(&token);
             }
             per_engine.push(PolicyClient::new(config).map_err(|e| e.to_string())?);
         }
         clients.push(std::sync::Arc::new(per_engine));
         engines.push(engine);
     }
-    let request = pb::EvaluateRequest {
-        agent: Some(agent),
-        action: Some(action),
-        time: None,
-        correlation_id: "bench".into(),
-        approval_id: String::new(),
-    };
+    let request = evaluate_request(agent, action);
     println!(
         "bench policy --compare-auth: Evaluate with an API key vs auth off, {} in flight over {} connections, {} x {}s phases each, alternating",
         args.in_flight, args.connections, args.rounds, args.seconds
@@ -289,13 +337,7 @@ async fn policy(args: PolicyArgs) -> Result<(), String> {
         ));
     }
     let (agent, action) = fixtures::request(3);
-    let request = pb::EvaluateRequest {
-        agent: Some(agent),
-        action: Some(action),
-        time: None,
-        correlation_id: "bench".into(),
-        approval_id: String::new(),
-    };
+    let request = evaluate_request(agent, action);
     println!(
         "bench policy: 200-rule set (20 per action), {} in flight over {} connections, {} x {}s phases each, alternating",
         args.in_flight, args.connections, args.rounds, args.seconds

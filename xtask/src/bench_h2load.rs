@@ -12,7 +12,6 @@ use std::time::Duration;
 use prost::Message;
 use warden_client::{ClientConfig, Effect, PolicyClient};
 use warden_policy_engine::fixtures;
-use warden_proto::policy::v1 as pb;
 
 #[derive(Debug, clap::Args)]
 pub struct H2loadArgs {
@@ -121,17 +120,9 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
     std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
     let (agent, action) = fixtures::request(3);
-    let workspace = crate::workspace_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--quiet", "--release", "-p", "warden-policy-engine"])
-        .current_dir(&workspace)
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err("cannot build warden-policy-engine".into());
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?.local_addr().unwrap().port();
-    let mut engine = Command::new(workspace.join("target/release/warden-policy-engine"));
+    let binary = crate::bench::release_binary("warden-policy-engine")?;
+    let port = crate::bench::free_port()?;
+    let mut engine = Command::new(binary);
     engine
         .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", ""])
         .arg("--data-dir")
@@ -141,41 +132,19 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
         .stdout(std::process::Stdio::null());
     let mut token = None;
     if args.auth {
-        let key = warden_auth::api_key::create_key(
-            &agent.id,
-            warden_auth::Kind::Agent,
-            vec!["agent".into()],
-            vec![],
-            None,
-            None,
-        );
-        let keys_file = root.join("keys.toml");
-        std::fs::write(&keys_file, warden_auth::KeyFile { keys: vec![key.entry.clone()] }.to_toml())
-            .map_err(|e| e.to_string())?;
+        let (keys_file, key) = crate::bench::agent_key_file(&root, &agent.id)?;
         engine.arg("--keys-file").arg(keys_file);
-        token = Some(key.token.expose().to_owned());
+        token = Some(key);
     } else {
         engine.arg("--insecure-no-auth").stderr(std::process::Stdio::null());
     }
     let engine = Engine(engine.spawn().map_err(|e| format!("cannot start warden-policy-engine: {e}"))?);
     let url = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if std::time::Instant::now() > deadline {
-            return Err("warden-policy-engine did not come up".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::bench::wait_for_port(port, "warden-policy-engine")?;
     if let Some(path) = &args.pid_file {
         std::fs::write(path, engine.0.id().to_string()).map_err(|e| e.to_string())?;
     }
-    let request = pb::EvaluateRequest {
-        agent: Some(agent),
-        action: Some(action),
-        time: None,
-        correlation_id: "bench".into(),
-        approval_id: String::new(),
-    };
+    let request = crate::bench::evaluate_request(agent, action);
     // h2load sees HTTP statuses only: check that this exact request is answered.
     let mut client_config = ClientConfig::new(url.clone());
     if let Some(token) = &token {

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use warden_client::{ClientConfig, PolicyClient};
 use warden_policy_engine::decision_log::Durability;
 use warden_policy_engine::{PolicyEngine, PolicyEngineConfig, fixtures};
-use warden_proto::policy::v1 as pb;
 
-use crate::bench::{DecisionLogMode, PolicyArgs, Totals, evaluate_phase, print_rows};
+use crate::bench::{
+    DecisionLogMode, PolicyArgs, Totals, evaluate_phase, evaluate_request, free_port, print_rows, release_binary,
+    wait_for_port,
+};
 
 /// The release `warden-audit` binary, built if needed, started on a free
 /// port with its own data directory.
@@ -24,17 +26,9 @@ struct AuditProcess {
 
 impl AuditProcess {
     fn start(data: &std::path::Path) -> Result<AuditProcess, String> {
-        let root = crate::workspace_root();
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--quiet", "--release", "-p", "warden-audit"])
-            .current_dir(&root)
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err("cannot build warden-audit".into());
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?.local_addr().unwrap().port();
-        let child = Command::new(root.join("target/release/warden-audit"))
+        let binary = release_binary("warden-audit")?;
+        let port = free_port()?;
+        let child = Command::new(binary)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "", "--insecure-no-auth"])
             .arg("--data-dir")
             .arg(data)
@@ -42,13 +36,7 @@ impl AuditProcess {
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start warden-audit: {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("warden-audit did not come up".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(port, "warden-audit")?;
         Ok(AuditProcess { child, url: format!("http://127.0.0.1:{port}") })
     }
 
@@ -92,13 +80,7 @@ pub async fn run(args: PolicyArgs, mode: DecisionLogMode) -> Result<(), String> 
         engines.push(engine);
     }
     let (agent, action) = fixtures::request(3);
-    let request = pb::EvaluateRequest {
-        agent: Some(agent),
-        action: Some(action),
-        time: None,
-        correlation_id: "bench".into(),
-        approval_id: String::new(),
-    };
+    let request = evaluate_request(agent, action);
     println!(
         "bench policy --decision-log {mode:?}: 200-rule set, {} in flight over {} connections, {} x {}s phases each, alternating; audit service in its own process",
         args.in_flight, args.connections, args.rounds, args.seconds
