@@ -107,6 +107,8 @@ enum Token {
     Int(i64),
     /// 9223372036854775808 (2^63): an int literal only after a `-`.
     IntMinMagnitude,
+    /// A backtick-quoted field name (`` a.`content-type` ``): only after `.`.
+    QuotedIdent(String),
     Uint(u64),
     Double(f64),
     String(String),
@@ -153,6 +155,18 @@ impl<'s> Lexer<'s> {
             return Ok((Token::Eof, start));
         };
         let rest = &self.source[self.pos..];
+        if c == b'`' {
+            // cel-spec: letters, digits, '_', '.', '-', '/' and spaces.
+            let len = rest[1..]
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/' | b' '))
+                .count();
+            if len == 0 || rest.as_bytes().get(1 + len) != Some(&b'`') {
+                return self.error(start, "invalid quoted field name");
+            }
+            self.pos += len + 2;
+            return Ok((Token::QuotedIdent(rest[1..1 + len].to_owned()), start));
+        }
         // String and bytes literals, with optional r / b prefixes.
         let prefix_len = rest.bytes().take_while(|b| matches!(b, b'r' | b'R' | b'b' | b'B')).count();
         if prefix_len <= 2 && matches!(rest.as_bytes().get(prefix_len), Some(b'"' | b'\'')) {
@@ -532,6 +546,13 @@ impl Parser {
             let offset = self.offset();
             if self.eat(".") {
                 let (token, _) = self.bump();
+                if let Token::QuotedIdent(field) = token {
+                    if matches!(self.peek(), Token::Punct("(")) {
+                        return Err(self.error("a quoted field name cannot be called".into()));
+                    }
+                    expr = Expr { kind: ExprKind::Select { operand: Box::new(expr), field }, offset };
+                    continue;
+                }
                 let Token::Ident(field) = token else {
                     if token != Token::Eof {
                         self.pos -= 1;
@@ -576,6 +597,9 @@ impl Parser {
             Token::Int(n) => ExprKind::Literal(Literal::Int(n)),
             Token::IntMinMagnitude => {
                 return Err(ParseError { offset, message: "integer literal out of range".into() });
+            }
+            Token::QuotedIdent(_) => {
+                return Err(ParseError { offset, message: "a quoted field name is allowed only after '.'".into() });
             }
             Token::Uint(n) => ExprKind::Literal(Literal::Uint(n)),
             Token::Double(n) => ExprKind::Literal(Literal::Double(n)),
@@ -710,6 +734,9 @@ mod tests {
             ("if", "'if' is a reserved word at column 1"),
             ("99999999999999999999", "integer literal out of range at column 1"),
             ("1 + 9223372036854775808", "integer literal out of range at column 5"),
+            ("`a` == 1", "a quoted field name is allowed only after '.' at column 1"),
+            ("a.`b", "invalid quoted field name at column 3"),
+            ("a.`b!`", "invalid quoted field name at column 3"),
         ];
         for (source, expected) in cases {
             assert_eq!(parse(source).unwrap_err().to_string(), expected, "{source}");

@@ -223,4 +223,7 @@ fn conditions_pasted_from_other_cel_deployments_load() {
     check("context.time.getHours('+02:00') == 14", true);
     check("-9223372036854775808 < 0", true);
     check("'\\377' == 'ÿ'", true);
+    check("action.params.`currency` == 'EUR'", true);
+    check("has(action.params.`content-type`)", false);
+    check("action.params.customer.`country` == 'NL'", true);
 }
