@@ -78,6 +78,8 @@ pub enum Ty {
     List(Box<Ty>),
     Map(Box<Ty>, Box<Ty>),
     Message(Message),
+    /// A type value (`type(x)`, `int`, ...).
+    Type,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +123,7 @@ impl fmt::Display for Ty {
             Ty::List(item) => write!(f, "list({item})"),
             Ty::Map(k, v) => write!(f, "map({k}, {v})"),
             Ty::Message(m) => f.write_str(m.name()),
+            Ty::Type => f.write_str("type"),
         }
     }
 }
@@ -264,6 +267,7 @@ const FUNCTIONS: &[&str] = &[
     "bool",
     "bytes",
     "dyn",
+    "type",
     "timestamp",
     "duration",
     "getFullYear",
@@ -439,6 +443,9 @@ impl Compiler {
             "action" => Message::Action,
             "context" => Message::Context,
             _ => {
+                if let Some(&type_name) = value::TYPE_NAMES.iter().find(|&&t| t == name) {
+                    return Ok(type_value(type_name));
+                }
                 return err(expr, format!("undeclared reference to '{name}' (variables are agent, action, context)"));
             }
         };
@@ -450,6 +457,15 @@ impl Compiler {
     }
 
     fn select(&mut self, expr: &Expr, operand: &Expr, field: &str) -> Result<Compiled, CompileError> {
+        // `google.protobuf.Timestamp` and `google.protobuf.Duration` name types.
+        if let ExprKind::Select { operand: inner, field: middle } = &operand.kind
+            && middle == "protobuf"
+            && matches!(&inner.kind, ExprKind::Ident(name) if name == "google" && !self.locals.iter().any(|(l, _)| l == name))
+            && let Some(&type_name) =
+                value::TYPE_NAMES.iter().find(|&&t| t.strip_prefix("google.protobuf.") == Some(field))
+        {
+            return Ok(type_value(type_name));
+        }
         let operand = self.compile(operand)?;
         if let Ty::Message(message) = operand.ty {
             return message_field(expr, message, field);
@@ -752,6 +768,15 @@ impl Compiler {
                             other.type_name()
                         ))),
                     }),
+                })
+            }
+            ("type", false, 1) => {
+                let arg = compiled_args.into_iter().next().expect("one argument");
+                let inner = arg.eval;
+                Ok(Compiled {
+                    predicate: None,
+                    ty: Ty::Type,
+                    eval: eval(move |scope| Ok(Value::Type(inner(scope)?.type_name()))),
                 })
             }
             ("dyn", false, 1) => {
@@ -1200,6 +1225,11 @@ fn binary_type(op: BinaryOp, l: &Ty, r: &Ty) -> Result<Ty, String> {
             })
         }
     }
+}
+
+/// The value of a type name: a constant.
+fn type_value(name: &'static str) -> Compiled {
+    Compiled { predicate: None, ty: Ty::Type, eval: eval(move |_| Ok(Value::Type(name))) }
 }
 
 fn conversion(expr: &Expr, function: &str, arg: Compiled) -> Result<Compiled, CompileError> {

@@ -226,4 +226,12 @@ fn conditions_pasted_from_other_cel_deployments_load() {
     check("action.params.`currency` == 'EUR'", true);
     check("has(action.params.`content-type`)", false);
     check("action.params.customer.`country` == 'NL'", true);
+    check("type(1) == int && type(1u) == uint && type(1.5) == double", true);
+    check("type(action.params.amount) == double && type(action.params.currency) == string", true);
+    check("type(action.params.tags) == list && type(action.params.customer) == map", true);
+    check("type(b'x') == bytes && type(true) == bool && type(null) == null_type", true);
+    check("type(context.time) == google.protobuf.Timestamp", true);
+    check("type(duration('1s')) == google.protobuf.Duration", true);
+    check("type(int) == type && type(1) != string", true);
+    check("type(dyn(agent.confidence)) == double", true);
 }

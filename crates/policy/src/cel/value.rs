@@ -143,7 +143,25 @@ pub enum Value<'a> {
     Duration(TimeDelta),
     List(List<'a>),
     Map(Map<'a>),
+    /// A type, as `type(x)` returns and `int`, `string`, ... name.
+    Type(&'static str),
 }
+
+/// CEL's type names: each is also an identifier whose value is that type.
+pub const TYPE_NAMES: &[&str] = &[
+    "bool",
+    "bytes",
+    "double",
+    "google.protobuf.Duration",
+    "google.protobuf.Timestamp",
+    "int",
+    "list",
+    "map",
+    "null_type",
+    "string",
+    "type",
+    "uint",
+];
 
 impl<'a> Value<'a> {
     pub fn from_proto(value: &'a prost_types::Value) -> Value<'a> {
@@ -174,6 +192,7 @@ impl<'a> Value<'a> {
             Value::Duration(_) => "google.protobuf.Duration",
             Value::List(_) => "list",
             Value::Map(_) => "map",
+            Value::Type(_) => "type",
         }
     }
 
@@ -187,6 +206,7 @@ impl<'a> Value<'a> {
             (Value::Bytes(a), Value::Bytes(b)) => a == b,
             (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
             (Value::Duration(a), Value::Duration(b)) => a == b,
+            (Value::Type(a), Value::Type(b)) => a == b,
             (Value::List(a), Value::List(b)) => a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.equals(&y)),
             (Value::Map(a), Value::Map(b)) => {
                 a.len() == b.len()
