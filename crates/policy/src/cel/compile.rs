@@ -260,6 +260,15 @@ const FUNCTIONS: &[&str] = &[
     "matches",
     "lowerAscii",
     "upperAscii",
+    "charAt",
+    "indexOf",
+    "lastIndexOf",
+    "replace",
+    "split",
+    "substring",
+    "trim",
+    "reverse",
+    "join",
     "int",
     "uint",
     "double",
@@ -796,6 +805,32 @@ impl Compiler {
             ) => {
                 let is_context_time = target.is_some_and(|t| self.is_context_time(t));
                 self.time_accessor(expr, function, receiver.expect("method call"), is_context_time, args)
+            }
+            (_, true, _)
+                if receiver.as_ref().is_some_and(|r| super::strings::signature(function, &r.ty, arity).is_some()) =>
+            {
+                let receiver = receiver.expect("method call");
+                let (params, result) = super::strings::signature(function, &receiver.ty, arity).expect("checked above");
+                for (arg, ty) in compiled_args.iter().zip(params) {
+                    if !arg.ty.is_dyn() && arg.ty != *ty {
+                        return err(
+                            expr,
+                            format!("no matching overload for '{function}': {} where {ty} is expected", arg.ty),
+                        );
+                    }
+                }
+                let name: Arc<str> = function.into();
+                let target = receiver.eval;
+                let args: Vec<Eval> = compiled_args.into_iter().map(|a| a.eval).collect();
+                Ok(Compiled {
+                    predicate: None,
+                    ty: result,
+                    eval: eval(move |scope| {
+                        let receiver = target(scope)?;
+                        let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
+                        super::strings::call(&name, receiver, &values)
+                    }),
+                })
             }
             _ => err(expr, format!("no matching overload for '{function}' with {arity} argument(s)")),
         }

@@ -1,7 +1,8 @@
 //! Warden's implementation of the Common Expression Language for rule
 //! conditions: [`parse`] turns text into a tree, [`compile`] checks it
 //! against the variables a condition can see (`agent`, `action`, `context`)
-//! and compiles it into closures, [`value`] holds run-time values.
+//! and compiles it into closures, [`value`] holds run-time values, and
+//! `strings` is CEL's strings extension.
 //!
 //! Policy semantics are Warden's product, so this is our own code: it gives
 //! load-time errors with columns, bounded nesting, and sub-microsecond
@@ -9,6 +10,7 @@
 
 pub mod compile;
 pub mod parse;
+mod strings;
 pub mod value;
 
 pub use compile::{CompileError, Input, Program};

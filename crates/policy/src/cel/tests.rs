@@ -235,3 +235,28 @@ fn conditions_pasted_from_other_cel_deployments_load() {
     check("type(int) == type && type(1) != string", true);
     check("type(dyn(agent.confidence)) == double", true);
 }
+
+#[test]
+fn the_strings_extension() {
+    check("'héllo'.charAt(1) == 'é' && 'abc'.charAt(3) == ''", true);
+    check("'hello mellow'.indexOf('ello') == 1 && 'hello mellow'.indexOf('ello', 2) == 7", true);
+    check("'hello mellow'.lastIndexOf('ello') == 7 && 'hello mellow'.lastIndexOf('ello', 6) == 1", true);
+    check("'héllo'.indexOf('l') == 2 && 'abc'.indexOf('z') == -1", true);
+    check("'a-b-c'.replace('-', '+') == 'a+b+c' && 'a-b-c'.replace('-', '+', 1) == 'a+b-c'", true);
+    check("'a,b,c'.split(',') == ['a', 'b', 'c'] && 'a,b,c'.split(',', 2) == ['a', 'b,c']", true);
+    check("'héllo'.substring(1) == 'éllo' && 'héllo'.substring(1, 3) == 'él'", true);
+    check("'  x  '.trim() == 'x' && 'abc'.reverse() == 'cba'", true);
+    check("agent.roles.join(', ') == 'support, refunds' && ['a', 'b'].join() == 'ab'", true);
+    check("action.params.currency.charAt(0) == 'E'", true);
+    check_eval_error("'abc'.charAt(4) == ''", "out of range");
+    check_eval_error("'abc'.substring(2, 1) == ''", "out of range");
+    check_compile_error("'abc'.charAt('x') == ''", "no matching overload for 'charAt'");
+    check_compile_error("[1, 2].join() == ''", "no matching overload for 'join'");
+    // Bounded: no condition builds an unbounded string.
+    let long = "x".repeat(2000);
+    check_eval_error(&format!("'{}'.replace('', '{long}') == ''", "y".repeat(1000)), "more than the 1048576 allowed");
+    check_eval_error(
+        &format!("[{}].join('{long}') == ''", vec!["''"; 1000].join(", ")),
+        "more than the 1048576 allowed",
+    );
+}
