@@ -129,7 +129,7 @@ impl fmt::Display for Ty {
 }
 
 impl Ty {
-    fn is_dyn(&self) -> bool {
+    pub(super) fn is_dyn(&self) -> bool {
         *self == Ty::Dyn
     }
     fn is_number(&self) -> bool {
@@ -682,6 +682,13 @@ impl Compiler {
             }
             _ => {}
         }
+        // `math.greatest(...)`, `base64.encode(...)`: namespaced functions.
+        if let Some(ExprKind::Ident(namespace)) = target.map(|t| &t.kind)
+            && super::math::NAMESPACES.contains(&namespace.as_str())
+            && !self.locals.iter().any(|(local, _)| local == namespace)
+        {
+            return self.namespaced(expr, namespace, function, args);
+        }
         if !FUNCTIONS.contains(&function) {
             return err(expr, format!("undeclared function '{function}'"));
         }
@@ -834,6 +841,31 @@ impl Compiler {
             }
             _ => err(expr, format!("no matching overload for '{function}' with {arity} argument(s)")),
         }
+    }
+
+    fn namespaced(
+        &mut self,
+        expr: &Expr,
+        namespace: &str,
+        function: &str,
+        args: &[Expr],
+    ) -> Result<Compiled, CompileError> {
+        let compiled = args.iter().map(|a| self.value(a)).collect::<Result<Vec<_>, _>>()?;
+        let types: Vec<Ty> = compiled.iter().map(|c| c.ty.clone()).collect();
+        let Some(ty) = super::math::signature(namespace, function, &types) else {
+            let types: Vec<String> = types.iter().map(Ty::to_string).collect();
+            return err(expr, format!("no matching overload for {namespace}.{function}({})", types.join(", ")));
+        };
+        let (namespace, function): (Arc<str>, Arc<str>) = (namespace.into(), function.into());
+        let args: Vec<Eval> = compiled.into_iter().map(|c| c.eval).collect();
+        Ok(Compiled {
+            predicate: None,
+            ty,
+            eval: eval(move |scope| {
+                let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
+                super::math::call(&namespace, &function, values)
+            }),
+        })
     }
 
     fn is_context_time(&self, expr: &Expr) -> bool {

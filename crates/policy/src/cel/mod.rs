@@ -2,13 +2,14 @@
 //! conditions: [`parse`] turns text into a tree, [`compile`] checks it
 //! against the variables a condition can see (`agent`, `action`, `context`)
 //! and compiles it into closures, [`value`] holds run-time values, and
-//! `strings` is CEL's strings extension.
+//! `strings` and `math` are CEL's strings, math and encoders extensions.
 //!
 //! Policy semantics are Warden's product, so this is our own code: it gives
 //! load-time errors with columns, bounded nesting, and sub-microsecond
 //! evaluation with no allocation for ordinary conditions.
 
 pub mod compile;
+mod math;
 pub mod parse;
 mod strings;
 pub mod value;

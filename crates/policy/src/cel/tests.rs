@@ -260,3 +260,25 @@ fn the_strings_extension() {
         "more than the 1048576 allowed",
     );
 }
+
+#[test]
+fn the_math_and_encoders_extensions() {
+    check("math.greatest(1, 5, 3) == 5 && math.least(1, 5, 3) == 1", true);
+    check("math.greatest([1.5, -2.0]) == 1.5 && math.greatest(1, 2.5) == 2.5", true);
+    check("math.greatest(action.params.amount, 100.0) == 150.0", true);
+    check(
+        "math.ceil(1.2) == 2.0 && math.floor(-1.2) == -2.0 && math.round(2.5) == 3.0 && math.trunc(-1.7) == -1.0",
+        true,
+    );
+    check("math.abs(-3) == 3 && math.abs(-1.5) == 1.5 && math.sign(-7) == -1 && math.sign(0.0) == 0.0", true);
+    check("math.isNaN(0.0 / 0.0) && math.isInf(1.0 / 0.0) && math.isFinite(1.0)", true);
+    check("math.sqrt(16) == 4.0 && math.sqrt(2.25) == 1.5", true);
+    check("math.bitAnd(6, 3) == 2 && math.bitOr(6, 3) == 7 && math.bitXor(6, 3) == 5 && math.bitNot(0) == -1", true);
+    check("math.bitShiftLeft(1, 4) == 16 && math.bitShiftRight(16u, 2) == 4u && math.bitShiftLeft(1, 64) == 0", true);
+    check("base64.encode(b'hello') == 'aGVsbG8=' && base64.decode('aGVsbG8=') == b'hello'", true);
+    check("base64.decode('aGVsbG8') == b'hello'", true);
+    check_eval_error("math.abs(-9223372036854775808) == 0", "overflow");
+    check_eval_error("base64.decode('!!') == b''", "base64.decode");
+    check_compile_error("math.ceil(1) == 1.0", "no matching overload for math.ceil(int)");
+    check_compile_error("math.greatest('a', 1) == 1", "no matching overload for math.greatest(string, int)");
+}
