@@ -37,8 +37,8 @@ pub fn signature(namespace: &str, function: &str, args: &[Ty]) -> Option<Ty> {
         ("math", "bitShiftLeft" | "bitShiftRight", [x, by]) if integer(x) && matches!(by, Ty::Int | Ty::Dyn) => {
             same_as_first()
         }
-        ("base64", "encode", [x]) if matches!(x, Ty::Bytes | Ty::Dyn) => Ty::String,
-        ("base64", "decode", [x]) if matches!(x, Ty::String | Ty::Dyn) => Ty::Bytes,
+        ("base64", "encode", [Ty::Bytes | Ty::Dyn]) => Ty::String,
+        ("base64", "decode", [Ty::String | Ty::Dyn]) => Ty::Bytes,
         _ => return None,
     })
 }
