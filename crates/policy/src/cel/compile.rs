@@ -680,6 +680,11 @@ impl Compiler {
             ("all" | "exists" | "exists_one" | "map" | "filter", Some(target)) => {
                 return self.comprehension(expr, target, function, args);
             }
+            ("bind", Some(Expr { kind: ExprKind::Ident(namespace), .. }))
+                if namespace == "cel" && !self.locals.iter().any(|(local, _)| local == namespace) =>
+            {
+                return self.bind(expr, args);
+            }
             _ => {}
         }
         // `math.greatest(...)`, `base64.encode(...)`: namespaced functions.
@@ -841,6 +846,32 @@ impl Compiler {
             }
             _ => err(expr, format!("no matching overload for '{function}' with {arity} argument(s)")),
         }
+    }
+
+    /// `cel.bind(name, value, body)`: `body` with `name` bound to `value`,
+    /// computed once.
+    fn bind(&mut self, expr: &Expr, args: &[Expr]) -> Result<Compiled, CompileError> {
+        let [variable, init, body] = args else {
+            return err(expr, "cel.bind() takes a variable name, a value and an expression");
+        };
+        let ExprKind::Ident(variable) = &variable.kind else {
+            return err(variable, "cel.bind() needs a variable name as its first argument");
+        };
+        let init = self.value(init)?;
+        self.locals.push((variable.clone(), init.ty.clone()));
+        let body = self.value(body);
+        self.locals.pop();
+        let body = body?;
+        let (init, inner) = (init.eval, body.eval);
+        Ok(Compiled {
+            predicate: None,
+            ty: body.ty,
+            eval: eval(move |scope| {
+                let mut locals = scope.locals.to_vec();
+                locals.push(init(scope)?);
+                inner(&Scope { input: scope.input, locals: &locals })
+            }),
+        })
     }
 
     fn namespaced(

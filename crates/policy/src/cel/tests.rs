@@ -282,3 +282,13 @@ fn the_math_and_encoders_extensions() {
     check_compile_error("math.ceil(1) == 1.0", "no matching overload for math.ceil(int)");
     check_compile_error("math.greatest('a', 1) == 1", "no matching overload for math.greatest(string, int)");
 }
+
+#[test]
+fn bindings() {
+    check("cel.bind(total, action.params.amount * 2.0, total > 200.0 && total < 400.0)", true);
+    check("cel.bind(r, agent.roles, r.exists(x, x == 'refunds') && size(r) == 2)", true);
+    check("cel.bind(a, 1, cel.bind(b, a + 1, a + b == 3))", true);
+    check_compile_error("cel.bind(x, 1, x.startsWith('a'))", "no matching overload for 'startsWith' on int");
+    check_compile_error("cel.bind(1, 1, true)", "needs a variable name");
+    check_compile_error("cel.bind(x, 1, y == 1)", "undeclared reference to 'y'");
+}
