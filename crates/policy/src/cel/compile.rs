@@ -269,6 +269,10 @@ const FUNCTIONS: &[&str] = &[
     "trim",
     "reverse",
     "join",
+    "slice",
+    "flatten",
+    "sort",
+    "distinct",
     "int",
     "uint",
     "double",
@@ -689,7 +693,8 @@ impl Compiler {
         }
         // `math.greatest(...)`, `base64.encode(...)`: namespaced functions.
         if let Some(ExprKind::Ident(namespace)) = target.map(|t| &t.kind)
-            && super::math::NAMESPACES.contains(&namespace.as_str())
+            && (super::math::NAMESPACES.contains(&namespace.as_str())
+                || super::lists::NAMESPACES.contains(&namespace.as_str()))
             && !self.locals.iter().any(|(local, _)| local == namespace)
         {
             return self.namespaced(expr, namespace, function, args);
@@ -819,6 +824,28 @@ impl Compiler {
                 self.time_accessor(expr, function, receiver.expect("method call"), is_context_time, args)
             }
             (_, true, _)
+                if receiver.as_ref().is_some_and(|r| {
+                    let types: Vec<Ty> = compiled_args.iter().map(|a| a.ty.clone()).collect();
+                    super::lists::method_signature(function, &r.ty, &types).is_some()
+                }) =>
+            {
+                let receiver = receiver.expect("method call");
+                let types: Vec<Ty> = compiled_args.iter().map(|a| a.ty.clone()).collect();
+                let ty = super::lists::method_signature(function, &receiver.ty, &types).expect("checked above");
+                let name: Arc<str> = function.into();
+                let target = receiver.eval;
+                let args: Vec<Eval> = compiled_args.into_iter().map(|a| a.eval).collect();
+                Ok(Compiled {
+                    predicate: None,
+                    ty,
+                    eval: eval(move |scope| {
+                        let receiver = target(scope)?;
+                        let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
+                        super::lists::method(&name, receiver, &values)
+                    }),
+                })
+            }
+            (_, true, _)
                 if receiver.as_ref().is_some_and(|r| super::strings::signature(function, &r.ty, arity).is_some()) =>
             {
                 let receiver = receiver.expect("method call");
@@ -883,7 +910,13 @@ impl Compiler {
     ) -> Result<Compiled, CompileError> {
         let compiled = args.iter().map(|a| self.value(a)).collect::<Result<Vec<_>, _>>()?;
         let types: Vec<Ty> = compiled.iter().map(|c| c.ty.clone()).collect();
-        let Some(ty) = super::math::signature(namespace, function, &types) else {
+        let lists = super::lists::NAMESPACES.contains(&namespace);
+        let ty = if lists {
+            super::lists::signature(namespace, function, &types)
+        } else {
+            super::math::signature(namespace, function, &types)
+        };
+        let Some(ty) = ty else {
             let types: Vec<String> = types.iter().map(Ty::to_string).collect();
             return err(expr, format!("no matching overload for {namespace}.{function}({})", types.join(", ")));
         };
@@ -894,7 +927,11 @@ impl Compiler {
             ty,
             eval: eval(move |scope| {
                 let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
-                super::math::call(&namespace, &function, values)
+                if lists {
+                    super::lists::call(&namespace, &function, values)
+                } else {
+                    super::math::call(&namespace, &function, values)
+                }
             }),
         })
     }

@@ -2,13 +2,15 @@
 //! conditions: [`parse`] turns text into a tree, [`compile`] checks it
 //! against the variables a condition can see (`agent`, `action`, `context`)
 //! and compiles it into closures, [`value`] holds run-time values, and
-//! `strings` and `math` are CEL's strings, math and encoders extensions.
+//! `strings`, `math` and `lists` are CEL's strings, math, encoders, lists
+//! and sets extensions.
 //!
 //! Policy semantics are Warden's product, so this is our own code: it gives
 //! load-time errors with columns, bounded nesting, and sub-microsecond
 //! evaluation with no allocation for ordinary conditions.
 
 pub mod compile;
+mod lists;
 mod math;
 pub mod parse;
 mod strings;

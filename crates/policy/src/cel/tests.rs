@@ -292,3 +292,18 @@ fn bindings() {
     check_compile_error("cel.bind(1, 1, true)", "needs a variable name");
     check_compile_error("cel.bind(x, 1, y == 1)", "undeclared reference to 'y'");
 }
+
+#[test]
+fn the_lists_and_sets_extensions() {
+    check("[1, 2, 3, 4].slice(1, 3) == [2, 3] && [1, 2].slice(0, 0) == []", true);
+    check("[1, [2, [3]]].flatten() == [1, 2, [3]] && [1, [2, [3]]].flatten(2) == [1, 2, 3]", true);
+    check("[3, 1, 2].sort() == [1, 2, 3] && agent.roles.sort() == ['refunds', 'support']", true);
+    check("[1, 2, 1, 3, 2].distinct() == [1, 2, 3]", true);
+    check("lists.range(4) == [0, 1, 2, 3] && lists.range(0) == []", true);
+    check("sets.contains(agent.roles, ['support']) && !sets.contains(['a'], ['a', 'b'])", true);
+    check("sets.equivalent([1, 2, 2], [2, 1]) && sets.intersects(action.params.tags, ['eu', 'us'])", true);
+    check_eval_error("[1, 2].slice(1, 5) == []", "out of range");
+    check_eval_error("[1, 'a'].sort() == []", "no such overload");
+    check_eval_error("lists.range(1000000) == []", "out of range");
+    check_compile_error("'abc'.sort() == 'abc'", "no matching overload");
+}
