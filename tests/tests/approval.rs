@@ -143,9 +143,13 @@ async fn a_manager_approves_a_refund_and_it_runs_once() {
                 audit::QueryRequest { correlation_id: "ticket-981".into(), page_size: 100, ..Default::default() };
             let records = auditor.query(bearer(tonic::Request::new(query), &token)).await.ok()?.into_inner().records;
             let types: Vec<String> = records.iter().map(|r| r.event.as_ref().unwrap().event_type.clone()).collect();
-            ["approval_requested", "approval_reviewed", "approval_granted", "approval_redeemed"]
+            // The decision log and the approval outbox ship independently:
+            // wait for both.
+            let decisions = types.iter().filter(|t| *t == "policy_evaluation").count();
+            (["approval_requested", "approval_reviewed", "approval_granted", "approval_redeemed"]
                 .iter()
                 .all(|t| types.iter().any(|x| x == t))
+                && decisions >= 4)
                 .then_some(records)
         }
     })
