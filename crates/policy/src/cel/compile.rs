@@ -832,18 +832,7 @@ impl Compiler {
                 let receiver = receiver.expect("method call");
                 let types: Vec<Ty> = compiled_args.iter().map(|a| a.ty.clone()).collect();
                 let ty = super::lists::method_signature(function, &receiver.ty, &types).expect("checked above");
-                let name: Arc<str> = function.into();
-                let target = receiver.eval;
-                let args: Vec<Eval> = compiled_args.into_iter().map(|a| a.eval).collect();
-                Ok(Compiled {
-                    predicate: None,
-                    ty,
-                    eval: eval(move |scope| {
-                        let receiver = target(scope)?;
-                        let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
-                        super::lists::method(&name, receiver, &values)
-                    }),
-                })
+                Ok(extension_method(ty, function, receiver.eval, compiled_args, super::lists::method))
             }
             (_, true, _)
                 if receiver.as_ref().is_some_and(|r| super::strings::signature(function, &r.ty, arity).is_some()) =>
@@ -858,18 +847,7 @@ impl Compiler {
                         );
                     }
                 }
-                let name: Arc<str> = function.into();
-                let target = receiver.eval;
-                let args: Vec<Eval> = compiled_args.into_iter().map(|a| a.eval).collect();
-                Ok(Compiled {
-                    predicate: None,
-                    ty: result,
-                    eval: eval(move |scope| {
-                        let receiver = target(scope)?;
-                        let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
-                        super::strings::call(&name, receiver, &values)
-                    }),
-                })
+                Ok(extension_method(result, function, receiver.eval, compiled_args, super::strings::call))
             }
             _ => err(expr, format!("no matching overload for '{function}' with {arity} argument(s)")),
         }
@@ -1359,6 +1337,26 @@ fn binary_type(op: BinaryOp, l: &Ty, r: &Ty) -> Result<Ty, String> {
                 format!("{}{hint}", no_overload())
             })
         }
+    }
+}
+
+/// The run-time function of an extension library's method, as its
+/// module implements it.
+type Method = for<'a> fn(&str, Value<'a>, &[Value<'a>]) -> Result<Value<'a>, EvalError>;
+
+/// `receiver.function(args)` run by an extension module's `run`, its
+/// signature already checked.
+fn extension_method(ty: Ty, function: &str, target: Eval, args: Vec<Compiled>, run: Method) -> Compiled {
+    let name: Arc<str> = function.into();
+    let args: Vec<Eval> = args.into_iter().map(|a| a.eval).collect();
+    Compiled {
+        predicate: None,
+        ty,
+        eval: eval(move |scope| {
+            let receiver = target(scope)?;
+            let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
+            run(&name, receiver, &values)
+        }),
     }
 }
 
