@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use protox::prost::Message;
 
-const PROTOS: &[&str] =
-    &["warden/policy/v1/policy.proto", "warden/audit/v1/audit.proto", "warden/approval/v1/approval.proto"];
+const PROTOS: &[&str] = &[
+    "warden/policy/v1/policy.proto", "warden/audit/v1/audit.proto", "warden/approval/v1/approval.proto",
+    "warden/alerting/v1/alerting.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

@@ -7,7 +7,7 @@
 //! Deployments add roles per method (or per `package.Service/*`) with
 //! `[auth.grants]`.
 
-use crate::principal::roles::{AGENT, APPROVER, AUDITOR, SERVICE};
+use crate::principal::roles::{AGENT, APPROVER, AUDITOR, OPERATOR, SERVICE};
 
 /// One row: a full gRPC path and the roles (besides admin) that may call it.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +52,15 @@ pub const TABLE: &[MethodRule] = &[
     rule("/warden.approval.v1.ApprovalService/Review", &[APPROVER]),
     rule("/warden.approval.v1.ApprovalService/Cancel", &[AGENT]),
     rule("/warden.approval.v1.ApprovalService/Redeem", &[SERVICE]),
+    // warden.alerting.v1: on-call operators read, silence and test routes;
+    // auditors read; reloading is an admin's.
+    rule("/warden.alerting.v1.AlertingService/ListAlerts", &[OPERATOR, AUDITOR]),
+    rule("/warden.alerting.v1.AlertingService/ListRules", &[OPERATOR, AUDITOR]),
+    rule("/warden.alerting.v1.AlertingService/CreateSilence", &[OPERATOR]),
+    rule("/warden.alerting.v1.AlertingService/ExpireSilence", &[OPERATOR]),
+    rule("/warden.alerting.v1.AlertingService/ListSilences", &[OPERATOR, AUDITOR]),
+    rule("/warden.alerting.v1.AlertingService/TestRoute", &[OPERATOR, AUDITOR]),
+    rule("/warden.alerting.v1.AlertingService/ReloadConfig", ADMIN_ONLY),
 ];
 
 /// Services anyone may call, authenticated or not.

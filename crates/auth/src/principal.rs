@@ -17,6 +17,8 @@ pub mod roles {
     pub const ADMIN: &str = "admin";
     /// May read the audit log, its proofs and checkpoints.
     pub const AUDITOR: &str = "auditor";
+    /// May silence alerts, test routes and read alerting state (on-call).
+    pub const OPERATOR: &str = "operator";
     /// A Warden service calling another (e.g. the policy engine appending
     /// the decision log).
     pub const SERVICE: &str = "service";

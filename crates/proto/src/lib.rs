@@ -25,6 +25,13 @@ pub mod approval {
     }
 }
 
+/// `warden.alerting.v1`: the alerting service's contract.
+pub mod alerting {
+    pub mod v1 {
+        tonic::include_proto!("warden.alerting.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every Warden proto, for gRPC server
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("warden_descriptor");

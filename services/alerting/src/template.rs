@@ -1,0 +1,297 @@
+//! The annotation templates of Prometheus rule files: `{{ $labels.NAME }}`,
+//! `{{ $value }}` and the common pipelines (`humanize`,
+//! `humanizePercentage`, `humanizeDuration`, `printf "%.2f"`, `toUpper`,
+//! `toLower`). A template is compiled at load, so an unknown function is a
+//! load error rather than a blank page at 3 a.m.
+
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Arg {
+    Label(String),
+    Value,
+    Text(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Command {
+    function: Option<String>,
+    args: Vec<Arg>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    Text(String),
+    Action(Vec<Command>),
+}
+
+/// A compiled template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    segments: Vec<Segment>,
+}
+
+const FUNCTIONS: &[&str] =
+    &["humanize", "humanize1024", "humanizePercentage", "humanizeDuration", "printf", "toUpper", "toLower", "title"];
+
+fn tokens(action: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut chars = action.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if c == '"' {
+            chars.next();
+            let mut text = String::from("\"");
+            loop {
+                match chars.next() {
+                    Some('\\') => match chars.next() {
+                        Some('n') => text.push('\n'),
+                        Some(other) => text.push(other),
+                        None => return Err("unterminated string".into()),
+                    },
+                    Some('"') => break,
+                    Some(other) => text.push(other),
+                    None => return Err("unterminated string".into()),
+                }
+            }
+            out.push(text);
+        } else if c == '|' {
+            chars.next();
+            out.push("|".into());
+        } else {
+            let mut word = String::new();
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() || c == '|' {
+                    break;
+                }
+                word.push(c);
+                chars.next();
+            }
+            out.push(word);
+        }
+    }
+    Ok(out)
+}
+
+fn arg(token: &str) -> Result<Arg, String> {
+    if let Some(text) = token.strip_prefix('"') {
+        return Ok(Arg::Text(text.to_owned()));
+    }
+    if token == "$value" || token == ".Value" {
+        return Ok(Arg::Value);
+    }
+    if let Some(name) = token.strip_prefix("$labels.").or_else(|| token.strip_prefix(".Labels.")) {
+        return Ok(Arg::Label(name.to_owned()));
+    }
+    if token.parse::<f64>().is_ok() {
+        return Ok(Arg::Text(token.to_owned()));
+    }
+    Err(format!("unsupported template argument {token:?} (use $labels.NAME or $value)"))
+}
+
+impl Template {
+    pub fn compile(text: &str) -> Result<Template, String> {
+        let mut segments = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            if start > 0 {
+                segments.push(Segment::Text(rest[..start].to_owned()));
+            }
+            let after = &rest[start + 2..];
+            let end = after.find("}}").ok_or("unclosed {{")?;
+            let action = after[..end].trim().trim_start_matches('-').trim_end_matches('-').trim();
+            let mut commands = Vec::new();
+            let tokens = tokens(action)?;
+            for part in tokens.split(|t| t == "|") {
+                let Some((head, tail)) = part.split_first() else { return Err("empty pipeline stage".into()) };
+                if FUNCTIONS.contains(&head.as_str()) {
+                    commands.push(Command {
+                        function: Some(head.clone()),
+                        args: tail.iter().map(|t| arg(t)).collect::<Result<_, _>>()?,
+                    });
+                } else if tail.is_empty() {
+                    commands.push(Command { function: None, args: vec![arg(head)?] });
+                } else {
+                    return Err(format!("unknown template function {head:?}"));
+                }
+            }
+            segments.push(Segment::Action(commands));
+            rest = &after[end + 2..];
+        }
+        if !rest.is_empty() {
+            segments.push(Segment::Text(rest.to_owned()));
+        }
+        Ok(Template { segments })
+    }
+
+    pub fn render(&self, labels: &BTreeMap<String, String>, value: f64) -> String {
+        let mut out = String::new();
+        for segment in &self.segments {
+            match segment {
+                Segment::Text(text) => out.push_str(text),
+                Segment::Action(commands) => {
+                    let mut piped: Option<String> = None;
+                    for command in commands {
+                        let mut args: Vec<String> = command
+                            .args
+                            .iter()
+                            .map(|a| match a {
+                                Arg::Label(name) => labels.get(name).cloned().unwrap_or_default(),
+                                Arg::Value => format_value(value),
+                                Arg::Text(text) => text.clone(),
+                            })
+                            .collect();
+                        if let Some(previous) = piped.take() {
+                            args.push(previous);
+                        }
+                        piped = Some(match command.function.as_deref() {
+                            None => args.pop().unwrap_or_default(),
+                            Some(function) => apply(function, &args),
+                        });
+                    }
+                    out.push_str(&piped.unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `$value` as Go's `%v` prints a float64, near enough.
+fn format_value(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf".into() } else { "-Inf".into() }
+    } else {
+        format!("{value}")
+    }
+}
+
+fn number(text: &str) -> f64 {
+    text.parse().unwrap_or(f64::NAN)
+}
+
+fn apply(function: &str, args: &[String]) -> String {
+    let last = args.last().map(String::as_str).unwrap_or("");
+    match function {
+        "humanize" => humanize(number(last), 1000.0, &["", "k", "M", "G", "T", "P", "E"], &["", "m", "u", "n", "p"]),
+        "humanize1024" => humanize(number(last), 1024.0, &["", "ki", "Mi", "Gi", "Ti", "Pi", "Ei"], &[""]),
+        "humanizePercentage" => format!("{}%", trim(number(last) * 100.0)),
+        "humanizeDuration" => {
+            let seconds = number(last);
+            if seconds.is_nan() {
+                return last.to_owned();
+            }
+            if seconds.abs() < 1.0 {
+                return format!("{}ms", trim(seconds * 1000.0));
+            }
+            let total = seconds.round() as i64;
+            let (d, h, m, s) = (total / 86400, total % 86400 / 3600, total % 3600 / 60, total % 60);
+            let mut out = String::new();
+            for (n, unit) in [(d, "d"), (h, "h"), (m, "m")] {
+                if n != 0 {
+                    out.push_str(&format!("{n}{unit} "));
+                }
+            }
+            out.push_str(&format!("{s}s"));
+            out
+        }
+        "printf" => printf(args),
+        "toUpper" => last.to_uppercase(),
+        "toLower" => last.to_lowercase(),
+        "title" => {
+            let mut chars = last.chars();
+            chars.next().map(|c| c.to_uppercase().collect::<String>() + chars.as_str()).unwrap_or_default()
+        }
+        _ => last.to_owned(),
+    }
+}
+
+fn trim(value: f64) -> String {
+    let text = format!("{value:.4}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+fn humanize(value: f64, base: f64, big: &[&str], small: &[&str]) -> String {
+    if value.is_nan() || value == 0.0 || value.is_infinite() {
+        return format_value(value);
+    }
+    let mut v = value;
+    if v.abs() >= 1.0 {
+        let mut i = 0;
+        while v.abs() >= base && i + 1 < big.len() {
+            v /= base;
+            i += 1;
+        }
+        return format!("{}{}", trim(v), big[i]);
+    }
+    let mut i = 0;
+    while v.abs() < 1.0 && i + 1 < small.len() {
+        v *= base;
+        i += 1;
+    }
+    format!("{}{}", trim(v), small[i])
+}
+
+/// `printf` with `%s`, `%v`, `%d`, `%f`, `%.Nf`, `%g` and `%%`.
+fn printf(args: &[String]) -> String {
+    let Some((format, values)) = args.split_first() else { return String::new() };
+    let mut values = values.iter();
+    let mut out = String::new();
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut precision: Option<usize> = None;
+        if chars.peek() == Some(&'.') {
+            chars.next();
+            let mut digits = String::new();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                digits.push(*d);
+                chars.next();
+            }
+            precision = digits.parse().ok();
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some('d') => out.push_str(&format!("{}", number(values.next().map_or("", |v| v)) as i64)),
+            Some('f') => {
+                out.push_str(&format!("{:.*}", precision.unwrap_or(6), number(values.next().map_or("", |v| v))))
+            }
+            Some('g') => out.push_str(&format_value(number(values.next().map_or("", |v| v)))),
+            Some(_) => out.push_str(values.next().map_or("", |v| v)),
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seeds_annotations_render() {
+        let labels: BTreeMap<String, String> = [("agent_id".to_string(), "support-bot".to_string())].into();
+        let description = Template::compile("Agent {{ $labels.agent_id }} has error rate {{ $value }}%").unwrap();
+        assert_eq!(description.render(&labels, 0.25), "Agent support-bot has error rate 0.25%");
+        let cost =
+            Template::compile("Agent {{ $labels.agent_id }} spending ${{ $value | printf \"%.2f\" }}/hour").unwrap();
+        assert_eq!(cost.render(&labels, 123.456), "Agent support-bot spending $123.46/hour");
+        assert_eq!(Template::compile("{{ humanize $value }}").unwrap().render(&labels, 1_234_567.0), "1.2346M");
+        assert_eq!(Template::compile("{{ $value | humanizePercentage }}").unwrap().render(&labels, 0.125), "12.5%");
+        assert_eq!(Template::compile("{{ humanizeDuration $value }}").unwrap().render(&labels, 3723.0), "1h 2m 3s");
+        assert_eq!(Template::compile("{{ $labels.missing }}!").unwrap().render(&labels, 0.0), "!");
+    }
+
+    #[test]
+    fn unknown_functions_and_unclosed_actions_are_load_errors() {
+        assert!(Template::compile("{{ reReplaceAll \"a\" \"b\" $value }}").unwrap_err().contains("reReplaceAll"));
+        assert!(Template::compile("{{ $value").unwrap_err().contains("unclosed"));
+        assert!(Template::compile("{{ .Foo }}").is_err());
+    }
+}
