@@ -3,5 +3,7 @@
 //! nothing sent twice.
 
 pub mod promql;
+pub mod routing;
+pub mod rules;
 pub mod series;
 pub mod template;
