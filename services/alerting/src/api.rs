@@ -1,0 +1,441 @@
+//! Alertmanager's HTTP API (v2), so Prometheus can use Warden as its
+//! Alertmanager and `amtool` works against it: `POST|GET /api/v2/alerts`,
+//! `GET|POST /api/v2/silences`, `GET|DELETE /api/v2/silence/{id}`,
+//! `GET /api/v2/status`, `/-/healthy`, `/-/ready`.
+//!
+//! With authentication on, callers send `authorization: Bearer <key or
+//! token>` (Prometheus' `alertmanager_config.authorization`): posting
+//! alerts takes `service`, `operator` or `admin`; silences `operator` or
+//! `admin`; reading `operator`, `auditor`, `service` or `admin`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::engine::{Engine, PostedAlert, SilenceFields, SilenceRequest, rfc3339};
+use crate::routing;
+use crate::store::{AlertState, Silence};
+
+#[derive(Clone)]
+pub struct Api {
+    pub engine: Arc<Engine>,
+    pub auth: Arc<warden_auth::Auth>,
+    /// The routing file's text, for `/api/v2/status`.
+    pub config_text: Arc<arc_swap::ArcSwap<String>>,
+    pub started_ms: i64,
+}
+
+/// Largest accepted alerts per post.
+const MAX_ALERTS: usize = 10_000;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({"code": status.as_u16(), "message": message.into()}))).into_response()
+}
+
+fn bad_request(field: &str, message: impl std::fmt::Display) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("{field}: {message}"))
+}
+
+impl Api {
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/-/healthy", get(|| async { "OK" }))
+            .route("/-/ready", get(ready))
+            .route("/api/v2/status", get(status))
+            .route("/api/v2/alerts", get(list_alerts).post(post_alerts))
+            .route("/api/v2/silences", get(list_silences).post(post_silence))
+            .route("/api/v2/silence/{id}", delete(delete_silence).get(get_silence))
+            .with_state(self)
+    }
+
+    /// The caller, when authentication is on; `Err` is the response.
+    async fn allow(&self, headers: &HeaderMap, roles: &[&str]) -> Result<String, Response> {
+        if self.auth.insecure() {
+            return Ok("anonymous".into());
+        }
+        match self.auth.authenticate(headers, None).await {
+            Ok(principal) if principal.has_role("admin") || roles.iter().any(|r| principal.has_role(r)) => {
+                Ok(principal.id.clone())
+            }
+            Ok(principal) => {
+                Err(error(StatusCode::FORBIDDEN, format!("{} may not do this (needs one of {roles:?})", principal.id)))
+            }
+            Err(rejection) => Err(error(StatusCode::UNAUTHORIZED, rejection.message)),
+        }
+    }
+}
+
+const READERS: &[&str] = &["operator", "auditor", "service"];
+
+async fn ready(State(api): State<Api>) -> Response {
+    if api.engine.caught_up.load(Ordering::Relaxed) {
+        "OK".into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "still reading the audit log")
+    }
+}
+
+async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Err(response) = api.allow(&headers, READERS).await {
+        return response;
+    }
+    Json(serde_json::json!({
+        "cluster": {"status": "disabled", "peers": []},
+        "versionInfo": {"version": env!("CARGO_PKG_VERSION"), "branch": "", "revision": "", "buildUser": "", "buildDate": "", "goVersion": "warden"},
+        "config": {"original": api.config_text.load().as_str()},
+        "uptime": rfc3339(api.started_ms),
+    }))
+    .into_response()
+}
+
+/// An RFC 3339 time; the error is the message for a 400.
+fn parse_time(field: &str, value: &Option<String>) -> Result<Option<i64>, String> {
+    match value.as_deref() {
+        None | Some("") | Some(crate::engine::ZERO_TIME) => Ok(None),
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| Some(t.timestamp_millis()))
+            .map_err(|e| format!("{field}: {text:?} is not an RFC 3339 time: {e}")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PostableAlert {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    starts_at: Option<String>,
+    #[serde(default)]
+    ends_at: Option<String>,
+    #[serde(default, rename = "generatorURL")]
+    generator_url: String,
+}
+
+async fn post_alerts(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(response) = api.allow(&headers, &["service", "operator"]).await {
+        return response;
+    }
+    let alerts: Vec<PostableAlert> = match serde_json::from_slice(&body) {
+        Ok(alerts) => alerts,
+        Err(e) => return bad_request("body", format!("expected a JSON list of alerts: {e}")),
+    };
+    if alerts.len() > MAX_ALERTS {
+        return bad_request("body", format!("at most {MAX_ALERTS} alerts per request"));
+    }
+    let mut posted = Vec::with_capacity(alerts.len());
+    for (i, alert) in alerts.into_iter().enumerate() {
+        let field = |name: &str| format!("[{i}].{name}");
+        if alert.labels.is_empty() {
+            return bad_request(&field("labels"), "at least one label pair required");
+        }
+        for (name, value) in &alert.labels {
+            if !crate::rules::valid_label_name(name) {
+                return bad_request(&field("labels"), format!("invalid label name {name:?}"));
+            }
+            if value.is_empty() {
+                return bad_request(&field("labels"), format!("label {name} has an empty value"));
+            }
+        }
+        let starts = match parse_time(&field("startsAt"), &alert.starts_at) {
+            Ok(t) => t,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        };
+        let ends = match parse_time(&field("endsAt"), &alert.ends_at) {
+            Ok(t) => t,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        };
+        if let (Some(s), Some(e)) = (starts, ends)
+            && e < s
+        {
+            return bad_request(&field("endsAt"), "start time must be before end time");
+        }
+        posted.push(PostedAlert {
+            labels: alert.labels,
+            annotations: alert.annotations,
+            starts_at_ms: starts,
+            ends_at_ms: ends,
+            generator_url: alert.generator_url,
+        });
+    }
+    match api.engine.post(posted).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot store the alerts: {e}")),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct AlertQuery {
+    #[serde(default)]
+    silenced: Option<bool>,
+    #[serde(default)]
+    inhibited: Option<bool>,
+    #[serde(default)]
+    active: Option<bool>,
+    #[serde(default)]
+    filter: Option<String>,
+    #[serde(default)]
+    receiver: Option<String>,
+}
+
+fn filter_matchers(filter: &Option<String>) -> Result<Vec<routing::Matcher>, String> {
+    match filter.as_deref() {
+        None | Some("") => Ok(Vec::new()),
+        // amtool repeats `filter`; axum's Query keeps one, so commas work too.
+        Some(text) => routing::parse_matchers(text).map_err(|e| format!("filter: {e}")),
+    }
+}
+
+async fn list_alerts(State(api): State<Api>, headers: HeaderMap, Query(query): Query<AlertQuery>) -> Response {
+    if let Err(response) = api.allow(&headers, READERS).await {
+        return response;
+    }
+    let filter = match filter_matchers(&query.filter) {
+        Ok(f) => f,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let receiver_filter = match query.receiver.as_deref().filter(|r| !r.is_empty()) {
+        Some(pattern) => match regex::Regex::new(&format!("^(?:{pattern})$")) {
+            Ok(re) => Some(re),
+            Err(e) => return bad_request("receiver", e),
+        },
+        None => None,
+    };
+    let now = api.engine.clock.now_ms();
+    let loaded = api.engine.loaded();
+    let state = api.engine.state.lock().await;
+    let mut out = Vec::new();
+    for alert in state.alerts.values() {
+        // Alertmanager lists alerts that are firing; resolved ones drop out.
+        if alert.state != AlertState::Firing || !filter.iter().all(|m| m.matches(&alert.labels)) {
+            continue;
+        }
+        let muting = Engine::muting(&state, &loaded, alert, now);
+        let silenced = !muting.silenced_by.is_empty();
+        let inhibited = !muting.inhibited_by.is_empty();
+        if (!query.silenced.unwrap_or(true) && silenced)
+            || (!query.inhibited.unwrap_or(true) && inhibited)
+            || (!query.active.unwrap_or(true) && !silenced && !inhibited)
+        {
+            continue;
+        }
+        let receivers: Vec<String> =
+            loaded.routing.matching_routes(&alert.labels).iter().map(|r| r.receiver.clone()).collect();
+        if let Some(re) = &receiver_filter
+            && !receivers.iter().any(|r| re.is_match(r))
+        {
+            continue;
+        }
+        out.push(serde_json::json!({
+            "labels": alert.labels,
+            "annotations": alert.annotations,
+            "startsAt": rfc3339(alert.starts_at_ms()),
+            "endsAt": alert.ends_at_ms.map_or(crate::engine::ZERO_TIME.to_owned(), rfc3339),
+            "updatedAt": rfc3339(alert.last_active_ms),
+            "generatorURL": alert.generator_url,
+            "fingerprint": alert.fingerprint,
+            "receivers": receivers.iter().map(|r| serde_json::json!({"name": r})).collect::<Vec<_>>(),
+            "status": {
+                "state": if silenced || inhibited { "suppressed" } else { "active" },
+                "silencedBy": muting.silenced_by,
+                "inhibitedBy": muting.inhibited_by,
+                "mutedBy": [],
+            },
+        }));
+    }
+    Json(out).into_response()
+}
+
+fn silence_json(silence: &Silence, now: i64) -> serde_json::Value {
+    let matchers: Vec<serde_json::Value> = silence
+        .matchers
+        .iter()
+        .filter_map(|m| routing::parse_matchers(m).ok())
+        .flatten()
+        .map(
+            |m| serde_json::json!({"name": m.name, "value": m.value, "isRegex": m.is_regex(), "isEqual": m.is_equal()}),
+        )
+        .collect();
+    serde_json::json!({
+        "id": silence.id,
+        "status": {"state": silence.state(now)},
+        "updatedAt": rfc3339(silence.updated_at_ms),
+        "matchers": matchers,
+        "startsAt": rfc3339(silence.starts_at_ms),
+        "endsAt": rfc3339(silence.ends_at_ms),
+        "createdBy": silence.created_by,
+        "comment": silence.comment,
+    })
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct SilenceQuery {
+    #[serde(default)]
+    filter: Option<String>,
+}
+
+async fn list_silences(State(api): State<Api>, headers: HeaderMap, Query(query): Query<SilenceQuery>) -> Response {
+    if let Err(response) = api.allow(&headers, READERS).await {
+        return response;
+    }
+    let filter = match filter_matchers(&query.filter) {
+        Ok(f) => f,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let now = api.engine.clock.now_ms();
+    match api.engine.store.silences().await {
+        Ok(silences) => Json(
+            silences
+                .iter()
+                .filter(|s| {
+                    // A filter matcher selects silences that have an equal matcher.
+                    filter.iter().all(|f| s.matchers.iter().any(|m| m == &f.to_string()))
+                })
+                .map(|s| silence_json(s, now))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn get_silence(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = api.allow(&headers, READERS).await {
+        return response;
+    }
+    let now = api.engine.clock.now_ms();
+    match api.engine.store.silences().await {
+        Ok(silences) => match silences.iter().find(|s| s.id == id) {
+            Some(silence) => Json(silence_json(silence, now)).into_response(),
+            None => error(StatusCode::NOT_FOUND, format!("silence {id} not found")),
+        },
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PostableMatcher {
+    name: String,
+    value: String,
+    #[serde(default)]
+    is_regex: bool,
+    #[serde(default = "yes")]
+    is_equal: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PostableSilence {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    matchers: Vec<PostableMatcher>,
+    #[serde(default)]
+    starts_at: Option<String>,
+    #[serde(default)]
+    ends_at: Option<String>,
+    #[serde(default)]
+    created_by: String,
+    #[serde(default)]
+    comment: String,
+}
+
+const HTTP_SILENCE_FIELDS: SilenceFields =
+    SilenceFields { id: "id", matchers: "matchers", ends_at: "endsAt", comment: "comment" };
+
+async fn post_silence(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let caller = match api.allow(&headers, &["operator"]).await {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let silence: PostableSilence = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return bad_request("body", format!("expected a silence: {e}")),
+    };
+    let matchers = silence
+        .matchers
+        .iter()
+        .map(|m| {
+            let op = match (m.is_regex, m.is_equal) {
+                (false, true) => "=",
+                (false, false) => "!=",
+                (true, true) => "=~",
+                (true, false) => "!~",
+            };
+            format!("{}{op}{}", m.name, serde_json::Value::String(m.value.clone()))
+        })
+        .collect();
+    let starts = match parse_time("startsAt", &silence.starts_at) {
+        Ok(t) => t,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let ends = match parse_time("endsAt", &silence.ends_at) {
+        Ok(t) => t,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    // The authenticated caller is the author; with authentication off the
+    // body's createdBy is taken.
+    let created_by = if caller == "anonymous" && !silence.created_by.is_empty() { silence.created_by } else { caller };
+    let request = SilenceRequest {
+        id: silence.id,
+        matchers,
+        starts_at_ms: starts,
+        ends_at_ms: ends,
+        created_by,
+        comment: silence.comment,
+    };
+    match api.engine.silence(request, &HTTP_SILENCE_FIELDS).await {
+        Ok(created) => Json(serde_json::json!({"silenceID": created.id})).into_response(),
+        Err(e) => {
+            let status = match e.code {
+                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                tonic::Code::NotFound => StatusCode::NOT_FOUND,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let detail = e.violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>();
+            error(status, if detail.is_empty() { e.message.clone() } else { detail.join("; ") })
+        }
+    }
+}
+
+async fn delete_silence(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = api.allow(&headers, &["operator"]).await {
+        return response;
+    }
+    match api.engine.store.silences().await {
+        Ok(silences) if !silences.iter().any(|s| s.id == id) => {
+            error(StatusCode::NOT_FOUND, format!("silence {id} not found"))
+        }
+        Ok(_) => match api.engine.expire_silence(&id).await {
+            Ok(_) => StatusCode::OK.into_response(),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+pub async fn serve(api: Api, listen: &str) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let router = api.router();
+    let task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "alerting http api stopped");
+        }
+    });
+    tracing::info!(%addr, "alertmanager api listening");
+    Ok((addr, task))
+}

@@ -1,0 +1,282 @@
+//! Starting and stopping the alerting service: storage, the rule and
+//! routing files (watched for changes), the audit follower, the evaluation
+//! and dispatch clock, the outbox shipper, the gRPC server behind the
+//! shared auth layer, Alertmanager's HTTP API and the metrics listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use warden_proto::alerting::v1::alerting_service_server::AlertingServiceServer;
+use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
+use warden_resilience::grpc::ResilienceLayer;
+use warden_resilience::{Backoff, BreakerConfig, BreakerRegistry, Pipeline, RetryPolicy};
+use warden_store::Database;
+use warden_telemetry::ServerHandle;
+
+use crate::config::AlertingConfig;
+use crate::engine::{Clock, Engine, Loaded};
+use crate::notify::Shipper;
+use crate::routing;
+use crate::rules::{self, RuleSet};
+use crate::series::Derived;
+use crate::service::{AlertingServiceImpl, Reload};
+use crate::store::AlertingStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Store(#[from] warden_store::StoreError),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] warden_telemetry::TelemetryError),
+    #[error("{0}")]
+    Auth(#[from] warden_auth::AuthError),
+    #[error("audit client: {0}")]
+    Audit(String),
+}
+
+/// A running alerting service.
+pub struct AlertingServer {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    /// Alertmanager's HTTP API, when enabled.
+    pub http_addr: Option<SocketAddr>,
+    pub engine: Arc<Engine>,
+    handle: ServerHandle,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl std::fmt::Debug for AlertingServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertingServer").field("addr", &self.addr).finish()
+    }
+}
+
+/// Reads the rule and routing files.
+fn load(config: &AlertingConfig) -> Result<(Loaded, String), String> {
+    let rules = RuleSet::load(&rules::expand(&config.rule_paths()), config.evaluation_interval)?;
+    let (routing, text) = if config.routing.as_os_str().is_empty() {
+        (routing::Config::default_config(), routing::DEFAULT_CONFIG.to_owned())
+    } else {
+        let text =
+            std::fs::read_to_string(&config.routing).map_err(|e| format!("{}: {e}", config.routing.display()))?;
+        (routing::Config::parse(&text, &config.routing.display().to_string())?, text)
+    };
+    Ok((Loaded { rules, routing }, text))
+}
+
+impl AlertingServer {
+    pub async fn start(config: AlertingConfig) -> Result<AlertingServer, StartError> {
+        AlertingServer::start_with_clock(config, Clock::system()).await
+    }
+
+    /// Starts with a given clock (tests pass one on tokio's paused time).
+    pub async fn start_with_clock(config: AlertingConfig, clock: Clock) -> Result<AlertingServer, StartError> {
+        let (loaded, routing_text) = load(&config).map_err(StartError::Config)?;
+        let database = Database::connect(&config.database_url()).await?;
+        database.migrate().await?;
+        let store = AlertingStore::new(database);
+        let retention =
+            (loaded.rules.lookback_ms() + 4 * config.scrape_interval.as_millis() as i64).max(15 * 60 * 1000);
+        let derived = match store.load_snapshot().await? {
+            Some(bytes) => match serde_json::from_slice::<Derived>(&bytes) {
+                Ok(mut derived) => {
+                    derived.retention_ms = retention;
+                    derived.scrape_ms = config.scrape_interval.as_millis() as i64;
+                    derived
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the saved derived series are unreadable; starting from the log's beginning");
+                    Derived::new(config.scrape_interval.as_millis() as i64, retention)
+                }
+            },
+            None => Derived::new(config.scrape_interval.as_millis() as i64, retention),
+        };
+        tracing::info!(position = derived.position, rules = loaded.rules.rule_count(), "alerting state loaded");
+        let alerts = store.load_alerts().await?;
+        let (auth, mut background) = warden_auth::Auth::start(&config.auth, "alerting", &config.data_dir).await?;
+        let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
+        let (audit, follower) = if config.audit_url.is_empty() {
+            (None, None)
+        } else {
+            let identity = config.outbound.resolve(&secrets).await.map_err(StartError::Audit)?;
+            let channel = identity
+                .endpoint(&config.audit_url)
+                .map_err(StartError::Audit)?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            let credentials = identity.credentials().map_err(StartError::Audit)?;
+            let breaker_name = format!("warden-audit:{}", config.audit_url);
+            let breaker = BreakerRegistry::global().get_or_create(&breaker_name, BreakerConfig::default);
+            let pipeline = Pipeline::builder(breaker_name)
+                .retry(RetryPolicy {
+                    max_attempts: 3,
+                    deadline: Some(Duration::from_secs(10)),
+                    backoff: Backoff::exponential(Duration::from_millis(50), Duration::from_secs(1)),
+                })
+                .breaker(breaker)
+                .timeout(Duration::from_secs(5))
+                .build();
+            let appender = AuditServiceClient::new(tonic::service::interceptor::InterceptedService::new(
+                tower::ServiceBuilder::new().layer(ResilienceLayer::new(pipeline)).service(channel.clone()),
+                credentials.clone(),
+            ));
+            // The subscription is a long stream: no per-call timeout.
+            let subscriber =
+                AuditServiceClient::new(tonic::service::interceptor::InterceptedService::new(channel, credentials))
+                    .max_decoding_message_size(64 * 1024 * 1024);
+            (Some(appender), Some(subscriber))
+        };
+        let engine = Engine::new(store, loaded, derived, alerts, clock, audit.is_some(), config.external_url.clone());
+        engine.refresh_silences().await?;
+        let config_text = Arc::new(arc_swap::ArcSwap::from_pointee(routing_text));
+        let reload: Reload = {
+            let engine = engine.clone();
+            let config = config.clone();
+            let config_text = config_text.clone();
+            Arc::new(move || match load(&config) {
+                Ok((loaded, text)) => {
+                    let counts = (loaded.rules.rule_count(), loaded.routing.receivers.len());
+                    engine.replace(loaded);
+                    config_text.store(Arc::new(text));
+                    tracing::info!(rules = counts.0, receivers = counts.1, "alerting configuration reloaded");
+                    Ok(counts)
+                }
+                Err(error) => {
+                    tracing::error!(%error, "alerting configuration refused; the last good one stays");
+                    Err(error)
+                }
+            })
+        };
+        let watcher = if config.watch {
+            let mut paths: Vec<PathBuf> = config.rule_paths();
+            if !config.routing.as_os_str().is_empty() {
+                paths.push(config.routing.clone());
+            }
+            let (watcher, task) = watch(&paths, reload.clone()).map_err(StartError::Config)?;
+            background.push(task);
+            watcher
+        } else {
+            None
+        };
+        if let Some(client) = follower {
+            background.push(tokio::spawn(crate::follow::follow(engine.clone(), client)));
+        }
+        background.push(tokio::spawn(run_clock(engine.clone(), config.tick_interval)));
+        background.push(tokio::spawn(save_periodically(engine.clone(), config.snapshot_interval)));
+        let shipper = Shipper {
+            engine: engine.clone(),
+            audit,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
+            secrets,
+            replica: uuid::Uuid::now_v7().to_string(),
+            backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300)),
+        };
+        background.push(tokio::spawn(shipper.run(config.outbox_interval)));
+        let metrics_addr = warden_telemetry::start_metrics(&config.metrics_listen).await?.map(|(addr, task)| {
+            background.push(task);
+            addr
+        });
+        let http_addr = if config.http_listen.is_empty() {
+            None
+        } else {
+            let api = crate::api::Api {
+                engine: engine.clone(),
+                auth: auth.clone(),
+                config_text,
+                started_ms: engine.clock.now_ms(),
+            };
+            let (addr, task) = crate::api::serve(api, &config.http_listen)
+                .await
+                .map_err(|error| StartError::Bind(config.http_listen.clone(), error))?;
+            background.push(task);
+            Some(addr)
+        };
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<AlertingServiceServer<AlertingServiceImpl>>().await;
+        let service = AlertingServiceServer::new(AlertingServiceImpl::new(engine.clone(), reload));
+        let routes = tonic::service::Routes::new(health_service).add_service(service);
+        let (addr, handle) = warden_auth::serve("alerting", &config.listen, auth, routes, background)
+            .await
+            .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
+        Ok(AlertingServer { addr, metrics_addr, http_addr, engine, handle, _watcher: watcher })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Saves the derived series, then stops.
+    pub async fn shutdown(self) {
+        if let Err(error) = self.engine.save_derived().await {
+            tracing::warn!(%error, "cannot save the derived series at shutdown; they will be rebuilt from the log");
+        }
+        self.handle.stop().await;
+    }
+}
+
+/// Evaluates due rule groups and dispatches, every `every`.
+pub async fn run_clock(engine: Arc<Engine>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(error) = engine.tick().await {
+            tracing::warn!(%error, "alerting pass failed; will retry");
+        }
+    }
+}
+
+async fn save_periodically(engine: Arc<Engine>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        if let Err(error) = engine.save_derived().await {
+            tracing::warn!(%error, "cannot save the derived series; will retry");
+        }
+    }
+}
+
+/// Watches the files' directories and reloads after changes settle.
+fn watch(
+    paths: &[PathBuf],
+    reload: Reload,
+) -> Result<(Option<notify::RecommendedWatcher>, tokio::task::JoinHandle<()>), String> {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && !event.kind.is_access()
+        {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| format!("cannot watch the alerting files: {e}"))?;
+    let mut watched = std::collections::BTreeSet::new();
+    for path in paths {
+        let dir = if path.is_dir() { path.clone() } else { path.parent().map(PathBuf::from).unwrap_or_default() };
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        if watched.insert(dir.clone()) {
+            watcher
+                .watch(&dir, notify::RecursiveMode::NonRecursive)
+                .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        }
+    }
+    let task = tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Editors write in several steps; wait for the burst to end.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            let _ = reload();
+        }
+    });
+    Ok((Some(watcher), task))
+}
