@@ -28,11 +28,13 @@ pub const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
 pub const SILENCE_RETENTION_MS: i64 = 5 * 24 * 3600 * 1000;
 
 /// Wall-clock milliseconds that follow tokio's clock (so tests can pause
-/// and advance it).
+/// it), plus an offset tests move with [`Clock::advance`] to drive a
+/// timeline without waiting.
 #[derive(Debug, Clone)]
 pub struct Clock {
     base_ms: i64,
     start: tokio::time::Instant,
+    offset_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Clock {
@@ -43,11 +45,17 @@ impl Clock {
 
     /// A clock reading `base_ms` now.
     pub fn at(base_ms: i64) -> Clock {
-        Clock { base_ms, start: tokio::time::Instant::now() }
+        Clock { base_ms, start: tokio::time::Instant::now(), offset_ms: Arc::default() }
     }
 
     pub fn now_ms(&self) -> i64 {
-        self.base_ms + self.start.elapsed().as_millis() as i64
+        self.base_ms
+            + self.start.elapsed().as_millis() as i64
+            + self.offset_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.offset_ms.fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -544,8 +552,9 @@ impl Engine {
                 };
                 let key = format!("{}:{}", route.path, serde_json::to_string(&labels).expect("json"));
                 let wait = route.group_wait.as_millis() as i64;
-                // An alert that started long ago is not held for group_wait.
-                let first_flush = if alert.starts_at_ms() + wait < now { now } else { now + wait };
+                // group_wait counts from the alert's start: one that started
+                // long ago is not held.
+                let first_flush = (alert.starts_at_ms() + wait).max(now);
                 let entry = members.entry(key.clone()).or_insert((route.path.clone(), labels, first_flush));
                 entry.2 = entry.2.min(first_flush);
                 joined.entry(key).or_default().insert(alert.fingerprint.clone());

@@ -33,3 +33,6 @@ pub mod template;
 
 pub use config::AlertingConfig;
 pub use server::{AlertingServer, StartError};
+
+#[cfg(test)]
+mod tests;
