@@ -21,13 +21,16 @@ use crate::store::{AlertState, AlertingStore};
 /// A time on 10 s and 1 min boundaries.
 const T0: i64 = 1_800_000_000_000;
 
+/// A status code and an optional `Retry-After`.
+type Answer = (u16, Option<&'static str>);
+
 /// A receiver that records what it is sent and answers from a script
 /// (then 200).
 #[derive(Clone, Default)]
 struct FakeReceiver {
     got: Arc<Mutex<Vec<serde_json::Value>>>,
     attempts: Arc<Mutex<usize>>,
-    script: Arc<Mutex<VecDeque<(u16, Option<&'static str>)>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
 }
 
 impl FakeReceiver {
@@ -212,8 +215,8 @@ async fn silences_and_inhibition_mute_and_expiry_unmutes(database: Database) {
         let loaded = h.engine.loaded();
         let warning = state.alerts.values().find(|a| a.labels["alertname"] == "BreakerWarning").unwrap();
         let critical = state.alerts.values().find(|a| a.labels["alertname"] == "BreakerOpen").unwrap();
-        assert_eq!(Engine::muting(&state, &loaded, warning, h.now()).inhibited_by, [critical.fingerprint.clone()]);
-        assert_eq!(Engine::muting(&state, &loaded, critical, h.now()).silenced_by, [silence.id.clone()]);
+        assert_eq!(Engine::muting(&state, &loaded, warning, h.now()).inhibited_by, vec![critical.fingerprint.clone()]);
+        assert_eq!(Engine::muting(&state, &loaded, critical, h.now()).silenced_by, vec![silence.id.clone()]);
     }
     // Expiring the silence lets the critical alert through at the next
     // group_interval; the warning stays inhibited.
