@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use protox::prost::Message;
 
 const PROTOS: &[&str] = &[
-    "warden/policy/v1/policy.proto", "warden/audit/v1/audit.proto", "warden/approval/v1/approval.proto",
+    "warden/policy/v1/policy.proto",
+    "warden/audit/v1/audit.proto",
+    "warden/approval/v1/approval.proto",
     "warden/alerting/v1/alerting.proto",
 ];
 

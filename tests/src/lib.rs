@@ -113,14 +113,14 @@ pub mod identity {
 
     pub struct Keys {
         pub path: PathBuf,
-        /// Token by name: a role name, `revoked`, `expired`, `service`.
+        /// Token by name: a role name, `revoked`, `expired`, `alerting`.
         pub tokens: BTreeMap<&'static str, String>,
         pub file: KeyFile,
     }
 
     /// Roles that get one key each, principal id = role name (the agent key
     /// is `support-bot`).
-    pub const ROLES: &[&str] = &["agent", "approver", "admin", "auditor", "service"];
+    pub const ROLES: &[&str] = &["agent", "approver", "admin", "auditor", "service", "operator"];
 
     pub fn keys(dir: &Path) -> Keys {
         let mut tokens = BTreeMap::new();
@@ -135,6 +135,12 @@ pub mod identity {
             tokens.insert(*role, key.token.expose().to_owned());
             file.keys.push(key.entry);
         }
+        // The alerting service reads the log (auditor) and records in it
+        // (service).
+        let alerting =
+            create_key("alerting", Kind::Service, vec!["service".into(), "auditor".into()], vec![], None, None);
+        tokens.insert("alerting", alerting.token.expose().to_owned());
+        file.keys.push(alerting.entry);
         let mut revoked = create_key("admin", Kind::Human, vec!["admin".into()], vec![], None, None);
         revoked.entry.revoked = true;
         tokens.insert("revoked", revoked.token.expose().to_owned());

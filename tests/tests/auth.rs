@@ -65,6 +65,7 @@ struct Stack {
     keys: Keys,
     audit: AuditServer,
     approval: warden_approval::ApprovalServer,
+    alerting: warden_alerting::AlertingServer,
     engine: PolicyEngine,
 }
 
@@ -79,12 +80,15 @@ async fn stack() -> Stack {
     let mut approval_config = warden_approval::ApprovalConfig::for_tests(sandbox.data.path().join("approval"));
     approval_config.auth = keys.auth();
     let approval = warden_approval::ApprovalServer::start(approval_config).await.unwrap();
+    let mut alerting_config = warden_alerting::AlertingConfig::for_tests(sandbox.data.path().join("alerting"));
+    alerting_config.auth = keys.auth();
+    let alerting = warden_alerting::AlertingServer::start(alerting_config).await.unwrap();
     let mut config = warden_policy_engine::PolicyEngineConfig::for_tests(example_policies(), sandbox.data.path());
     config.auth = keys.auth();
     config.audit_url = audit.url();
     config.outbound.credential = keys.token("service").to_owned();
     let engine = PolicyEngine::start(config).await.unwrap();
-    Stack { _sandbox: sandbox, keys, audit, approval, engine }
+    Stack { _sandbox: sandbox, keys, audit, approval, alerting, engine }
 }
 
 #[tokio::test]
@@ -93,6 +97,7 @@ async fn every_rpc_answers_each_caller_exactly_as_the_table_says() {
     let engine = channel(&stack.engine.url()).await;
     let audit = channel(&stack.audit.url()).await;
     let approval = channel(&stack.approval.url()).await;
+    let alerting = channel(&stack.alerting.url()).await;
     let no_grants = Default::default();
     let mut checked = 0;
     for (path, streaming) in all_rpcs() {
@@ -100,6 +105,8 @@ async fn every_rpc_answers_each_caller_exactly_as_the_table_says() {
             engine.clone()
         } else if path.starts_with("/warden.approval.") {
             approval.clone()
+        } else if path.starts_with("/warden.alerting.") {
+            alerting.clone()
         } else {
             audit.clone()
         };

@@ -1,0 +1,419 @@
+//! The alerting service across real services (audit and alerting,
+//! authentication on): agents report failing actions, a rule over the
+//! derived series fires, a webhook receiver is told, and the audit log
+//! records the alert and the notification. Prometheus-format ingestion and
+//! silences over Alertmanager's HTTP API; the gRPC contract's validation;
+//! a restart that resumes the audit log where it was.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::Code;
+use warden_alerting::{AlertingConfig, AlertingServer};
+use warden_audit::AuditServer;
+use warden_client::{ActionOutcome, ActionRecorder, ActionStatus, ClientConfig};
+use warden_proto::alerting::v1 as pb;
+use warden_proto::alerting::v1::alerting_service_client::AlertingServiceClient;
+use warden_proto::audit::v1 as audit;
+use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
+use warden_tests::identity::{self, Keys, bearer};
+use warden_tests::{Sandbox, channel, eventually};
+
+const RULES: &str = r#"
+groups:
+  - name: agents
+    interval: 200ms
+    rules:
+      - alert: ActionsFailing
+        expr: sum by (agent_id) (increase(agent_actions_total{status="error"}[1m])) >= 3
+        labels:
+          severity: critical
+        annotations:
+          description: "{{ $labels.agent_id }} failed {{ $value }} actions"
+"#;
+
+fn routing(url: &str) -> String {
+    format!(
+        "route:\n  receiver: hook\n  group_by: [alertname, agent_id]\n  group_wait: 100ms\n  group_interval: 200ms\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs: [{{url: '{url}'}}]\n"
+    )
+}
+
+/// Records what it is sent.
+async fn receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+struct Stack {
+    sandbox: Sandbox,
+    keys: Keys,
+    audit: AuditServer,
+    alerting: AlertingServer,
+    webhook: Arc<Mutex<Vec<serde_json::Value>>>,
+    webhook_url: String,
+}
+
+fn alerting_config(sandbox: &Sandbox, keys: &Keys, audit_url: &str, webhook_url: &str) -> AlertingConfig {
+    sandbox.write("agents.rules.yaml", RULES);
+    sandbox.write("alertmanager.yml", &routing(webhook_url));
+    let mut config = AlertingConfig::for_tests(sandbox.data.path().join("alerting"));
+    config.auth = keys.auth();
+    config.audit_url = audit_url.into();
+    config.outbound.credential = keys.token("alerting").into();
+    config.rules = sandbox.policies_dir().join("agents.rules.yaml").display().to_string();
+    config.routing = sandbox.policies_dir().join("alertmanager.yml");
+    config.scrape_interval = Duration::from_millis(100);
+    config.tick_interval = Duration::from_millis(50);
+    config.outbox_interval = Duration::from_millis(20);
+    config.snapshot_interval = Duration::from_millis(100);
+    config
+}
+
+async fn stack() -> Stack {
+    let sandbox = Sandbox::new(&[]);
+    let keys = identity::keys(sandbox.data.path());
+    let mut audit_config = warden_audit::AuditConfig::for_tests(sandbox.data.path().join("audit"));
+    audit_config.auth = keys.auth();
+    let audit = AuditServer::start(audit_config).await.unwrap();
+    let (webhook_url, webhook) = receiver().await;
+    let alerting = AlertingServer::start(alerting_config(&sandbox, &keys, &audit.url(), &webhook_url)).await.unwrap();
+    Stack { sandbox, keys, audit, alerting, webhook, webhook_url }
+}
+
+async fn fail(stack: &Stack, n: usize) {
+    let recorder =
+        ActionRecorder::new(ClientConfig::new(stack.audit.url()).api_key(stack.keys.token("agent"))).unwrap();
+    for i in 0..n {
+        recorder
+            .record_action(&ActionOutcome {
+                agent_id: "support-bot".into(),
+                action_type: "send_email".into(),
+                correlation_id: format!("c-{i}"),
+                decision_id: None,
+                status: ActionStatus::Failure,
+                duration: Duration::from_millis(300),
+                cost: 0.01,
+                error_class: Some("timeout".into()),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+async fn events_of(stack: &Stack, event_type: &str) -> Vec<audit::AuditRecord> {
+    let mut client = AuditServiceClient::new(channel(&stack.audit.url()).await);
+    let request = audit::QueryRequest { event_types: vec![event_type.into()], ..Default::default() };
+    client.query(bearer(tonic::Request::new(request), stack.keys.token("auditor"))).await.unwrap().into_inner().records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_actions_fire_an_alert_that_reaches_the_receiver_and_the_audit_log() {
+    let stack = stack().await;
+    fail(&stack, 3).await;
+    let message =
+        eventually(Duration::from_secs(20), || async { stack.webhook.lock().unwrap().first().cloned() }).await;
+    assert_eq!(message["version"], "4");
+    assert_eq!(message["status"], "firing");
+    assert_eq!(message["alerts"][0]["labels"]["agent_id"], "support-bot");
+    assert_eq!(message["alerts"][0]["labels"]["severity"], "critical");
+    assert!(message["alerts"][0]["annotations"]["description"].as_str().unwrap().starts_with("support-bot failed"));
+    // The alert and its delivery are in the audit log, with the agent.
+    let firing = eventually(Duration::from_secs(10), || async {
+        let records = events_of(&stack, "alert_firing").await;
+        (!records.is_empty()).then_some(records)
+    })
+    .await;
+    assert_eq!(firing[0].event.as_ref().unwrap().agent_id, "support-bot");
+    eventually(Duration::from_secs(10), || async {
+        (!events_of(&stack, "notification_sent").await.is_empty()).then_some(())
+    })
+    .await;
+    // gRPC: the rule is healthy and firing.
+    let mut client = AlertingServiceClient::new(channel(&stack.alerting.url()).await);
+    let rules = client
+        .list_rules(bearer(tonic::Request::new(pb::ListRulesRequest {}), stack.keys.token("operator")))
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    assert_eq!(
+        (rules[0].name.as_str(), rules[0].health.as_str(), rules[0].state.as_str()),
+        ("ActionsFailing", "ok", "firing")
+    );
+    let alerts = client
+        .list_alerts(bearer(
+            tonic::Request::new(pb::ListAlertsRequest {
+                matchers: vec!["agent_id=\"support-bot\"".into()],
+                ..Default::default()
+            }),
+            stack.keys.token("auditor"),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts;
+    assert_eq!(alerts.len(), 1);
+    assert!(alerts[0].value >= 3.0);
+    // An agent may not read alerting state.
+    let refused = client
+        .list_alerts(bearer(tonic::Request::new(pb::ListAlertsRequest::default()), stack.keys.token("agent")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_name_the_field() {
+    let stack = stack().await;
+    let mut client = AlertingServiceClient::new(channel(&stack.alerting.url()).await);
+    let operator = stack.keys.token("operator");
+    let cases = [
+        (pb::CreateSilenceRequest { ends_at: Some(future(3600)), ..Default::default() }, "matchers"),
+        (
+            pb::CreateSilenceRequest {
+                matchers: vec!["agent_id=~\"(\"".into()],
+                ends_at: Some(future(3600)),
+                ..Default::default()
+            },
+            "matchers[0]",
+        ),
+        (pb::CreateSilenceRequest { matchers: vec!["agent_id=bot".into()], ..Default::default() }, "ends_at"),
+        (
+            pb::CreateSilenceRequest {
+                matchers: vec!["agent_id=bot".into()],
+                starts_at: Some(future(7200)),
+                ends_at: Some(future(3600)),
+                ..Default::default()
+            },
+            "ends_at",
+        ),
+        (
+            pb::CreateSilenceRequest {
+                matchers: vec!["agent_id=~\".*\"".into()],
+                ends_at: Some(future(3600)),
+                ..Default::default()
+            },
+            "matchers",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = client.create_silence(bearer(tonic::Request::new(request.clone()), operator)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
+        let error = warden_errors::WardenError::from_status(&status);
+        assert!(error.violations.iter().any(|v| v.field == field), "{field}: {:?}", error.violations);
+    }
+    let status =
+        client.test_route(bearer(tonic::Request::new(pb::TestRouteRequest::default()), operator)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // A good silence, listed, then expired for good.
+    let silence = client
+        .create_silence(bearer(
+            tonic::Request::new(pb::CreateSilenceRequest {
+                matchers: vec!["agent_id=\"support-bot\"".into()],
+                ends_at: Some(future(3600)),
+                comment: "deploying".into(),
+                ..Default::default()
+            }),
+            operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((silence.state.as_str(), silence.created_by.as_str()), ("active", "operator"));
+    let routed = client
+        .test_route(bearer(
+            tonic::Request::new(pb::TestRouteRequest {
+                labels: [
+                    ("agent_id".to_string(), "support-bot".to_string()),
+                    ("severity".to_string(), "critical".to_string()),
+                ]
+                .into(),
+            }),
+            operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(routed.routes[0].receiver, "hook");
+    assert_eq!(routed.silenced_by, [silence.id.clone()]);
+    let expired = client
+        .expire_silence(bearer(tonic::Request::new(pb::ExpireSilenceRequest { id: silence.id.clone() }), operator))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(expired.state, "expired");
+    let listed = client
+        .list_silences(bearer(tonic::Request::new(pb::ListSilencesRequest { include_expired: false }), operator))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.silences.is_empty());
+}
+
+fn future(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() + seconds, nanos: 0 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_can_use_warden_as_its_alertmanager() {
+    let stack = stack().await;
+    let http = reqwest::Client::new();
+    let api = format!("http://{}", stack.alerting.http_addr.unwrap());
+    let service = stack.keys.token("service");
+    let alerts = serde_json::json!([{
+        "labels": {"alertname": "NodeDown", "instance": "db-1", "severity": "critical"},
+        "annotations": {"summary": "db-1 is down"},
+        "generatorURL": "http://prometheus:9090/graph?g0.expr=up",
+    }]);
+    // Without credentials: refused.
+    let refused = http.post(format!("{api}/api/v2/alerts")).json(&alerts).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let posted = http.post(format!("{api}/api/v2/alerts")).bearer_auth(service).json(&alerts).send().await.unwrap();
+    assert_eq!(posted.status(), 200);
+    let bad = http
+        .post(format!("{api}/api/v2/alerts"))
+        .bearer_auth(service)
+        .json(&serde_json::json!([{"labels": {}}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("[0].labels"));
+    let message = eventually(Duration::from_secs(20), || async {
+        stack.webhook.lock().unwrap().iter().find(|m| m["alerts"][0]["labels"]["alertname"] == "NodeDown").cloned()
+    })
+    .await;
+    assert_eq!(message["alerts"][0]["generatorURL"], "http://prometheus:9090/graph?g0.expr=up");
+    let listed: serde_json::Value = http
+        .get(format!("{api}/api/v2/alerts?filter=alertname%3D%22NodeDown%22"))
+        .bearer_auth(stack.keys.token("operator"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["status"]["state"], "active");
+    assert_eq!(listed[0]["receivers"][0]["name"], "hook");
+    // A silence through the HTTP API, as amtool creates it.
+    let silence = serde_json::json!({
+        "matchers": [{"name": "instance", "value": "db-1", "isRegex": false, "isEqual": true}],
+        "startsAt": chrono::Utc::now().to_rfc3339(),
+        "endsAt": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+        "createdBy": "ignored when authenticated",
+        "comment": "rebooting",
+    });
+    let created: serde_json::Value = http
+        .post(format!("{api}/api/v2/silences"))
+        .bearer_auth(stack.keys.token("operator"))
+        .json(&silence)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["silenceID"].as_str().unwrap().to_owned();
+    let suppressed: serde_json::Value = http
+        .get(format!("{api}/api/v2/alerts"))
+        .bearer_auth(stack.keys.token("operator"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let node_down = suppressed.as_array().unwrap().iter().find(|a| a["labels"]["alertname"] == "NodeDown").unwrap();
+    assert_eq!(node_down["status"]["state"], "suppressed");
+    assert_eq!(node_down["status"]["silencedBy"][0], id.as_str());
+    let got: serde_json::Value = http
+        .get(format!("{api}/api/v2/silence/{id}"))
+        .bearer_auth(stack.keys.token("auditor"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((got["createdBy"].as_str(), got["status"]["state"].as_str()), (Some("operator"), Some("active")));
+    let deleted = http
+        .delete(format!("{api}/api/v2/silence/{id}"))
+        .bearer_auth(stack.keys.token("operator"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    // An auditor may read but not silence.
+    let forbidden = http
+        .post(format!("{api}/api/v2/silences"))
+        .bearer_auth(stack.keys.token("auditor"))
+        .json(&silence)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403);
+    let status: serde_json::Value =
+        http.get(format!("{api}/api/v2/status")).bearer_auth(service).send().await.unwrap().json().await.unwrap();
+    assert!(status["config"]["original"].as_str().unwrap().contains(&stack.webhook_url));
+    assert_eq!(http.get(format!("{api}/-/healthy")).send().await.unwrap().status(), 200);
+    eventually(Duration::from_secs(10), || async {
+        (http.get(format!("{api}/-/ready")).send().await.unwrap().status() == 200).then_some(())
+    })
+    .await;
+}
+
+/// The number of failures the derived series count.
+async fn failures_counted(server: &AlertingServer) -> f64 {
+    let state = server.engine.state.lock().await;
+    let expr = warden_alerting::promql::parse("sum(agent_actions_total{status=\"error\"})").unwrap();
+    let evaluator = warden_alerting::promql::Evaluator { tsdb: &state.derived.tsdb, default_step_ms: 1000 };
+    match evaluator.eval(&expr, state.derived.last_scrape_ms).unwrap() {
+        warden_alerting::promql::Value::Vector(v) => v.first().map_or(0.0, |s| s.value),
+        _ => 0.0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_the_audit_log_and_counts_no_event_twice() {
+    let stack = stack().await;
+    fail(&stack, 2).await;
+    eventually(Duration::from_secs(20), || async { (failures_counted(&stack.alerting).await == 2.0).then_some(()) })
+        .await;
+    let Stack { sandbox, keys, audit, alerting, webhook_url, .. } = stack;
+    alerting.shutdown().await;
+    let restarted = AlertingServer::start(alerting_config(&sandbox, &keys, &audit.url(), &webhook_url)).await.unwrap();
+    let resumed = restarted.engine.state.lock().await.derived.position;
+    assert!(resumed >= 2, "resumed at {resumed}");
+    let recorder = ActionRecorder::new(ClientConfig::new(audit.url()).api_key(keys.token("agent"))).unwrap();
+    recorder
+        .record_action(&ActionOutcome {
+            agent_id: "support-bot".into(),
+            action_type: "send_email".into(),
+            correlation_id: "after-restart".into(),
+            decision_id: None,
+            status: ActionStatus::Failure,
+            duration: Duration::from_millis(10),
+            cost: 0.0,
+            error_class: None,
+        })
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), || async { (failures_counted(&restarted).await == 3.0).then_some(()) }).await;
+    // And it stays 3: nothing was replayed twice.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(failures_counted(&restarted).await, 3.0);
+}
