@@ -249,7 +249,7 @@ async fn bad_requests_name_the_field() {
         .unwrap()
         .into_inner();
     assert_eq!(routed.routes[0].receiver, "hook");
-    assert_eq!(routed.silenced_by, [silence.id.clone()]);
+    assert_eq!(routed.silenced_by, vec![silence.id.clone()]);
     let expired = client
         .expire_silence(bearer(tonic::Request::new(pb::ExpireSilenceRequest { id: silence.id.clone() }), operator))
         .await
