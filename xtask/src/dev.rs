@@ -2,13 +2,16 @@
 //!
 //! Authentication is on, as in production: on first start, dev creates an
 //! admin key, an agent key for the example agent (`support-bot`), an
-//! approver key (`manager`) and a service key the policy engine and the
-//! approval service present to each other and to audit, writes their digests
-//! to `<data dir>/keys.toml` (which every service reads) and the tokens to
-//! `<data dir>/dev-keys/` (mode 0600), and prints them.
+//! approver key (`manager`), an on-call operator key (`oncall`), a service
+//! key the policy engine and the approval service present to each other and
+//! to audit, and one for the alerting service (which also reads the log),
+//! writes their digests to `<data dir>/keys.toml` (which every service
+//! reads) and the tokens to `<data dir>/dev-keys/` (mode 0600), and prints
+//! them. Keys added in later versions are created on the next start.
 
 use std::path::{Path, PathBuf};
 
+use warden_alerting::{AlertingConfig, AlertingServer};
 use warden_approval::{ApprovalConfig, ApprovalServer};
 use warden_audit::{AuditConfig, AuditServer};
 use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
@@ -57,6 +60,20 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     })
     .await
     .map_err(|e| format!("approval service: {e}"))?;
+    // The seeds' eight rules; alerts go to the log (examples/alerting has
+    // the seeds' Slack/PagerDuty/email routing, which needs real secrets).
+    let alerting = AlertingServer::start(AlertingConfig {
+        data_dir: data_dir.clone(),
+        audit_url: audit.url(),
+        outbound: warden_auth::OutboundConfig {
+            credential: format!("file:{}", keys.join("alerting.key").display()),
+            ..Default::default()
+        },
+        telemetry: telemetry.clone(),
+        ..AlertingConfig::default()
+    })
+    .await
+    .map_err(|e| format!("alerting service: {e}"))?;
     let policy_engine = PolicyEngine::start(PolicyEngineConfig {
         data_dir: data_dir.clone(),
         policies: policies.clone(),
@@ -79,11 +96,20 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     if let Some(inbox) = approval.http_addr {
         println!("  approval inbox http://{inbox}/ (sign in with the approver key)");
     }
+    println!("  alerting       grpc://{}   metrics {}", alerting.addr, metrics(alerting.metrics_addr));
+    if let Some(api) = alerting.http_addr {
+        println!("  alertmanager   http://{api}/api/v2/alerts (Prometheus and amtool; bearer: the oncall key)");
+    }
     println!("  checkpoint key {}", audit.verifier_key);
     println!("  policies       {} (edit to reload)", policies.display());
     println!("  data           {}", data_dir.display());
     println!("  api keys       {} (digests; tokens in {})", data_dir.join("keys.toml").display(), keys.display());
-    for (name, role) in [("admin", "admin"), ("support-bot", "agent for support-bot"), ("manager", "approver")] {
+    for (name, role) in [
+        ("admin", "admin"),
+        ("support-bot", "agent for support-bot"),
+        ("manager", "approver"),
+        ("oncall", "operator (alerting)"),
+    ] {
         let token = std::fs::read_to_string(keys.join(format!("{name}.key"))).unwrap_or_default();
         println!("    {role:<22} {}", token.trim());
     }
@@ -99,6 +125,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
     println!("stopping");
     policy_engine.shutdown().await;
+    alerting.shutdown().await;
     approval.shutdown().await;
     audit.shutdown().await;
     Ok(())
@@ -110,18 +137,25 @@ fn dev_keys(data_dir: &Path) -> Result<PathBuf, String> {
     use warden_auth::Kind;
     let dir = data_dir.join("dev-keys");
     let keys_file = data_dir.join("keys.toml");
-    if dir.join("manager.key").exists() && keys_file.exists() {
+    let wanted: [(&str, Kind, &[&str]); 6] = [
+        ("admin", Kind::Human, &["admin"]),
+        ("support-bot", Kind::Agent, &["agent"]),
+        ("policy-engine", Kind::Service, &["service"]),
+        ("manager", Kind::Human, &["approver"]),
+        ("oncall", Kind::Human, &["operator"]),
+        ("alerting", Kind::Service, &["service", "auditor"]),
+    ];
+    if keys_file.exists() && wanted.iter().all(|(name, ..)| dir.join(format!("{name}.key")).exists()) {
         return Ok(dir);
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let mut file = if keys_file.exists() { warden_auth::KeyFile::load(&keys_file)? } else { Default::default() };
-    for (name, kind, role) in [
-        ("admin", Kind::Human, "admin"),
-        ("support-bot", Kind::Agent, "agent"),
-        ("policy-engine", Kind::Service, "service"),
-        ("manager", Kind::Human, "approver"),
-    ] {
-        let mut key = warden_auth::api_key::create_key(name, kind, vec![role.into()], vec![], None, None);
+    for (name, kind, roles) in wanted {
+        if keys_file.exists() && dir.join(format!("{name}.key")).exists() {
+            continue;
+        }
+        let roles = roles.iter().map(|r| (*r).to_owned()).collect();
+        let mut key = warden_auth::api_key::create_key(name, kind, roles, vec![], None, None);
         key.entry.comment = "created by cargo xtask dev".into();
         let path = dir.join(format!("{name}.key"));
         write_private(&path, &format!("{}\n", key.token.expose()))?;

@@ -21,6 +21,9 @@ pub type SubscribeClient = AuditServiceClient<
 /// Records applied under one lock.
 const BATCH: usize = 512;
 
+/// How long the stream may be quiet before the log counts as read.
+const IDLE: Duration = Duration::from_millis(500);
+
 pub async fn follow(engine: Arc<Engine>, client: SubscribeClient) {
     let backoff = Backoff::exponential(Duration::from_millis(200), Duration::from_secs(10));
     let mut failures = 0u32;
@@ -30,7 +33,16 @@ pub async fn follow(engine: Arc<Engine>, client: SubscribeClient) {
             Ok(response) => {
                 tracing::info!(from, "following the audit log");
                 let mut stream = response.into_inner().ready_chunks(BATCH);
-                while let Some(batch) = stream.next().await {
+                loop {
+                    // A quiet stream means the log has been read to its end.
+                    let batch = match tokio::time::timeout(IDLE, stream.next()).await {
+                        Err(_) => {
+                            engine.caught_up.store(true, Ordering::Relaxed);
+                            continue;
+                        }
+                        Ok(None) => break,
+                        Ok(Some(batch)) => batch,
+                    };
                     failures = 0;
                     let full = batch.len() == BATCH;
                     let mut ended = None;
