@@ -417,3 +417,32 @@ async fn a_restart_resumes_the_audit_log_and_counts_no_event_twice() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(failures_counted(&restarted).await, 3.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_circuit_breaker_becomes_a_series() {
+    let stack = stack().await;
+    let recorder =
+        ActionRecorder::new(ClientConfig::new(stack.audit.url()).api_key(stack.keys.token("agent"))).unwrap();
+    let breaker = warden_resilience::CircuitBreaker::new("payments", warden_resilience::BreakerConfig::default());
+    let watching = recorder.watch_breaker("support-bot", &breaker);
+    recorder.record_breaker_change("support-bot", "payments", warden_resilience::BreakerState::Open).await.unwrap();
+    let open = eventually(Duration::from_secs(20), || async {
+        let state = stack.alerting.engine.state.lock().await;
+        let expr = warden_alerting::promql::parse("circuit_breaker_state{state=\"open\"} == 1").unwrap();
+        let evaluator = warden_alerting::promql::Evaluator { tsdb: &state.derived.tsdb, default_step_ms: 1000 };
+        match evaluator.eval(&expr, state.derived.last_scrape_ms).unwrap() {
+            warden_alerting::promql::Value::Vector(v) if !v.is_empty() => Some(v),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(open[0].labels["agent_id"], "support-bot");
+    assert_eq!(open[0].labels["name"], "payments");
+    // Agents may record these about themselves, not about others.
+    let refused = recorder
+        .record_breaker_change("someone-else", "payments", warden_resilience::BreakerState::Open)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    watching.abort();
+}

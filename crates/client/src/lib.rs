@@ -434,6 +434,63 @@ impl ActionRecorder {
             sensitive: None,
             subject: String::new(),
         };
+        self.append(event).await
+    }
+
+    /// Records that one of the agent's circuit breakers changed state
+    /// (`circuit_breaker_changed`): the alerting service alerts on open
+    /// breakers (`circuit_breaker_state{name,state,agent_id}`).
+    pub async fn record_breaker_change(
+        &self,
+        agent_id: &str,
+        name: &str,
+        state: warden_resilience::BreakerState,
+    ) -> Result<u64, tonic::Status> {
+        use prost_types::value::Kind;
+        let text = |s: &str| prost_types::Value { kind: Some(Kind::StringValue(s.to_owned())) };
+        let fields = [("name".to_string(), text(name)), ("state".to_string(), text(state.as_str()))];
+        let event = warden_proto::audit::v1::AuditEvent {
+            event_id: String::new(),
+            event_type: "circuit_breaker_changed".into(),
+            time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            correlation_id: String::new(),
+            agent_id: agent_id.to_owned(),
+            actor: String::new(),
+            payload: Some(prost_types::Struct { fields: fields.into_iter().collect() }),
+            sensitive: None,
+            subject: String::new(),
+        };
+        self.append(event).await
+    }
+
+    /// Records every state change of `breaker` as the agent's, until the
+    /// breaker is dropped. A change that cannot be recorded is logged.
+    pub fn watch_breaker(
+        &self,
+        agent_id: impl Into<String>,
+        breaker: &std::sync::Arc<warden_resilience::CircuitBreaker>,
+    ) -> tokio::task::JoinHandle<()> {
+        let recorder = self.clone();
+        let agent_id = agent_id.into();
+        let mut changes = breaker.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(change) => {
+                        if let Err(status) = recorder.record_breaker_change(&agent_id, &change.name, change.to).await {
+                            tracing::warn!(breaker = %change.name, code = ?status.code(), "cannot record a breaker change");
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "breaker changes were missed");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
+    async fn append(&self, event: warden_proto::audit::v1::AuditEvent) -> Result<u64, tonic::Status> {
         let response =
             self.client.clone().append(warden_proto::audit::v1::AppendRequest { events: vec![event] }).await?;
         Ok(response.into_inner().receipts.first().map(|r| r.sequence).unwrap_or_default())

@@ -90,6 +90,10 @@ fn validate_filter(v: &mut Validator, correlation_id: &str, agent_id: &str, even
     }
 }
 
+/// What an agent may record about itself: its actions' outcomes and its
+/// circuit breakers' state.
+const AGENT_EVENTS: &[&str] = &["action_completed", "circuit_breaker_changed"];
+
 const APPEND_PATH: &str = "/warden.audit.v1.AuditService/Append";
 const QUERY_PATH: &str = "/warden.audit.v1.AuditService/Query";
 
@@ -107,11 +111,11 @@ impl AuditService for AuditServiceImpl {
         for (i, event) in request.get_ref().events.iter().enumerate() {
             actors.push(self.auth.actor(&request, APPEND_PATH, &event.actor)?);
             // Agents record only what their own actions did.
-            if plain_agent && event.event_type != "action_completed" {
+            if plain_agent && !AGENT_EVENTS.contains(&event.event_type.as_str()) {
                 return Err(to_status(&warden_errors::WardenError::invalid_argument(vec![
                     warden_errors::FieldViolation::new(
                         format!("events[{i}].event_type"),
-                        "agents may only record action_completed events",
+                        "agents may only record action_completed and circuit_breaker_changed events",
                     ),
                 ])));
             }
