@@ -14,5 +14,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /out/ /usr/local/bin/
 COPY examples/policies /etc/warden/policies
 COPY examples/approvals.yaml /etc/warden/approvals.yaml
+COPY examples/alerting /etc/warden/alerting
 USER warden
 WORKDIR /var/lib/warden

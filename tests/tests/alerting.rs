@@ -446,3 +446,59 @@ async fn an_agents_circuit_breaker_becomes_a_series() {
     assert_eq!(refused.code(), Code::PermissionDenied);
     watching.abort();
 }
+
+/// `amtool` (Alertmanager's own CLI) against Warden's Alertmanager API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amtool_works_against_the_http_api() {
+    let Some(amtool) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("amtool"))
+        .find(|path| path.exists())
+    else {
+        assert!(
+            !warden_store::testing::external_required(),
+            "amtool is missing (apt-get install prometheus-alertmanager) and WARDEN_REQUIRE_EXTERNAL=1"
+        );
+        eprintln!("notice: skipping the amtool test: amtool is not installed");
+        return;
+    };
+    let stack = stack().await;
+    let http_config = stack.sandbox.data.path().join("amtool-http.yml");
+    std::fs::write(&http_config, format!("authorization:\n  credentials: {}\n", stack.keys.token("operator"))).unwrap();
+    let url = format!("http://{}", stack.alerting.http_addr.unwrap());
+    let run = |args: Vec<String>| {
+        let amtool = amtool.clone();
+        let mut full =
+            vec![format!("--alertmanager.url={url}"), format!("--http.config.file={}", http_config.display())];
+        full.extend(args);
+        async move {
+            let output = tokio::process::Command::new(amtool).args(&full).output().await.unwrap();
+            assert!(
+                output.status.success(),
+                "amtool {full:?}: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout).unwrap()
+        }
+    };
+    let owned = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    run(owned(&["alert", "add", "alertname=NodeDown", "instance=db-1", "--annotation=summary=db-1 down"])).await;
+    let alerts: serde_json::Value =
+        serde_json::from_str(&run(owned(&["alert", "query", "-o", "json", "alertname=NodeDown"])).await).unwrap();
+    assert_eq!(alerts[0]["labels"]["instance"], "db-1", "{alerts}");
+    let id =
+        run(owned(&["silence", "add", "instance=db-1", "--comment=rebooting", "--duration=1h", "--author=ignored"]))
+            .await
+            .trim()
+            .to_owned();
+    let silences: serde_json::Value =
+        serde_json::from_str(&run(owned(&["silence", "query", "-o", "json"])).await).unwrap();
+    assert_eq!(silences[0]["id"], id.as_str());
+    assert_eq!(silences[0]["createdBy"], "operator");
+    let suppressed: serde_json::Value =
+        serde_json::from_str(&run(owned(&["alert", "query", "-o", "json", "--silenced"])).await).unwrap();
+    assert_eq!(suppressed[0]["status"]["state"], "suppressed");
+    run(vec!["silence".into(), "expire".into(), id]).await;
+    let left: serde_json::Value = serde_json::from_str(&run(owned(&["silence", "query", "-o", "json"])).await).unwrap();
+    assert_eq!(left.as_array().map(Vec::len), Some(0));
+}

@@ -98,9 +98,11 @@ async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
 /// An RFC 3339 time; the error is the message for a 400.
 fn parse_time(field: &str, value: &Option<String>) -> Result<Option<i64>, String> {
     match value.as_deref() {
-        None | Some("") | Some(crate::engine::ZERO_TIME) => Ok(None),
+        None | Some("") => Ok(None),
+        // Go's zero time (`0001-01-01T00:00:00Z`, however many fraction
+        // digits) means unset, as in Alertmanager.
         Some(text) => chrono::DateTime::parse_from_rfc3339(text)
-            .map(|t| Some(t.timestamp_millis()))
+            .map(|t| (chrono::Datelike::year(&t) > 1).then(|| t.timestamp_millis()))
             .map_err(|e| format!("{field}: {text:?} is not an RFC 3339 time: {e}")),
     }
 }
