@@ -43,6 +43,11 @@ pub struct AlertingConfig {
     /// How often the outbox is delivered.
     #[serde(with = "humantime_serde")]
     pub outbox_interval: Duration,
+    /// How long a replica holds a notification it is delivering: after a
+    /// crash mid-delivery, another replica (or the restarted one) sends it
+    /// after this long. Deliveries time out at half of it.
+    #[serde(with = "humantime_serde")]
+    pub delivery_lease: Duration,
     /// How often the derived series are saved with their audit position.
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
@@ -71,6 +76,7 @@ impl Default for AlertingConfig {
             scrape_interval: Duration::from_secs(15),
             tick_interval: Duration::from_secs(1),
             outbox_interval: Duration::from_millis(200),
+            delivery_lease: Duration::from_secs(60),
             snapshot_interval: Duration::from_secs(10),
             watch: true,
             external_url: String::new(),
@@ -99,6 +105,7 @@ impl Validate for AlertingConfig {
             ("tick_interval", self.tick_interval),
             ("outbox_interval", self.outbox_interval),
             ("snapshot_interval", self.snapshot_interval),
+            ("delivery_lease", self.delivery_lease),
         ] {
             if value < Duration::from_millis(10) {
                 return Err(ConfigError::invalid(key, humantime::format_duration(value), "must be at least 10ms"));

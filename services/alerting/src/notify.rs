@@ -30,9 +30,6 @@ pub type AuditClient = AuditServiceClient<
     >,
 >;
 
-/// How long a claimed row stays ours while we deliver it.
-const LEASE: Duration = Duration::from_secs(60);
-
 /// How one delivery ended.
 #[derive(Debug, PartialEq)]
 enum Delivery {
@@ -50,6 +47,8 @@ pub struct Shipper {
     pub secrets: warden_auth::SecretResolver,
     pub replica: String,
     pub backoff: Backoff,
+    /// How long a claimed row stays ours while we deliver it.
+    pub lease: Duration,
 }
 
 impl Shipper {
@@ -68,7 +67,7 @@ impl Shipper {
     pub async fn pass(&self) -> Result<usize, warden_store::StoreError> {
         let store = &self.engine.store;
         let now = self.engine.clock.now_ms() * 1000;
-        let rows = store.claim(&self.replica, now, now + LEASE.as_micros() as i64, 200).await?;
+        let rows = store.claim(&self.replica, now, now + self.lease.as_micros() as i64, 200).await?;
         if let Ok(pending) = store.outbox_len().await {
             METRICS.outbox_pending.set(pending);
         }

@@ -173,10 +173,14 @@ impl AlertingServer {
         let shipper = Shipper {
             engine: engine.clone(),
             audit,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
+            http: reqwest::Client::builder()
+                .timeout((config.delivery_lease / 2).min(Duration::from_secs(30)))
+                .build()
+                .unwrap_or_default(),
             secrets,
             replica: uuid::Uuid::now_v7().to_string(),
             backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300)),
+            lease: config.delivery_lease,
         };
         background.push(tokio::spawn(shipper.run(config.outbox_interval)));
         let metrics_addr = warden_telemetry::start_metrics(&config.metrics_listen).await?.map(|(addr, task)| {

@@ -105,6 +105,7 @@ async fn harness(database: Database, rules_yaml: &str, routing_text: &str, clock
         replica: uuid::Uuid::now_v7().to_string(),
         backoff: warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5))
             .with_jitter(warden_resilience::Jitter::None),
+        lease: Duration::from_secs(60),
     };
     Harness { engine, shipper, clock }
 }
