@@ -28,6 +28,8 @@ pub enum Target {
     Audit(crate::bench_audit::AuditArgs),
     /// Approvals created, reviewed and redeemed per second; what redeeming adds to Evaluate.
     Approval(crate::bench_approval::ApprovalArgs),
+    /// Whether alerting keeps up with the audit log; posted alert to webhook latency.
+    Alerting(crate::bench_alerting::AlertingArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -76,6 +78,7 @@ pub async fn run(target: Target) -> Result<(), String> {
         Target::H2load(args) => crate::bench_h2load::run(args).await,
         Target::Audit(args) => crate::bench_audit::run(args).await,
         Target::Approval(args) => crate::bench_approval::run(args).await,
+        Target::Alerting(args) => crate::bench_alerting::run(args).await,
     }
 }
 

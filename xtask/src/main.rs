@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_alerting;
 mod bench_approval;
 mod bench_audit;
 mod bench_h2load;

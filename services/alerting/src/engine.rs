@@ -122,6 +122,10 @@ pub struct Engine {
     /// The audit log has been read up to (nearly) now at least once: rules
     /// are not evaluated over a history still being replayed.
     pub caught_up: std::sync::atomic::AtomicBool,
+    /// Posted alerts wake the dispatcher, queued notifications the shipper,
+    /// so neither waits for its next tick.
+    pub wake_dispatch: tokio::sync::Notify,
+    pub wake_shipper: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Engine {
@@ -169,6 +173,8 @@ impl Engine {
             caught_up: std::sync::atomic::AtomicBool::new(!audit),
             audit,
             external_url,
+            wake_dispatch: tokio::sync::Notify::new(),
+            wake_shipper: tokio::sync::Notify::new(),
         })
     }
 
@@ -479,7 +485,9 @@ impl Engine {
             changes.push(AlertChange::Upsert(next.clone()));
             state.alerts.insert(fp, next);
         }
-        self.store.save_alerts(&changes, &events).await
+        self.store.save_alerts(&changes, &events).await?;
+        self.wake_dispatch.notify_one();
+        Ok(())
     }
 
     /// Why an alert is muted now (silences and inhibitions).
@@ -628,6 +636,7 @@ impl Engine {
                     .claim_notification(&key, &name, entry.as_ref().map(|e| e.version), &next, &items)
                     .await?;
                 if claimed && !items.is_empty() {
+                    self.wake_shipper.notify_one();
                     tracing::info!(group = %key, receiver = %name, firing = firing.len(), resolved = resolved.len(), "notification queued");
                     crate::metrics::METRICS.notifications_queued.inc();
                 }

@@ -56,7 +56,10 @@ impl Shipper {
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            interval.tick().await;
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = self.engine.wake_shipper.notified() => {}
+            }
             if let Err(error) = self.pass().await {
                 tracing::warn!(%error, "alerting outbox pass failed; will retry");
             }

@@ -230,7 +230,10 @@ pub async fn run_clock(engine: Arc<Engine>, every: Duration) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = engine.wake_dispatch.notified() => {}
+        }
         if let Err(error) = engine.tick().await {
             tracing::warn!(%error, "alerting pass failed; will retry");
         }
