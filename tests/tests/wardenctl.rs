@@ -230,3 +230,46 @@ async fn operators_review_stop_agents_and_check_proofs() {
     approval.shutdown().await;
     audit.shutdown().await;
 }
+
+#[tokio::test]
+async fn on_call_silences_and_checks_routing() {
+    let sandbox = Sandbox::new(&[]);
+    let keys = identity::keys(sandbox.data.path());
+    sandbox.write(
+        "alertmanager.yml",
+        "route:\n  receiver: log\n  routes:\n    - matchers: [severity=critical]\n      receiver: pager\nreceivers:\n  - name: log\n    log_configs: [{}]\n  - name: pager\n    log_configs: [{}]\n",
+    );
+    let mut config = warden_alerting::AlertingConfig::for_tests(sandbox.data.path().join("alerting"));
+    config.auth = keys.auth();
+    config.routing = sandbox.policies_dir().join("alertmanager.yml");
+    let alerting = warden_alerting::AlertingServer::start(config).await.unwrap();
+    let with = |key: &str, rest: &[&str]| {
+        let mut all = vec!["--alerting-addr".to_string(), alerting.url(), "--api-key".into(), keys.token(key).into()];
+        all.extend(args(rest));
+        all
+    };
+    let (code, out, err) = run(with("operator", &["alerts", "test-route", "severity=critical", "agent_id=bot"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("pager  route 0/0"), "{out}");
+    let (code, id, err) =
+        run(with("operator", &["alerts", "silence", "agent_id=bot", "--duration", "2h", "-c", "deploying"])).await;
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_owned();
+    let (_, out, _) = run(with("operator", &["alerts", "test-route", "agent_id=bot"])).await;
+    assert!(out.contains(&format!("silenced by {id}")), "{out}");
+    let (_, out, _) = run(with("auditor", &["alerts", "silences", "-o", "json"])).await;
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((listed[0]["id"].as_str(), listed[0]["created_by"].as_str()), (Some(id.as_str()), Some("operator")));
+    let (code, out, _) = run(with("operator", &["alerts", "expire", &id])).await;
+    assert_eq!((code, out.trim()), (0, format!("{id} expired").as_str()));
+    let (code, out, _) = run(with("operator", &["alerts", "rules"])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("HighErrorRate") && out.contains("agent_health"), "{out}");
+    // A bad matcher names the field; an auditor may not silence.
+    let (code, _, err) = run(with("operator", &["alerts", "silence", "agent_id=~\"(\""])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("matchers[0]"), "{err}");
+    let (code, _, err) = run(with("auditor", &["alerts", "silence", "agent_id=bot"])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("PermissionDenied"), "{err}");
+}

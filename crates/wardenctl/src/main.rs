@@ -20,6 +20,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod alerts;
 mod keys;
 mod remote;
 
@@ -43,6 +44,11 @@ enum Command {
     Approvals {
         #[command(subcommand)]
         command: remote::ApprovalsCommand,
+    },
+    /// Alerts: list, rules, silence, silences, expire, test-route, reload.
+    Alerts {
+        #[command(subcommand)]
+        command: alerts::AlertsCommand,
     },
     /// Kill switches: engage, release, list.
     Killswitch {
@@ -90,6 +96,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keys { command } => keys::run(command, cli.remote.json()).map_err(Failure::Failed),
         Command::Approvals { command } => remote::runtime().block_on(remote::approvals(&cli.remote, command)),
+        Command::Alerts { command } => remote::runtime().block_on(alerts::run(&cli.remote, command)),
         Command::Killswitch { command } => remote::runtime().block_on(remote::killswitch(&cli.remote, command)),
         Command::Audit { command } => remote::runtime().block_on(remote::audit(&cli.remote, command)),
         Command::Policy { command } => remote::runtime().block_on(remote::policy(&cli.remote, command)),

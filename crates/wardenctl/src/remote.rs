@@ -39,6 +39,15 @@ pub struct RemoteArgs {
         default_value = "http://127.0.0.1:50053"
     )]
     approval_addr: String,
+    /// The alerting service.
+    #[arg(
+        long,
+        visible_alias = "alerting",
+        global = true,
+        env = "WARDEN_ALERTING_ADDR",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub(crate) alerting_addr: String,
     /// API key or token, sent as `authorization: Bearer ...`.
     #[arg(long, global = true, env = "WARDEN_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -48,7 +57,7 @@ pub struct RemoteArgs {
     /// Output: table (for people) or json (for scripts).
     #[arg(short, long, global = true, default_value = "table")]
     output: Output,
-    /// A TOML profile with addr, audit_addr, approval_addr, api_key, ca.
+    /// A TOML profile with addr, audit_addr, approval_addr, alerting_addr, api_key, ca.
     #[arg(long, global = true, env = "WARDEN_PROFILE")]
     profile: Option<PathBuf>,
 }
@@ -73,6 +82,7 @@ struct Profile {
     addr: Option<String>,
     audit_addr: Option<String>,
     approval_addr: Option<String>,
+    alerting_addr: Option<String>,
     api_key: Option<String>,
     ca: Option<PathBuf>,
 }
@@ -100,6 +110,11 @@ impl RemoteArgs {
         {
             self.approval_addr = addr;
         }
+        if self.alerting_addr == "http://127.0.0.1:50054"
+            && let Some(addr) = profile.alerting_addr
+        {
+            self.alerting_addr = addr;
+        }
         if self.api_key.is_none() {
             self.api_key = profile.api_key;
         }
@@ -117,7 +132,7 @@ impl RemoteArgs {
         self.output == Output::Json
     }
 
-    async fn channel(&self, url: &str) -> Result<Stack, Failure> {
+    pub(crate) async fn channel(&self, url: &str) -> Result<Stack, Failure> {
         let mut identity = ClientIdentity { bearer: self.api_key.clone().map(warden_auth::Secret::new), tls: None };
         if let Some(ca) = &self.ca {
             let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
@@ -136,7 +151,7 @@ impl RemoteArgs {
 
 /// A refused call, explained: the code, the message, each bad field, and
 /// what to do about an authentication problem.
-fn explain(status: tonic::Status) -> Failure {
+pub(crate) fn explain(status: tonic::Status) -> Failure {
     let error = warden_errors::WardenError::from_status(&status);
     let mut text = format!("{:?}: {}", status.code(), status.message());
     for violation in &error.violations {
@@ -151,11 +166,11 @@ fn explain(status: tonic::Status) -> Failure {
     Failure::Failed(text)
 }
 
-fn print_json(value: serde_json::Value) {
+pub(crate) fn print_json(value: serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(&value).expect("json"));
 }
 
-fn seconds(time: &Option<prost_types::Timestamp>) -> String {
+pub(crate) fn seconds(time: &Option<prost_types::Timestamp>) -> String {
     time.as_ref()
         .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
