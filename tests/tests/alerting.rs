@@ -5,7 +5,6 @@
 //! silences over Alertmanager's HTTP API; the gRPC contract's validation;
 //! a restart that resumes the audit log where it was.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::Code;
@@ -38,32 +37,12 @@ fn routing(url: &str) -> String {
     )
 }
 
-/// Records what it is sent.
-async fn receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let sink = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(body);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, got)
-}
-
 struct Stack {
     sandbox: Sandbox,
     keys: Keys,
     audit: AuditServer,
     alerting: AlertingServer,
-    webhook: Arc<Mutex<Vec<serde_json::Value>>>,
+    webhook: warden_testkit::Receiver,
     webhook_url: String,
 }
 
@@ -89,7 +68,8 @@ async fn stack() -> Stack {
     let mut audit_config = warden_audit::AuditConfig::for_tests(sandbox.data.path().join("audit"));
     audit_config.auth = keys.auth();
     let audit = AuditServer::start(audit_config).await.unwrap();
-    let (webhook_url, webhook) = receiver().await;
+    let webhook = warden_testkit::Receiver::start().await;
+    let webhook_url = webhook.url.clone();
     let alerting = AlertingServer::start(alerting_config(&sandbox, &keys, &audit.url(), &webhook_url)).await.unwrap();
     Stack { sandbox, keys, audit, alerting, webhook, webhook_url }
 }
@@ -124,8 +104,7 @@ async fn events_of(stack: &Stack, event_type: &str) -> Vec<audit::AuditRecord> {
 async fn failing_actions_fire_an_alert_that_reaches_the_receiver_and_the_audit_log() {
     let stack = stack().await;
     fail(&stack, 3).await;
-    let message =
-        eventually(Duration::from_secs(20), || async { stack.webhook.lock().unwrap().first().cloned() }).await;
+    let message = eventually(Duration::from_secs(20), || async { stack.webhook.got().first().cloned() }).await;
     assert_eq!(message["version"], "4");
     assert_eq!(message["status"], "firing");
     assert_eq!(message["alerts"][0]["labels"]["agent_id"], "support-bot");
@@ -294,7 +273,7 @@ async fn prometheus_can_use_warden_as_its_alertmanager() {
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("[0].labels"));
     let message = eventually(Duration::from_secs(20), || async {
-        stack.webhook.lock().unwrap().iter().find(|m| m["alerts"][0]["labels"]["alertname"] == "NodeDown").cloned()
+        stack.webhook.got().into_iter().find(|m| m["alerts"][0]["labels"]["alertname"] == "NodeDown")
     })
     .await;
     assert_eq!(message["alerts"][0]["generatorURL"], "http://prometheus:9090/graph?g0.expr=up");
@@ -501,4 +480,65 @@ async fn amtool_works_against_the_http_api() {
     run(vec!["silence".into(), "expire".into(), id]).await;
     let left: serde_json::Value = serde_json::from_str(&run(owned(&["silence", "query", "-o", "json"])).await).unwrap();
     assert_eq!(left.as_array().map(Vec::len), Some(0));
+}
+
+async fn rule_names(stack: &Stack) -> Vec<String> {
+    let mut client = AlertingServiceClient::new(channel(&stack.alerting.url()).await);
+    let request = bearer(tonic::Request::new(pb::ListRulesRequest {}), stack.keys.token("operator"));
+    client.list_rules(request).await.unwrap().into_inner().rules.into_iter().map(|r| r.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rule_file_is_refused_with_its_line_and_the_last_good_set_stays() {
+    let stack = stack().await;
+    let mut client = AlertingServiceClient::new(channel(&stack.alerting.url()).await);
+    stack
+        .sandbox
+        .write("agents.rules.yaml", &RULES.replace("increase(agent_actions_total", "increase(agent_actions_total["));
+    let refused = client
+        .reload_config(bearer(tonic::Request::new(pb::ReloadConfigRequest {}), stack.keys.token("admin")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("agents.rules.yaml:6: group agents, rule ActionsFailing: expr:"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(rule_names(&stack).await, ["ActionsFailing"]);
+    // Reloading is an admin's.
+    let denied = client
+        .reload_config(bearer(tonic::Request::new(pb::ReloadConfigRequest {}), stack.keys.token("operator")))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    stack.sandbox.write("agents.rules.yaml", &RULES.replace("ActionsFailing", "ActionsFailingAgain"));
+    let done = client
+        .reload_config(bearer(tonic::Request::new(pb::ReloadConfigRequest {}), stack.keys.token("admin")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((done.rules, done.receivers), (1, 1));
+    assert_eq!(rule_names(&stack).await, ["ActionsFailingAgain"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_rule_files_are_reloaded_while_it_runs() {
+    let sandbox = Sandbox::new(&[]);
+    let keys = identity::keys(sandbox.data.path());
+    let mut audit_config = warden_audit::AuditConfig::for_tests(sandbox.data.path().join("audit"));
+    audit_config.auth = keys.auth();
+    let audit = AuditServer::start(audit_config).await.unwrap();
+    let webhook = warden_testkit::Receiver::start().await;
+    let webhook_url = webhook.url.clone();
+    let mut config = alerting_config(&sandbox, &keys, &audit.url(), &webhook_url);
+    config.watch = true;
+    let alerting = AlertingServer::start(config).await.unwrap();
+    let stack = Stack { sandbox, keys, audit, alerting, webhook, webhook_url };
+    stack.sandbox.write("agents.rules.yaml", &RULES.replace("ActionsFailing", "Edited"));
+    eventually(Duration::from_secs(20), || async { (rule_names(&stack).await == ["Edited"]).then_some(()) }).await;
+    // A broken edit changes nothing.
+    stack.sandbox.write("agents.rules.yaml", "groups: [");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(rule_names(&stack).await, ["Edited"]);
 }

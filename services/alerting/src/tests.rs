@@ -3,12 +3,12 @@
 //! clock is moved by hand (no waiting); deliveries go to a fake receiver
 //! over HTTP. Storage tests run on SQLite and PostgreSQL.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost_types::value::Kind as K;
 use warden_store::Database;
+use warden_testkit::{Answer, Receiver};
 
 use crate::engine::{Clock, Engine, Loaded, PostedAlert, SilenceFields, SilenceRequest};
 use crate::notify::Shipper;
@@ -20,57 +20,6 @@ use crate::store::{AlertState, AlertingStore};
 
 /// A time on 10 s and 1 min boundaries.
 const T0: i64 = 1_800_000_000_000;
-
-/// A status code and an optional `Retry-After`.
-type Answer = (u16, Option<&'static str>);
-
-/// A receiver that records what it is sent and answers from a script
-/// (then 200).
-#[derive(Clone, Default)]
-struct FakeReceiver {
-    got: Arc<Mutex<Vec<serde_json::Value>>>,
-    attempts: Arc<Mutex<usize>>,
-    script: Arc<Mutex<VecDeque<Answer>>>,
-}
-
-impl FakeReceiver {
-    async fn start() -> (String, FakeReceiver) {
-        use axum::response::IntoResponse;
-        let receiver = FakeReceiver::default();
-        let state = receiver.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let state = state.clone();
-                async move {
-                    *state.attempts.lock().unwrap() += 1;
-                    let next = state.script.lock().unwrap().pop_front();
-                    match next {
-                        Some((code, retry_after)) => {
-                            let mut response = axum::http::StatusCode::from_u16(code).unwrap().into_response();
-                            if let Some(value) = retry_after {
-                                response.headers_mut().insert("retry-after", value.parse().unwrap());
-                            }
-                            response
-                        }
-                        None => {
-                            state.got.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
-                            axum::http::StatusCode::OK.into_response()
-                        }
-                    }
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (url, receiver)
-    }
-
-    fn got(&self) -> Vec<serde_json::Value> {
-        self.got.lock().unwrap().clone()
-    }
-}
 
 struct Harness {
     engine: Arc<Engine>,
@@ -128,7 +77,7 @@ impl Harness {
 
     /// Moves the clock to `T0 + at` in 5 s steps, ticking and delivering at
     /// each; returns when each delivery was seen (ms after T0).
-    async fn run_until(&self, at_s: i64, receiver: &FakeReceiver, seen: &mut Vec<(i64, String)>) {
+    async fn run_until(&self, at_s: i64, receiver: &Receiver, seen: &mut Vec<(i64, String)>) {
         while self.now() < T0 + at_s * 1000 {
             self.clock.advance(Duration::from_secs(5));
             self.engine.tick().await.unwrap();
@@ -152,7 +101,8 @@ fn clock() -> Clock {
 }
 
 async fn for_group_wait_repeat_and_resolve_happen_on_time(database: Database) {
-    let (url, receiver) = FakeReceiver::start().await;
+    let receiver = Receiver::start().await;
+    let url = receiver.url.clone();
     let h = harness(database, BREAKER_RULES, &routing_yaml(&url, "", ""), clock()).await;
     h.breaker("bot", "open").await;
     let mut seen = Vec::new();
@@ -181,7 +131,8 @@ async fn for_group_wait_repeat_and_resolve_happen_on_time(database: Database) {
 }
 
 async fn silences_and_inhibition_mute_and_expiry_unmutes(database: Database) {
-    let (url, receiver) = FakeReceiver::start().await;
+    let receiver = Receiver::start().await;
+    let url = receiver.url.clone();
     let rules_yaml = format!(
         "{BREAKER_RULES}      - alert: BreakerWarning\n        expr: circuit_breaker_state{{state=\"open\"}} == 1\n        for: 40s\n        labels: {{severity: warning}}\n"
     );
@@ -233,7 +184,8 @@ async fn silences_and_inhibition_mute_and_expiry_unmutes(database: Database) {
 }
 
 async fn mute_time_intervals_hold_notifications(database: Database) {
-    let (url, receiver) = FakeReceiver::start().await;
+    let receiver = Receiver::start().await;
+    let url = receiver.url.clone();
     // T0 is a Friday, 2027-01-15T08:00:00Z.
     let routes =
         "  routes:\n    - receiver: hook\n      matchers: [severity=critical]\n      mute_time_intervals: [morning]\n";
@@ -249,9 +201,15 @@ async fn mute_time_intervals_hold_notifications(database: Database) {
 }
 
 async fn retry_after_is_honoured_and_failures_are_retried_until_delivered(database: Database) {
-    let (url, receiver) = FakeReceiver::start().await;
+    let receiver = Receiver::start().await;
+    let url = receiver.url.clone();
     let h = harness(database, "groups: []\n", &routing_yaml(&url, "", ""), clock()).await;
-    receiver.script.lock().unwrap().extend([(429, Some("2")), (500, None), (503, None), (502, None)]);
+    receiver.script([
+        Answer::Status(429, Some("2".into())),
+        Answer::Status(500, None),
+        Answer::Status(503, None),
+        Answer::Status(502, None),
+    ]);
     let post = |name: &str| PostedAlert {
         labels: labels("", &[("alertname", name), ("agent_id", "bot")])
             .into_iter()
@@ -266,10 +224,10 @@ async fn retry_after_is_honoured_and_failures_are_retried_until_delivered(databa
     // Started a minute ago: not held for group_wait.
     h.engine.tick().await.unwrap();
     assert_eq!(h.shipper.pass().await.unwrap(), 0);
-    assert_eq!(*receiver.attempts.lock().unwrap(), 1, "429 with Retry-After: 2");
+    assert_eq!(receiver.attempts(), 1, "429 with Retry-After: 2");
     h.clock.advance(Duration::from_millis(1900));
     assert_eq!(h.shipper.pass().await.unwrap(), 0);
-    assert_eq!(*receiver.attempts.lock().unwrap(), 1, "not before Retry-After");
+    assert_eq!(receiver.attempts(), 1, "not before Retry-After");
     let mut delivered_after = None;
     for step in 1..200 {
         h.clock.advance(Duration::from_millis(100));
@@ -281,14 +239,15 @@ async fn retry_after_is_honoured_and_failures_are_retried_until_delivered(databa
     // 2 s, then three 5xx answers with backoff 100, 200, 400 ms: one delivery.
     let delivered_after = delivered_after.expect("delivered");
     assert!(delivered_after >= 2_700, "{delivered_after}");
-    assert_eq!(*receiver.attempts.lock().unwrap(), 5);
+    assert_eq!(receiver.attempts(), 5);
     assert_eq!(receiver.got().len(), 1);
     assert_eq!(receiver.got()[0]["alerts"][0]["generatorURL"], "http://prometheus/graph");
     assert_eq!(h.engine.store.outbox_len().await.unwrap(), 0);
 }
 
 async fn a_restart_sends_the_resolved_notification_once(database: Database) {
-    let (url, receiver) = FakeReceiver::start().await;
+    let receiver = Receiver::start().await;
+    let url = receiver.url.clone();
     let clock = clock();
     let mut seen = Vec::new();
     {
@@ -309,7 +268,8 @@ async fn a_restart_sends_the_resolved_notification_once(database: Database) {
 }
 
 async fn two_replicas_send_each_notification_once(database: Database) {
-    let (url, receiver) = FakeReceiver::start().await;
+    let receiver = Receiver::start().await;
+    let url = receiver.url.clone();
     let routing_text = routing_yaml(&url, "", "").replace("group_by: [alertname, agent_id]", "group_by: ['...']");
     let a = harness(database.clone(), "groups: []\n", &routing_text, clock()).await;
     let b = harness(database, "groups: []\n", &routing_text, clock()).await;
@@ -347,7 +307,8 @@ async fn two_replicas_send_each_notification_once(database: Database) {
 }
 
 async fn posted_alerts_resolve_by_ends_at_and_resolve_timeout(database: Database) {
-    let (url, receiver) = FakeReceiver::start().await;
+    let receiver = Receiver::start().await;
+    let url = receiver.url.clone();
     let h = harness(database, "groups: []\n", &routing_yaml(&url, "", ""), clock()).await;
     let alert = |ends: Option<i64>| PostedAlert {
         labels: [("alertname".to_string(), "Disk".to_string()), ("agent_id".to_string(), "x".to_string())].into(),
@@ -530,4 +491,56 @@ fn the_seeds_alert_file_loads_with_metric_names_changed() {
         .replace("http_requests_total", "requests_denied_total");
     let set = rules::parse(&text, "alerts.yaml", Duration::from_secs(30)).unwrap();
     assert_eq!(set.rule_count(), 8);
+}
+
+/// Slack, PagerDuty and email receivers, delivered for real to fakes: the
+/// seeds' critical routing (PagerDuty and Slack), trigger then resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_pagerduty_and_email_receivers_are_delivered_to() {
+    let slack = Receiver::start().await;
+    let pagerduty = Receiver::start().await;
+    let smtp = warden_testkit::Smtp::start().await;
+    let routing_text = format!(
+        "global:\n  smtp_smarthost: '{}'\n  smtp_from: warden@example.com\nroute:\n  receiver: mail\n  group_wait: 0s\n  routes:\n    - matchers: [severity=critical]\n      receiver: pager\n      continue: true\n    - matchers: [severity=critical]\n      receiver: mail\nreceivers:\n  - name: pager\n    slack_configs: [{{api_url: '{}', channel: '#incidents', send_resolved: true}}]\n    pagerduty_configs: [{{routing_key: literal-key, url: '{}'}}]\n  - name: mail\n    email_configs: [{{to: oncall@example.com}}]\n",
+        smtp.addr, slack.url, pagerduty.url
+    );
+    let test = warden_store::testing::sqlite().await;
+    let h = harness(test.database.clone(), "groups: []\n", &routing_text, clock()).await;
+    let alert = |ends: Option<i64>| PostedAlert {
+        labels: [("alertname".to_string(), "HighCost".to_string()), ("severity".to_string(), "critical".to_string())]
+            .into(),
+        annotations: [("summary".to_string(), "agent spending $120/hour".to_string())].into(),
+        starts_at_ms: None,
+        ends_at_ms: ends,
+        generator_url: String::new(),
+    };
+    h.engine.post(vec![alert(None)]).await.unwrap();
+    h.engine.tick().await.unwrap();
+    while h.shipper.pass().await.unwrap() > 0 {}
+    let trigger = &pagerduty.got()[0];
+    assert_eq!(
+        (trigger["event_action"].as_str(), trigger["routing_key"].as_str()),
+        (Some("trigger"), Some("literal-key"))
+    );
+    assert_eq!(slack.got()[0]["channel"], "#incidents");
+    assert_eq!(slack.got()[0]["attachments"][0]["color"], "danger");
+    let mail = smtp.received();
+    assert_eq!(mail.len(), 1);
+    assert!(
+        mail[0].contains("Subject: [warden] [FIRING:1] HighCost") && mail[0].contains("agent spending $120/hour"),
+        "{}",
+        mail[0]
+    );
+    // Resolved: PagerDuty resolves the same incident; Slack (send_resolved)
+    // says so; email (send_resolved false by default) stays quiet.
+    h.clock.advance(Duration::from_secs(1));
+    h.engine.post(vec![alert(Some(h.now() - 1))]).await.unwrap();
+    h.clock.advance(Duration::from_secs(300));
+    h.engine.tick().await.unwrap();
+    while h.shipper.pass().await.unwrap() > 0 {}
+    let resolve = &pagerduty.got()[1];
+    assert_eq!(resolve["event_action"], "resolve");
+    assert_eq!(resolve["dedup_key"], trigger["dedup_key"]);
+    assert_eq!(slack.got()[1]["attachments"][0]["color"], "good");
+    assert_eq!(smtp.received().len(), 1);
 }

@@ -4,7 +4,6 @@
 //! and one whose delivery was cut off is delivered.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
@@ -44,47 +43,6 @@ async fn wait_ready(http_port: u16) {
     }
 }
 
-/// What the receiver saw: (status, alertname) per successful delivery, and
-/// how many requests it left hanging.
-#[derive(Default)]
-struct Seen {
-    delivered: Vec<(String, String)>,
-    hang_next: usize,
-}
-
-async fn receiver(seen: Arc<Mutex<Seen>>) -> String {
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-            let seen = seen.clone();
-            async move {
-                let hang = {
-                    let mut seen = seen.lock().unwrap();
-                    if seen.hang_next > 0 {
-                        seen.hang_next -= 1;
-                        true
-                    } else {
-                        seen.delivered.push((
-                            body["status"].as_str().unwrap_or("").to_owned(),
-                            body["commonLabels"]["alertname"].as_str().unwrap_or("").to_owned(),
-                        ));
-                        false
-                    }
-                };
-                if hang {
-                    // Never answers: the sender dies waiting.
-                    std::future::pending::<()>().await;
-                }
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
-}
-
 async fn post(http_port: u16, name: &str, ends_at: Option<String>) {
     let mut alert = serde_json::json!({"labels": {"alertname": name, "severity": "critical"}});
     if let Some(ends) = ends_at {
@@ -110,8 +68,20 @@ async fn until(what: &str, check: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_resolved_notification_and_sends_none_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let url = receiver(seen.clone()).await;
+    let receiver = warden_testkit::Receiver::start().await;
+    let url = receiver.url.clone();
+    let delivered = || -> Vec<(String, String)> {
+        receiver
+            .got()
+            .iter()
+            .map(|body| {
+                (
+                    body["status"].as_str().unwrap_or("").to_owned(),
+                    body["commonLabels"]["alertname"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
     let routing = dir.path().join("alertmanager.yml");
     std::fs::write(
         &routing,
@@ -127,7 +97,7 @@ async fn sigkill_loses_no_resolved_notification_and_sends_none_twice() {
     let mut child = spawn(&data, &routing, port, http_port);
     wait_ready(http_port).await;
     post(http_port, "Firing", None).await;
-    until("the firing notification", || seen.lock().unwrap().delivered.len() == 1).await;
+    until("the firing notification", || delivered().len() == 1).await;
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -136,22 +106,22 @@ async fn sigkill_loses_no_resolved_notification_and_sends_none_twice() {
     let mut child = spawn(&data, &routing, port, http_port);
     wait_ready(http_port).await;
     post(http_port, "Firing", Some(chrono::Utc::now().to_rfc3339())).await;
-    until("the resolved notification", || seen.lock().unwrap().delivered.len() == 2).await;
+    until("the resolved notification", || delivered().len() == 2).await;
 
     // 3. A new alert whose delivery is cut off by SIGKILL mid-request.
-    seen.lock().unwrap().hang_next = 1;
+    receiver.script([warden_testkit::Answer::Hang]);
     post(http_port, "CutOff", None).await;
-    until("the delivery to start", || seen.lock().unwrap().hang_next == 0).await;
+    until("the delivery to start", || receiver.pending_answers() == 0).await;
     child.kill().unwrap();
     child.wait().unwrap();
     let mut child = spawn(&data, &routing, port, http_port);
     wait_ready(http_port).await;
-    until("the cut-off notification, after the lease", || seen.lock().unwrap().delivered.len() == 3).await;
+    until("the cut-off notification, after the lease", || delivered().len() == 3).await;
     // Nothing else arrives (no duplicate of either earlier notification).
     tokio::time::sleep(Duration::from_millis(500)).await;
     child.kill().unwrap();
     child.wait().unwrap();
-    let delivered = seen.lock().unwrap().delivered.clone();
+    let delivered = delivered();
     let expected: Vec<(String, String)> = [("firing", "Firing"), ("resolved", "Firing"), ("firing", "CutOff")]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -367,58 +367,10 @@ async fn two_replicas_expire_a_request_once(database: Database) {
     assert_eq!(expired, 1);
 }
 
-/// A minimal SMTP server that accepts one message per connection and
-/// records its DATA.
-async fn fake_smtp() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let received: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let store = received.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let store = store.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut lines = BufReader::new(read).lines();
-                write.write_all(b"220 fake ESMTP\r\n").await.unwrap();
-                let (mut in_data, mut data) = (false, String::new());
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if in_data {
-                        if line == "." {
-                            in_data = false;
-                            store.lock().unwrap().push(std::mem::take(&mut data));
-                            write.write_all(b"250 queued\r\n").await.unwrap();
-                        } else {
-                            data.push_str(&line);
-                            data.push('\n');
-                        }
-                        continue;
-                    }
-                    let reply: &[u8] = match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
-                        "EHLO" | "HELO" => b"250 fake\r\n",
-                        "DATA" => {
-                            in_data = true;
-                            b"354 go on\r\n"
-                        }
-                        "QUIT" => {
-                            write.write_all(b"221 bye\r\n").await.unwrap();
-                            return;
-                        }
-                        _ => b"250 ok\r\n",
-                    };
-                    write.write_all(reply).await.unwrap();
-                }
-            });
-        }
-    });
-    (format!("smtp://{addr}"), received)
-}
-
 #[tokio::test]
 async fn email_notifications_show_the_action_and_are_sent_once() {
-    let (url, received) = fake_smtp().await;
+    let smtp = warden_testkit::Smtp::start().await;
+    let url = &smtp.url;
     let test = warden_store::testing::sqlite().await;
     test.database.migrate().await.unwrap();
     let routes = Routes::parse(&format!(
@@ -432,7 +384,7 @@ async fn email_notifications_show_the_action_and_are_sent_once() {
     assert_eq!(shipper.pass().await.unwrap(), 1);
     approvals.clock.advance(Duration::from_secs(120));
     assert_eq!(shipper.pass().await.unwrap(), 0);
-    let received = received.lock().unwrap();
+    let received = smtp.received();
     assert_eq!(received.len(), 1);
     assert!(received[0].contains("Subject: [warden] approval_requested: bot wants to issue_refund"), "{}", received[0]);
     assert!(received[0].contains("\"amount\": 150.0") && received[0].contains("order/1"), "{}", received[0]);
