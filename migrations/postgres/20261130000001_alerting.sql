@@ -44,7 +44,6 @@ CREATE TABLE IF NOT EXISTS alerting_nflog (
 CREATE TABLE IF NOT EXISTS alerting_outbox (
     id BIGSERIAL PRIMARY KEY,
     kind TEXT NOT NULL,
-    receiver TEXT NOT NULL,
     payload BYTEA NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     claimed_until_micros BIGINT NOT NULL DEFAULT 0,

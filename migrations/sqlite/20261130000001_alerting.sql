@@ -44,7 +44,6 @@ CREATE TABLE IF NOT EXISTS alerting_nflog (
 CREATE TABLE IF NOT EXISTS alerting_outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
-    receiver TEXT NOT NULL,
     payload BLOB NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     claimed_until_micros BIGINT NOT NULL DEFAULT 0,

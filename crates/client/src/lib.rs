@@ -85,6 +85,23 @@ impl ClientConfig {
         }
     }
 
+    /// Defaults for a Warden service calling another off the request path
+    /// (shipping to the audit log): 5 s per attempt, 3 attempts within
+    /// 10 s, the default breaker, presenting `identity`.
+    pub fn for_service(url: impl Into<String>, identity: ClientIdentity) -> Self {
+        ClientConfig {
+            attempt_timeout: Duration::from_secs(5),
+            retry: RetryPolicy {
+                max_attempts: 3,
+                deadline: Some(Duration::from_secs(10)),
+                backoff: Backoff::exponential(Duration::from_millis(50), Duration::from_secs(1)),
+            },
+            breaker: BreakerConfig::default(),
+            identity,
+            ..ClientConfig::new(url)
+        }
+    }
+
     /// Sends `token` (a Warden API key or a JWT) as `authorization: Bearer`.
     pub fn api_key(mut self, token: impl Into<String>) -> Self {
         let token = token.into();
@@ -290,6 +307,17 @@ fn resilient_channel(config: &ClientConfig, service: &str) -> Result<PolicyChann
     Ok(InterceptedService::new(stack, credentials))
 }
 
+/// A resilient client of the audit service, for the services that append
+/// to it (one breaker per URL, shared with every other client of it).
+pub fn audit_client(
+    config: &ClientConfig,
+) -> Result<warden_proto::audit::v1::audit_service_client::AuditServiceClient<PolicyChannel>, ClientError> {
+    Ok(warden_proto::audit::v1::audit_service_client::AuditServiceClient::new(resilient_channel(
+        config,
+        "warden-audit",
+    )?))
+}
+
 /// A resilient, fail-closed client of the policy engine. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PolicyClient {
@@ -395,12 +423,7 @@ pub struct ActionRecorder {
 impl ActionRecorder {
     /// `config.url` is the audit service's address.
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
-        Ok(ActionRecorder {
-            client: warden_proto::audit::v1::audit_service_client::AuditServiceClient::new(resilient_channel(
-                &config,
-                "warden-audit",
-            )?),
-        })
+        Ok(ActionRecorder { client: audit_client(&config)? })
     }
 
     /// Records one outcome; returns its sequence number in the log.

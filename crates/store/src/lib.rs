@@ -15,6 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use warden_errors::{Category, Classify, Code};
 
+pub mod outbox;
 pub mod testing;
 
 pub use sqlx;

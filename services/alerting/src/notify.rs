@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use warden_proto::audit::v1 as audit;
 use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
-use warden_resilience::grpc::ResilientService;
 use warden_resilience::{Backoff, BreakerConfig, BreakerRegistry, Outcome};
 
 use crate::engine::Engine;
@@ -23,12 +22,7 @@ use crate::metrics::METRICS;
 use crate::routing::ReceiverYaml;
 use crate::store::Outgoing;
 
-pub type AuditClient = AuditServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        ResilientService<tonic::transport::Channel>,
-        warden_auth::CallCredentials,
-    >,
->;
+pub type AuditClient = AuditServiceClient<warden_client::PolicyChannel>;
 
 /// How one delivery ended.
 #[derive(Debug, PartialEq)]

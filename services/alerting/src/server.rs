@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use warden_proto::alerting::v1::alerting_service_server::AlertingServiceServer;
 use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
-use warden_resilience::grpc::ResilienceLayer;
-use warden_resilience::{Backoff, BreakerConfig, BreakerRegistry, Pipeline, RetryPolicy};
+use warden_resilience::Backoff;
 use warden_store::Database;
 use warden_telemetry::ServerHandle;
 
@@ -105,6 +104,11 @@ impl AlertingServer {
             (None, None)
         } else {
             let identity = config.outbound.resolve(&secrets).await.map_err(StartError::Audit)?;
+            let appender = warden_client::audit_client(&warden_client::ClientConfig::for_service(
+                &config.audit_url,
+                identity.clone(),
+            ))
+            .map_err(|e| StartError::Audit(e.to_string()))?;
             let channel = identity
                 .endpoint(&config.audit_url)
                 .map_err(StartError::Audit)?
@@ -112,21 +116,6 @@ impl AlertingServer {
                 .tcp_nodelay(true)
                 .connect_lazy();
             let credentials = identity.credentials().map_err(StartError::Audit)?;
-            let breaker_name = format!("warden-audit:{}", config.audit_url);
-            let breaker = BreakerRegistry::global().get_or_create(&breaker_name, BreakerConfig::default);
-            let pipeline = Pipeline::builder(breaker_name)
-                .retry(RetryPolicy {
-                    max_attempts: 3,
-                    deadline: Some(Duration::from_secs(10)),
-                    backoff: Backoff::exponential(Duration::from_millis(50), Duration::from_secs(1)),
-                })
-                .breaker(breaker)
-                .timeout(Duration::from_secs(5))
-                .build();
-            let appender = AuditServiceClient::new(tonic::service::interceptor::InterceptedService::new(
-                tower::ServiceBuilder::new().layer(ResilienceLayer::new(pipeline)).service(channel.clone()),
-                credentials.clone(),
-            ));
             // The subscription is a long stream: no per-call timeout.
             let subscriber =
                 AuditServiceClient::new(tonic::service::interceptor::InterceptedService::new(channel, credentials))

@@ -130,23 +130,28 @@ pub enum Outgoing {
 }
 
 impl Outgoing {
-    fn encode(&self) -> (&'static str, &str, Vec<u8>) {
+    fn encode(&self) -> (&'static str, Vec<u8>) {
         match self {
-            Outgoing::Audit(event) => ("audit", "", event.encode_to_vec()),
-            Outgoing::Notify { receiver, body } => ("notify", receiver, serde_json::to_vec(body).expect("json")),
+            Outgoing::Audit(event) => ("audit", event.encode_to_vec()),
+            Outgoing::Notify { receiver, body } => {
+                ("notify", serde_json::to_vec(&serde_json::json!({"receiver": receiver, "body": body})).expect("json"))
+            }
         }
     }
 
-    fn decode(kind: &str, receiver: &str, payload: &[u8]) -> Option<Outgoing> {
+    fn decode(kind: &str, payload: &[u8]) -> Option<Outgoing> {
         match kind {
             "audit" => AuditEvent::decode(payload).ok().map(Outgoing::Audit),
             "notify" => {
-                Some(Outgoing::Notify { receiver: receiver.to_owned(), body: serde_json::from_slice(payload).ok()? })
+                let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+                Some(Outgoing::Notify { receiver: value["receiver"].as_str()?.to_owned(), body: value["body"].clone() })
             }
             _ => None,
         }
     }
 }
+
+const OUTBOX: warden_store::outbox::Outbox = warden_store::outbox::Outbox { table: "alerting_outbox" };
 
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
@@ -289,7 +294,7 @@ impl AlertingStore {
                 }
             }
             for event in events {
-                sqlx::query("INSERT INTO alerting_outbox (kind, receiver, payload) VALUES ('audit', '', $1)")
+                sqlx::query("INSERT INTO alerting_outbox (kind, payload) VALUES ('audit', $1)")
                     .bind(event.encode_to_vec())
                     .execute(&mut *tx)
                     .await?;
@@ -433,10 +438,9 @@ impl AlertingStore {
                 false
             } else {
                 for item in items {
-                    let (kind, receiver, payload) = item.encode();
-                    sqlx::query("INSERT INTO alerting_outbox (kind, receiver, payload) VALUES ($1, $2, $3)")
+                    let (kind, payload) = item.encode();
+                    sqlx::query("INSERT INTO alerting_outbox (kind, payload) VALUES ($1, $2)")
                         .bind(kind)
-                        .bind(receiver.to_owned())
                         .bind(payload)
                         .execute(&mut *tx)
                         .await?;
@@ -458,10 +462,9 @@ impl AlertingStore {
         on_pool!(&self.database, |pool| {
             let mut tx = begin!(pool, sqlite)?;
             for item in items {
-                let (kind, receiver, payload) = item.encode();
-                sqlx::query("INSERT INTO alerting_outbox (kind, receiver, payload) VALUES ($1, $2, $3)")
+                let (kind, payload) = item.encode();
+                sqlx::query("INSERT INTO alerting_outbox (kind, payload) VALUES ($1, $2)")
                     .bind(kind)
-                    .bind(receiver.to_owned())
                     .bind(payload)
                     .execute(&mut *tx)
                     .await?;
@@ -471,8 +474,8 @@ impl AlertingStore {
         Ok(())
     }
 
-    /// Claims up to `limit` due outbox rows until `until_micros`: a row is
-    /// claimed by one replica at a time.
+    /// Claims up to `limit` due outbox rows until `until_micros` (see
+    /// [`warden_store::outbox`]).
     pub async fn claim(
         &self,
         replica: &str,
@@ -481,69 +484,31 @@ impl AlertingStore {
         limit: i64,
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let _writer = self.writer().await;
-        let claim = "UPDATE alerting_outbox SET claimed_until_micros = $1, claimed_by = $2, attempts = attempts + 1 \
-             WHERE claimed_until_micros < $3 AND id IN \
-             (SELECT id FROM alerting_outbox WHERE claimed_until_micros < $3 ORDER BY id LIMIT $4)";
-        let select = "SELECT id, kind, receiver, payload, attempts FROM alerting_outbox \
-             WHERE claimed_by = $1 AND claimed_until_micros = $2 ORDER BY id";
-        let rows = on_pool!(&self.database, |pool| {
-            sqlx::query(claim).bind(until_micros).bind(replica).bind(now_micros).bind(limit).execute(pool).await?;
-            let rows = sqlx::query(select).bind(replica).bind(until_micros).fetch_all(pool).await?;
-            rows.iter()
-                .map(|row| -> Result<OutboxRow, sqlx::Error> {
-                    let kind: String = row.try_get("kind")?;
-                    let receiver: String = row.try_get("receiver")?;
-                    let payload: Vec<u8> = row.try_get("payload")?;
-                    Ok(OutboxRow {
-                        id: row.try_get("id")?,
-                        attempts: row.try_get("attempts")?,
-                        item: Outgoing::decode(&kind, &receiver, &payload),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        });
-        Ok(rows)
+        let rows = OUTBOX.claim(&self.database, replica, now_micros, until_micros, limit).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| OutboxRow {
+                id: row.id,
+                attempts: row.attempts,
+                item: Outgoing::decode(&row.kind, &row.payload),
+            })
+            .collect())
     }
 
     /// Deletes delivered rows still claimed by `replica`.
     pub async fn delivered(&self, replica: &str, ids: &[i64]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
         let _writer = self.writer().await;
-        let sqlite = self.sqlite();
-        on_pool!(&self.database, |pool| {
-            let mut tx = begin!(pool, sqlite)?;
-            for id in ids {
-                sqlx::query("DELETE FROM alerting_outbox WHERE id = $1 AND claimed_by = $2")
-                    .bind(id)
-                    .bind(replica)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
+        OUTBOX.delivered(&self.database, replica, ids).await
     }
 
     /// Releases a row to be retried at `retry_at_micros`.
     pub async fn retry_later(&self, id: i64, retry_at_micros: i64) -> Result<(), StoreError> {
         let _writer = self.writer().await;
-        on_pool!(&self.database, |pool| {
-            sqlx::query("UPDATE alerting_outbox SET claimed_until_micros = $1 WHERE id = $2")
-                .bind(retry_at_micros)
-                .bind(id)
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
+        OUTBOX.retry_later(&self.database, id, retry_at_micros).await
     }
 
     pub async fn outbox_len(&self) -> Result<i64, StoreError> {
-        let count = on_pool!(&self.database, |pool| {
-            sqlx::query("SELECT COUNT(*) AS n FROM alerting_outbox").fetch_one(pool).await?.try_get::<i64, _>("n")?
-        });
-        Ok(count)
+        OUTBOX.len(&self.database).await
     }
 
     /// Saves the derived series with the audit position they reflect.

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warden_proto::approval::v1::approval_service_server::ApprovalServiceServer;
-use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
-use warden_resilience::grpc::ResilienceLayer;
-use warden_resilience::{Backoff, BreakerConfig, BreakerRegistry, Pipeline, RetryPolicy};
+use warden_resilience::Backoff;
 use warden_store::Database;
 use warden_telemetry::ServerHandle;
 
@@ -73,27 +71,10 @@ impl ApprovalServer {
             None
         } else {
             let identity = config.outbound.resolve(&secrets).await.map_err(StartError::Audit)?;
-            let channel = identity
-                .endpoint(&config.audit_url)
-                .map_err(StartError::Audit)?
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .connect_lazy();
-            let breaker_name = format!("warden-audit:{}", config.audit_url);
-            let breaker = BreakerRegistry::global().get_or_create(&breaker_name, BreakerConfig::default);
-            let pipeline = Pipeline::builder(breaker_name)
-                .retry(RetryPolicy {
-                    max_attempts: 3,
-                    deadline: Some(Duration::from_secs(10)),
-                    backoff: Backoff::exponential(Duration::from_millis(50), Duration::from_secs(1)),
-                })
-                .breaker(breaker)
-                .timeout(Duration::from_secs(5))
-                .build();
-            Some(AuditServiceClient::new(tonic::service::interceptor::InterceptedService::new(
-                tower::ServiceBuilder::new().layer(ResilienceLayer::new(pipeline)).service(channel),
-                identity.credentials().map_err(StartError::Audit)?,
-            )))
+            Some(
+                warden_client::audit_client(&warden_client::ClientConfig::for_service(&config.audit_url, identity))
+                    .map_err(|e| StartError::Audit(e.to_string()))?,
+            )
         };
         let approvals = Approvals::new(ApprovalStore::new(database), routes, clock, audit.is_some());
         background.push(tokio::spawn(run_clocks(approvals.clone(), config.clock_interval)));

@@ -186,6 +186,8 @@ impl From<sqlx::Error> for TransitionError {
     }
 }
 
+const OUTBOX: warden_store::outbox::Outbox = warden_store::outbox::Outbox { table: "approval_outbox" };
+
 const COLUMNS: &str = "id, state, agent_id, requested_by, action_json, action_hash, correlation_id, rules_json, \
      reasons_json, route, min_approvals, created_at_micros, expires_at_micros, decided_at_micros, \
      grant_expires_at_micros, redeemed_at_micros, outcome_reason, escalation_level, reminded";
@@ -633,9 +635,8 @@ impl ApprovalStore {
         Ok(rows)
     }
 
-    /// Claims up to `limit` outbox rows not claimed by anyone (or whose
-    /// claim lapsed) until `until_micros`. A row is claimed by one replica
-    /// at a time: the outer condition is re-checked under the row lock.
+    /// Claims up to `limit` outbox rows until `until_micros` (see
+    /// [`warden_store::outbox`]).
     pub async fn claim(
         &self,
         replica: &str,
@@ -644,61 +645,31 @@ impl ApprovalStore {
         limit: u32,
     ) -> Result<Vec<OutboxRow>, TransitionError> {
         let _writer = self.writer().await;
-        let claim = "UPDATE approval_outbox SET claimed_until_micros = $1, claimed_by = $2, attempts = attempts + 1 \
-             WHERE claimed_until_micros < $3 AND id IN \
-             (SELECT id FROM approval_outbox WHERE claimed_until_micros < $3 ORDER BY id LIMIT $4)";
-        let read = "SELECT id, kind, payload, attempts FROM approval_outbox \
-             WHERE claimed_by = $1 AND claimed_until_micros = $2 ORDER BY id";
-        let mut claimed = Vec::new();
-        on_pool!(&self.database, |pool| {
-            sqlx::query(claim)
-                .bind(until_micros)
-                .bind(replica)
-                .bind(now_micros)
-                .bind(i64::from(limit))
-                .execute(pool)
-                .await?;
-            for row in sqlx::query(read).bind(replica).bind(until_micros).fetch_all(pool).await? {
-                let (kind, payload): (String, Vec<u8>) = (row.try_get("kind")?, row.try_get("payload")?);
-                claimed.push(OutboxRow {
-                    id: row.try_get("id")?,
-                    attempts: row.try_get("attempts")?,
-                    item: Outgoing::decode(&kind, &payload),
-                });
-            }
-        });
-        Ok(claimed)
+        let rows = OUTBOX.claim(&self.database, replica, now_micros, until_micros, i64::from(limit)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| OutboxRow {
+                id: row.id,
+                attempts: row.attempts,
+                item: Outgoing::decode(&row.kind, &row.payload),
+            })
+            .collect())
     }
 
     /// Removes delivered rows (only while this replica holds them).
     pub async fn delivered(&self, replica: &str, ids: &[i64]) -> Result<(), TransitionError> {
         let _writer = self.writer().await;
-        for id in ids {
-            let delete = "DELETE FROM approval_outbox WHERE id = $1 AND claimed_by = $2";
-            match &self.database {
-                Database::Sqlite(pool) => sqlx::query(delete).bind(id).bind(replica).execute(pool).await.map(drop)?,
-                Database::Postgres(pool) => sqlx::query(delete).bind(id).bind(replica).execute(pool).await.map(drop)?,
-            }
-        }
-        Ok(())
+        Ok(OUTBOX.delivered(&self.database, replica, ids).await?)
     }
 
     /// Leaves a row for a later attempt, not before `retry_at_micros`.
     pub async fn retry_later(&self, id: i64, retry_at_micros: i64) -> Result<(), TransitionError> {
         let _writer = self.writer().await;
-        let update = "UPDATE approval_outbox SET claimed_until_micros = $1 WHERE id = $2";
-        on_pool!(&self.database, |pool| {
-            sqlx::query(update).bind(retry_at_micros).bind(id).execute(pool).await.map(drop)?
-        });
-        Ok(())
+        Ok(OUTBOX.retry_later(&self.database, id, retry_at_micros).await?)
     }
 
     /// Rows waiting in the outbox.
     pub async fn outbox_len(&self) -> Result<i64, TransitionError> {
-        let count = "SELECT COUNT(*) AS n FROM approval_outbox";
-        Ok(match &self.database {
-            Database::Sqlite(pool) => sqlx::query(count).fetch_one(pool).await?.try_get("n")?,
-            Database::Postgres(pool) => sqlx::query(count).fetch_one(pool).await?.try_get("n")?,
-        })
+        Ok(OUTBOX.len(&self.database).await?)
     }
 }

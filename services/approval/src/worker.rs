@@ -17,19 +17,13 @@ use sha2::Sha256;
 use warden_proto::audit::v1 as audit;
 use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
 use warden_resilience::Backoff;
-use warden_resilience::grpc::ResilientService;
 
 use crate::approvals::Approvals;
 use crate::metrics::METRICS;
 use crate::routes::Receiver;
 use crate::store::Outgoing;
 
-pub type AuditClient = AuditServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        ResilientService<tonic::transport::Channel>,
-        warden_auth::CallCredentials,
-    >,
->;
+pub type AuditClient = AuditServiceClient<warden_client::PolicyChannel>;
 
 /// Runs the clocks every `every`.
 pub async fn run_clocks(approvals: Arc<Approvals>, every: Duration) {

@@ -28,8 +28,7 @@ use warden_errors::{Category, Classify, WardenError};
 use warden_journal::{Journal, Reader};
 use warden_proto::audit::v1 as audit;
 use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
-use warden_resilience::grpc::{ResilienceLayer, ResilientService};
-use warden_resilience::{Backoff, BreakerConfig, BreakerRegistry, Pipeline, RetryPolicy};
+use warden_resilience::BreakerConfig;
 
 use crate::metrics::METRICS;
 
@@ -138,12 +137,7 @@ impl std::fmt::Debug for DecisionLog {
     }
 }
 
-type AuditClient = AuditServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        ResilientService<tonic::transport::Channel>,
-        warden_auth::CallCredentials,
-    >,
->;
+type AuditClient = AuditServiceClient<warden_client::PolicyChannel>;
 
 /// A journal record: the decision's traceparent (continued by the shipping
 /// span), then the encoded event.
@@ -189,33 +183,19 @@ impl DecisionLog {
         }
         migrate_sqlite_outbox(data_dir, &journal).await?;
         METRICS.outbox_pending.set(journal.pending() as i64);
-        let channel = identity
-            .endpoint(audit_url)
-            .map_err(|e| DecisionLogError::Url(audit_url.to_owned(), e))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let credentials = identity.credentials().map_err(|e| DecisionLogError::Url(audit_url.to_owned(), e))?;
-        let breaker_name = format!("warden-audit:{audit_url}");
-        let breaker = BreakerRegistry::global().get_or_create(&breaker_name, || BreakerConfig {
-            open_duration: Duration::from_millis(500),
-            half_open_max_calls: 1,
-            success_threshold: 1,
-            ..BreakerConfig::default()
-        });
-        let pipeline = Pipeline::builder(breaker_name)
-            .retry(RetryPolicy {
-                max_attempts: 3,
-                deadline: Some(Duration::from_secs(10)),
-                backoff: Backoff::exponential(Duration::from_millis(50), Duration::from_secs(1)),
-            })
-            .breaker(breaker)
-            .timeout(Duration::from_secs(5))
-            .build();
-        let client = AuditServiceClient::new(tonic::service::interceptor::InterceptedService::new(
-            tower::ServiceBuilder::new().layer(ResilienceLayer::new(pipeline)).service(channel),
-            credentials,
-        ));
+        // A short open period: the journal holds the decisions meanwhile,
+        // and shipping should resume as soon as the audit service is back.
+        let client_config = warden_client::ClientConfig {
+            breaker: BreakerConfig {
+                open_duration: Duration::from_millis(500),
+                half_open_max_calls: 1,
+                success_threshold: 1,
+                ..BreakerConfig::default()
+            },
+            ..warden_client::ClientConfig::for_service(audit_url, identity.clone())
+        };
+        let client = warden_client::audit_client(&client_config)
+            .map_err(|e| DecisionLogError::Url(audit_url.to_owned(), e.to_string()))?;
         tokio::spawn(run_shipper(reader, client, config.batch.max(1)));
         Ok(Arc::new(DecisionLog { journal, config }))
     }
