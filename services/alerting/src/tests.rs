@@ -338,7 +338,27 @@ async fn posted_alerts_resolve_by_ends_at_and_resolve_timeout(database: Database
     assert_eq!(h.state_of("Other").await, Some(AlertState::Resolved));
 }
 
+async fn keep_firing_for_holds_an_alert_through_a_gap(database: Database) {
+    let receiver = Receiver::start().await;
+    let rules_yaml = BREAKER_RULES.replace("        for: 30s\n", "        for: 30s\n        keep_firing_for: 1m\n");
+    let h = harness(database, &rules_yaml, &routing_yaml(&receiver.url, "", ""), clock()).await;
+    h.breaker("bot", "open").await;
+    let mut seen = Vec::new();
+    h.run_until(65, &receiver, &mut seen).await;
+    assert_eq!(seen, [(60, "firing".to_string())]);
+    // The condition clears at 65 s (last seen active at 60 s): still firing
+    // until 60 s + 1 m.
+    h.breaker("bot", "closed").await;
+    h.run_until(115, &receiver, &mut seen).await;
+    assert_eq!(h.state_of("BreakerOpen").await, Some(AlertState::Firing));
+    h.run_until(125, &receiver, &mut seen).await;
+    assert_eq!(h.state_of("BreakerOpen").await, Some(AlertState::Resolved));
+    h.run_until(200, &receiver, &mut seen).await;
+    assert_eq!(seen.last().map(|(_, s)| s.as_str()), Some("resolved"), "{seen:?}");
+}
+
 warden_store::backend_tests!(
+    keep_firing_for_holds_an_alert_through_a_gap,
     for_group_wait_repeat_and_resolve_happen_on_time,
     silences_and_inhibition_mute_and_expiry_unmutes,
     mute_time_intervals_hold_notifications,

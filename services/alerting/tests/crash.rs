@@ -57,6 +57,12 @@ async fn post(http_port: u16, name: &str, ends_at: Option<String>) {
     assert!(response.status().is_success());
 }
 
+async fn silences(http_port: u16) -> Vec<serde_json::Value> {
+    let url = format!("http://127.0.0.1:{http_port}/api/v2/silences");
+    let list: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    list.as_array().unwrap().clone()
+}
+
 async fn until(what: &str, check: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !check() {
@@ -98,13 +104,44 @@ async fn sigkill_loses_no_resolved_notification_and_sends_none_twice() {
     wait_ready(http_port).await;
     post(http_port, "Firing", None).await;
     until("the firing notification", || delivered().len() == 1).await;
+    // Two silences: one stays, one is expired before the kill.
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for instance in ["kept", "expired"] {
+        let silence = serde_json::json!({
+            "matchers": [{"name": "instance", "value": instance, "isRegex": false}],
+            "endsAt": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+            "createdBy": "ada", "comment": "maintenance",
+        });
+        let created: serde_json::Value = client
+            .post(format!("http://127.0.0.1:{http_port}/api/v2/silences"))
+            .json(&silence)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(created["silenceID"].as_str().unwrap().to_owned());
+    }
+    let deleted =
+        client.delete(format!("http://127.0.0.1:{http_port}/api/v2/silence/{}", ids[1])).send().await.unwrap();
+    assert!(deleted.status().is_success());
     child.kill().unwrap();
     child.wait().unwrap();
 
-    // 2. Restarted: it resolves; the receiver hears the resolution once and
-    //    the firing notification is not repeated.
+    // 2. Restarted: the silence is still active, the expired one still
+    //    expired; the alert resolves; the receiver hears the resolution once
+    //    and the firing notification is not repeated.
     let mut child = spawn(&data, &routing, port, http_port);
     wait_ready(http_port).await;
+    let states: Vec<(String, String)> = silences(http_port)
+        .await
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_owned(), s["status"]["state"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(states.contains(&(ids[0].clone(), "active".into())), "{states:?}");
+    assert!(states.contains(&(ids[1].clone(), "expired".into())), "{states:?}");
     post(http_port, "Firing", Some(chrono::Utc::now().to_rfc3339())).await;
     until("the resolved notification", || delivered().len() == 2).await;
 
