@@ -78,18 +78,13 @@ fn percentile(latencies: &mut [Duration], p: f64) -> Duration {
     latencies.get(((latencies.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or_default()
 }
 
-pub async fn run(args: AlertingArgs) -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let audit = AuditServer::start(AuditConfig::for_tests(dir.path().join("audit")))
-        .await
-        .map_err(|e| format!("audit service: {e}"))?;
-    let channel = tonic::transport::Endpoint::from_shared(audit.url())
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
-
-    // 1. The audit service's append rate.
+/// Appends from `args.producers` producers for `args.seconds`; returns the
+/// events appended and their rate.
+async fn append_for(
+    channel: &tonic::transport::Channel,
+    args: &AlertingArgs,
+    round: usize,
+) -> Result<(usize, f64), String> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -98,7 +93,7 @@ pub async fn run(args: AlertingArgs) -> Result<(), String> {
         let (batch, agents) = (args.batch, args.agents);
         tasks.push(tokio::spawn(async move {
             let mut appended = 0usize;
-            let mut i = producer * 1_000_000;
+            let mut i = round * 100_000_000 + producer * 1_000_000;
             while Instant::now() < deadline {
                 let events = (0..batch).map(|k| event(i + k, agents)).collect();
                 i += batch;
@@ -113,7 +108,22 @@ pub async fn run(args: AlertingArgs) -> Result<(), String> {
     for task in tasks {
         appended += task.await.map_err(|e| e.to_string())?;
     }
-    let append_rate = appended as f64 / started.elapsed().as_secs_f64();
+    Ok((appended, appended as f64 / started.elapsed().as_secs_f64()))
+}
+
+pub async fn run(args: AlertingArgs) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let audit = AuditServer::start(AuditConfig::for_tests(dir.path().join("audit")))
+        .await
+        .map_err(|e| format!("audit service: {e}"))?;
+    let channel = tonic::transport::Endpoint::from_shared(audit.url())
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+
+    // 1. The audit service's append rate.
+    let (appended, append_rate) = append_for(&channel, &args, 0).await?;
     println!(
         "audit appends:       {appended} events, {append_rate:.0}/s ({} producers, batch {})",
         args.producers, args.batch
@@ -169,13 +179,30 @@ pub async fn run(args: AlertingArgs) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let follow_rate = appended as f64 / started.elapsed().as_secs_f64();
-    let (series, rules) = {
+    println!(
+        "alerting catches up: {follow_rate:.0} events/s from the log's start: {:.2}x the append rate",
+        follow_rate / append_rate
+    );
+
+    // 2b. Live: appending again at full speed while alerting follows and
+    //     evaluates the eight rules every second.
+    let (live, live_rate) = append_for(&channel, &args, 1).await?;
+    let target = (appended + live) as u64;
+    let behind = target.saturating_sub(alerting.engine.state.lock().await.derived.position);
+    let drain = Instant::now();
+    while alerting.engine.state.lock().await.derived.position < target {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (series, evaluations, slowest) = {
         let state = alerting.engine.state.lock().await;
-        (state.derived.tsdb.series_count(), state.rule_status.len())
+        let slowest = state.rule_status.values().map(|s| s.evaluation_seconds).fold(0.0, f64::max);
+        let evaluated = state.rule_status.values().filter(|s| s.last_evaluation_ms > 0).count();
+        (state.derived.tsdb.series_count(), evaluated, slowest)
     };
     println!(
-        "alerting follows:    {follow_rate:.0} events/s ({series} series, {rules} rules evaluated every 1 s): {:.2}x the append rate",
-        follow_rate / append_rate
+        "live:                {live} events at {live_rate:.0}/s while {evaluations} rules were evaluated every 1 s over {series} series (slowest rule {:.2} ms); behind by {behind} events at the end, caught up {:.0} ms later",
+        slowest * 1e3,
+        drain.elapsed().as_secs_f64() * 1e3
     );
 
     // 3. Posted alert to webhook.
