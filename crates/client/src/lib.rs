@@ -318,6 +318,39 @@ pub fn audit_client(
     )?))
 }
 
+/// An outbox row holding an audit event: its id, delivery attempts so
+/// far (this one included) and the event.
+pub type OutboxEvent = (i64, i32, warden_proto::audit::v1::AuditEvent);
+
+/// Appends an outbox's audit events in one call (the audit service
+/// deduplicates by event id, so a retry records each once). `Ok` holds the
+/// delivered row ids (all of them; without an audit service events are not
+/// recorded and count as delivered); `Err` holds, per row, how long to wait
+/// before the next attempt: the service's `RetryInfo` or `backoff`,
+/// whichever is longer.
+pub async fn ship_audit_events(
+    client: Option<&warden_proto::audit::v1::audit_service_client::AuditServiceClient<PolicyChannel>>,
+    events: &[OutboxEvent],
+    backoff: &warden_resilience::Backoff,
+) -> Result<Vec<i64>, Vec<(i64, Duration)>> {
+    let ids = || events.iter().map(|(id, ..)| *id).collect();
+    let Some(client) = client.filter(|_| !events.is_empty()) else { return Ok(ids()) };
+    let request = warden_proto::audit::v1::AppendRequest { events: events.iter().map(|(.., e)| e.clone()).collect() };
+    match client.clone().append(request).await {
+        Ok(_) => Ok(ids()),
+        Err(status) => {
+            let error = warden_errors::WardenError::from_status(&status);
+            tracing::warn!(code = ?status.code(), reason = %error.reason, events = events.len(), "audit service unavailable; events wait in the outbox");
+            Err(events
+                .iter()
+                .map(|(id, attempts, _)| {
+                    (*id, error.retry_after.unwrap_or_default().max(backoff.delay((*attempts).max(1) as u32 - 1)))
+                })
+                .collect())
+        }
+    }
+}
+
 /// A resilient, fail-closed client of the policy engine. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PolicyClient {

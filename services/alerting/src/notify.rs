@@ -115,25 +115,11 @@ impl Shipper {
                 }
             }
         }
-        if !events.is_empty() {
-            match &self.audit {
-                None => delivered.extend(events.iter().map(|(id, ..)| *id)),
-                Some(client) => {
-                    let request = audit::AppendRequest { events: events.iter().map(|(.., e)| e.clone()).collect() };
-                    match client.clone().append(request).await {
-                        Ok(_) => delivered.extend(events.iter().map(|(id, ..)| *id)),
-                        Err(status) => {
-                            let error = warden_errors::WardenError::from_status(&status);
-                            tracing::warn!(code = ?status.code(), reason = %error.reason, events = events.len(), "audit service unavailable; alerting events wait in the outbox");
-                            for (id, attempts, _) in &events {
-                                let delay = error
-                                    .retry_after
-                                    .unwrap_or_default()
-                                    .max(self.backoff.delay((*attempts).max(1) as u32 - 1));
-                                store.retry_later(*id, now + delay.as_micros() as i64).await?;
-                            }
-                        }
-                    }
+        match warden_client::ship_audit_events(self.audit.as_ref(), &events, &self.backoff).await {
+            Ok(ids) => delivered.extend(ids),
+            Err(retries) => {
+                for (id, delay) in retries {
+                    store.retry_later(id, now + delay.as_micros() as i64).await?;
                 }
             }
         }
