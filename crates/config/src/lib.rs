@@ -189,6 +189,26 @@ pub fn validate_service_keys(listen: &str, metrics_listen: &str, database_url: &
     Ok(())
 }
 
+/// Checks the URL of another service (`http(s)://HOST:PORT`); empty means
+/// "not configured" and passes.
+pub fn validate_service_url(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() || value.starts_with("http://") || value.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(key, value, "expected http(s)://HOST:PORT"))
+    }
+}
+
+/// Checks that each interval is at least 10 ms (a shorter one would spin).
+pub fn validate_intervals(intervals: &[(&str, std::time::Duration)]) -> Result<(), ConfigError> {
+    for (key, value) in intervals {
+        if *value < std::time::Duration::from_millis(10) {
+            return Err(ConfigError::invalid(key, format!("{value:?}"), "must be at least 10ms"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,24 +93,15 @@ impl Validate for AlertingConfig {
         if !self.http_listen.is_empty() {
             warden_config::parse_addr("http_listen", &self.http_listen)?;
         }
-        if !self.audit_url.is_empty()
-            && !self.audit_url.starts_with("http://")
-            && !self.audit_url.starts_with("https://")
-        {
-            return Err(ConfigError::invalid("audit_url", &self.audit_url, "expected http(s)://HOST:PORT"));
-        }
-        for (key, value) in [
+        warden_config::validate_service_url("audit_url", &self.audit_url)?;
+        warden_config::validate_intervals(&[
             ("evaluation_interval", self.evaluation_interval),
             ("scrape_interval", self.scrape_interval),
             ("tick_interval", self.tick_interval),
             ("outbox_interval", self.outbox_interval),
             ("snapshot_interval", self.snapshot_interval),
             ("delivery_lease", self.delivery_lease),
-        ] {
-            if value < Duration::from_millis(10) {
-                return Err(ConfigError::invalid(key, humantime::format_duration(value), "must be at least 10ms"));
-            }
-        }
+        ])?;
         self.auth.validate()?;
         self.outbound.validate()
     }

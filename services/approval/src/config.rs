@@ -67,21 +67,12 @@ impl Validate for ApprovalConfig {
         if !self.http_listen.is_empty() {
             warden_config::parse_addr("http_listen", &self.http_listen)?;
         }
-        if !self.audit_url.is_empty()
-            && !self.audit_url.starts_with("http://")
-            && !self.audit_url.starts_with("https://")
-        {
-            return Err(ConfigError::invalid("audit_url", &self.audit_url, "expected http(s)://HOST:PORT"));
-        }
-        for (key, value) in [
+        warden_config::validate_service_url("audit_url", &self.audit_url)?;
+        warden_config::validate_intervals(&[
             ("clock_interval", self.clock_interval),
             ("outbox_interval", self.outbox_interval),
             ("watch_poll", self.watch_poll),
-        ] {
-            if value < Duration::from_millis(10) {
-                return Err(ConfigError::invalid(key, humantime::format_duration(value), "must be at least 10ms"));
-            }
-        }
+        ])?;
         self.auth.validate()?;
         self.outbound.validate()
     }

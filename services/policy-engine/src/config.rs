@@ -93,18 +93,8 @@ impl Validate for PolicyEngineConfig {
                 "must be at least 100ms",
             ));
         }
-        if !self.audit_url.is_empty()
-            && !self.audit_url.starts_with("http://")
-            && !self.audit_url.starts_with("https://")
-        {
-            return Err(ConfigError::invalid("audit_url", &self.audit_url, "expected http://HOST:PORT"));
-        }
-        if !self.approval_url.is_empty()
-            && !self.approval_url.starts_with("http://")
-            && !self.approval_url.starts_with("https://")
-        {
-            return Err(ConfigError::invalid("approval_url", &self.approval_url, "expected http(s)://HOST:PORT"));
-        }
+        warden_config::validate_service_url("audit_url", &self.audit_url)?;
+        warden_config::validate_service_url("approval_url", &self.approval_url)?;
         if self.decision_log.segment_bytes < 4096 {
             return Err(ConfigError::invalid(
                 "decision_log.segment_bytes",
