@@ -87,6 +87,7 @@ async fn fail(stack: &Stack, n: usize) {
                 status: ActionStatus::Failure,
                 duration: Duration::from_millis(300),
                 cost: 0.01,
+                cost_type: Some("llm_tokens".into()),
                 error_class: Some("timeout".into()),
             })
             .await
@@ -387,6 +388,7 @@ async fn a_restart_resumes_the_audit_log_and_counts_no_event_twice() {
             status: ActionStatus::Failure,
             duration: Duration::from_millis(10),
             cost: 0.0,
+            cost_type: None,
             error_class: None,
         })
         .await

@@ -26,6 +26,7 @@ async fn an_agent_records_an_outcome_once() {
         status: ActionStatus::Failure,
         duration: Duration::from_millis(1500),
         cost: 0.25,
+        cost_type: None,
         error_class: Some("timeout".into()),
     };
     let first = recorder.record_action(&outcome).await.unwrap();

@@ -442,6 +442,9 @@ pub struct ActionOutcome {
     pub duration: Duration,
     /// What it cost, in the operator's currency.
     pub cost: f64,
+    /// What kind of cost (`llm_tokens`, `api_calls`, ...); the alerting
+    /// service's `agent_cost_total_dollars{cost_type}`, `action` when unset.
+    pub cost_type: Option<String>,
     /// For failures: a class such as `timeout` or `rate_limited`.
     pub error_class: Option<String>,
 }
@@ -473,6 +476,9 @@ impl ActionRecorder {
         fields.insert("status".to_string(), text(status));
         fields.insert("duration_seconds".to_string(), number(outcome.duration.as_secs_f64()));
         fields.insert("cost".to_string(), number(outcome.cost));
+        if let Some(kind) = &outcome.cost_type {
+            fields.insert("cost_type".to_string(), text(kind));
+        }
         if let Some(class) = &outcome.error_class {
             fields.insert("error_class".to_string(), text(class));
         }
