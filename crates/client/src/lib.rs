@@ -318,6 +318,45 @@ pub fn audit_client(
     )?))
 }
 
+/// What a service's outbox holds: an audit event (shipped with
+/// [`ship_audit_events`]) or a notification for one receiver, as JSON.
+/// Stored as a `kind` and a `payload` (see `warden_store::outbox`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutboxItem {
+    Audit(warden_proto::audit::v1::AuditEvent),
+    Notify { receiver: String, body: serde_json::Value },
+}
+
+impl OutboxItem {
+    /// The row's `kind` and `payload`.
+    pub fn encode(&self) -> (&'static str, Vec<u8>) {
+        use prost::Message;
+        match self {
+            OutboxItem::Audit(event) => ("audit", event.encode_to_vec()),
+            OutboxItem::Notify { receiver, body } => (
+                "notify",
+                serde_json::to_vec(&serde_json::json!({ "receiver": receiver, "body": body })).expect("json"),
+            ),
+        }
+    }
+
+    /// Reads a row back; `None` for a kind or payload this version cannot read.
+    pub fn decode(kind: &str, payload: &[u8]) -> Option<OutboxItem> {
+        use prost::Message;
+        match kind {
+            "audit" => warden_proto::audit::v1::AuditEvent::decode(payload).ok().map(OutboxItem::Audit),
+            "notify" => {
+                let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+                Some(OutboxItem::Notify {
+                    receiver: value["receiver"].as_str()?.to_owned(),
+                    body: value["body"].clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// An outbox row holding an audit event: its id, delivery attempts so
 /// far (this one included) and the event.
 pub type OutboxEvent = (i64, i32, warden_proto::audit::v1::AuditEvent);

@@ -118,38 +118,9 @@ pub struct NflogEntry {
     pub version: i64,
 }
 
-/// An outbox row: an audit event or a notification for one integration.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outgoing {
-    Audit(AuditEvent),
-    /// `receiver` is `NAME/KIND/INDEX`; the body is the webhook-v4 message.
-    Notify {
-        receiver: String,
-        body: serde_json::Value,
-    },
-}
-
-impl Outgoing {
-    fn encode(&self) -> (&'static str, Vec<u8>) {
-        match self {
-            Outgoing::Audit(event) => ("audit", event.encode_to_vec()),
-            Outgoing::Notify { receiver, body } => {
-                ("notify", serde_json::to_vec(&serde_json::json!({"receiver": receiver, "body": body})).expect("json"))
-            }
-        }
-    }
-
-    fn decode(kind: &str, payload: &[u8]) -> Option<Outgoing> {
-        match kind {
-            "audit" => AuditEvent::decode(payload).ok().map(Outgoing::Audit),
-            "notify" => {
-                let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-                Some(Outgoing::Notify { receiver: value["receiver"].as_str()?.to_owned(), body: value["body"].clone() })
-            }
-            _ => None,
-        }
-    }
-}
+/// A row for the outbox (for alerting, `receiver` is `NAME/KIND/INDEX` and
+/// the body the webhook-v4 message).
+pub use warden_client::OutboxItem as Outgoing;
 
 const OUTBOX: warden_store::outbox::Outbox = warden_store::outbox::Outbox { table: "alerting_outbox" };
 

@@ -9,9 +9,7 @@
 //! never change. Queries are written once with `$N` placeholders, which
 //! both drivers accept.
 
-use prost::Message;
 use sqlx::Row;
-use warden_proto::audit::v1::AuditEvent;
 use warden_store::{Database, StoreError};
 
 /// A request's state, as stored.
@@ -123,39 +121,9 @@ pub struct ReviewInput<'a> {
     pub grant_ttl_micros: i64,
 }
 
-/// A row for the outbox: an audit event or a notification.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outgoing {
-    Audit(AuditEvent),
-    /// A notification for one receiver, as JSON.
-    Notify {
-        receiver: String,
-        body: serde_json::Value,
-    },
-}
-
-impl Outgoing {
-    fn encode(&self) -> (&'static str, Vec<u8>) {
-        match self {
-            Outgoing::Audit(event) => ("audit", event.encode_to_vec()),
-            Outgoing::Notify { receiver, body } => (
-                "notify",
-                serde_json::to_vec(&serde_json::json!({ "receiver": receiver, "body": body })).expect("json"),
-            ),
-        }
-    }
-
-    fn decode(kind: &str, payload: &[u8]) -> Option<Outgoing> {
-        match kind {
-            "audit" => AuditEvent::decode(payload).ok().map(Outgoing::Audit),
-            "notify" => {
-                let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-                Some(Outgoing::Notify { receiver: value["receiver"].as_str()?.to_owned(), body: value["body"].clone() })
-            }
-            _ => None,
-        }
-    }
-}
+/// A row for the outbox (for alerting, `receiver` is `NAME/KIND/INDEX` and
+/// the body the webhook-v4 message).
+pub use warden_client::OutboxItem as Outgoing;
 
 /// A claimed outbox row.
 #[derive(Debug, Clone)]
