@@ -244,6 +244,16 @@ async fn bad_requests_name_the_field() {
     assert!(listed.silences.is_empty());
 }
 
+/// GET with a bearer key; the JSON answer.
+async fn get_json(http: &reqwest::Client, url: String, token: &str) -> serde_json::Value {
+    http.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+}
+
+/// POST JSON with a bearer key; the JSON answer.
+async fn post_json(http: &reqwest::Client, url: String, token: &str, body: &serde_json::Value) -> serde_json::Value {
+    http.post(url).bearer_auth(token).json(body).send().await.unwrap().json().await.unwrap()
+}
+
 fn future(seconds: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() + seconds, nanos: 0 }
 }
@@ -278,15 +288,9 @@ async fn prometheus_can_use_warden_as_its_alertmanager() {
     })
     .await;
     assert_eq!(message["alerts"][0]["generatorURL"], "http://prometheus:9090/graph?g0.expr=up");
-    let listed: serde_json::Value = http
-        .get(format!("{api}/api/v2/alerts?filter=alertname%3D%22NodeDown%22"))
-        .bearer_auth(stack.keys.token("operator"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed =
+        get_json(&http, format!("{api}/api/v2/alerts?filter=alertname%3D%22NodeDown%22"), stack.keys.token("operator"))
+            .await;
     assert_eq!(listed[0]["status"]["state"], "active");
     assert_eq!(listed[0]["receivers"][0]["name"], "hook");
     // A silence through the HTTP API, as amtool creates it.
@@ -297,38 +301,13 @@ async fn prometheus_can_use_warden_as_its_alertmanager() {
         "createdBy": "ignored when authenticated",
         "comment": "rebooting",
     });
-    let created: serde_json::Value = http
-        .post(format!("{api}/api/v2/silences"))
-        .bearer_auth(stack.keys.token("operator"))
-        .json(&silence)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = post_json(&http, format!("{api}/api/v2/silences"), stack.keys.token("operator"), &silence).await;
     let id = created["silenceID"].as_str().unwrap().to_owned();
-    let suppressed: serde_json::Value = http
-        .get(format!("{api}/api/v2/alerts"))
-        .bearer_auth(stack.keys.token("operator"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let suppressed = get_json(&http, format!("{api}/api/v2/alerts"), stack.keys.token("operator")).await;
     let node_down = suppressed.as_array().unwrap().iter().find(|a| a["labels"]["alertname"] == "NodeDown").unwrap();
     assert_eq!(node_down["status"]["state"], "suppressed");
     assert_eq!(node_down["status"]["silencedBy"][0], id.as_str());
-    let got: serde_json::Value = http
-        .get(format!("{api}/api/v2/silence/{id}"))
-        .bearer_auth(stack.keys.token("auditor"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = get_json(&http, format!("{api}/api/v2/silence/{id}"), stack.keys.token("auditor")).await;
     assert_eq!((got["createdBy"].as_str(), got["status"]["state"].as_str()), (Some("operator"), Some("active")));
     let deleted = http
         .delete(format!("{api}/api/v2/silence/{id}"))
