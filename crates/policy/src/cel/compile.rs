@@ -160,7 +160,7 @@ impl Program {
                 message: format!("expression is {depth} levels deep; the limit is {MAX_TREE_DEPTH}"),
             });
         }
-        let compiled = Compiler { locals: Vec::new() }.value(&expr)?;
+        let compiled = Compiler { locals: Vec::new(), checked: true, container: String::new(), globals: 0 }.value(&expr)?;
         match compiled.ty {
             Ty::Bool | Ty::Dyn => {}
             other => {
@@ -190,6 +190,75 @@ impl Program {
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+}
+
+/// What an [`Expression`] is compiled against.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// Variables in scope with their types (besides `agent`, `action` and
+    /// `context`), in the order their values are passed to `evaluate`.
+    pub variables: Vec<(String, Ty)>,
+    /// A namespace, as cel-spec's `container`: in `com.example`, the name
+    /// `x` means `com.example.x` when that is declared, else `x`.
+    pub container: String,
+    /// False only as cel-spec's `disable_check` cases run: an unknown
+    /// variable or function, or an operator applied to the wrong types, is
+    /// an error when evaluated rather than when loaded. Policies always
+    /// load checked.
+    pub checked: bool,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env { variables: Vec::new(), container: String::new(), checked: true }
+    }
+}
+
+/// A compiled expression of any type over declared variables, for tools
+/// and tests that evaluate CEL outside a rule (the cel-spec conformance
+/// suite, `wardenctl`). Policies use [`Program`].
+pub struct Expression {
+    eval: Eval,
+    ty: Ty,
+}
+
+impl fmt::Debug for Expression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Expression").field("ty", &self.ty).finish()
+    }
+}
+
+impl Expression {
+    /// Parses, checks and compiles `source` in `env`.
+    pub fn compile(source: &str, env: &Env) -> Result<Expression, CompileError> {
+        let expr = super::parse::parse(source).map_err(|e| CompileError { offset: e.offset, message: e.message })?;
+        let depth = tree_depth(&expr);
+        if depth > MAX_TREE_DEPTH {
+            return Err(CompileError {
+                offset: 0,
+                message: format!("expression is {depth} levels deep; the limit is {MAX_TREE_DEPTH}"),
+            });
+        }
+        let compiled = Compiler {
+            locals: env.variables.clone(),
+            checked: env.checked,
+            container: env.container.clone(),
+            globals: env.variables.len(),
+        }
+            .value(&expr)?;
+        Ok(Expression { eval: compiled.eval, ty: compiled.ty })
+    }
+
+    /// The expression's static type.
+    pub fn ty(&self) -> &Ty {
+        &self.ty
+    }
+
+    /// Evaluates the expression; `variables` holds a value for each declared
+    /// variable, in the order they were declared.
+    pub fn evaluate<'a>(&self, input: &Input<'a>, variables: &[Value<'a>]) -> Result<Value<'a>, EvalError> {
+        (self.eval)(&Scope { input, locals: variables })
     }
 }
 
@@ -236,6 +305,13 @@ struct Compiler {
     /// Comprehension variables in scope, innermost last; a variable's index
     /// is its slot in `Scope::locals`.
     locals: Vec<(String, Ty)>,
+    /// False only for unchecked expressions ([`Env::checked`]).
+    checked: bool,
+    /// [`Env::container`].
+    container: String,
+    /// How many of `locals` are declared variables rather than
+    /// comprehension or `cel.bind` variables.
+    globals: usize,
 }
 
 fn err<T>(expr: &Expr, message: impl Into<String>) -> Result<T, CompileError> {
@@ -252,6 +328,10 @@ const FUNCTIONS: &[&str] = &[
     "all",
     "exists",
     "exists_one",
+    "existsOne",
+    "transformList",
+    "transformMap",
+    "transformMapEntry",
     "map",
     "filter",
     "contains",
@@ -269,6 +349,7 @@ const FUNCTIONS: &[&str] = &[
     "trim",
     "reverse",
     "join",
+    "format",
     "slice",
     "flatten",
     "sort",
@@ -446,8 +527,31 @@ impl Compiler {
         }
     }
 
-    fn ident(&mut self, expr: &Expr, name: &str) -> Result<Compiled, CompileError> {
+    /// The slot of the variable `name` means: a local first (comprehension
+    /// and `cel.bind` variables shadow everything), then the container's
+    /// candidates from the longest (`a.b.name`, `a.name`, `name`).
+    fn resolve(&self, name: &str) -> Option<usize> {
         if let Some(slot) = self.locals.iter().rposition(|(local, _)| local == name) {
+            return Some(slot);
+        }
+        // `x.y` where `x` is a comprehension or bind variable: a field of it.
+        let first = name.split('.').next().unwrap_or(name);
+        if self.locals[self.globals..].iter().any(|(local, _)| local == first) {
+            return None;
+        }
+        let mut prefix = self.container.as_str();
+        while !prefix.is_empty() {
+            let candidate = format!("{prefix}.{name}");
+            if let Some(slot) = self.locals.iter().rposition(|(local, _)| *local == candidate) {
+                return Some(slot);
+            }
+            prefix = prefix.rsplit_once('.').map_or("", |(parent, _)| parent);
+        }
+        None
+    }
+
+    fn ident(&mut self, expr: &Expr, name: &str) -> Result<Compiled, CompileError> {
+        if let Some(slot) = self.resolve(name) {
             let ty = self.locals[slot].1.clone();
             return Ok(Compiled { predicate: None, ty, eval: eval(move |scope| Ok(scope.locals[slot].clone())) });
         }
@@ -458,6 +562,9 @@ impl Compiler {
             _ => {
                 if let Some(&type_name) = value::TYPE_NAMES.iter().find(|&&t| t == name) {
                     return Ok(type_value(type_name));
+                }
+                if !self.checked {
+                    return Ok(run_time_error(format!("no such attribute: '{name}'")));
                 }
                 return err(expr, format!("undeclared reference to '{name}' (variables are agent, action, context)"));
             }
@@ -478,6 +585,14 @@ impl Compiler {
                 value::TYPE_NAMES.iter().find(|&&t| t.strip_prefix("google.protobuf.") == Some(field))
         {
             return Ok(type_value(type_name));
+        }
+        // A declared variable whose name has dots (`a.b.c`): the longest
+        // declared prefix of the selection wins, as cel-spec resolves it.
+        if let Some(path) = qualified_name(expr)
+            && let Some(slot) = self.resolve(&path)
+        {
+            let ty = self.locals[slot].1.clone();
+            return Ok(Compiled { predicate: None, ty, eval: eval(move |scope| Ok(scope.locals[slot].clone())) });
         }
         let operand = self.compile(operand)?;
         if let Ty::Message(message) = operand.ty {
@@ -581,7 +696,11 @@ impl Compiler {
     fn binary(&mut self, expr: &Expr, op: BinaryOp, left: &Expr, right: &Expr) -> Result<Compiled, CompileError> {
         let l = self.value(left)?;
         let r = self.value(right)?;
-        let ty = binary_type(op, &l.ty, &r.ty).map_err(|message| CompileError { offset: expr.offset, message })?;
+        let ty = match binary_type(op, &l.ty, &r.ty) {
+            Ok(ty) => ty,
+            Err(_) if !self.checked => Ty::Dyn,
+            Err(message) => return Err(CompileError { offset: expr.offset, message }),
+        };
         let (left_leaf, right_leaf) = (self.leaf(left), self.leaf(right));
         if let (Some(left_leaf), Some(right_leaf)) = (left_leaf.clone(), right_leaf.clone())
             && let Some(fast) = specialize(op, left_leaf, right_leaf)
@@ -681,7 +800,13 @@ impl Compiler {
         // Macros first: their arguments are not ordinary expressions.
         match (function, target) {
             ("has", None) => return self.has(expr, args),
-            ("all" | "exists" | "exists_one" | "map" | "filter", Some(target)) => {
+            ("all" | "exists" | "exists_one" | "existsOne", Some(target)) if args.len() == 3 => {
+                return self.comprehension2(expr, target, function, args);
+            }
+            ("transformList" | "transformMap" | "transformMapEntry", Some(target)) => {
+                return self.comprehension2(expr, target, function, args);
+            }
+            ("all" | "exists" | "exists_one" | "existsOne" | "map" | "filter", Some(target)) => {
                 return self.comprehension(expr, target, function, args);
             }
             ("bind", Some(Expr { kind: ExprKind::Ident(namespace), .. }))
@@ -694,12 +819,16 @@ impl Compiler {
         // `math.greatest(...)`, `base64.encode(...)`: namespaced functions.
         if let Some(ExprKind::Ident(namespace)) = target.map(|t| &t.kind)
             && (super::math::NAMESPACES.contains(&namespace.as_str())
-                || super::lists::NAMESPACES.contains(&namespace.as_str()))
+                || super::lists::NAMESPACES.contains(&namespace.as_str())
+                || super::strings::NAMESPACES.contains(&namespace.as_str()))
             && !self.locals.iter().any(|(local, _)| local == namespace)
         {
             return self.namespaced(expr, namespace, function, args);
         }
         if !FUNCTIONS.contains(&function) {
+            if !self.checked {
+                return Ok(run_time_error(format!("undeclared function '{function}'")));
+            }
             return err(expr, format!("undeclared function '{function}'"));
         }
         if let Some(fast) = self.fast_call(target, function, args) {
@@ -839,8 +968,13 @@ impl Compiler {
             {
                 let receiver = receiver.expect("method call");
                 let (params, result) = super::strings::signature(function, &receiver.ty, arity).expect("checked above");
-                for (arg, ty) in compiled_args.iter().zip(params) {
-                    if !arg.ty.is_dyn() && arg.ty != *ty {
+                if function == "format"
+                    && let Some(Expr { kind: ExprKind::Literal(Literal::String(template)), .. }) = target
+                {
+                    super::strings::check_format(template).or_else(|message| err(expr, message))?;
+                }
+                for (arg, ty) in compiled_args.iter().zip(&params) {
+                    if !assignable(&arg.ty, ty) {
                         return err(
                             expr,
                             format!("no matching overload for '{function}': {} where {ty} is expected", arg.ty),
@@ -888,11 +1022,17 @@ impl Compiler {
     ) -> Result<Compiled, CompileError> {
         let compiled = args.iter().map(|a| self.value(a)).collect::<Result<Vec<_>, _>>()?;
         let types: Vec<Ty> = compiled.iter().map(|c| c.ty.clone()).collect();
-        let lists = super::lists::NAMESPACES.contains(&namespace);
-        let ty = if lists {
-            super::lists::signature(namespace, function, &types)
+        let library = if super::lists::NAMESPACES.contains(&namespace) {
+            Library::Lists
+        } else if super::strings::NAMESPACES.contains(&namespace) {
+            Library::Strings
         } else {
-            super::math::signature(namespace, function, &types)
+            Library::Math
+        };
+        let ty = match library {
+            Library::Lists => super::lists::signature(namespace, function, &types),
+            Library::Strings => super::strings::namespaced_signature(namespace, function, &types),
+            Library::Math => super::math::signature(namespace, function, &types),
         };
         let Some(ty) = ty else {
             let types: Vec<String> = types.iter().map(Ty::to_string).collect();
@@ -905,10 +1045,10 @@ impl Compiler {
             ty,
             eval: eval(move |scope| {
                 let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
-                if lists {
-                    super::lists::call(&namespace, &function, values)
-                } else {
-                    super::math::call(&namespace, &function, values)
+                match library {
+                    Library::Lists => super::lists::call(&namespace, &function, values),
+                    Library::Strings => super::strings::namespaced_call(&namespace, &function, values),
+                    Library::Math => super::math::call(&namespace, &function, values),
                 }
             }),
         })
@@ -998,7 +1138,8 @@ impl Compiler {
                     TimeField::Hours => d.num_hours(),
                     TimeField::Minutes => d.num_minutes(),
                     TimeField::Seconds => d.num_seconds(),
-                    _ => d.num_milliseconds(),
+                    // The milliseconds part, as CEL defines it for durations.
+                    _ => d.num_milliseconds() % 1000,
                 })),
                 other => Err(EvalError::new(format!("no such overload: {}.{accessor:?}", other.type_name()))),
             }),
@@ -1114,7 +1255,7 @@ impl Compiler {
         let kind = match macro_name {
             "all" => Fold::All,
             "exists" => Fold::Exists,
-            "exists_one" => Fold::ExistsOne,
+            "exists_one" | "existsOne" => Fold::ExistsOne,
             "map" => Fold::Map,
             _ => Fold::Filter,
         };
@@ -1177,6 +1318,199 @@ impl Compiler {
             }),
         })
     }
+}
+
+impl Compiler {
+    /// The two-variable macros: `all`, `exists` and `existsOne` with an
+    /// index (or key) and a value, and `transformList`, `transformMap` and
+    /// `transformMapEntry`, each with an optional filter before the
+    /// transform.
+    fn comprehension2(
+        &mut self,
+        expr: &Expr,
+        target: &Expr,
+        macro_name: &str,
+        args: &[Expr],
+    ) -> Result<Compiled, CompileError> {
+        let is_transform = macro_name.starts_with("transform");
+        let (first, second, filter, body) = match args {
+            [k, v, body] => (k, v, None, body),
+            [k, v, filter, body] if is_transform => (k, v, Some(filter), body),
+            _ => return err(expr, format!("{macro_name}() takes two variables and an expression")),
+        };
+        let (ExprKind::Ident(first), ExprKind::Ident(second)) = (&first.kind, &second.kind) else {
+            return err(expr, format!("{macro_name}() needs two variable names as its first arguments"));
+        };
+        if first == second {
+            return err(expr, format!("{macro_name}() needs two different variable names"));
+        }
+        let range = self.value(target)?;
+        let (first_ty, second_ty) = match &range.ty {
+            Ty::List(item) if macro_name != "transformMap" && macro_name != "transformMapEntry" => {
+                (Ty::Int, (**item).clone())
+            }
+            Ty::Map(key, value) if macro_name != "transformList" => ((**key).clone(), (**value).clone()),
+            Ty::Dyn => (Ty::Dyn, Ty::Dyn),
+            other => return err(target, format!("{macro_name}() cannot range over {other}")),
+        };
+        self.locals.push((first.clone(), first_ty.clone()));
+        self.locals.push((second.clone(), second_ty));
+        let filter = filter.map(|f| self.value(f)).transpose();
+        let body = self.value(body);
+        self.locals.truncate(self.locals.len() - 2);
+        let (filter, body) = (filter?, body?);
+        for condition in filter.iter().chain((!is_transform).then_some(&body)) {
+            if !matches!(condition.ty, Ty::Bool | Ty::Dyn) {
+                return err(expr, format!("{macro_name}() needs a bool predicate, not {}", condition.ty));
+            }
+        }
+        let result_ty = match macro_name {
+            "transformList" => Ty::List(Box::new(body.ty.clone())),
+            "transformMap" => Ty::Map(Box::new(first_ty), Box::new(body.ty.clone())),
+            "transformMapEntry" => match &body.ty {
+                Ty::Map(..) | Ty::Dyn => body.ty.clone(),
+                other => return err(expr, format!("transformMapEntry() needs a map expression, not {other}")),
+            },
+            _ => Ty::Bool,
+        };
+        let kind = match macro_name {
+            "all" => Fold2::All,
+            "exists" => Fold2::Exists,
+            "exists_one" | "existsOne" => Fold2::ExistsOne,
+            "transformList" => Fold2::List,
+            "transformMap" => Fold2::Map,
+            _ => Fold2::MapEntry,
+        };
+        let range = range.eval;
+        let filter = filter.map(|f| f.eval);
+        let body = body.eval;
+        Ok(Compiled {
+            predicate: None,
+            ty: result_ty,
+            eval: eval(move |scope| {
+                let pairs: Vec<(Value<'_>, Value<'_>)> = match range(scope)? {
+                    Value::List(list) => list.iter().enumerate().map(|(i, v)| (Value::Int(i as i64), v)).collect(),
+                    Value::Map(map) => {
+                        map.keys().into_iter().filter_map(|k| map.get(&k).map(|v| (k, v))).collect()
+                    }
+                    other => return Err(EvalError::new(format!("cannot iterate over {}", other.type_name()))),
+                };
+                let mut locals = scope.locals.to_vec();
+                locals.extend([Value::Null, Value::Null]);
+                let slot = locals.len() - 2;
+                let mut count = 0usize;
+                let mut first_error = None;
+                let mut list_out = Vec::new();
+                let mut map_out: Vec<(Value<'_>, Value<'_>)> = Vec::new();
+                for (key, value) in pairs {
+                    locals[slot] = key.clone();
+                    locals[slot + 1] = value;
+                    let inner = Scope { input: scope.input, locals: &locals };
+                    if let Some(filter) = &filter {
+                        match filter(&inner)? {
+                            Value::Bool(true) => {}
+                            Value::Bool(false) => continue,
+                            other => return Err(EvalError::new(format!("filter yielded {}", other.type_name()))),
+                        }
+                    }
+                    let result = body(&inner);
+                    match kind {
+                        Fold2::All | Fold2::Exists | Fold2::ExistsOne => {
+                            let holds = match result {
+                                Ok(Value::Bool(b)) => b,
+                                Ok(other) => {
+                                    return Err(EvalError::new(format!("predicate yielded {}", other.type_name())));
+                                }
+                                Err(e) if !matches!(kind, Fold2::ExistsOne) => {
+                                    first_error.get_or_insert(e);
+                                    continue;
+                                }
+                                Err(e) => return Err(e),
+                            };
+                            match kind {
+                                Fold2::All if !holds => return Ok(Value::Bool(false)),
+                                Fold2::Exists if holds => return Ok(Value::Bool(true)),
+                                Fold2::ExistsOne if holds => count += 1,
+                                _ => {}
+                            }
+                        }
+                        Fold2::List => list_out.push(result?),
+                        Fold2::Map => map_out.push((key, result?)),
+                        Fold2::MapEntry => match result? {
+                            Value::Map(entry) => {
+                                for k in entry.keys() {
+                                    if map_out.iter().any(|(existing, _)| existing.equals(&k)) {
+                                        return Err(EvalError::new("transformMapEntry: duplicate map key"));
+                                    }
+                                    let v = entry.get(&k).unwrap_or(Value::Null);
+                                    map_out.push((k, v));
+                                }
+                            }
+                            other => {
+                                return Err(EvalError::new(format!(
+                                    "transformMapEntry() yielded {}, not a map",
+                                    other.type_name()
+                                )));
+                            }
+                        },
+                    }
+                }
+                if let Some(error) = first_error {
+                    return Err(error);
+                }
+                Ok(match kind {
+                    Fold2::All => Value::Bool(true),
+                    Fold2::Exists => Value::Bool(false),
+                    Fold2::ExistsOne => Value::Bool(count == 1),
+                    Fold2::List => Value::List(List::Owned(Arc::new(list_out))),
+                    Fold2::Map | Fold2::MapEntry => Value::Map(Map::Owned(Arc::new(map_out))),
+                })
+            }),
+        })
+    }
+}
+
+/// Which extension module implements a namespaced function.
+#[derive(Clone, Copy)]
+enum Library {
+    Lists,
+    Math,
+    Strings,
+}
+
+/// Whether a value of type `from` may be passed where `to` is expected.
+fn assignable(from: &Ty, to: &Ty) -> bool {
+    match (from, to) {
+        (Ty::Dyn, _) | (_, Ty::Dyn) => true,
+        (Ty::List(a), Ty::List(b)) => assignable(a, b),
+        (Ty::Map(k1, v1), Ty::Map(k2, v2)) => assignable(k1, k2) && assignable(v1, v2),
+        (a, b) => a == b,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Fold2 {
+    All,
+    Exists,
+    ExistsOne,
+    List,
+    Map,
+    MapEntry,
+}
+
+/// `a.b.c` as one dotted name, when the expression is only identifiers and
+/// field selections.
+fn qualified_name(expr: &Expr) -> Option<String> {
+    match &expr.kind {
+        ExprKind::Ident(name) => Some(name.clone()),
+        ExprKind::Select { operand, field } => Some(format!("{}.{field}", qualified_name(operand)?)),
+        _ => None,
+    }
+}
+
+/// An expression that fails when evaluated (unchecked compilation only).
+fn run_time_error(message: String) -> Compiled {
+    Compiled { predicate: None, ty: Ty::Dyn, eval: eval(move |_| Err(EvalError::new(message.clone()))) }
 }
 
 #[derive(Clone, Copy)]
@@ -1438,9 +1772,7 @@ fn convert<'a>(target: &Ty, value: Value<'a>) -> Result<Value<'a>, EvalError> {
             Value::string(std::str::from_utf8(b).map_err(|_| EvalError::new("bytes are not valid UTF-8"))?)
         }
         (Ty::String, Value::Timestamp(t)) => Value::string(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
-        (Ty::String, Value::Duration(d)) => {
-            Value::string(format!("{}s", d.num_nanoseconds().map(|n| n as f64 / 1e9).unwrap_or(d.num_seconds() as f64)))
-        }
+        (Ty::String, Value::Duration(d)) => Value::string(value::duration_string(*d)),
         (Ty::Bool, Value::String(s)) => Value::Bool(match &**s {
             "true" | "True" | "TRUE" | "t" | "1" => true,
             "false" | "False" | "FALSE" | "f" | "0" => false,

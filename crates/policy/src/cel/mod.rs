@@ -16,7 +16,8 @@ pub mod parse;
 mod strings;
 pub mod value;
 
-pub use compile::{CompileError, Input, Program};
+pub use compile::{CompileError, Env, Expression, Input, Program, Ty};
+pub use value::Value;
 pub use value::EvalError;
 
 #[cfg(test)]

@@ -368,6 +368,21 @@ pub fn rem<'a>(a: Value<'a>, b: Value<'a>) -> Result<Value<'a>, EvalError> {
     })
 }
 
+/// A duration as CEL's `string()` writes it: seconds, with the fraction
+/// only as long as it needs to be (`90s`, `1.5s`, `-0.000000001s`).
+pub fn duration_string(d: TimeDelta) -> String {
+    let nanos = d.num_nanoseconds().map_or(i128::from(d.num_seconds()) * 1_000_000_000, i128::from);
+    let sign = if nanos < 0 { "-" } else { "" };
+    let abs = nanos.unsigned_abs();
+    let (seconds, fraction) = (abs / 1_000_000_000, abs % 1_000_000_000);
+    if fraction == 0 {
+        format!("{sign}{seconds}s")
+    } else {
+        let digits = format!("{fraction:09}");
+        format!("{sign}{seconds}.{}s", digits.trim_end_matches('0'))
+    }
+}
+
 /// Parses a duration in CEL's (Go's) form: `1h30m`, `1.5s`, `-250ms`.
 pub fn parse_duration(text: &str) -> Result<TimeDelta, EvalError> {
     let bad = || EvalError::new(format!("invalid duration {text:?}"));
