@@ -19,7 +19,7 @@ use chrono_tz::Tz;
 use regex::Regex;
 use warden_proto::policy::v1::{Action, Agent};
 
-use super::parse::{BinaryOp, Expr, ExprKind, Literal, UnaryOp};
+use super::parse::{BinaryOp, Expr, ExprKind, Literal, OPTIONAL_ENTRY, OPTIONAL_INDEX, OPTIONAL_SELECT, UnaryOp};
 use super::value::{self, EvalError, List, Map, Str, Value};
 
 /// The deepest expression tree a condition may have after parsing.
@@ -80,6 +80,12 @@ pub enum Ty {
     Message(Message),
     /// A type value (`type(x)`, `int`, ...).
     Type,
+    /// `optional_type(T)`: `optional.of(x)`, `m.?key`.
+    Optional(Box<Ty>),
+    /// `net.IP`
+    Ip,
+    /// `net.CIDR`
+    Cidr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +130,9 @@ impl fmt::Display for Ty {
             Ty::Map(k, v) => write!(f, "map({k}, {v})"),
             Ty::Message(m) => f.write_str(m.name()),
             Ty::Type => f.write_str("type"),
+            Ty::Optional(inner) => write!(f, "optional_type({inner})"),
+            Ty::Ip => f.write_str(super::net::IP_TYPE),
+            Ty::Cidr => f.write_str(super::net::CIDR_TYPE),
         }
     }
 }
@@ -322,6 +331,21 @@ fn constant(value: Value<'static>) -> Eval {
     eval(move |_| Ok(value.clone()))
 }
 
+/// Methods of `net.IP` and `net.CIDR`.
+const NET_METHODS: &[&str] = &[
+    "family",
+    "isUnspecified",
+    "isLoopback",
+    "isGlobalUnicast",
+    "isLinkLocalMulticast",
+    "isLinkLocalUnicast",
+    "containsIP",
+    "containsCIDR",
+    "ip",
+    "masked",
+    "prefixLength",
+];
+
 const FUNCTIONS: &[&str] = &[
     "has",
     "size",
@@ -350,6 +374,10 @@ const FUNCTIONS: &[&str] = &[
     "reverse",
     "join",
     "format",
+    "hasValue",
+    "value",
+    "orValue",
+    "or",
     "slice",
     "flatten",
     "sort",
@@ -401,6 +429,10 @@ impl Compiler {
                 let Some(Leaf::Const(value)) = self.leaf(expr) else { unreachable!("checked by the guard") };
                 let items = self.value_list_types(expr)?;
                 Ok(Compiled { predicate: None, ty: Ty::List(Box::new(items)), eval: constant(value) })
+            }
+            ExprKind::List(items) if items.iter().any(is_optional_entry) => self.optional_list(items),
+            ExprKind::Map(entries) if entries.iter().any(|(key, _)| is_optional_entry(key)) => {
+                self.optional_map(entries)
             }
             ExprKind::List(items) => {
                 let items = items.iter().map(|item| self.value(item)).collect::<Result<Vec<_>, _>>()?;
@@ -586,6 +618,14 @@ impl Compiler {
         {
             return Ok(type_value(type_name));
         }
+        if let Some(path) = qualified_name(expr)
+            && (path == super::net::IP_TYPE || path == super::net::CIDR_TYPE)
+            && self.resolve("net").is_none()
+            && self.resolve(&path).is_none()
+        {
+            let name = if path == super::net::IP_TYPE { super::net::IP_TYPE } else { super::net::CIDR_TYPE };
+            return Ok(type_value(name));
+        }
         // A declared variable whose name has dots (`a.b.c`): the longest
         // declared prefix of the selection wins, as cel-spec resolves it.
         if let Some(path) = qualified_name(expr)
@@ -601,6 +641,10 @@ impl Compiler {
         let value_ty = match &operand.ty {
             Ty::Map(key, value) if matches!(**key, Ty::String | Ty::Dyn) => (**value).clone(),
             Ty::Dyn => Ty::Dyn,
+            Ty::Optional(inner) => Ty::Optional(Box::new(match &**inner {
+                Ty::Map(_, value) => (**value).clone(),
+                _ => Ty::Dyn,
+            })),
             other => return err(expr, format!("type {other} has no field '{field}'")),
         };
         let field: Arc<str> = field.into();
@@ -608,48 +652,19 @@ impl Compiler {
         Ok(Compiled {
             predicate: None,
             ty: value_ty,
-            eval: eval(move |scope| match inner(scope)? {
-                Value::Map(map) => map.get_str(&field).ok_or_else(|| EvalError::new(format!("no such key: '{field}'"))),
-                other => Err(EvalError::new(format!("cannot select field '{field}' from {}", other.type_name()))),
-            }),
+            eval: eval(move |scope| value::select(inner(scope)?, &field, false)),
         })
     }
 
     fn index(&mut self, expr: &Expr, operand: &Expr, index: &Expr) -> Result<Compiled, CompileError> {
         let operand = self.value(operand)?;
         let index = self.value(index)?;
-        let ty = match (&operand.ty, &index.ty) {
-            (Ty::List(item), Ty::Int | Ty::Uint | Ty::Dyn) => (**item).clone(),
-            (Ty::Map(_, value), _) => (**value).clone(),
-            (Ty::Dyn, _) => Ty::Dyn,
-            (container, key) => return err(expr, format!("cannot index {container} with {key}")),
-        };
+        let ty = index_type(expr, &operand.ty, &index.ty, false)?;
         let (container, key) = (operand.eval, index.eval);
         Ok(Compiled {
             predicate: None,
             ty,
-            eval: eval(move |scope| {
-                let container = container(scope)?;
-                let key = key(scope)?;
-                match (&container, &key) {
-                    (Value::List(list), Value::Int(_) | Value::Uint(_) | Value::Double(_)) => {
-                        let position = match key {
-                            Value::Int(i) => usize::try_from(i).ok(),
-                            Value::Uint(u) => usize::try_from(u).ok(),
-                            Value::Double(d) if d.fract() == 0.0 && d >= 0.0 => Some(d as usize),
-                            _ => None,
-                        };
-                        position
-                            .and_then(|p| list.get(p))
-                            .ok_or_else(|| EvalError::new(format!("index out of range: {key:?}")))
-                    }
-                    (Value::Map(map), _) => map.get(&key).ok_or_else(|| match &key {
-                        Value::String(s) => EvalError::new(format!("no such key: '{}'", &**s)),
-                        other => EvalError::new(format!("no such key: {other:?}")),
-                    }),
-                    _ => Err(EvalError::no_overload("[]", &container, &key)),
-                }
-            }),
+            eval: eval(move |scope| value::index(container(scope)?, key(scope)?, false)),
         })
     }
 
@@ -800,6 +815,16 @@ impl Compiler {
         // Macros first: their arguments are not ordinary expressions.
         match (function, target) {
             ("has", None) => return self.has(expr, args),
+            (OPTIONAL_SELECT | OPTIONAL_INDEX, None) => return self.optional_access(expr, function, args),
+            (OPTIONAL_ENTRY, None) => {
+                return err(expr, "'?' marks an optional list element or map key only");
+            }
+            ("optMap" | "optFlatMap", Some(target)) => return self.opt_map(expr, target, function, args),
+            (_, Some(Expr { kind: ExprKind::Ident(namespace), .. }))
+                if namespace == "optional" && self.resolve(namespace).is_none() =>
+            {
+                return self.optional_constructor(expr, function, args);
+            }
             ("all" | "exists" | "exists_one" | "existsOne", Some(target)) if args.len() == 3 => {
                 return self.comprehension2(expr, target, function, args);
             }
@@ -825,7 +850,28 @@ impl Compiler {
         {
             return self.namespaced(expr, namespace, function, args);
         }
-        if !FUNCTIONS.contains(&function) {
+        if target.is_none() && super::net::FUNCTIONS.contains(&function) && self.resolve(function).is_none()
+            || function == "isCanonical"
+                && matches!(target.map(|t| &t.kind), Some(ExprKind::Ident(n)) if n == "ip" && self.resolve(n).is_none())
+        {
+            let compiled = args.iter().map(|a| self.value(a)).collect::<Result<Vec<_>, _>>()?;
+            let types: Vec<Ty> = compiled.iter().map(|c| c.ty.clone()).collect();
+            let Some(ty) = super::net::signature(function, &types) else {
+                let types: Vec<String> = types.iter().map(Ty::to_string).collect();
+                return err(expr, format!("no matching overload for {function}({})", types.join(", ")));
+            };
+            let name: Arc<str> = function.into();
+            let args: Vec<Eval> = compiled.into_iter().map(|c| c.eval).collect();
+            return Ok(Compiled {
+                predicate: None,
+                ty,
+                eval: eval(move |scope| {
+                    let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
+                    super::net::call(&name, &values)
+                }),
+            });
+        }
+        if !FUNCTIONS.contains(&function) && !NET_METHODS.contains(&function) {
             if !self.checked {
                 return Ok(run_time_error(format!("undeclared function '{function}'")));
             }
@@ -951,6 +997,22 @@ impl Compiler {
             ) => {
                 let is_context_time = target.is_some_and(|t| self.is_context_time(t));
                 self.time_accessor(expr, function, receiver.expect("method call"), is_context_time, args)
+            }
+            (_, true, _)
+                if receiver.as_ref().is_some_and(|r| {
+                    let types: Vec<Ty> = compiled_args.iter().map(|a| a.ty.clone()).collect();
+                    super::net::method_signature(function, &r.ty, &types).is_some()
+                }) =>
+            {
+                let receiver = receiver.expect("method call");
+                let types: Vec<Ty> = compiled_args.iter().map(|a| a.ty.clone()).collect();
+                let ty = super::net::method_signature(function, &receiver.ty, &types).expect("checked above");
+                Ok(extension_method(ty, function, receiver.eval, compiled_args, super::net::method))
+            }
+            ("hasValue" | "value" | "orValue" | "or", true, _)
+                if receiver.as_ref().is_some_and(|r| matches!(r.ty, Ty::Optional(_) | Ty::Dyn)) =>
+            {
+                optional_method(expr, function, receiver.expect("method call"), compiled_args)
             }
             (_, true, _)
                 if receiver.as_ref().is_some_and(|r| {
@@ -1192,16 +1254,24 @@ impl Compiler {
                 }),
             });
         }
-        if !matches!(operand.ty, Ty::Map(..) | Ty::Dyn) {
+        if !matches!(operand.ty, Ty::Map(..) | Ty::Dyn | Ty::Optional(_)) {
             return err(arg, format!("has() cannot test a field of {}", operand.ty));
         }
         let inner = operand.eval;
         Ok(Compiled {
             predicate: None,
             ty: Ty::Bool,
-            eval: eval(move |scope| match inner(scope)? {
-                Value::Map(map) => Ok(Value::Bool(map.get_str(&field_name).is_some())),
-                other => Err(EvalError::new(format!("has() on {}", other.type_name()))),
+            eval: eval(move |scope| {
+                let mut value = inner(scope)?;
+                // Through optionals: none has no fields.
+                loop {
+                    match value {
+                        Value::Optional(Some(inner)) => value = (*inner).clone(),
+                        Value::Optional(None) => return Ok(Value::Bool(false)),
+                        Value::Map(map) => return Ok(Value::Bool(map.get_str(&field_name).is_some())),
+                        other => return Err(EvalError::new(format!("has() on {}", other.type_name()))),
+                    }
+                }
             }),
         })
     }
@@ -1318,6 +1388,256 @@ impl Compiler {
             }),
         })
     }
+}
+
+impl Compiler {
+    /// `a.?field` and `a[?key]`.
+    fn optional_access(&mut self, expr: &Expr, function: &str, args: &[Expr]) -> Result<Compiled, CompileError> {
+        let [operand, key] = args else {
+            return err(expr, "optional access takes an operand and a key");
+        };
+        let operand = self.value(operand)?;
+        if function == OPTIONAL_SELECT {
+            let ExprKind::Literal(Literal::String(field)) = &key.kind else {
+                return err(key, "expected a field name after '.?'");
+            };
+            let ty = match &operand.ty {
+                Ty::Map(key, value) if matches!(**key, Ty::String | Ty::Dyn) => Ty::Optional(value.clone()),
+                Ty::Dyn | Ty::Optional(_) => Ty::Optional(Box::new(Ty::Dyn)),
+                other => return err(expr, format!("type {other} has no field '{field}'")),
+            };
+            let (field, inner): (Arc<str>, Eval) = (field.as_str().into(), operand.eval);
+            return Ok(Compiled {
+                predicate: None,
+                ty,
+                eval: eval(move |scope| value::select(inner(scope)?, &field, true)),
+            });
+        }
+        let key = self.value(key)?;
+        let ty = index_type(expr, &operand.ty, &key.ty, true)?;
+        let (container, key) = (operand.eval, key.eval);
+        Ok(Compiled { predicate: None, ty, eval: eval(move |scope| value::index(container(scope)?, key(scope)?, true)) })
+    }
+
+    /// `optional.of(x)`, `optional.ofNonZeroValue(x)`, `optional.none()`.
+    fn optional_constructor(&mut self, expr: &Expr, function: &str, args: &[Expr]) -> Result<Compiled, CompileError> {
+        let args = args.iter().map(|a| self.value(a)).collect::<Result<Vec<_>, _>>()?;
+        match (function, args.as_slice()) {
+            ("none", []) => Ok(Compiled {
+                predicate: None,
+                ty: Ty::Optional(Box::new(Ty::Dyn)),
+                eval: eval(|_| Ok(Value::Optional(None))),
+            }),
+            ("of" | "ofNonZeroValue", [_]) => {
+                let arg = args.into_iter().next().expect("one argument");
+                let non_zero = function == "ofNonZeroValue";
+                let inner = arg.eval;
+                Ok(Compiled {
+                    predicate: None,
+                    ty: Ty::Optional(Box::new(arg.ty)),
+                    eval: eval(move |scope| {
+                        let value = inner(scope)?;
+                        Ok(if non_zero && value.is_zero() { Value::Optional(None) } else { Value::optional(Some(value)) })
+                    }),
+                })
+            }
+            _ => err(expr, format!("no matching overload for optional.{function} with {} argument(s)", args.len())),
+        }
+    }
+
+    /// `opt.optMap(x, expr)` (none stays none, else `optional.of(expr)`)
+    /// and `opt.optFlatMap(x, expr)` (where `expr` is itself optional).
+    fn opt_map(&mut self, expr: &Expr, target: &Expr, function: &str, args: &[Expr]) -> Result<Compiled, CompileError> {
+        let [variable, body] = args else {
+            return err(expr, format!("{function}() takes a variable and an expression"));
+        };
+        let ExprKind::Ident(variable) = &variable.kind else {
+            return err(variable, format!("{function}() needs a variable name as its first argument"));
+        };
+        let receiver = self.value(target)?;
+        let item_ty = match &receiver.ty {
+            Ty::Optional(inner) => (**inner).clone(),
+            Ty::Dyn => Ty::Dyn,
+            other => return err(target, format!("{function}() needs an optional value, not {other}")),
+        };
+        self.locals.push((variable.clone(), item_ty));
+        let body = self.value(body);
+        self.locals.pop();
+        let body = body?;
+        let flat = function == "optFlatMap";
+        let ty = if flat {
+            match &body.ty {
+                Ty::Optional(_) | Ty::Dyn => body.ty.clone(),
+                other => return err(expr, format!("optFlatMap() needs an optional expression, not {other}")),
+            }
+        } else {
+            Ty::Optional(Box::new(body.ty.clone()))
+        };
+        let (receiver, body) = (receiver.eval, body.eval);
+        Ok(Compiled {
+            predicate: None,
+            ty,
+            eval: eval(move |scope| {
+                let inner = match receiver(scope)? {
+                    Value::Optional(None) => return Ok(Value::Optional(None)),
+                    Value::Optional(Some(inner)) => (*inner).clone(),
+                    other => return Err(EvalError::new(format!("optMap on {}", other.type_name()))),
+                };
+                let mut locals = scope.locals.to_vec();
+                locals.push(inner);
+                let result = body(&Scope { input: scope.input, locals: &locals })?;
+                if flat {
+                    match result {
+                        Value::Optional(_) => Ok(result),
+                        other => Err(EvalError::new(format!("optFlatMap yielded {}", other.type_name()))),
+                    }
+                } else {
+                    Ok(Value::optional(Some(result)))
+                }
+            }),
+        })
+    }
+
+    /// `[a, ?b]`: optional elements are left out when none.
+    fn optional_list(&mut self, items: &[Expr]) -> Result<Compiled, CompileError> {
+        let mut parts: Vec<(bool, Eval)> = Vec::new();
+        let mut types = Vec::new();
+        for item in items {
+            let (optional, inner) = optional_entry_of(item);
+            let compiled = self.value(inner)?;
+            let ty = if optional { optional_item_type(inner, &compiled.ty)? } else { compiled.ty.clone() };
+            types.push(ty);
+            parts.push((optional, compiled.eval));
+        }
+        Ok(Compiled {
+            predicate: None,
+            ty: Ty::List(Box::new(common_type(types.iter()))),
+            eval: eval(move |scope| {
+                let mut values = Vec::with_capacity(parts.len());
+                for (optional, part) in &parts {
+                    match (optional, part(scope)?) {
+                        (false, value) => values.push(value),
+                        (true, Value::Optional(Some(value))) => values.push((*value).clone()),
+                        (true, Value::Optional(None)) => {}
+                        (true, other) => {
+                            return Err(EvalError::new(format!("'?' element is {}, not optional", other.type_name())));
+                        }
+                    }
+                }
+                Ok(Value::List(List::Owned(Arc::new(values))))
+            }),
+        })
+    }
+
+    /// `{?k: v}`: the entry is left out when `v` is none.
+    fn optional_map(&mut self, entries: &[(Expr, Expr)]) -> Result<Compiled, CompileError> {
+        let mut parts: Vec<(bool, Eval, Eval)> = Vec::new();
+        let (mut key_types, mut value_types) = (Vec::new(), Vec::new());
+        for (key, value) in entries {
+            let (optional, key) = optional_entry_of(key);
+            let key = self.value(key)?;
+            let compiled = self.value(value)?;
+            let ty = if optional { optional_item_type(value, &compiled.ty)? } else { compiled.ty.clone() };
+            key_types.push(key.ty.clone());
+            value_types.push(ty);
+            parts.push((optional, key.eval, compiled.eval));
+        }
+        Ok(Compiled {
+            predicate: None,
+            ty: Ty::Map(Box::new(common_type(key_types.iter())), Box::new(common_type(value_types.iter()))),
+            eval: eval(move |scope| {
+                let mut out: Vec<(Value<'_>, Value<'_>)> = Vec::with_capacity(parts.len());
+                for (optional, key, value) in &parts {
+                    let key = key(scope)?;
+                    let value = match (optional, value(scope)?) {
+                        (false, value) => value,
+                        (true, Value::Optional(Some(value))) => (*value).clone(),
+                        (true, Value::Optional(None)) => continue,
+                        (true, other) => {
+                            return Err(EvalError::new(format!("'?' entry is {}, not optional", other.type_name())));
+                        }
+                    };
+                    if out.iter().any(|(existing, _)| existing.equals(&key)) {
+                        return Err(EvalError::new("duplicate map key"));
+                    }
+                    out.push((key, value));
+                }
+                Ok(Value::Map(Map::Owned(Arc::new(out))))
+            }),
+        })
+    }
+}
+
+fn is_optional_entry(expr: &Expr) -> bool {
+    matches!(&expr.kind, ExprKind::Call { target: None, function, .. } if function == OPTIONAL_ENTRY)
+}
+
+/// Whether an item is marked `?`, and the item itself.
+fn optional_entry_of(expr: &Expr) -> (bool, &Expr) {
+    match &expr.kind {
+        ExprKind::Call { target: None, function, args } if function == OPTIONAL_ENTRY && args.len() == 1 => {
+            (true, &args[0])
+        }
+        _ => (false, expr),
+    }
+}
+
+/// The element type an optional entry contributes: `T` for `optional(T)`.
+fn optional_item_type(expr: &Expr, ty: &Ty) -> Result<Ty, CompileError> {
+    match ty {
+        Ty::Optional(inner) => Ok((**inner).clone()),
+        Ty::Dyn => Ok(Ty::Dyn),
+        other => err(expr, format!("a '?' entry must be optional, not {other}")),
+    }
+}
+
+/// The type of `container[key]` (optional with `[?key]`).
+fn index_type(expr: &Expr, container: &Ty, key: &Ty, optional: bool) -> Result<Ty, CompileError> {
+    let ty = match (container, key) {
+        (Ty::List(item), Ty::Int | Ty::Uint | Ty::Dyn) => (**item).clone(),
+        (Ty::Map(_, value), _) => (**value).clone(),
+        (Ty::Dyn, _) => Ty::Dyn,
+        (Ty::Optional(_), _) => return Ok(Ty::Optional(Box::new(Ty::Dyn))),
+        (container, key) => return err(expr, format!("cannot index {container} with {key}")),
+    };
+    Ok(if optional { Ty::Optional(Box::new(ty)) } else { ty })
+}
+
+/// `hasValue()`, `value()`, `orValue(default)` and `or(other)` on optionals.
+fn optional_method(expr: &Expr, function: &str, receiver: Compiled, args: Vec<Compiled>) -> Result<Compiled, CompileError> {
+    let inner_ty = match &receiver.ty {
+        Ty::Optional(inner) => (**inner).clone(),
+        _ => Ty::Dyn,
+    };
+    let ty = match (function, args.as_slice()) {
+        ("hasValue", []) => Ty::Bool,
+        ("value", []) => inner_ty,
+        ("orValue", [default]) => if default.ty == inner_ty { inner_ty } else { Ty::Dyn },
+        ("or", [other]) if matches!(other.ty, Ty::Optional(_) | Ty::Dyn) => receiver.ty.clone(),
+        _ => return err(expr, format!("no matching overload for '{function}' on {}", receiver.ty)),
+    };
+    let name: Arc<str> = function.into();
+    let target = receiver.eval;
+    let other = args.into_iter().next().map(|a| a.eval);
+    Ok(Compiled {
+        predicate: None,
+        ty,
+        eval: eval(move |scope| {
+            let present = match target(scope)? {
+                Value::Optional(present) => present,
+                other => return Err(EvalError::new(format!("{name}() on {}, not an optional", other.type_name()))),
+            };
+            match (&*name, present) {
+                ("hasValue", present) => Ok(Value::Bool(present.is_some())),
+                ("value", Some(value)) => Ok((*value).clone()),
+                ("value", None) => Err(EvalError::new("optional.none() dereference")),
+                ("orValue" | "or", Some(value)) if &*name == "orValue" => Ok((*value).clone()),
+                ("or", Some(value)) => Ok(Value::Optional(Some(value))),
+                (_, None) => other.as_ref().expect("orValue and or take an argument")(scope),
+                _ => Err(EvalError::new(format!("no such overload: {name}"))),
+            }
+        }),
+    })
 }
 
 impl Compiler {
@@ -1704,7 +2024,18 @@ fn conversion(expr: &Expr, function: &str, arg: Compiled) -> Result<Compiled, Co
         "int" => &[Ty::Int, Ty::Uint, Ty::Double, Ty::String, Ty::Timestamp],
         "uint" => &[Ty::Int, Ty::Uint, Ty::Double, Ty::String],
         "double" => &[Ty::Int, Ty::Uint, Ty::Double, Ty::String],
-        "string" => &[Ty::Int, Ty::Uint, Ty::Double, Ty::String, Ty::Bool, Ty::Bytes, Ty::Timestamp, Ty::Duration],
+        "string" => &[
+            Ty::Int,
+            Ty::Uint,
+            Ty::Double,
+            Ty::String,
+            Ty::Bool,
+            Ty::Bytes,
+            Ty::Timestamp,
+            Ty::Duration,
+            Ty::Ip,
+            Ty::Cidr,
+        ],
         "bool" => &[Ty::Bool, Ty::String],
         "timestamp" => &[Ty::String, Ty::Timestamp, Ty::Int],
         "bytes" => &[Ty::String, Ty::Bytes],
@@ -1773,6 +2104,8 @@ fn convert<'a>(target: &Ty, value: Value<'a>) -> Result<Value<'a>, EvalError> {
         }
         (Ty::String, Value::Timestamp(t)) => Value::string(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
         (Ty::String, Value::Duration(d)) => Value::string(value::duration_string(*d)),
+        (Ty::String, Value::Ip(ip)) => Value::string(ip.to_string()),
+        (Ty::String, Value::Cidr(ip, length)) => Value::string(format!("{ip}/{length}")),
         (Ty::Bool, Value::String(s)) => Value::Bool(match &**s {
             "true" | "True" | "TRUE" | "t" | "1" => true,
             "false" | "False" | "FALSE" | "f" | "0" => false,

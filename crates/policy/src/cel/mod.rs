@@ -2,8 +2,8 @@
 //! conditions: [`parse`] turns text into a tree, [`compile`] checks it
 //! against the variables a condition can see (`agent`, `action`, `context`)
 //! and compiles it into closures, [`value`] holds run-time values, and
-//! `strings`, `math` and `lists` are CEL's strings, math, encoders, lists
-//! and sets extensions.
+//! `strings`, `math`, `lists` and `net` are CEL's strings, math, encoders,
+//! lists, sets and network extensions.
 //!
 //! Policy semantics are Warden's product, so this is our own code: it gives
 //! load-time errors with columns, bounded nesting, and sub-microsecond
@@ -12,6 +12,7 @@
 pub mod compile;
 mod lists;
 mod math;
+mod net;
 pub mod parse;
 mod strings;
 pub mod value;

@@ -99,6 +99,18 @@ impl fmt::Display for ParseError {
     }
 }
 
+/// `a.?b` parses as a call of this function on `a` and `"b"`.
+pub const OPTIONAL_SELECT: &str = "_?._";
+/// `a[?b]` parses as a call of this function on `a` and `b`.
+pub const OPTIONAL_INDEX: &str = "_[?_]";
+/// `[?e]` and `{?k: v}` wrap `e` and `k` in a call of this function, a name
+/// no condition can write.
+pub const OPTIONAL_ENTRY: &str = "@optional";
+
+fn optional_entry(expr: Expr, offset: usize) -> Expr {
+    Expr { kind: ExprKind::Call { target: None, function: OPTIONAL_ENTRY.into(), args: vec![expr] }, offset }
+}
+
 // === Lexer ===
 
 #[derive(Debug, Clone, PartialEq)]
@@ -545,7 +557,21 @@ impl Parser {
         loop {
             let offset = self.offset();
             if self.eat(".") {
+                // `a.?b`: optional selection, a call of `_?._` as in cel-go.
+                let optional = self.eat("?");
                 let (token, _) = self.bump();
+                if optional {
+                    let field = match token {
+                        Token::Ident(field) | Token::QuotedIdent(field) => field,
+                        _ => return Err(self.error("expected a field name after '.?'".into())),
+                    };
+                    let name = Expr { kind: ExprKind::Literal(Literal::String(field)), offset };
+                    expr = Expr {
+                        kind: ExprKind::Call { target: None, function: OPTIONAL_SELECT.into(), args: vec![expr, name] },
+                        offset,
+                    };
+                    continue;
+                }
                 if let Token::QuotedIdent(field) = token {
                     if matches!(self.peek(), Token::Punct("(")) {
                         return Err(self.error("a quoted field name cannot be called".into()));
@@ -567,9 +593,17 @@ impl Parser {
                     expr = Expr { kind: ExprKind::Select { operand: Box::new(expr), field }, offset };
                 }
             } else if self.eat("[") {
+                let optional = self.eat("?");
                 let index = self.expr()?;
                 self.expect("]")?;
-                expr = Expr { kind: ExprKind::Index { operand: Box::new(expr), index: Box::new(index) }, offset };
+                expr = if optional {
+                    Expr {
+                        kind: ExprKind::Call { target: None, function: OPTIONAL_INDEX.into(), args: vec![expr, index] },
+                        offset,
+                    }
+                } else {
+                    Expr { kind: ExprKind::Index { operand: Box::new(expr), index: Box::new(index) }, offset }
+                };
             } else {
                 return Ok(expr);
             }
@@ -577,12 +611,24 @@ impl Parser {
     }
 
     fn list_until(&mut self, close: &str) -> Result<Vec<Expr>, ParseError> {
+        self.items_until(close, false)
+    }
+
+    /// Comma-separated expressions up to `close`; in list literals an item
+    /// may be `?e`, an optional element (wrapped in [`OPTIONAL_ENTRY`]).
+    fn items_until(&mut self, close: &str, optional_items: bool) -> Result<Vec<Expr>, ParseError> {
         let mut items = Vec::new();
         loop {
             if self.eat(close) {
                 return Ok(items);
             }
-            items.push(self.expr()?);
+            let offset = self.offset();
+            if optional_items && self.eat("?") {
+                let item = self.expr()?;
+                items.push(optional_entry(item, offset));
+            } else {
+                items.push(self.expr()?);
+            }
             if !self.eat(",") {
                 self.expect(close)?;
                 return Ok(items);
@@ -631,7 +677,7 @@ impl Parser {
             }
             Token::Punct("[") => {
                 self.enter()?;
-                let items = self.list_until("]")?;
+                let items = self.items_until("]", true)?;
                 self.depth -= 1;
                 ExprKind::List(items)
             }
@@ -642,7 +688,10 @@ impl Parser {
                     if self.eat("}") {
                         break;
                     }
+                    let key_offset = self.offset();
+                    let optional = self.eat("?");
                     let key = self.expr()?;
+                    let key = if optional { optional_entry(key, key_offset) } else { key };
                     self.expect(":")?;
                     let value = self.expr()?;
                     entries.push((key, value));

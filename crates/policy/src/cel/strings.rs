@@ -375,6 +375,14 @@ fn display(out: &mut String, value: &Value<'_>, depth: usize) -> Result<(), Eval
         Value::String(s) => out.push_str(s),
         Value::Bytes(b) => out.push_str(&String::from_utf8_lossy(b)),
         Value::Type(name) => out.push_str(name),
+        Value::Ip(ip) => out.push_str(&ip.to_string()),
+        Value::Cidr(ip, length) => out.push_str(&format!("{ip}/{length}")),
+        Value::Optional(None) => out.push_str("optional.none()"),
+        Value::Optional(Some(inner)) => {
+            out.push_str("optional.of(");
+            display(out, inner, depth + 1)?;
+            out.push(')');
+        }
         Value::Timestamp(t) => out.push_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
         Value::Duration(d) => out.push_str(&super::value::duration_string(*d)),
         Value::List(list) => {

@@ -145,6 +145,13 @@ pub enum Value<'a> {
     Map(Map<'a>),
     /// A type, as `type(x)` returns and `int`, `string`, ... name.
     Type(&'static str),
+    /// An optional value: `optional.of(x)`, `optional.none()`, `m.?key`.
+    Optional(Option<Arc<Value<'a>>>),
+    /// `net.IP`: `ip('10.0.0.1')`.
+    Ip(std::net::IpAddr),
+    /// `net.CIDR`: `cidr('10.0.0.0/8')`, the address as written and the
+    /// prefix length.
+    Cidr(std::net::IpAddr, u8),
 }
 
 /// CEL's type names: each is also an identifier whose value is that type.
@@ -157,7 +164,10 @@ pub const TYPE_NAMES: &[&str] = &[
     "int",
     "list",
     "map",
+    "net.CIDR",
+    "net.IP",
     "null_type",
+    "optional_type",
     "string",
     "type",
     "uint",
@@ -193,6 +203,9 @@ impl<'a> Value<'a> {
             Value::List(_) => "list",
             Value::Map(_) => "map",
             Value::Type(_) => "type",
+            Value::Optional(_) => "optional_type",
+            Value::Ip(_) => "net.IP",
+            Value::Cidr(..) => "net.CIDR",
         }
     }
 
@@ -207,6 +220,13 @@ impl<'a> Value<'a> {
             (Value::Timestamp(a), Value::Timestamp(b)) => a == b,
             (Value::Duration(a), Value::Duration(b)) => a == b,
             (Value::Type(a), Value::Type(b)) => a == b,
+            (Value::Ip(a), Value::Ip(b)) => super::net::canonical(*a) == super::net::canonical(*b),
+            (Value::Cidr(a, m), Value::Cidr(b, n)) => m == n && super::net::canonical(*a) == super::net::canonical(*b),
+            (Value::Optional(a), Value::Optional(b)) => match (a, b) {
+                (None, None) => true,
+                (Some(x), Some(y)) => x.equals(y),
+                _ => false,
+            },
             (Value::List(a), Value::List(b)) => a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.equals(&y)),
             (Value::Map(a), Value::Map(b)) => {
                 a.len() == b.len()
@@ -261,6 +281,81 @@ impl<'a> Value<'a> {
             }
         })
     }
+}
+
+impl<'a> Value<'a> {
+    pub fn optional(value: Option<Value<'a>>) -> Value<'a> {
+        Value::Optional(value.map(Arc::new))
+    }
+
+    /// Whether a value is its type's zero (`optional.ofNonZeroValue`).
+    pub fn is_zero(&self) -> bool {
+        match self {
+            Value::Null => true,
+            Value::Bool(b) => !b,
+            Value::Int(i) => *i == 0,
+            Value::Uint(u) => *u == 0,
+            Value::Double(d) => *d == 0.0,
+            Value::String(s) => s.is_empty(),
+            Value::Bytes(b) => b.is_empty(),
+            Value::Timestamp(t) => t.timestamp() == 0 && t.timestamp_subsec_nanos() == 0,
+            Value::Duration(d) => d.is_zero(),
+            Value::List(l) => l.is_empty(),
+            Value::Map(m) => m.is_empty(),
+            Value::Type(_) => false,
+            Value::Optional(o) => o.is_none(),
+            Value::Ip(_) | Value::Cidr(..) => false,
+        }
+    }
+}
+
+/// `value.field`, or with `optional` `value.?field`. Selecting on an
+/// optional value yields an optional (none stays none).
+pub fn select<'a>(value: Value<'a>, field: &str, optional: bool) -> Result<Value<'a>, EvalError> {
+    match value {
+        Value::Map(map) => match (map.get_str(field), optional) {
+            (Some(found), false) => Ok(found),
+            (found, true) => Ok(Value::optional(found)),
+            (None, false) => Err(EvalError::new(format!("no such key: '{field}'"))),
+        },
+        Value::Optional(None) => Ok(Value::Optional(None)),
+        Value::Optional(Some(inner)) => select((*inner).clone(), field, true),
+        other => Err(EvalError::new(format!("cannot select field '{field}' from {}", other.type_name()))),
+    }
+}
+
+/// `container[key]`, or with `optional` `container[?key]`; indexing an
+/// optional value yields an optional.
+pub fn index<'a>(container: Value<'a>, key: Value<'a>, optional: bool) -> Result<Value<'a>, EvalError> {
+    let found = match (&container, &key) {
+        (Value::Optional(None), _) => return Ok(Value::Optional(None)),
+        (Value::Optional(Some(inner)), _) => return index((**inner).clone(), key, true),
+        (Value::List(list), Value::Int(_) | Value::Uint(_) | Value::Double(_)) => {
+            let position = match key {
+                Value::Int(i) => usize::try_from(i).ok(),
+                Value::Uint(u) => usize::try_from(u).ok(),
+                Value::Double(d) if d.fract() == 0.0 && d >= 0.0 => Some(d as usize),
+                _ => None,
+            };
+            match position.and_then(|p| list.get(p)) {
+                Some(item) => Some(item),
+                None if optional => None,
+                None => return Err(EvalError::new(format!("index out of range: {key:?}"))),
+            }
+        }
+        (Value::Map(map), _) => match map.get(&key) {
+            Some(value) => Some(value),
+            None if optional => None,
+            None => {
+                return Err(match &key {
+                    Value::String(s) => EvalError::new(format!("no such key: '{}'", &**s)),
+                    other => EvalError::new(format!("no such key: {other:?}")),
+                });
+            }
+        },
+        _ => return Err(EvalError::no_overload("[]", &container, &key)),
+    };
+    Ok(if optional { Value::optional(found) } else { found.expect("present unless optional") })
 }
 
 fn numeric_cmp(a: &Value<'_>, b: &Value<'_>) -> Option<Ordering> {
