@@ -307,3 +307,44 @@ fn the_lists_and_sets_extensions() {
     check_eval_error("lists.range(1000000) == []", "out of range");
     check_compile_error("'abc'.sort() == 'abc'", "no matching overload");
 }
+
+#[test]
+fn optionals_over_request_params() {
+    // The shape Kubernetes policies use for fields that may be absent.
+    check("action.params.?refund_reason.orValue('none') == 'none'", true);
+    check("action.params.?currency.orValue('USD') == 'EUR'", true);
+    check("action.params.customer.?country.hasValue()", true);
+    check("action.params.?customer.?region.hasValue()", false);
+    check("action.params.tags[?5].orValue('') == ''", true);
+    check("agent.labels.?team.optMap(t, t + '-oncall').value() == 'billing-oncall'", true);
+    check("[?action.params.?missing, ?optional.of(1)] == [1]", true);
+    check("{?'a': optional.none(), 'b': 2} == {'b': 2}", true);
+    check_eval_error("action.params.?missing.value() == 'x'", "optional.none() dereference");
+    check_compile_error("action.params.?currency.orValue()", "no matching overload for 'orValue'");
+}
+
+#[test]
+fn network_types() {
+    check("cidr('10.0.0.0/8').containsIP(ip('10.1.2.3'))", true);
+    // A param that is not an address is a run-time error: the rule denies.
+    check_eval_error("cidr('10.0.0.0/8').containsIP(action.params.customer.country)", "parse error");
+    check("ip('2001:db8::1').family() == 6 && ip('127.0.0.1').isLoopback()", true);
+    check("cidr('192.168.0.1/24').masked() == cidr('192.168.0.0/24')", true);
+    check("type(ip('10.0.0.1')) == net.IP", true);
+    check_eval_error("ip('fe80::1%en0').family() == 6", "zone");
+    check_eval_error("ip('::ffff:10.0.0.1').family() == 6", "IPv4-mapped");
+    check_compile_error("isIP(cidr('10.0.0.0/8'))", "no matching overload for isIP(net.CIDR)");
+    check_compile_error("ip('10.0.0.1').prefixLength() == 8", "no matching overload for 'prefixLength'");
+}
+
+#[test]
+fn format_quote_and_two_variable_macros() {
+    check("'%s asked %d times: %.2f'.format([agent.id, 3, 1.005]) == 'agent-7 asked 3 times: 1.00'", true);
+    check("strings.quote(agent.name) == '\"Support bot\"'", true);
+    check("agent.labels.all(k, v, k.size() > 0 && v == 'billing')", true);
+    check("agent.roles.transformList(i, r, i == 0, r.upperAscii()) == ['SUPPORT']", true);
+    check("agent.labels.transformMap(k, v, v + '!') == {'team': 'billing!'}", true);
+    check("agent.roles.existsOne(i, r, r.startsWith('ref'))", true);
+    check_compile_error("'%q'.format([1]) == ''", "unrecognized formatting clause \"q\"");
+    check_eval_error("'%d %d'.format([1]) == ''", "index 1 out of range");
+}
