@@ -340,9 +340,7 @@ fn value_of(v: &DynamicMessage) -> Result<Value<'static>, String> {
                 }
                 Some("google.protobuf.Duration") => {
                     let d = prost_types::Duration::decode(bytes).map_err(|e| e.to_string())?;
-                    Value::Duration(
-                        TimeDelta::seconds(d.seconds) + TimeDelta::nanoseconds(i64::from(d.nanos)),
-                    )
+                    Value::Duration(TimeDelta::seconds(d.seconds) + TimeDelta::nanoseconds(i64::from(d.nanos)))
                 }
                 other => return Err(format!("protobuf message {}", other.unwrap_or_default())),
             }

@@ -169,7 +169,8 @@ impl Program {
                 message: format!("expression is {depth} levels deep; the limit is {MAX_TREE_DEPTH}"),
             });
         }
-        let compiled = Compiler { locals: Vec::new(), checked: true, container: String::new(), globals: 0 }.value(&expr)?;
+        let compiled =
+            Compiler { locals: Vec::new(), checked: true, container: String::new(), globals: 0 }.value(&expr)?;
         match compiled.ty {
             Ty::Bool | Ty::Dyn => {}
             other => {
@@ -255,7 +256,7 @@ impl Expression {
             container: env.container.clone(),
             globals: env.variables.len(),
         }
-            .value(&expr)?;
+        .value(&expr)?;
         Ok(Expression { eval: compiled.eval, ty: compiled.ty })
     }
 
@@ -1416,7 +1417,11 @@ impl Compiler {
         let key = self.value(key)?;
         let ty = index_type(expr, &operand.ty, &key.ty, true)?;
         let (container, key) = (operand.eval, key.eval);
-        Ok(Compiled { predicate: None, ty, eval: eval(move |scope| value::index(container(scope)?, key(scope)?, true)) })
+        Ok(Compiled {
+            predicate: None,
+            ty,
+            eval: eval(move |scope| value::index(container(scope)?, key(scope)?, true)),
+        })
     }
 
     /// `optional.of(x)`, `optional.ofNonZeroValue(x)`, `optional.none()`.
@@ -1437,7 +1442,11 @@ impl Compiler {
                     ty: Ty::Optional(Box::new(arg.ty)),
                     eval: eval(move |scope| {
                         let value = inner(scope)?;
-                        Ok(if non_zero && value.is_zero() { Value::Optional(None) } else { Value::optional(Some(value)) })
+                        Ok(if non_zero && value.is_zero() {
+                            Value::Optional(None)
+                        } else {
+                            Value::optional(Some(value))
+                        })
                     }),
                 })
             }
@@ -1604,7 +1613,12 @@ fn index_type(expr: &Expr, container: &Ty, key: &Ty, optional: bool) -> Result<T
 }
 
 /// `hasValue()`, `value()`, `orValue(default)` and `or(other)` on optionals.
-fn optional_method(expr: &Expr, function: &str, receiver: Compiled, args: Vec<Compiled>) -> Result<Compiled, CompileError> {
+fn optional_method(
+    expr: &Expr,
+    function: &str,
+    receiver: Compiled,
+    args: Vec<Compiled>,
+) -> Result<Compiled, CompileError> {
     let inner_ty = match &receiver.ty {
         Ty::Optional(inner) => (**inner).clone(),
         _ => Ty::Dyn,
@@ -1612,7 +1626,13 @@ fn optional_method(expr: &Expr, function: &str, receiver: Compiled, args: Vec<Co
     let ty = match (function, args.as_slice()) {
         ("hasValue", []) => Ty::Bool,
         ("value", []) => inner_ty,
-        ("orValue", [default]) => if default.ty == inner_ty { inner_ty } else { Ty::Dyn },
+        ("orValue", [default]) => {
+            if default.ty == inner_ty {
+                inner_ty
+            } else {
+                Ty::Dyn
+            }
+        }
         ("or", [other]) if matches!(other.ty, Ty::Optional(_) | Ty::Dyn) => receiver.ty.clone(),
         _ => return err(expr, format!("no matching overload for '{function}' on {}", receiver.ty)),
     };
@@ -1710,9 +1730,7 @@ impl Compiler {
             eval: eval(move |scope| {
                 let pairs: Vec<(Value<'_>, Value<'_>)> = match range(scope)? {
                     Value::List(list) => list.iter().enumerate().map(|(i, v)| (Value::Int(i as i64), v)).collect(),
-                    Value::Map(map) => {
-                        map.keys().into_iter().filter_map(|k| map.get(&k).map(|v| (k, v))).collect()
-                    }
+                    Value::Map(map) => map.keys().into_iter().filter_map(|k| map.get(&k).map(|v| (k, v))).collect(),
                     other => return Err(EvalError::new(format!("cannot iterate over {}", other.type_name()))),
                 };
                 let mut locals = scope.locals.to_vec();

@@ -18,8 +18,8 @@ mod strings;
 pub mod value;
 
 pub use compile::{CompileError, Env, Expression, Input, Program, Ty};
-pub use value::Value;
 pub use value::EvalError;
+pub use value::Value;
 
 #[cfg(test)]
 mod tests;

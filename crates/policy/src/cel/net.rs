@@ -22,7 +22,8 @@ pub fn parse_ip(text: &str) -> Result<IpAddr, EvalError> {
     if text.contains(':') && text.contains('.') {
         return Err(EvalError::new("IPv4-mapped IPv6 address is not allowed"));
     }
-    text.parse::<IpAddr>().map_err(|_| EvalError::new(format!("IP Address {text:?} parse error during conversion from string")))
+    text.parse::<IpAddr>()
+        .map_err(|_| EvalError::new(format!("IP Address {text:?} parse error during conversion from string")))
 }
 
 pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), EvalError> {
@@ -94,13 +95,12 @@ pub fn method_signature(function: &str, receiver: &Ty, args: &[Ty]) -> Option<Ty
     let is = |ty: &Ty, want: &Ty| ty == want || ty.is_dyn();
     match (function, args) {
         ("family", []) if is(receiver, &Ty::Ip) => Some(Ty::Int),
-        (
-            "isUnspecified" | "isLoopback" | "isGlobalUnicast" | "isLinkLocalMulticast" | "isLinkLocalUnicast",
-            [],
-        ) if is(receiver, &Ty::Ip) => Some(Ty::Bool),
-        ("containsIP", [arg]) if is(receiver, &Ty::Cidr) && (is(arg, &Ty::Ip) || *arg == Ty::String) => {
+        ("isUnspecified" | "isLoopback" | "isGlobalUnicast" | "isLinkLocalMulticast" | "isLinkLocalUnicast", [])
+            if is(receiver, &Ty::Ip) =>
+        {
             Some(Ty::Bool)
         }
+        ("containsIP", [arg]) if is(receiver, &Ty::Cidr) && (is(arg, &Ty::Ip) || *arg == Ty::String) => Some(Ty::Bool),
         ("containsCIDR", [arg]) if is(receiver, &Ty::Cidr) && (is(arg, &Ty::Cidr) || *arg == Ty::String) => {
             Some(Ty::Bool)
         }

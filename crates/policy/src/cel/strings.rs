@@ -239,11 +239,15 @@ fn clause(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<(Optio
             digits.push(*d);
             chars.next();
         }
-        precision = Some(digits.parse::<usize>().map_err(|_| EvalError::new("could not parse formatting clause: bad precision"))?);
+        precision = Some(
+            digits.parse::<usize>().map_err(|_| EvalError::new("could not parse formatting clause: bad precision"))?,
+        );
     }
     match chars.next() {
         Some(verb @ ('s' | 'd' | 'f' | 'e' | 'x' | 'X' | 'o' | 'b')) => Ok((precision, verb)),
-        Some(other) => Err(EvalError::new(format!("could not parse formatting clause: unrecognized formatting clause \"{other}\""))),
+        Some(other) => Err(EvalError::new(format!(
+            "could not parse formatting clause: unrecognized formatting clause \"{other}\""
+        ))),
         None => Err(EvalError::new("could not parse formatting clause: the format string ends after '%'")),
     }
 }
@@ -350,7 +354,9 @@ fn format_one(out: &mut String, verb: char, precision: Option<usize>, arg: &Valu
             Value::Int(i) => write!(out, "{i:b}").expect("write to a String"),
             Value::Uint(u) => write!(out, "{u:b}").expect("write to a String"),
             Value::Bool(b) => out.push(if *b { '1' } else { '0' }),
-            _ => return Err(formatting(format!("only integers and bools can be formatted as binary, was given {kind}"))),
+            _ => {
+                return Err(formatting(format!("only integers and bools can be formatted as binary, was given {kind}")));
+            }
         },
     }
     Ok(())
