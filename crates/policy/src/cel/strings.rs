@@ -355,7 +355,9 @@ fn format_one(out: &mut String, verb: char, precision: Option<usize>, arg: &Valu
             Value::Uint(u) => write!(out, "{u:b}").expect("write to a String"),
             Value::Bool(b) => out.push(if *b { '1' } else { '0' }),
             _ => {
-                return Err(formatting(format!("only integers and bools can be formatted as binary, was given {kind}")));
+                return Err(formatting(format!(
+                    "only integers and bools can be formatted as binary, was given {kind}"
+                )));
             }
         },
     }
