@@ -19,6 +19,7 @@ use chrono_tz::Tz;
 use regex::Regex;
 use warden_proto::policy::v1::{Action, Agent};
 
+use super::cost::{self, Budget};
 use super::parse::{BinaryOp, Expr, ExprKind, Literal, OPTIONAL_ENTRY, OPTIONAL_INDEX, OPTIONAL_SELECT, UnaryOp};
 use super::value::{self, EvalError, List, Map, Str, Value};
 
@@ -34,10 +35,19 @@ pub struct Input<'a> {
     pub correlation_id: &'a str,
 }
 
-/// The input plus the variables bound by enclosing comprehensions.
+/// The input plus the variables bound by enclosing comprehensions, and the
+/// evaluation's cost budget.
 pub struct Scope<'s, 'a> {
     pub input: &'s Input<'a>,
     pub locals: &'s [Value<'a>],
+    pub budget: &'s Budget,
+}
+
+impl<'s, 'a> Scope<'s, 'a> {
+    /// The same input and budget with other locals.
+    fn with_locals<'t>(&'t self, locals: &'t [Value<'a>]) -> Scope<'t, 'a> {
+        Scope { input: self.input, locals, budget: self.budget }
+    }
 }
 
 pub type Eval = Box<dyn for<'s, 'a> Fn(&Scope<'s, 'a>) -> Result<Value<'a>, EvalError> + Send + Sync>;
@@ -150,6 +160,7 @@ impl Ty {
 pub struct Program {
     predicate: Predicate,
     source: Arc<str>,
+    estimated_cost: u64,
 }
 
 impl fmt::Debug for Program {
@@ -171,6 +182,18 @@ impl Program {
         }
         let compiled =
             Compiler { locals: Vec::new(), checked: true, container: String::new(), globals: 0 }.value(&expr)?;
+        let estimated_cost = cost::estimate(&expr, &[]);
+        if estimated_cost > cost::MAX_COST {
+            return Err(CompileError {
+                offset: 0,
+                message: format!(
+                    "condition may cost up to {estimated_cost} units to evaluate; the limit is {} \
+                     (the usual causes: a comprehension over request params inside another, \
+                     or distinct() or sets.* over request params)",
+                    cost::MAX_COST
+                ),
+            });
+        }
         match compiled.ty {
             Ty::Bool | Ty::Dyn => {}
             other => {
@@ -190,12 +213,26 @@ impl Program {
                 })
             }
         };
-        Ok(Program { predicate, source: source.into() })
+        Ok(Program { predicate, source: source.into(), estimated_cost })
     }
 
-    /// Evaluates the condition. A non-bool result is an error.
+    /// Evaluates the condition. A non-bool result is an error, and so is
+    /// spending more than [`cost::MAX_COST`].
     pub fn evaluate(&self, input: &Input<'_>) -> Result<bool, EvalError> {
-        (self.predicate)(&Scope { input, locals: &[] })
+        self.evaluate_with(input, &Budget::new(cost::MAX_COST))
+    }
+
+    /// Evaluates the condition against `budget`, which says afterwards what
+    /// was spent.
+    pub fn evaluate_with(&self, input: &Input<'_>, budget: &Budget) -> Result<bool, EvalError> {
+        let result = (self.predicate)(&Scope { input, locals: &[], budget });
+        budget.check()?;
+        result
+    }
+
+    /// The load-time estimate of the most evaluation may cost.
+    pub fn estimated_cost(&self) -> u64 {
+        self.estimated_cost
     }
 
     pub fn source(&self) -> &str {
@@ -257,6 +294,14 @@ impl Expression {
             globals: env.variables.len(),
         }
         .value(&expr)?;
+        let names: Vec<String> = env.variables.iter().map(|(name, _)| name.clone()).collect();
+        let estimated_cost = cost::estimate(&expr, &names);
+        if estimated_cost > cost::MAX_COST {
+            return Err(CompileError {
+                offset: 0,
+                message: format!("expression may cost up to {estimated_cost} units; the limit is {}", cost::MAX_COST),
+            });
+        }
         Ok(Expression { eval: compiled.eval, ty: compiled.ty })
     }
 
@@ -268,7 +313,10 @@ impl Expression {
     /// Evaluates the expression; `variables` holds a value for each declared
     /// variable, in the order they were declared.
     pub fn evaluate<'a>(&self, input: &Input<'a>, variables: &[Value<'a>]) -> Result<Value<'a>, EvalError> {
-        (self.eval)(&Scope { input, locals: variables })
+        let budget = Budget::new(cost::MAX_COST);
+        let result = (self.eval)(&Scope { input, locals: variables, budget: &budget });
+        budget.check()?;
+        result
     }
 }
 
@@ -443,6 +491,7 @@ impl Compiler {
                     predicate: None,
                     ty: Ty::List(Box::new(item_ty)),
                     eval: eval(move |scope| {
+                        scope.budget.charge(evals.len() as u64)?;
                         let values = evals.iter().map(|e| e(scope)).collect::<Result<Vec<_>, _>>()?;
                         Ok(Value::List(List::Owned(Arc::new(values))))
                     }),
@@ -471,6 +520,7 @@ impl Compiler {
                     predicate: None,
                     ty,
                     eval: eval(move |scope| {
+                        scope.budget.charge(pairs.len() as u64)?;
                         let mut entries: Vec<(Value<'_>, Value<'_>)> = Vec::with_capacity(pairs.len());
                         for (k, v) in &pairs {
                             let key = k(scope)?;
@@ -769,6 +819,9 @@ impl Compiler {
                 if matches!(left, Ok(Value::Bool(false))) {
                     return Ok(Value::Bool(false));
                 }
+                if left.is_err() && scope.budget.exhausted() {
+                    return left;
+                }
                 let right = b(scope);
                 match (left, right) {
                     (_, Ok(Value::Bool(false))) => Ok(Value::Bool(false)),
@@ -781,6 +834,9 @@ impl Compiler {
                 let left = a(scope);
                 if matches!(left, Ok(Value::Bool(true))) {
                     return Ok(Value::Bool(true));
+                }
+                if left.is_err() && scope.budget.exhausted() {
+                    return left;
                 }
                 let right = b(scope);
                 match (left, right) {
@@ -797,7 +853,11 @@ impl Compiler {
             BinaryOp::Gt => eval(move |scope| Ok(Value::Bool(a(scope)?.compare(&b(scope)?, ">")?.is_gt()))),
             BinaryOp::Ge => eval(move |scope| Ok(Value::Bool(a(scope)?.compare(&b(scope)?, ">=")?.is_ge()))),
             BinaryOp::In => eval(move |scope| Ok(Value::Bool(a(scope)?.is_in(&b(scope)?)?))),
-            BinaryOp::Add => eval(move |scope| value::add(a(scope)?, b(scope)?)),
+            BinaryOp::Add => eval(move |scope| {
+                let sum = value::add(a(scope)?, b(scope)?)?;
+                scope.budget.charge(cost::units_of(&sum))?;
+                Ok(sum)
+            }),
             BinaryOp::Sub => eval(move |scope| value::sub(a(scope)?, b(scope)?)),
             BinaryOp::Mul => eval(move |scope| value::mul(a(scope)?, b(scope)?)),
             BinaryOp::Div => eval(move |scope| value::div(a(scope)?, b(scope)?)),
@@ -1071,7 +1131,7 @@ impl Compiler {
             eval: eval(move |scope| {
                 let mut locals = scope.locals.to_vec();
                 locals.push(init(scope)?);
-                inner(&Scope { input: scope.input, locals: &locals })
+                inner(&scope.with_locals(&locals))
             }),
         })
     }
@@ -1108,11 +1168,14 @@ impl Compiler {
             ty,
             eval: eval(move |scope| {
                 let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
-                match library {
+                scope.budget.charge(cost::work(&function, &cost::sizes(&values)))?;
+                let result = match library {
                     Library::Lists => super::lists::call(&namespace, &function, values),
                     Library::Strings => super::strings::namespaced_call(&namespace, &function, values),
                     Library::Math => super::math::call(&namespace, &function, values),
-                }
+                }?;
+                scope.budget.charge(cost::units_of(&result))?;
+                Ok(result)
             }),
         })
     }
@@ -1344,6 +1407,7 @@ impl Compiler {
                         return Err(EvalError::new(format!("cannot iterate over {}", other.type_name())));
                     }
                 };
+                scope.budget.charge(items.len() as u64)?;
                 let mut locals = scope.locals.to_vec();
                 locals.push(Value::Null);
                 let slot = locals.len() - 1;
@@ -1352,7 +1416,7 @@ impl Compiler {
                 let mut out = Vec::new();
                 for item in items {
                     locals[slot] = item.clone();
-                    let inner = Scope { input: scope.input, locals: &locals };
+                    let inner = scope.with_locals(&locals);
                     let keep = match &predicate {
                         Some(p) => match p(&inner) {
                             Ok(Value::Bool(b)) => b,
@@ -1360,7 +1424,7 @@ impl Compiler {
                                 return Err(EvalError::new(format!("predicate yielded {}", other.type_name())));
                             }
                             // all/exists absorb errors when another element decides.
-                            Err(e) if matches!(kind, Fold::All | Fold::Exists) => {
+                            Err(e) if matches!(kind, Fold::All | Fold::Exists) && !inner.budget.exhausted() => {
                                 first_error.get_or_insert(e);
                                 continue;
                             }
@@ -1384,7 +1448,10 @@ impl Compiler {
                     Fold::All => Value::Bool(true),
                     Fold::Exists => Value::Bool(false),
                     Fold::ExistsOne => Value::Bool(count == 1),
-                    Fold::Map | Fold::Filter => Value::List(List::Owned(Arc::new(out))),
+                    Fold::Map | Fold::Filter => {
+                        scope.budget.charge(out.len() as u64)?;
+                        Value::List(List::Owned(Arc::new(out)))
+                    }
                 })
             }),
         })
@@ -1494,7 +1561,7 @@ impl Compiler {
                 };
                 let mut locals = scope.locals.to_vec();
                 locals.push(inner);
-                let result = body(&Scope { input: scope.input, locals: &locals })?;
+                let result = body(&scope.with_locals(&locals))?;
                 if flat {
                     match result {
                         Value::Optional(_) => Ok(result),
@@ -1522,6 +1589,7 @@ impl Compiler {
             predicate: None,
             ty: Ty::List(Box::new(common_type(types.iter()))),
             eval: eval(move |scope| {
+                scope.budget.charge(parts.len() as u64)?;
                 let mut values = Vec::with_capacity(parts.len());
                 for (optional, part) in &parts {
                     match (optional, part(scope)?) {
@@ -1555,6 +1623,7 @@ impl Compiler {
             predicate: None,
             ty: Ty::Map(Box::new(common_type(key_types.iter())), Box::new(common_type(value_types.iter()))),
             eval: eval(move |scope| {
+                scope.budget.charge(parts.len() as u64)?;
                 let mut out: Vec<(Value<'_>, Value<'_>)> = Vec::with_capacity(parts.len());
                 for (optional, key, value) in &parts {
                     let key = key(scope)?;
@@ -1733,6 +1802,7 @@ impl Compiler {
                     Value::Map(map) => map.keys().into_iter().filter_map(|k| map.get(&k).map(|v| (k, v))).collect(),
                     other => return Err(EvalError::new(format!("cannot iterate over {}", other.type_name()))),
                 };
+                scope.budget.charge(pairs.len() as u64)?;
                 let mut locals = scope.locals.to_vec();
                 locals.extend([Value::Null, Value::Null]);
                 let slot = locals.len() - 2;
@@ -1743,7 +1813,7 @@ impl Compiler {
                 for (key, value) in pairs {
                     locals[slot] = key.clone();
                     locals[slot + 1] = value;
-                    let inner = Scope { input: scope.input, locals: &locals };
+                    let inner = scope.with_locals(&locals);
                     if let Some(filter) = &filter {
                         match filter(&inner)? {
                             Value::Bool(true) => {}
@@ -1759,7 +1829,7 @@ impl Compiler {
                                 Ok(other) => {
                                     return Err(EvalError::new(format!("predicate yielded {}", other.type_name())));
                                 }
-                                Err(e) if !matches!(kind, Fold2::ExistsOne) => {
+                                Err(e) if !matches!(kind, Fold2::ExistsOne) && !inner.budget.exhausted() => {
                                     first_error.get_or_insert(e);
                                     continue;
                                 }
@@ -1796,6 +1866,7 @@ impl Compiler {
                 if let Some(error) = first_error {
                     return Err(error);
                 }
+                scope.budget.charge((list_out.len() + map_out.len()) as u64)?;
                 Ok(match kind {
                     Fold2::All => Value::Bool(true),
                     Fold2::Exists => Value::Bool(false),
@@ -1867,6 +1938,10 @@ fn logic(and: bool, p: Predicate, q: Predicate) -> Predicate {
         let left = p(s);
         if left == Ok(!and) {
             return Ok(!and);
+        }
+        // An exhausted budget is never absorbed.
+        if left.is_err() && s.budget.exhausted() {
+            return left;
         }
         match (left, q(s)) {
             (_, Ok(b)) if b != and => Ok(b),
@@ -2027,7 +2102,10 @@ fn extension_method(ty: Ty, function: &str, target: Eval, args: Vec<Compiled>, r
         eval: eval(move |scope| {
             let receiver = target(scope)?;
             let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
-            run(&name, receiver, &values)
+            scope.budget.charge(cost::work(&name, &cost::sizes(std::iter::once(&receiver).chain(&values))))?;
+            let result = run(&name, receiver, &values)?;
+            scope.budget.charge(cost::units_of(&result))?;
+            Ok(result)
         }),
     }
 }

@@ -10,6 +10,7 @@
 //! evaluation with no allocation for ordinary conditions.
 
 pub mod compile;
+pub mod cost;
 mod lists;
 mod math;
 mod net;

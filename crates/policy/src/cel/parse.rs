@@ -329,9 +329,13 @@ impl<'s> Lexer<'s> {
                         out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
                     }
                     b'0'..=b'3' => {
-                        let octal = &self.source[self.pos - 1..(self.pos + 2).min(self.source.len())];
-                        let value =
-                            u8::from_str_radix(octal, 8).or_else(|_| self.error(start, "invalid octal escape"))?;
+                        // Three octal digits, read as bytes: a multi-byte
+                        // character after the escape is simply not a digit.
+                        let octal = self.bytes.get(self.pos - 1..self.pos + 2).unwrap_or_default();
+                        if octal.len() != 3 || !octal.iter().all(|b| (b'0'..=b'7').contains(b)) {
+                            return self.error(start, "invalid octal escape");
+                        }
+                        let value = octal.iter().fold(0u8, |v, d| v.wrapping_mul(8).wrapping_add(d - b'0'));
                         self.pos += 2;
                         push_escaped(&mut out, value, bytes);
                     }
@@ -351,6 +355,9 @@ impl<'s> Lexer<'s> {
         let text =
             self.source.get(self.pos..end).ok_or(ParseError { offset: start, message: "truncated escape".into() })?;
         self.pos = end;
+        if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return self.error(start, "invalid hex escape");
+        }
         u32::from_str_radix(text, 16).or_else(|_| self.error(start, "invalid hex escape"))
     }
 }
@@ -785,6 +792,10 @@ mod tests {
             ("1 + 9223372036854775808", "integer literal out of range at column 5"),
             ("`a` == 1", "a quoted field name is allowed only after '.' at column 1"),
             ("a.`b", "invalid quoted field name at column 3"),
+            // Found by the property test: an escape followed by a multi-byte
+            // character was sliced mid-character, a panic.
+            ("'\\0য'", "invalid octal escape at column 1"),
+            ("'\\x+1'", "invalid hex escape at column 1"),
             ("a.`b!`", "invalid quoted field name at column 3"),
         ];
         for (source, expected) in cases {

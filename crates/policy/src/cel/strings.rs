@@ -229,6 +229,9 @@ pub fn check_format(template: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The largest precision a format clause may ask for.
+pub const MAX_PRECISION: usize = 100;
+
 /// Reads `[.precision]verb` after a `%`.
 fn clause(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<(Option<usize>, char), EvalError> {
     let mut precision = None;
@@ -239,9 +242,10 @@ fn clause(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Result<(Optio
             digits.push(*d);
             chars.next();
         }
-        precision = Some(
-            digits.parse::<usize>().map_err(|_| EvalError::new("could not parse formatting clause: bad precision"))?,
-        );
+        let parsed = digits.parse::<usize>().ok().filter(|p| *p <= MAX_PRECISION);
+        precision = Some(parsed.ok_or_else(|| {
+            EvalError::new(format!("could not parse formatting clause: precision must be 0 to {MAX_PRECISION}"))
+        })?);
     }
     match chars.next() {
         Some(verb @ ('s' | 'd' | 'f' | 'e' | 'x' | 'X' | 'o' | 'b')) => Ok((precision, verb)),

@@ -348,3 +348,32 @@ fn format_quote_and_two_variable_macros() {
     check_compile_error("'%q'.format([1]) == ''", "unrecognized formatting clause \"q\"");
     check_eval_error("'%d %d'.format([1]) == ''", "index 1 out of range");
 }
+
+#[test]
+fn costly_conditions_are_refused_at_load() {
+    // A comprehension over params inside another: quadratic in the request.
+    check_compile_error("action.params.tags.all(a, action.params.tags.exists(b, a == b))", "condition may cost up to");
+    check_compile_error("lists.range(100000).all(i, lists.range(100000).all(j, i != j))", "the limit is 1000000");
+    check_compile_error("action.params.tags.distinct().size() > 1", "distinct() or sets.*");
+    // Linear in the request, or nested over the request's bounded roles: fine.
+    check("action.params.tags.all(t, t.size() < 10)", true);
+    check("agent.roles.all(a, agent.roles.exists(b, a == b))", true);
+    check("agent.roles.distinct().size() == 2", true);
+    let program = Program::compile("action.params.tags.all(t, t.size() < 10)").unwrap();
+    assert!(program.estimated_cost() < super::cost::MAX_COST);
+    check_compile_error("'%.500f'.format([1.0]) == ''", "precision must be 0 to 100");
+}
+
+#[test]
+fn evaluation_past_its_budget_is_an_error() {
+    use super::cost::Budget;
+    let program = Program::compile("lists.range(1000).all(i, i >= 0)").unwrap();
+    let (agent, action) = (agent(), action());
+    let input = Input { agent: &agent, action: &action, time: at(NOON), correlation_id: "corr-1" };
+    let roomy = Budget::new(10_000);
+    assert_eq!(program.evaluate_with(&input, &roomy), Ok(true));
+    assert!(roomy.spent() >= 1000 && roomy.spent() <= program.estimated_cost(), "spent {}", roomy.spent());
+    let tight = Budget::new(500);
+    let error = program.evaluate_with(&input, &tight).unwrap_err();
+    assert!(error.0.contains("exceeded its cost budget of 500 units"), "{error}");
+}
