@@ -110,6 +110,7 @@ fn list_expr() -> impl Strategy<Value = String> {
         "lists.range(20)".into(),
         "action.params.items.map(v, string(v))".into(),
         "agent.roles.filter(v, v.size() > 2)".into(),
+        "action.params.items.sortBy(v, string(v))".into(),
         "action.params.name.split('a')".into(),
         "agent.roles + action.params.items".into(),
         "[action.params.items, agent.roles].flatten()".into(),
@@ -125,6 +126,7 @@ fn bool_expr() -> impl Strategy<Value = String> {
         "'%s'.format([x]).size() < 100".into(),
         "action.params.?missing.orValue(1) == 1".into(),
         "agent.roles.join('-').size() >= 0".into(),
+        "agent.roles.first().orValue('') <= 'zzz'".into(),
     ]);
     leaf.prop_recursive(3, 24, 3, |inner| {
         prop_oneof![

@@ -430,6 +430,9 @@ const FUNCTIONS: &[&str] = &[
     "slice",
     "flatten",
     "sort",
+    "sortBy",
+    "first",
+    "last",
     "distinct",
     "int",
     "uint",
@@ -881,6 +884,7 @@ impl Compiler {
                 return err(expr, "'?' marks an optional list element or map key only");
             }
             ("optMap" | "optFlatMap", Some(target)) => return self.opt_map(expr, target, function, args),
+            ("sortBy", Some(target)) => return self.sort_by(expr, target, args),
             (_, Some(Expr { kind: ExprKind::Ident(namespace), .. }))
                 if namespace == "optional" && self.resolve(namespace).is_none() =>
             {
@@ -1570,6 +1574,52 @@ impl Compiler {
                 } else {
                     Ok(Value::optional(Some(result)))
                 }
+            }),
+        })
+    }
+
+    /// `list.sortBy(x, key)`: the list in ascending order of `key`, stable.
+    fn sort_by(&mut self, expr: &Expr, target: &Expr, args: &[Expr]) -> Result<Compiled, CompileError> {
+        let [variable, key] = args else {
+            return err(expr, "sortBy() takes a variable and a key expression");
+        };
+        let ExprKind::Ident(variable) = &variable.kind else {
+            return err(variable, "sortBy() needs a variable name as its first argument");
+        };
+        let range = self.value(target)?;
+        let item_ty = match &range.ty {
+            Ty::List(item) => (**item).clone(),
+            Ty::Dyn => Ty::Dyn,
+            other => return err(target, format!("sortBy() needs a list, not {other}")),
+        };
+        self.locals.push((variable.clone(), item_ty));
+        let key = self.value(key);
+        self.locals.pop();
+        let key = key?;
+        if matches!(key.ty, Ty::List(_) | Ty::Map(..) | Ty::Null | Ty::Type | Ty::Optional(_)) {
+            return err(expr, format!("sortBy() needs a key that can be ordered, not {}", key.ty));
+        }
+        let (range_ty, range, key) = (range.ty, range.eval, key.eval);
+        Ok(Compiled {
+            predicate: None,
+            ty: range_ty,
+            eval: eval(move |scope| {
+                let items: Vec<Value<'_>> = match range(scope)? {
+                    Value::List(list) => list.iter().collect(),
+                    other => return Err(EvalError::new(format!("sortBy() on {}", other.type_name()))),
+                };
+                let n = items.len() as u64;
+                scope.budget.charge(n.saturating_add(cost::work("sort", &[n])).saturating_add(n))?;
+                let mut locals = scope.locals.to_vec();
+                locals.push(Value::Null);
+                let slot = locals.len() - 1;
+                let mut keys = Vec::with_capacity(items.len());
+                for item in &items {
+                    locals[slot] = item.clone();
+                    keys.push(key(&scope.with_locals(&locals))?);
+                }
+                let order = super::lists::sort_order(&keys)?;
+                Ok(Value::List(List::Owned(Arc::new(order.into_iter().map(|i| items[i].clone()).collect()))))
             }),
         })
     }

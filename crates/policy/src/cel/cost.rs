@@ -260,6 +260,7 @@ impl Estimator {
                 | "existsOne"
                 | "map"
                 | "filter"
+                | "sortBy"
                 | "transformList"
                 | "transformMap"
                 | "transformMapEntry"
@@ -267,7 +268,7 @@ impl Estimator {
         if let (true, Some(target)) = (comprehension && args.len() >= 2, target) {
             let (range_cost, range) = self.estimate(target);
             let two = match function {
-                "map" | "filter" => false,
+                "map" | "filter" | "sortBy" => false,
                 "all" | "exists" | "exists_one" | "existsOne" => args.len() == 3,
                 _ => true,
             };
@@ -287,10 +288,14 @@ impl Estimator {
             let iterations = n.saturating_mul(body_cost.saturating_add(1));
             let result = match function {
                 "map" | "transformList" | "transformMap" | "transformMapEntry" => Size::list(n, body_size),
-                "filter" => range,
+                "filter" | "sortBy" => range,
                 _ => Size::SCALAR,
             };
-            return (range_cost.saturating_add(iterations).saturating_add(result.units()), result);
+            let sorting = if function == "sortBy" { work("sort", &[n]) } else { 0 };
+            return (
+                range_cost.saturating_add(iterations).saturating_add(sorting).saturating_add(result.units()),
+                result,
+            );
         }
         match (namespace, function) {
             (Some("cel"), "bind") if args.len() == 3 => {

@@ -1,5 +1,6 @@
 //! CEL's lists and sets extensions (as cel-go's `ext.Lists` and `ext.Sets`
-//! ship them): `slice`, `flatten`, `sort`, `distinct` on lists,
+//! ship them): `slice`, `flatten`, `sort`, `sortBy`, `distinct`, `first`,
+//! `last` on lists,
 //! `lists.range(n)`, and `sets.contains`, `sets.equivalent`,
 //! `sets.intersects`.
 
@@ -30,6 +31,10 @@ pub fn method_signature(function: &str, receiver: &Ty, args: &[Ty]) -> Option<Ty
         ("flatten", []) => Ty::List(Box::new(Ty::Dyn)),
         ("flatten", [depth]) if int(depth) => Ty::List(Box::new(Ty::Dyn)),
         ("sort" | "distinct", []) => receiver.clone(),
+        ("first" | "last", []) => Ty::Optional(Box::new(match receiver {
+            Ty::List(item) => (**item).clone(),
+            _ => Ty::Dyn,
+        })),
         _ => return None,
     })
 }
@@ -96,20 +101,11 @@ pub fn method<'a>(function: &str, receiver: Value<'a>, args: &[Value<'a>]) -> Re
             list(out)
         }
         "sort" => {
-            let mut sorted = all;
-            let mut failure = None;
-            sorted.sort_by(|a, b| match a.compare(b, "sort") {
-                Ok(order) => order,
-                Err(error) => {
-                    failure.get_or_insert(error);
-                    Ordering::Equal
-                }
-            });
-            if let Some(error) = failure {
-                return Err(error);
-            }
-            list(sorted)
+            let order = sort_order(&all)?;
+            list(order.into_iter().map(|i| all[i].clone()).collect())
         }
+        "first" => Value::optional(all.first().cloned()),
+        "last" => Value::optional(all.last().cloned()),
         "distinct" => {
             let mut kept: Vec<Value<'a>> = Vec::new();
             for item in all {
@@ -121,6 +117,36 @@ pub fn method<'a>(function: &str, receiver: Value<'a>, args: &[Value<'a>]) -> Re
         }
         other => return Err(EvalError::new(format!("no list function '{other}'"))),
     })
+}
+
+/// The positions of `keys` in ascending order, stable. The keys must all
+/// be of one ordered type (and no NaN), so the order is total: a list that
+/// mixes types is an error rather than an arbitrary order.
+pub fn sort_order(keys: &[Value<'_>]) -> Result<Vec<usize>, EvalError> {
+    if let Some(first) = keys.first() {
+        for key in keys {
+            let comparable = matches!(
+                key,
+                Value::Int(_)
+                    | Value::Uint(_)
+                    | Value::String(_)
+                    | Value::Bool(_)
+                    | Value::Bytes(_)
+                    | Value::Timestamp(_)
+                    | Value::Duration(_)
+            ) || matches!(key, Value::Double(d) if !d.is_nan());
+            if !comparable || std::mem::discriminant(key) != std::mem::discriminant(first) {
+                return Err(EvalError::new(format!(
+                    "sort needs values of one ordered type, found {} and {}",
+                    first.type_name(),
+                    key.type_name()
+                )));
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by(|&a, &b| keys[a].compare(&keys[b], "sort").unwrap_or(Ordering::Equal));
+    Ok(order)
 }
 
 /// Runs `namespace.function(args)`.

@@ -303,7 +303,7 @@ fn the_lists_and_sets_extensions() {
     check("sets.contains(agent.roles, ['support']) && !sets.contains(['a'], ['a', 'b'])", true);
     check("sets.equivalent([1, 2, 2], [2, 1]) && sets.intersects(action.params.tags, ['eu', 'us'])", true);
     check_eval_error("[1, 2].slice(1, 5) == []", "out of range");
-    check_eval_error("[1, 'a'].sort() == []", "no such overload");
+    check_eval_error("[1, 'a'].sort() == []", "sort needs values of one ordered type");
     check_eval_error("lists.range(1000000) == []", "out of range");
     check_compile_error("'abc'.sort() == 'abc'", "no matching overload");
 }
@@ -376,4 +376,19 @@ fn evaluation_past_its_budget_is_an_error() {
     let tight = Budget::new(500);
     let error = program.evaluate_with(&input, &tight).unwrap_err();
     assert!(error.0.contains("exceeded its cost budget of 500 units"), "{error}");
+}
+
+#[test]
+fn sort_by_first_and_last() {
+    check("agent.roles.sortBy(r, r.size()) == ['support', 'refunds']", true);
+    check("[3, 1, 2].sortBy(x, -x) == [3, 2, 1]", true);
+    check("agent.roles.sortBy(r, r).first().value() == 'refunds'", true);
+    check("agent.roles.last().orValue('') == 'refunds'", true);
+    check("[].first().hasValue()", false);
+    // Mixed types have no order: an error (the rule denies), never a panic
+    // or an arbitrary order.
+    check_eval_error("[1, 'a', 2.0].sort() == []", "sort needs values of one ordered type");
+    check_eval_error("[1.0, double('NaN')].sort() == []", "sort needs values of one ordered type");
+    check_eval_error("action.params.tags.sortBy(t, t == 'vip' ? 1 : 'x') == []", "one ordered type");
+    check_compile_error("agent.roles.sortBy(r, [r]) == []", "sortBy() needs a key that can be ordered");
 }
