@@ -27,6 +27,11 @@ pub struct PolicyEngineConfig {
     pub policies: PathBuf,
     /// Reload policies when files in the directory change.
     pub watch_policies: bool,
+    /// The most a rule's condition may cost to evaluate, in cost units (one
+    /// per comprehension iteration or element built; see the README's
+    /// "Conditions"). A condition whose load-time estimate is higher is a
+    /// load error; evaluation past it is a run-time error (the rule denies).
+    pub max_condition_cost: u64,
     /// Redis for limits shared by replicas; empty counts limits in memory.
     pub redis_url: String,
     /// How long a limit check may wait for Redis before failing closed.
@@ -61,6 +66,7 @@ impl Default for PolicyEngineConfig {
             data_dir: PathBuf::from("./warden-data"),
             policies: PathBuf::from("./policies"),
             watch_policies: true,
+            max_condition_cost: warden_policy::cel::cost::MAX_COST,
             redis_url: String::new(),
             redis_timeout: Duration::from_millis(250),
             kill_switch_refresh: Duration::from_secs(2),
@@ -112,6 +118,13 @@ impl Validate for PolicyEngineConfig {
                 "must be between 1 and 1000",
             ));
         }
+        if !(1_000..=1_000_000_000).contains(&self.max_condition_cost) {
+            return Err(ConfigError::invalid(
+                "max_condition_cost",
+                self.max_condition_cost,
+                "must be between 1000 and 1000000000",
+            ));
+        }
         if self.policies.as_os_str().is_empty() {
             return Err(ConfigError::invalid("policies", "", "must name a directory"));
         }
@@ -121,6 +134,11 @@ impl Validate for PolicyEngineConfig {
 }
 
 impl PolicyEngineConfig {
+    /// How the policy directory is loaded.
+    pub fn load_options(&self) -> warden_policy::policy::LoadOptions {
+        warden_policy::policy::LoadOptions { max_condition_cost: self.max_condition_cost }
+    }
+
     /// The database URL to use: the configured one or the data directory's.
     pub fn database_url(&self) -> String {
         if self.database_url.is_empty() {
@@ -156,6 +174,7 @@ mod tests {
                 ("WARDEN__REDIS_URL".to_string(), "redis://127.0.0.1:6379".to_string()),
                 ("WARDEN__TELEMETRY__LOG_FORMAT".to_string(), "json".to_string()),
                 ("WARDEN__KILL_SWITCH_REFRESH".to_string(), "5s".to_string()),
+                ("WARDEN__MAX_CONDITION_COST".to_string(), "50000".to_string()),
             ]
             .into(),
             ..Sources::default()
@@ -166,6 +185,7 @@ mod tests {
         assert_eq!(config.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(config.telemetry.log_format, warden_telemetry::LogFormat::Json);
         assert_eq!(config.kill_switch_refresh, Duration::from_secs(5));
+        assert_eq!(config.load_options().max_condition_cost, 50_000);
         assert_eq!(config.database_url(), "sqlite://./warden-data/warden.db");
     }
 
@@ -176,6 +196,7 @@ mod tests {
             ("database_url", "mysql://x", "`database_url`"),
             ("redis_url", "127.0.0.1:6379", "`redis_url`"),
             ("kill_switch_refresh", "1ms", "`kill_switch_refresh`"),
+            ("max_condition_cost", "10", "`max_condition_cost`"),
             ("telemetry.log_format", "xml", "log_format"),
             ("polices", "x", "polices"),
         ] {

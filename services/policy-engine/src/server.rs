@@ -75,7 +75,8 @@ impl PolicyEngine {
         let dir = config.policies.clone();
         let policies = {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || policy::load_dir(&dir)).await.expect("policy load task")
+            let options = config.load_options();
+            tokio::task::spawn_blocking(move || policy::load_dir_with(&dir, &options)).await.expect("policy load task")
         }
         .map_err(|errors| StartError::Policies { dir: dir.display().to_string(), errors })?;
         set_gauges(&policies);
@@ -90,7 +91,7 @@ impl PolicyEngine {
         let switches = kill_switch_store.load().await?;
         METRICS.kill_switches_engaged.set(switches.engaged_count() as i64);
         engine.set_kill_switches(switches);
-        let reloader = Arc::new(Reloader::new(dir.clone(), engine.clone()));
+        let reloader = Arc::new(Reloader::new(dir.clone(), config.load_options(), engine.clone()));
 
         let (auth, mut background) = warden_auth::Auth::start(&config.auth, "policy-engine", &config.data_dir).await?;
         background.push(tokio::spawn(refresh_kill_switches(

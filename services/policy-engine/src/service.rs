@@ -40,6 +40,7 @@ pub mod limits {
 #[derive(Debug)]
 pub struct Reloader {
     dir: PathBuf,
+    options: policy::LoadOptions,
     engine: Arc<Engine>,
     status: Mutex<ReloadStatus>,
 }
@@ -51,8 +52,13 @@ pub struct ReloadStatus {
 }
 
 impl Reloader {
-    pub fn new(dir: PathBuf, engine: Arc<Engine>) -> Self {
-        Reloader { dir, engine, status: Mutex::new(ReloadStatus::default()) }
+    pub fn new(dir: PathBuf, options: policy::LoadOptions, engine: Arc<Engine>) -> Self {
+        Reloader { dir, options, engine, status: Mutex::new(ReloadStatus::default()) }
+    }
+
+    /// How policies are loaded (also for `ValidatePolicies`).
+    pub fn options(&self) -> policy::LoadOptions {
+        self.options
     }
 
     pub fn dir(&self) -> &PathBuf {
@@ -65,14 +71,16 @@ impl Reloader {
         // One reload at a time, so an older read never overwrites a newer one.
         let mut status = self.status.lock().await;
         let dir = self.dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || policy::load_dir(&dir)).await.unwrap_or_else(|error| {
-            Err(vec![PolicyError {
-                file: String::new(),
-                line: 0,
-                rule: String::new(),
-                message: format!("reload task failed: {error}"),
-            }])
-        });
+        let options = self.options;
+        let loaded =
+            tokio::task::spawn_blocking(move || policy::load_dir_with(&dir, &options)).await.unwrap_or_else(|error| {
+                Err(vec![PolicyError {
+                    file: String::new(),
+                    line: 0,
+                    rule: String::new(),
+                    message: format!("reload task failed: {error}"),
+                }])
+            });
         status.attempted_at = Some(SystemTime::now());
         match loaded {
             Ok(set) => {
@@ -361,7 +369,8 @@ impl PolicyService for PolicyServiceImpl {
         let sources: Vec<Source> =
             request.sources.into_iter().map(|s| Source { file: s.file, content: s.content }).collect();
         let version = policy::version_of(&sources);
-        let result = tokio::task::spawn_blocking(move || policy::compile_sources(&sources))
+        let options = self.reloader.options();
+        let result = tokio::task::spawn_blocking(move || policy::compile_sources_with(&sources, &options))
             .await
             .map_err(|e| to_status(&WardenError::new(Category::Internal, "VALIDATION_FAILED", e.to_string())))?;
         Ok(Response::new(match result {

@@ -161,6 +161,7 @@ pub struct Program {
     predicate: Predicate,
     source: Arc<str>,
     estimated_cost: u64,
+    max_cost: u64,
 }
 
 impl fmt::Debug for Program {
@@ -170,8 +171,15 @@ impl fmt::Debug for Program {
 }
 
 impl Program {
-    /// Parses, checks and compiles a condition that must yield a bool.
+    /// Parses, checks and compiles a condition that must yield a bool, with
+    /// the default cost bound ([`cost::MAX_COST`]).
     pub fn compile(source: &str) -> Result<Program, CompileError> {
+        Program::compile_with_max_cost(source, cost::MAX_COST)
+    }
+
+    /// Like [`Program::compile`], refusing a condition whose estimated cost
+    /// is over `max_cost`, which is then also its run-time budget.
+    pub fn compile_with_max_cost(source: &str, max_cost: u64) -> Result<Program, CompileError> {
         let expr = super::parse::parse(source).map_err(|e| CompileError { offset: e.offset, message: e.message })?;
         let depth = tree_depth(&expr);
         if depth > MAX_TREE_DEPTH {
@@ -183,14 +191,13 @@ impl Program {
         let compiled =
             Compiler { locals: Vec::new(), checked: true, container: String::new(), globals: 0 }.value(&expr)?;
         let estimated_cost = cost::estimate(&expr, &[]);
-        if estimated_cost > cost::MAX_COST {
+        if estimated_cost > max_cost {
             return Err(CompileError {
                 offset: 0,
                 message: format!(
-                    "condition may cost up to {estimated_cost} units to evaluate; the limit is {} \
+                    "condition may cost up to {estimated_cost} units to evaluate; the limit is {max_cost} \
                      (the usual causes: a comprehension over request params inside another, \
-                     or distinct() or sets.* over request params)",
-                    cost::MAX_COST
+                     or distinct() or sets.* over request params)"
                 ),
             });
         }
@@ -213,13 +220,13 @@ impl Program {
                 })
             }
         };
-        Ok(Program { predicate, source: source.into(), estimated_cost })
+        Ok(Program { predicate, source: source.into(), estimated_cost, max_cost })
     }
 
     /// Evaluates the condition. A non-bool result is an error, and so is
-    /// spending more than [`cost::MAX_COST`].
+    /// spending more than the cost bound it was compiled with.
     pub fn evaluate(&self, input: &Input<'_>) -> Result<bool, EvalError> {
-        self.evaluate_with(input, &Budget::new(cost::MAX_COST))
+        self.evaluate_with(input, &Budget::new(self.max_cost))
     }
 
     /// Evaluates the condition against `budget`, which says afterwards what

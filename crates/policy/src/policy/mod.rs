@@ -503,9 +503,30 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Source>, Vec<PolicyError>> {
     if errors.is_empty() { Ok(sources) } else { Err(errors) }
 }
 
+/// What loading accepts beyond the fixed [`bounds`]: settable by whoever
+/// deploys the policy engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The most a condition's evaluation may cost, estimated at load (a
+    /// condition over it is refused) and enforced as its run-time budget.
+    /// See `cel::cost`.
+    pub max_condition_cost: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { max_condition_cost: crate::cel::cost::MAX_COST }
+    }
+}
+
 /// Loads a policy directory.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, Vec<PolicyError>> {
-    compile_sources(&read_dir(dir)?)
+    load_dir_with(dir, &LoadOptions::default())
+}
+
+/// Loads a policy directory with `options`.
+pub fn load_dir_with(dir: &Path, options: &LoadOptions) -> Result<PolicySet, Vec<PolicyError>> {
+    compile_sources_with(&read_dir(dir)?, options)
 }
 
 /// The content hash naming a set of sources.
@@ -524,6 +545,11 @@ pub fn version_of(sources: &[Source]) -> String {
 
 /// Validates and compiles sources into a set, reporting every error found.
 pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>> {
+    compile_sources_with(sources, &LoadOptions::default())
+}
+
+/// [`compile_sources`] with `options`.
+pub fn compile_sources_with(sources: &[Source], options: &LoadOptions) -> Result<PolicySet, Vec<PolicyError>> {
     let mut errors = Vec::new();
     let mut rules = Vec::new();
     let mut limits = Vec::new();
@@ -587,7 +613,7 @@ pub fn compile_sources(sources: &[Source]) -> Result<PolicySet, Vec<PolicyError>
                     fail(format!("condition is {} bytes; the limit is {}", when.len(), bounds::MAX_CONDITION_BYTES));
                     continue;
                 }
-                Some(when) => match Program::compile(when) {
+                Some(when) => match Program::compile_with_max_cost(when, options.max_condition_cost) {
                     Ok(program) => Some(program),
                     Err(error) => {
                         fail(format!("invalid condition: {error}"));

@@ -311,3 +311,21 @@ fn example_policies_load() {
     let set = super::load_dir(&dir).unwrap_or_else(|e| panic!("{e:?}"));
     assert!(set.rules.len() >= 7 && set.limits.len() == 2);
 }
+
+#[test]
+fn the_condition_cost_bound_is_configurable() {
+    let yaml = "rules:\n  - name: ok\n    effect: allow\n  - name: every-pair\n    effect: deny\n    when: \"agent.roles.all(a, agent.roles.exists(b, a == b))\"\n";
+    let source = [Source { file: "cost.yaml".into(), content: yaml.into() }];
+    // Nested over the agent's (at most 64) roles: fine under the default.
+    assert!(compile_sources(&source).is_ok());
+    let tight = super::LoadOptions { max_condition_cost: 1_000 };
+    let errors = super::compile_sources_with(&source, &tight).expect_err("over the configured bound");
+    assert_eq!(errors.len(), 1);
+    let error = &errors[0];
+    assert_eq!((error.file.as_str(), error.line, error.rule.as_str()), ("cost.yaml", 4, "every-pair"));
+    assert!(error.message.contains("the limit is 1000"), "{error}");
+    // The bound is also the run-time budget of the conditions that load.
+    let set = super::compile_sources_with(&source, &super::LoadOptions { max_condition_cost: 10_000 }).unwrap();
+    let agent = agent("a", &["r1", "r2"], 0.9);
+    check(&set, &agent, &action("x", 0.0), Effect::Deny, &["every-pair"], &["denied by rule 'every-pair'"]);
+}
