@@ -205,7 +205,7 @@ fn run(test: &DynamicMessage) -> Result<(), String> {
             let compiled = compiled.map_err(|e| format!("load error: {e}"))?;
             if let Some(want) = optional_message(&typed, "deduced_type") {
                 let want = ty(&want)?;
-                if *compiled.ty() != want {
+                if compiled.ty() != want {
                     return Err(format!("deduced type {}, want {want}", compiled.ty()));
                 }
             }

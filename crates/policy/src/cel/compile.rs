@@ -92,6 +92,11 @@ pub enum Ty {
     Type,
     /// `optional_type(T)`: `optional.of(x)`, `m.?key`.
     Optional(Box<Ty>),
+    /// Not yet known: the element type of `[]` and `{}` and the value type
+    /// of `optional.none()`, which takes the type of whatever it is joined
+    /// with in a literal or `?:`. Everywhere else it is `dyn`
+    /// ([`Ty::erased`]).
+    Free,
     /// `net.IP`
     Ip,
     /// `net.CIDR`
@@ -141,6 +146,7 @@ impl fmt::Display for Ty {
             Ty::Message(m) => f.write_str(m.name()),
             Ty::Type => f.write_str("type"),
             Ty::Optional(inner) => write!(f, "optional_type({inner})"),
+            Ty::Free => f.write_str("dyn"),
             Ty::Ip => f.write_str(super::net::IP_TYPE),
             Ty::Cidr => f.write_str(super::net::CIDR_TYPE),
         }
@@ -149,7 +155,33 @@ impl fmt::Display for Ty {
 
 impl Ty {
     pub(super) fn is_dyn(&self) -> bool {
-        *self == Ty::Dyn
+        matches!(self, Ty::Dyn | Ty::Free)
+    }
+
+    /// The type with every [`Ty::Free`] made `dyn`.
+    pub fn erased(&self) -> Ty {
+        match self {
+            Ty::Free => Ty::Dyn,
+            Ty::List(item) => Ty::List(Box::new(item.erased())),
+            Ty::Map(key, value) => Ty::Map(Box::new(key.erased()), Box::new(value.erased())),
+            Ty::Optional(inner) => Ty::Optional(Box::new(inner.erased())),
+            other => other.clone(),
+        }
+    }
+
+    /// The most specific type both `a` and `b` are: a free type takes the
+    /// other's, containers join element-wise, `null` joins an optional, and
+    /// anything else that differs is `dyn`.
+    fn join(a: &Ty, b: &Ty) -> Ty {
+        match (a, b) {
+            (Ty::Free, other) | (other, Ty::Free) => other.clone(),
+            (a, b) if a == b => a.clone(),
+            (Ty::List(x), Ty::List(y)) => Ty::List(Box::new(Ty::join(x, y))),
+            (Ty::Map(k1, v1), Ty::Map(k2, v2)) => Ty::Map(Box::new(Ty::join(k1, k2)), Box::new(Ty::join(v1, v2))),
+            (Ty::Optional(x), Ty::Optional(y)) => Ty::Optional(Box::new(Ty::join(x, y))),
+            (Ty::Null, optional @ Ty::Optional(_)) | (optional @ Ty::Optional(_), Ty::Null) => optional.clone(),
+            _ => Ty::Dyn,
+        }
     }
     fn is_number(&self) -> bool {
         matches!(self, Ty::Int | Ty::Uint | Ty::Double)
@@ -313,8 +345,8 @@ impl Expression {
     }
 
     /// The expression's static type.
-    pub fn ty(&self) -> &Ty {
-        &self.ty
+    pub fn ty(&self) -> Ty {
+        self.ty.erased()
     }
 
     /// Evaluates the expression; `variables` holds a value for each declared
@@ -467,6 +499,14 @@ impl Compiler {
     /// Compiles an expression that must produce a value (not a bare message
     /// such as `agent`).
     fn value(&mut self, expr: &Expr) -> Result<Compiled, CompileError> {
+        let mut compiled = self.value_precise(expr)?;
+        compiled.ty = compiled.ty.erased();
+        Ok(compiled)
+    }
+
+    /// [`Compiler::value`] keeping free types, for the constructs that join
+    /// their parts' types (literals, `?:`, `optional.of`).
+    fn value_precise(&mut self, expr: &Expr) -> Result<Compiled, CompileError> {
         let compiled = self.compile(expr)?;
         if let Ty::Message(message) = compiled.ty {
             return err(
@@ -494,7 +534,7 @@ impl Compiler {
                 self.optional_map(entries)
             }
             ExprKind::List(items) => {
-                let items = items.iter().map(|item| self.value(item)).collect::<Result<Vec<_>, _>>()?;
+                let items = items.iter().map(|item| self.value_precise(item)).collect::<Result<Vec<_>, _>>()?;
                 let item_ty = common_type(items.iter().map(|c| &c.ty));
                 let evals: Vec<Eval> = items.into_iter().map(|c| c.eval).collect();
                 Ok(Compiled {
@@ -519,7 +559,7 @@ impl Compiler {
                         );
                     }
                     keys.push(key_compiled);
-                    values.push(self.value(value)?);
+                    values.push(self.value_precise(value)?);
                 }
                 let ty = Ty::Map(
                     Box::new(common_type(keys.iter().map(|c| &c.ty))),
@@ -550,9 +590,9 @@ impl Compiler {
                 if !matches!(condition_compiled.ty, Ty::Bool | Ty::Dyn) {
                     return err(condition, format!("'?:' needs a bool condition, not {}", condition_compiled.ty));
                 }
-                let then = self.value(then)?;
-                let otherwise = self.value(otherwise)?;
-                let ty = if then.ty == otherwise.ty { then.ty.clone() } else { Ty::Dyn };
+                let then = self.value_precise(then)?;
+                let otherwise = self.value_precise(otherwise)?;
+                let ty = Ty::join(&then.ty, &otherwise.ty);
                 let (c, t, e) = (condition_compiled.eval, then.eval, otherwise.eval);
                 Ok(Compiled {
                     predicate: None,
@@ -572,7 +612,7 @@ impl Compiler {
         let ExprKind::List(items) = &expr.kind else {
             return Ok(Ty::Dyn);
         };
-        let types = items.iter().map(|item| self.value(item).map(|c| c.ty)).collect::<Result<Vec<_>, _>>()?;
+        let types = items.iter().map(|item| self.value_precise(item).map(|c| c.ty)).collect::<Result<Vec<_>, _>>()?;
         Ok(common_type(types.iter()))
     }
 
@@ -695,7 +735,8 @@ impl Compiler {
             let ty = self.locals[slot].1.clone();
             return Ok(Compiled { predicate: None, ty, eval: eval(move |scope| Ok(scope.locals[slot].clone())) });
         }
-        let operand = self.compile(operand)?;
+        let mut operand = self.compile(operand)?;
+        operand.ty = operand.ty.erased();
         if let Ty::Message(message) = operand.ty {
             return message_field(expr, message, field);
         }
@@ -1309,7 +1350,8 @@ impl Compiler {
             }
             _ => {}
         }
-        let operand = self.compile(operand)?;
+        let mut operand = self.compile(operand)?;
+        operand.ty = operand.ty.erased();
         let field_name: Arc<str> = field.as_str().into();
         if let Ty::Message(message) = operand.ty {
             // A proto3 field is "present" when it is not its default value.
@@ -1504,11 +1546,11 @@ impl Compiler {
 
     /// `optional.of(x)`, `optional.ofNonZeroValue(x)`, `optional.none()`.
     fn optional_constructor(&mut self, expr: &Expr, function: &str, args: &[Expr]) -> Result<Compiled, CompileError> {
-        let args = args.iter().map(|a| self.value(a)).collect::<Result<Vec<_>, _>>()?;
+        let args = args.iter().map(|a| self.value_precise(a)).collect::<Result<Vec<_>, _>>()?;
         match (function, args.as_slice()) {
             ("none", []) => Ok(Compiled {
                 predicate: None,
-                ty: Ty::Optional(Box::new(Ty::Dyn)),
+                ty: Ty::Optional(Box::new(Ty::Free)),
                 eval: eval(|_| Ok(Value::Optional(None))),
             }),
             ("of" | "ofNonZeroValue", [_]) => {
@@ -2041,11 +2083,9 @@ fn literal_value(literal: &Literal) -> Compiled {
     Compiled { predicate: None, ty, eval: constant(value) }
 }
 
-fn common_type<'t>(mut types: impl Iterator<Item = &'t Ty>) -> Ty {
-    let Some(first) = types.next() else {
-        return Ty::Dyn;
-    };
-    if types.all(|t| t == first) { first.clone() } else { Ty::Dyn }
+/// The joined type of a literal's elements; free when there are none.
+fn common_type<'t>(types: impl Iterator<Item = &'t Ty>) -> Ty {
+    types.fold(Ty::Free, |joined, ty| Ty::join(&joined, ty))
 }
 
 fn message_field(expr: &Expr, message: Message, field: &str) -> Result<Compiled, CompileError> {
