@@ -212,27 +212,8 @@ impl Program {
     /// Like [`Program::compile`], refusing a condition whose estimated cost
     /// is over `max_cost`, which is then also its run-time budget.
     pub fn compile_with_max_cost(source: &str, max_cost: u64) -> Result<Program, CompileError> {
-        let expr = super::parse::parse(source).map_err(|e| CompileError { offset: e.offset, message: e.message })?;
-        let depth = tree_depth(&expr);
-        if depth > MAX_TREE_DEPTH {
-            return Err(CompileError {
-                offset: 0,
-                message: format!("expression is {depth} levels deep; the limit is {MAX_TREE_DEPTH}"),
-            });
-        }
-        let compiled =
-            Compiler { locals: Vec::new(), checked: true, container: String::new(), globals: 0 }.value(&expr)?;
-        let estimated_cost = cost::estimate(&expr, &[]);
-        if estimated_cost > max_cost {
-            return Err(CompileError {
-                offset: 0,
-                message: format!(
-                    "condition may cost up to {estimated_cost} units to evaluate; the limit is {max_cost} \
-                     (the usual causes: a comprehension over request params inside another, \
-                     or distinct() or sets.* over request params)"
-                ),
-            });
-        }
+        let compiler = Compiler { locals: Vec::new(), checked: true, container: String::new(), globals: 0 };
+        let (compiled, estimated_cost) = build(source, compiler, max_cost)?;
         match compiled.ty {
             Ty::Bool | Ty::Dyn => {}
             other => {
@@ -301,9 +282,9 @@ impl Default for Env {
     }
 }
 
-/// A compiled expression of any type over declared variables, for tools
-/// and tests that evaluate CEL outside a rule (the cel-spec conformance
-/// suite, `wardenctl`). Policies use [`Program`].
+/// A compiled expression of any type over declared variables, for code
+/// that evaluates CEL outside a rule (the cel-spec conformance suite).
+/// Policies use [`Program`].
 pub struct Expression {
     eval: Eval,
     ty: Ty,
@@ -318,29 +299,13 @@ impl fmt::Debug for Expression {
 impl Expression {
     /// Parses, checks and compiles `source` in `env`.
     pub fn compile(source: &str, env: &Env) -> Result<Expression, CompileError> {
-        let expr = super::parse::parse(source).map_err(|e| CompileError { offset: e.offset, message: e.message })?;
-        let depth = tree_depth(&expr);
-        if depth > MAX_TREE_DEPTH {
-            return Err(CompileError {
-                offset: 0,
-                message: format!("expression is {depth} levels deep; the limit is {MAX_TREE_DEPTH}"),
-            });
-        }
-        let compiled = Compiler {
+        let compiler = Compiler {
             locals: env.variables.clone(),
             checked: env.checked,
             container: env.container.clone(),
             globals: env.variables.len(),
-        }
-        .value(&expr)?;
-        let names: Vec<String> = env.variables.iter().map(|(name, _)| name.clone()).collect();
-        let estimated_cost = cost::estimate(&expr, &names);
-        if estimated_cost > cost::MAX_COST {
-            return Err(CompileError {
-                offset: 0,
-                message: format!("expression may cost up to {estimated_cost} units; the limit is {}", cost::MAX_COST),
-            });
-        }
+        };
+        let (compiled, _) = build(source, compiler, cost::MAX_COST)?;
         Ok(Expression { eval: compiled.eval, ty: compiled.ty })
     }
 
@@ -357,6 +322,33 @@ impl Expression {
         budget.check()?;
         result
     }
+}
+
+/// Parses `source`, bounds its depth, checks and compiles it, and
+/// estimates its cost, refusing it over `max_cost`.
+fn build(source: &str, mut compiler: Compiler, max_cost: u64) -> Result<(Compiled, u64), CompileError> {
+    let expr = super::parse::parse(source).map_err(|e| CompileError { offset: e.offset, message: e.message })?;
+    let depth = tree_depth(&expr);
+    if depth > MAX_TREE_DEPTH {
+        return Err(CompileError {
+            offset: 0,
+            message: format!("expression is {depth} levels deep; the limit is {MAX_TREE_DEPTH}"),
+        });
+    }
+    let compiled = compiler.value(&expr)?;
+    let variables: Vec<String> = compiler.locals[..compiler.globals].iter().map(|(name, _)| name.clone()).collect();
+    let estimated_cost = cost::estimate(&expr, &variables);
+    if estimated_cost > max_cost {
+        return Err(CompileError {
+            offset: 0,
+            message: format!(
+                "condition may cost up to {estimated_cost} units to evaluate; the limit is {max_cost} \
+                 (the usual causes: a comprehension over request params inside another, \
+                 or distinct() or sets.* over request params)"
+            ),
+        });
+    }
+    Ok((compiled, estimated_cost))
 }
 
 fn tree_depth(expr: &Expr) -> usize {
