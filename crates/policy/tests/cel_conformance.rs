@@ -16,7 +16,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, Value as Field};
 use warden_policy::cel::value::{List, Map};
-use warden_policy::cel::{Env, Expression, Input, Ty, Value};
+use warden_policy::cel::{Env, Expression, FunctionDecl, Input, Ty, Value};
 use warden_proto::policy::v1::{Action, Agent};
 
 /// The core files and the extension libraries Warden implements.
@@ -145,10 +145,19 @@ fn run(test: &DynamicMessage) -> Result<(), String> {
         return Err("macros disabled: Warden always expands macros".into());
     }
     let mut declared: Vec<(String, Ty)> = Vec::new();
+    let mut functions = Vec::new();
     for decl in messages(test, "type_env") {
         let name = string(&decl, "name");
         let Some(ident) = optional_message(&decl, "ident") else {
-            return Err(format!("declares function {name}"));
+            let function = optional_message(&decl, "function").ok_or("a declaration of neither kind")?;
+            let mut overloads = Vec::new();
+            for overload in messages(&function, "overloads") {
+                let params = messages(&overload, "params").iter().map(ty).collect::<Result<Vec<_>, _>>()?;
+                let result = optional_message(&overload, "result_type").map(|t| ty(&t)).transpose()?.unwrap_or(Ty::Dyn);
+                overloads.push((params, result));
+            }
+            functions.push(FunctionDecl { name, overloads });
+            continue;
         };
         let ty = optional_message(&ident, "type").map(|t| ty(&t)).transpose()?.unwrap_or(Ty::Dyn);
         declared.push((name, ty));
@@ -176,6 +185,7 @@ fn run(test: &DynamicMessage) -> Result<(), String> {
         variables: declared.clone(),
         container: string(test, "container"),
         checked: !bool_field(test, "disable_check"),
+        functions,
     };
     let compiled = Expression::compile(&expr, &env);
     let check_only = bool_field(test, "check_only");
@@ -280,7 +290,7 @@ fn ty(t: &DynamicMessage) -> Result<Ty, String> {
         "message_type" if value.as_str() == Some("google.protobuf.Duration") => Ty::Duration,
         "message_type" => return Err(format!("message type {}", value.as_str().unwrap_or_default())),
         "wrapper" => return Err("wrapper type".into()),
-        "type_param" => return Err(format!("type parameter {}", value.as_str().unwrap_or_default())),
+        "type_param" => Ty::Param(value.as_str().unwrap_or_default().to_owned()),
         "abstract_type" => {
             let abstract_type = value.as_message().ok_or("abstract_type")?;
             if string(abstract_type, "name") == "optional_type" {
@@ -288,7 +298,9 @@ fn ty(t: &DynamicMessage) -> Result<Ty, String> {
                 let inner = parameters.first().map(ty).transpose()?.unwrap_or(Ty::Dyn);
                 return Ok(Ty::Optional(Box::new(inner)));
             }
-            return Err(format!("abstract type {}", string(abstract_type, "name")));
+            let parameters =
+                messages(abstract_type, "parameter_types").iter().map(ty).collect::<Result<Vec<_>, _>>()?;
+            return Ok(Ty::Abstract(string(abstract_type, "name"), parameters));
         }
         other => return Err(format!("type {other}")),
     })

@@ -97,6 +97,10 @@ pub enum Ty {
     /// with in a literal or `?:`. Everywhere else it is `dyn`
     /// ([`Ty::erased`]).
     Free,
+    /// A type parameter of a declared function's signature (`T`).
+    Param(String),
+    /// A declared abstract type: `tuple(int, T)`.
+    Abstract(String, Vec<Ty>),
     /// `net.IP`
     Ip,
     /// `net.CIDR`
@@ -147,6 +151,11 @@ impl fmt::Display for Ty {
             Ty::Type => f.write_str("type"),
             Ty::Optional(inner) => write!(f, "optional_type({inner})"),
             Ty::Free => f.write_str("dyn"),
+            Ty::Param(name) => f.write_str(name),
+            Ty::Abstract(name, parameters) => {
+                let parameters: Vec<String> = parameters.iter().map(Ty::to_string).collect();
+                write!(f, "{name}({})", parameters.join(", "))
+            }
             Ty::Ip => f.write_str(super::net::IP_TYPE),
             Ty::Cidr => f.write_str(super::net::CIDR_TYPE),
         }
@@ -165,6 +174,7 @@ impl Ty {
             Ty::List(item) => Ty::List(Box::new(item.erased())),
             Ty::Map(key, value) => Ty::Map(Box::new(key.erased()), Box::new(value.erased())),
             Ty::Optional(inner) => Ty::Optional(Box::new(inner.erased())),
+            Ty::Abstract(name, parameters) => Ty::Abstract(name.clone(), parameters.iter().map(Ty::erased).collect()),
             other => other.clone(),
         }
     }
@@ -179,6 +189,9 @@ impl Ty {
             (Ty::List(x), Ty::List(y)) => Ty::List(Box::new(Ty::join(x, y))),
             (Ty::Map(k1, v1), Ty::Map(k2, v2)) => Ty::Map(Box::new(Ty::join(k1, k2)), Box::new(Ty::join(v1, v2))),
             (Ty::Optional(x), Ty::Optional(y)) => Ty::Optional(Box::new(Ty::join(x, y))),
+            (Ty::Abstract(n, xs), Ty::Abstract(m, ys)) if n == m && xs.len() == ys.len() => {
+                Ty::Abstract(n.clone(), xs.iter().zip(ys).map(|(x, y)| Ty::join(x, y)).collect())
+            }
             (Ty::Null, optional @ Ty::Optional(_)) | (optional @ Ty::Optional(_), Ty::Null) => optional.clone(),
             _ => Ty::Dyn,
         }
@@ -212,7 +225,8 @@ impl Program {
     /// Like [`Program::compile`], refusing a condition whose estimated cost
     /// is over `max_cost`, which is then also its run-time budget.
     pub fn compile_with_max_cost(source: &str, max_cost: u64) -> Result<Program, CompileError> {
-        let compiler = Compiler { locals: Vec::new(), checked: true, container: String::new(), globals: 0 };
+        let compiler =
+            Compiler { locals: Vec::new(), checked: true, container: String::new(), globals: 0, functions: Vec::new() };
         let (compiled, estimated_cost) = build(source, compiler, max_cost)?;
         match compiled.ty {
             Ty::Bool | Ty::Dyn => {}
@@ -274,11 +288,23 @@ pub struct Env {
     /// an error when evaluated rather than when loaded. Policies always
     /// load checked.
     pub checked: bool,
+    /// Functions declared by the embedder, checked but not implemented
+    /// (cel-spec's `check_only` cases declare them); a call is an error
+    /// when evaluated. Policies declare none.
+    pub functions: Vec<FunctionDecl>,
+}
+
+/// A declared function: its overloads' parameter and result types, which
+/// may use type parameters ([`Ty::Param`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionDecl {
+    pub name: String,
+    pub overloads: Vec<(Vec<Ty>, Ty)>,
 }
 
 impl Default for Env {
     fn default() -> Self {
-        Env { variables: Vec::new(), container: String::new(), checked: true }
+        Env { variables: Vec::new(), container: String::new(), checked: true, functions: Vec::new() }
     }
 }
 
@@ -304,6 +330,7 @@ impl Expression {
             checked: env.checked,
             container: env.container.clone(),
             globals: env.variables.len(),
+            functions: env.functions.clone(),
         };
         let (compiled, _) = build(source, compiler, cost::MAX_COST)?;
         Ok(Expression { eval: compiled.eval, ty: compiled.ty })
@@ -401,6 +428,8 @@ struct Compiler {
     /// How many of `locals` are declared variables rather than
     /// comprehension or `cel.bind` variables.
     globals: usize,
+    /// [`Env::functions`].
+    functions: Vec<FunctionDecl>,
 }
 
 fn err<T>(expr: &Expr, message: impl Into<String>) -> Result<T, CompileError> {
@@ -955,6 +984,11 @@ impl Compiler {
         {
             return self.namespaced(expr, namespace, function, args);
         }
+        if target.is_none()
+            && let Some(declared) = self.functions.iter().find(|f| f.name == function).cloned()
+        {
+            return self.declared_call(expr, &declared, args);
+        }
         if target.is_none() && super::net::FUNCTIONS.contains(&function) && self.resolve(function).is_none()
             || function == "isCanonical"
                 && matches!(target.map(|t| &t.kind), Some(ExprKind::Ident(n)) if n == "ip" && self.resolve(n).is_none())
@@ -1504,6 +1538,31 @@ impl Compiler {
 }
 
 impl Compiler {
+    /// A call of a declared function: the first overload whose parameters
+    /// the arguments fit, binding type parameters to the most general type
+    /// they meet (`dyn` absorbs the rest), types the call.
+    fn declared_call(&mut self, expr: &Expr, declared: &FunctionDecl, args: &[Expr]) -> Result<Compiled, CompileError> {
+        let compiled = args.iter().map(|a| self.value_precise(a)).collect::<Result<Vec<_>, _>>()?;
+        for (params, result) in &declared.overloads {
+            if params.len() != compiled.len() {
+                continue;
+            }
+            let mut bindings: Vec<(String, Ty)> = Vec::new();
+            if params.iter().zip(&compiled).all(|(param, arg)| bind_params(param, &arg.ty, &mut bindings)) {
+                let name = declared.name.clone();
+                return Ok(Compiled {
+                    predicate: None,
+                    ty: substitute(result, &bindings),
+                    eval: eval(move |_| {
+                        Err(EvalError::new(format!("function '{name}' is declared but not implemented")))
+                    }),
+                });
+            }
+        }
+        let types: Vec<String> = compiled.iter().map(|c| c.ty.to_string()).collect();
+        err(expr, format!("no matching overload for {}({})", declared.name, types.join(", ")))
+    }
+
     /// `a.?field` and `a[?key]`.
     fn optional_access(&mut self, expr: &Expr, function: &str, args: &[Expr]) -> Result<Compiled, CompileError> {
         let [operand, key] = args else {
@@ -1967,6 +2026,47 @@ impl Compiler {
                 })
             }),
         })
+    }
+}
+
+/// Unifies a declared parameter type with an argument's type, binding type
+/// parameters; false when they cannot match.
+fn bind_params(param: &Ty, arg: &Ty, bindings: &mut Vec<(String, Ty)>) -> bool {
+    match (param, arg) {
+        (Ty::Param(name), arg) => {
+            match bindings.iter_mut().find(|(bound, _)| bound == name) {
+                Some((_, bound)) => {
+                    let joined = Ty::join(bound, arg);
+                    // Two different concrete types do not unify; dyn does.
+                    if joined == Ty::Dyn && !bound.is_dyn() && !arg.is_dyn() {
+                        return false;
+                    }
+                    *bound = joined;
+                }
+                None => bindings.push((name.clone(), arg.clone())),
+            }
+            true
+        }
+        (_, Ty::Dyn | Ty::Free) | (Ty::Dyn, _) => true,
+        (Ty::List(p), Ty::List(a)) | (Ty::Optional(p), Ty::Optional(a)) => bind_params(p, a, bindings),
+        (Ty::Map(pk, pv), Ty::Map(ak, av)) => bind_params(pk, ak, bindings) && bind_params(pv, av, bindings),
+        (Ty::Abstract(n, ps), Ty::Abstract(m, args)) => {
+            n == m && ps.len() == args.len() && ps.iter().zip(args).all(|(p, a)| bind_params(p, a, bindings))
+        }
+        (p, a) => p == a,
+    }
+}
+
+/// A declared result type with its type parameters replaced by what they
+/// were bound to (unbound ones are `dyn`).
+fn substitute(ty: &Ty, bindings: &[(String, Ty)]) -> Ty {
+    match ty {
+        Ty::Param(name) => bindings.iter().find(|(bound, _)| bound == name).map_or(Ty::Dyn, |(_, t)| t.clone()),
+        Ty::List(item) => Ty::List(Box::new(substitute(item, bindings))),
+        Ty::Map(k, v) => Ty::Map(Box::new(substitute(k, bindings)), Box::new(substitute(v, bindings))),
+        Ty::Optional(inner) => Ty::Optional(Box::new(substitute(inner, bindings))),
+        Ty::Abstract(name, ps) => Ty::Abstract(name.clone(), ps.iter().map(|p| substitute(p, bindings)).collect()),
+        other => other.clone(),
     }
 }
 
