@@ -40,13 +40,28 @@ pub struct Input<'a> {
 pub struct Scope<'s, 'a> {
     pub input: &'s Input<'a>,
     pub locals: &'s [Value<'a>],
-    pub budget: &'s Budget,
+    /// `None` for a condition without loops, whose cost the input cannot
+    /// multiply (see [`cost::needs_budget`]).
+    pub budget: Option<&'s Budget>,
 }
 
 impl<'s, 'a> Scope<'s, 'a> {
     /// The same input and budget with other locals.
     fn with_locals<'t>(&'t self, locals: &'t [Value<'a>]) -> Scope<'t, 'a> {
         Scope { input: self.input, locals, budget: self.budget }
+    }
+
+    #[inline]
+    fn charge(&self, units: u64) -> Result<(), EvalError> {
+        match self.budget {
+            Some(budget) => budget.charge(units),
+            None => Ok(()),
+        }
+    }
+
+    #[inline]
+    fn exhausted(&self) -> bool {
+        self.budget.is_some_and(Budget::exhausted)
     }
 }
 
@@ -206,7 +221,9 @@ pub struct Program {
     predicate: Predicate,
     source: Arc<str>,
     estimated_cost: u64,
-    max_cost: u64,
+    /// The condition without its budget, for [`Program::evaluate_with`];
+    /// `predicate` adds the budget where [`cost::needs_budget`] says so.
+    unbudgeted: Predicate,
 }
 
 impl fmt::Debug for Program {
@@ -227,7 +244,7 @@ impl Program {
     pub fn compile_with_max_cost(source: &str, max_cost: u64) -> Result<Program, CompileError> {
         let compiler =
             Compiler { locals: Vec::new(), checked: true, container: String::new(), globals: 0, functions: Vec::new() };
-        let (compiled, estimated_cost) = build(source, compiler, max_cost)?;
+        let (compiled, estimated_cost, budgeted) = build(source, compiler, max_cost)?;
         match compiled.ty {
             Ty::Bool | Ty::Dyn => {}
             other => {
@@ -247,19 +264,32 @@ impl Program {
                 })
             }
         };
-        Ok(Program { predicate, source: source.into(), estimated_cost, max_cost })
+        let unbudgeted = predicate.clone();
+        let predicate = if budgeted {
+            pred(move |scope| {
+                let budget = Budget::new(max_cost);
+                let result = predicate(&Scope { input: scope.input, locals: scope.locals, budget: Some(&budget) });
+                budget.check()?;
+                result
+            })
+        } else {
+            predicate
+        };
+        Ok(Program { predicate, source: source.into(), estimated_cost, unbudgeted })
     }
 
     /// Evaluates the condition. A non-bool result is an error, and so is
     /// spending more than the cost bound it was compiled with.
+    #[inline]
     pub fn evaluate(&self, input: &Input<'_>) -> Result<bool, EvalError> {
-        self.evaluate_with(input, &Budget::new(self.max_cost))
+        (self.predicate)(&Scope { input, locals: &[], budget: None })
     }
 
     /// Evaluates the condition against `budget`, which says afterwards what
     /// was spent.
+    #[inline]
     pub fn evaluate_with(&self, input: &Input<'_>, budget: &Budget) -> Result<bool, EvalError> {
-        let result = (self.predicate)(&Scope { input, locals: &[], budget });
+        let result = (self.unbudgeted)(&Scope { input, locals: &[], budget: Some(budget) });
         budget.check()?;
         result
     }
@@ -332,7 +362,7 @@ impl Expression {
             globals: env.variables.len(),
             functions: env.functions.clone(),
         };
-        let (compiled, _) = build(source, compiler, cost::MAX_COST)?;
+        let (compiled, _, _) = build(source, compiler, cost::MAX_COST)?;
         Ok(Expression { eval: compiled.eval, ty: compiled.ty })
     }
 
@@ -345,15 +375,16 @@ impl Expression {
     /// variable, in the order they were declared.
     pub fn evaluate<'a>(&self, input: &Input<'a>, variables: &[Value<'a>]) -> Result<Value<'a>, EvalError> {
         let budget = Budget::new(cost::MAX_COST);
-        let result = (self.eval)(&Scope { input, locals: variables, budget: &budget });
+        let result = (self.eval)(&Scope { input, locals: variables, budget: Some(&budget) });
         budget.check()?;
         result
     }
 }
 
 /// Parses `source`, bounds its depth, checks and compiles it, and
-/// estimates its cost, refusing it over `max_cost`.
-fn build(source: &str, mut compiler: Compiler, max_cost: u64) -> Result<(Compiled, u64), CompileError> {
+/// estimates its cost, refusing it over `max_cost`; says too whether its
+/// evaluation needs a budget.
+fn build(source: &str, mut compiler: Compiler, max_cost: u64) -> Result<(Compiled, u64, bool), CompileError> {
     let expr = super::parse::parse(source).map_err(|e| CompileError { offset: e.offset, message: e.message })?;
     let depth = tree_depth(&expr);
     if depth > MAX_TREE_DEPTH {
@@ -375,7 +406,7 @@ fn build(source: &str, mut compiler: Compiler, max_cost: u64) -> Result<(Compile
             ),
         });
     }
-    Ok((compiled, estimated_cost))
+    Ok((compiled, estimated_cost, cost::needs_budget(&expr)))
 }
 
 fn tree_depth(expr: &Expr) -> usize {
@@ -562,7 +593,7 @@ impl Compiler {
                     predicate: None,
                     ty: Ty::List(Box::new(item_ty)),
                     eval: eval(move |scope| {
-                        scope.budget.charge(evals.len() as u64)?;
+                        scope.charge(evals.len() as u64)?;
                         let values = evals.iter().map(|e| e(scope)).collect::<Result<Vec<_>, _>>()?;
                         Ok(Value::List(List::Owned(Arc::new(values))))
                     }),
@@ -591,7 +622,7 @@ impl Compiler {
                     predicate: None,
                     ty,
                     eval: eval(move |scope| {
-                        scope.budget.charge(pairs.len() as u64)?;
+                        scope.charge(pairs.len() as u64)?;
                         let mut entries: Vec<(Value<'_>, Value<'_>)> = Vec::with_capacity(pairs.len());
                         for (k, v) in &pairs {
                             let key = k(scope)?;
@@ -891,7 +922,7 @@ impl Compiler {
                 if matches!(left, Ok(Value::Bool(false))) {
                     return Ok(Value::Bool(false));
                 }
-                if left.is_err() && scope.budget.exhausted() {
+                if left.is_err() && scope.exhausted() {
                     return left;
                 }
                 let right = b(scope);
@@ -907,7 +938,7 @@ impl Compiler {
                 if matches!(left, Ok(Value::Bool(true))) {
                     return Ok(Value::Bool(true));
                 }
-                if left.is_err() && scope.budget.exhausted() {
+                if left.is_err() && scope.exhausted() {
                     return left;
                 }
                 let right = b(scope);
@@ -927,7 +958,7 @@ impl Compiler {
             BinaryOp::In => eval(move |scope| Ok(Value::Bool(a(scope)?.is_in(&b(scope)?)?))),
             BinaryOp::Add => eval(move |scope| {
                 let sum = value::add(a(scope)?, b(scope)?)?;
-                scope.budget.charge(cost::units_of(&sum))?;
+                scope.charge(cost::units_of(&sum))?;
                 Ok(sum)
             }),
             BinaryOp::Sub => eval(move |scope| value::sub(a(scope)?, b(scope)?)),
@@ -1246,13 +1277,13 @@ impl Compiler {
             ty,
             eval: eval(move |scope| {
                 let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
-                scope.budget.charge(cost::work(&function, &cost::sizes(&values)))?;
+                scope.charge(cost::work(&function, &cost::sizes(&values)))?;
                 let result = match library {
                     Library::Lists => super::lists::call(&namespace, &function, values),
                     Library::Strings => super::strings::namespaced_call(&namespace, &function, values),
                     Library::Math => super::math::call(&namespace, &function, values),
                 }?;
-                scope.budget.charge(cost::units_of(&result))?;
+                scope.charge(cost::units_of(&result))?;
                 Ok(result)
             }),
         })
@@ -1486,7 +1517,7 @@ impl Compiler {
                         return Err(EvalError::new(format!("cannot iterate over {}", other.type_name())));
                     }
                 };
-                scope.budget.charge(items.len() as u64)?;
+                scope.charge(items.len() as u64)?;
                 let mut locals = scope.locals.to_vec();
                 locals.push(Value::Null);
                 let slot = locals.len() - 1;
@@ -1503,7 +1534,7 @@ impl Compiler {
                                 return Err(EvalError::new(format!("predicate yielded {}", other.type_name())));
                             }
                             // all/exists absorb errors when another element decides.
-                            Err(e) if matches!(kind, Fold::All | Fold::Exists) && !inner.budget.exhausted() => {
+                            Err(e) if matches!(kind, Fold::All | Fold::Exists) && !inner.exhausted() => {
                                 first_error.get_or_insert(e);
                                 continue;
                             }
@@ -1528,7 +1559,7 @@ impl Compiler {
                     Fold::Exists => Value::Bool(false),
                     Fold::ExistsOne => Value::Bool(count == 1),
                     Fold::Map | Fold::Filter => {
-                        scope.budget.charge(out.len() as u64)?;
+                        scope.charge(out.len() as u64)?;
                         Value::List(List::Owned(Arc::new(out)))
                     }
                 })
@@ -1709,7 +1740,7 @@ impl Compiler {
                     other => return Err(EvalError::new(format!("sortBy() on {}", other.type_name()))),
                 };
                 let n = items.len() as u64;
-                scope.budget.charge(n.saturating_add(cost::work("sort", &[n])).saturating_add(n))?;
+                scope.charge(n.saturating_add(cost::work("sort", &[n])).saturating_add(n))?;
                 let mut locals = scope.locals.to_vec();
                 locals.push(Value::Null);
                 let slot = locals.len() - 1;
@@ -1739,7 +1770,7 @@ impl Compiler {
             predicate: None,
             ty: Ty::List(Box::new(common_type(types.iter()))),
             eval: eval(move |scope| {
-                scope.budget.charge(parts.len() as u64)?;
+                scope.charge(parts.len() as u64)?;
                 let mut values = Vec::with_capacity(parts.len());
                 for (optional, part) in &parts {
                     match (optional, part(scope)?) {
@@ -1773,7 +1804,7 @@ impl Compiler {
             predicate: None,
             ty: Ty::Map(Box::new(common_type(key_types.iter())), Box::new(common_type(value_types.iter()))),
             eval: eval(move |scope| {
-                scope.budget.charge(parts.len() as u64)?;
+                scope.charge(parts.len() as u64)?;
                 let mut out: Vec<(Value<'_>, Value<'_>)> = Vec::with_capacity(parts.len());
                 for (optional, key, value) in &parts {
                     let key = key(scope)?;
@@ -1952,7 +1983,7 @@ impl Compiler {
                     Value::Map(map) => map.keys().into_iter().filter_map(|k| map.get(&k).map(|v| (k, v))).collect(),
                     other => return Err(EvalError::new(format!("cannot iterate over {}", other.type_name()))),
                 };
-                scope.budget.charge(pairs.len() as u64)?;
+                scope.charge(pairs.len() as u64)?;
                 let mut locals = scope.locals.to_vec();
                 locals.extend([Value::Null, Value::Null]);
                 let slot = locals.len() - 2;
@@ -1979,7 +2010,7 @@ impl Compiler {
                                 Ok(other) => {
                                     return Err(EvalError::new(format!("predicate yielded {}", other.type_name())));
                                 }
-                                Err(e) if !matches!(kind, Fold2::ExistsOne) && !inner.budget.exhausted() => {
+                                Err(e) if !matches!(kind, Fold2::ExistsOne) && !inner.exhausted() => {
                                     first_error.get_or_insert(e);
                                     continue;
                                 }
@@ -2016,7 +2047,7 @@ impl Compiler {
                 if let Some(error) = first_error {
                     return Err(error);
                 }
-                scope.budget.charge((list_out.len() + map_out.len()) as u64)?;
+                scope.charge((list_out.len() + map_out.len()) as u64)?;
                 Ok(match kind {
                     Fold2::All => Value::Bool(true),
                     Fold2::Exists => Value::Bool(false),
@@ -2131,7 +2162,7 @@ fn logic(and: bool, p: Predicate, q: Predicate) -> Predicate {
             return Ok(!and);
         }
         // An exhausted budget is never absorbed.
-        if left.is_err() && s.budget.exhausted() {
+        if left.is_err() && s.exhausted() {
             return left;
         }
         match (left, q(s)) {
@@ -2291,9 +2322,9 @@ fn extension_method(ty: Ty, function: &str, target: Eval, args: Vec<Compiled>, r
         eval: eval(move |scope| {
             let receiver = target(scope)?;
             let values = args.iter().map(|a| a(scope)).collect::<Result<Vec<_>, _>>()?;
-            scope.budget.charge(cost::work(&name, &cost::sizes(std::iter::once(&receiver).chain(&values))))?;
+            scope.charge(cost::work(&name, &cost::sizes(std::iter::once(&receiver).chain(&values))))?;
             let result = run(&name, receiver, &values)?;
-            scope.budget.charge(cost::units_of(&result))?;
+            scope.charge(cost::units_of(&result))?;
             Ok(result)
         }),
     }

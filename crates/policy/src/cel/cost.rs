@@ -46,6 +46,7 @@ impl Budget {
     }
 
     /// Spends `units`; past the limit this is the evaluation's error.
+    #[inline]
     pub fn charge(&self, units: u64) -> Result<(), EvalError> {
         self.spent.set(self.spent.get().saturating_add(units));
         self.check()
@@ -53,15 +54,20 @@ impl Budget {
 
     /// The budget's error once it is spent. `&&`, `||` and the
     /// comprehensions never absorb it, and evaluation ends with it.
+    #[inline]
     pub fn check(&self) -> Result<(), EvalError> {
-        if self.exhausted() {
-            return Err(EvalError::new(format!("evaluation exceeded its cost budget of {} units", self.limit)));
-        }
-        Ok(())
+        if self.exhausted() { Err(self.error()) } else { Ok(()) }
     }
 
+    #[inline]
     pub fn exhausted(&self) -> bool {
         self.spent.get() > self.limit
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn error(&self) -> EvalError {
+        EvalError::new(format!("evaluation exceeded its cost budget of {} units", self.limit))
     }
 
     /// The units spent so far.
@@ -100,6 +106,53 @@ pub fn work(function: &str, sizes: &[u64]) -> u64 {
 /// The sizes `work` needs from run-time values.
 pub fn sizes<'v>(values: impl IntoIterator<Item = &'v Value<'v>>) -> Vec<u64> {
     values.into_iter().map(|v| if let Value::List(list) = v { list.len() as u64 } else { 0 }).collect()
+}
+
+/// Whether evaluation must run against a budget: only a loop (a
+/// comprehension, `sortBy`, `optMap`) or a superlinear function (`sort`,
+/// `distinct`, `sets.*`, `lists.range`) lets the input multiply the work.
+/// Anything else costs at most the condition's length times the input's
+/// size, which the load-time estimate has already bounded, so ordinary
+/// conditions skip the budget's bookkeeping.
+pub fn needs_budget(expr: &Expr) -> bool {
+    match &expr.kind {
+        ExprKind::Literal(_) | ExprKind::Ident(_) => false,
+        ExprKind::Select { operand, .. } | ExprKind::Unary(_, operand) => needs_budget(operand),
+        ExprKind::Index { operand, index } => needs_budget(operand) || needs_budget(index),
+        ExprKind::Binary(_, left, right) => needs_budget(left) || needs_budget(right),
+        ExprKind::Ternary(c, t, e) => needs_budget(c) || needs_budget(t) || needs_budget(e),
+        ExprKind::List(items) => items.iter().any(needs_budget),
+        ExprKind::Map(entries) => entries.iter().any(|(k, v)| needs_budget(k) || needs_budget(v)),
+        ExprKind::Call { target, function, args } => {
+            let looping = target.is_some()
+                && matches!(
+                    function.as_str(),
+                    "all"
+                        | "exists"
+                        | "exists_one"
+                        | "existsOne"
+                        | "map"
+                        | "filter"
+                        | "sortBy"
+                        | "transformList"
+                        | "transformMap"
+                        | "transformMapEntry"
+                        | "optMap"
+                        | "optFlatMap"
+                        | "sort"
+                        | "distinct"
+                );
+            let namespace = match target.as_deref().map(|t| &t.kind) {
+                Some(ExprKind::Ident(namespace)) => namespace.as_str(),
+                _ => "",
+            };
+            let superlinear = matches!(
+                (namespace, function.as_str()),
+                ("sets", "contains" | "equivalent" | "intersects") | ("lists", "range")
+            );
+            looping || superlinear || target.as_deref().is_some_and(needs_budget) || args.iter().any(needs_budget)
+        }
+    }
 }
 
 /// The most elements (`count`) a list or map has, the most bytes it holds
