@@ -392,3 +392,24 @@ fn sort_by_first_and_last() {
     check_eval_error("action.params.tags.sortBy(t, t == 'vip' ? 1 : 'x') == []", "one ordered type");
     check_compile_error("agent.roles.sortBy(r, [r]) == []", "sortBy() needs a key that can be ordered");
 }
+
+#[test]
+fn the_budget_stops_a_request_larger_than_the_estimate_assumed() {
+    // The estimate assumes params lists of up to 4,096 items; a request
+    // with more is still stopped, by the run-time budget.
+    let program = Program::compile_with_max_cost("action.params.items.all(x, x != 'z')", 10_000).unwrap();
+    assert!(program.estimated_cost() <= 10_000);
+    let items = |n: usize| ProtoValue {
+        kind: Some(Kind::ListValue(prost_types::ListValue { values: (0..n).map(|_| text("a")).collect() })),
+    };
+    let agent = agent();
+    for (n, expected) in [(100, Ok(true)), (20_000, Err(()))] {
+        let action = Action { params: Some(Struct { fields: [("items".to_string(), items(n))].into() }), ..action() };
+        let input = Input { agent: &agent, action: &action, time: at(NOON), correlation_id: "corr-1" };
+        match (program.evaluate(&input), expected) {
+            (Ok(result), Ok(want)) => assert_eq!(result, want),
+            (Err(error), Err(())) => assert!(error.0.contains("exceeded its cost budget of 10000 units"), "{error}"),
+            (got, want) => panic!("{n} items: got {got:?}, want {want:?}"),
+        }
+    }
+}
