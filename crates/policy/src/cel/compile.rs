@@ -1092,8 +1092,7 @@ impl Compiler {
                 let s = receiver.eval;
                 match &pattern.kind {
                     ExprKind::Literal(Literal::String(pattern_text)) => {
-                        let regex = Regex::new(pattern_text)
-                            .or_else(|e| err(&args[0], format!("invalid regular expression: {e}")))?;
+                        let regex = bounded_regex(pattern_text).or_else(|message| err(&args[0], message))?;
                         Ok(Compiled {
                             predicate: None,
                             ty: Ty::Bool,
@@ -1111,8 +1110,16 @@ impl Compiler {
                             ty: Ty::Bool,
                             eval: eval(move |scope| match (s(scope)?, a(scope)?) {
                                 (Value::String(s), Value::String(p)) => {
-                                    let regex = Regex::new(&p)
-                                        .map_err(|e| EvalError::new(format!("invalid regular expression: {e}")))?;
+                                    // A pattern from the request: bounded in length,
+                                    // and its compilation is charged.
+                                    if p.len() > MAX_DYNAMIC_PATTERN_BYTES {
+                                        return Err(EvalError::new(format!(
+                                            "regular expression of {} bytes; the limit for one computed at run time is {MAX_DYNAMIC_PATTERN_BYTES}",
+                                            p.len()
+                                        )));
+                                    }
+                                    scope.charge(p.len() as u64)?;
+                                    let regex = bounded_regex(&p).map_err(EvalError::new)?;
                                     Ok(Value::Bool(regex.is_match(&s)))
                                 }
                                 (x, y) => Err(EvalError::no_overload("matches", &x, &y)),
@@ -2171,6 +2178,23 @@ fn logic(and: bool, p: Predicate, q: Predicate) -> Predicate {
             (Err(e), _) | (_, Err(e)) => Err(e),
         }
     })
+}
+
+/// The longest regular expression `matches` compiles at run time (from the
+/// request rather than the policy).
+const MAX_DYNAMIC_PATTERN_BYTES: usize = 1024;
+
+/// The most memory a compiled regular expression may take. The regex crate
+/// matches in time linear in the input; this bounds the other factor.
+const MAX_REGEX_BYTES: usize = 1 << 20;
+
+/// A regular expression within [`MAX_REGEX_BYTES`].
+fn bounded_regex(pattern: &str) -> Result<Regex, String> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_BYTES)
+        .dfa_size_limit(MAX_REGEX_BYTES)
+        .build()
+        .map_err(|e| format!("invalid regular expression: {e}"))
 }
 
 /// `contains`, `startsWith` or `endsWith` as a plain function.

@@ -413,3 +413,16 @@ fn the_budget_stops_a_request_larger_than_the_estimate_assumed() {
         }
     }
 }
+
+#[test]
+fn regular_expressions_are_bounded() {
+    // Compiled size is bounded: a pattern that expands to millions of states
+    // is a load error, not a slow or memory-hungry condition.
+    check_compile_error("agent.id.matches('(a{1000}){1000}')", "invalid regular expression");
+    // A pattern taken from the request is bounded in length too.
+    check_eval_error(
+        &format!("agent.id.matches(action.params.currency + '{}')", "x".repeat(1100)),
+        "the limit for one computed at run time is 1024",
+    );
+    check("agent.id.matches(action.params.currency.lowerAscii() + '|agent-[0-9]')", true);
+}
