@@ -440,3 +440,72 @@ async fn invalid_policies_stop_the_engine_from_starting() {
     let error = warden_policy_engine::PolicyEngine::start(sandbox.config()).await.unwrap_err().to_string();
     assert!(error.contains("bad.yaml:2: rule 'x': invalid condition: undeclared reference to 'nope'"), "{error}");
 }
+
+const CEL_EXTENSIONS: &str = r#"
+rules:
+  - name: internal-network-only
+    actions: ["call_api"]
+    when: "!cidr('10.0.0.0/8').containsIP(action.params.?source_ip.orValue('0.0.0.0'))"
+    effect: deny
+    reason: "calls must come from the internal network"
+  - name: big-batches
+    actions: ["call_api"]
+    when: "action.params.?items.orValue([]).transformList(i, x, x.size() > 3, x).size() > 1"
+    effect: require_approval
+  - name: rest
+    effect: allow
+"#;
+
+fn with_params(mut request: pb::EvaluateRequest, fields: &[(&str, prost_types::Value)]) -> pb::EvaluateRequest {
+    request.action.as_mut().unwrap().params =
+        Some(prost_types::Struct { fields: fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect() });
+    request
+}
+
+fn text(s: &str) -> prost_types::Value {
+    prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(s.into())) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditions_use_the_cel_extensions_and_costly_ones_are_refused() {
+    let sandbox = Sandbox::new(&[("cel.yaml", CEL_EXTENSIONS)]);
+    let engine = sandbox.start().await;
+    let mut client = policy_client(&engine).await;
+    let call = |fields: &[(&str, prost_types::Value)]| with_params(request("agent-1", 0.9, "call_api", 1.0), fields);
+
+    let inside = client.evaluate(call(&[("source_ip", text("10.1.2.3"))])).await.unwrap().into_inner();
+    assert_eq!(effect(&inside), pb::Effect::Allow, "{inside:?}");
+    let outside = client.evaluate(call(&[("source_ip", text("192.168.1.1"))])).await.unwrap().into_inner();
+    assert_eq!(outside.reasons, ["calls must come from the internal network"]);
+    // Absent: the optional's default (0.0.0.0) is outside, so deny.
+    let absent = client.evaluate(call(&[])).await.unwrap().into_inner();
+    assert_eq!(effect(&absent), pb::Effect::Deny);
+    // Not an address: a run-time error, which denies and says why.
+    let garbage = client.evaluate(call(&[("source_ip", text("not-an-ip"))])).await.unwrap().into_inner();
+    assert_eq!(effect(&garbage), pb::Effect::Deny);
+    assert!(garbage.reasons[0].contains("parse error"), "{:?}", garbage.reasons);
+    let items = prost_types::Value {
+        kind: Some(prost_types::value::Kind::ListValue(prost_types::ListValue {
+            values: vec![text("alpha"), text("ab"), text("gamma")],
+        })),
+    };
+    let batch = client.evaluate(call(&[("source_ip", text("10.0.0.1")), ("items", items)])).await.unwrap().into_inner();
+    assert_eq!(effect(&batch), pb::Effect::RequireApproval, "{batch:?}");
+
+    // A condition quadratic in the request is refused before it can run.
+    let response = client
+        .validate_policies(pb::ValidatePoliciesRequest {
+            sources: vec![pb::PolicySource {
+                file: "costly.yaml".into(),
+                content: "rules:\n  - name: pairs\n    effect: deny\n    when: \"action.params.ids.exists(a, action.params.ids.exists(b, a != b && a == b))\"\n".into(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!response.valid);
+    let error = &response.errors[0];
+    assert_eq!((error.file.as_str(), error.line, error.rule.as_str()), ("costly.yaml", 2, "pairs"));
+    assert!(error.message.contains("the limit is 1000000"), "{}", error.message);
+    engine.shutdown().await;
+}
