@@ -108,6 +108,20 @@ pub fn sizes<'v>(values: impl IntoIterator<Item = &'v Value<'v>>) -> Vec<u64> {
     values.into_iter().map(|v| if let Value::List(list) = v { list.len() as u64 } else { 0 }).collect()
 }
 
+/// The macros whose body runs once per element of their target.
+const COMPREHENSIONS: &[&str] = &[
+    "all",
+    "exists",
+    "exists_one",
+    "existsOne",
+    "map",
+    "filter",
+    "sortBy",
+    "transformList",
+    "transformMap",
+    "transformMapEntry",
+];
+
 /// Whether evaluation must run against a budget: only a loop (a
 /// comprehension, `sortBy`, `optMap`) or a superlinear function (`sort`,
 /// `distinct`, `sets.*`, `lists.range`) lets the input multiply the work.
@@ -125,23 +139,8 @@ pub fn needs_budget(expr: &Expr) -> bool {
         ExprKind::Map(entries) => entries.iter().any(|(k, v)| needs_budget(k) || needs_budget(v)),
         ExprKind::Call { target, function, args } => {
             let looping = target.is_some()
-                && matches!(
-                    function.as_str(),
-                    "all"
-                        | "exists"
-                        | "exists_one"
-                        | "existsOne"
-                        | "map"
-                        | "filter"
-                        | "sortBy"
-                        | "transformList"
-                        | "transformMap"
-                        | "transformMapEntry"
-                        | "optMap"
-                        | "optFlatMap"
-                        | "sort"
-                        | "distinct"
-                );
+                && (COMPREHENSIONS.contains(&function.as_str())
+                    || matches!(function.as_str(), "optMap" | "optFlatMap" | "sort" | "distinct"));
             let namespace = match target.as_deref().map(|t| &t.kind) {
                 Some(ExprKind::Ident(namespace)) => namespace.as_str(),
                 _ => "",
@@ -305,19 +304,7 @@ impl Estimator {
             _ => None,
         };
         // Comprehensions: the body runs once per element.
-        let comprehension = matches!(
-            function,
-            "all"
-                | "exists"
-                | "exists_one"
-                | "existsOne"
-                | "map"
-                | "filter"
-                | "sortBy"
-                | "transformList"
-                | "transformMap"
-                | "transformMapEntry"
-        );
+        let comprehension = COMPREHENSIONS.contains(&function);
         if let (true, Some(target)) = (comprehension && args.len() >= 2, target) {
             let (range_cost, range) = self.estimate(target);
             let two = match function {
