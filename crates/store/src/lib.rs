@@ -65,6 +65,10 @@ impl Database {
                 .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
                 .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(3600)) })
                 .acquire_timeout(Duration::from_secs(10))
+                // A connection to a local file does not go away as a
+                // network connection can: no ping (a round trip to the
+                // connection's thread) before each use.
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await
                 .map_err(translate)?;

@@ -75,12 +75,22 @@ impl Outbox {
         Ok(rows)
     }
 
-    /// Deletes delivered rows, only while `replica` still holds them.
+    /// Deletes delivered rows, only while `replica` still holds them, in
+    /// one transaction: one commit (one sync) for the whole batch, not one
+    /// per row, so the service's own writes do not queue behind a train
+    /// of syncs after each delivery.
     pub async fn delivered(&self, database: &Database, replica: &str, ids: &[i64]) -> Result<(), StoreError> {
-        let delete = format!("DELETE FROM {} WHERE id = $1 AND claimed_by = $2", self.table);
-        for id in ids {
-            on_pool!(database, |pool| sqlx::query(&delete).bind(id).bind(replica).execute(pool).await.map(drop)?);
+        if ids.is_empty() {
+            return Ok(());
         }
+        let delete = format!("DELETE FROM {} WHERE id = $1 AND claimed_by = $2", self.table);
+        on_pool!(database, |pool| {
+            let mut tx = pool.begin().await?;
+            for id in ids {
+                sqlx::query(&delete).bind(id).bind(replica).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
