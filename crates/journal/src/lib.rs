@@ -8,9 +8,22 @@
 //!   waiting, writes them with one `write`, and makes them durable with one
 //!   `fdatasync` (group commit); appends that arrive meanwhile form the next
 //!   group. [`Journal::append`] with `durable` returns only after that sync.
+//!   A group of appends that do not wait for durability is written without
+//!   a sync: it reaches the disk with the next group that syncs, or alone
+//!   once [`Options::sync_within`] has passed (a sync per group cost a core
+//!   in syncs alone under load, for appends nobody waits on).
+//! - A segment grows in zero-filled chunks ([`Options::preallocate`])
+//!   written in the same `write` as the group that needs them, so most
+//!   syncs overwrite blocks the file already has: the file system has no
+//!   size or allocation change to journal, and an `fdatasync` costs a data
+//!   flush alone (on ext4 here, appending groups at the end of the file
+//!   averaged 0.6 to 3 ms per sync, overwriting preallocated blocks 0.14
+//!   ms). A header of zeros ends a segment's records.
 //! - On open, every segment is checked record by record; a torn tail (a
 //!   record cut short or failing its checksum, as a crash mid-write leaves)
-//!   is truncated away, so appends continue after the last whole record.
+//!   and whatever follows the last whole record in the last segment
+//!   (preallocated zeros, or parts of an unacknowledged group) are
+//!   truncated away, so appends continue after the last whole record.
 //! - One [`Reader`] consumes records in order. [`Reader::consumed`] moves
 //!   its cursor (kept in the file `cursor`) and deletes the segments wholly
 //!   before it. The cursor file is written without a sync: after a crash
@@ -44,11 +57,24 @@ pub struct Options {
     /// it syncs (as PostgreSQL's `commit_delay`): fewer, larger syncs, for
     /// that much latency. Zero syncs at once.
     pub commit_delay: std::time::Duration,
+    /// The segment file grows by this many bytes of zeros at a time, ahead
+    /// of the records. Zero grows it with each group.
+    pub preallocate: u64,
+    /// Appends that do not wait for durability are on disk within this
+    /// long (a process crash loses none of them once written; a power
+    /// loss, at most this much). Zero syncs every group.
+    pub sync_within: std::time::Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { segment_bytes: 64 << 20, queue: 65_536, commit_delay: std::time::Duration::ZERO }
+        Options {
+            segment_bytes: 64 << 20,
+            queue: 65_536,
+            commit_delay: std::time::Duration::ZERO,
+            preallocate: 256 << 10,
+            sync_within: std::time::Duration::from_millis(50),
+        }
     }
 }
 
@@ -140,12 +166,15 @@ fn frame(buf: &mut Vec<u8>, sequence: u64, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
-/// Reads the record at `offset`: `Ok(None)` at a clean end of file,
-/// `Err` for a record cut short or failing its checksum.
+/// Reads the record at `offset`: `Ok(None)` at a clean end (the end of the
+/// file, or a header of zeros: preallocated space; no record's header is
+/// all zeros, as its checksum covers its sequence), `Err` for a record cut
+/// short or failing its checksum.
 fn read_record(file: &File, offset: u64, expected: u64) -> Result<Option<(Record, u64)>, String> {
     let mut header = [0u8; HEADER];
     match read_full(file, &mut header, offset) {
         Ok(0) => return Ok(None),
+        Ok(HEADER) if header == [0u8; HEADER] => return Ok(None),
         Ok(HEADER) => {}
         Ok(n) => return Err(format!("a record header cut short at {n} of {HEADER} bytes")),
         Err(error) => return Err(error.to_string()),
@@ -232,7 +261,7 @@ impl Journal {
                 }
             };
             let last = i + 1 == starts.len();
-            if let Some(reason) = failure {
+            if let Some(reason) = &failure {
                 if last {
                     tracing::warn!(segment = %path.display(), offset, bytes = length - offset, %reason, "truncating a torn journal tail");
                     recovery.truncated_bytes = length - offset;
@@ -240,6 +269,11 @@ impl Journal {
                     tracing::error!(segment = %path.display(), offset, %reason, "journal segment corrupt; records after the offset are lost");
                     recovery.corrupt_segments.push(path.clone());
                 }
+            }
+            // The last segment ends at its last whole record: preallocated
+            // zeros go too, and with them anything of a group that was
+            // being written when the process stopped (never acknowledged).
+            if failure.is_some() || (last && length > offset) {
                 file.set_len(offset)?;
                 file.sync_all()?;
             }
@@ -268,11 +302,13 @@ impl Journal {
         let writer = Writer {
             dir: dir.to_owned(),
             options,
+            allocated: active.2,
             active,
             next,
             written: written_tx,
             buf: Vec::new(),
             shared: shared.clone(),
+            unsynced_since: None,
         };
         std::thread::Builder::new().name("warden-journal".into()).spawn(move || writer.run(queue))?;
         let reader = Reader {
@@ -345,19 +381,51 @@ fn stopped() -> io::Error {
 struct Writer {
     dir: PathBuf,
     options: Options,
-    /// First sequence, file, and length of the active segment.
+    /// First sequence, file, and length of the active segment's records.
     active: (u64, File, u64),
+    /// The active segment file's length: its records and the zeros after
+    /// them.
+    allocated: u64,
     /// The sequence the next record gets.
     next: u64,
     written: watch::Sender<u64>,
     buf: Vec<u8>,
     shared: Arc<Shared>,
+    /// Since when the active segment holds records written and not synced.
+    unsynced_since: Option<std::time::Instant>,
 }
 
 impl Writer {
-    fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+    fn run(self, queue: mpsc::Receiver<Job>) {
+        // A runtime of this thread's own, for the one timed wait (a lazy
+        // sync once no group comes); every file operation stays blocking.
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the journal writer");
+                return;
+            }
+        };
+        runtime.block_on(self.write(queue));
+    }
+
+    async fn write(mut self, mut queue: mpsc::Receiver<Job>) {
         let mut group = Vec::new();
-        while let Some(first) = queue.blocking_recv() {
+        loop {
+            let next = match self.unsynced_since {
+                None => queue.recv().await,
+                Some(since) => {
+                    let due = tokio::time::Instant::from_std(since + self.options.sync_within);
+                    match tokio::time::timeout_at(due, queue.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            self.sync_lazily();
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(first) = next else { break };
             group.push(first);
             // Everything that queued while the last group synced, and with
             // a commit delay, what arrives during it.
@@ -367,7 +435,10 @@ impl Writer {
                 std::thread::sleep(self.options.commit_delay);
                 drain(&mut queue, &mut group, &mut bytes);
             }
-            let result = self.commit(&group).map_err(|error| {
+            let sync = self.options.sync_within.is_zero()
+                || group.iter().any(|job| job.done.is_some())
+                || self.unsynced_since.is_some_and(|since| since.elapsed() >= self.options.sync_within);
+            let result = self.commit(&group, sync).map_err(|error| {
                 tracing::error!(%error, records = group.len(), "cannot write the journal");
                 error.to_string()
             });
@@ -377,10 +448,26 @@ impl Writer {
                 }
             }
         }
+        // Every sender is gone: what was written goes to disk.
+        self.sync_lazily();
     }
 
-    fn commit(&mut self, group: &[Job]) -> io::Result<()> {
-        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+    /// Syncs records written without a sync, if any.
+    fn sync_lazily(&mut self) {
+        if self.unsynced_since.take().is_some() {
+            self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = self.active.1.sync_data() {
+                tracing::error!(%error, "cannot sync the journal");
+            }
+        }
+    }
+
+    /// Writes a group, and syncs it (with whatever was written unsynced
+    /// before it) when `sync`.
+    fn commit(&mut self, group: &[Job], sync: bool) -> io::Result<()> {
+        if sync {
+            self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        }
         if self.active.2 >= self.options.segment_bytes {
             self.roll()?;
         }
@@ -388,25 +475,47 @@ impl Writer {
         for (i, job) in group.iter().enumerate() {
             frame(&mut self.buf, self.next + i as u64, &job.payload);
         }
+        let records = self.buf.len() as u64;
         let (_, file, length) = &mut self.active;
-        let written = file.write_all_at(&self.buf, *length).and_then(|()| file.sync_data());
+        let end = *length + records;
+        // Past the zeros already in the file: the next chunk of them goes
+        // in this same write (one size change per chunk, not per group).
+        let preallocate = self.options.preallocate;
+        if preallocate > 0 && end > self.allocated {
+            let allocated = end.div_ceil(preallocate) * preallocate;
+            self.buf.resize(self.buf.len() + (allocated - end) as usize, 0);
+        }
+        let written = file.write_all_at(&self.buf, *length).and_then(|()| if sync { file.sync_data() } else { Ok(()) });
         if let Err(error) = written {
             // Whatever reached the file is not acknowledged: cut it off so
             // the next group starts at a record boundary.
             let _ = file.set_len(*length);
+            self.allocated = *length;
             return Err(error);
         }
-        *length += self.buf.len() as u64;
+        self.allocated = self.allocated.max(*length + self.buf.len() as u64);
+        *length = end;
+        if sync {
+            self.unsynced_since = None;
+        } else if self.unsynced_since.is_none() {
+            self.unsynced_since = Some(std::time::Instant::now());
+        }
         self.next += group.len() as u64;
         self.written.send_replace(self.next);
         Ok(())
     }
 
     fn roll(&mut self) -> io::Result<()> {
+        // The segment being closed keeps no unsynced records behind.
+        if self.unsynced_since.is_some() {
+            self.active.1.sync_data()?;
+            self.unsynced_since = None;
+        }
         let path = segment_path(&self.dir, self.next);
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
         sync_dir(&self.dir)?;
         self.active = (self.next, file, 0);
+        self.allocated = 0;
         Ok(())
     }
 }

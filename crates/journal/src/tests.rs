@@ -20,6 +20,110 @@ fn segment_files(dir: &Path) -> Vec<u64> {
     segments(dir).unwrap()
 }
 
+/// Where the records `range` (of [`payload`]) end in a segment that starts
+/// with the first of them.
+fn records_end(range: std::ops::Range<u64>) -> u64 {
+    range.map(|i| (HEADER + payload(i).len()) as u64).sum()
+}
+
+#[tokio::test]
+async fn segments_grow_in_zeroed_chunks_that_are_never_read_as_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { preallocate: 4096, ..Options::default() };
+    let (journal, reader, _) = Journal::open(dir.path(), options.clone()).unwrap();
+    for i in 0..5 {
+        journal.append(payload(i), true).await.unwrap();
+    }
+    let segment = segment_path(dir.path(), 0);
+    // One chunk holds the five records; the rest of it is zeros.
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), 4096);
+    // Enough records to need more chunks: the file grows a chunk at a time.
+    for i in 5..100 {
+        journal.append(payload(i), i % 10 == 0).await.unwrap();
+    }
+    journal.append(payload(100), true).await.unwrap();
+    let end = records_end(0..101);
+    let length = std::fs::metadata(&segment).unwrap().len();
+    assert!(length >= end && length % 4096 == 0 && length - end < 4096, "{length} bytes for {end} of records");
+    drop((journal, reader));
+
+    // A clean stop: the zeros are trimmed, nothing is reported torn.
+    let (journal, mut reader, recovery) = Journal::open(dir.path(), options).unwrap();
+    assert_eq!(recovery, Recovery { pending: 101, ..Recovery::default() });
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), end);
+    journal.append(b"after".to_vec(), true).await.unwrap();
+    let records = read_all(&mut reader).await;
+    assert_eq!(records.len(), 102);
+    assert_eq!(records[100].payload, payload(100));
+    assert_eq!(records[101], Record { sequence: 101, payload: b"after".to_vec() });
+}
+
+#[tokio::test]
+async fn appends_nobody_waits_on_are_written_at_once_and_synced_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { sync_within: std::time::Duration::from_millis(20), ..Options::default() };
+    let (journal, mut reader, _) = Journal::open(dir.path(), options.clone()).unwrap();
+    for i in 0..200 {
+        journal.append(payload(i), false).await.unwrap();
+    }
+    // Readable as soon as written, before any sync.
+    let mut records = Vec::new();
+    while records.len() < 200 {
+        records.extend(reader.next_batch(500).await.unwrap());
+    }
+    assert_eq!(records.len(), 200);
+    // Synced alone once the bound has passed, with nothing else coming.
+    let waited = std::time::Instant::now();
+    while journal.syncs() == 0 {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(10), "never synced");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(journal.syncs() < 20, "{} syncs for 200 appends nobody waited on", journal.syncs());
+    // An append that waits syncs at once, and takes earlier ones with it.
+    let before = journal.syncs();
+    journal.append(payload(200), false).await.unwrap();
+    journal.append(payload(201), true).await.unwrap();
+    assert_eq!(journal.syncs(), before + 1);
+    drop((journal, reader));
+    let (_journal, mut reader, recovery) = Journal::open(dir.path(), options).unwrap();
+    assert_eq!(recovery.pending, 202);
+    assert_eq!(read_all(&mut reader).await.last().map(|r| r.payload.clone()), Some(payload(201)));
+}
+
+#[tokio::test]
+async fn a_group_that_reached_the_disk_in_part_is_dropped_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, reader, _) = Journal::open(dir.path(), Options::default()).unwrap();
+    for i in 0..3 {
+        journal.append(payload(i), true).await.unwrap();
+    }
+    drop((journal, reader));
+    // A crash mid-group: the group's second record reached the disk, its
+    // first did not (zeros where it belongs). Neither was acknowledged.
+    let segment = segment_path(dir.path(), 0);
+    let mut group = Vec::new();
+    frame(&mut group, 3, &payload(3));
+    let first = group.len() as u64;
+    group.clear();
+    frame(&mut group, 4, &payload(4));
+    let end = records_end(0..3);
+    OpenOptions::new().write(true).open(&segment).unwrap().write_all_at(&group, end + first).unwrap();
+
+    let (journal, mut reader, recovery) = Journal::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(recovery.pending, 3);
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), end);
+    // The sequence goes on from the last whole record; the stray record 4
+    // is gone and cannot reappear behind the new ones.
+    journal.append(b"a".to_vec(), true).await.unwrap();
+    journal.append(b"b".to_vec(), true).await.unwrap();
+    drop((journal, reader));
+    let (_journal, mut reader, recovery) = Journal::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(recovery.pending, 5);
+    let records = read_all(&mut reader).await;
+    let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.payload.clone()).collect();
+    assert_eq!(payloads, vec![payload(0), payload(1), payload(2), b"a".to_vec(), b"b".to_vec()]);
+}
+
 #[tokio::test]
 async fn durable_appends_read_back_in_order_and_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,16 +157,20 @@ async fn a_torn_tail_is_cut_off_and_appends_continue_after_the_last_whole_record
         journal.append(payload(i), true).await.unwrap();
     }
     drop((journal, reader));
-    // A crash mid-write: the next record's header and half its payload.
+    // A crash mid-write: the next record's header and half its payload,
+    // after the last whole record (in the preallocated zeros).
     let segment = segment_path(dir.path(), 0);
     let mut torn = Vec::new();
     frame(&mut torn, 10, &payload(10));
     torn.truncate(torn.len() / 2);
-    OpenOptions::new().append(true).open(&segment).unwrap().write_all(&torn).unwrap();
+    let end = records_end(0..10);
+    OpenOptions::new().write(true).open(&segment).unwrap().write_all_at(&torn, end).unwrap();
+    let length = std::fs::metadata(&segment).unwrap().len();
 
     let (journal, mut reader, recovery) = Journal::open(dir.path(), Options::default()).unwrap();
-    assert_eq!(recovery.truncated_bytes, torn.len() as u64);
+    assert_eq!(recovery.truncated_bytes, length - end);
     assert_eq!(recovery.pending, 10);
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), end, "cut at the last whole record");
     journal.append(b"after".to_vec(), true).await.unwrap();
     let records = read_all(&mut reader).await;
     assert_eq!(records.len(), 11);
@@ -161,7 +269,7 @@ proptest! {
             }
             drop((journal, reader));
             let segment = segment_path(dir.path(), 0);
-            let length = std::fs::metadata(&segment).unwrap().len();
+            let length = records_end(0..count);
             let keep = (length as f64 * cut) as u64;
             OpenOptions::new().write(true).open(&segment).unwrap().set_len(keep).unwrap();
             let mut whole = 0;

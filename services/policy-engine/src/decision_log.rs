@@ -7,7 +7,10 @@
 //!   (the default) it waits until the decision is on disk; the journal
 //!   group-commits, so every decision waiting shares one `fdatasync` and
 //!   the next group forms while it runs. In `async` durability it does not
-//!   wait at all, and a crash may lose the last few milliseconds.
+//!   wait at all: the journal writes each decision within a group, with no
+//!   sync of its own, and syncs within 50 ms; a crash of the process loses
+//!   only decisions still queued for the writer, a power loss at most the
+//!   last 50 ms.
 //! - The shipper sends the oldest records through the resilience pipeline
 //!   and moves the journal's cursor only after the audit service
 //!   acknowledged them; segments wholly shipped are deleted. A crash
