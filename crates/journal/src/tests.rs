@@ -1,5 +1,3 @@
-use std::io::Write;
-
 use proptest::prelude::*;
 
 use super::*;
@@ -26,6 +24,19 @@ fn records_end(range: std::ops::Range<u64>) -> u64 {
     range.map(|i| (HEADER + payload(i).len()) as u64).sum()
 }
 
+/// A journal holding the durable records `0..count` (of [`payload`]),
+/// closed as a stopped process leaves it: its directory and first segment.
+async fn stopped_journal(count: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, reader, _) = Journal::open(dir.path(), Options::default()).unwrap();
+    for i in 0..count {
+        journal.append(payload(i), true).await.unwrap();
+    }
+    drop((journal, reader));
+    let segment = segment_path(dir.path(), 0);
+    (dir, segment)
+}
+
 #[tokio::test]
 async fn segments_grow_in_zeroed_chunks_that_are_never_read_as_records() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,7 +55,7 @@ async fn segments_grow_in_zeroed_chunks_that_are_never_read_as_records() {
     journal.append(payload(100), true).await.unwrap();
     let end = records_end(0..101);
     let length = std::fs::metadata(&segment).unwrap().len();
-    assert!(length >= end && length % 4096 == 0 && length - end < 4096, "{length} bytes for {end} of records");
+    assert!(length >= end && length.is_multiple_of(4096) && length - end < 4096, "{length} bytes for {end} of records");
     drop((journal, reader));
 
     // A clean stop: the zeros are trimmed, nothing is reported torn.
@@ -92,15 +103,9 @@ async fn appends_nobody_waits_on_are_written_at_once_and_synced_within_the_bound
 
 #[tokio::test]
 async fn a_group_that_reached_the_disk_in_part_is_dropped_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let (journal, reader, _) = Journal::open(dir.path(), Options::default()).unwrap();
-    for i in 0..3 {
-        journal.append(payload(i), true).await.unwrap();
-    }
-    drop((journal, reader));
+    let (dir, segment) = stopped_journal(3).await;
     // A crash mid-group: the group's second record reached the disk, its
     // first did not (zeros where it belongs). Neither was acknowledged.
-    let segment = segment_path(dir.path(), 0);
     let mut group = Vec::new();
     frame(&mut group, 3, &payload(3));
     let first = group.len() as u64;
@@ -109,7 +114,7 @@ async fn a_group_that_reached_the_disk_in_part_is_dropped_whole() {
     let end = records_end(0..3);
     OpenOptions::new().write(true).open(&segment).unwrap().write_all_at(&group, end + first).unwrap();
 
-    let (journal, mut reader, recovery) = Journal::open(dir.path(), Options::default()).unwrap();
+    let (journal, reader, recovery) = Journal::open(dir.path(), Options::default()).unwrap();
     assert_eq!(recovery.pending, 3);
     assert_eq!(std::fs::metadata(&segment).unwrap().len(), end);
     // The sequence goes on from the last whole record; the stray record 4
@@ -151,15 +156,9 @@ async fn durable_appends_read_back_in_order_and_survive_a_reopen() {
 
 #[tokio::test]
 async fn a_torn_tail_is_cut_off_and_appends_continue_after_the_last_whole_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let (journal, reader, _) = Journal::open(dir.path(), Options::default()).unwrap();
-    for i in 0..10 {
-        journal.append(payload(i), true).await.unwrap();
-    }
-    drop((journal, reader));
+    let (dir, segment) = stopped_journal(10).await;
     // A crash mid-write: the next record's header and half its payload,
     // after the last whole record (in the preallocated zeros).
-    let segment = segment_path(dir.path(), 0);
     let mut torn = Vec::new();
     frame(&mut torn, 10, &payload(10));
     torn.truncate(torn.len() / 2);
@@ -179,14 +178,8 @@ async fn a_torn_tail_is_cut_off_and_appends_continue_after_the_last_whole_record
 
 #[tokio::test]
 async fn a_record_failing_its_checksum_ends_the_log_there() {
-    let dir = tempfile::tempdir().unwrap();
-    let (journal, reader, _) = Journal::open(dir.path(), Options::default()).unwrap();
-    for i in 0..5 {
-        journal.append(payload(i), true).await.unwrap();
-    }
-    drop((journal, reader));
+    let (dir, segment) = stopped_journal(5).await;
     // Flip a byte in the fourth record's payload.
-    let segment = segment_path(dir.path(), 0);
     let mut bytes = std::fs::read(&segment).unwrap();
     let mut offset = 0;
     for i in 0..3 {
@@ -262,13 +255,7 @@ proptest! {
     fn a_cut_anywhere_recovers_the_whole_records_before_it(count in 1u64..30, cut in 0.0f64..1.0) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let (journal, reader, _) = Journal::open(dir.path(), Options::default()).unwrap();
-            for i in 0..count {
-                journal.append(payload(i), true).await.unwrap();
-            }
-            drop((journal, reader));
-            let segment = segment_path(dir.path(), 0);
+            let (dir, segment) = stopped_journal(count).await;
             let length = records_end(0..count);
             let keep = (length as f64 * cut) as u64;
             OpenOptions::new().write(true).open(&segment).unwrap().set_len(keep).unwrap();
