@@ -467,6 +467,14 @@ fn err<T>(expr: &Expr, message: impl Into<String>) -> Result<T, CompileError> {
     Err(CompileError { offset: expr.offset, message: message.into() })
 }
 
+/// The variable a macro or `cel.bind` introduces: an identifier.
+fn variable_name<'e>(function: &str, variable: &'e Expr) -> Result<&'e str, CompileError> {
+    match &variable.kind {
+        ExprKind::Ident(name) => Ok(name),
+        _ => err(variable, format!("{function}() needs a variable name as its first argument")),
+    }
+}
+
 fn constant(value: Value<'static>) -> Eval {
     eval(move |_| Ok(value.clone()))
 }
@@ -1226,20 +1234,24 @@ impl Compiler {
         }
     }
 
+    /// Compiles `body` with the local `variable` of type `ty` in scope (and
+    /// out of scope again, whether or not the body compiles).
+    fn value_with_local(&mut self, variable: &str, ty: Ty, body: &Expr) -> Result<Compiled, CompileError> {
+        self.locals.push((variable.to_owned(), ty));
+        let body = self.value(body);
+        self.locals.pop();
+        body
+    }
+
     /// `cel.bind(name, value, body)`: `body` with `name` bound to `value`,
     /// computed once.
     fn bind(&mut self, expr: &Expr, args: &[Expr]) -> Result<Compiled, CompileError> {
         let [variable, init, body] = args else {
             return err(expr, "cel.bind() takes a variable name, a value and an expression");
         };
-        let ExprKind::Ident(variable) = &variable.kind else {
-            return err(variable, "cel.bind() needs a variable name as its first argument");
-        };
+        let variable = variable_name("cel.bind", variable)?;
         let init = self.value(init)?;
-        self.locals.push((variable.clone(), init.ty.clone()));
-        let body = self.value(body);
-        self.locals.pop();
-        let body = body?;
+        let body = self.value_with_local(variable, init.ty.clone(), body)?;
         let (init, inner) = (init.eval, body.eval);
         Ok(Compiled {
             predicate: None,
@@ -1472,9 +1484,7 @@ impl Compiler {
                 return err(expr, format!("{macro_name}() takes a variable and an expression"));
             }
         };
-        let ExprKind::Ident(variable) = &variable.kind else {
-            return err(variable, format!("{macro_name}() needs a variable name as its first argument"));
-        };
+        let variable = variable_name(macro_name, variable)?;
         let range = self.value(target)?;
         let item_ty = match &range.ty {
             Ty::List(item) => (**item).clone(),
@@ -1484,7 +1494,7 @@ impl Compiler {
                 return err(target, format!("{macro_name}() needs a list or map, not {other}"));
             }
         };
-        self.locals.push((variable.clone(), item_ty));
+        self.locals.push((variable.to_owned(), item_ty));
         let predicate = body.map(|p| self.value(p)).transpose();
         let mapped = transform.map(|t| self.value(t)).transpose();
         self.locals.pop();
@@ -1669,19 +1679,14 @@ impl Compiler {
         let [variable, body] = args else {
             return err(expr, format!("{function}() takes a variable and an expression"));
         };
-        let ExprKind::Ident(variable) = &variable.kind else {
-            return err(variable, format!("{function}() needs a variable name as its first argument"));
-        };
+        let variable = variable_name(function, variable)?;
         let receiver = self.value(target)?;
         let item_ty = match &receiver.ty {
             Ty::Optional(inner) => (**inner).clone(),
             Ty::Dyn => Ty::Dyn,
             other => return err(target, format!("{function}() needs an optional value, not {other}")),
         };
-        self.locals.push((variable.clone(), item_ty));
-        let body = self.value(body);
-        self.locals.pop();
-        let body = body?;
+        let body = self.value_with_local(variable, item_ty, body)?;
         let flat = function == "optFlatMap";
         let ty = if flat {
             match &body.ty {
@@ -1721,19 +1726,14 @@ impl Compiler {
         let [variable, key] = args else {
             return err(expr, "sortBy() takes a variable and a key expression");
         };
-        let ExprKind::Ident(variable) = &variable.kind else {
-            return err(variable, "sortBy() needs a variable name as its first argument");
-        };
+        let variable = variable_name("sortBy", variable)?;
         let range = self.value(target)?;
         let item_ty = match &range.ty {
             Ty::List(item) => (**item).clone(),
             Ty::Dyn => Ty::Dyn,
             other => return err(target, format!("sortBy() needs a list, not {other}")),
         };
-        self.locals.push((variable.clone(), item_ty));
-        let key = self.value(key);
-        self.locals.pop();
-        let key = key?;
+        let key = self.value_with_local(variable, item_ty, key)?;
         if matches!(key.ty, Ty::List(_) | Ty::Map(..) | Ty::Null | Ty::Type | Ty::Optional(_)) {
             return err(expr, format!("sortBy() needs a key that can be ordered, not {}", key.ty));
         }
