@@ -149,7 +149,7 @@ async fn a_manager_approves_a_refund_and_it_runs_once() {
             (["approval_requested", "approval_reviewed", "approval_granted", "approval_redeemed"]
                 .iter()
                 .all(|t| types.iter().any(|x| x == t))
-                && decisions >= 4)
+                && decisions >= 5)
                 .then_some(records)
         }
     })
@@ -159,8 +159,18 @@ async fn a_manager_approves_a_refund_and_it_runs_once() {
     assert_eq!(granted.agent_id, "support-bot");
     let approvers = &granted.payload.unwrap().fields["approvers"];
     assert!(format!("{approvers:?}").contains("approver"));
-    let decisions = records.iter().filter(|r| r.event.as_ref().unwrap().event_type == "policy_evaluation").count();
-    assert!(decisions >= 4, "every decision is in the trail too");
+    let decisions: Vec<_> =
+        records.iter().filter_map(|r| r.event.clone().filter(|e| e.event_type == "policy_evaluation")).collect();
+    assert_eq!(decisions.len(), 5, "every decision is in the trail too, once");
+    // The allowing decision was recorded with the redemption, as the agent
+    // was answered: its reason and its approvers.
+    let allowing = decisions.iter().find(|e| Some(&e.event_id) == allowed.decision_id.as_ref()).unwrap();
+    let fields = &allowing.payload.as_ref().unwrap().fields;
+    let text = |key: &str| format!("{:?}", fields[key].kind);
+    assert!(text("effect").contains("\"allow\""), "{}", text("effect"));
+    assert!(text("reasons").contains(&format!("approved by approver (approval {id})")), "{}", text("reasons"));
+    assert!(text("approvers").contains("\"approver\""), "{}", text("approvers"));
+    assert_eq!(allowing.actor, "warden-policy-engine");
     stack.engine.shutdown().await;
     stack.approval.shutdown().await;
     stack.audit.shutdown().await;
@@ -352,11 +362,39 @@ async fn bad_create_and_redeem_requests_name_their_fields_and_write_nothing() {
     let fields: Vec<String> =
         warden_errors::WardenError::from_status(&status).violations.into_iter().map(|v| v.field).collect();
     assert_eq!(fields, ["agent_id", "action.type", "action.estimated_cost"]);
-    let redeem = pb::RedeemRequest { id: String::new(), agent_id: "support-bot".into(), action: None };
+    let redeem =
+        pb::RedeemRequest { id: String::new(), agent_id: "support-bot".into(), action: None, ..Default::default() };
     let status = client.redeem(bearer(tonic::Request::new(redeem), service)).await.unwrap_err();
     let fields: Vec<String> =
         warden_errors::WardenError::from_status(&status).violations.into_iter().map(|v| v.field).collect();
     assert_eq!(fields, ["id", "action"]);
+    // A decision event that is not this decision's allow, or not an event.
+    let redeem = |decision: Vec<u8>| pb::RedeemRequest {
+        id: "ap-1".into(),
+        agent_id: "support-bot".into(),
+        action: Some(pb::Action { r#type: "issue_refund".into(), ..Default::default() }),
+        decision_id: "d-1".into(),
+        decision,
+    };
+    let wrong = audit::AuditEvent {
+        event_id: "d-2".into(),
+        event_type: "approval_granted".into(),
+        agent_id: "support-bot".into(),
+        ..Default::default()
+    };
+    for (decision, expected) in [
+        (
+            prost::Message::encode_to_vec(&wrong),
+            &["decision.event_id", "decision.event_type", "decision.payload.effect", "decision.payload.approval_id"][..],
+        ),
+        (vec![0xff; 8], &["decision"][..]),
+    ] {
+        let status = client.redeem(bearer(tonic::Request::new(redeem(decision)), service)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let fields: Vec<String> =
+            warden_errors::WardenError::from_status(&status).violations.into_iter().map(|v| v.field).collect();
+        assert_eq!(fields, expected);
+    }
     // Nothing was written.
     let all = pb::ListApprovalsRequest::default();
     let listed = client.list_approvals(bearer(tonic::Request::new(all), stack.keys.token("auditor"))).await.unwrap();

@@ -91,9 +91,22 @@ async fn run_on(args: &ApprovalArgs, url: &str, dir: &std::path::Path) -> Result
     std::fs::write(&keys_file, keys.to_toml()).map_err(|e| e.to_string())?;
     let auth = warden_auth::AuthConfig { keys_file: keys_file.clone(), ..Default::default() };
 
+    // With a decision log, an audit service records decisions and the
+    // approval service's events, as in production.
+    let audit = if args.decision_log {
+        let mut config = warden_audit::AuditConfig::for_tests(dir.join("audit"));
+        config.auth = auth.clone();
+        Some(warden_audit::AuditServer::start(config).await.map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
     let mut config = ApprovalConfig::for_tests(dir.join("approval"));
     config.database_url = url.to_owned();
     config.auth = auth.clone();
+    if let Some(audit) = &audit {
+        config.audit_url = audit.url();
+        config.outbound.credential = service.clone();
+    }
     let approval = ApprovalServer::start(config).await.map_err(|e| e.to_string())?;
     let backend = if url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" };
     let channel = tonic::transport::Channel::from_shared(approval.url())
@@ -137,7 +150,12 @@ async fn run_on(args: &ApprovalArgs, url: &str, dir: &std::path::Path) -> Result
                     .id;
                 let review = pb::ReviewRequest { id: id.clone(), approve: true, comment: String::new() };
                 client.clone().review(bearer(review, &approver)).await.map_err(|e| e.to_string())?;
-                let redeem = pb::RedeemRequest { id, agent_id: format!("bot-{worker}"), action: Some(action) };
+                let redeem = pb::RedeemRequest {
+                    id,
+                    agent_id: format!("bot-{worker}"),
+                    action: Some(action),
+                    ..Default::default()
+                };
                 let redeemed = client.clone().redeem(bearer(redeem, &service)).await.map_err(|e| e.to_string())?;
                 if !redeemed.into_inner().redeemed {
                     return Err("a granted approval was not redeemed".to_string());
@@ -176,15 +194,9 @@ async fn run_on(args: &ApprovalArgs, url: &str, dir: &std::path::Path) -> Result
     engine_config.approval_url = approval.url();
     engine_config.outbound.credential = service.clone();
     engine_config.watch_policies = false;
-    let audit = if args.decision_log {
-        let audit = warden_audit::AuditServer::start(warden_audit::AuditConfig::for_tests(dir.join("audit")))
-            .await
-            .map_err(|e| e.to_string())?;
+    if let Some(audit) = &audit {
         engine_config.audit_url = audit.url();
-        Some(audit)
-    } else {
-        None
-    };
+    }
     let engine = PolicyEngine::start(engine_config).await.map_err(|e| e.to_string())?;
     let policy = PolicyClient::new(ClientConfig::new(engine.url()).api_key(&agent)).map_err(|e| e.to_string())?;
     // Granted approvals first, so the measured calls do not queue behind
@@ -198,6 +210,12 @@ async fn run_on(args: &ApprovalArgs, url: &str, dir: &std::path::Path) -> Result
         let review = pb::ReviewRequest { id: id.clone(), approve: true, comment: String::new() };
         client.clone().review(bearer(review, &approver)).await.map_err(|e| e.to_string())?;
         granted.push(gated.approval_id(id));
+    }
+    // The setup's events (thousands of outbox rows) drain first: the
+    // calls measured then share the disk only with their own events.
+    let drained = Instant::now() + Duration::from_secs(60);
+    while approval.approvals.store.outbox_len().await.map_err(|e| e.to_string())? > 0 && Instant::now() < drained {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let granted = Arc::new(std::sync::Mutex::new(granted));
     let mut tasks = Vec::new();

@@ -27,6 +27,38 @@ pub enum Database {
     Postgres(sqlx::PgPool),
 }
 
+/// Runs a batch of statements (`;`-separated, `$N` parameters shared by
+/// all of them) on one SQLite connection, in one round trip to its thread,
+/// and returns the rows they produce.
+///
+/// Every statement is otherwise a round trip of its own to the
+/// connection's thread. A batch may hold a whole transaction (`BEGIN
+/// IMMEDIATE` ... `COMMIT`) or wrap settings around a statement, so a batch
+/// that does not finish (an error, or the caller dropping the future) must
+/// not leave its connection in the pool half way: the connection is closed
+/// instead, which rolls back whatever the batch began.
+pub async fn sqlite_batch(
+    pool: &sqlx::SqlitePool,
+    sql: String,
+    arguments: sqlx::sqlite::SqliteArguments<'_>,
+) -> Result<Vec<sqlx::sqlite::SqliteRow>, StoreError> {
+    /// Closes the connection on drop unless the batch finished.
+    struct Batch(Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>);
+    impl Drop for Batch {
+        fn drop(&mut self) {
+            if let Some(connection) = &mut self.0 {
+                connection.close_on_drop();
+            }
+        }
+    }
+    let mut batch = Batch(Some(pool.acquire().await?));
+    let connection = batch.0.as_mut().expect("acquired");
+    let rows = sqlx::query_with(&sql, arguments).fetch_all(&mut **connection).await?;
+    // Finished: the connection goes back to the pool.
+    batch.0.take();
+    Ok(rows)
+}
+
 /// Which kind of database a [`Database`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -257,6 +289,38 @@ mod tests {
     fn passwords_are_redacted() {
         assert_eq!(redact("postgres://warden:s3cret@db:5432/warden"), "postgres://warden:***@db:5432/warden");
         assert_eq!(redact("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+    }
+
+    #[tokio::test]
+    async fn a_failed_sqlite_batch_leaves_nothing_half_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let Database::Sqlite(pool) = Database::connect(&Database::default_url(dir.path())).await.unwrap() else {
+            unreachable!()
+        };
+        sqlx::query("CREATE TABLE t (n INTEGER NOT NULL)").execute(&pool).await.unwrap();
+        let arguments = || {
+            use sqlx::Arguments;
+            let mut arguments = sqlx::sqlite::SqliteArguments::default();
+            arguments.add(1_i64).unwrap();
+            arguments
+        };
+        // The second insert fails after the first ran inside the batch's
+        // transaction: the first is rolled back with it.
+        let batch = "BEGIN IMMEDIATE; INSERT INTO t (n) VALUES ($1); INSERT INTO t (n) VALUES (NULL); COMMIT;";
+        assert!(sqlite_batch(&pool, batch.to_string(), arguments()).await.is_err());
+        let rows = sqlite_batch(&pool, "INSERT INTO t (n) VALUES ($1) RETURNING n".to_string(), arguments()).await;
+        assert_eq!(rows.unwrap().len(), 1);
+        // No connection was left inside the failed transaction: every
+        // connection of the pool sees the one committed row, and writes.
+        let mut connections = Vec::new();
+        for _ in 0..pool.options().get_max_connections() {
+            let mut connection = pool.acquire().await.unwrap();
+            let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM t").fetch_one(&mut *connection).await.unwrap();
+            assert_eq!(count, 1);
+            connections.push(connection);
+        }
+        drop(connections);
+        sqlx::query("INSERT INTO t (n) VALUES (2)").execute(&pool).await.unwrap();
     }
 
     #[tokio::test]

@@ -37,10 +37,57 @@ macro_rules! on_pool {
     };
 }
 
+/// On SQLite, the outbox's own bookkeeping is committed without a sync of
+/// its own (`synchronous = NORMAL` around the statement; the pool's
+/// connections are `FULL`): it survives a crash of the process, and the
+/// next durable commit syncs it. A lease lost to a power loss only lets the
+/// row be claimed again; a deletion lost to one makes a delivered row go
+/// out again, as a crash between delivery and deletion does (the audit
+/// service keeps each event once). The service's writes then do not wait
+/// behind the outbox's syncs.
+fn relaxed(statement: &str) -> String {
+    format!("PRAGMA synchronous = NORMAL; {statement}; PRAGMA synchronous = FULL;")
+}
+
+fn claimed<R: Row>(row: &R) -> Result<ClaimedRow, sqlx::Error>
+where
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+{
+    Ok(ClaimedRow {
+        id: row.try_get("id")?,
+        attempts: row.try_get("attempts")?,
+        kind: row.try_get("kind")?,
+        payload: row.try_get("payload")?,
+    })
+}
+
+/// Binds `values` in order to a batch's arguments.
+fn arguments<'q>(values: impl IntoIterator<Item = Bind>) -> Result<sqlx::sqlite::SqliteArguments<'q>, StoreError> {
+    use sqlx::Arguments;
+    let mut arguments = sqlx::sqlite::SqliteArguments::default();
+    for value in values {
+        match value {
+            Bind::Int(n) => arguments.add(n),
+            Bind::Text(text) => arguments.add(text),
+        }
+        .map_err(|error| StoreError::Other(error.to_string()))?;
+    }
+    Ok(arguments)
+}
+
+enum Bind {
+    Int(i64),
+    Text(String),
+}
+
 impl Outbox {
     /// Claims up to `limit` rows nobody holds (or whose lease lapsed) until
-    /// `until_micros`. A row is claimed by one replica at a time: the outer
-    /// condition is re-checked under the row lock.
+    /// `until_micros`, oldest first. A row is claimed by one replica at a
+    /// time: the outer condition is re-checked under the row lock.
     pub async fn claim(
         &self,
         database: &Database,
@@ -53,44 +100,59 @@ impl Outbox {
         let claim = format!(
             "UPDATE {table} SET claimed_until_micros = $1, claimed_by = $2, attempts = attempts + 1 \
              WHERE claimed_until_micros < $3 AND id IN \
-             (SELECT id FROM {table} WHERE claimed_until_micros < $3 ORDER BY id LIMIT $4)"
+             (SELECT id FROM {table} WHERE claimed_until_micros < $3 ORDER BY id LIMIT $4) \
+             RETURNING id, kind, payload, attempts"
         );
-        let read = format!(
-            "SELECT id, kind, payload, attempts FROM {table} WHERE claimed_by = $1 AND claimed_until_micros = $2 ORDER BY id"
-        );
-        let rows = on_pool!(database, |pool| {
-            sqlx::query(&claim).bind(until_micros).bind(replica).bind(now_micros).bind(limit).execute(pool).await?;
-            let rows = sqlx::query(&read).bind(replica).bind(until_micros).fetch_all(pool).await?;
-            rows.iter()
-                .map(|row| -> Result<ClaimedRow, sqlx::Error> {
-                    Ok(ClaimedRow {
-                        id: row.try_get("id")?,
-                        attempts: row.try_get("attempts")?,
-                        kind: row.try_get("kind")?,
-                        payload: row.try_get("payload")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        });
+        let mut rows = match database {
+            Database::Sqlite(pool) => {
+                let values =
+                    [Bind::Int(until_micros), Bind::Text(replica.to_owned()), Bind::Int(now_micros), Bind::Int(limit)];
+                let rows = crate::sqlite_batch(pool, relaxed(&claim), arguments(values)?).await?;
+                rows.iter().map(claimed).collect::<Result<Vec<_>, _>>()?
+            }
+            Database::Postgres(pool) => {
+                let query = sqlx::query(&claim).bind(until_micros).bind(replica).bind(now_micros).bind(limit);
+                query.fetch_all(pool).await?.iter().map(claimed).collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        rows.sort_unstable_by_key(|row| row.id);
         Ok(rows)
     }
 
-    /// Deletes delivered rows, only while `replica` still holds them, in
-    /// one transaction: one commit (one sync) for the whole batch, not one
-    /// per row, so the service's own writes do not queue behind a train
-    /// of syncs after each delivery.
+    /// Deletes delivered rows, only while `replica` still holds them: one
+    /// statement per 500 rows. On PostgreSQL they go in one transaction
+    /// (one commit), so the service's own writes do not queue behind a
+    /// train of commits after each delivery; on SQLite each statement is
+    /// committed without a sync of its own (see [`relaxed`]).
     pub async fn delivered(&self, database: &Database, replica: &str, ids: &[i64]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let delete = format!("DELETE FROM {} WHERE id = $1 AND claimed_by = $2", self.table);
-        on_pool!(database, |pool| {
-            let mut tx = pool.begin().await?;
-            for id in ids {
-                sqlx::query(&delete).bind(id).bind(replica).execute(&mut *tx).await?;
+        let delete = |rows: usize| {
+            let placeholders: Vec<String> = (0..rows).map(|i| format!("${}", i + 2)).collect();
+            format!("DELETE FROM {} WHERE claimed_by = $1 AND id IN ({})", self.table, placeholders.join(", "))
+        };
+        match database {
+            Database::Sqlite(pool) => {
+                for chunk in ids.chunks(500) {
+                    let values =
+                        std::iter::once(Bind::Text(replica.to_owned())).chain(chunk.iter().map(|id| Bind::Int(*id)));
+                    crate::sqlite_batch(pool, relaxed(&delete(chunk.len())), arguments(values)?).await?;
+                }
             }
-            tx.commit().await?;
-        });
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                for chunk in ids.chunks(500) {
+                    let statement = delete(chunk.len());
+                    let mut query = sqlx::query(&statement).bind(replica);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
         Ok(())
     }
 

@@ -175,8 +175,48 @@ impl warden_errors::Classify for ApprovalError {
 /// The outcome of a redemption.
 #[derive(Debug, Clone)]
 pub enum Redemption {
-    Redeemed(ApprovalRow),
-    Refused { reason: String, row: Option<ApprovalRow> },
+    /// Spent (now, or earlier for the same decision). `reason` names the
+    /// approval and its approvers; `recorded` says the caller's decision
+    /// event was committed with the redemption.
+    Redeemed {
+        row: ApprovalRow,
+        reason: String,
+        recorded: bool,
+    },
+    Refused {
+        reason: String,
+        row: Option<ApprovalRow>,
+    },
+}
+
+/// A redemption: this agent's action, for one decision, whose
+/// `policy_evaluation` event (if any) is committed with it.
+#[derive(Debug, Clone)]
+pub struct RedeemInput<'a> {
+    pub id: &'a str,
+    pub agent_id: &'a str,
+    pub action: &'a pb::Action,
+    pub decision_id: &'a str,
+    pub decision: Option<AuditEvent>,
+}
+
+/// Why a spent grant allows: the approval and everyone who approved it.
+fn grant_reason(row: &ApprovalRow) -> String {
+    format!("approved by {} (approval {})", row.approvers().join(", "), row.id)
+}
+
+/// The caller's decision event as recorded: its reasons are the grant's,
+/// and it names the approvers.
+fn granted_decision(mut event: AuditEvent, row: &ApprovalRow) -> AuditEvent {
+    use prost_types::value::Kind;
+    let text = |s: String| prost_types::Value { kind: Some(Kind::StringValue(s)) };
+    let list = |items: Vec<String>| prost_types::Value {
+        kind: Some(Kind::ListValue(prost_types::ListValue { values: items.into_iter().map(text).collect() })),
+    };
+    let payload = event.payload.get_or_insert_with(Default::default);
+    payload.fields.insert("reasons".into(), list(vec![grant_reason(row)]));
+    payload.fields.insert("approvers".into(), list(row.approvers()));
+    event
 }
 
 /// The approval workflow; cheap to share.
@@ -395,22 +435,42 @@ impl Approvals {
         }
     }
 
-    /// Spends a granted approval for this exact agent and action, once.
-    /// The common case is one conditional update; a refusal reads the
-    /// request to say why.
-    pub async fn redeem(&self, id: &str, agent_id: &str, action: &pb::Action) -> Result<Redemption, ApprovalError> {
+    /// Spends a granted approval for this exact agent and action, once,
+    /// committing the decision's event (when given and this service ships
+    /// audit events) in the same transaction. The common case is one
+    /// conditional update; a refusal reads the request to say why. A retry
+    /// for the decision that spent the grant is answered as the first call
+    /// was.
+    pub async fn redeem(&self, input: RedeemInput<'_>) -> Result<Redemption, ApprovalError> {
+        let RedeemInput { id, agent_id, action, decision_id, decision } = input;
         let (_, hash) = canonical_action(action);
-        let effects = |after: &ApprovalRow| self.outgoing(after, "approval_redeemed", agent_id, &[]);
-        if let Some(after) = self.store.redeem(id, agent_id, &hash, self.clock.now_micros(), &effects).await? {
+        let recorded = self.audit && decision.is_some();
+        let effects = |after: &ApprovalRow| {
+            let mut items = self.outgoing(after, "approval_redeemed", agent_id, &[]);
+            if let (true, Some(event)) = (self.audit, &decision) {
+                items.push(Outgoing::Audit(granted_decision(event.clone(), after)));
+            }
+            items
+        };
+        let redeeming = crate::store::Redeeming { id, agent_id, action_hash: &hash, decision_id };
+        if let Some(row) = self.store.redeem(&redeeming, self.clock.now_micros(), &effects).await? {
             METRICS.redeemed.inc();
             self.changed(id);
-            return Ok(Redemption::Redeemed(after));
+            return Ok(Redemption::Redeemed { reason: grant_reason(&row), row, recorded });
         }
         let Some(row) = self.store.get(id).await? else {
             return Ok(Redemption::Refused { reason: format!("approval {id} not found"), row: None });
         };
+        let same_action = row.agent_id == agent_id && row.action_hash == hash;
+        if row.state == State::Redeemed
+            && same_action
+            && !decision_id.is_empty()
+            && row.redeemed_decision_id == decision_id
+        {
+            return Ok(Redemption::Redeemed { reason: grant_reason(&row), row, recorded });
+        }
         let now = self.clock.now_micros();
-        let reason = if row.agent_id != agent_id || row.action_hash != hash {
+        let reason = if !same_action {
             "approval was for a different action".to_string()
         } else {
             match row.state {
@@ -531,6 +591,9 @@ pub fn summary(row: &ApprovalRow) -> serde_json::Map<String, serde_json::Value> 
     map.insert("expires_at_micros".into(), serde_json::json!(row.expires_at_micros));
     if !row.outcome_reason.is_empty() {
         map.insert("outcome_reason".into(), serde_json::json!(row.outcome_reason));
+    }
+    if !row.redeemed_decision_id.is_empty() {
+        map.insert("decision_id".into(), serde_json::json!(row.redeemed_decision_id));
     }
     map
 }

@@ -13,8 +13,9 @@ use warden_auth::{Caller, Principal};
 use warden_errors::{Category, Validator, WardenError, to_status};
 use warden_proto::approval::v1 as pb;
 use warden_proto::approval::v1::approval_service_server::ApprovalService;
+use warden_proto::audit::v1::AuditEvent;
 
-use crate::approvals::{Approvals, Redemption, json_to_struct};
+use crate::approvals::{Approvals, RedeemInput, Redemption, json_to_struct};
 use crate::store::{ApprovalRow, State};
 
 /// Largest accepted sizes.
@@ -25,6 +26,8 @@ pub mod limits {
     pub const COMMENT_BYTES: usize = 4096;
     pub const RULES: usize = 64;
     pub const REASON_BYTES: usize = 1024;
+    /// An encoded decision event carried by `Redeem`: params plus the rest.
+    pub const DECISION_BYTES: usize = 256 * 1024;
     pub const PAGE_SIZE: u32 = 500;
     pub const DEFAULT_PAGE_SIZE: u32 = 50;
 }
@@ -373,24 +376,68 @@ impl ApprovalService for ApprovalServiceImpl {
         id_field(&mut v, &body.id);
         v.required_str("agent_id", &body.agent_id, limits::ID_BYTES);
         validate_action(&mut v, "action", &body.action);
+        v.max_len("decision_id", &body.decision_id, limits::ID_BYTES);
+        let decision = decision_event(&mut v, &body);
         v.finish().map_err(invalid)?;
         let action = body.action.unwrap_or_default();
-        let outcome = self.approvals.redeem(&body.id, &body.agent_id, &action).await.map_err(|e| to_status(&e))?;
+        let input = RedeemInput {
+            id: &body.id,
+            agent_id: &body.agent_id,
+            action: &action,
+            decision_id: &body.decision_id,
+            decision,
+        };
+        let outcome = self.approvals.redeem(input).await.map_err(|e| to_status(&e))?;
         Ok(Response::new(match outcome {
-            Redemption::Redeemed(row) => pb::RedeemResponse {
+            Redemption::Redeemed { row, reason, recorded } => pb::RedeemResponse {
                 redeemed: true,
-                reason: String::new(),
+                reason,
                 approvers: row.approvers(),
                 approval: Some(to_proto(&row)),
+                decision_recorded: recorded,
             },
             Redemption::Refused { reason, row } => pb::RedeemResponse {
                 redeemed: false,
                 reason,
                 approvers: row.as_ref().map(|r| r.approvers()).unwrap_or_default(),
                 approval: row.as_ref().map(to_proto),
+                decision_recorded: false,
             },
         }))
     }
+}
+
+/// The decision event a `Redeem` carries, checked: an encoded
+/// `policy_evaluation` event of this decision, agent and approval, allowing.
+fn decision_event(v: &mut Validator, body: &pb::RedeemRequest) -> Option<AuditEvent> {
+    if body.decision.is_empty() {
+        return None;
+    }
+    if body.decision.len() > limits::DECISION_BYTES {
+        let message = format!("must be at most {} bytes, got {}", limits::DECISION_BYTES, body.decision.len());
+        v.violation("decision", message);
+        return None;
+    }
+    let Ok(event) = AuditEvent::decode(body.decision.as_slice()) else {
+        v.violation("decision", "is not an encoded warden.audit.v1.AuditEvent");
+        return None;
+    };
+    let text = |key: &str| match event.payload.as_ref().and_then(|p| p.fields.get(key)).and_then(|v| v.kind.as_ref()) {
+        Some(prost_types::value::Kind::StringValue(s)) => s.as_str(),
+        _ => "",
+    };
+    let mut ok = true;
+    let mut check = |good: bool, field: &str, message: &str| {
+        ok &= good;
+        v.check(good, field, message);
+    };
+    check(!body.decision_id.is_empty(), "decision_id", "is required with a decision");
+    check(event.event_id == body.decision_id, "decision.event_id", "must be the decision_id");
+    check(event.event_type == "policy_evaluation", "decision.event_type", "must be policy_evaluation");
+    check(event.agent_id == body.agent_id, "decision.agent_id", "must be the agent_id");
+    check(text("effect") == "allow", "decision.payload.effect", "must be allow");
+    check(text("approval_id") == body.id, "decision.payload.approval_id", "must be the approval's id");
+    ok.then_some(event)
 }
 
 /// A stream fed by a task: the task ends when the client goes away.

@@ -79,6 +79,9 @@ pub struct ApprovalRow {
     pub decided_at_micros: Option<i64>,
     pub grant_expires_at_micros: Option<i64>,
     pub redeemed_at_micros: Option<i64>,
+    /// The decision the grant was spent on (empty when not redeemed, or
+    /// redeemed by a caller that named no decision).
+    pub redeemed_decision_id: String,
     pub outcome_reason: String,
     pub escalation_level: u32,
     pub reminded: bool,
@@ -125,6 +128,15 @@ pub struct ReviewInput<'a> {
 /// the body the webhook-v4 message).
 pub use warden_client::OutboxItem as Outgoing;
 
+/// A grant to spend: on this agent and action, for this decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Redeeming<'a> {
+    pub id: &'a str,
+    pub agent_id: &'a str,
+    pub action_hash: &'a str,
+    pub decision_id: &'a str,
+}
+
 /// A claimed outbox row.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
@@ -154,11 +166,17 @@ impl From<sqlx::Error> for TransitionError {
     }
 }
 
+/// Spends a grant: $1 now, $2 the outcome reason, $3 the id, $4 the
+/// agent, $5 the action hash, $6 the decision.
+const REDEEM: &str = "UPDATE approval_requests SET state = 'REDEEMED', redeemed_at_micros = $1, \
+     outcome_reason = $2, redeemed_decision_id = $6 WHERE id = $3 AND state = 'APPROVED' AND agent_id = $4 \
+     AND action_hash = $5 AND grant_expires_at_micros > $1";
+
 const OUTBOX: warden_store::outbox::Outbox = warden_store::outbox::Outbox { table: "approval_outbox" };
 
 const COLUMNS: &str = "id, state, agent_id, requested_by, action_json, action_hash, correlation_id, rules_json, \
      reasons_json, route, min_approvals, created_at_micros, expires_at_micros, decided_at_micros, \
-     grant_expires_at_micros, redeemed_at_micros, outcome_reason, escalation_level, reminded";
+     grant_expires_at_micros, redeemed_at_micros, redeemed_decision_id, outcome_reason, escalation_level, reminded";
 
 macro_rules! approval_from_row {
     ($row:expr) => {{
@@ -184,6 +202,7 @@ macro_rules! approval_from_row {
             decided_at_micros: row.try_get("decided_at_micros")?,
             grant_expires_at_micros: row.try_get("grant_expires_at_micros")?,
             redeemed_at_micros: row.try_get("redeemed_at_micros")?,
+            redeemed_decision_id: row.try_get("redeemed_decision_id")?,
             outcome_reason: row.try_get("outcome_reason")?,
             escalation_level: row.try_get::<i32, _>("escalation_level")? as u32,
             reminded: row.try_get("reminded")?,
@@ -244,17 +263,25 @@ macro_rules! on_pool {
     };
 }
 
+/// Inserts a transition's outbox rows in one statement (one round trip).
 macro_rules! insert_outgoing {
     ($tx:expr, $items:expr) => {
-        for item in $items {
-            let (kind, payload) = item.encode();
-            sqlx::query("INSERT INTO approval_outbox (kind, payload) VALUES ($1, $2)")
-                .bind(kind)
-                .bind(payload)
-                .execute(&mut *$tx)
-                .await?;
+        let items: Vec<_> = $items.iter().map(Outgoing::encode).collect();
+        if !items.is_empty() {
+            let statement = outgoing_statement(items.len());
+            let mut query = sqlx::query(&statement);
+            for (kind, payload) in items {
+                query = query.bind(kind).bind(payload);
+            }
+            query.execute(&mut *$tx).await?;
         }
     };
+}
+
+/// `INSERT INTO approval_outbox` with `rows` rows of parameters.
+fn outgoing_statement(rows: usize) -> String {
+    let values: Vec<String> = (0..rows).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+    format!("INSERT INTO approval_outbox (kind, payload) VALUES {}", values.join(", "))
 }
 
 /// What a transition produces besides the new row: audit events and
@@ -268,11 +295,17 @@ pub struct ApprovalStore {
     /// meeting `SQLITE_BUSY` and sleeping in its busy handler (which put
     /// tens of milliseconds on the tail of every write under load).
     sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// SQLite: the grants this process made, until one redemption tries
+    /// them, so redeeming needs no read first. An APPROVED row changes only
+    /// by being redeemed or expiring, and the redemption's update re-checks
+    /// both: a stale entry can only make that update change nothing (then
+    /// the database is read to say why).
+    granted: moka::sync::Cache<String, ApprovalRow>,
 }
 
 impl ApprovalStore {
     pub fn new(database: Database) -> Self {
-        ApprovalStore { database, sqlite_writer: Default::default() }
+        ApprovalStore { database, sqlite_writer: Default::default(), granted: moka::sync::Cache::new(10_000) }
     }
 
     async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
@@ -360,12 +393,26 @@ impl ApprovalStore {
         }
     }
 
+    /// A request and its reviews, in one query (a row per review).
     pub async fn get(&self, id: &str) -> Result<Option<ApprovalRow>, TransitionError> {
-        let select = format!("SELECT {COLUMNS} FROM approval_requests WHERE id = $1");
+        let select = format!(
+            "SELECT {COLUMNS}, reviewer, approve, comment, at_micros FROM approval_requests \
+             LEFT JOIN approval_reviews ON approval_id = id WHERE id = $1 ORDER BY at_micros, reviewer"
+        );
         on_pool!(&self.database, |pool| {
-            let Some(row) = sqlx::query(&select).bind(id).fetch_optional(pool).await? else { return Ok(None) };
-            let mut approval = approval_from_row!(&row);
-            approval.reviews = reviews_of!(pool, id);
+            let rows = sqlx::query(&select).bind(id).fetch_all(pool).await?;
+            let Some(first) = rows.first() else { return Ok(None) };
+            let mut approval = approval_from_row!(first);
+            for row in &rows {
+                if let Some(reviewer) = row.try_get::<Option<String>, _>("reviewer")? {
+                    approval.reviews.push(ReviewRow {
+                        reviewer,
+                        approve: row.try_get("approve")?,
+                        comment: row.try_get("comment")?,
+                        at_micros: row.try_get("at_micros")?,
+                    });
+                }
+            }
             Ok(Some(approval))
         })
     }
@@ -475,6 +522,9 @@ impl ApprovalStore {
             after.reviews = reviews_of!(&mut *tx, id);
             insert_outgoing!(tx, effects(&after));
             tx.commit().await?;
+            if after.state == State::Approved && matches!(self.database, Database::Sqlite(_)) {
+                self.granted.insert(after.id.clone(), after.clone());
+            }
             Ok(after)
         })
     }
@@ -523,23 +573,32 @@ impl ApprovalStore {
         })
     }
 
-    /// Spends a grant in one statement: only if it is APPROVED, for this
-    /// agent and action hash, and not past its grant expiry. `Ok(None)`
-    /// when it is not redeemable (the caller reads the row to say why).
+    /// Spends a grant: only if it is APPROVED, for this agent and action
+    /// hash, and not past its grant expiry; the row keeps `decision_id`.
+    /// `Ok(None)` when it is not redeemable (the caller reads the row to
+    /// say why).
     pub async fn redeem(
         &self,
-        id: &str,
-        agent_id: &str,
-        action_hash: &str,
+        redemption: &Redeeming<'_>,
         now_micros: i64,
         effects: Effects<'_>,
     ) -> Result<Option<ApprovalRow>, TransitionError> {
-        let _writer = self.writer().await;
-        let update = format!(
-            "UPDATE approval_requests SET state = 'REDEEMED', redeemed_at_micros = $1, outcome_reason = $2 \
-             WHERE id = $3 AND state = 'APPROVED' AND agent_id = $4 AND action_hash = $5 \
-             AND grant_expires_at_micros > $1 RETURNING {COLUMNS}"
-        );
+        match &self.database {
+            Database::Sqlite(pool) => self.redeem_sqlite(pool, redemption, now_micros, effects).await,
+            Database::Postgres(_) => self.redeem_in_transaction(redemption, now_micros, effects).await,
+        }
+    }
+
+    /// PostgreSQL: one conditional `UPDATE ... RETURNING` under the row's
+    /// lock, then the reviews and the outbox rows, in one transaction.
+    async fn redeem_in_transaction(
+        &self,
+        redemption: &Redeeming<'_>,
+        now_micros: i64,
+        effects: Effects<'_>,
+    ) -> Result<Option<ApprovalRow>, TransitionError> {
+        let update = format!("{REDEEM} RETURNING {COLUMNS}");
+        let Redeeming { id, agent_id, action_hash, decision_id } = *redemption;
         let reason = format!("redeemed by {agent_id}");
         in_transaction!(&self.database, |tx, _lock| {
             let Some(row) = sqlx::query(&update)
@@ -548,6 +607,7 @@ impl ApprovalStore {
                 .bind(id)
                 .bind(agent_id)
                 .bind(action_hash)
+                .bind(decision_id)
                 .fetch_optional(&mut *tx)
                 .await?
             else {
@@ -559,6 +619,71 @@ impl ApprovalStore {
             tx.commit().await?;
             Ok(Some(after))
         })
+    }
+
+    /// SQLite: every statement is a round trip to the connection's thread,
+    /// so the grant is read first (from `granted` when this process made
+    /// it, else without the writer lock: once APPROVED,
+    /// only redemption or expiry change it, and the update checks both),
+    /// its outbox rows built from the row it will become, and the whole
+    /// transaction sent as one batch: `BEGIN IMMEDIATE`, the conditional
+    /// update, the outbox rows inserted only if it changed a row, `COMMIT`.
+    async fn redeem_sqlite(
+        &self,
+        pool: &sqlx::SqlitePool,
+        redemption: &Redeeming<'_>,
+        now_micros: i64,
+        effects: Effects<'_>,
+    ) -> Result<Option<ApprovalRow>, TransitionError> {
+        let Redeeming { id, agent_id, action_hash, decision_id } = *redemption;
+        let cached = self.granted.remove(id);
+        let Some(mut after) = (match cached {
+            Some(row) => Some(row),
+            None => self.get(id).await?,
+        }) else {
+            return Ok(None);
+        };
+        let redeemable = after.state == State::Approved
+            && after.agent_id == agent_id
+            && after.action_hash == action_hash
+            && after.grant_expires_at_micros.is_some_and(|t| t > now_micros);
+        if !redeemable {
+            return Ok(None);
+        }
+        after.state = State::Redeemed;
+        after.redeemed_at_micros = Some(now_micros);
+        after.outcome_reason = format!("redeemed by {agent_id}");
+        after.redeemed_decision_id = decision_id.to_owned();
+        let items: Vec<_> = effects(&after).iter().map(Outgoing::encode).collect();
+        let mut batch = format!("BEGIN IMMEDIATE; {REDEEM} RETURNING id;");
+        if !items.is_empty() {
+            // changes(): the rows the update just changed (0 or 1).
+            let values: Vec<String> = (0..items.len()).map(|i| format!("(${}, ${})", 2 * i + 7, 2 * i + 8)).collect();
+            batch.push_str(&format!(
+                " INSERT INTO approval_outbox (kind, payload) SELECT column1, column2 FROM (VALUES {}) WHERE changes() = 1;",
+                values.join(", ")
+            ));
+        }
+        batch.push_str(" COMMIT;");
+        let mut arguments = sqlx::sqlite::SqliteArguments::default();
+        let bind = || -> Result<(), sqlx::error::BoxDynError> {
+            use sqlx::Arguments;
+            arguments.add(now_micros)?;
+            for text in [after.outcome_reason.as_str(), id, agent_id, action_hash, decision_id] {
+                arguments.add(text.to_owned())?;
+            }
+            for (kind, payload) in items {
+                arguments.add(kind)?;
+                arguments.add(payload)?;
+            }
+            Ok(())
+        };
+        bind().map_err(|error| TransitionError::Store(StoreError::Other(error.to_string())))?;
+        // One writer at a time, as for every write (SQLite's own lock
+        // would make the others sleep in its busy handler).
+        let _writer = self.writer().await;
+        let updated = warden_store::sqlite_batch(pool, batch, arguments).await?.len();
+        Ok((updated == 1).then_some(after))
     }
 
     /// Marks a pending request escalated (level 0 -> 1) or reminded, once.

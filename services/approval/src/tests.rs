@@ -8,7 +8,7 @@ use warden_auth::{Kind, Principal};
 use warden_proto::approval::v1 as pb;
 use warden_store::Database;
 
-use crate::approvals::{Approvals, Clock, Redemption};
+use crate::approvals::{Approvals, Clock, RedeemInput, Redemption};
 use crate::routes::Routes;
 use crate::store::{ApprovalStore, Outgoing, State};
 
@@ -52,6 +52,11 @@ fn action(kind: &str, amount: f64) -> pb::Action {
             .into(),
         }),
     }
+}
+
+/// Redeems for decision `decision_id`, carrying no decision event.
+async fn redeem(approvals: &Approvals, id: &str, agent_id: &str, action: &pb::Action, decision_id: &str) -> Redemption {
+    approvals.redeem(RedeemInput { id, agent_id, action, decision_id, decision: None }).await.unwrap()
 }
 
 fn create(agent: &str, action: pb::Action) -> pb::CreateApprovalRequest {
@@ -154,28 +159,32 @@ async fn approve_and_deny_racing_have_exactly_one_outcome(database: Database) {
 async fn a_grant_is_spent_once_for_exactly_its_action(database: Database) {
     let approvals = workflow(database).await;
     let (row, _) = approvals.create(&create("bot", action("send_email", 0.0)), "pe").await.unwrap();
-    let refused = approvals.redeem(&row.id, "bot", &action("send_email", 0.0)).await.unwrap();
+    let refused = redeem(&approvals, &row.id, "bot", &action("send_email", 0.0), "d-0").await;
     assert!(matches!(refused, Redemption::Refused { ref reason, .. } if reason == "approval is still pending"));
     approvals.review(&row.id, &person("ada", "approver"), true, "").await.unwrap();
     for (agent, changed) in [("bot", action("send_email", 1.0)), ("other-bot", action("send_email", 0.0))] {
-        let refused = approvals.redeem(&row.id, agent, &changed).await.unwrap();
+        let refused = redeem(&approvals, &row.id, agent, &changed, "d-0").await;
         assert!(
             matches!(refused, Redemption::Refused { ref reason, .. } if reason == "approval was for a different action"),
             "{refused:?}"
         );
     }
     let mut tasks = Vec::new();
-    for _ in 0..10 {
+    for i in 0..10 {
         let (approvals, id) = (approvals.clone(), row.id.clone());
-        tasks
-            .push(tokio::spawn(async move { approvals.redeem(&id, "bot", &action("send_email", 0.0)).await.unwrap() }));
+        let decision = format!("d-{i}");
+        tasks.push(tokio::spawn(
+            async move { redeem(&approvals, &id, "bot", &action("send_email", 0.0), &decision).await },
+        ));
     }
     let mut redeemed = 0;
     for task in tasks {
         match task.await.unwrap() {
-            Redemption::Redeemed(row) => {
+            Redemption::Redeemed { row, reason, recorded } => {
                 redeemed += 1;
                 assert_eq!(row.approvers(), ["ada"]);
+                assert_eq!(reason, format!("approved by ada (approval {})", row.id));
+                assert!(!recorded, "no decision event was given");
             }
             Redemption::Refused { reason, .. } => assert_eq!(reason, "approval already used"),
         }
@@ -214,7 +223,7 @@ async fn clocks_expire_escalate_remind_and_end_grants(database: Database) {
     let (row, _) = approvals.create(&create("bot", action("send_email", 0.0)), "pe").await.unwrap();
     approvals.review(&row.id, &person("ada", "approver"), true, "").await.unwrap();
     clock.advance(Duration::from_secs(16 * 60));
-    let refused = approvals.redeem(&row.id, "bot", &action("send_email", 0.0)).await.unwrap();
+    let refused = redeem(&approvals, &row.id, "bot", &action("send_email", 0.0), "d-1").await;
     assert!(matches!(refused, Redemption::Refused { ref reason, .. } if reason.contains("expired")), "{refused:?}");
     assert_eq!(approvals.store.get(&row.id).await.unwrap().unwrap().state, State::Expired);
 
@@ -250,6 +259,10 @@ async fn outbox_rows_are_claimed_by_one_replica(database: Database) {
     // Delivered rows are gone; a row whose delivery failed comes back after its delay.
     let ids: Vec<i64> = a.iter().map(|r| r.id).collect();
     approvals.store.delivered("a", &ids).await.unwrap();
+    // Only the replica holding a row deletes it.
+    let b_ids: Vec<i64> = b.iter().map(|r| r.id).collect();
+    approvals.store.delivered("a", &b_ids).await.unwrap();
+    assert_eq!(approvals.store.outbox_len().await.unwrap(), b.len() as i64);
     if let Some(row) = b.first() {
         approvals.store.retry_later(row.id, now + 5_000_000).await.unwrap();
     }
@@ -262,11 +275,114 @@ async fn outbox_rows_are_claimed_by_one_replica(database: Database) {
     }
 }
 
+/// The engine's decision event, as it sends it with a redemption.
+fn decision_event(id: &str, approval_id: &str) -> warden_proto::audit::v1::AuditEvent {
+    let text = |s: &str| prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(s.into())) };
+    warden_proto::audit::v1::AuditEvent {
+        event_id: id.into(),
+        event_type: "policy_evaluation".into(),
+        agent_id: "bot".into(),
+        actor: "warden-policy-engine".into(),
+        payload: Some(prost_types::Struct {
+            fields: [("effect".to_string(), text("allow")), ("approval_id".to_string(), text(approval_id))].into(),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn a_redemption_records_its_decision_and_a_retry_gets_the_same_answer(database: Database) {
+    let approvals = workflow(database).await;
+    let (row, _) = approvals.create(&create("bot", action("send_email", 0.0)), "pe").await.unwrap();
+    approvals.review(&row.id, &person("ada", "approver"), true, "ok").await.unwrap();
+    let email = action("send_email", 0.0);
+    let input = |decision_id: &'static str| RedeemInput {
+        id: &row.id,
+        agent_id: "bot",
+        action: &email,
+        decision_id,
+        decision: Some(decision_event(decision_id, &row.id)),
+    };
+    // Five decisions race for the grant: one wins, and only its event is
+    // recorded.
+    let decisions = ["d-1", "d-2", "d-3", "d-4", "d-5"];
+    let outcomes = futures::future::join_all(decisions.map(|d| approvals.redeem(input(d)))).await;
+    let mut winners = Vec::new();
+    for (decision, outcome) in decisions.iter().zip(outcomes) {
+        match outcome.unwrap() {
+            Redemption::Redeemed { reason, recorded: true, .. } => winners.push((*decision, reason)),
+            Redemption::Refused { reason, .. } => assert_eq!(reason, "approval already used"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let [(winner, reason)] = &winners[..] else { panic!("{winners:?}") };
+    assert_eq!(reason, &format!("approved by ada (approval {})", row.id));
+    // The answer to the winner was lost; the engine's retry for the same
+    // decision is answered the same way, and spends nothing more.
+    let retried = approvals.redeem(input(winner)).await.unwrap();
+    assert!(matches!(&retried, Redemption::Redeemed { reason: r, .. } if r == reason), "{retried:?}");
+    let loser = if *winner == "d-1" { "d-2" } else { "d-1" };
+    let other = approvals.redeem(input(loser)).await.unwrap();
+    assert!(matches!(&other, Redemption::Refused { reason, .. } if reason == "approval already used"), "{other:?}");
+
+    // The decision was committed with the redemption, once, with the
+    // grant's reason and approvers; approval_redeemed names the decision.
+    let now = approvals.clock.now_micros();
+    let rows = approvals.store.claim("r1", now, now + 60_000_000, 1000).await.unwrap();
+    let events: Vec<_> = rows
+        .iter()
+        .filter_map(|r| match &r.item {
+            Some(Outgoing::Audit(event)) => Some(event),
+            _ => None,
+        })
+        .collect();
+    let decisions: Vec<_> = events.iter().filter(|e| e.event_type == "policy_evaluation").collect();
+    assert_eq!(decisions.len(), 1, "{events:?}");
+    let payload = &decisions[0].payload.as_ref().unwrap().fields;
+    let strings = |key: &str| match payload.get(key).and_then(|v| v.kind.clone()) {
+        Some(prost_types::value::Kind::ListValue(list)) => list
+            .values
+            .into_iter()
+            .filter_map(|v| match v.kind {
+                Some(prost_types::value::Kind::StringValue(s)) => Some(s),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("{key}: {other:?}"),
+    };
+    assert_eq!(strings("approvers"), ["ada"]);
+    assert_eq!(strings("reasons"), std::slice::from_ref(reason));
+    let redeemed = events.iter().find(|e| e.event_type == "approval_redeemed").expect("approval_redeemed");
+    let decision_id = redeemed.payload.as_ref().unwrap().fields.get("decision_id").and_then(|v| v.kind.clone());
+    assert_eq!(decision_id, Some(prost_types::value::Kind::StringValue(winner.to_string())));
+
+    // A refused redemption records nothing.
+    let (pending, _) = approvals.create(&create("bot", action("send_email", 2.0)), "pe").await.unwrap();
+    let two = action("send_email", 2.0);
+    let refused = approvals
+        .redeem(RedeemInput {
+            id: &pending.id,
+            agent_id: "bot",
+            action: &two,
+            decision_id: "d-6",
+            decision: Some(decision_event("d-6", &pending.id)),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(refused, Redemption::Refused { .. }));
+    let rows = approvals.store.claim("r1", now, now + 120_000_000, 1000).await.unwrap();
+    assert!(rows.iter().any(|r| matches!(&r.item, Some(Outgoing::Audit(e)) if e.event_type == "approval_requested")));
+    assert!(
+        rows.iter().all(|r| !matches!(&r.item, Some(Outgoing::Audit(e)) if e.event_type == "policy_evaluation")),
+        "a refused redemption recorded a decision"
+    );
+}
+
 warden_store::backend_tests!(
     a_request_is_opened_once_per_pending_action,
     quorum_deny_and_separation_of_duties,
     approve_and_deny_racing_have_exactly_one_outcome,
     a_grant_is_spent_once_for_exactly_its_action,
+    a_redemption_records_its_decision_and_a_retry_gets_the_same_answer,
     clocks_expire_escalate_remind_and_end_grants,
     outbox_rows_are_claimed_by_one_replica,
     two_replicas_expire_a_request_once,

@@ -27,10 +27,15 @@ pub struct ApprovalClient {
 pub enum Outcome {
     /// A request is open (or was already): the agent waits on this id.
     Opened(String),
-    /// The granted approval was spent: allow, approved by these people.
-    Redeemed { approvers: Vec<String> },
+    /// The granted approval was spent: allow, for this reason (naming the
+    /// approval and its approvers). `recorded`: the decision event sent
+    /// with the redemption was committed with it.
+    Redeemed { reason: String, recorded: bool },
     /// Not redeemed: deny, for this reason.
     Refused(String),
+    /// The approval service did not answer (deny, for this reason). It may
+    /// have spent the grant and recorded the decision event all the same.
+    Unanswered(String),
 }
 
 fn action(action: &policy::Action) -> pb::Action {
@@ -98,25 +103,41 @@ impl ApprovalClient {
         }
     }
 
-    /// Spends `approval_id` for this exact agent and action.
-    pub async fn redeem(&self, approval_id: &str, request: &policy::EvaluateRequest) -> Outcome {
+    /// Spends `approval_id` for this exact agent and action, on decision
+    /// `decision_id`, whose encoded `policy_evaluation` event (if any) the
+    /// approval service commits with the redemption.
+    pub async fn redeem(
+        &self,
+        approval_id: &str,
+        decision_id: &str,
+        request: &policy::EvaluateRequest,
+        decision: Vec<u8>,
+    ) -> Outcome {
         let redeem = pb::RedeemRequest {
             id: approval_id.to_owned(),
             agent_id: request.agent.as_ref().map(|a| a.id.clone()).unwrap_or_default(),
             action: request.action.as_ref().map(action),
+            decision_id: decision_id.to_owned(),
+            decision,
         };
         match self.client.clone().redeem(redeem).await {
             Ok(response) => {
                 let response = response.into_inner();
                 if response.redeemed {
-                    Outcome::Redeemed { approvers: response.approvers }
+                    // An approval service that names no reason: say who approved.
+                    let reason = if response.reason.is_empty() {
+                        format!("approved by {} (approval {approval_id})", response.approvers.join(", "))
+                    } else {
+                        response.reason
+                    };
+                    Outcome::Redeemed { reason, recorded: response.decision_recorded }
                 } else {
                     Outcome::Refused(format!("approval {approval_id}: {}", response.reason))
                 }
             }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "cannot redeem an approval");
-                Outcome::Refused(format!(
+                Outcome::Unanswered(format!(
                     "approval {approval_id} could not be checked: the approval service is unavailable ({}); denying",
                     status.message()
                 ))

@@ -16,6 +16,10 @@
 //!   acknowledged them; segments wholly shipped are deleted. A crash
 //!   between the two resends them, and the audit service's idempotent
 //!   appends (event_id = decision_id) keep each decision exactly once.
+//! - A decision allowed by an approval is the exception: its event goes
+//!   with the `Redeem` call and the approval service commits it with the
+//!   redemption (one durable write, not two in series), unless that
+//!   service ships no audit events.
 //! - When the outbox holds `outbox_cap` events, `block` makes `Evaluate`
 //!   answer UNAVAILABLE with RetryInfo, and `drop` skips the decision log
 //!   (counted and logged).

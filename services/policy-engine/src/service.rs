@@ -146,18 +146,24 @@ impl PolicyServiceImpl {
     /// requires approval is redeemed, and only then allows. A deny stays a
     /// deny (nothing is redeemed), an allow needs no approval. When the
     /// approval service cannot answer, the answer is deny.
+    ///
+    /// A redemption carries the decision's event as it will read if the
+    /// grant is spent, and the approval service commits it with the
+    /// redemption: one durable write for the decision, not two in series.
+    /// Returns the effect, and whether the decision is recorded already.
     async fn approve(
         &self,
         request: &pb::EvaluateRequest,
         response: &mut pb::EvaluateResponse,
         effect: Effect,
         requested_by: &str,
-    ) -> Effect {
+        time: chrono::DateTime<chrono::Utc>,
+    ) -> (Effect, bool) {
         if effect != Effect::RequireApproval {
-            return effect;
+            return (effect, false);
         }
         let outcome = match &self.approvals {
-            None if request.approval_id.is_empty() => return effect,
+            None if request.approval_id.is_empty() => return (effect, false),
             None => Outcome::Refused(format!(
                 "approval {} cannot be checked: this policy engine has no approval service; denying",
                 request.approval_id
@@ -165,26 +171,68 @@ impl PolicyServiceImpl {
             Some(approvals) if request.approval_id.is_empty() => {
                 approvals.open(request, response.matched_rules.clone(), response.reasons.clone(), requested_by).await
             }
-            Some(approvals) => approvals.redeem(&request.approval_id, request).await,
+            Some(approvals) => {
+                let decision = match &self.decision_log {
+                    Some(_) => {
+                        // The approval service sets the reasons (naming the approvers).
+                        let granted = pb::EvaluateResponse {
+                            effect: Effect::Allow.to_proto() as i32,
+                            reasons: Vec::new(),
+                            approval_id: request.approval_id.clone(),
+                            ..response.clone()
+                        };
+                        self.decision_record(request, &granted, time, Effect::Allow)
+                    }
+                    None => Vec::new(),
+                };
+                approvals.redeem(&request.approval_id, &response.decision_id, request, decision).await
+            }
         };
+        let mut recorded = false;
         let effect = match outcome {
             Outcome::Opened(id) => {
                 response.approval_id = id;
                 Effect::RequireApproval
             }
-            Outcome::Redeemed { approvers } => {
-                response.reasons =
-                    vec![format!("approved by {} (approval {})", approvers.join(", "), request.approval_id)];
+            Outcome::Redeemed { reason, recorded: committed } => {
+                response.reasons = vec![reason];
                 response.approval_id = request.approval_id.clone();
+                recorded = committed;
                 Effect::Allow
             }
             Outcome::Refused(reason) => {
                 response.reasons = vec![reason];
                 Effect::Deny
             }
+            Outcome::Unanswered(reason) => {
+                // The approval service may have spent the grant and recorded
+                // the allow under this decision's id before the answer was
+                // lost: this deny is a decision of its own.
+                response.decision_id = uuid::Uuid::now_v7().to_string();
+                response.reasons = vec![reason];
+                Effect::Deny
+            }
         };
         response.effect = effect.to_proto() as i32;
-        effect
+        (effect, recorded)
+    }
+
+    /// The decision's encoded `policy_evaluation` event.
+    fn decision_record(
+        &self,
+        request: &pb::EvaluateRequest,
+        response: &pb::EvaluateResponse,
+        time: chrono::DateTime<chrono::Utc>,
+        effect: Effect,
+    ) -> Vec<u8> {
+        crate::decision_record::encode(&crate::decision_record::Decided {
+            decision_id: &response.decision_id,
+            request,
+            time,
+            response,
+            effect: effect.as_str(),
+            personal: &self.engine.policies().personal_params,
+        })
     }
 }
 
@@ -324,23 +372,17 @@ impl PolicyService for PolicyServiceImpl {
             policy_version: decision.policy_version.to_string(),
             approval_id: String::new(),
         };
-        let mut effect = decision.effect;
+        let (mut effect, mut recorded) = (decision.effect, false);
         if effect == Effect::RequireApproval || !request.approval_id.is_empty() {
-            effect = self.approve(&request, &mut response, effect, &requested_by).await;
+            (effect, recorded) = self.approve(&request, &mut response, effect, &requested_by, time).await;
         }
         if effect == Effect::Deny {
             METRICS.denied_agents.with_label_values(&[&agent.id]).inc();
         }
-        if let Some(log) = &self.decision_log {
-            let personal = &self.engine.policies().personal_params;
-            let record = crate::decision_record::encode(&crate::decision_record::Decided {
-                decision_id: &response.decision_id,
-                request: &request,
-                time,
-                response: &response,
-                effect: effect.as_str(),
-                personal,
-            });
+        if let Some(log) = &self.decision_log
+            && !recorded
+        {
+            let record = self.decision_record(&request, &response, time, effect);
             log.record(record).await.map_err(|error| {
                 tracing::warn!(%error, "decision not recorded; refusing to answer");
                 to_status(&error)
