@@ -295,8 +295,8 @@ pub struct ApprovalStore {
     /// meeting `SQLITE_BUSY` and sleeping in its busy handler (which put
     /// tens of milliseconds on the tail of every write under load).
     sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
-    /// SQLite: the grants this process made, until one redemption tries
-    /// them, so redeeming needs no read first. An APPROVED row changes only
+    /// The grants this process made, until one redemption tries them, so
+    /// redeeming needs no read first. An APPROVED row changes only
     /// by being redeemed or expiring, and the redemption's update re-checks
     /// both: a stale entry can only make that update change nothing (then
     /// the database is read to say why).
@@ -522,7 +522,7 @@ impl ApprovalStore {
             after.reviews = reviews_of!(&mut *tx, id);
             insert_outgoing!(tx, effects(&after));
             tx.commit().await?;
-            if after.state == State::Approved && matches!(self.database, Database::Sqlite(_)) {
+            if after.state == State::Approved {
                 self.granted.insert(after.id.clone(), after.clone());
             }
             Ok(after)
@@ -577,60 +577,17 @@ impl ApprovalStore {
     /// hash, and not past its grant expiry; the row keeps `decision_id`.
     /// `Ok(None)` when it is not redeemable (the caller reads the row to
     /// say why).
+    ///
+    /// The grant is read first: from `granted` when this process made it,
+    /// else in one query, without a lock. Once APPROVED, a row changes only
+    /// by being redeemed or expiring, and the conditional update re-checks
+    /// both, so the outbox rows can be built beforehand from the row it
+    /// will become, and the write is one round trip: on SQLite one batch
+    /// (`BEGIN IMMEDIATE`, the update, the outbox rows inserted only if it
+    /// changed a row, `COMMIT`), on PostgreSQL one statement (the update in
+    /// a `WITH`, the outbox rows inserted from it).
     pub async fn redeem(
         &self,
-        redemption: &Redeeming<'_>,
-        now_micros: i64,
-        effects: Effects<'_>,
-    ) -> Result<Option<ApprovalRow>, TransitionError> {
-        match &self.database {
-            Database::Sqlite(pool) => self.redeem_sqlite(pool, redemption, now_micros, effects).await,
-            Database::Postgres(_) => self.redeem_in_transaction(redemption, now_micros, effects).await,
-        }
-    }
-
-    /// PostgreSQL: one conditional `UPDATE ... RETURNING` under the row's
-    /// lock, then the reviews and the outbox rows, in one transaction.
-    async fn redeem_in_transaction(
-        &self,
-        redemption: &Redeeming<'_>,
-        now_micros: i64,
-        effects: Effects<'_>,
-    ) -> Result<Option<ApprovalRow>, TransitionError> {
-        let update = format!("{REDEEM} RETURNING {COLUMNS}");
-        let Redeeming { id, agent_id, action_hash, decision_id } = *redemption;
-        let reason = format!("redeemed by {agent_id}");
-        in_transaction!(&self.database, |tx, _lock| {
-            let Some(row) = sqlx::query(&update)
-                .bind(now_micros)
-                .bind(&reason)
-                .bind(id)
-                .bind(agent_id)
-                .bind(action_hash)
-                .bind(decision_id)
-                .fetch_optional(&mut *tx)
-                .await?
-            else {
-                return Ok(None);
-            };
-            let mut after = approval_from_row!(&row);
-            after.reviews = reviews_of!(&mut *tx, id);
-            insert_outgoing!(tx, effects(&after));
-            tx.commit().await?;
-            Ok(Some(after))
-        })
-    }
-
-    /// SQLite: every statement is a round trip to the connection's thread,
-    /// so the grant is read first (from `granted` when this process made
-    /// it, else without the writer lock: once APPROVED,
-    /// only redemption or expiry change it, and the update checks both),
-    /// its outbox rows built from the row it will become, and the whole
-    /// transaction sent as one batch: `BEGIN IMMEDIATE`, the conditional
-    /// update, the outbox rows inserted only if it changed a row, `COMMIT`.
-    async fn redeem_sqlite(
-        &self,
-        pool: &sqlx::SqlitePool,
         redemption: &Redeeming<'_>,
         now_micros: i64,
         effects: Effects<'_>,
@@ -655,35 +612,62 @@ impl ApprovalStore {
         after.outcome_reason = format!("redeemed by {agent_id}");
         after.redeemed_decision_id = decision_id.to_owned();
         let items: Vec<_> = effects(&after).iter().map(Outgoing::encode).collect();
-        let mut batch = format!("BEGIN IMMEDIATE; {REDEEM} RETURNING id;");
-        if !items.is_empty() {
-            // changes(): the rows the update just changed (0 or 1).
-            let values: Vec<String> = (0..items.len()).map(|i| format!("(${}, ${})", 2 * i + 7, 2 * i + 8)).collect();
-            batch.push_str(&format!(
-                " INSERT INTO approval_outbox (kind, payload) SELECT column1, column2 FROM (VALUES {}) WHERE changes() = 1;",
-                values.join(", ")
-            ));
-        }
-        batch.push_str(" COMMIT;");
-        let mut arguments = sqlx::sqlite::SqliteArguments::default();
-        let bind = || -> Result<(), sqlx::error::BoxDynError> {
-            use sqlx::Arguments;
-            arguments.add(now_micros)?;
-            for text in [after.outcome_reason.as_str(), id, agent_id, action_hash, decision_id] {
-                arguments.add(text.to_owned())?;
+        // $7, $8, ...: each outbox row's kind and payload.
+        let values: Vec<String> = (0..items.len()).map(|i| format!("(${}, ${})", 2 * i + 7, 2 * i + 8)).collect();
+        let texts = [after.outcome_reason.as_str(), id, agent_id, action_hash, decision_id];
+        let updated = match &self.database {
+            Database::Sqlite(pool) => {
+                let mut batch = format!("BEGIN IMMEDIATE; {REDEEM} RETURNING id;");
+                if !items.is_empty() {
+                    // changes(): the rows the update just changed (0 or 1).
+                    batch.push_str(&format!(
+                        " INSERT INTO approval_outbox (kind, payload) SELECT column1, column2 \
+                         FROM (VALUES {}) WHERE changes() = 1;",
+                        values.join(", ")
+                    ));
+                }
+                batch.push_str(" COMMIT;");
+                let mut arguments = sqlx::sqlite::SqliteArguments::default();
+                let bind = || -> Result<(), sqlx::error::BoxDynError> {
+                    use sqlx::Arguments;
+                    arguments.add(now_micros)?;
+                    for text in texts {
+                        arguments.add(text.to_owned())?;
+                    }
+                    for (kind, payload) in items {
+                        arguments.add(kind)?;
+                        arguments.add(payload)?;
+                    }
+                    Ok(())
+                };
+                bind().map_err(|error| TransitionError::Store(StoreError::Other(error.to_string())))?;
+                // One writer at a time, as for every write (SQLite's own
+                // lock would make the others sleep in its busy handler).
+                let _writer = self.writer().await;
+                warden_store::sqlite_batch(pool, batch, arguments).await?.len() == 1
             }
-            for (kind, payload) in items {
-                arguments.add(kind)?;
-                arguments.add(payload)?;
+            Database::Postgres(pool) => {
+                let statement = if items.is_empty() {
+                    format!("{REDEEM} RETURNING id")
+                } else {
+                    format!(
+                        "WITH spent AS ({REDEEM} RETURNING id) INSERT INTO approval_outbox (kind, payload) \
+                         SELECT outgoing.kind, outgoing.payload FROM spent, (VALUES {}) AS outgoing (kind, payload) \
+                         RETURNING id",
+                        values.join(", ")
+                    )
+                };
+                let mut query = sqlx::query(&statement).bind(now_micros);
+                for text in texts {
+                    query = query.bind(text);
+                }
+                for (kind, payload) in items {
+                    query = query.bind(kind).bind(payload);
+                }
+                !query.fetch_all(pool).await?.is_empty()
             }
-            Ok(())
         };
-        bind().map_err(|error| TransitionError::Store(StoreError::Other(error.to_string())))?;
-        // One writer at a time, as for every write (SQLite's own lock
-        // would make the others sleep in its busy handler).
-        let _writer = self.writer().await;
-        let updated = warden_store::sqlite_batch(pool, batch, arguments).await?.len();
-        Ok((updated == 1).then_some(after))
+        Ok(updated.then_some(after))
     }
 
     /// Marks a pending request escalated (level 0 -> 1) or reminded, once.
