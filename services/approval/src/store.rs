@@ -305,7 +305,13 @@ pub struct ApprovalStore {
 
 impl ApprovalStore {
     pub fn new(database: Database) -> Self {
-        ApprovalStore { database, sqlite_writer: Default::default(), granted: moka::sync::Cache::new(10_000) }
+        // Bounded in size and in time: an entry not redeemed within the
+        // hour (grants last 15 minutes by default) is read again if needed.
+        let granted = moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(std::time::Duration::from_secs(3600))
+            .build();
+        ApprovalStore { database, sqlite_writer: Default::default(), granted }
     }
 
     async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
