@@ -268,7 +268,8 @@ macro_rules! insert_outgoing {
     ($tx:expr, $items:expr) => {
         let items: Vec<_> = $items.iter().map(Outgoing::encode).collect();
         if !items.is_empty() {
-            let statement = outgoing_statement(items.len());
+            let statement =
+                format!("INSERT INTO approval_outbox (kind, payload) VALUES {}", outgoing_values(items.len(), 1));
             let mut query = sqlx::query(&statement);
             for (kind, payload) in items {
                 query = query.bind(kind).bind(payload);
@@ -278,10 +279,11 @@ macro_rules! insert_outgoing {
     };
 }
 
-/// `INSERT INTO approval_outbox` with `rows` rows of parameters.
-fn outgoing_statement(rows: usize) -> String {
-    let values: Vec<String> = (0..rows).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
-    format!("INSERT INTO approval_outbox (kind, payload) VALUES {}", values.join(", "))
+/// `($first, $first+1), ...`: `rows` outbox rows' kind and payload
+/// parameters.
+fn outgoing_values(rows: usize, first: usize) -> String {
+    let values: Vec<String> = (0..rows).map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1)).collect();
+    values.join(", ")
 }
 
 /// What a transition produces besides the new row: audit events and
@@ -619,7 +621,7 @@ impl ApprovalStore {
         after.redeemed_decision_id = decision_id.to_owned();
         let items: Vec<_> = effects(&after).iter().map(Outgoing::encode).collect();
         // $7, $8, ...: each outbox row's kind and payload.
-        let values: Vec<String> = (0..items.len()).map(|i| format!("(${}, ${})", 2 * i + 7, 2 * i + 8)).collect();
+        let values = outgoing_values(items.len(), 7);
         let texts = [after.outcome_reason.as_str(), id, agent_id, action_hash, decision_id];
         let updated = match &self.database {
             Database::Sqlite(pool) => {
@@ -629,7 +631,7 @@ impl ApprovalStore {
                     batch.push_str(&format!(
                         " INSERT INTO approval_outbox (kind, payload) SELECT column1, column2 \
                          FROM (VALUES {}) WHERE changes() = 1;",
-                        values.join(", ")
+                        values
                     ));
                 }
                 batch.push_str(" COMMIT;");
@@ -660,7 +662,7 @@ impl ApprovalStore {
                         "WITH spent AS ({REDEEM} RETURNING id) INSERT INTO approval_outbox (kind, payload) \
                          SELECT outgoing.kind, outgoing.payload FROM spent, (VALUES {}) AS outgoing (kind, payload) \
                          RETURNING id",
-                        values.join(", ")
+                        values
                     )
                 };
                 let mut query = sqlx::query(&statement).bind(now_micros);
