@@ -66,6 +66,7 @@ impl ApprovalServer {
             Routes::load(&config.routes).map_err(StartError::Routes)?
         };
         let (auth, mut background) = warden_auth::Auth::start(&config.auth, "approval", &config.data_dir).await?;
+        background.extend(database.checkpoints());
         let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
         let audit = if config.audit_url.is_empty() {
             None

@@ -55,6 +55,7 @@ impl AuditServer {
     pub async fn start(config: AuditConfig) -> Result<AuditServer, StartError> {
         let database = Database::connect(&config.database_url()).await?;
         database.migrate().await?;
+        let checkpoints = database.checkpoints();
         let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
         let signing_key = secrets.resolve_setting(&config.signing_key).await?;
         let master_key = secrets.resolve_setting(&config.master_key).await?;
@@ -78,6 +79,7 @@ impl AuditServer {
         tracing::info!(verifier_key = %verifier_key, "checkpoint verifier key");
 
         let (auth, mut background) = warden_auth::Auth::start(&config.auth, "audit", &config.data_dir).await?;
+        background.extend(checkpoints);
         auth.set_denial_sink(Arc::new(LogDenials(log.clone())));
         if !config.retention.is_zero() {
             background.push(tokio::spawn(run_retention(log.clone(), config.retention, config.retention_interval)));
