@@ -410,4 +410,3 @@ mod tests {
         assert_eq!(error.category(), Category::Permanent);
     }
 }
-
