@@ -60,9 +60,13 @@ pub struct PolicyArgs {
     #[arg(long, value_enum, default_value_t = DecisionLogMode::Off)]
     decision_log: DecisionLogMode,
     /// With `--decision-log sync`: how long the journal waits for more
-    /// decisions to share a sync (e.g. 200us).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-    pub commit_delay: Duration,
+    /// decisions to share a sync (e.g. 0s); the engine's default when absent.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub commit_delay: Option<Duration>,
+    /// With `--decision-log sync`: decisions waiting before the journal
+    /// waits `--commit-delay`; the engine's default when absent.
+    #[arg(long)]
+    pub commit_siblings: Option<usize>,
     /// Compare Evaluate with authentication on (an API key) against the
     /// same engine setup with it off, instead of against Health/Check.
     #[arg(long)]

@@ -69,7 +69,12 @@ pub async fn run(args: PolicyArgs, mode: DecisionLogMode) -> Result<(), String> 
             config.decision_log.durability =
                 if mode == DecisionLogMode::Sync { Durability::Sync } else { Durability::Async };
             config.decision_log.outbox_cap = u64::MAX;
-            config.decision_log.commit_delay = args.commit_delay;
+            if let Some(delay) = args.commit_delay {
+                config.decision_log.commit_delay = delay;
+            }
+            if let Some(siblings) = args.commit_siblings {
+                config.decision_log.commit_siblings = siblings;
+            }
         }
         let engine = PolicyEngine::start(config).await.map_err(|e| e.to_string())?;
         let mut per_engine = Vec::new();

@@ -57,6 +57,12 @@ pub struct Options {
     /// it syncs (as PostgreSQL's `commit_delay`): fewer, larger syncs, for
     /// that much latency. Zero syncs at once.
     pub commit_delay: std::time::Duration,
+    /// The writer waits [`Options::commit_delay`] only while recent groups
+    /// held at least this many appends waiting for their sync, on average
+    /// (as PostgreSQL's `commit_siblings`): under load, when more are
+    /// surely coming. A lone caller's append is then synced at once. One
+    /// or less: always.
+    pub commit_siblings: usize,
     /// The segment file grows by this many bytes of zeros at a time, ahead
     /// of the records. Zero grows it with each group.
     pub preallocate: u64,
@@ -72,6 +78,7 @@ impl Default for Options {
             segment_bytes: 64 << 20,
             queue: 65_536,
             commit_delay: std::time::Duration::ZERO,
+            commit_siblings: 1,
             preallocate: 256 << 10,
             sync_within: std::time::Duration::from_millis(50),
         }
@@ -309,6 +316,7 @@ impl Journal {
             buf: Vec::new(),
             shared: shared.clone(),
             unsynced_since: None,
+            waiting_per_group: 0.0,
         };
         std::thread::Builder::new().name("warden-journal".into()).spawn(move || writer.run(queue))?;
         let reader = Reader {
@@ -393,6 +401,9 @@ struct Writer {
     shared: Arc<Shared>,
     /// Since when the active segment holds records written and not synced.
     unsynced_since: Option<std::time::Instant>,
+    /// Appends waiting for their sync per group, smoothed over recent
+    /// groups (see [`Options::commit_siblings`]).
+    waiting_per_group: f64,
 }
 
 impl Writer {
@@ -428,10 +439,19 @@ impl Writer {
             let Some(first) = next else { break };
             group.push(first);
             // Everything that queued while the last group synced, and with
-            // a commit delay, what arrives during it.
+            // a commit delay (under load), what arrives during it.
             let mut bytes = group[0].payload.len();
             drain(&mut queue, &mut group, &mut bytes);
-            if !self.options.commit_delay.is_zero() && bytes < 8 << 20 {
+            let waiting = group.iter().filter(|job| job.done.is_some()).count();
+            if waiting > 0 {
+                // Smoothed over recent groups: right after a large group's
+                // sync its callers are still on their way back, and the one
+                // small group that forms meanwhile must not end the delays.
+                self.waiting_per_group = 0.75 * self.waiting_per_group + 0.25 * waiting as f64;
+            }
+            let loaded =
+                self.options.commit_siblings <= 1 || self.waiting_per_group >= self.options.commit_siblings as f64;
+            if !self.options.commit_delay.is_zero() && waiting > 0 && loaded && bytes < 8 << 20 {
                 std::thread::sleep(self.options.commit_delay);
                 drain(&mut queue, &mut group, &mut bytes);
             }

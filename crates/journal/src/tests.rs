@@ -247,6 +247,60 @@ async fn concurrent_appends_share_syncs_and_all_arrive_once() {
     assert!(records.windows(2).all(|w| w[1].sequence == w[0].sequence + 1));
 }
 
+/// A commit delay serves load: a lone caller's appends are synced at once,
+/// however long the delay.
+#[tokio::test]
+async fn a_lone_caller_never_waits_for_the_commit_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    let options = Options { commit_delay: hour, commit_siblings: 2, ..Options::default() };
+    let (journal, mut reader, _) = Journal::open(dir.path(), options).unwrap();
+    for i in 0..20 {
+        // Held for the delay, the first append would not return for an hour.
+        let appended = tokio::time::timeout(std::time::Duration::from_secs(60), journal.append(payload(i), true));
+        appended.await.expect("synced without the commit delay").unwrap();
+    }
+    assert_eq!(journal.syncs(), 20);
+    assert_eq!(read_all(&mut reader).await.len(), 20);
+}
+
+/// Under load the delay is taken: once syncs are shared by several
+/// callers, the next append waits for the ones that follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_an_append_waits_for_the_ones_that_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let delay = std::time::Duration::from_millis(200);
+    let options = Options { commit_delay: delay, commit_siblings: 2, ..Options::default() };
+    let (journal, mut reader, _) = Journal::open(dir.path(), options).unwrap();
+    let journal = Arc::new(journal);
+    let append_all = |appends: Vec<u64>, apart: std::time::Duration| {
+        let journal = journal.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for i in appends {
+                let journal = journal.clone();
+                tasks.push(tokio::spawn(async move { journal.append(payload(i), true).await.unwrap() }));
+                if !apart.is_zero() {
+                    tokio::time::sleep(apart).await;
+                }
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }
+    };
+    // Load: 32 callers at once share syncs.
+    append_all((0..32).collect(), std::time::Duration::ZERO).await;
+    let before = journal.syncs();
+    assert!(before < 32, "{before} syncs for 32 appends at once");
+    // Then 16 appends a millisecond apart: each would sync alone; the
+    // first waits the delay instead, and the others join its sync.
+    append_all((100..116).collect(), std::time::Duration::from_millis(1)).await;
+    let staggered = journal.syncs() - before;
+    assert!(staggered <= 3, "{staggered} syncs for 16 appends a millisecond apart");
+    assert_eq!(read_all(&mut reader).await.len(), 48);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// Cut the file anywhere, as a crash may: what is recovered is exactly

@@ -75,6 +75,10 @@ pub struct DecisionLogConfig {
     /// `fdatasync` (`sync` durability): fewer syncs for that much latency.
     #[serde(with = "humantime_serde")]
     pub commit_delay: Duration,
+    /// The journal waits `commit_delay` only while recent syncs were
+    /// shared by at least this many decisions on average (under load); a
+    /// lone caller's decision is synced at once.
+    pub commit_siblings: usize,
 }
 
 impl Default for DecisionLogConfig {
@@ -85,7 +89,8 @@ impl Default for DecisionLogConfig {
             when_full: WhenFull::Block,
             batch: 500,
             segment_bytes: 64 << 20,
-            commit_delay: Duration::ZERO,
+            commit_delay: Duration::from_micros(200),
+            commit_siblings: 2,
         }
     }
 }
@@ -178,6 +183,7 @@ impl DecisionLog {
         let options = warden_journal::Options {
             segment_bytes: config.segment_bytes,
             commit_delay: config.commit_delay,
+            commit_siblings: config.commit_siblings,
             ..Default::default()
         };
         let (journal, reader, recovery) = Journal::open(&data_dir.join("decision-log"), options)?;
