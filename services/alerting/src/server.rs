@@ -79,8 +79,7 @@ impl AlertingServer {
         let (loaded, routing_text) = load(&config).map_err(StartError::Config)?;
         let database = Database::connect(&config.database_url()).await?;
         database.migrate().await?;
-        let checkpoints = database.checkpoints();
-        let store = AlertingStore::new(database);
+        let store = AlertingStore::new(database.clone());
         let retention =
             (loaded.rules.lookback_ms() + 4 * config.scrape_interval.as_millis() as i64).max(15 * 60 * 1000);
         let derived = match store.load_snapshot().await? {
@@ -100,7 +99,7 @@ impl AlertingServer {
         tracing::info!(position = derived.position, rules = loaded.rules.rule_count(), "alerting state loaded");
         let alerts = store.load_alerts().await?;
         let (auth, mut background) = warden_auth::Auth::start(&config.auth, "alerting", &config.data_dir).await?;
-        background.extend(checkpoints);
+        background.extend(database.checkpoints());
         let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
         let (audit, follower) = if config.audit_url.is_empty() {
             (None, None)

@@ -55,7 +55,6 @@ impl AuditServer {
     pub async fn start(config: AuditConfig) -> Result<AuditServer, StartError> {
         let database = Database::connect(&config.database_url()).await?;
         database.migrate().await?;
-        let checkpoints = database.checkpoints();
         let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
         let signing_key = secrets.resolve_setting(&config.signing_key).await?;
         let master_key = secrets.resolve_setting(&config.master_key).await?;
@@ -69,7 +68,7 @@ impl AuditServer {
         }
         let master = MasterKey::load(master_key.as_ref().map(|k| k.expose()).unwrap_or(""), &config.master_key_path())?;
         let log = AuditLog::open(
-            AuditStore::new(database),
+            AuditStore::new(database.clone()),
             signer,
             master,
             Batching { max_batch: config.max_batch, stripes: config.append_connections },
@@ -79,7 +78,7 @@ impl AuditServer {
         tracing::info!(verifier_key = %verifier_key, "checkpoint verifier key");
 
         let (auth, mut background) = warden_auth::Auth::start(&config.auth, "audit", &config.data_dir).await?;
-        background.extend(checkpoints);
+        background.extend(database.checkpoints());
         auth.set_denial_sink(Arc::new(LogDenials(log.clone())));
         if !config.retention.is_zero() {
             background.push(tokio::spawn(run_retention(log.clone(), config.retention, config.retention_interval)));

@@ -70,8 +70,7 @@ impl PolicyEngine {
     pub async fn start(config: PolicyEngineConfig) -> Result<PolicyEngine, StartError> {
         let database = Database::connect(&config.database_url()).await?;
         database.migrate().await?;
-        let checkpoints = database.checkpoints();
-        let kill_switch_store = KillSwitchStore::new(database);
+        let kill_switch_store = KillSwitchStore::new(database.clone());
 
         let dir = config.policies.clone();
         let policies = {
@@ -95,7 +94,7 @@ impl PolicyEngine {
         let reloader = Arc::new(Reloader::new(dir.clone(), config.load_options(), engine.clone()));
 
         let (auth, mut background) = warden_auth::Auth::start(&config.auth, "policy-engine", &config.data_dir).await?;
-        background.extend(checkpoints);
+        background.extend(database.checkpoints());
         background.push(tokio::spawn(refresh_kill_switches(
             engine.clone(),
             kill_switch_store.clone(),
