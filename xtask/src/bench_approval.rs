@@ -35,6 +35,9 @@ pub struct ApprovalArgs {
     /// process), as production does; both Evaluates then pay for it.
     #[arg(long)]
     decision_log: bool,
+    /// Also print each path's N slowest calls, with the pair each was in.
+    #[arg(long, default_value_t = 0)]
+    slowest: usize,
 }
 
 fn percentile(latencies: &mut [Duration], p: f64) -> Duration {
@@ -246,6 +249,17 @@ async fn run_on(args: &ApprovalArgs, url: &str, dir: &std::path::Path) -> Result
         let (p, r) = task.await.map_err(|e| e.to_string())??;
         plain.extend(p);
         redeeming.extend(r);
+    }
+    if args.slowest > 0 {
+        // Each path's slowest pairs, by their place in the run: slow runs of
+        // consecutive pairs on both paths point at the machine, not a path.
+        for (name, latencies) in [("Evaluate", &plain), ("Evaluate with approval_id", &redeeming)] {
+            let mut order: Vec<usize> = (0..latencies.len()).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(latencies[i]));
+            let slowest: Vec<String> =
+                order.iter().take(args.slowest).map(|&i| format!("#{i} {:.1?}", latencies[i])).collect();
+            println!("slowest {name}: {}", slowest.join(", "));
+        }
     }
     let (p50, p99) = (percentile(&mut plain, 0.5), percentile(&mut plain, 0.99));
     let (r50, r99) = (percentile(&mut redeeming, 0.5), percentile(&mut redeeming, 0.99));

@@ -172,6 +172,14 @@ const REDEEM: &str = "UPDATE approval_requests SET state = 'REDEEMED', redeemed_
      outcome_reason = $2, redeemed_decision_id = $6 WHERE id = $3 AND state = 'APPROVED' AND agent_id = $4 \
      AND action_hash = $5 AND grant_expires_at_micros > $1";
 
+/// The pending request already open for an agent and action.
+pub(crate) const PENDING_DUPLICATE: &str =
+    "WHERE agent_id = $1 AND action_hash = $2 AND state = 'PENDING' ORDER BY created_at_micros LIMIT 1";
+/// Pending requests, the first to expire first.
+pub(crate) const PENDING: &str = "WHERE state = 'PENDING' ORDER BY expires_at_micros LIMIT 10000";
+/// Grants past their expiry at `$1`.
+pub(crate) const DUE_GRANTS: &str = "WHERE state = 'APPROVED' AND grant_expires_at_micros <= $1 LIMIT 10000";
+
 const OUTBOX: warden_store::outbox::Outbox = warden_store::outbox::Outbox { table: "approval_outbox" };
 
 const COLUMNS: &str = "id, state, agent_id, requested_by, action_json, action_hash, correlation_id, rules_json, \
@@ -336,10 +344,7 @@ impl ApprovalStore {
     ) -> Result<(ApprovalRow, bool), TransitionError> {
         let _writer = self.writer().await;
         let select_key = format!("SELECT {COLUMNS} FROM approval_requests WHERE idempotency_key = $1");
-        let select_pending = format!(
-            "SELECT {COLUMNS} FROM approval_requests WHERE agent_id = $1 AND action_hash = $2 AND state = 'PENDING' \
-             ORDER BY created_at_micros LIMIT 1"
-        );
+        let select_pending = format!("SELECT {COLUMNS} FROM approval_requests {PENDING_DUPLICATE}");
         let existing = in_transaction!(&self.database, |tx, _lock| {
             if matches!(self.database, Database::Postgres(_)) {
                 // Serialize creations of the same agent and action across replicas.
@@ -704,16 +709,20 @@ impl ApprovalStore {
         })
     }
 
-    /// Pending requests (and grants) with a deadline at or before `now`,
-    /// and every pending request, for the worker to act on.
+    /// Every pending request (the first 10,000 to expire), then the grants
+    /// past their expiry at `now`, for the worker to act on.
+    ///
+    /// Two queries, each over its partial index (a condition joining both
+    /// states would make SQLite scan the table).
     pub async fn pending_and_due_grants(&self, now_micros: i64) -> Result<Vec<ApprovalRow>, TransitionError> {
-        let select = format!(
-            "SELECT {COLUMNS} FROM approval_requests WHERE state = 'PENDING' \
-             OR (state = 'APPROVED' AND grant_expires_at_micros <= $1) ORDER BY id LIMIT 10000"
-        );
+        let pending = format!("SELECT {COLUMNS} FROM approval_requests {PENDING}");
+        let due = format!("SELECT {COLUMNS} FROM approval_requests {DUE_GRANTS}");
         let mut rows = Vec::new();
         on_pool!(&self.database, |pool| {
-            for row in sqlx::query(&select).bind(now_micros).fetch_all(pool).await? {
+            for row in sqlx::query(&pending).fetch_all(pool).await? {
+                rows.push(approval_from_row!(&row));
+            }
+            for row in sqlx::query(&due).bind(now_micros).fetch_all(pool).await? {
                 rows.push(approval_from_row!(&row));
             }
         });

@@ -505,3 +505,81 @@ async fn email_notifications_show_the_action_and_are_sent_once() {
     assert!(received[0].contains("Subject: [warden] approval_requested: bot wants to issue_refund"), "{}", received[0]);
     assert!(received[0].contains("\"amount\": 150.0") && received[0].contains("order/1"), "{}", received[0]);
 }
+
+/// The clocks and the duplicate check read only their partial indexes (a
+/// full scan would grow with every request ever made), and a redemption
+/// rewrites no index but the grants': the commit an agent's `Evaluate`
+/// waits for stays small.
+#[tokio::test]
+async fn sqlite_reads_partial_indexes_and_a_redemption_rewrites_one() {
+    use crate::store::{DUE_GRANTS, PENDING, PENDING_DUPLICATE};
+    let test = warden_store::testing::sqlite().await;
+    test.database.migrate().await.unwrap();
+    let Database::Sqlite(pool) = &test.database else { unreachable!() };
+    for (clause, index) in [
+        (PENDING_DUPLICATE, "approval_requests_pending"),
+        (PENDING, "approval_requests_pending_expiry"),
+        (DUE_GRANTS, "approval_requests_granted_expiry"),
+    ] {
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN SELECT id FROM approval_requests {clause}"))
+                .bind("bot")
+                .bind("hash")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let plan: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        assert!(plan.iter().any(|step| step.contains(&format!("USING INDEX {index}"))), "{clause}: {plan:?}");
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN approval_requests") && !step.contains(index)),
+            "{plan:?}"
+        );
+    }
+    // Every index on the table, and the states it covers: a redemption
+    // (APPROVED -> REDEEMED) leaves only the grants' index.
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'approval_requests' AND sql IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let covering_grants: Vec<&str> = indexes
+        .iter()
+        .filter(|(_, sql)| !sql.contains("WHERE state = 'PENDING'"))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(covering_grants, ["approval_requests_granted_expiry"], "{indexes:?}");
+}
+
+/// The migration that rebuilds the outbox keeps the rows waiting in it,
+/// and new rows still get ids above theirs.
+#[tokio::test]
+async fn sqlite_upgrade_keeps_the_waiting_outbox_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = Database::connect(&Database::default_url(dir.path())).await.unwrap();
+    let Database::Sqlite(pool) = &database else { unreachable!() };
+    let mut migrator = sqlx::migrate!("../../migrations/sqlite");
+    let all = migrator.migrations.to_vec();
+    migrator.migrations = all.iter().filter(|m| m.version < 20261202000001).cloned().collect::<Vec<_>>().into();
+    migrator.run(pool).await.unwrap();
+    for id in [5_i64, 9] {
+        sqlx::query("INSERT INTO approval_outbox (id, kind, payload, attempts) VALUES ($1, 'audit', x'0102', 2)")
+            .bind(id)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    database.migrate().await.unwrap();
+    let rows: Vec<(i64, String, Vec<u8>, i32)> =
+        sqlx::query_as("SELECT id, kind, payload, attempts FROM approval_outbox ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, [(5, "audit".to_string(), vec![1, 2], 2), (9, "audit".to_string(), vec![1, 2], 2)]);
+    let (id,): (i64,) =
+        sqlx::query_as("INSERT INTO approval_outbox (kind, payload) VALUES ('audit', x'03') RETURNING id")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(id, 10);
+}
