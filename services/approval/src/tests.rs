@@ -514,7 +514,6 @@ async fn email_notifications_show_the_action_and_are_sent_once() {
 async fn sqlite_reads_partial_indexes_and_a_redemption_rewrites_one() {
     use crate::store::{DUE_GRANTS, PENDING, PENDING_DUPLICATE};
     let test = warden_store::testing::sqlite().await;
-    test.database.migrate().await.unwrap();
     let Database::Sqlite(pool) = &test.database else { unreachable!() };
     for (clause, index) in [
         (PENDING_DUPLICATE, "approval_requests_pending"),
