@@ -16,7 +16,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use warden_errors::{Category, Classify, Code};
 
 pub mod outbox;
+mod sqlite_writer;
 pub mod testing;
+
+pub use rusqlite;
+pub use sqlite_writer::SqliteWriter;
 
 pub use sqlx;
 
@@ -303,16 +307,28 @@ pub fn translate(error: sqlx::Error) -> StoreError {
                 "40001" | "40P01" => StoreError::Conflict(message),
                 "57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006" => StoreError::Unavailable(message),
                 "23514" | "23502" | "23503" | "P0001" => StoreError::Refused(message),
-                // SQLite extended result codes: UNIQUE and PRIMARY KEY
-                // constraint, BUSY and LOCKED, CHECK, trigger RAISE.
-                "2067" | "1555" => StoreError::AlreadyExists(message),
-                "5" | "6" | "261" | "517" | "262" => StoreError::Unavailable(message),
-                "275" | "1299" | "787" | "1811" => StoreError::Refused(message),
-                _ if message.contains("append-only") => StoreError::Refused(message),
-                _ => StoreError::Other(format!("{code}: {message}")),
+                // SQLite reports its extended result code.
+                _ => match code.parse::<i32>() {
+                    Ok(code) => sqlite_code(code, message),
+                    Err(_) if message.contains("append-only") => StoreError::Refused(message),
+                    Err(_) => StoreError::Other(format!("{code}: {message}")),
+                },
             }
         }
         _ => StoreError::Other(error.to_string()),
+    }
+}
+
+/// Translates SQLite's extended result codes (from sqlx or rusqlite):
+/// UNIQUE and PRIMARY KEY constraint, BUSY and LOCKED, CHECK, NOT NULL,
+/// FOREIGN KEY, trigger RAISE.
+fn sqlite_code(code: i32, message: String) -> StoreError {
+    match code {
+        2067 | 1555 => StoreError::AlreadyExists(message),
+        5 | 6 | 261 | 517 | 262 => StoreError::Unavailable(message),
+        275 | 1299 | 787 | 1811 => StoreError::Refused(message),
+        _ if message.contains("append-only") => StoreError::Refused(message),
+        _ => StoreError::Other(format!("{code}: {message}")),
     }
 }
 

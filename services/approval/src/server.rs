@@ -77,7 +77,7 @@ impl ApprovalServer {
                     .map_err(|e| StartError::Audit(e.to_string()))?,
             )
         };
-        let approvals = Approvals::new(ApprovalStore::new(database), routes, clock, audit.is_some());
+        let approvals = Approvals::new(ApprovalStore::new(database)?, routes, clock, audit.is_some());
         background.push(tokio::spawn(run_clocks(approvals.clone(), config.clock_interval)));
         let shipper = Shipper {
             approvals: approvals.clone(),

@@ -10,7 +10,7 @@
 //! both drivers accept.
 
 use sqlx::Row;
-use warden_store::{Database, StoreError};
+use warden_store::{Database, SqliteWriter, StoreError};
 
 /// A request's state, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,17 +311,23 @@ pub struct ApprovalStore {
     /// both: a stale entry can only make that update change nothing (then
     /// the database is read to say why).
     granted: moka::sync::Cache<String, ApprovalRow>,
+    /// On a SQLite file, the connection redemptions commit on.
+    sqlite_thread: Option<std::sync::Arc<SqliteWriter>>,
 }
 
 impl ApprovalStore {
-    pub fn new(database: Database) -> Self {
+    pub fn new(database: Database) -> Result<Self, StoreError> {
         // Bounded in size and in time: an entry not redeemed within the
         // hour (grants last 15 minutes by default) is read again if needed.
         let granted = moka::sync::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(std::time::Duration::from_secs(3600))
             .build();
-        ApprovalStore { database, sqlite_writer: Default::default(), granted }
+        let sqlite_thread = match &database {
+            Database::Sqlite(pool) => SqliteWriter::open(pool)?.map(std::sync::Arc::new),
+            Database::Postgres(_) => None,
+        };
+        Ok(ApprovalStore { database, sqlite_writer: Default::default(), granted, sqlite_thread })
     }
 
     async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
@@ -629,6 +635,35 @@ impl ApprovalStore {
         let values = outgoing_values(items.len(), 7);
         let texts = [after.outcome_reason.as_str(), id, agent_id, action_hash, decision_id];
         let updated = match &self.database {
+            // The request's path: a transaction on the store's own
+            // connection (see [`SqliteWriter`]), one statement each.
+            Database::Sqlite(_) if let Some(thread) = &self.sqlite_thread => {
+                let (reason, id, agent_id, action_hash, decision_id) = (
+                    texts[0].to_owned(),
+                    id.to_owned(),
+                    agent_id.to_owned(),
+                    action_hash.to_owned(),
+                    decision_id.to_owned(),
+                );
+                let _writer = self.writer().await;
+                thread
+                    .transaction(move |tx| {
+                        let changed = tx.prepare_cached(REDEEM)?.execute(warden_store::rusqlite::named_params! {
+                            "$1": now_micros, "$2": reason, "$3": id, "$4": agent_id, "$5": action_hash, "$6": decision_id,
+                        })?;
+                        if changed == 1 {
+                            let mut insert =
+                                tx.prepare_cached("INSERT INTO approval_outbox (kind, payload) VALUES (?1, ?2)")?;
+                            for (kind, payload) in &items {
+                                insert.execute(warden_store::rusqlite::params![kind, payload])?;
+                            }
+                        }
+                        Ok(changed == 1)
+                    })
+                    .await?
+            }
+            // An in-memory database (no second connection can open it): one
+            // batch on the pool's connection.
             Database::Sqlite(pool) => {
                 let mut batch = format!("BEGIN IMMEDIATE; {REDEEM} RETURNING id;");
                 if !items.is_empty() {

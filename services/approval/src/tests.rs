@@ -32,7 +32,7 @@ routes:
 
 async fn workflow(database: Database) -> Arc<Approvals> {
     database.migrate().await.unwrap();
-    Approvals::new(ApprovalStore::new(database), Routes::parse(ROUTES).unwrap(), Clock::system(), true)
+    Approvals::new(ApprovalStore::new(database).expect("store"), Routes::parse(ROUTES).unwrap(), Clock::system(), true)
 }
 
 fn person(id: &str, role: &str) -> Principal {
@@ -388,6 +388,15 @@ warden_store::backend_tests!(
     two_replicas_expire_a_request_once,
 );
 
+/// An in-memory SQLite database cannot be opened by a second connection:
+/// its redemptions commit on the pool's, with the same outcomes.
+#[tokio::test]
+async fn an_in_memory_database_redeems_through_the_pool() {
+    let memory = || async { Database::connect("sqlite::memory:").await.unwrap() };
+    a_grant_is_spent_once_for_exactly_its_action(memory().await).await;
+    a_redemption_records_its_decision_and_a_retry_gets_the_same_answer(memory().await).await;
+}
+
 /// A shipper with no audit service, backing off 100 ms at first.
 fn shipper(approvals: &Arc<Approvals>) -> crate::worker::Shipper {
     crate::worker::Shipper {
@@ -438,7 +447,8 @@ async fn a_refused_notification_is_retried_after_retry_after_and_sent_once_signe
         "receivers:\n  - name: hook\n    webhook: {{ url: \"{url}\", secret: \"s3cret\" }}\nroutes:\n  - name: r\n    reviewers: [\"role:approver\"]\n    notify: [hook]\n"
     ))
     .unwrap();
-    let approvals = Approvals::new(ApprovalStore::new(test.database.clone()), routes, Clock::system(), false);
+    let approvals =
+        Approvals::new(ApprovalStore::new(test.database.clone()).expect("store"), routes, Clock::system(), false);
     approvals.create(&create("bot", action("send_email", 0.0)), "pe").await.unwrap();
     let shipper = shipper(&approvals);
     assert_eq!(shipper.pass().await.unwrap(), 0, "429: not delivered");
@@ -466,8 +476,12 @@ async fn a_refused_notification_is_retried_after_retry_after_and_sent_once_signe
 
 async fn two_replicas_expire_a_request_once(database: Database) {
     let first = workflow(database.clone()).await;
-    let second =
-        Approvals::new(ApprovalStore::new(database), Routes::parse(ROUTES).unwrap(), first.clock.clone(), true);
+    let second = Approvals::new(
+        ApprovalStore::new(database).expect("store"),
+        Routes::parse(ROUTES).unwrap(),
+        first.clock.clone(),
+        true,
+    );
     let (row, _) = first.create(&create("bot", action("send_email", 0.0)), "pe").await.unwrap();
     first.clock.advance(Duration::from_secs(2 * 3600));
     let (a, b) = tokio::join!(first.tick(), second.tick());
@@ -494,7 +508,8 @@ async fn email_notifications_show_the_action_and_are_sent_once() {
          routes:\n  - name: r\n    reviewers: [\"role:approver\"]\n    notify: [oncall]\n"
     ))
     .unwrap();
-    let approvals = Approvals::new(ApprovalStore::new(test.database.clone()), routes, Clock::system(), false);
+    let approvals =
+        Approvals::new(ApprovalStore::new(test.database.clone()).expect("store"), routes, Clock::system(), false);
     approvals.create(&create("bot", action("issue_refund", 150.0)), "pe").await.unwrap();
     let shipper = shipper(&approvals);
     assert_eq!(shipper.pass().await.unwrap(), 1);
