@@ -5,6 +5,14 @@
 //! (default telemetry, its own process; `--pid-file` lets a profiler attach).
 //! Phases alternate; h2load cannot read gRPC trailers, so the Evaluate
 //! request is checked through a real client first.
+//!
+//! `--callgrind` counts instead of timing: the engine runs under valgrind's
+//! callgrind, and each RPC's instructions per request are counted over a
+//! fixed number of requests (after a warm-up, counters zeroed). The count
+//! is the same from run to run whatever else the machine does, so it can
+//! tell apart changes that the timed phases' noise (several points of the
+//! ratio between rounds) hides. It is machine work, not time: waiting and
+//! the kernel's share are not in it.
 
 use std::process::Command;
 use std::time::Duration;
@@ -34,6 +42,13 @@ pub struct H2loadArgs {
     /// Write the engine's process id here once it serves (for `perf record -p`).
     #[arg(long)]
     pid_file: Option<std::path::PathBuf>,
+    /// Count the engine's instructions per request under callgrind
+    /// (valgrind) instead of timing phases.
+    #[arg(long)]
+    callgrind: bool,
+    /// Requests counted per RPC with `--callgrind`.
+    #[arg(long, default_value_t = 4000)]
+    requests: usize,
 }
 
 /// A unary gRPC request body: the 5-byte frame header, then the message.
@@ -62,14 +77,28 @@ struct Run {
     mean_ms: f64,
 }
 
-fn h2load(args: &H2loadArgs, url: &str, body: &std::path::Path, token: Option<&str>) -> Result<Run, String> {
+/// How long h2load drives the server: seconds (after a second's warm-up),
+/// or a number of requests.
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    Seconds(u64),
+    Requests(usize),
+}
+
+fn h2load(
+    args: &H2loadArgs,
+    load: Load,
+    url: &str,
+    body: &std::path::Path,
+    token: Option<&str>,
+) -> Result<Run, String> {
     let mut command = Command::new("h2load");
-    command
-        .args(["-t", "1", "-c", &args.connections.to_string(), "-m", &args.streams.to_string()])
-        .args(["-D", &args.seconds.to_string(), "--warm-up-time", "1"])
-        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-        .arg("-d")
-        .arg(body);
+    command.args(["-t", "1", "-c", &args.connections.to_string(), "-m", &args.streams.to_string()]);
+    match load {
+        Load::Seconds(seconds) => command.args(["-D", &seconds.to_string(), "--warm-up-time", "1"]),
+        Load::Requests(requests) => command.args(["-n", &requests.to_string()]),
+    };
+    command.args(["-H", "content-type: application/grpc", "-H", "te: trailers"]).arg("-d").arg(body);
     if let Some(token) = token {
         command.args(["-H", &format!("authorization: Bearer {token}")]);
     }
@@ -80,6 +109,9 @@ fn h2load(args: &H2loadArgs, url: &str, body: &std::path::Path, token: Option<&s
         return Err(format!("h2load failed: {text}{}", String::from_utf8_lossy(&output.stderr)));
     }
     let mut run = Run { seconds: args.seconds as f64, ..Run::default() };
+    if let Load::Requests(_) = load {
+        run.seconds = 0.0;
+    }
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         if line.starts_with("requests:") {
@@ -122,7 +154,14 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     let (agent, action) = fixtures::request(3);
     let binary = crate::bench::release_binary("warden-policy-engine")?;
     let port = crate::bench::free_port()?;
-    let mut engine = Command::new(binary);
+    let mut engine = if args.callgrind {
+        let mut valgrind = Command::new("valgrind");
+        valgrind.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}/callgrind.%p", root.display()));
+        valgrind.arg(binary);
+        valgrind
+    } else {
+        Command::new(binary)
+    };
     engine
         .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", ""])
         .arg("--data-dir")
@@ -139,6 +178,10 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
         engine.arg("--insecure-no-auth").stderr(std::process::Stdio::null());
     }
     let engine = Engine(engine.spawn().map_err(|e| format!("cannot start warden-policy-engine: {e}"))?);
+    if args.callgrind {
+        // Valgrind starts the engine many times slower.
+        std::thread::sleep(Duration::from_secs(2));
+    }
     let url = format!("http://127.0.0.1:{port}");
     crate::bench::wait_for_port(port, "warden-policy-engine")?;
     if let Some(path) = &args.pid_file {
@@ -161,6 +204,21 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     std::fs::write(&health_body, grpc_frame(&[])).map_err(|e| e.to_string())?;
     let evaluate_url = format!("{url}/warden.policy.v1.PolicyService/Evaluate");
     let health_url = format!("{url}/grpc.health.v1.Health/Check");
+    if args.callgrind {
+        let result = count_instructions(
+            &args,
+            engine.0.id(),
+            &root,
+            &evaluate_url,
+            &evaluate_body,
+            &health_url,
+            &health_body,
+            token.as_deref(),
+        );
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&root);
+        return result;
+    }
     println!(
         "bench h2load: 200-rule set, {} connections x {} streams, {} x {}s phases each, alternating, auth {}",
         args.connections,
@@ -172,10 +230,11 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     let (mut evaluate, mut health) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
         let (a, url, body, token) = (&args, evaluate_url.clone(), evaluate_body.clone(), token.clone());
-        let run = tokio::task::block_in_place(|| h2load(a, &url, &body, token.as_deref()))?;
+        let load = Load::Seconds(args.seconds);
+        let run = tokio::task::block_in_place(|| h2load(a, load, &url, &body, token.as_deref()))?;
         evaluate.push(run);
         let (url, body) = (health_url.clone(), health_body.clone());
-        let run = tokio::task::block_in_place(|| h2load(a, &url, &body, token.as_deref()))?;
+        let run = tokio::task::block_in_place(|| h2load(a, load, &url, &body, token.as_deref()))?;
         health.push(run);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -196,5 +255,68 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     let rounds: Vec<String> =
         evaluate.iter().zip(&health).map(|(e, h)| format!("{:.2}", e.requests / h.requests)).collect();
     println!("ratio Evaluate/Health throughput: {:.2} (per round: {})", evaluate_rate / health_rate, rounds.join(", "));
+    Ok(())
+}
+
+/// `--callgrind`: each RPC's instructions per request in the engine, over
+/// `args.requests` requests after a warm-up of 1,000.
+#[allow(clippy::too_many_arguments)]
+fn count_instructions(
+    args: &H2loadArgs,
+    pid: u32,
+    root: &std::path::Path,
+    evaluate_url: &str,
+    evaluate_body: &std::path::Path,
+    health_url: &str,
+    health_body: &std::path::Path,
+    token: Option<&str>,
+) -> Result<(), String> {
+    println!(
+        "bench h2load --callgrind: 200-rule set, {} connections x {} streams, {} requests of each RPC counted",
+        args.connections, args.streams, args.requests
+    );
+    let control = |command: &str| -> Result<(), String> {
+        let status = Command::new("callgrind_control")
+            .args([command, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run callgrind_control: {e}"))?;
+        if status.success() { Ok(()) } else { Err(format!("callgrind_control {command} failed")) }
+    };
+    let mut counts = Vec::new();
+    for (dump, (name, url, body)) in
+        [("Evaluate", evaluate_url, evaluate_body), ("Health/Check", health_url, health_body)].into_iter().enumerate()
+    {
+        h2load(args, Load::Requests(1000), url, body, token)?;
+        control("-z")?;
+        let run = h2load(args, Load::Requests(args.requests), url, body, token)?;
+        if run.failed > 0 || run.requests as usize != args.requests {
+            return Err(format!("{name}: {} of {} requests succeeded", run.requests, args.requests));
+        }
+        control("-d")?;
+        // Dumps are numbered from 1 in the order they are asked for.
+        let file = root.join(format!("callgrind.{pid}.{}", dump + 1));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let instructions = loop {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if let Some(total) = text.lines().find_map(|line| line.strip_prefix("totals:")) {
+                break total.trim().parse::<f64>().map_err(|e| format!("{}: {e}", file.display()))?;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("callgrind wrote no {}", file.display()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        counts.push((name, instructions / args.requests as f64));
+    }
+    println!("{:<14} {:>22}", "rpc", "instructions/request");
+    for (name, per_request) in &counts {
+        println!("{name:<14} {per_request:>22.0}");
+    }
+    println!(
+        "ratio Health/Evaluate instructions (the throughput ratio if machine work were all): {:.3}",
+        counts[1].1 / counts[0].1
+    );
     Ok(())
 }

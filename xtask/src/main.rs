@@ -6,7 +6,8 @@
 //!   on one server and print both rates, latencies and their ratio.
 //! - `cargo xtask bench policy --decision-log sync|async`: an engine that
 //!   records every decision vs one that does not, audit in its own process.
-//! - `cargo xtask bench h2load`: `Evaluate` vs `Health/Check` under h2load.
+//! - `cargo xtask bench h2load`: `Evaluate` vs `Health/Check` under h2load
+//!   (`--callgrind`: instructions per request instead of time).
 //! - `cargo xtask bench audit`: appends from 16 producers vs the database's
 //!   own multi-row INSERT, and `Verify` throughput.
 //! - `cargo xtask bench approval`: approvals created, reviewed and redeemed

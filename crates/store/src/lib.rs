@@ -31,6 +31,9 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// inline (SQLite's default is 1,000).
 pub const INLINE_CHECKPOINT_PAGES: u32 = 8_000;
 
+/// A pooled PostgreSQL connection idle this long is pinged before use.
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
+
 /// A connection pool to one of the supported databases.
 #[derive(Debug, Clone)]
 pub enum Database {
@@ -135,6 +138,20 @@ impl Database {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
+            // A connection in steady use is not pinged before each use (a
+            // round trip to the server in front of every query); one idle
+            // for a while is, since that is when a server restart or an
+            // idle timeout on the way has broken it.
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_AFTER_IDLE {
+                        use sqlx::Connection;
+                        connection.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(translate)?;
