@@ -205,16 +205,9 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     let evaluate_url = format!("{url}/warden.policy.v1.PolicyService/Evaluate");
     let health_url = format!("{url}/grpc.health.v1.Health/Check");
     if args.callgrind {
-        let result = count_instructions(
-            &args,
-            engine.0.id(),
-            &root,
-            &evaluate_url,
-            &evaluate_body,
-            &health_url,
-            &health_body,
-            token.as_deref(),
-        );
+        let rpcs =
+            [("Evaluate", evaluate_url.as_str(), evaluate_body.as_path()), ("Health/Check", &health_url, &health_body)];
+        let result = count_instructions(&args, engine.0.id(), &root, rpcs, token.as_deref());
         drop(engine);
         let _ = std::fs::remove_dir_all(&root);
         return result;
@@ -260,15 +253,11 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
 
 /// `--callgrind`: each RPC's instructions per request in the engine, over
 /// `args.requests` requests after a warm-up of 1,000.
-#[allow(clippy::too_many_arguments)]
 fn count_instructions(
     args: &H2loadArgs,
     pid: u32,
     root: &std::path::Path,
-    evaluate_url: &str,
-    evaluate_body: &std::path::Path,
-    health_url: &str,
-    health_body: &std::path::Path,
+    rpcs: [(&str, &str, &std::path::Path); 2],
     token: Option<&str>,
 ) -> Result<(), String> {
     println!(
@@ -285,9 +274,7 @@ fn count_instructions(
         if status.success() { Ok(()) } else { Err(format!("callgrind_control {command} failed")) }
     };
     let mut counts = Vec::new();
-    for (dump, (name, url, body)) in
-        [("Evaluate", evaluate_url, evaluate_body), ("Health/Check", health_url, health_body)].into_iter().enumerate()
-    {
+    for (dump, (name, url, body)) in rpcs.into_iter().enumerate() {
         h2load(args, Load::Requests(1000), url, body, token)?;
         control("-z")?;
         let run = h2load(args, Load::Requests(args.requests), url, body, token)?;

@@ -423,20 +423,16 @@ mod tests {
         let task = database.checkpoints().expect("sqlite");
         // Until the background checkpoint has copied every page into the
         // database file (the file then has the database's whole size).
-        let checkpointed = || async {
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            let (pages, page_size): (i64, i64) =
-                sqlx::query_as("SELECT * FROM pragma_page_count(), pragma_page_size()").fetch_one(pool).await.unwrap();
-            while size("warden.db") < (pages * page_size) as u64 {
-                assert!(std::time::Instant::now() < deadline, "no checkpoint within 20 s");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        checkpointed().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let (pages, page_size): (i64, i64) =
+            sqlx::query_as("SELECT * FROM pragma_page_count(), pragma_page_size()").fetch_one(pool).await.unwrap();
+        while size("warden.db") < (pages * page_size) as u64 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint within 20 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // The checkpoint syncs the file before it marks the log done; a
         // checkpoint of our own (which waits for nothing) reports when every
         // frame is in the file.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let (busy, log, done): (i64, i64, i64) =
                 sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(pool).await.unwrap();

@@ -639,7 +639,7 @@ impl ApprovalStore {
             // connection (see [`SqliteWriter`]), one statement each.
             Database::Sqlite(_) if let Some(thread) = &self.sqlite_thread => {
                 let (reason, id, agent_id, action_hash, decision_id) = (
-                    texts[0].to_owned(),
+                    after.outcome_reason.clone(),
                     id.to_owned(),
                     agent_id.to_owned(),
                     action_hash.to_owned(),
