@@ -31,6 +31,9 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// inline (SQLite's default is 1,000).
 pub const INLINE_CHECKPOINT_PAGES: u32 = 8_000;
 
+/// How long a SQLite write waits for the lock another connection holds.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A pooled PostgreSQL connection idle this long is pinged before use.
 pub const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
 
@@ -93,7 +96,7 @@ impl Database {
                 // a crash or power loss.
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(5))
+                .busy_timeout(BUSY_TIMEOUT)
                 // Checkpoints run in the background (see
                 // [`Database::checkpoints`]); a commit checkpoints inline
                 // only once the log is this long (pages), as a bound.

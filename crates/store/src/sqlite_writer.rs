@@ -22,12 +22,9 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 
-use crate::{INLINE_CHECKPOINT_PAGES, StoreError};
+use crate::{BUSY_TIMEOUT, INLINE_CHECKPOINT_PAGES, StoreError};
 
 type Job = Box<dyn FnOnce(&mut rusqlite::Connection) + Send>;
-
-/// How long a job waits for SQLite's write lock held by another connection.
-const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The connection's thread; it ends when the writer is dropped, after the
 /// jobs already sent.
