@@ -21,6 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(&files, [&root])?;
     // Reflection serves this set, so grpcurl needs no .proto files.
     std::fs::write(out_dir.join("warden_descriptor.bin"), descriptors.encode_to_vec())?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(descriptors)?;
+    // Every client and server decodes with `codec::SliceCodec`.
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .codec_path("crate::codec::SliceCodec")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -49,6 +49,10 @@ pub struct H2loadArgs {
     /// Requests counted per RPC with `--callgrind`.
     #[arg(long, default_value_t = 4000)]
     requests: usize,
+    /// Drive this engine binary instead of building the workspace's (to
+    /// compare two builds in one session).
+    #[arg(long)]
+    engine: Option<std::path::PathBuf>,
 }
 
 /// A unary gRPC request body: the 5-byte frame header, then the message.
@@ -152,7 +156,10 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
     std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
     let (agent, action) = fixtures::request(3);
-    let binary = crate::bench::release_binary("warden-policy-engine")?;
+    let binary = match &args.engine {
+        Some(path) => path.clone(),
+        None => crate::bench::release_binary("warden-policy-engine")?,
+    };
     let port = crate::bench::free_port()?;
     let mut engine = if args.callgrind {
         let mut valgrind = Command::new("valgrind");
@@ -296,6 +303,12 @@ fn count_instructions(
             std::thread::sleep(Duration::from_millis(100));
         };
         counts.push((name, instructions / args.requests as f64));
+        // Kept for `callgrind_annotate --inclusive=yes FILE`.
+        let kept = crate::workspace_root().join("target/callgrind");
+        std::fs::create_dir_all(&kept).map_err(|e| e.to_string())?;
+        let kept = kept.join(format!("{}.out", name.replace('/', "-")));
+        std::fs::copy(&file, &kept).map_err(|e| format!("{}: {e}", kept.display()))?;
+        println!("profile of {name}: {}", kept.display());
     }
     println!("{:<14} {:>22}", "rpc", "instructions/request");
     for (name, per_request) in &counts {

@@ -1,8 +1,10 @@
 //! Generated gRPC and protobuf code for Warden's contracts in `proto/`.
 //!
-//! Only generated code lives here: no logic, no conversions with behaviour.
-//! Every service and client depends on this crate; it depends on nothing of
-//! Warden's.
+//! Only generated code lives here, and the codec it is generated with
+//! ([`codec`]): no logic, no conversions with behaviour. Every service and
+//! client depends on this crate; it depends on nothing of Warden's.
+
+pub mod codec;
 
 /// `warden.policy.v1`: the policy engine's contract.
 pub mod policy {
