@@ -4,6 +4,8 @@
 //! its own process (as in production), driven in alternating phases; a
 //! third kind of phase stops the audit process (SIGSTOP) so the engine's
 //! own cost shows without the audit service's appends sharing the cores.
+//! The phases without a log stop it too, so that their baseline is not
+//! slowed by the audit service catching up on the other phases' backlog.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -94,7 +96,14 @@ pub async fn run(args: PolicyArgs, mode: DecisionLogMode) -> Result<(), String> 
     let (mut off, mut logged, mut paused) = (Totals::default(), Totals::default(), Totals::default());
     let syncs_before = engines[1].decision_log.as_ref().map_or(0, |log| log.syncs());
     for _ in 0..args.rounds {
+        // The engine without a log is measured with the audit process
+        // stopped too: otherwise it shares the cores with the audit service
+        // appending the previous phases' backlog, and the engine's own cost
+        // of recording (logged, audit stopped, against this) looks smaller
+        // than it is.
+        audit.signal("-STOP");
         off.add(evaluate_phase(clients[0].clone(), request.clone(), args.in_flight, phase).await);
+        audit.signal("-CONT");
         logged.add(evaluate_phase(clients[1].clone(), request.clone(), args.in_flight, phase).await);
         audit.signal("-STOP");
         paused.add(evaluate_phase(clients[1].clone(), request.clone(), args.in_flight, phase).await);

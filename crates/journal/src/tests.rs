@@ -328,3 +328,28 @@ proptest! {
         });
     }
 }
+
+/// With a write window, appends that do not wait queue while the writer
+/// rests after a group nobody waited on, and go to disk as one group; one
+/// that waits comes back once the rest is over.
+#[tokio::test]
+async fn appends_that_do_not_wait_are_written_in_groups_after_the_write_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = std::time::Duration::from_millis(300);
+    let options = Options { write_window: window, ..Options::default() };
+    let (journal, mut reader, _) = Journal::open(dir.path(), options).unwrap();
+    journal.append(payload(0), false).await.unwrap();
+    // The first group is written; the writer now rests for the window.
+    while journal.groups() < 1 {
+        tokio::task::yield_now().await;
+    }
+    for i in 1..50 {
+        journal.append(payload(i), false).await.unwrap();
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), journal.append(payload(50), true))
+        .await
+        .expect("the waiting append is written after the window")
+        .unwrap();
+    assert_eq!(journal.groups(), 2, "the 50 appends queued during the rest are one group");
+    assert_eq!(read_all(&mut reader).await.len(), 51);
+}

@@ -260,7 +260,7 @@ mod tests {
 
     /// What the codec decodes: this reader's answer, else prost's.
     fn decoded(bytes: &[u8]) -> Result<EvaluateRequest, prost::DecodeError> {
-        evaluate_request(bytes).map_or_else(|| EvaluateRequest::decode(bytes), Ok)
+        super::super::decode_slice::<EvaluateRequest>(bytes)
     }
 
     fn same_as_prost(bytes: &[u8]) -> Result<(), TestCaseError> {

@@ -160,6 +160,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn other_messages_decode_with_prost() {
+        let response = crate::policy::v1::EvaluateResponse {
+            decision_id: "d-1".into(),
+            effect: 2,
+            reasons: vec!["no".into()],
+            ..Default::default()
+        };
+        assert_eq!(decode_slice::<crate::policy::v1::EvaluateResponse>(&response.encode_to_vec()).unwrap(), response);
+    }
+
     #[tokio::test]
     async fn a_message_that_does_not_parse_is_internal() {
         // Field 1 (agent) says 100 bytes follow; 2 do.
