@@ -55,7 +55,12 @@ pub struct Options {
     pub queue: usize,
     /// How long the writer waits for more appends to join a group before
     /// it syncs (as PostgreSQL's `commit_delay`): fewer, larger syncs, for
-    /// that much latency. Zero syncs at once.
+    /// that much latency. Zero syncs at once. Under load the writer rests
+    /// this long right after each group it synced, then takes everything
+    /// queued meanwhile: the next group's first append neither wakes it
+    /// nor starts a delay of its own (`bench policy --decision-log sync`:
+    /// each decision waited 0.4 ms for its sync instead of 0.8 to 1.0 ms,
+    /// 0.65 to 0.67 of off instead of 0.55 to 0.62).
     pub commit_delay: std::time::Duration,
     /// The writer waits [`Options::commit_delay`] only while recent groups
     /// held at least this many appends waiting for their sync, on average
@@ -439,10 +444,21 @@ impl Writer {
 
     async fn write(mut self, mut queue: mpsc::Receiver<Job>) {
         let mut group = Vec::new();
+        // Under load: rest for the commit delay before taking the next
+        // group, rather than be woken by its first append and rest then.
+        let mut rest_first = false;
         loop {
-            let next = match self.unsynced_since {
-                None => queue.recv().await,
-                Some(since) => {
+            let rested = if rest_first {
+                std::thread::sleep(self.options.commit_delay);
+                queue.try_recv().ok()
+            } else {
+                None
+            };
+            let resting = rested.is_some();
+            let next = match (rested, self.unsynced_since) {
+                (Some(job), _) => Some(job),
+                (None, None) => queue.recv().await,
+                (None, Some(since)) => {
                     let due = tokio::time::Instant::from_std(since + self.options.sync_within);
                     match tokio::time::timeout_at(due, queue.recv()).await {
                         Ok(next) => next,
@@ -468,10 +484,12 @@ impl Writer {
             }
             let loaded =
                 self.options.commit_siblings <= 1 || self.waiting_per_group >= self.options.commit_siblings as f64;
-            if !self.options.commit_delay.is_zero() && waiting > 0 && loaded && bytes < 8 << 20 {
+            let delay = !self.options.commit_delay.is_zero() && waiting > 0 && loaded;
+            if delay && !resting && bytes < 8 << 20 {
                 std::thread::sleep(self.options.commit_delay);
                 drain(&mut queue, &mut group, &mut bytes);
             }
+            rest_first = delay;
             let sync = self.options.sync_within.is_zero()
                 || group.iter().any(|job| job.done.is_some())
                 || self.unsynced_since.is_some_and(|since| since.elapsed() >= self.options.sync_within);

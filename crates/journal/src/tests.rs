@@ -265,11 +265,12 @@ async fn a_lone_caller_never_waits_for_the_commit_delay() {
 }
 
 /// Under load the delay is taken: once syncs are shared by several
-/// callers, the next append waits for the ones that follow it.
+/// callers, the writer rests for the delay after each sync, and an append
+/// waits for the ones that arrive during the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_load_an_append_waits_for_the_ones_that_follow() {
     let dir = tempfile::tempdir().unwrap();
-    let delay = std::time::Duration::from_millis(200);
+    let delay = std::time::Duration::from_secs(1);
     let options = Options { commit_delay: delay, commit_siblings: 2, ..Options::default() };
     let (journal, mut reader, _) = Journal::open(dir.path(), options).unwrap();
     let journal = Arc::new(journal);
@@ -293,12 +294,20 @@ async fn under_load_an_append_waits_for_the_ones_that_follow() {
     append_all((0..32).collect(), std::time::Duration::ZERO).await;
     let before = journal.syncs();
     assert!(before < 32, "{before} syncs for 32 appends at once");
+    // The writer rests from the last sync on: an append half-way through
+    // the rest waits for the rest of it, not for a delay of its own.
+    tokio::time::sleep(delay / 2).await;
+    let started = std::time::Instant::now();
+    journal.append(payload(99), true).await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited < delay * 9 / 10, "waited {waited:?}: a delay of its own is {delay:?}");
+    let before = journal.syncs();
     // Then 16 appends a millisecond apart: each would sync alone; the
     // first waits the delay instead, and the others join its sync.
     append_all((100..116).collect(), std::time::Duration::from_millis(1)).await;
     let staggered = journal.syncs() - before;
     assert!(staggered <= 3, "{staggered} syncs for 16 appends a millisecond apart");
-    assert_eq!(read_all(&mut reader).await.len(), 48);
+    assert_eq!(read_all(&mut reader).await.len(), 49);
 }
 
 proptest! {
