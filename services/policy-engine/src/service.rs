@@ -368,8 +368,8 @@ impl PolicyService for PolicyServiceImpl {
             effect: decision.effect.to_proto() as i32,
             reasons: decision.reasons(),
             matched_rules: decision.matched(),
-            shadow_rules: decision.shadow.iter().map(|s| s.to_string()).collect(),
-            policy_version: decision.policy_version.to_string(),
+            shadow_rules: decision.shadow.iter().map(|s| String::from(&**s)).collect(),
+            policy_version: String::from(&*decision.policy_version),
             approval_id: String::new(),
         };
         let (mut effect, mut recorded) = (decision.effect, false);
