@@ -454,7 +454,7 @@ impl Writer {
             } else {
                 None
             };
-            let resting = rested.is_some();
+            let after_rest = rested.is_some();
             let next = match (rested, self.unsynced_since) {
                 (Some(job), _) => Some(job),
                 (None, None) => queue.recv().await,
@@ -485,7 +485,7 @@ impl Writer {
             let loaded =
                 self.options.commit_siblings <= 1 || self.waiting_per_group >= self.options.commit_siblings as f64;
             let delay = !self.options.commit_delay.is_zero() && waiting > 0 && loaded;
-            if delay && !resting && bytes < 8 << 20 {
+            if delay && !after_rest && bytes < 8 << 20 {
                 std::thread::sleep(self.options.commit_delay);
                 drain(&mut queue, &mut group, &mut bytes);
             }
