@@ -17,9 +17,8 @@
 //! thread and back costs two thread wake-ups, about 21 us each across this
 //! machine's virtual CPUs: a redemption's transaction on tmpfs took 84 us
 //! through the thread and 50 us inline (its statements 10 to 20 us). A
-//! disk whose commits slow down past the bound
-//! sends jobs to the thread again, so a slow disk never holds a worker for
-//! long more than once.
+//! disk whose commits slow down past the bound sends jobs to the thread
+//! again, so a slow disk never holds a worker for long more than once.
 //!
 //! The connection has the pool's settings (write-ahead log, `synchronous =
 //! FULL`, the same busy timeout and inline checkpoint bound), so a commit
