@@ -108,6 +108,11 @@ impl Database {
                 // [`Database::checkpoints`]); a commit checkpoints inline
                 // only once the log is this long (pages), as a bound.
                 .pragma("wal_autocheckpoint", INLINE_CHECKPOINT_PAGES.to_string())
+                // Statement journals and sorts stay in memory: by default a
+                // statement journal past 64 KiB (a multi-row insert inside a
+                // transaction, as the audit log's appends) spills to a
+                // deleted file in /var/tmp, a write per page.
+                .pragma("temp_store", "MEMORY")
                 .foreign_keys(true);
             if let Some(parent) = options.get_filename().parent()
                 && !parent.as_os_str().is_empty()

@@ -66,7 +66,7 @@ impl SqliteWriter {
         connection
             .execute_batch(&format!(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-                 PRAGMA wal_autocheckpoint = {INLINE_CHECKPOINT_PAGES};"
+                 PRAGMA wal_autocheckpoint = {INLINE_CHECKPOINT_PAGES}; PRAGMA temp_store = MEMORY;"
             ))
             .map_err(translate)?;
         let (jobs, queue) = mpsc::channel::<Job>();
@@ -224,19 +224,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_connection_has_the_pools_durability() {
+    async fn the_connection_has_the_pools_durability_and_keeps_temporary_data_in_memory() {
         let (_dir, pool) = file_database().await;
         let writer = SqliteWriter::open(&pool).expect("opens").expect("a file database");
-        let (journal, synchronous) = writer
+        let (journal, synchronous, temp_store) = writer
             .transaction(|tx| {
                 let journal: String = tx.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
                 let synchronous: i64 = tx.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-                Ok((journal, synchronous))
+                let temp_store: i64 = tx.query_row("PRAGMA temp_store", [], |r| r.get(0))?;
+                Ok((journal, synchronous, temp_store))
             })
             .await
             .expect("reads");
         assert_eq!(journal, "wal");
         assert_eq!(synchronous, 2, "FULL");
+        // Statement journals and sorts never spill to files in /var/tmp.
+        assert_eq!(temp_store, 2, "MEMORY");
+        let (pooled,): (i64,) = sqlx::query_as("PRAGMA temp_store").fetch_one(&pool).await.expect("reads");
+        assert_eq!(pooled, 2, "the pool's connections: MEMORY");
     }
 
     #[tokio::test]
