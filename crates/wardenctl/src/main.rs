@@ -85,6 +85,10 @@ impl From<String> for Failure {
 }
 
 fn main() -> ExitCode {
+    // Output piped into a reader that stops early (`wardenctl ... | head`)
+    // ends the process quietly, as for any Unix tool, instead of a panic
+    // in `println!` on the broken pipe.
+    sigpipe::reset();
     let mut cli = Cli::parse();
     cli.remote = match cli.remote.with_profile() {
         Ok(remote) => remote,
