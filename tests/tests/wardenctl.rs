@@ -102,6 +102,12 @@ async fn operators_review_stop_agents_and_check_proofs() {
     assert_eq!(code, 0);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["state"], "approved");
+    // The reviewer sees the params as JSON, as they will run.
+    assert_eq!(shown["action"]["params"]["amount"], 150.0, "{out}");
+    assert_eq!(shown["action"]["params"]["customer_email"], "ada@example.com", "{out}");
+    let (code, out, _) = run(with("approver", &["approvals", "show", &id])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("amount = 150.0") && out.contains(r#"customer_email = "ada@example.com""#), "{out}");
 
     // Kill switches: an admin stops the agent, and its next decision is a deny.
     let (code, out, _) =
@@ -197,6 +203,13 @@ async fn operators_review_stop_agents_and_check_proofs() {
     assert_eq!(code, 0);
     let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(first["sequence"], 0);
+    // Payloads export as JSON objects, for scripts.
+    let decision = out
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|record| record["event_type"] == "policy_evaluation")
+        .expect("a decision in the export");
+    assert!(decision["payload"]["effect"].is_string(), "{decision}");
 
     // The personal param is kept encrypted, apart from the payload.
     let mut auditor = warden_proto::audit::v1::audit_service_client::AuditServiceClient::new(

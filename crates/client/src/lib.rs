@@ -17,6 +17,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod json;
+
 use std::sync::Arc;
 use std::time::Duration;
 

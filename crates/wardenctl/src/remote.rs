@@ -7,6 +7,7 @@ use clap::Subcommand;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use warden_auth::{CallCredentials, ClientIdentity};
+use warden_client::json::{struct_to_json, value_to_json};
 use warden_proto::approval::v1 as approval;
 use warden_proto::approval::v1::approval_service_client::ApprovalServiceClient;
 use warden_proto::audit::v1 as audit;
@@ -224,7 +225,7 @@ fn approval_json(a: &approval::Approval) -> serde_json::Value {
     serde_json::json!({
         "id": a.id, "state": state_name(a.state), "agent_id": a.agent_id, "requested_by": a.requested_by,
         "action": {"type": action.r#type, "resource": action.resource, "estimated_cost": action.estimated_cost,
-                   "params": action.params.as_ref().map(|p| format!("{p:?}"))},
+                   "params": action.params.as_ref().map(struct_to_json).unwrap_or_else(|| serde_json::json!({}))},
         "action_hash": a.action_hash, "correlation_id": a.correlation_id, "rules": a.rules, "reasons": a.reasons,
         "route": a.route, "min_approvals": a.min_approvals,
         "reviews": a.reviews.iter().map(|r| serde_json::json!({"reviewer": r.reviewer, "approve": r.approve, "comment": r.comment})).collect::<Vec<_>>(),
@@ -248,7 +249,7 @@ fn print_approval(a: &approval::Approval, output: Output) {
     println!("action     {} on {} (estimated cost {})", action.r#type, action.resource, action.estimated_cost);
     if let Some(params) = &action.params {
         for (key, value) in &params.fields {
-            println!("  {key} = {:?}", value.kind.as_ref().map(|k| format!("{k:?}")).unwrap_or_default());
+            println!("  {key} = {}", value_to_json(value));
         }
     }
     println!("hash       {}", a.action_hash);
@@ -583,7 +584,7 @@ pub async fn audit(args: &RemoteArgs, command: AuditCommand) -> Result<(), Failu
 fn print_record(record: &audit::AuditRecord, output: Output) {
     let event = record.event.clone().unwrap_or_default();
     if output == Output::Json {
-        let payload = event.payload.as_ref().map(|p| format!("{p:?}")).unwrap_or_default();
+        let payload = event.payload.as_ref().map(struct_to_json).unwrap_or(serde_json::Value::Null);
         println!(
             "{}",
             serde_json::json!({

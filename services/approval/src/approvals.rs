@@ -9,6 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use warden_auth::Principal;
+use warden_client::json::{json_to_struct, struct_to_json};
 use warden_proto::approval::v1 as pb;
 use warden_proto::audit::v1::AuditEvent;
 
@@ -50,45 +51,6 @@ impl Clock {
 
 fn micros(duration: Duration) -> i64 {
     duration.as_micros().min(i64::MAX as u128) as i64
-}
-
-/// JSON of a protobuf `Value`, with object keys sorted (serde_json's map is
-/// ordered), so equal actions have equal text.
-pub fn value_to_json(value: &prost_types::Value) -> serde_json::Value {
-    use prost_types::value::Kind;
-    match &value.kind {
-        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
-        Some(Kind::NumberValue(n)) => {
-            serde_json::Number::from_f64(*n).map(serde_json::Value::Number).unwrap_or_default()
-        }
-        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
-        Some(Kind::ListValue(list)) => serde_json::Value::Array(list.values.iter().map(value_to_json).collect()),
-        Some(Kind::StructValue(s)) => struct_to_json(s),
-    }
-}
-
-pub fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
-    serde_json::Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect())
-}
-
-pub fn json_to_value(json: &serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match json {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-        serde_json::Value::Array(items) => {
-            Kind::ListValue(prost_types::ListValue { values: items.iter().map(json_to_value).collect() })
-        }
-        serde_json::Value::Object(map) => Kind::StructValue(json_to_struct(map)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
-
-pub fn json_to_struct(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
-    prost_types::Struct { fields: map.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect() }
 }
 
 /// The canonical JSON of an action and its hash: what a reviewer sees is

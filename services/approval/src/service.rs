@@ -10,12 +10,13 @@ use futures::Stream;
 use prost::Message;
 use tonic::{Request, Response, Status};
 use warden_auth::{Caller, Principal};
+use warden_client::json::json_to_struct;
 use warden_errors::{Category, Validator, WardenError, to_status};
 use warden_proto::approval::v1 as pb;
 use warden_proto::approval::v1::approval_service_server::ApprovalService;
 use warden_proto::audit::v1::AuditEvent;
 
-use crate::approvals::{Approvals, RedeemInput, Redemption, json_to_struct};
+use crate::approvals::{Approvals, RedeemInput, Redemption};
 use crate::store::{ApprovalRow, State};
 
 /// Largest accepted sizes.
