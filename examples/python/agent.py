@@ -62,6 +62,7 @@ def main() -> int:
         return 2
     print(f"decision {decision.decision_id}: {policy_pb2.Effect.Name(decision.effect)} {list(decision.reasons)}")
 
+    approved = False
     if decision.effect == policy_pb2.EFFECT_REQUIRE_APPROVAL and decision.approval_id:
         print(f"waiting for approval {decision.approval_id}")
         state = approval_pb2.STATE_PENDING
@@ -77,6 +78,7 @@ def main() -> int:
             return 3
         request.approval_id = decision.approval_id
         decision = policy.Evaluate(request, metadata=metadata, timeout=5)
+        approved = True
         print(f"decision {decision.decision_id}: {policy_pb2.Effect.Name(decision.effect)} {list(decision.reasons)}")
 
     if decision.effect != policy_pb2.EFFECT_ALLOW:
@@ -111,8 +113,11 @@ def main() -> int:
         timeout=5,
     )
 
-    # The trail arrives asynchronously (decisions through the engine's outbox).
+    # The trail arrives asynchronously (decisions through the engine's
+    # outbox, the approval's steps through the approval service's).
     wanted = {"policy_evaluation", "action_completed"}
+    if approved:
+        wanted |= {"approval_requested", "approval_granted", "approval_redeemed"}
     deadline = time.monotonic() + 15
     while True:
         trail = audit.Query(audit_pb2.QueryRequest(correlation_id=correlation_id, page_size=100), metadata=metadata)

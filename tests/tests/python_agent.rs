@@ -106,6 +106,10 @@ async fn the_python_agent_waits_for_a_manager_then_acts_and_records() {
     assert!(stdout.contains("EFFECT_ALLOW") && stdout.contains("refunding 150"), "{stdout}");
     assert!(stdout.contains("action_completed by support-bot"), "{stdout}");
     assert!(stdout.contains("policy_evaluation"), "{stdout}");
+    // The whole approval is on the trail, the grant under the approver's name.
+    assert!(stdout.contains("approval_requested by warden-approval"), "{stdout}");
+    assert!(stdout.contains("approval_granted by approver"), "{stdout}");
+    assert!(stdout.contains("approval_redeemed by support-bot"), "{stdout}");
     engine.shutdown().await;
     approval.shutdown().await;
     audit.shutdown().await;
