@@ -102,6 +102,18 @@ async fn operators_review_stop_agents_and_check_proofs() {
     assert_eq!(code, 0);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["state"], "approved");
+    // The agent comes back with the grant: allowed, and recorded as an allow
+    // the rules alone would have sent for approval.
+    let granted = agent
+        .evaluate(
+            Request::new("support-bot", "issue_refund")
+                .param("amount", 150.0)
+                .param("customer_email", "ada@example.com")
+                .approval_id(id.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(granted.effect, Effect::Allow, "{:?}", granted.reasons);
     // The reviewer sees the params as JSON, as they will run.
     assert_eq!(shown["action"]["params"]["amount"], 150.0, "{out}");
     assert_eq!(shown["action"]["params"]["customer_email"], "ada@example.com", "{out}");
@@ -167,19 +179,27 @@ async fn operators_review_stop_agents_and_check_proofs() {
     )
     .unwrap();
     let candidate_dir = candidate.path().display().to_string();
+    // Compared with what the rules said then: the kill-switched email was
+    // allowed by the rules, and the granted refund needed approval.
     let mut replayed = String::new();
     for _ in 0..100 {
         let (code, out, err) =
             run(with("auditor", &["policy", "replay", "--policies", &candidate_dir, "--since", "1h"])).await;
         assert_eq!(code, 0, "{err}");
         replayed = out;
-        if replayed.contains("allow -> deny") {
+        if replayed.contains("replayed 4 decisions") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(replayed.contains("allow -> deny: 1") && replayed.contains("no-email (1)"), "{replayed}");
-    assert!(replayed.contains("require_approval -> allow: 1"), "{replayed}");
+    assert!(replayed.contains("allow -> deny: 2") && replayed.contains("no-email (2)"), "{replayed}");
+    assert!(replayed.contains("require_approval -> allow: 2"), "{replayed}");
+    // The same policies change nothing: not the approved refund, not the
+    // kill switch's deny.
+    let current = sandbox.policies_dir().display().to_string();
+    let (code, out, err) = run(with("auditor", &["policy", "replay", "--policies", &current, "--since", "1h"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 4 decisions") && out.contains("4 unchanged, 0 would change"), "{out}");
 
     // A profile file instead of flags; audit query and export.
     let profile = tempfile::NamedTempFile::new().unwrap();

@@ -10,6 +10,9 @@ use crate::policy::{Deciding, Effect, PolicySet};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub effect: Effect,
+    /// What the rules alone decided, before kill switches, limits and
+    /// approvals: what replaying the rules reproduces.
+    pub rules_effect: Effect,
     /// The rules and limits that decided the effect, with their reasons.
     pub deciding: Vec<Deciding>,
     pub shadow: Vec<Arc<str>>,
@@ -53,6 +56,12 @@ pub fn decide_rules(policies: &PolicySet, input: &Input<'_>) -> (Decision, bool)
             }],
         ),
     };
-    let decision = Decision { effect, deciding, shadow: outcome.shadow, policy_version: policies.version.clone() };
+    let decision = Decision {
+        effect,
+        rules_effect: effect,
+        deciding,
+        shadow: outcome.shadow,
+        policy_version: policies.version.clone(),
+    };
     (decision, outcome.effect.is_some_and(|e| e != Effect::Deny))
 }

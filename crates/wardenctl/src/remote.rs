@@ -911,7 +911,13 @@ async fn replay(
                 correlation_id: &event.correlation_id,
             };
             let (decision, _) = warden_policy::decision::decide_rules(&candidate, &input);
-            let old = field_str(&payload, "effect");
+            // What the rules said then, before kill switches, limits and
+            // approvals (events recorded before `rules_effect` existed
+            // carry the final effect only).
+            let old = match field_str(&payload, "rules_effect") {
+                rules if rules.is_empty() => field_str(&payload, "effect"),
+                rules => rules,
+            };
             let new = decision.effect.as_str().to_owned();
             if old == new {
                 unchanged += 1;

@@ -107,6 +107,9 @@ pub struct Decided<'a> {
     pub time: chrono::DateTime<chrono::Utc>,
     pub response: &'a pb::EvaluateResponse,
     pub effect: &'a str,
+    /// What the rules alone decided (before kill switches, limits and
+    /// approvals): what `wardenctl policy replay` compares with.
+    pub rules_effect: &'a str,
     /// Params a policy marks as personal data: they go to the event's
     /// `sensitive` part, kept encrypted under the agent's subject key
     /// (forgettable); the rest stay in the payload.
@@ -117,7 +120,7 @@ pub struct Decided<'a> {
 /// a candidate policy set can re-decide it, `wardenctl policy replay`) and
 /// what was decided.
 pub fn encode(decided: &Decided<'_>) -> Vec<u8> {
-    let Decided { decision_id, request, time, response, effect, personal } = *decided;
+    let Decided { decision_id, request, time, response, effect, rules_effect, personal } = *decided;
     let action = request.action.as_ref().expect("validated");
     let agent = request.agent.as_ref().expect("validated");
     // Map entries in key order, as prost writes a `Struct`: the bytes are
@@ -150,6 +153,7 @@ pub fn encode(decided: &Decided<'_>) -> Vec<u8> {
         ("policy_version", Value::Str(&response.policy_version)),
         ("reasons", Value::List(&response.reasons)),
         ("resource", Value::Str(&action.resource)),
+        ("rules_effect", Value::Str(rules_effect)),
         ("shadow_rules", Value::List(&response.shadow_rules)),
     ];
     let timestamp = prost_types::Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 };
@@ -255,6 +259,8 @@ mod tests {
             time,
             response: &response,
             effect: "require_approval",
+            // An approval limit exceeded: the rules alone allowed.
+            rules_effect: "allow",
             personal: &personal,
         });
         let event = AuditEvent::decode(bytes.as_slice()).unwrap();
@@ -288,6 +294,7 @@ mod tests {
                 ("resource", text("order/42")),
                 ("estimated_cost", number(150.0)),
                 ("effect", text("require_approval")),
+                ("rules_effect", text("allow")),
                 ("reasons", list(&["refunds over 100 need a manager"])),
                 ("matched_rules", list(&["refund-approval"])),
                 ("shadow_rules", list(&[])),

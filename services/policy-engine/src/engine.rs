@@ -115,8 +115,12 @@ impl Engine {
     pub async fn decide(&self, input: &Input<'_>) -> Decision {
         let policies = self.policies.load();
         if let Some(reason) = self.kill_switches.load().reason_for(&input.agent.id) {
+            // The rules still run, for the record: replaying them later
+            // compares with what they said then.
+            let (rules, _) = decide_rules(&policies, input);
             return Decision {
                 effect: Effect::Deny,
+                rules_effect: rules.effect,
                 deciding: vec![deciding(&Arc::from("kill-switch"), format!("kill switch engaged: {reason}"))],
                 shadow: Vec::new(),
                 policy_version: policies.version.clone(),

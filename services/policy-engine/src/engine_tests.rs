@@ -93,6 +93,8 @@ async fn spend_limits_require_approval_and_denied_requests_do_not_count() {
     let over = effect_of(&engine, &bot, &action("buy", 30.0)).await;
     assert_eq!(over.effect, Effect::RequireApproval);
     assert_eq!(over.reasons(), ["limit 'daily-spend' exceeded: at most cost 50 per 24h agent"]);
+    // The record keeps what the rules alone said, for replay.
+    assert_eq!(over.rules_effect, Effect::Allow);
     // The approval-limited request counted (its outcome was not deny).
     assert_eq!(effect_of(&engine, &bot, &action("buy", 1.0)).await.effect, Effect::RequireApproval);
     // A rule that already requires approval keeps its reason next to the limit's.
@@ -114,6 +116,7 @@ async fn kill_switches_deny_first() {
     let decision = effect_of(&engine, &bot, &action("buy", 1.0)).await;
     assert_eq!(decision.effect, Effect::Deny);
     assert_eq!(decision.reasons(), ["kill switch engaged: runaway loop"]);
+    assert_eq!(decision.rules_effect, Effect::Allow, "what the rules said, for replay");
     assert_eq!(effect_of(&engine, &agent("other", &[], 0.9), &action("buy", 1.0)).await.effect, Effect::Allow);
     engine.set_kill_switches(KillSwitches { global: Some(Arc::from("incident 7")), agents: HashMap::new() });
     let decision = effect_of(&engine, &agent("other", &[], 0.9), &action("buy", 1.0)).await;

@@ -156,6 +156,7 @@ impl PolicyServiceImpl {
         request: &pb::EvaluateRequest,
         response: &mut pb::EvaluateResponse,
         effect: Effect,
+        rules_effect: Effect,
         requested_by: &str,
         time: chrono::DateTime<chrono::Utc>,
     ) -> (Effect, bool) {
@@ -181,7 +182,7 @@ impl PolicyServiceImpl {
                             approval_id: request.approval_id.clone(),
                             ..response.clone()
                         };
-                        self.decision_record(request, &granted, time, Effect::Allow)
+                        self.decision_record(request, &granted, time, Effect::Allow, rules_effect)
                     }
                     None => Vec::new(),
                 };
@@ -224,6 +225,7 @@ impl PolicyServiceImpl {
         response: &pb::EvaluateResponse,
         time: chrono::DateTime<chrono::Utc>,
         effect: Effect,
+        rules_effect: Effect,
     ) -> Vec<u8> {
         crate::decision_record::encode(&crate::decision_record::Decided {
             decision_id: &response.decision_id,
@@ -231,6 +233,7 @@ impl PolicyServiceImpl {
             time,
             response,
             effect: effect.as_str(),
+            rules_effect: rules_effect.as_str(),
             personal: &self.engine.policies().personal_params,
         })
     }
@@ -374,7 +377,8 @@ impl PolicyService for PolicyServiceImpl {
         };
         let (mut effect, mut recorded) = (decision.effect, false);
         if effect == Effect::RequireApproval || !request.approval_id.is_empty() {
-            (effect, recorded) = self.approve(&request, &mut response, effect, &requested_by, time).await;
+            (effect, recorded) =
+                self.approve(&request, &mut response, effect, decision.rules_effect, &requested_by, time).await;
         }
         if effect == Effect::Deny {
             METRICS.denied_agents.with_label_values(&[&agent.id]).inc();
@@ -382,7 +386,7 @@ impl PolicyService for PolicyServiceImpl {
         if let Some(log) = &self.decision_log
             && !recorded
         {
-            let record = self.decision_record(&request, &response, time, effect);
+            let record = self.decision_record(&request, &response, time, effect, decision.rules_effect);
             log.record(record).await.map_err(|error| {
                 tracing::warn!(%error, "decision not recorded; refusing to answer");
                 to_status(&error)
