@@ -160,9 +160,20 @@ async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
     // The pages carry a strict policy, and a form without the session's
     // CSRF token is refused.
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let login = http.post(format!("{inbox}/login")).form(&[("token", keys.token("approver"))]).send().await.unwrap();
+    // Signing in from another site (no sign-in form first, so no token and
+    // no cookie) is refused even with a good key.
+    let forged = http.post(format!("{inbox}/login")).form(&[("token", keys.token("approver"))]).send().await.unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(forged.headers().get("set-cookie").is_none());
+    let login = sign_in(&http, &inbox, keys.token("approver")).await;
     assert_eq!(login.status(), 303);
-    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("warden_session="))
+        .expect("a session cookie");
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
     let session = cookie.split(';').next().unwrap().to_owned();
     let forged = http
@@ -177,11 +188,27 @@ async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
     let csp = listing.headers()["content-security-policy"].to_str().unwrap().to_owned();
     assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
     // An agent's key does not sign in.
-    let agent = http.post(format!("{inbox}/login")).form(&[("token", keys.token("agent"))]).send().await.unwrap();
+    let agent = sign_in(&http, &inbox, keys.token("agent")).await;
     assert_eq!(agent.status(), 401);
 
     browser.close().await.unwrap();
     let _ = browser.wait().await;
     events.abort();
     approval.shutdown().await;
+}
+
+/// Signs in as a browser does: the sign-in form first (its CSRF token and
+/// the cookie that goes with it), then the post.
+async fn sign_in(http: &reqwest::Client, inbox: &str, token: &str) -> reqwest::Response {
+    let form = http.get(format!("{inbox}/login")).send().await.unwrap();
+    let cookie = form.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    assert!(cookie.starts_with("warden_login="), "{cookie}");
+    let html = form.text().await.unwrap();
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).expect("a csrf field").split('"').next().unwrap().to_owned();
+    http.post(format!("{inbox}/login"))
+        .header("cookie", cookie)
+        .form(&[("token", token), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap()
 }

@@ -27,6 +27,12 @@ use crate::approvals::Approvals;
 use crate::store::{ApprovalRow, State as ApprovalState};
 
 const COOKIE: &str = "warden_session";
+/// The sign-in form's CSRF token, double-submitted: set with the form, sent
+/// back with it. A form posted from another site carries neither (the
+/// cookie is `SameSite=Strict`), so nobody can sign a reviewer in to
+/// someone else's session.
+const LOGIN_COOKIE: &str = "warden_login";
+const LOGIN_TTL: Duration = Duration::from_secs(3600);
 const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 const CSP: &str = "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#222}\
@@ -130,14 +136,7 @@ impl Inbox {
     /// The signed-in principal and the session's CSRF token, re-checking
     /// the credential (a revoked key ends the session).
     async fn session(&self, headers: &HeaderMap) -> Option<(Arc<Principal>, String)> {
-        let id = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().strip_prefix(&format!("{COOKIE}=")))
-            .next()?
-            .to_owned();
+        let id = cookie(headers, COOKIE)?;
         let (token, csrf) = {
             let mut sessions = self.sessions.lock().expect("not poisoned");
             let session = sessions.get(&id)?;
@@ -168,19 +167,64 @@ impl Inbox {
     }
 }
 
-async fn login_page() -> Response {
-    let body = "<p>Sign in with your Warden API key or your SSO token.</p>\
-        <form method=\"post\" action=\"/login\"><label>Key or token <input type=\"password\" name=\"token\" autocomplete=\"off\" required></label>\
-        <button type=\"submit\">Sign in</button></form>";
-    page("Sign in", None, "", body)
+/// A cookie's value from the request's `Cookie` headers.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(&prefix))
+        .map(str::to_owned)
+}
+
+fn set_cookie(response: &mut Response, cookie: &str) {
+    response.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(cookie).expect("cookie"));
+}
+
+async fn login_page(State(inbox): State<Inbox>) -> Response {
+    let csrf = random_token();
+    let body = format!(
+        "<p>Sign in with your Warden API key or your SSO token.</p>\
+        <form method=\"post\" action=\"/login\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+        <label>Key or token <input type=\"password\" name=\"token\" autocomplete=\"off\" required></label>\
+        <button type=\"submit\">Sign in</button></form>",
+        escape(&csrf)
+    );
+    let mut response = page("Sign in", None, "", &body);
+    set_cookie(
+        &mut response,
+        &format!(
+            "{LOGIN_COOKIE}={csrf}; HttpOnly; SameSite=Strict; Path=/login; Max-Age={}{}",
+            LOGIN_TTL.as_secs(),
+            if inbox.secure_cookies { "; Secure" } else { "" }
+        ),
+    );
+    response
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
     token: String,
+    #[serde(default)]
+    csrf: String,
 }
 
-async fn login(State(inbox): State<Inbox>, Form(form): Form<LoginForm>) -> Response {
+async fn login(State(inbox): State<Inbox>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+    let issued = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if issued.is_empty() || !bool::from(issued.as_bytes().ct_eq(form.csrf.as_bytes())) {
+        tracing::warn!("inbox sign-in refused: the form's csrf token is missing or does not match");
+        let mut response = page(
+            "Sign in",
+            None,
+            "",
+            "<p class=\"error\">Sign-in refused: this form expired or was not this site's.</p>\
+             <p><a href=\"/login\">Sign in again</a></p>",
+        );
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        return response;
+    }
     let token = Secret::new(form.token.trim());
     match inbox.principal(&token).await {
         Ok(principal) => {
@@ -196,7 +240,9 @@ async fn login(State(inbox): State<Inbox>, Form(form): Form<LoginForm>) -> Respo
                 if inbox.secure_cookies { "; Secure" } else { "" }
             );
             let mut response = Redirect::to("/approvals").into_response();
-            response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("cookie"));
+            set_cookie(&mut response, &cookie);
+            // The sign-in form's token is spent.
+            set_cookie(&mut response, &format!("{LOGIN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/login; Max-Age=0"));
             secured(response)
         }
         Err(message) => {
