@@ -200,6 +200,34 @@ async fn operators_review_stop_agents_and_check_proofs() {
     let (code, out, err) = run(with("auditor", &["policy", "replay", "--policies", &current, "--since", "1h"])).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("replayed 4 decisions") && out.contains("4 unchanged, 0 would change"), "{out}");
+    assert!(!out.contains("recorded before"), "{out}");
+    // A decision recorded before `rules_effect` existed (a kill switch's
+    // deny) can only be compared with its final effect, and replay says so.
+    let older = warden_proto::audit::v1::AuditEvent {
+        event_id: "older-decision".into(),
+        event_type: "policy_evaluation".into(),
+        time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        agent_id: "support-bot".into(),
+        actor: "warden-policy-engine".into(),
+        payload: Some(warden_client::json::json_to_struct(
+            serde_json::json!({
+                "action": "send_email", "agent": {"id": "support-bot", "roles": [], "labels": {}, "confidence": 0.9},
+                "effect": "deny", "params": {}, "resource": "",
+            })
+            .as_object()
+            .unwrap(),
+        )),
+        ..Default::default()
+    };
+    let mut recorder = warden_proto::audit::v1::audit_service_client::AuditServiceClient::new(
+        warden_tests::channel(&audit.url()).await,
+    );
+    let append = warden_proto::audit::v1::AppendRequest { events: vec![older] };
+    recorder.append(identity::bearer(tonic::Request::new(append), keys.token("service"))).await.unwrap();
+    let (code, out, err) = run(with("auditor", &["policy", "replay", "--policies", &current, "--since", "1h"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 5 decisions") && out.contains("deny -> allow: 1"), "{out}");
+    assert!(out.contains("1 recorded before decisions kept the rules' own effect"), "{out}");
 
     // A profile file instead of flags; audit query and export.
     let profile = tempfile::NamedTempFile::new().unwrap();

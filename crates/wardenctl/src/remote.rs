@@ -874,6 +874,9 @@ async fn replay(
     let mut client = AuditServiceClient::new(args.channel(&args.audit_addr).await?);
     let start = std::time::SystemTime::now() - since;
     let (mut total, mut unchanged, mut skipped) = (0usize, 0usize, 0usize);
+    // Events recorded before `rules_effect` existed: compared with their
+    // final effect, which a kill switch, a limit or an approval may have set.
+    let mut final_only = 0usize;
     let mut changes: BTreeMap<(String, String), Change> = BTreeMap::new();
     let mut token = String::new();
     'pages: loop {
@@ -915,7 +918,10 @@ async fn replay(
             // approvals (events recorded before `rules_effect` existed
             // carry the final effect only).
             let old = match field_str(&payload, "rules_effect") {
-                rules if rules.is_empty() => field_str(&payload, "effect"),
+                rules if rules.is_empty() => {
+                    final_only += 1;
+                    field_str(&payload, "effect")
+                }
                 rules => rules,
             };
             let new = decision.effect.as_str().to_owned();
@@ -947,7 +953,8 @@ async fn replay(
     }
     if args.output == Output::Json {
         print_json(serde_json::json!({
-            "replayed": total, "unchanged": unchanged, "skipped": skipped, "policy_version": candidate.version.to_string(),
+            "replayed": total, "unchanged": unchanged, "skipped": skipped, "compared_with_final_effect": final_only,
+            "policy_version": candidate.version.to_string(),
             "changes": changes.iter().map(|((old, new), change)| serde_json::json!({
                 "from": old, "to": new, "count": change.count, "rules": change.rules, "samples": change.samples})).collect::<Vec<_>>(),
         }));
@@ -961,6 +968,12 @@ async fn replay(
         total - unchanged,
         if skipped > 0 { format!(" ({skipped} recorded without their request were skipped)") } else { String::new() }
     );
+    if final_only > 0 {
+        println!(
+            "  {final_only} recorded before decisions kept the rules' own effect: compared with their final effect \
+             (a kill switch, a limit or an approval may have set it)"
+        );
+    }
     for ((old, new), change) in &changes {
         let rules: Vec<String> = change.rules.iter().map(|(rule, n)| format!("{rule} ({n})")).collect();
         println!("  {old} -> {new}: {}   rules: {}", change.count, rules.join(", "));
