@@ -269,10 +269,7 @@ async fn logout(State(inbox): State<Inbox>, headers: HeaderMap, Form(form): Form
         inbox.sessions.lock().expect("not poisoned").retain(|_, s| s.csrf != csrf);
     }
     let mut response = Redirect::to("/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("warden_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-    );
+    set_cookie(&mut response, &format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"));
     secured(response)
 }
 
