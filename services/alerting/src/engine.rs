@@ -294,7 +294,7 @@ impl Engine {
             let started = std::time::Instant::now();
             let key = rule.key(&group.name);
             let result = Evaluator { tsdb: &state.derived.tsdb, default_step_ms: group.interval.as_millis() as i64 }
-                .eval(&rule.expr, at);
+                .query(&rule.expr, at);
             let samples = match result {
                 Ok(Value::Vector(samples)) => Ok(samples),
                 Ok(Value::Scalar(value)) => Ok(vec![Sample { labels: Labels::new(), value }]),

@@ -11,8 +11,8 @@
 //! want of a function.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
+use chrono::{Datelike, Timelike};
 use promql_parser::label::Matchers;
 use promql_parser::parser::{self, Expr, LabelModifier, Offset, VectorMatchCardinality};
 
@@ -81,10 +81,31 @@ const FUNCTIONS: &[&str] = &[
     "day_of_week",
     "hour",
     "minute",
+    "day_of_month",
+    "day_of_year",
+    "days_in_month",
+    "month",
+    "year",
+    "predict_linear",
+    "sin",
+    "cos",
+    "tan",
+    "asin",
+    "acos",
+    "atan",
+    "sinh",
+    "cosh",
+    "tanh",
+    "asinh",
+    "acosh",
+    "atanh",
+    "deg",
+    "rad",
+    "pi",
 ];
 
 const AGGREGATIONS: &[&str] =
-    &["sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile"];
+    &["sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values"];
 
 /// Parses and checks an expression; the error says what is wrong.
 pub fn parse(text: &str) -> Result<Expr, String> {
@@ -190,7 +211,28 @@ fn without_name(mut labels: Labels) -> Labels {
     labels
 }
 
+/// A range argument evaluated: its window `(start, end]` and its series.
+struct Window {
+    start: i64,
+    end: i64,
+    series: Vec<(Labels, Vec<(i64, f64)>)>,
+}
+
 impl Evaluator<'_> {
+    /// Evaluates a rule's or a query's expression at `at_ms`: the value,
+    /// or an error where Prometheus' engine has one, including a vector
+    /// holding two series with the same labels (`ceil({__name__=~"a|b"})`).
+    pub fn query(&self, expr: &Expr, at_ms: i64) -> Result<Value, String> {
+        let value = self.eval(expr, at_ms)?;
+        if let Value::Vector(samples) = &value {
+            let mut seen = std::collections::HashSet::with_capacity(samples.len());
+            if !samples.iter().all(|s| seen.insert(&s.labels)) {
+                return Err("vector cannot contain metrics with the same labelset".into());
+            }
+        }
+        Ok(value)
+    }
+
     /// Evaluates `expr` at `at_ms`.
     pub fn eval(&self, expr: &Expr, at_ms: i64) -> Result<Value, String> {
         match expr {
@@ -206,57 +248,26 @@ impl Evaluator<'_> {
             },
             Expr::VectorSelector(selector) => {
                 let at = at_ms - offset_ms(&selector.offset);
-                let name = selector.name.as_deref();
                 let mut out = Vec::new();
-                for series in self.tsdb.select(name, |l| matches(&selector.matchers, l)) {
-                    let latest = series.samples.iter().rev().find(|(t, _)| *t <= at);
-                    if let Some(&(t, v)) = latest
-                        && t > at - LOOKBACK_MS
-                        && !is_stale(v)
-                    {
+                for series in self.tsdb.select(selector.name.as_deref(), |l| matches(&selector.matchers, l)) {
+                    if let Some(&(_, v)) = latest(&series.samples, at) {
                         out.push(Sample { labels: series.labels.clone(), value: v });
                     }
                 }
                 Ok(Value::Vector(out))
             }
-            Expr::MatrixSelector(matrix) => {
-                let at = at_ms - offset_ms(&matrix.vs.offset);
-                Ok(Value::Matrix(self.range(&matrix.vs.name, &matrix.vs.matchers, at, matrix.range)))
-            }
-            Expr::Subquery(subquery) => {
-                let step = subquery.step.map_or(self.default_step_ms, |d| d.as_millis() as i64).max(1);
-                let end = at_ms - offset_ms(&subquery.offset);
-                let start = end - subquery.range.as_millis() as i64;
-                let mut series: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
-                let mut t = (start / step + 1) * step;
-                while t <= end {
-                    match self.eval(&subquery.expr, t)? {
-                        Value::Vector(samples) => {
-                            for s in samples {
-                                series.entry(s.labels).or_default().push((t, s.value));
-                            }
-                        }
-                        Value::Scalar(v) => series.entry(Labels::new()).or_default().push((t, v)),
-                        _ => return Err("a subquery needs a vector expression".into()),
-                    }
-                    t += step;
-                }
-                Ok(Value::Matrix(series.into_iter().collect()))
-            }
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => Ok(Value::Matrix(self.window(expr, at_ms)?.series)),
             Expr::Call(call) => self.call(call.func.name, &call.args.args, at_ms),
             Expr::Aggregate(aggregate) => {
                 let op = aggregate.op.to_string();
                 let param = match &aggregate.param {
-                    Some(p) => match self.eval(p, at_ms)? {
-                        Value::Scalar(v) => Some(v),
-                        _ => return Err(format!("{op} needs a scalar parameter")),
-                    },
+                    Some(p) => Some(self.eval(p, at_ms)?),
                     None => None,
                 };
                 let Value::Vector(samples) = self.eval(&aggregate.expr, at_ms)? else {
                     return Err(format!("{op} needs a vector"));
                 };
-                Ok(Value::Vector(aggregate_vector(&op, param, aggregate.modifier.as_ref(), samples)))
+                aggregate_vector(&op, param, aggregate.modifier.as_ref(), samples).map(Value::Vector)
             }
             Expr::Binary(binary) => {
                 let lhs = self.eval(&binary.lhs, at_ms)?;
@@ -269,80 +280,131 @@ impl Evaluator<'_> {
         }
     }
 
-    fn range(
-        &self,
-        name: &Option<String>,
-        matchers: &Matchers,
-        at: i64,
-        range: Duration,
-    ) -> Vec<(Labels, Vec<(i64, f64)>)> {
-        let from = at - range.as_millis() as i64;
-        let mut out = Vec::new();
-        for series in self.tsdb.select(name.as_deref(), |l| matches(matchers, l)) {
-            let points: Vec<(i64, f64)> =
-                series.samples.iter().copied().filter(|(t, v)| *t > from && *t <= at && !is_stale(*v)).collect();
-            if !points.is_empty() {
-                out.push((series.labels.clone(), points));
+    /// A range selector's or a subquery's window and series (parentheses
+    /// around either are allowed, as in Prometheus).
+    fn window(&self, expr: &Expr, at_ms: i64) -> Result<Window, String> {
+        match expr {
+            Expr::Paren(p) => self.window(&p.expr, at_ms),
+            Expr::MatrixSelector(m) => {
+                let end = at_ms - offset_ms(&m.vs.offset);
+                let start = end - m.range.as_millis() as i64;
+                let mut series = Vec::new();
+                for data in self.tsdb.select(m.vs.name.as_deref(), |l| matches(&m.vs.matchers, l)) {
+                    let points: Vec<(i64, f64)> = data
+                        .samples
+                        .iter()
+                        .copied()
+                        .filter(|(t, v)| *t > start && *t <= end && !is_stale(*v))
+                        .collect();
+                    if !points.is_empty() {
+                        series.push((data.labels.clone(), points));
+                    }
+                }
+                Ok(Window { start, end, series })
             }
+            Expr::Subquery(subquery) => {
+                let step = subquery.step.map_or(self.default_step_ms, |d| d.as_millis() as i64).max(1);
+                let end = at_ms - offset_ms(&subquery.offset);
+                let start = end - subquery.range.as_millis() as i64;
+                let mut series: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+                // Steps at multiples of the step, in the left-open window.
+                let mut t = start.div_euclid(step) * step;
+                if t <= start {
+                    t += step;
+                }
+                while t <= end {
+                    match self.eval(&subquery.expr, t)? {
+                        Value::Vector(samples) => {
+                            for s in samples {
+                                series.entry(s.labels).or_default().push((t, s.value));
+                            }
+                        }
+                        Value::Scalar(v) => series.entry(Labels::new()).or_default().push((t, v)),
+                        _ => return Err("a subquery needs a vector expression".into()),
+                    }
+                    t += step;
+                }
+                Ok(Window { start, end, series: series.into_iter().collect() })
+            }
+            _ => Err("expected a range vector".into()),
         }
-        out
+    }
+
+    fn arg(&self, args: &[Box<Expr>], index: usize, at_ms: i64) -> Result<Value, String> {
+        let arg = args.get(index).ok_or_else(|| format!("argument {} is missing", index + 1))?;
+        self.eval(arg, at_ms)
     }
 
     fn scalar_arg(&self, args: &[Box<Expr>], index: usize, at_ms: i64) -> Result<f64, String> {
-        match args.get(index).map(|a| self.eval(a, at_ms)).transpose()? {
-            Some(Value::Scalar(v)) => Ok(v),
+        match self.arg(args, index, at_ms)? {
+            Value::Scalar(v) => Ok(v),
             _ => Err(format!("argument {} must be a scalar", index + 1)),
         }
     }
 
     fn string_arg(&self, args: &[Box<Expr>], index: usize, at_ms: i64) -> Result<String, String> {
-        match args.get(index).map(|a| self.eval(a, at_ms)).transpose()? {
-            Some(Value::String(s)) => Ok(s),
+        match self.arg(args, index, at_ms)? {
+            Value::String(s) => Ok(s),
             _ => Err(format!("argument {} must be a string", index + 1)),
         }
     }
 
     fn vector_arg(&self, args: &[Box<Expr>], index: usize, at_ms: i64) -> Result<Vec<Sample>, String> {
-        match args.get(index).map(|a| self.eval(a, at_ms)).transpose()? {
-            Some(Value::Vector(v)) => Ok(v),
+        match self.arg(args, index, at_ms)? {
+            Value::Vector(v) => Ok(v),
             _ => Err(format!("argument {} must be an instant vector", index + 1)),
         }
     }
 
     fn call(&self, name: &str, args: &[Box<Expr>], at_ms: i64) -> Result<Value, String> {
+        // A function of each sample's value; the metric name goes.
         let map_vector = |f: &dyn Fn(f64) -> f64| -> Result<Value, String> {
             let samples = self.vector_arg(args, 0, at_ms)?;
             Ok(Value::Vector(
                 samples.into_iter().map(|s| Sample { labels: without_name(s.labels), value: f(s.value) }).collect(),
             ))
         };
+        // A function of each sample's value read as a Unix time (UTC), or
+        // of the evaluation time without an argument.
+        let map_date = |f: &dyn Fn(chrono::DateTime<chrono::Utc>) -> f64| -> Result<Value, String> {
+            let date = |seconds: f64| f(chrono::DateTime::from_timestamp(seconds as i64, 0).unwrap_or_default());
+            if args.is_empty() {
+                return Ok(Value::Vector(vec![Sample { labels: Labels::new(), value: date(at_ms as f64 / 1000.0) }]));
+            }
+            map_vector(&|v| date(v))
+        };
         match name {
             "rate" | "increase" | "delta" | "irate" | "idelta" | "deriv" | "resets" | "changes" | "avg_over_time"
             | "min_over_time" | "max_over_time" | "sum_over_time" | "count_over_time" | "last_over_time"
-            | "present_over_time" | "stddev_over_time" | "stdvar_over_time" | "quantile_over_time" => {
-                let (matrix_index, q) =
-                    if name == "quantile_over_time" { (1, Some(self.scalar_arg(args, 0, at_ms)?)) } else { (0, None) };
-                let (range_ms, matrix) = match args.get(matrix_index).map(|a| a.as_ref()) {
-                    Some(Expr::MatrixSelector(m)) => {
-                        (m.range.as_millis() as i64, self.eval(args[matrix_index].as_ref(), at_ms)?)
-                    }
-                    Some(Expr::Subquery(s)) => {
-                        (s.range.as_millis() as i64, self.eval(args[matrix_index].as_ref(), at_ms)?)
-                    }
-                    _ => return Err(format!("{name} needs a range vector")),
+            | "present_over_time" | "stddev_over_time" | "stdvar_over_time" | "quantile_over_time"
+            | "predict_linear" => {
+                let (window_index, parameter) = match name {
+                    "quantile_over_time" => (1, Some(self.scalar_arg(args, 0, at_ms)?)),
+                    "predict_linear" => (0, Some(self.scalar_arg(args, 1, at_ms)?)),
+                    _ => (0, None),
                 };
-                let Value::Matrix(series) = matrix else { return Err(format!("{name} needs a range vector")) };
+                let arg = args.get(window_index).ok_or_else(|| format!("{name} needs a range vector"))?;
+                let window = self.window(arg, at_ms).map_err(|_| format!("{name} needs a range vector"))?;
                 let mut out = Vec::new();
-                for (labels, points) in series {
+                for (labels, points) in window.series {
                     let value = match name {
                         "rate" | "increase" | "delta" => {
-                            extrapolated(&points, at_ms - range_ms, at_ms, name != "delta", name == "rate")
+                            extrapolated(&points, window.start, window.end, name != "delta", name == "rate")
                         }
                         "irate" | "idelta" => instant_rate(&points, name == "irate"),
-                        "deriv" => deriv(&points),
+                        "deriv" => (points.len() >= 2).then(|| linear_regression(&points, points[0].0).0),
+                        "predict_linear" => (points.len() >= 2).then(|| {
+                            let (slope, intercept) = linear_regression(&points, at_ms);
+                            slope * parameter.unwrap_or_default() + intercept
+                        }),
                         "resets" => Some(points.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64),
-                        "changes" => Some(points.windows(2).filter(|w| w[1].1 != w[0].1).count() as f64),
-                        _ => over_time(name, q, &points),
+                        "changes" => Some(
+                            points
+                                .windows(2)
+                                .filter(|w| w[1].1 != w[0].1 && !(w[1].1.is_nan() && w[0].1.is_nan()))
+                                .count() as f64,
+                        ),
+                        _ => over_time(name, parameter, &points),
                     };
                     if let Some(value) = value {
                         let labels = if name == "last_over_time" { labels } else { without_name(labels) };
@@ -352,22 +414,28 @@ impl Evaluator<'_> {
                 Ok(Value::Vector(out))
             }
             "absent_over_time" => {
-                let Some(Expr::MatrixSelector(m)) = args.first().map(|a| a.as_ref()) else {
-                    return Err("absent_over_time needs a range selector".into());
+                let arg = args.first().ok_or("absent_over_time needs a range vector")?;
+                let window = self.window(arg, at_ms).map_err(|_| "absent_over_time needs a range vector")?;
+                let absent = match arg.as_ref() {
+                    Expr::MatrixSelector(m) => absent_labels(&m.vs.matchers),
+                    _ => Labels::new(),
                 };
-                let found = self.range(&m.vs.name, &m.vs.matchers, at_ms - offset_ms(&m.vs.offset), m.range);
-                Ok(Value::Vector(if found.is_empty() { vec![absent_labels(&m.vs.matchers)] } else { Vec::new() }))
+                Ok(Value::Vector(if window.series.is_empty() {
+                    vec![Sample { labels: absent, value: 1.0 }]
+                } else {
+                    Vec::new()
+                }))
             }
             "absent" => {
                 let samples = self.vector_arg(args, 0, at_ms)?;
                 if !samples.is_empty() {
                     return Ok(Value::Vector(Vec::new()));
                 }
-                let sample = match args[0].as_ref() {
+                let labels = match args[0].as_ref() {
                     Expr::VectorSelector(v) => absent_labels(&v.matchers),
-                    _ => Sample { labels: Labels::new(), value: 1.0 },
+                    _ => Labels::new(),
                 };
-                Ok(Value::Vector(vec![sample]))
+                Ok(Value::Vector(vec![Sample { labels, value: 1.0 }]))
             }
             "abs" => map_vector(&f64::abs),
             "ceil" => map_vector(&f64::ceil),
@@ -377,6 +445,21 @@ impl Evaluator<'_> {
             "log2" => map_vector(&f64::log2),
             "log10" => map_vector(&f64::log10),
             "sqrt" => map_vector(&f64::sqrt),
+            "sin" => map_vector(&f64::sin),
+            "cos" => map_vector(&f64::cos),
+            "tan" => map_vector(&f64::tan),
+            "asin" => map_vector(&f64::asin),
+            "acos" => map_vector(&f64::acos),
+            "atan" => map_vector(&f64::atan),
+            "sinh" => map_vector(&f64::sinh),
+            "cosh" => map_vector(&f64::cosh),
+            "tanh" => map_vector(&f64::tanh),
+            "asinh" => map_vector(&f64::asinh),
+            "acosh" => map_vector(&f64::acosh),
+            "atanh" => map_vector(&f64::atanh),
+            "deg" => map_vector(&|v| v * 180.0 / std::f64::consts::PI),
+            "rad" => map_vector(&|v| v * std::f64::consts::PI / 180.0),
+            "pi" => Ok(Value::Scalar(std::f64::consts::PI)),
             "sgn" => map_vector(&|v: f64| {
                 if v > 0.0 {
                     1.0
@@ -388,7 +471,8 @@ impl Evaluator<'_> {
             }),
             "round" => {
                 let to = if args.len() > 1 { self.scalar_arg(args, 1, at_ms)? } else { 1.0 };
-                map_vector(&|v: f64| (v / to + 0.5).floor() * to)
+                let inverse = 1.0 / to;
+                map_vector(&|v: f64| (v * inverse + 0.5).floor() / inverse)
             }
             "clamp" => {
                 let (lo, hi) = (self.scalar_arg(args, 1, at_ms)?, self.scalar_arg(args, 2, at_ms)?);
@@ -406,16 +490,16 @@ impl Evaluator<'_> {
                 map_vector(&|v: f64| v.min(hi))
             }
             "timestamp" => {
-                let Some(Expr::VectorSelector(selector)) = args.first().map(|a| a.as_ref()) else {
-                    return map_vector(&|_| at_ms as f64 / 1000.0);
+                let selector = match args.first().map(|a| a.as_ref()) {
+                    Some(Expr::VectorSelector(selector)) => selector,
+                    Some(Expr::Paren(p)) if let Expr::VectorSelector(selector) = p.expr.as_ref() => selector,
+                    _ => return map_vector(&|_| at_ms as f64 / 1000.0),
                 };
+                // The samples' own times, not the evaluation's.
                 let at = at_ms - offset_ms(&selector.offset);
                 let mut out = Vec::new();
                 for series in self.tsdb.select(selector.name.as_deref(), |l| matches(&selector.matchers, l)) {
-                    if let Some(&(t, v)) = series.samples.iter().rev().find(|(t, _)| *t <= at)
-                        && t > at - LOOKBACK_MS
-                        && !is_stale(v)
-                    {
+                    if let Some(&(t, _)) = latest(&series.samples, at) {
                         out.push(Sample { labels: without_name(series.labels.clone()), value: t as f64 / 1000.0 });
                     }
                 }
@@ -436,33 +520,33 @@ impl Evaluator<'_> {
             }
             "sort" | "sort_desc" => {
                 let mut samples = self.vector_arg(args, 0, at_ms)?;
-                samples.sort_by(|a, b| a.value.total_cmp(&b.value));
-                if name == "sort_desc" {
-                    samples.reverse();
-                }
+                // NaN last either way, as in Prometheus.
+                samples.sort_by(|a, b| match (a.value.is_nan(), b.value.is_nan()) {
+                    (false, false) if name == "sort" => a.value.total_cmp(&b.value),
+                    (false, false) => b.value.total_cmp(&a.value),
+                    (nan_a, nan_b) => nan_a.cmp(&nan_b),
+                });
                 Ok(Value::Vector(samples))
             }
-            "day_of_week" | "hour" | "minute" => {
-                use chrono::{Datelike, Timelike};
-                let of = |seconds: f64| {
-                    let time = chrono::DateTime::from_timestamp(seconds as i64, 0).unwrap_or_default();
-                    match name {
-                        "day_of_week" => f64::from(time.weekday().num_days_from_sunday()),
-                        "hour" => f64::from(time.hour()),
-                        _ => f64::from(time.minute()),
-                    }
-                };
-                if args.is_empty() {
-                    return Ok(Value::Vector(vec![Sample { labels: Labels::new(), value: of(at_ms as f64 / 1000.0) }]));
-                }
-                map_vector(&of)
-            }
+            "day_of_week" => map_date(&|t| f64::from(t.weekday().num_days_from_sunday())),
+            "day_of_month" => map_date(&|t| f64::from(t.day())),
+            "day_of_year" => map_date(&|t| f64::from(t.ordinal())),
+            "days_in_month" => map_date(&|t| {
+                let first = chrono::NaiveDate::from_ymd_opt(t.year(), t.month(), 1).unwrap_or_default();
+                let next = first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
+                (next - first).num_days() as f64
+            }),
+            "month" => map_date(&|t| f64::from(t.month())),
+            "year" => map_date(&|t| f64::from(t.year())),
+            "hour" => map_date(&|t| f64::from(t.hour())),
+            "minute" => map_date(&|t| f64::from(t.minute())),
             "label_replace" => {
                 let samples = self.vector_arg(args, 0, at_ms)?;
                 let dst = self.string_arg(args, 1, at_ms)?;
                 let replacement = self.string_arg(args, 2, at_ms)?;
                 let src = self.string_arg(args, 3, at_ms)?;
                 let pattern = self.string_arg(args, 4, at_ms)?;
+                check_label_name("label_replace", &dst)?;
                 let regex =
                     regex::Regex::new(&format!("^(?s:{pattern})$")).map_err(|e| format!("label_replace: {e}"))?;
                 Ok(Value::Vector(
@@ -490,6 +574,7 @@ impl Evaluator<'_> {
                 let separator = self.string_arg(args, 2, at_ms)?;
                 let sources: Vec<String> =
                     (3..args.len()).map(|i| self.string_arg(args, i, at_ms)).collect::<Result<_, _>>()?;
+                check_label_name("label_join", &dst)?;
                 Ok(Value::Vector(
                     samples
                         .into_iter()
@@ -514,18 +599,81 @@ impl Evaluator<'_> {
     }
 }
 
-/// The labels `absent()` reports: the selector's equality matchers.
-fn absent_labels(matchers: &Matchers) -> Sample {
-    let mut labels = Labels::new();
-    for m in &matchers.matchers {
-        if matches!(m.op, promql_parser::label::MatchOp::Equal) && m.name != NAME {
-            labels.insert(m.name.clone(), m.value.clone());
-        }
-    }
-    Sample { labels, value: 1.0 }
+/// An instant selector's sample at `at`: the latest within the lookback,
+/// unless it is a staleness marker.
+fn latest(samples: &std::collections::VecDeque<(i64, f64)>, at: i64) -> Option<&(i64, f64)> {
+    samples.iter().rev().find(|(t, _)| *t <= at).filter(|(t, v)| *t > at - LOOKBACK_MS && !is_stale(*v))
 }
 
-/// Prometheus' extrapolated rate, increase and delta.
+/// A label name `label_replace` and `label_join` may write: Prometheus'
+/// classic name syntax.
+fn check_label_name(function: &str, name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid { Ok(()) } else { Err(format!("{function}: invalid destination label name {name:?}")) }
+}
+
+/// The labels `absent()` reports: the selector's equality matchers; a
+/// label matched more than once, or otherwise than by equality, is left
+/// out (Prometheus' rule).
+fn absent_labels(matchers: &Matchers) -> Labels {
+    let mut labels = Labels::new();
+    let mut has = std::collections::HashSet::new();
+    for m in &matchers.matchers {
+        if m.name == NAME {
+            continue;
+        }
+        if matches!(m.op, promql_parser::label::MatchOp::Equal) && !has.contains(&m.name) {
+            labels.insert(m.name.clone(), m.value.clone());
+            has.insert(m.name.clone());
+        } else {
+            labels.remove(&m.name);
+        }
+    }
+    labels
+}
+
+/// One step of Kahan-Neumaier summation (Prometheus' `kahansum.Inc`):
+/// the new sum and compensation.
+fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if t.is_infinite() {
+        0.0
+    } else if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
+}
+
+/// The mean as Prometheus computes it: a compensated sum while it stays
+/// finite, an incremental mean from the point it would overflow.
+fn mean(values: &[f64]) -> f64 {
+    let Some((&first, rest)) = values.split_first() else { return f64::NAN };
+    let (mut sum, mut c, mut mean, mut incremental) = (first, 0.0, 0.0, false);
+    for (i, &v) in rest.iter().enumerate() {
+        let count = (i + 2) as f64;
+        if !incremental {
+            let (s, k) = kahan_inc(v, sum, c);
+            if !s.is_infinite() {
+                (sum, c) = (s, k);
+                continue;
+            }
+            incremental = true;
+            mean = sum / (count - 1.0);
+            c /= count - 1.0;
+        }
+        let q = (count - 1.0) / count;
+        (mean, c) = kahan_inc(v / count, q * mean, q * c);
+    }
+    let n = values.len() as f64;
+    if incremental { mean + c } else { sum / n + c / n }
+}
+
+/// Prometheus' extrapolated rate, increase and delta over the window
+/// `(range_start, range_end]`.
 fn extrapolated(
     points: &[(i64, f64)],
     range_start: i64,
@@ -546,32 +694,39 @@ fn extrapolated(
             }
         }
     }
-    let sampled = (last_t - first_t) as f64 / 1000.0;
-    if sampled <= 0.0 {
-        return None;
-    }
     let mut to_start = (first_t - range_start) as f64 / 1000.0;
-    let to_end = (range_end - last_t) as f64 / 1000.0;
+    let mut to_end = (range_end - last_t) as f64 / 1000.0;
+    let sampled = (last_t - first_t) as f64 / 1000.0;
     let average = sampled / (points.len() - 1) as f64;
-    if counter && result > 0.0 && first_v >= 0.0 {
-        let to_zero = sampled * (first_v / result);
+    // Samples close enough to a boundary (10% more than the average
+    // interval) are extrapolated to it; otherwise by half an interval.
+    let threshold = average * 1.1;
+    if to_start >= threshold {
+        to_start = average / 2.0;
+    }
+    if counter {
+        // A counter does not go below zero: extrapolate to where it would
+        // have been zero, if that is nearer.
+        let to_zero = if result > 0.0 && first_v >= 0.0 { sampled * (first_v / result) } else { to_start };
         if to_zero < to_start {
             to_start = to_zero;
         }
     }
-    let threshold = average * 1.1;
-    let mut interval = sampled;
-    interval += if to_start < threshold { to_start } else { average / 2.0 };
-    interval += if to_end < threshold { to_end } else { average / 2.0 };
-    let mut value = result * (interval / sampled);
-    if per_second {
-        value /= (range_end - range_start) as f64 / 1000.0;
+    if to_end >= threshold {
+        to_end = average / 2.0;
     }
-    Some(value)
+    let mut factor = if sampled != 0.0 { (sampled + to_start + to_end) / sampled } else { 1.0 };
+    if per_second {
+        factor /= (range_end - range_start) as f64 / 1000.0;
+    }
+    Some(result * factor)
 }
 
 fn instant_rate(points: &[(i64, f64)], per_second: bool) -> Option<f64> {
     let [.., (t0, v0), (t1, v1)] = points else { return None };
+    if t1 == t0 {
+        return None;
+    }
     let mut diff = v1 - v0;
     if per_second && v1 < v0 {
         // A counter reset.
@@ -580,45 +735,83 @@ fn instant_rate(points: &[(i64, f64)], per_second: bool) -> Option<f64> {
     if !per_second {
         return Some(diff);
     }
-    let dt = (t1 - t0) as f64 / 1000.0;
-    (dt > 0.0).then(|| diff / dt)
+    Some(diff / ((t1 - t0) as f64 / 1000.0))
 }
 
-fn deriv(points: &[(i64, f64)]) -> Option<f64> {
-    if points.len() < 2 {
-        return None;
+/// Least squares over the points, times in seconds from `intercept_ms`:
+/// the slope and the value at `intercept_ms` (Prometheus'
+/// `linearRegression`, compensated sums included).
+fn linear_regression(points: &[(i64, f64)], intercept_ms: i64) -> (f64, f64) {
+    let (mut n, mut sum_x, mut c_x, mut sum_y, mut c_y) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut sum_xy, mut c_xy, mut sum_x2, mut c_x2) = (0.0, 0.0, 0.0, 0.0);
+    let first = points[0].1;
+    let constant = points.iter().all(|(_, v)| *v == first);
+    for &(t, v) in points {
+        n += 1.0;
+        let x = (t - intercept_ms) as f64 / 1e3;
+        (sum_x, c_x) = kahan_inc(x, sum_x, c_x);
+        (sum_y, c_y) = kahan_inc(v, sum_y, c_y);
+        (sum_xy, c_xy) = kahan_inc(x * v, sum_xy, c_xy);
+        (sum_x2, c_x2) = kahan_inc(x * x, sum_x2, c_x2);
     }
-    let n = points.len() as f64;
-    let t0 = points[0].0;
-    let xs: Vec<f64> = points.iter().map(|(t, _)| (t - t0) as f64 / 1000.0).collect();
-    let mean_x = xs.iter().sum::<f64>() / n;
-    let mean_y = points.iter().map(|(_, v)| v).sum::<f64>() / n;
-    let covariance: f64 = xs.iter().zip(points).map(|(x, (_, y))| (x - mean_x) * (y - mean_y)).sum();
-    let variance: f64 = xs.iter().map(|x| (x - mean_x).powi(2)).sum();
-    (variance > 0.0).then(|| covariance / variance)
+    if constant {
+        return if first.is_infinite() { (f64::NAN, f64::NAN) } else { (0.0, first) };
+    }
+    let (sum_x, sum_y, sum_xy, sum_x2) = (sum_x + c_x, sum_y + c_y, sum_xy + c_xy, sum_x2 + c_x2);
+    let covariance = sum_xy - sum_x * sum_y / n;
+    let variance = sum_x2 - sum_x * sum_x / n;
+    let slope = covariance / variance;
+    (slope, sum_y / n - slope * sum_x / n)
 }
 
 fn over_time(name: &str, q: Option<f64>, points: &[(i64, f64)]) -> Option<f64> {
     let values: Vec<f64> = points.iter().map(|(_, v)| *v).collect();
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    let first = *values.first()?;
+    // NaN loses to any number; only NaNs give NaN.
+    let pick = |better: fn(f64, f64) -> bool| {
+        values.iter().fold(first, |m, &v| if better(v, m) || m.is_nan() { v } else { m })
+    };
     Some(match name {
-        "avg_over_time" => mean,
-        "min_over_time" => values.iter().copied().fold(f64::INFINITY, f64::min),
-        "max_over_time" => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        "sum_over_time" => values.iter().sum(),
-        "count_over_time" => n,
+        "avg_over_time" => mean(&values),
+        "min_over_time" => pick(|v, m| v < m),
+        "max_over_time" => pick(|v, m| v > m),
+        "sum_over_time" => {
+            let (sum, c) = values.iter().fold((0.0, 0.0), |(s, c), &v| kahan_inc(v, s, c));
+            if sum.is_infinite() { sum } else { sum + c }
+        }
+        "count_over_time" => values.len() as f64,
         "last_over_time" => *values.last()?,
         "present_over_time" => 1.0,
-        "stddev_over_time" => variance.sqrt(),
-        "stdvar_over_time" => variance,
+        "stddev_over_time" => variance(&values).sqrt(),
+        "stdvar_over_time" => variance(&values),
         "quantile_over_time" => quantile(q.unwrap_or(f64::NAN), values),
         _ => return None,
     })
 }
 
-/// Prometheus' `quantile` (linear interpolation between ranks).
+/// The population variance, by Welford's method with compensated sums
+/// (Prometheus' `varianceOverTime`).
+fn variance(values: &[f64]) -> f64 {
+    let (mut count, mut mean, mut c_mean, mut aux, mut c_aux) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &v in values {
+        count += 1.0;
+        let delta = v - (mean + c_mean);
+        (mean, c_mean) = kahan_inc(delta / count, mean, c_mean);
+        (aux, c_aux) = kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux);
+    }
+    (aux + c_aux) / count
+}
+
+/// Orders NaN before every number, as Prometheus' sample heaps do.
+fn nan_first(a: &f64, b: &f64) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (false, false) => a.total_cmp(b),
+        (nan_a, nan_b) => nan_b.cmp(&nan_a),
+    }
+}
+
+/// Prometheus' `quantile` (linear interpolation between ranks; NaN
+/// values sort first).
 fn quantile(q: f64, mut values: Vec<f64>) -> f64 {
     if values.is_empty() || q.is_nan() {
         return f64::NAN;
@@ -629,7 +822,7 @@ fn quantile(q: f64, mut values: Vec<f64>) -> f64 {
     if q > 1.0 {
         return f64::INFINITY;
     }
-    values.sort_by(f64::total_cmp);
+    values.sort_by(nan_first);
     let rank = q * (values.len() - 1) as f64;
     let lower = rank.floor() as usize;
     let upper = (lower + 1).min(values.len() - 1);
@@ -637,22 +830,32 @@ fn quantile(q: f64, mut values: Vec<f64>) -> f64 {
     values[lower] * (1.0 - weight) + values[upper] * weight
 }
 
-/// `histogram_quantile` over classic buckets (series with an `le` label).
+/// `histogram_quantile` over classic buckets (series with an `le` label),
+/// one histogram per series name and labels.
 fn histogram_quantile(q: f64, samples: Vec<Sample>) -> Vec<Sample> {
     let mut groups: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
     for sample in samples {
-        let mut labels = without_name(sample.labels);
+        let mut labels = sample.labels;
         let Some(le) = labels.remove("le") else { continue };
-        let bound = if le == "+Inf" { f64::INFINITY } else { le.parse::<f64>().unwrap_or(f64::NAN) };
+        let bound = match le.as_str() {
+            "+Inf" | "Inf" | "+inf" | "inf" => f64::INFINITY,
+            other => other.parse::<f64>().unwrap_or(f64::NAN),
+        };
         if bound.is_nan() {
             continue;
         }
         groups.entry(labels).or_default().push((bound, sample.value));
     }
-    groups.into_iter().map(|(labels, mut buckets)| Sample { labels, value: bucket_quantile(q, &mut buckets) }).collect()
+    groups
+        .into_iter()
+        .map(|(labels, mut buckets)| Sample { labels: without_name(labels), value: bucket_quantile(q, &mut buckets) })
+        .collect()
 }
 
-fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
+/// Prometheus' `BucketQuantile`: buckets of one upper bound merged, counts
+/// made monotonic (differences below 1e-12 relative ignored), then linear
+/// interpolation within the bucket holding the rank.
+fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
     if q.is_nan() {
         return f64::NAN;
     }
@@ -663,36 +866,62 @@ fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
         return f64::INFINITY;
     }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if buckets.len() < 2 || buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
+    if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
         return f64::NAN;
     }
-    // Counts must not decrease (scrapes can straddle an observation).
-    for i in 1..buckets.len() {
-        if buckets[i].1 < buckets[i - 1].1 {
-            buckets[i].1 = buckets[i - 1].1;
+    buckets.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 += later.1;
         }
+        same
+    });
+    let mut previous = buckets[0].1;
+    for bucket in buckets.iter_mut().skip(1) {
+        let current = bucket.1;
+        if current == previous {
+            continue;
+        }
+        if almost_equal(previous, current, 1e-12) || current < previous {
+            bucket.1 = previous;
+            continue;
+        }
+        previous = current;
+    }
+    if buckets.len() < 2 {
+        return f64::NAN;
     }
     let observations = buckets[buckets.len() - 1].1;
     if observations == 0.0 {
         return f64::NAN;
     }
     let mut rank = q * observations;
-    let b = buckets.iter().position(|(_, count)| *count >= rank).unwrap_or(buckets.len() - 1);
+    let b = buckets[..buckets.len() - 1].iter().position(|(_, count)| *count >= rank).unwrap_or(buckets.len() - 1);
     if b == buckets.len() - 1 {
         return buckets[buckets.len() - 2].0;
     }
     if b == 0 && buckets[0].0 <= 0.0 {
         return buckets[0].0;
     }
-    let (start, mut count) =
-        if b == 0 { (0.0, buckets[0].1) } else { (buckets[b - 1].0, buckets[b].1 - buckets[b - 1].1) };
+    let (start, mut count) = (if b == 0 { 0.0 } else { buckets[b - 1].0 }, buckets[b].1);
     if b > 0 {
+        count -= buckets[b - 1].1;
         rank -= buckets[b - 1].1;
     }
-    if count == 0.0 {
-        count = 1.0;
-    }
     start + (buckets[b].0 - start) * (rank / count)
+}
+
+/// Prometheus' `almost.Equal`: equal, both NaN, or within a relative
+/// `epsilon`.
+fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
+    if a.is_nan() && b.is_nan() || a == b {
+        return true;
+    }
+    let (sum, diff) = (a.abs() + b.abs(), (a - b).abs());
+    if a == 0.0 || b == 0.0 || sum < f64::MIN_POSITIVE {
+        return diff < epsilon * f64::MIN_POSITIVE;
+    }
+    diff / sum.min(f64::MAX) < epsilon
 }
 
 /// The labels an aggregation groups by.
@@ -710,46 +939,126 @@ fn group_labels(labels: &Labels, modifier: Option<&LabelModifier>) -> Labels {
     }
 }
 
+/// The `k` of `topk` / `bottomk`: `None` below 1 (an empty result), an
+/// error for NaN or past 64 bits.
+fn k_parameter(op: &str, param: Option<&Value>) -> Result<Option<usize>, String> {
+    let Some(Value::Scalar(k)) = param else { return Err(format!("{op} needs a scalar parameter")) };
+    if *k < 1.0 {
+        return Ok(None);
+    }
+    if k.is_nan() {
+        return Err("Parameter value is NaN".into());
+    }
+    if *k >= i64::MAX as f64 {
+        return Err(format!("Scalar value {k} overflows int64"));
+    }
+    Ok(Some(*k as usize))
+}
+
 fn aggregate_vector(
     op: &str,
-    param: Option<f64>,
+    param: Option<Value>,
     modifier: Option<&LabelModifier>,
     samples: Vec<Sample>,
-) -> Vec<Sample> {
-    let mut groups: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+) -> Result<Vec<Sample>, String> {
+    if op == "count_values" {
+        let Some(Value::String(label)) = param else { return Err("count_values needs a string parameter".into()) };
+        check_label_name("count_values", &label)?;
+        let mut counts: BTreeMap<Labels, f64> = BTreeMap::new();
+        for sample in samples {
+            let mut labels = sample.labels;
+            labels.insert(label.clone(), format_value(sample.value));
+            let mut group = match modifier {
+                Some(LabelModifier::Exclude(drop)) => group_labels(
+                    &labels,
+                    Some(&LabelModifier::Exclude(promql_parser::label::Labels::new(
+                        drop.labels.iter().filter(|l| **l != label).map(String::as_str).collect(),
+                    ))),
+                ),
+                _ => group_labels(&labels, modifier),
+            };
+            group.insert(label.clone(), labels[&label].clone());
+            *counts.entry(group).or_default() += 1.0;
+        }
+        return Ok(counts.into_iter().map(|(labels, value)| Sample { labels, value }).collect());
+    }
+    let k = match op {
+        "topk" | "bottomk" => match k_parameter(op, param.as_ref())? {
+            Some(k) => k,
+            None => return Ok(Vec::new()),
+        },
+        _ => 0,
+    };
+    let q = match (op, &param) {
+        ("quantile", Some(Value::Scalar(q))) => *q,
+        ("quantile", _) => return Err("quantile needs a scalar parameter".into()),
+        _ => f64::NAN,
+    };
+    // Groups in the order they first appear.
+    let mut order: Vec<Labels> = Vec::new();
+    let mut groups: HashMap<Labels, Vec<Sample>> = HashMap::new();
     for sample in samples {
-        groups.entry(group_labels(&sample.labels, modifier)).or_default().push(sample);
+        let key = group_labels(&sample.labels, modifier);
+        let members = groups.entry(key.clone()).or_default();
+        if members.is_empty() {
+            order.push(key);
+        }
+        members.push(sample);
     }
     let mut out = Vec::new();
-    for (labels, members) in groups {
+    for labels in order {
+        let members = groups.remove(&labels).expect("listed");
         let values: Vec<f64> = members.iter().map(|s| s.value).collect();
-        let n = values.len() as f64;
-        let mean = values.iter().sum::<f64>() / n;
+        let first = values[0];
         let value = match op {
-            "sum" => values.iter().sum(),
-            "avg" => mean,
-            "min" => values.iter().copied().filter(|v| !v.is_nan()).fold(f64::INFINITY, f64::min),
-            "max" => values.iter().copied().filter(|v| !v.is_nan()).fold(f64::NEG_INFINITY, f64::max),
-            "count" => n,
+            "sum" => {
+                let (sum, c) = values[1..].iter().fold((first, 0.0), |(s, c), &v| kahan_inc(v, s, c));
+                sum + c
+            }
+            "avg" => mean(&values),
+            "min" => values.iter().fold(first, |m, &v| if m > v || m.is_nan() { v } else { m }),
+            "max" => values.iter().fold(first, |m, &v| if m < v || m.is_nan() { v } else { m }),
+            "count" => values.len() as f64,
             "group" => 1.0,
-            "stddev" => (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt(),
-            "stdvar" => values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n,
-            "quantile" => quantile(param.unwrap_or(f64::NAN), values),
-            "topk" | "bottomk" => {
-                let k = param.unwrap_or(0.0).max(0.0) as usize;
-                let mut members = members;
-                members.sort_by(|a, b| b.value.total_cmp(&a.value));
-                if op == "bottomk" {
-                    members.reverse();
+            "stddev" | "stdvar" => {
+                // Welford's method; a NaN or infinite first value gives NaN.
+                let (mut mean, mut sum) = (first, if first.is_finite() { 0.0 } else { f64::NAN });
+                for (i, &v) in values.iter().enumerate().skip(1) {
+                    let delta = v - mean;
+                    mean += delta / (i + 1) as f64;
+                    sum += delta * (v - mean);
                 }
+                let variance = sum / values.len() as f64;
+                if op == "stddev" { variance.sqrt() } else { variance }
+            }
+            "quantile" => quantile(q, values),
+            "topk" | "bottomk" => {
+                // The best k, best first; NaN is never better than a number.
+                let mut members = members;
+                members.sort_by(|a, b| match (a.value.is_nan(), b.value.is_nan()) {
+                    (false, false) if op == "topk" => b.value.total_cmp(&a.value),
+                    (false, false) => a.value.total_cmp(&b.value),
+                    (nan_a, nan_b) => nan_a.cmp(&nan_b),
+                });
                 out.extend(members.into_iter().take(k));
                 continue;
             }
-            _ => continue,
+            other => return Err(format!("aggregation {other} is not supported")),
         };
         out.push(Sample { labels, value });
     }
-    out
+    Ok(out)
+}
+
+/// A value as `count_values` labels it (Go's `FormatFloat(v, 'f', -1)`).
+fn format_value(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf".into() } else { "-Inf".into() }
+    } else {
+        format!("{value}")
+    }
 }
 
 fn arithmetic(op: &str, a: f64, b: f64) -> Option<f64> {
@@ -800,6 +1109,8 @@ fn binary_op(
     return_bool: bool,
 ) -> Result<Value, String> {
     let is_comparison = compare(op, 0.0, 0.0).is_some();
+    // The result's value and whether the metric name goes; `None` drops
+    // the sample (a comparison that does not hold, without `bool`).
     let apply = |a: f64, b: f64| -> Option<(f64, bool)> {
         if let Some(v) = arithmetic(op, a, b) {
             return Some((v, true));
@@ -855,7 +1166,7 @@ fn binary_op(
                     out.extend(right.into_iter().filter(|s| !keys.contains(&signature(&s.labels, matching))));
                     Ok(Value::Vector(out))
                 }
-                _ => vector_match(op, left, right, modifier, &apply, is_comparison && !return_bool),
+                _ => vector_match(op, left, right, modifier, &apply),
             }
         }
         _ => Err(format!("operator {op} cannot combine these operand types")),
@@ -868,7 +1179,6 @@ fn vector_match(
     right: Vec<Sample>,
     modifier: Option<&promql_parser::parser::BinModifier>,
     apply: &dyn Fn(f64, f64) -> Option<(f64, bool)>,
-    filter: bool,
 ) -> Result<Value, String> {
     let matching = modifier.and_then(|m| m.matching.as_ref());
     let card = modifier.map(|m| m.card.clone()).unwrap_or(VectorMatchCardinality::OneToOne);
@@ -888,55 +1198,49 @@ fn vector_match(
         }
     }
     let one_to_one = matches!(card, VectorMatchCardinality::OneToOne);
-    let mut seen: std::collections::HashSet<Labels> = std::collections::HashSet::new();
+    // Per match group: one-to-one, whether it matched; many-to-one, the
+    // result labels it gave.
+    let mut matched: HashMap<Labels, std::collections::HashSet<Labels>> = HashMap::new();
     let mut out = Vec::new();
     for sample in many {
         let key = signature(&sample.labels, matching);
         let Some(other) = by_signature.get(&key) else { continue };
-        let (a, b) = if swapped { (other.value, sample.value) } else { (sample.value, other.value) };
-        let Some((mut value, drop_name)) = apply(a, b) else { continue };
-        if filter {
-            value = sample.value;
+        // A second match of a one-to-one group is an error even when a
+        // comparison would filter one of them out (as in Prometheus).
+        let results = matched.entry(key).or_default();
+        if one_to_one && !results.is_empty() {
+            return Err(format!(
+                "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right) in {op}"
+            ));
         }
-        let mut labels = if one_to_one {
-            match matching {
-                Some(LabelModifier::Include(on)) => {
-                    let mut kept: Labels = sample
-                        .labels
-                        .iter()
-                        .filter(|(k, _)| on.labels.contains(k))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    if !drop_name && let Some(name) = sample.labels.get(NAME) {
-                        kept.insert(NAME.into(), name.clone());
-                    }
-                    kept
-                }
-                Some(LabelModifier::Exclude(ignoring)) => sample
-                    .labels
-                    .iter()
-                    .filter(|(k, _)| !ignoring.labels.contains(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                None => sample.labels.clone(),
+        let (a, b) = if swapped { (other.value, sample.value) } else { (sample.value, other.value) };
+        let Some((value, drop_name)) = apply(a, b) else {
+            if one_to_one {
+                results.insert(Labels::new());
             }
-        } else {
-            sample.labels.clone()
+            continue;
         };
+        let mut labels = sample.labels.clone();
+        if drop_name {
+            labels.remove(NAME);
+        }
+        if one_to_one {
+            match matching {
+                Some(LabelModifier::Include(on)) => labels.retain(|k, _| on.labels.contains(k)),
+                Some(LabelModifier::Exclude(ignoring)) => labels.retain(|k, _| !ignoring.labels.contains(k)),
+                None => {}
+            }
+        }
         for name in &include {
             match other.labels.get(name) {
                 Some(value) => labels.insert(name.clone(), value.clone()),
                 None => labels.remove(name),
             };
         }
-        if drop_name {
-            labels.remove(NAME);
+        if !one_to_one && results.contains(&labels) {
+            return Err(format!("multiple matches for labels: grouping labels must ensure unique matches in {op}"));
         }
-        if one_to_one && !seen.insert(labels.clone()) {
-            return Err(format!(
-                "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right) in {op}"
-            ));
-        }
+        results.insert(labels.clone());
         out.push(Sample { labels, value });
     }
     Ok(Value::Vector(out))
@@ -1055,7 +1359,7 @@ mod tests {
 
     #[test]
     fn unsupported_constructs_are_refused_at_load() {
-        assert!(parse("count_values(\"v\", x)").unwrap_err().contains("count_values"));
+        assert!(parse("limitk(2, x)").unwrap_err().contains("limitk"));
         assert!(parse("x @ 100").unwrap_err().contains("@"));
         assert!(parse("rate(x[5m]").is_err());
         assert!(parse("holt_winters(x[5m], 0.5, 0.5)").is_err());
