@@ -362,6 +362,7 @@ impl Engine {
                                     ends_at_ms: None,
                                     value: *value,
                                     generator_url: String::new(),
+                                    keep_firing_since_ms: None,
                                 };
                                 changes.push(AlertChange::Upsert(alert.clone()));
                                 state.alerts.insert(fp.clone(), alert);
@@ -375,6 +376,9 @@ impl Engine {
                     for fp in mine {
                         let alert = state.alerts.get_mut(&fp).expect("listed");
                         if active.contains_key(&fp) {
+                            if alert.keep_firing_since_ms.take().is_some() {
+                                changes.push(AlertChange::Upsert(alert.clone()));
+                            }
                             if alert.state == AlertState::Pending && at - alert.active_at_ms >= hold {
                                 alert.state = AlertState::Firing;
                                 alert.fired_at_ms = Some(at);
@@ -389,7 +393,14 @@ impl Engine {
                                 state.alerts.remove(&fp);
                                 changes.push(AlertChange::Delete(fp));
                             }
-                            AlertState::Firing if keep > 0 && at - alert.last_active_ms < keep => {}
+                            // Held for `keep_firing_for` from the first
+                            // evaluation that no longer returned it.
+                            AlertState::Firing if keep > 0 && at - alert.keep_firing_since_ms.unwrap_or(at) < keep => {
+                                if alert.keep_firing_since_ms.is_none() {
+                                    alert.keep_firing_since_ms = Some(at);
+                                    changes.push(AlertChange::Upsert(alert.clone()));
+                                }
+                            }
                             AlertState::Firing => {
                                 alert.state = AlertState::Resolved;
                                 alert.resolved_at_ms = Some(at);
@@ -461,6 +472,7 @@ impl Engine {
                     ends_at_ms: None,
                     value: 0.0,
                     generator_url: String::new(),
+                    keep_firing_since_ms: None,
                 },
             };
             let was = state.alerts.get(&fp).filter(|a| a.rule.is_empty()).map(|a| a.state);

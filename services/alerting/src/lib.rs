@@ -35,4 +35,6 @@ pub use config::AlertingConfig;
 pub use server::{AlertingServer, StartError};
 
 #[cfg(test)]
+mod promtool_tests;
+#[cfg(test)]
 mod tests;

@@ -61,6 +61,9 @@ pub struct Alert {
     pub last_active_ms: i64,
     /// Posted alerts: when they resolve unless sent again.
     pub ends_at_ms: Option<i64>,
+    /// A firing rule alert its rule no longer returns: the first such
+    /// evaluation, from which `keep_firing_for` counts.
+    pub keep_firing_since_ms: Option<i64>,
     pub value: f64,
     pub generator_url: String,
 }
@@ -170,7 +173,7 @@ pub struct AlertingStore {
 }
 
 const ALERT_COLUMNS: &str = "fingerprint, rule, labels_json, annotations_json, state, active_at_ms, fired_at_ms, \
-     resolved_at_ms, last_active_ms, ends_at_ms, value, generator_url";
+     resolved_at_ms, last_active_ms, ends_at_ms, value, generator_url, keep_firing_since_ms";
 
 impl AlertingStore {
     pub fn new(database: Database) -> Self {
@@ -213,6 +216,7 @@ impl AlertingStore {
                         ends_at_ms: row.try_get("ends_at_ms")?,
                         value: row.try_get("value")?,
                         generator_url: row.try_get("generator_url")?,
+                        keep_firing_since_ms: row.try_get("keep_firing_since_ms")?,
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?
@@ -228,12 +232,12 @@ impl AlertingStore {
         let _writer = self.writer().await;
         let sqlite = self.sqlite();
         let upsert = format!(
-            "INSERT INTO alerting_alerts ({ALERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+            "INSERT INTO alerting_alerts ({ALERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (fingerprint) DO UPDATE SET rule = excluded.rule, labels_json = excluded.labels_json, \
              annotations_json = excluded.annotations_json, state = excluded.state, active_at_ms = excluded.active_at_ms, \
              fired_at_ms = excluded.fired_at_ms, resolved_at_ms = excluded.resolved_at_ms, \
              last_active_ms = excluded.last_active_ms, ends_at_ms = excluded.ends_at_ms, value = excluded.value, \
-             generator_url = excluded.generator_url"
+             generator_url = excluded.generator_url, keep_firing_since_ms = excluded.keep_firing_since_ms"
         );
         on_pool!(&self.database, |pool| {
             let mut tx = begin!(pool, sqlite)?;
@@ -253,6 +257,7 @@ impl AlertingStore {
                             .bind(alert.ends_at_ms)
                             .bind(if alert.value.is_finite() { alert.value } else { 0.0 })
                             .bind(&alert.generator_url)
+                            .bind(alert.keep_firing_since_ms)
                             .execute(&mut *tx)
                             .await?;
                     }

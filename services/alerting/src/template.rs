@@ -158,46 +158,102 @@ impl Template {
     }
 }
 
-/// `$value` as Go's `%v` prints a float64, near enough.
+/// `$value` as Go's `%v` prints a float64 (Prometheus renders it so):
+/// the shortest digits, in exponent form from 1e+06 up or below 1e-04.
 fn format_value(value: f64) -> String {
+    format_g(value, None)
+}
+
+/// Go's `%g` for a float64: `None` is the shortest representation (`%v`),
+/// `Some(n)` is `%.ng` (n significant digits, trailing zeros dropped).
+fn format_g(value: f64, precision: Option<usize>) -> String {
     if value.is_nan() {
-        "NaN".into()
-    } else if value.is_infinite() {
-        if value > 0.0 { "+Inf".into() } else { "-Inf".into() }
-    } else {
-        format!("{value}")
+        return "NaN".into();
     }
+    if value.is_infinite() {
+        return if value > 0.0 { "+Inf" } else { "-Inf" }.into();
+    }
+    let sign = if value.is_sign_negative() { "-" } else { "" };
+    if value == 0.0 {
+        return format!("{sign}0");
+    }
+    // The significant digits, and the decimal point's place among them.
+    let scientific = match precision {
+        None => format!("{:e}", value.abs()),
+        Some(p) => format!("{:.*e}", p.max(1) - 1, value.abs()),
+    };
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let digits: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
+    let significant = digits.iter().rposition(|d| *d != b'0').map_or(1, |i| i + 1);
+    let digits = &digits[..significant];
+    let nd = digits.len() as i32;
+    let dp = exponent + 1;
+    let digit = |i: i32| if (0..nd).contains(&i) { digits[i as usize] as char } else { '0' };
+    let mut prec = precision.map_or(nd, |p| p.max(1) as i32);
+    let eprec = match precision {
+        None => 6,
+        Some(_) if prec > nd && nd >= dp => nd,
+        Some(_) => prec,
+    };
+    let exp = dp - 1;
+    let mut out = String::from(sign);
+    if exp < -4 || exp >= eprec {
+        prec = prec.min(nd);
+        out.push(digit(0));
+        if prec > 1 {
+            out.push('.');
+            (1..prec).for_each(|i| out.push(digit(i)));
+        }
+        out.push_str(&format!("e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs()));
+        return out;
+    }
+    if prec > dp {
+        prec = nd;
+    }
+    if dp <= 0 {
+        out.push('0');
+    } else {
+        (0..dp).for_each(|i| out.push(digit(i)));
+    }
+    let decimals = (prec - dp).max(0);
+    if decimals > 0 {
+        out.push('.');
+        (0..decimals).for_each(|i| out.push(digit(dp + i)));
+    }
+    out
 }
 
 fn number(text: &str) -> f64 {
     text.parse().unwrap_or(f64::NAN)
 }
 
+/// Go's `%.4g`, as Prometheus' humanizing functions print.
+fn g4(value: f64) -> String {
+    format_g(value, Some(4))
+}
+
 fn apply(function: &str, args: &[String]) -> String {
     let last = args.last().map(String::as_str).unwrap_or("");
     match function {
-        "humanize" => humanize(number(last), 1000.0, &["", "k", "M", "G", "T", "P", "E"], &["", "m", "u", "n", "p"]),
-        "humanize1024" => humanize(number(last), 1024.0, &["", "ki", "Mi", "Gi", "Ti", "Pi", "Ei"], &[""]),
-        "humanizePercentage" => format!("{}%", trim(number(last) * 100.0)),
-        "humanizeDuration" => {
-            let seconds = number(last);
-            if seconds.is_nan() {
-                return last.to_owned();
+        "humanize" => humanize(number(last)),
+        "humanize1024" => {
+            let mut v = number(last);
+            if v.abs() <= 1.0 || !v.is_finite() {
+                return g4(v);
             }
-            if seconds.abs() < 1.0 {
-                return format!("{}ms", trim(seconds * 1000.0));
-            }
-            let total = seconds.round() as i64;
-            let (d, h, m, s) = (total / 86400, total % 86400 / 3600, total % 3600 / 60, total % 60);
-            let mut out = String::new();
-            for (n, unit) in [(d, "d"), (h, "h"), (m, "m")] {
-                if n != 0 {
-                    out.push_str(&format!("{n}{unit} "));
+            let mut prefix = "";
+            for p in ["ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"] {
+                if v.abs() < 1024.0 {
+                    break;
                 }
+                prefix = p;
+                v /= 1024.0;
             }
-            out.push_str(&format!("{s}s"));
-            out
+            format!("{}{prefix}", g4(v))
         }
+        "humanizePercentage" => format!("{}%", g4(number(last) * 100.0)),
+        "humanizeDuration" => humanize_duration(number(last)),
         "printf" => printf(args),
         "toUpper" => last.to_uppercase(),
         "toLower" => last.to_lowercase(),
@@ -209,30 +265,66 @@ fn apply(function: &str, args: &[String]) -> String {
     }
 }
 
-fn trim(value: f64) -> String {
-    let text = format!("{value:.4}");
-    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+/// Prometheus' `humanize`: SI prefixes, four significant digits.
+fn humanize(mut v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return g4(v);
+    }
+    let mut prefix = "";
+    if v.abs() >= 1.0 {
+        for p in ["k", "M", "G", "T", "P", "E", "Z", "Y"] {
+            if v.abs() < 1000.0 {
+                break;
+            }
+            prefix = p;
+            v /= 1000.0;
+        }
+    } else {
+        for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
+            if v.abs() >= 1.0 {
+                break;
+            }
+            prefix = p;
+            v *= 1000.0;
+        }
+    }
+    format!("{}{prefix}", g4(v))
 }
 
-fn humanize(value: f64, base: f64, big: &[&str], small: &[&str]) -> String {
-    if value.is_nan() || value == 0.0 || value.is_infinite() {
-        return format_value(value);
+/// Prometheus' `humanizeDuration`: whole days, hours, minutes and seconds
+/// from a minute up; four significant digits of seconds (or of a smaller
+/// unit) below it.
+fn humanize_duration(v: f64) -> String {
+    if !v.is_finite() {
+        return g4(v);
     }
-    let mut v = value;
+    if v == 0.0 {
+        return format!("{}s", g4(v));
+    }
     if v.abs() >= 1.0 {
-        let mut i = 0;
-        while v.abs() >= base && i + 1 < big.len() {
-            v /= base;
-            i += 1;
+        let sign = if v < 0.0 { "-" } else { "" };
+        let v = v.abs();
+        let total = v as i64;
+        let (days, hours, minutes, seconds) = (total / 86_400, total / 3600 % 24, total / 60 % 60, total % 60);
+        return if days != 0 {
+            format!("{sign}{days}d {hours}h {minutes}m {seconds}s")
+        } else if hours != 0 {
+            format!("{sign}{hours}h {minutes}m {seconds}s")
+        } else if minutes != 0 {
+            format!("{sign}{minutes}m {seconds}s")
+        } else {
+            format!("{sign}{}s", g4(v))
+        };
+    }
+    let (mut v, mut prefix) = (v, "");
+    for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
+        if v.abs() >= 1.0 {
+            break;
         }
-        return format!("{}{}", trim(v), big[i]);
+        prefix = p;
+        v *= 1000.0;
     }
-    let mut i = 0;
-    while v.abs() < 1.0 && i + 1 < small.len() {
-        v *= base;
-        i += 1;
-    }
-    format!("{}{}", trim(v), small[i])
+    format!("{}{prefix}s", g4(v))
 }
 
 /// `printf` with `%s`, `%v`, `%d`, `%f`, `%.Nf`, `%g` and `%%`.
@@ -262,7 +354,9 @@ fn printf(args: &[String]) -> String {
             Some('f') => {
                 out.push_str(&format!("{:.*}", precision.unwrap_or(6), number(values.next().map_or("", |v| v))))
             }
-            Some('g') => out.push_str(&format_value(number(values.next().map_or("", |v| v)))),
+            Some('g') => {
+                out.push_str(&format_g(number(values.next().map_or("", |v| v)), precision));
+            }
             Some(_) => out.push_str(values.next().map_or("", |v| v)),
             None => out.push('%'),
         }
@@ -282,7 +376,7 @@ mod tests {
         let cost =
             Template::compile("Agent {{ $labels.agent_id }} spending ${{ $value | printf \"%.2f\" }}/hour").unwrap();
         assert_eq!(cost.render(&labels, 123.456), "Agent support-bot spending $123.46/hour");
-        assert_eq!(Template::compile("{{ humanize $value }}").unwrap().render(&labels, 1_234_567.0), "1.2346M");
+        assert_eq!(Template::compile("{{ humanize $value }}").unwrap().render(&labels, 1_234_567.0), "1.235M");
         assert_eq!(Template::compile("{{ $value | humanizePercentage }}").unwrap().render(&labels, 0.125), "12.5%");
         assert_eq!(Template::compile("{{ humanizeDuration $value }}").unwrap().render(&labels, 3723.0), "1h 2m 3s");
         assert_eq!(Template::compile("{{ $labels.missing }}!").unwrap().render(&labels, 0.0), "!");

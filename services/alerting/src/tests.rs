@@ -346,12 +346,13 @@ async fn keep_firing_for_holds_an_alert_through_a_gap(database: Database) {
     let mut seen = Vec::new();
     h.run_until(65, &receiver, &mut seen).await;
     assert_eq!(seen, [(60, "firing".to_string())]);
-    // The condition clears at 65 s (last seen active at 60 s): still firing
-    // until 60 s + 1 m.
+    // The condition clears at 65 s. The minute of `keep_firing_for` counts
+    // from the first evaluation without it, at 70 s (Prometheus'
+    // KeepFiringSince): still firing at 125 s, resolved at 130 s.
     h.breaker("bot", "closed").await;
-    h.run_until(115, &receiver, &mut seen).await;
-    assert_eq!(h.state_of("BreakerOpen").await, Some(AlertState::Firing));
     h.run_until(125, &receiver, &mut seen).await;
+    assert_eq!(h.state_of("BreakerOpen").await, Some(AlertState::Firing));
+    h.run_until(130, &receiver, &mut seen).await;
     assert_eq!(h.state_of("BreakerOpen").await, Some(AlertState::Resolved));
     h.run_until(200, &receiver, &mut seen).await;
     assert_eq!(seen.last().map(|(_, s)| s.as_str()), Some("resolved"), "{seen:?}");
