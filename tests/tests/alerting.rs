@@ -410,15 +410,7 @@ async fn an_agents_circuit_breaker_becomes_a_series() {
 /// `amtool` (Alertmanager's own CLI) against Warden's Alertmanager API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amtool_works_against_the_http_api() {
-    let Some(amtool) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join("amtool"))
-        .find(|path| path.exists())
-    else {
-        assert!(
-            !warden_store::testing::external_required(),
-            "amtool is missing (apt-get install prometheus-alertmanager) and WARDEN_REQUIRE_EXTERNAL=1"
-        );
-        eprintln!("notice: skipping the amtool test: amtool is not installed");
+    let Some(amtool) = warden_store::testing::external_tool("amtool", "apt-get install prometheus-alertmanager") else {
         return;
     };
     let stack = stack().await;

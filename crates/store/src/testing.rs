@@ -40,6 +40,21 @@ pub fn external_url(variable: &str, what: &str) -> Option<String> {
     }
 }
 
+/// An external program the tests compare Warden with (`amtool`,
+/// `promtool`), found on `PATH`, or `None` with a printed notice. Panics
+/// when it is missing and external services are required
+/// (`WARDEN_REQUIRE_EXTERNAL=1`): `install` says how to get it.
+pub fn external_tool(name: &str, install: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file());
+    if found.is_none() {
+        assert!(!external_required(), "{name} is missing ({install}) and WARDEN_REQUIRE_EXTERNAL=1");
+        eprintln!("notice: skipping a comparison with {name}: it is not installed ({install})");
+    }
+    found
+}
+
 /// A fresh, migrated SQLite database in a temporary directory.
 pub async fn sqlite() -> TestDatabase {
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -133,15 +133,7 @@ fn selector(labels: &Labels) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_fire_and_render_as_promtool_says() {
-    let Some(promtool) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join("promtool"))
-        .find(|path| path.exists())
-    else {
-        assert!(
-            !warden_store::testing::external_required(),
-            "promtool is missing (apt-get install prometheus) and WARDEN_REQUIRE_EXTERNAL=1"
-        );
-        eprintln!("notice: skipping the promtool comparison: promtool is not installed");
+    let Some(promtool) = warden_store::testing::external_tool("promtool", "apt-get install prometheus") else {
         return;
     };
     // The series go straight into the engine's store of samples; the

@@ -238,18 +238,11 @@ fn apply(function: &str, args: &[String]) -> String {
     match function {
         "humanize" => humanize(number(last)),
         "humanize1024" => {
-            let mut v = number(last);
+            let v = number(last);
             if v.abs() <= 1.0 || !v.is_finite() {
                 return g4(v);
             }
-            let mut prefix = "";
-            for p in ["ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"] {
-                if v.abs() < 1024.0 {
-                    break;
-                }
-                prefix = p;
-                v /= 1024.0;
-            }
+            let (v, prefix) = scale_down(v, 1024.0, &["ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"]);
             format!("{}{prefix}", g4(v))
         }
         "humanizePercentage" => format!("{}%", g4(number(last) * 100.0)),
@@ -266,29 +259,41 @@ fn apply(function: &str, args: &[String]) -> String {
 }
 
 /// Prometheus' `humanize`: SI prefixes, four significant digits.
-fn humanize(mut v: f64) -> String {
+fn humanize(v: f64) -> String {
     if v == 0.0 || !v.is_finite() {
         return g4(v);
     }
-    let mut prefix = "";
-    if v.abs() >= 1.0 {
-        for p in ["k", "M", "G", "T", "P", "E", "Z", "Y"] {
-            if v.abs() < 1000.0 {
-                break;
-            }
-            prefix = p;
-            v /= 1000.0;
-        }
-    } else {
-        for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
-            if v.abs() >= 1.0 {
-                break;
-            }
-            prefix = p;
-            v *= 1000.0;
-        }
-    }
+    let (v, prefix) =
+        if v.abs() >= 1.0 { scale_down(v, 1000.0, &["k", "M", "G", "T", "P", "E", "Z", "Y"]) } else { scale_up(v) };
     format!("{}{prefix}", g4(v))
+}
+
+/// `v` divided by `base` while it is at least `base`, and the prefix
+/// that says how often.
+fn scale_down(mut v: f64, base: f64, prefixes: &[&'static str]) -> (f64, &'static str) {
+    let mut prefix = "";
+    for p in prefixes {
+        if v.abs() < base {
+            break;
+        }
+        prefix = p;
+        v /= base;
+    }
+    (v, prefix)
+}
+
+/// `v` multiplied by 1000 while it is below 1, and the SI prefix that says
+/// how often.
+fn scale_up(mut v: f64) -> (f64, &'static str) {
+    let mut prefix = "";
+    for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
+        if v.abs() >= 1.0 {
+            break;
+        }
+        prefix = p;
+        v *= 1000.0;
+    }
+    (v, prefix)
 }
 
 /// Prometheus' `humanizeDuration`: whole days, hours, minutes and seconds
@@ -316,14 +321,7 @@ fn humanize_duration(v: f64) -> String {
             format!("{sign}{}s", g4(v))
         };
     }
-    let (mut v, mut prefix) = (v, "");
-    for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
-        if v.abs() >= 1.0 {
-            break;
-        }
-        prefix = p;
-        v *= 1000.0;
-    }
+    let (v, prefix) = scale_up(v);
     format!("{}{prefix}s", g4(v))
 }
 

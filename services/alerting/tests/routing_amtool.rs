@@ -6,15 +6,8 @@
 //! `prometheus-alertmanager`) names, in the same order.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use warden_alerting::routing::Config;
-
-fn amtool() -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join("amtool"))
-        .find(|path| path.exists())
-}
 
 const RECEIVERS: &[&str] = &["default", "pager", "db", "web", "staging", "agents", "quiet", "other"];
 
@@ -128,12 +121,7 @@ fn label_sets() -> Vec<BTreeMap<String, String>> {
 
 #[test]
 fn every_alert_reaches_the_receivers_alertmanager_routes_it_to() {
-    let Some(amtool) = amtool() else {
-        assert!(
-            !warden_store::testing::external_required(),
-            "amtool is missing (apt-get install prometheus-alertmanager) and WARDEN_REQUIRE_EXTERNAL=1"
-        );
-        eprintln!("notice: skipping the amtool routing comparison: amtool is not installed");
+    let Some(amtool) = warden_store::testing::external_tool("amtool", "apt-get install prometheus-alertmanager") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
