@@ -46,6 +46,7 @@ const RULES: &str = r#"groups:
         expr: approvals_pending > 3
         annotations:
           description: '{{ $value }} approvals pending for {{ $labels.route }}'
+          trimmed: "route:   {{- $labels.route -}}  , value: {{ .Value }}" 
       - alert: SlowQueue
         expr: queue_wait_seconds > 0.01
         annotations:

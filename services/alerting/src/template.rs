@@ -94,13 +94,27 @@ impl Template {
     pub fn compile(text: &str) -> Result<Template, String> {
         let mut segments = Vec::new();
         let mut rest = text;
+        // Go's trim markers: `{{- ` drops the whitespace before the action,
+        // ` -}}` the whitespace after it.
+        let mut trim_next = false;
         while let Some(start) = rest.find("{{") {
-            if start > 0 {
-                segments.push(Segment::Text(rest[..start].to_owned()));
-            }
             let after = &rest[start + 2..];
             let end = after.find("}}").ok_or("unclosed {{")?;
-            let action = after[..end].trim().trim_start_matches('-').trim_end_matches('-').trim();
+            let raw = &after[..end];
+            let trim_before = raw.starts_with("- ") || raw.starts_with("-\n") || raw == "-";
+            let trim_after = raw.ends_with(" -") || raw.ends_with("\n-");
+            let mut before = &rest[..start];
+            if trim_next {
+                before = before.trim_start();
+            }
+            if trim_before {
+                before = before.trim_end();
+            }
+            if !before.is_empty() {
+                segments.push(Segment::Text(before.to_owned()));
+            }
+            trim_next = trim_after;
+            let action = raw.trim().trim_start_matches('-').trim_end_matches('-').trim();
             let mut commands = Vec::new();
             let tokens = tokens(action)?;
             for part in tokens.split(|t| t == "|") {
@@ -119,6 +133,7 @@ impl Template {
             segments.push(Segment::Action(commands));
             rest = &after[end + 2..];
         }
+        let rest = if trim_next { rest.trim_start() } else { rest };
         if !rest.is_empty() {
             segments.push(Segment::Text(rest.to_owned()));
         }
@@ -378,6 +393,9 @@ mod tests {
         assert_eq!(Template::compile("{{ $value | humanizePercentage }}").unwrap().render(&labels, 0.125), "12.5%");
         assert_eq!(Template::compile("{{ humanizeDuration $value }}").unwrap().render(&labels, 3723.0), "1h 2m 3s");
         assert_eq!(Template::compile("{{ $labels.missing }}!").unwrap().render(&labels, 0.0), "!");
+        // Trim markers, as Go's: whitespace on the marked side goes.
+        let trimmed = Template::compile("a  {{- $labels.agent_id -}} \n b {{ $value }}").unwrap();
+        assert_eq!(trimmed.render(&labels, 1.5), "asupport-botb 1.5");
     }
 
     #[test]
