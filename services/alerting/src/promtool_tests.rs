@@ -46,11 +46,15 @@ const RULES: &str = r#"groups:
         expr: approvals_pending > 3
         annotations:
           description: '{{ $value }} approvals pending for {{ $labels.route }}'
-          trimmed: "route:   {{- $labels.route -}}  , value: {{ .Value }}" 
+          trimmed: "route:   {{- $labels.route -}}  , value: {{ .Value }}"
+          level: '{{ if gt $value 6.0 }}high{{ else if eq $value 5.0 }}five{{ else }}low{{ end }}'
+          team: '{{ reReplaceAll "^(ref)unds$" "$1-team" $labels.route }}{{ if match "unds" $labels.route }} (refunds){{ end }}'
+          logic: '{{ if and $labels.route $value }}both{{ end }}{{ if or $labels.nothere $labels.route }}-either{{ end }}{{ if not $labels.nothere }}-none{{ end }}'
       - alert: SlowQueue
         expr: queue_wait_seconds > 0.01
         annotations:
           waited: '{{ $value | humanizeDuration }}'
+          since: '{{ $value | humanizeTimestamp }}'
       - alert: Tokens
         expr: tokens > 0.001
         annotations:

@@ -1,7 +1,11 @@
-//! The annotation templates of Prometheus rule files: `{{ $labels.NAME }}`,
-//! `{{ $value }}` and the common pipelines (`humanize`,
-//! `humanizePercentage`, `humanizeDuration`, `printf "%.2f"`, `toUpper`,
-//! `toLower`). A template is compiled at load, so an unknown function is a
+//! The annotation templates of Prometheus rule files: `{{ $labels.NAME }}`
+//! (or `.Labels.NAME`), `{{ $value }}` (or `.Value`), pipelines of
+//! Prometheus' functions (`humanize`, `humanize1024`, `humanizePercentage`,
+//! `humanizeDuration`, `humanizeTimestamp`, `printf`, `toUpper`,
+//! `toLower`, `title`, `reReplaceAll`, `match`), `{{ if }}` / `{{ else if }}`
+//! / `{{ else }}` / `{{ end }}` with `eq`, `ne`, `lt`, `le`, `gt`, `ge`,
+//! `and`, `or`, `not`, and Go's trim markers. Numbers print as Go prints a
+//! float64. A template is compiled at load, so an unknown function is a
 //! load error rather than a blank page at 3 a.m.
 
 use std::collections::BTreeMap;
@@ -11,6 +15,7 @@ enum Arg {
     Label(String),
     Value,
     Text(String),
+    Number(f64),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +28,53 @@ struct Command {
 enum Segment {
     Text(String),
     Action(Vec<Command>),
+    /// `{{ if A }}...{{ else if B }}...{{ else }}...{{ end }}`.
+    If {
+        branches: Vec<(Vec<Command>, Vec<Segment>)>,
+        otherwise: Vec<Segment>,
+    },
+}
+
+/// A value in a pipeline, typed as Go's templates type it: what a
+/// condition finds true, and how a comparison compares.
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Text(String),
+    Number(f64),
+    Bool(bool),
+}
+
+impl Val {
+    fn text(&self) -> String {
+        match self {
+            Val::Text(text) => text.clone(),
+            Val::Number(v) => format_value(*v),
+            Val::Bool(b) => b.to_string(),
+        }
+    }
+
+    fn number(&self) -> f64 {
+        match self {
+            Val::Text(text) => number(text),
+            Val::Number(v) => *v,
+            Val::Bool(b) => f64::from(u8::from(*b)),
+        }
+    }
+
+    /// Go's truth: false, zero and the empty string are false.
+    fn truthy(&self) -> bool {
+        match self {
+            Val::Text(text) => !text.is_empty(),
+            Val::Number(v) => *v != 0.0,
+            Val::Bool(b) => *b,
+        }
+    }
+}
+
+/// A template's text split at its actions, with Go's trim markers applied.
+enum Item {
+    Text(String),
+    Action(String),
 }
 
 /// A compiled template.
@@ -31,8 +83,28 @@ pub struct Template {
     segments: Vec<Segment>,
 }
 
-const FUNCTIONS: &[&str] =
-    &["humanize", "humanize1024", "humanizePercentage", "humanizeDuration", "printf", "toUpper", "toLower", "title"];
+const FUNCTIONS: &[&str] = &[
+    "humanize",
+    "humanize1024",
+    "humanizePercentage",
+    "humanizeDuration",
+    "humanizeTimestamp",
+    "printf",
+    "toUpper",
+    "toLower",
+    "title",
+    "reReplaceAll",
+    "match",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "and",
+    "or",
+    "not",
+];
 
 fn tokens(action: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
@@ -84,93 +156,165 @@ fn arg(token: &str) -> Result<Arg, String> {
     if let Some(name) = token.strip_prefix("$labels.").or_else(|| token.strip_prefix(".Labels.")) {
         return Ok(Arg::Label(name.to_owned()));
     }
-    if token.parse::<f64>().is_ok() {
-        return Ok(Arg::Text(token.to_owned()));
+    if let Ok(v) = token.parse::<f64>() {
+        return Ok(Arg::Number(v));
     }
     Err(format!("unsupported template argument {token:?} (use $labels.NAME or $value)"))
 }
 
+/// Splits a template at its actions, applying trim markers.
+fn items(text: &str) -> Result<Vec<Item>, String> {
+    let mut items = Vec::new();
+    let mut rest = text;
+    // Go's trim markers: `{{- ` drops the whitespace before the action,
+    // ` -}}` the whitespace after it.
+    let mut trim_next = false;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or("unclosed {{")?;
+        let raw = &after[..end];
+        let trim_before = raw.starts_with("- ") || raw.starts_with("-\n") || raw == "-";
+        let trim_after = raw.ends_with(" -") || raw.ends_with("\n-");
+        let mut before = &rest[..start];
+        if trim_next {
+            before = before.trim_start();
+        }
+        if trim_before {
+            before = before.trim_end();
+        }
+        if !before.is_empty() {
+            items.push(Item::Text(before.to_owned()));
+        }
+        trim_next = trim_after;
+        let action = raw.trim().trim_start_matches('-').trim_end_matches('-').trim();
+        items.push(Item::Action(action.to_owned()));
+        rest = &after[end + 2..];
+    }
+    let rest = if trim_next { rest.trim_start() } else { rest };
+    if !rest.is_empty() {
+        items.push(Item::Text(rest.to_owned()));
+    }
+    Ok(items)
+}
+
+/// One action's pipeline: `a | f b | g`.
+fn pipeline(action: &str) -> Result<Vec<Command>, String> {
+    let mut commands = Vec::new();
+    let tokens = tokens(action)?;
+    for part in tokens.split(|t| t == "|") {
+        let Some((head, tail)) = part.split_first() else { return Err("empty pipeline stage".into()) };
+        if FUNCTIONS.contains(&head.as_str()) {
+            commands.push(Command {
+                function: Some(head.clone()),
+                args: tail.iter().map(|t| arg(t)).collect::<Result<_, _>>()?,
+            });
+        } else if tail.is_empty() {
+            commands.push(Command { function: None, args: vec![arg(head)?] });
+        } else {
+            return Err(format!("unknown template function {head:?}"));
+        }
+    }
+    Ok(commands)
+}
+
+/// Segments up to the `end`, `else` or `else if` closing the block they
+/// are in (returned with them), or to the end of the template.
+fn block(items: &mut std::vec::IntoIter<Item>, nested: bool) -> Result<(Vec<Segment>, Option<String>), String> {
+    let mut segments = Vec::new();
+    while let Some(item) = items.next() {
+        let action = match item {
+            Item::Text(text) => {
+                segments.push(Segment::Text(text));
+                continue;
+            }
+            Item::Action(action) => action,
+        };
+        if action == "end" || action == "else" || action.starts_with("else if ") {
+            if !nested {
+                return Err(format!("{{{{ {action} }}}} without an if"));
+            }
+            return Ok((segments, Some(action)));
+        }
+        let Some(condition) = action.strip_prefix("if ") else {
+            segments.push(Segment::Action(pipeline(&action)?));
+            continue;
+        };
+        let mut branches = vec![(pipeline(condition)?, Vec::new())];
+        let mut otherwise = Vec::new();
+        loop {
+            let (body, closing) = block(items, true)?;
+            branches.last_mut().expect("a branch").1 = body;
+            match closing.as_deref() {
+                Some("end") => break,
+                Some("else") => {
+                    let (body, closing) = block(items, true)?;
+                    if closing.as_deref() != Some("end") {
+                        return Err("{{ else }} must be the last branch before {{ end }}".into());
+                    }
+                    otherwise = body;
+                    break;
+                }
+                Some(other) => {
+                    let condition = other.strip_prefix("else if ").expect("else if");
+                    branches.push((pipeline(condition)?, Vec::new()));
+                }
+                None => return Err("{{ if }} without {{ end }}".into()),
+            }
+        }
+        segments.push(Segment::If { branches, otherwise });
+    }
+    Ok((segments, None))
+}
+
 impl Template {
     pub fn compile(text: &str) -> Result<Template, String> {
-        let mut segments = Vec::new();
-        let mut rest = text;
-        // Go's trim markers: `{{- ` drops the whitespace before the action,
-        // ` -}}` the whitespace after it.
-        let mut trim_next = false;
-        while let Some(start) = rest.find("{{") {
-            let after = &rest[start + 2..];
-            let end = after.find("}}").ok_or("unclosed {{")?;
-            let raw = &after[..end];
-            let trim_before = raw.starts_with("- ") || raw.starts_with("-\n") || raw == "-";
-            let trim_after = raw.ends_with(" -") || raw.ends_with("\n-");
-            let mut before = &rest[..start];
-            if trim_next {
-                before = before.trim_start();
-            }
-            if trim_before {
-                before = before.trim_end();
-            }
-            if !before.is_empty() {
-                segments.push(Segment::Text(before.to_owned()));
-            }
-            trim_next = trim_after;
-            let action = raw.trim().trim_start_matches('-').trim_end_matches('-').trim();
-            let mut commands = Vec::new();
-            let tokens = tokens(action)?;
-            for part in tokens.split(|t| t == "|") {
-                let Some((head, tail)) = part.split_first() else { return Err("empty pipeline stage".into()) };
-                if FUNCTIONS.contains(&head.as_str()) {
-                    commands.push(Command {
-                        function: Some(head.clone()),
-                        args: tail.iter().map(|t| arg(t)).collect::<Result<_, _>>()?,
-                    });
-                } else if tail.is_empty() {
-                    commands.push(Command { function: None, args: vec![arg(head)?] });
-                } else {
-                    return Err(format!("unknown template function {head:?}"));
-                }
-            }
-            segments.push(Segment::Action(commands));
-            rest = &after[end + 2..];
-        }
-        let rest = if trim_next { rest.trim_start() } else { rest };
-        if !rest.is_empty() {
-            segments.push(Segment::Text(rest.to_owned()));
-        }
+        let (segments, _) = block(&mut items(text)?.into_iter(), false)?;
         Ok(Template { segments })
     }
 
     pub fn render(&self, labels: &BTreeMap<String, String>, value: f64) -> String {
         let mut out = String::new();
-        for segment in &self.segments {
-            match segment {
-                Segment::Text(text) => out.push_str(text),
-                Segment::Action(commands) => {
-                    let mut piped: Option<String> = None;
-                    for command in commands {
-                        let mut args: Vec<String> = command
-                            .args
-                            .iter()
-                            .map(|a| match a {
-                                Arg::Label(name) => labels.get(name).cloned().unwrap_or_default(),
-                                Arg::Value => format_value(value),
-                                Arg::Text(text) => text.clone(),
-                            })
-                            .collect();
-                        if let Some(previous) = piped.take() {
-                            args.push(previous);
-                        }
-                        piped = Some(match command.function.as_deref() {
-                            None => args.pop().unwrap_or_default(),
-                            Some(function) => apply(function, &args),
-                        });
-                    }
-                    out.push_str(&piped.unwrap_or_default());
-                }
-            }
-        }
+        render(&self.segments, labels, value, &mut out);
         out
     }
+}
+
+fn render(segments: &[Segment], labels: &BTreeMap<String, String>, value: f64, out: &mut String) {
+    for segment in segments {
+        match segment {
+            Segment::Text(text) => out.push_str(text),
+            Segment::Action(commands) => out.push_str(&run(commands, labels, value).text()),
+            Segment::If { branches, otherwise } => {
+                let taken = branches.iter().find(|(condition, _)| run(condition, labels, value).truthy());
+                render(taken.map_or(otherwise, |(_, body)| body), labels, value, out);
+            }
+        }
+    }
+}
+
+/// Runs a pipeline: each command's result is the next one's last argument.
+fn run(commands: &[Command], labels: &BTreeMap<String, String>, value: f64) -> Val {
+    let mut piped: Option<Val> = None;
+    for command in commands {
+        let mut args: Vec<Val> = command
+            .args
+            .iter()
+            .map(|a| match a {
+                Arg::Label(name) => Val::Text(labels.get(name).cloned().unwrap_or_default()),
+                Arg::Value => Val::Number(value),
+                Arg::Text(text) => Val::Text(text.clone()),
+                Arg::Number(v) => Val::Number(*v),
+            })
+            .collect();
+        if let Some(previous) = piped.take() {
+            args.push(previous);
+        }
+        piped = Some(match command.function.as_deref() {
+            None => args.pop().unwrap_or(Val::Text(String::new())),
+            Some(function) => apply(function, &args),
+        });
+    }
+    piped.unwrap_or(Val::Text(String::new()))
 }
 
 /// `$value` as Go's `%v` prints a float64 (Prometheus renders it so):
@@ -248,29 +392,87 @@ fn g4(value: f64) -> String {
     format_g(value, Some(4))
 }
 
-fn apply(function: &str, args: &[String]) -> String {
-    let last = args.last().map(String::as_str).unwrap_or("");
+fn apply(function: &str, args: &[Val]) -> Val {
+    let last = args.last().cloned().unwrap_or(Val::Text(String::new()));
+    let compare = |holds: fn(std::cmp::Ordering) -> bool| {
+        let [a, b] = args else { return Val::Bool(false) };
+        // Numbers compare as numbers; anything else as text.
+        let ordering = match (a, b) {
+            (Val::Number(_), _) | (_, Val::Number(_)) => a.number().partial_cmp(&b.number()),
+            _ => Some(a.text().cmp(&b.text())),
+        };
+        Val::Bool(ordering.is_some_and(holds))
+    };
     match function {
-        "humanize" => humanize(number(last)),
+        "eq" => compare(|o| o.is_eq()),
+        "ne" => compare(|o| o.is_ne()),
+        "lt" => compare(|o| o.is_lt()),
+        "le" => compare(|o| o.is_le()),
+        "gt" => compare(|o| o.is_gt()),
+        "ge" => compare(|o| o.is_ge()),
+        // Go's: the first false argument, or the last; the first true, or the last.
+        "and" => args.iter().find(|a| !a.truthy()).unwrap_or(&last).clone(),
+        "or" => args.iter().find(|a| a.truthy()).unwrap_or(&last).clone(),
+        "not" => Val::Bool(!last.truthy()),
+        "match" => {
+            let (pattern, text) = (args.first().map(Val::text).unwrap_or_default(), last.text());
+            Val::Bool(regex::Regex::new(&pattern).is_ok_and(|r| r.is_match(&text)))
+        }
+        "reReplaceAll" => {
+            let [pattern, replacement, text] = args else { return last };
+            match regex::Regex::new(&pattern.text()) {
+                Ok(regex) => Val::Text(regex.replace_all(&text.text(), replacement.text().as_str()).into_owned()),
+                Err(_) => text.clone(),
+            }
+        }
+        other => Val::Text(apply_text(other, args, &last)),
+    }
+}
+
+fn apply_text(function: &str, args: &[Val], last: &Val) -> String {
+    let text = last.text();
+    match function {
+        "humanize" => humanize(last.number()),
         "humanize1024" => {
-            let v = number(last);
+            let v = last.number();
             if v.abs() <= 1.0 || !v.is_finite() {
                 return g4(v);
             }
             let (v, prefix) = scale_down(v, 1024.0, &["ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"]);
             format!("{}{prefix}", g4(v))
         }
-        "humanizePercentage" => format!("{}%", g4(number(last) * 100.0)),
-        "humanizeDuration" => humanize_duration(number(last)),
-        "printf" => printf(args),
-        "toUpper" => last.to_uppercase(),
-        "toLower" => last.to_lowercase(),
+        "humanizePercentage" => format!("{}%", g4(last.number() * 100.0)),
+        "humanizeDuration" => humanize_duration(last.number()),
+        "humanizeTimestamp" => humanize_timestamp(last.number()),
+        "printf" => printf(&args.iter().map(Val::text).collect::<Vec<_>>()),
+        "toUpper" => text.to_uppercase(),
+        "toLower" => text.to_lowercase(),
         "title" => {
-            let mut chars = last.chars();
+            let mut chars = text.chars();
             chars.next().map(|c| c.to_uppercase().collect::<String>() + chars.as_str()).unwrap_or_default()
         }
-        _ => last.to_owned(),
+        _ => text,
     }
+}
+
+/// Prometheus' `humanizeTimestamp`: Unix seconds as Go prints a UTC time
+/// (`2026-12-01 05:46:00.5 +0000 UTC`), to the millisecond as Prometheus
+/// keeps times. A time past 64-bit nanoseconds (where Prometheus shows an
+/// error) prints as a number.
+fn humanize_timestamp(seconds: f64) -> String {
+    let nanos = seconds * 1e9;
+    if !nanos.is_finite() || nanos >= i64::MAX as f64 || nanos <= i64::MIN as f64 {
+        return g4(seconds);
+    }
+    let millis = nanos as i64 / 1_000_000;
+    let (whole, fraction) = (millis.div_euclid(1000), millis.rem_euclid(1000) as u32 * 1_000_000);
+    let Some(time) = chrono::DateTime::from_timestamp(whole, fraction) else { return g4(seconds) };
+    let mut text = time.format("%Y-%m-%d %H:%M:%S").to_string();
+    if fraction > 0 {
+        text.push('.');
+        text.push_str(format!("{fraction:09}").trim_end_matches('0'));
+    }
+    text + " +0000 UTC"
 }
 
 /// Prometheus' `humanize`: SI prefixes, four significant digits.
@@ -393,6 +595,27 @@ mod tests {
         assert_eq!(Template::compile("{{ $value | humanizePercentage }}").unwrap().render(&labels, 0.125), "12.5%");
         assert_eq!(Template::compile("{{ humanizeDuration $value }}").unwrap().render(&labels, 3723.0), "1h 2m 3s");
         assert_eq!(Template::compile("{{ $labels.missing }}!").unwrap().render(&labels, 0.0), "!");
+        // Conditions, comparisons and the regex functions.
+        let severity = Template::compile(
+            "{{ if gt $value 10.0 }}critical{{ else if and (ge $value 5.0) $labels.agent_id }}high{{ else }}low{{ end }}",
+        );
+        assert!(severity.is_err(), "parenthesised pipelines are not supported");
+        let severity =
+            Template::compile("{{ if gt $value 10.0 }}critical{{ else if ge $value 5.0 }}high{{ else }}low{{ end }}")
+                .unwrap();
+        let levels: Vec<String> = [20.0, 5.0, 1.0].iter().map(|v| severity.render(&labels, *v)).collect();
+        assert_eq!(levels, ["critical", "high", "low"]);
+        let regex = Template::compile(
+            "{{ reReplaceAll \"-bot$\" \"\" $labels.agent_id }}{{ if match \"^support\" $labels.agent_id }} (support){{ end }}",
+        )
+        .unwrap();
+        assert_eq!(regex.render(&labels, 0.0), "support (support)");
+        let missing = Template::compile("{{ if $labels.missing }}set{{ else }}unset{{ end }}").unwrap();
+        assert_eq!(missing.render(&labels, 0.0), "unset");
+        assert_eq!(
+            Template::compile("{{ $value | humanizeTimestamp }}").unwrap().render(&labels, 1_764_567_960.5),
+            "2025-12-01 05:46:00.5 +0000 UTC"
+        );
         // Trim markers, as Go's: whitespace on the marked side goes.
         let trimmed = Template::compile("a  {{- $labels.agent_id -}} \n b {{ $value }}").unwrap();
         assert_eq!(trimmed.render(&labels, 1.5), "asupport-botb 1.5");
@@ -400,7 +623,9 @@ mod tests {
 
     #[test]
     fn unknown_functions_and_unclosed_actions_are_load_errors() {
-        assert!(Template::compile("{{ reReplaceAll \"a\" \"b\" $value }}").unwrap_err().contains("reReplaceAll"));
+        assert!(Template::compile("{{ query \"up\" }}").unwrap_err().contains("query"));
+        assert!(Template::compile("{{ if $value }}x").unwrap_err().contains("end"));
+        assert!(Template::compile("x{{ end }}").unwrap_err().contains("without an if"));
         assert!(Template::compile("{{ $value").unwrap_err().contains("unclosed"));
         assert!(Template::compile("{{ .Foo }}").is_err());
     }
