@@ -6,7 +6,7 @@
 //! rules and must agree at every minute: `for`, `keep_firing_for`, gaps
 //! and staleness, PromQL, and the templates' formatting of `$value`,
 //! `humanize`, `humanize1024`, `humanizePercentage`, `humanizeDuration`
-//! and `printf`.
+//! and `printf`, and a recording rule an alert reads in the same group.
 //!
 //! Debian's `promtool` is Prometheus 2.42, whose range windows include
 //! their start (3.x: they do not): the rules' ranges are not a multiple of
@@ -42,6 +42,14 @@ const RULES: &str = r#"groups:
         keep_firing_for: 3m
         annotations:
           ratio: '{{ $value | humanizePercentage }}'
+      - record: agent:errors:rate5m30s
+        expr: sum by (agent_id) (rate(agent_actions_total{status="error"}[5m30s]))
+        labels:
+          source: recorded
+      - alert: RecordedErrors
+        expr: agent:errors:rate5m30s * 60 > 2
+        annotations:
+          per_minute: '{{ printf "%.1f" $value }} errors a minute ({{ $labels.source }})'
       - alert: Backlog
         expr: approvals_pending > 3
         annotations:
@@ -170,7 +178,7 @@ async fn rules_fire_and_render_as_promtool_says() {
         false,
         "".into(),
     );
-    let names = ["HighCost", "ErrorRatio", "Backlog", "SlowQueue", "Tokens"];
+    let names = ["HighCost", "ErrorRatio", "RecordedErrors", "Backlog", "SlowQueue", "Tokens"];
     let mut expectations = Vec::new();
     let mut fired: BTreeMap<&str, usize> = BTreeMap::new();
     for minute in 0..=MINUTES {
