@@ -192,6 +192,12 @@ pub struct Evaluator<'a> {
     pub default_step_ms: i64,
 }
 
+/// Whether a series with these labels is one `selector` selects (its
+/// name, if it has one, and every matcher).
+pub fn selects(selector: &promql_parser::parser::VectorSelector, labels: &Labels) -> bool {
+    selector.name.as_ref().is_none_or(|n| labels.get(NAME) == Some(n)) && matches(&selector.matchers, labels)
+}
+
 fn matches(matchers: &Matchers, labels: &Labels) -> bool {
     let one = |m: &promql_parser::label::Matcher| m.is_match(labels.get(&m.name).map(String::as_str).unwrap_or(""));
     matchers.matchers.iter().all(one)
@@ -913,7 +919,7 @@ fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
 
 /// Prometheus' `almost.Equal`: equal, both NaN, or within a relative
 /// `epsilon`.
-fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
+pub fn almost_equal(a: f64, b: f64, epsilon: f64) -> bool {
     if a.is_nan() && b.is_nan() || a == b {
         return true;
     }

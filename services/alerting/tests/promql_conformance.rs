@@ -26,18 +26,9 @@ use warden_alerting::series::{Labels, NAME, STALE_BITS, Tsdb};
 /// none in its test engine.
 const SUBQUERY_STEP_MS: i64 = 60_000;
 
-/// `almost.Equal` from Prometheus' `util/almost`.
+/// Prometheus' tolerance in its test engine: a relative error of 1e-6.
 fn almost_equal(a: f64, b: f64) -> bool {
-    const EPSILON: f64 = 0.000_001;
-    const MIN_NORMAL: f64 = f64::MIN_POSITIVE;
-    if a.is_nan() && b.is_nan() || a == b {
-        return true;
-    }
-    let (sum, diff) = (a.abs() + b.abs(), (a - b).abs());
-    if a == 0.0 || b == 0.0 || sum < MIN_NORMAL {
-        return diff < EPSILON * MIN_NORMAL;
-    }
-    diff / sum.min(f64::MAX) < EPSILON
+    promql::almost_equal(a, b, 0.000_001)
 }
 
 /// Prometheus' `model.ParseDuration` (`1h30m`, `10s`, `0`), in milliseconds.
@@ -247,13 +238,6 @@ fn selectors(expr: &Expr, out: &mut Vec<promql_parser::parser::VectorSelector>) 
     }
 }
 
-fn selects(selector: &promql_parser::parser::VectorSelector, labels: &Labels) -> bool {
-    let one = |m: &promql_parser::label::Matcher| m.is_match(labels.get(&m.name).map(String::as_str).unwrap_or(""));
-    selector.name.as_ref().is_none_or(|n| labels.get(NAME) == Some(n))
-        && selector.matchers.matchers.iter().all(one)
-        && (selector.matchers.or_matchers.is_empty() || selector.matchers.or_matchers.iter().any(|g| g.iter().all(one)))
-}
-
 fn format_labels(labels: &Labels) -> String {
     let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
     format!("{{{}}}", pairs.join(", "))
@@ -271,7 +255,7 @@ impl Script {
         };
         let mut used = Vec::new();
         selectors(&expr, &mut used);
-        if used.iter().any(|s| self.histograms.iter().any(|h| selects(s, h))) {
+        if used.iter().any(|s| self.histograms.iter().any(|h| promql::selects(s, h))) {
             return Outcome::Unsupported("native histograms".into());
         }
         let evaluator = Evaluator { tsdb: &self.tsdb, default_step_ms: SUBQUERY_STEP_MS };
