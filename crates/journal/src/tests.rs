@@ -264,14 +264,16 @@ async fn a_lone_caller_never_waits_for_the_commit_delay() {
     assert_eq!(read_all(&mut reader).await.len(), 20);
 }
 
-/// Under load the delay is taken: once syncs are shared by several
-/// callers, the writer rests for the delay after each sync, and an append
-/// waits for the ones that arrive during the rest.
+/// Under load the delay is taken: the writer rests for the delay after
+/// each sync, and an append waits for the ones that arrive during the rest.
+/// `commit_siblings: 1` counts every caller as load: with 2, whether 32
+/// appends at once share syncs depends on how fast the disk syncs (on a
+/// fast one, the writer keeps up with them one or two at a time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_load_an_append_waits_for_the_ones_that_follow() {
     let dir = tempfile::tempdir().unwrap();
     let delay = std::time::Duration::from_secs(1);
-    let options = Options { commit_delay: delay, commit_siblings: 2, ..Options::default() };
+    let options = Options { commit_delay: delay, commit_siblings: 1, ..Options::default() };
     let (journal, mut reader, _) = Journal::open(dir.path(), options).unwrap();
     let journal = Arc::new(journal);
     let append_all = |appends: Vec<u64>, apart: std::time::Duration| {
@@ -293,7 +295,7 @@ async fn under_load_an_append_waits_for_the_ones_that_follow() {
     // Load: 32 callers at once share syncs.
     append_all((0..32).collect(), std::time::Duration::ZERO).await;
     let before = journal.syncs();
-    assert!(before < 32, "{before} syncs for 32 appends at once");
+    assert!(before <= 2, "{before} syncs for 32 appends at once");
     // The writer rests from the last sync on: an append half-way through
     // the rest waits for the rest of it, not for a delay of its own.
     tokio::time::sleep(delay / 2).await;
