@@ -212,3 +212,165 @@ async fn sign_in(http: &reqwest::Client, inbox: &str, token: &str) -> reqwest::R
         .await
         .unwrap()
 }
+
+/// `GET path` with a session cookie, not following redirects.
+async fn get(http: &reqwest::Client, inbox: &str, path: &str, session: &str) -> reqwest::Response {
+    http.get(format!("{inbox}{path}")).header("cookie", session).send().await.unwrap()
+}
+
+/// The CSRF token in a page's forms.
+fn csrf_of(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"").nth(1).expect("a csrf field").split('"').next().unwrap().to_owned()
+}
+
+/// Every inbox session row: its key, and everything else in it as bytes.
+async fn session_rows(url: &str) -> Vec<(String, Vec<u8>)> {
+    use sqlx::Row;
+    let database = warden_store::Database::connect(url).await.unwrap();
+    let select = "SELECT id_hash, principal, sealed_credential, csrf FROM approval_inbox_sessions";
+    let rows = match &database {
+        warden_store::Database::Sqlite(pool) => sqlx::query(select)
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let text: Vec<u8> =
+                    [r.get::<String, _>(1).into_bytes(), r.get::<Vec<u8>, _>(2), r.get::<String, _>(3).into_bytes()]
+                        .concat();
+                (r.get::<String, _>(0), text)
+            })
+            .collect(),
+        warden_store::Database::Postgres(pool) => sqlx::query(select)
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let text: Vec<u8> =
+                    [r.get::<String, _>(1).into_bytes(), r.get::<Vec<u8>, _>(2), r.get::<String, _>(3).into_bytes()]
+                        .concat();
+                (r.get::<String, _>(0), text)
+            })
+            .collect(),
+    };
+    database.close().await;
+    rows
+}
+
+/// Inbox sessions live in the database: a reviewer signed in on one
+/// replica (or before a restart) reviews on another, signing out there
+/// ends the session everywhere, and the database holds neither the cookie
+/// nor the credential.
+async fn inbox_sessions_outlive_their_replica(database_url: Option<String>) {
+    let sandbox = Sandbox::new(&[]);
+    let keys = identity::keys(sandbox.data.path());
+    let config = |name: &str| {
+        // SQLite: one data directory, served by one process after another.
+        let mut config =
+            ApprovalConfig::for_tests(sandbox.data.path().join(if database_url.is_some() { name } else { "a" }));
+        config.database_url = database_url.clone().unwrap_or_default();
+        config.auth = keys.auth();
+        config.http_listen = "127.0.0.1:0".into();
+        config
+    };
+    let url = config("a").database_url();
+    let first = ApprovalServer::start(config("a")).await.unwrap();
+    let mut service = ApprovalServiceClient::new(channel(&first.url()).await);
+    let create = pb::CreateApprovalRequest {
+        agent_id: "support-bot".into(),
+        action: Some(pb::Action { r#type: "send_email".into(), resource: "customer/42".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let id = service
+        .create_approval(bearer(tonic::Request::new(create), keys.token("service")))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let inbox = format!("http://{}", first.http_addr.unwrap());
+    let login = sign_in(&http, &inbox, keys.token("approver")).await;
+    assert_eq!(login.status(), 303);
+    let session = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("warden_session="))
+        .expect("a session cookie");
+    let cookie_value = session.trim_start_matches("warden_session=").to_owned();
+
+    // What a reader of the database gets: no cookie, no credential.
+    let rows = session_rows(&url).await;
+    assert_eq!(rows.len(), 1);
+    let (key, stored) = &rows[0];
+    assert_ne!(key, &cookie_value);
+    let contains = |needle: &str| stored.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(!contains(keys.token("approver")) && !contains(&cookie_value), "a stored session gives a credential away");
+
+    // Another replica (PostgreSQL) or the same data after a restart (SQLite).
+    let (first, second) = if database_url.is_some() {
+        (Some(first), ApprovalServer::start(config("b")).await.unwrap())
+    } else {
+        first.shutdown().await;
+        (None, ApprovalServer::start(config("a")).await.unwrap())
+    };
+    let other = format!("http://{}", second.http_addr.unwrap());
+    let page = get(&http, &other, &format!("/approvals/{id}"), &session).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Signed in as <b>approver</b>") && html.contains("id=\"approve\""), "{html}");
+    let csrf = csrf_of(&html);
+    let reviewed = http
+        .post(format!("{other}/approvals/{id}/review"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str()), ("decision", "approve"), ("comment", "fine")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reviewed.status(), 303);
+    let mut client = ApprovalServiceClient::new(channel(&second.url()).await);
+    let approval = client
+        .get_approval(bearer(tonic::Request::new(pb::GetApprovalRequest { id: id.clone() }), keys.token("approver")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(approval.state(), pb::State::Approved);
+    assert_eq!(approval.reviews[0].reviewer, "approver");
+
+    // A cookie that is not the session's signs nobody in.
+    let forged = format!("warden_session={}", &cookie_value[..cookie_value.len() - 2]);
+    assert_eq!(get(&http, &other, "/approvals", &forged).await.status(), 303);
+
+    // Signing out on one ends the session on every replica.
+    let out = http
+        .post(format!("{other}/logout"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert!(session_rows(&url).await.is_empty());
+    let after = get(&http, &other, "/approvals", &session).await;
+    assert_eq!(after.status(), 303);
+    assert_eq!(after.headers()["location"], "/login");
+    if let Some(first) = first {
+        assert_eq!(get(&http, &inbox, "/approvals", &session).await.status(), 303);
+        first.shutdown().await;
+    }
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_sessions_survive_a_restart_on_sqlite() {
+    inbox_sessions_outlive_their_replica(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_sessions_are_shared_by_replicas_on_postgres() {
+    let Some(url) = warden_store::testing::postgres_url().await else { return };
+    inbox_sessions_outlive_their_replica(Some(url)).await;
+}

@@ -5,26 +5,35 @@
 //! Sign-in takes an API key or an OIDC token (checked by the shared auth
 //! layer's verifiers) and exchanges it for a session cookie (`HttpOnly`,
 //! `SameSite=Strict`, `Secure` under TLS). The credential is re-checked on
-//! every request, so a revoked key ends its sessions. Every form carries
+//! every request, so a revoked key ends its sessions. Sessions live in the
+//! database: every replica behind a load balancer knows them, a restart
+//! keeps them, and signing out ends them everywhere. The database holds
+//! nothing that signs anyone in: a session is found by a hash of its
+//! cookie, and the credential is sealed (AES-256-GCM) under a key derived
+//! from the cookie, which only the browser has. Every form carries
 //! the session's CSRF token; every page has a strict Content-Security-Policy
 //! (no scripts at all) and is never cached. Reviewers see the canonical
 //! action whose hash redemption checks.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
 
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
+use hmac::Mac;
 use serde::Deserialize;
+use sha2::Digest;
 use subtle::ConstantTimeEq;
 use warden_auth::{Auth, Principal, Secret};
 
 use crate::approvals::Approvals;
-use crate::store::{ApprovalRow, State as ApprovalState};
+use crate::store::{ApprovalRow, SessionRow, State as ApprovalState};
 
 const COOKIE: &str = "warden_session";
 /// The sign-in form's CSRF token, double-submitted: set with the form, sent
@@ -41,18 +50,51 @@ pre{background:#f6f6f6;padding:.6rem;overflow:auto}.pending{color:#a60}.approved
 .denied,.expired,.cancelled{color:#a00}textarea{width:100%;height:4rem}button{margin:.3rem .6rem 0 0;padding:.4rem 1rem}\
 .error{background:#fee;padding:.6rem}nav{margin-bottom:1rem}.inline{display:inline}";
 
-struct Session {
-    token: Secret,
-    csrf: String,
-    expires: tokio::time::Instant,
-}
-
 #[derive(Clone)]
 pub struct Inbox {
     approvals: Arc<Approvals>,
     auth: Arc<Auth>,
-    sessions: Arc<Mutex<HashMap<String, Session>>>,
     secure_cookies: bool,
+}
+
+/// Where a session's row is: a hash of its cookie, so a reader of the
+/// database cannot present it.
+fn session_key(cookie: &str) -> String {
+    hex::encode(sha2::Sha256::digest(format!("warden inbox session id:{cookie}")))
+}
+
+/// The cipher sealing a session's credential, keyed by the cookie (a
+/// different derivation from [`session_key`]'s).
+fn session_cipher(cookie: &str) -> Aes256Gcm {
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(cookie.as_bytes()).expect("any key length");
+    mac.update(b"warden inbox session credential");
+    Aes256Gcm::new(&mac.finalize().into_bytes())
+}
+
+/// The credential sealed for the session `cookie`: a random nonce, then
+/// the ciphertext, bound to the row's key.
+fn seal(cookie: &str, token: &Secret) -> Vec<u8> {
+    use rand::RngCore;
+    let mut nonce = [0u8; 12];
+    rand::rng().fill_bytes(&mut nonce);
+    let aad = session_key(cookie);
+    let sealed = session_cipher(cookie)
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: token.expose().as_bytes(), aad: aad.as_bytes() })
+        .expect("sealing a short credential");
+    [nonce.as_slice(), &sealed].concat()
+}
+
+/// The credential of the session `cookie`, if `sealed` opens with it.
+fn unseal(cookie: &str, sealed: &[u8]) -> Option<Secret> {
+    if sealed.len() < 12 {
+        return None;
+    }
+    let (nonce, ciphertext) = sealed.split_at(12);
+    let aad = session_key(cookie);
+    let plain = session_cipher(cookie)
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: aad.as_bytes() })
+        .ok()?;
+    Some(Secret::new(String::from_utf8(plain).ok()?))
 }
 
 fn random_token() -> String {
@@ -117,7 +159,7 @@ fn time_left(row: &ApprovalRow, now_micros: i64) -> String {
 
 impl Inbox {
     pub fn new(approvals: Arc<Approvals>, auth: Arc<Auth>, secure_cookies: bool) -> Inbox {
-        Inbox { approvals, auth, sessions: Arc::default(), secure_cookies }
+        Inbox { approvals, auth, secure_cookies }
     }
 
     pub fn router(self) -> axum::Router {
@@ -134,23 +176,36 @@ impl Inbox {
     }
 
     /// The signed-in principal and the session's CSRF token, re-checking
-    /// the credential (a revoked key ends the session).
-    async fn session(&self, headers: &HeaderMap) -> Option<(Arc<Principal>, String)> {
-        let id = cookie(headers, COOKIE)?;
-        let (token, csrf) = {
-            let mut sessions = self.sessions.lock().expect("not poisoned");
-            let session = sessions.get(&id)?;
-            if session.expires < tokio::time::Instant::now() {
-                sessions.remove(&id);
-                return None;
+    /// the credential (a revoked key ends the session). Not signed in: a
+    /// redirect to the sign-in page; the database unavailable: an error
+    /// page saying so (not a sign-out).
+    async fn session(&self, headers: &HeaderMap) -> Result<(Arc<Principal>, String), Response> {
+        let to_login = || secured(Redirect::to("/login").into_response());
+        let id = cookie(headers, COOKIE).ok_or_else(to_login)?;
+        let key = session_key(&id);
+        let row = match self.approvals.store.session(&key, self.approvals.clock.now_micros()).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(to_login()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read an inbox session");
+                let body = "<p class=\"error\">The approval store is unavailable; try again shortly.</p>";
+                let mut response = page("Unavailable", None, "", body);
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return Err(response);
             }
-            (session.token.clone(), session.csrf.clone())
         };
-        match self.principal(&token).await {
-            Ok(principal) => Some((principal, csrf)),
-            Err(_) => {
-                self.sessions.lock().expect("not poisoned").remove(&id);
-                None
+        let principal = match unseal(&id, &row.sealed_credential) {
+            Some(token) => self.principal(&token).await.ok(),
+            None => None,
+        };
+        match principal {
+            Some(principal) => Ok((principal, row.csrf)),
+            None => {
+                tracing::info!(principal = %row.principal, "inbox session ended: its credential no longer signs in");
+                if let Err(error) = self.approvals.store.delete_session(&key).await {
+                    tracing::warn!(%error, "cannot end an inbox session");
+                }
+                Err(to_login())
             }
         }
     }
@@ -229,10 +284,22 @@ async fn login(State(inbox): State<Inbox>, headers: HeaderMap, Form(form): Form<
     match inbox.principal(&token).await {
         Ok(principal) => {
             let id = random_token();
-            inbox.sessions.lock().expect("not poisoned").insert(
-                id.clone(),
-                Session { token, csrf: random_token(), expires: tokio::time::Instant::now() + SESSION_TTL },
-            );
+            let now = inbox.approvals.clock.now_micros();
+            let session = SessionRow {
+                principal: principal.id.clone(),
+                sealed_credential: seal(&id, &token),
+                csrf: random_token(),
+                created_at_micros: now,
+                expires_at_micros: now + SESSION_TTL.as_micros() as i64,
+            };
+            if let Err(error) = inbox.approvals.store.insert_session(&session_key(&id), &session, now).await {
+                tracing::warn!(%error, "cannot store an inbox session");
+                let body =
+                    "<p class=\"error\">Sign-in failed: the approval store is unavailable; try again shortly.</p>";
+                let mut response = page("Sign in", None, "", body);
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return response;
+            }
             tracing::info!(principal = %principal.id, "inbox sign-in");
             let cookie = format!(
                 "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
@@ -263,10 +330,12 @@ struct CsrfForm {
 }
 
 async fn logout(State(inbox): State<Inbox>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
-    if let Some((_, csrf)) = inbox.session(&headers).await
+    if let Ok((_, csrf)) = inbox.session(&headers).await
         && bool::from(csrf.as_bytes().ct_eq(form.csrf.as_bytes()))
+        && let Some(id) = cookie(&headers, COOKIE)
+        && let Err(error) = inbox.approvals.store.delete_session(&session_key(&id)).await
     {
-        inbox.sessions.lock().expect("not poisoned").retain(|_, s| s.csrf != csrf);
+        tracing::warn!(%error, "cannot end an inbox session");
     }
     let mut response = Redirect::to("/login").into_response();
     set_cookie(&mut response, &format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"));
@@ -306,8 +375,9 @@ fn rows_table(rows: &[ApprovalRow], now: i64) -> String {
 }
 
 async fn pending(State(inbox): State<Inbox>, headers: HeaderMap) -> Response {
-    let Some((principal, csrf)) = inbox.session(&headers).await else {
-        return secured(Redirect::to("/login").into_response());
+    let (principal, csrf) = match inbox.session(&headers).await {
+        Ok(session) => session,
+        Err(response) => return response,
     };
     let rows = match inbox.approvals.store.list(Some(ApprovalState::Pending), None, None, 500).await {
         Ok(rows) => rows,
@@ -331,16 +401,18 @@ async fn pending(State(inbox): State<Inbox>, headers: HeaderMap) -> Response {
 }
 
 async fn history(State(inbox): State<Inbox>, headers: HeaderMap) -> Response {
-    let Some((principal, csrf)) = inbox.session(&headers).await else {
-        return secured(Redirect::to("/login").into_response());
+    let (principal, csrf) = match inbox.session(&headers).await {
+        Ok(session) => session,
+        Err(response) => return response,
     };
     let rows = inbox.approvals.store.list(None, None, None, 100).await.unwrap_or_default();
     page("History", Some(&principal), &csrf, &rows_table(&rows, inbox.approvals.clock.now_micros()))
 }
 
 async fn detail(State(inbox): State<Inbox>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let Some((principal, csrf)) = inbox.session(&headers).await else {
-        return secured(Redirect::to("/login").into_response());
+    let (principal, csrf) = match inbox.session(&headers).await {
+        Ok(session) => session,
+        Err(response) => return response,
     };
     let row = match inbox.approvals.store.get(&id).await {
         Ok(Some(row)) => row,
@@ -411,8 +483,9 @@ async fn review(
     Path(id): Path<String>,
     Form(form): Form<ReviewForm>,
 ) -> Response {
-    let Some((principal, csrf)) = inbox.session(&headers).await else {
-        return secured(Redirect::to("/login").into_response());
+    let (principal, csrf) = match inbox.session(&headers).await {
+        Ok(session) => session,
+        Err(response) => return response,
     };
     if !bool::from(csrf.as_bytes().ct_eq(form.csrf.as_bytes())) {
         let mut response = page(
@@ -472,6 +545,27 @@ pub async fn serve(inbox: Inbox, listen: &str) -> std::io::Result<(std::net::Soc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sealed_credential_opens_only_with_its_own_cookie() {
+        let cookie = random_token();
+        let token = Secret::new("wk_live_secret_credential");
+        let sealed = seal(&cookie, &token);
+        assert_eq!(unseal(&cookie, &sealed).expect("opens").expose(), token.expose());
+        assert!(!sealed.windows(token.expose().len()).any(|w| w == token.expose().as_bytes()));
+        // Another cookie, or the sealed bytes changed: nothing.
+        assert!(unseal(&random_token(), &sealed).is_none());
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(unseal(&cookie, &tampered).is_none());
+        assert!(unseal(&cookie, &sealed[..8]).is_none());
+        // Sealing twice gives different bytes (a fresh nonce each time).
+        assert_ne!(seal(&cookie, &token), sealed);
+        // The row's key is a hash: stable, and not the cookie.
+        assert_eq!(session_key(&cookie), session_key(&cookie));
+        assert_ne!(session_key(&cookie), cookie);
+        assert_ne!(session_key(&cookie), session_key(&random_token()));
+    }
 
     #[test]
     fn html_is_escaped() {

@@ -145,6 +145,17 @@ pub struct OutboxRow {
     pub item: Option<Outgoing>,
 }
 
+/// A web inbox session as stored: found by a hash of its cookie, with the
+/// reviewer's credential sealed under a key only the cookie gives.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub principal: String,
+    pub sealed_credential: Vec<u8>,
+    pub csrf: String,
+    pub created_at_micros: i64,
+    pub expires_at_micros: i64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransitionError {
     #[error("approval request {0} not found")]
@@ -800,5 +811,67 @@ impl ApprovalStore {
     /// Rows waiting in the outbox.
     pub async fn outbox_len(&self) -> Result<i64, TransitionError> {
         Ok(OUTBOX.len(&self.database).await?)
+    }
+
+    /// Stores a new inbox session under `id_hash`, and removes every
+    /// session expired at `now_micros`: sign-ins are what add rows, so they
+    /// also keep the table to the sessions still valid.
+    pub async fn insert_session(
+        &self,
+        id_hash: &str,
+        session: &SessionRow,
+        now_micros: i64,
+    ) -> Result<(), TransitionError> {
+        let _writer = self.writer().await;
+        in_transaction!(&self.database, |tx, _lock| {
+            sqlx::query("DELETE FROM approval_inbox_sessions WHERE expires_at_micros <= $1")
+                .bind(now_micros)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO approval_inbox_sessions \
+                 (id_hash, principal, sealed_credential, csrf, created_at_micros, expires_at_micros) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id_hash)
+            .bind(&session.principal)
+            .bind(&session.sealed_credential)
+            .bind(&session.csrf)
+            .bind(session.created_at_micros)
+            .bind(session.expires_at_micros)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The inbox session stored under `id_hash`, unless it has expired at
+    /// `now_micros`.
+    pub async fn session(&self, id_hash: &str, now_micros: i64) -> Result<Option<SessionRow>, TransitionError> {
+        let select = "SELECT principal, sealed_credential, csrf, created_at_micros, expires_at_micros \
+             FROM approval_inbox_sessions WHERE id_hash = $1 AND expires_at_micros > $2";
+        on_pool!(&self.database, |pool| {
+            let Some(row) = sqlx::query(select).bind(id_hash).bind(now_micros).fetch_optional(pool).await? else {
+                return Ok(None);
+            };
+            Ok(Some(SessionRow {
+                principal: row.try_get("principal")?,
+                sealed_credential: row.try_get("sealed_credential")?,
+                csrf: row.try_get("csrf")?,
+                created_at_micros: row.try_get("created_at_micros")?,
+                expires_at_micros: row.try_get("expires_at_micros")?,
+            }))
+        })
+    }
+
+    /// Ends the inbox session stored under `id_hash` (sign-out, or a
+    /// credential no longer valid), on every replica at once.
+    pub async fn delete_session(&self, id_hash: &str) -> Result<(), TransitionError> {
+        let _writer = self.writer().await;
+        on_pool!(&self.database, |pool| {
+            sqlx::query("DELETE FROM approval_inbox_sessions WHERE id_hash = $1").bind(id_hash).execute(pool).await?;
+        });
+        Ok(())
     }
 }

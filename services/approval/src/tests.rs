@@ -377,7 +377,38 @@ async fn a_redemption_records_its_decision_and_a_retry_gets_the_same_answer(data
     );
 }
 
+/// Inbox sessions: found until they expire, ended by deletion, and a
+/// sign-in sweeps the expired ones away.
+async fn inbox_sessions_expire_and_sign_ins_sweep_them(database: Database) {
+    let approvals = workflow(database).await;
+    let store = &approvals.store;
+    let session = |expires_at_micros: i64| crate::store::SessionRow {
+        principal: "alice".into(),
+        sealed_credential: vec![1, 2, 3],
+        csrf: "csrf".into(),
+        created_at_micros: 0,
+        expires_at_micros,
+    };
+    store.insert_session("old", &session(1_000), 0).await.unwrap();
+    store.insert_session("new", &session(5_000), 0).await.unwrap();
+    let found = store.session("old", 999).await.unwrap().expect("valid until it expires");
+    assert_eq!(
+        (found.principal.as_str(), found.sealed_credential.as_slice(), found.csrf.as_str()),
+        ("alice", &[1u8, 2, 3][..], "csrf")
+    );
+    assert!(store.session("old", 1_000).await.unwrap().is_none(), "expired");
+    assert!(store.session("missing", 0).await.unwrap().is_none());
+    // A sign-in at 2,000 removes the session expired at 1,000.
+    store.insert_session("later", &session(9_000), 2_000).await.unwrap();
+    assert!(store.session("old", 0).await.unwrap().is_none(), "swept");
+    assert!(store.session("new", 2_000).await.unwrap().is_some());
+    store.delete_session("new").await.unwrap();
+    assert!(store.session("new", 2_000).await.unwrap().is_none(), "signed out");
+    assert!(store.session("later", 2_000).await.unwrap().is_some());
+}
+
 warden_store::backend_tests!(
+    inbox_sessions_expire_and_sign_ins_sweep_them,
     a_request_is_opened_once_per_pending_action,
     quorum_deny_and_separation_of_duties,
     approve_and_deny_racing_have_exactly_one_outcome,
