@@ -48,7 +48,6 @@ async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
     let approval = ApprovalServer::start(config).await.unwrap();
     let inbox = format!("http://{}", approval.http_addr.unwrap());
 
-    let mut service = ApprovalServiceClient::new(channel(&approval.url()).await);
     let create = pb::CreateApprovalRequest {
         agent_id: "support-bot".into(),
         action: Some(pb::Action {
@@ -68,12 +67,7 @@ async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
         reasons: vec!["refunds over 100 need a manager".into()],
         ..Default::default()
     };
-    let id = service
-        .create_approval(bearer(tonic::Request::new(create), keys.token("service")))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let id = open(&approval.url(), keys.token("service"), create).await;
     let waiter = ApprovalClient::new(ClientConfig::new(approval.url()).api_key(keys.token("agent"))).unwrap();
     let wait = tokio::spawn({
         let id = id.clone();
@@ -213,6 +207,12 @@ async fn sign_in(http: &reqwest::Client, inbox: &str, token: &str) -> reqwest::R
         .unwrap()
 }
 
+/// Opens an approval request as `token`'s service; its id.
+async fn open(url: &str, token: &str, create: pb::CreateApprovalRequest) -> String {
+    let mut service = ApprovalServiceClient::new(channel(url).await);
+    service.create_approval(bearer(tonic::Request::new(create), token)).await.unwrap().into_inner().id
+}
+
 /// `GET path` with a session cookie, not following redirects.
 async fn get(http: &reqwest::Client, inbox: &str, path: &str, session: &str) -> reqwest::Response {
     http.get(format!("{inbox}{path}")).header("cookie", session).send().await.unwrap()
@@ -226,33 +226,31 @@ fn csrf_of(html: &str) -> String {
 /// Every inbox session row: its key, and everything else in it as bytes.
 async fn session_rows(url: &str) -> Vec<(String, Vec<u8>)> {
     use sqlx::Row;
-    let database = warden_store::Database::connect(url).await.unwrap();
     let select = "SELECT id_hash, principal, sealed_credential, csrf FROM approval_inbox_sessions";
+    // The same code for either pool type.
+    macro_rules! read {
+        ($pool:expr) => {
+            sqlx::query(select)
+                .fetch_all($pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let rest = [
+                        r.get::<String, _>(1).into_bytes(),
+                        r.get::<Vec<u8>, _>(2),
+                        r.get::<String, _>(3).into_bytes(),
+                    ]
+                    .concat();
+                    (r.get::<String, _>(0), rest)
+                })
+                .collect()
+        };
+    }
+    let database = warden_store::Database::connect(url).await.unwrap();
     let rows = match &database {
-        warden_store::Database::Sqlite(pool) => sqlx::query(select)
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let text: Vec<u8> =
-                    [r.get::<String, _>(1).into_bytes(), r.get::<Vec<u8>, _>(2), r.get::<String, _>(3).into_bytes()]
-                        .concat();
-                (r.get::<String, _>(0), text)
-            })
-            .collect(),
-        warden_store::Database::Postgres(pool) => sqlx::query(select)
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let text: Vec<u8> =
-                    [r.get::<String, _>(1).into_bytes(), r.get::<Vec<u8>, _>(2), r.get::<String, _>(3).into_bytes()]
-                        .concat();
-                (r.get::<String, _>(0), text)
-            })
-            .collect(),
+        warden_store::Database::Sqlite(pool) => read!(pool),
+        warden_store::Database::Postgres(pool) => read!(pool),
     };
     database.close().await;
     rows
@@ -276,18 +274,12 @@ async fn inbox_sessions_outlive_their_replica(database_url: Option<String>) {
     };
     let url = config("a").database_url();
     let first = ApprovalServer::start(config("a")).await.unwrap();
-    let mut service = ApprovalServiceClient::new(channel(&first.url()).await);
     let create = pb::CreateApprovalRequest {
         agent_id: "support-bot".into(),
         action: Some(pb::Action { r#type: "send_email".into(), resource: "customer/42".into(), ..Default::default() }),
         ..Default::default()
     };
-    let id = service
-        .create_approval(bearer(tonic::Request::new(create), keys.token("service")))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let id = open(&first.url(), keys.token("service"), create).await;
 
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let inbox = format!("http://{}", first.http_addr.unwrap());
