@@ -72,7 +72,9 @@ async fn segments_grow_in_zeroed_chunks_that_are_never_read_as_records() {
 #[tokio::test]
 async fn appends_nobody_waits_on_are_written_at_once_and_synced_within_the_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { sync_within: std::time::Duration::from_millis(20), ..Options::default() };
+    // Long enough that a stalled thread on a busy machine does not let a
+    // lazy sync fall between the two appends at the end.
+    let options = Options { sync_within: std::time::Duration::from_millis(250), ..Options::default() };
     let (journal, mut reader, _) = Journal::open(dir.path(), options.clone()).unwrap();
     for i in 0..200 {
         journal.append(payload(i), false).await.unwrap();
@@ -346,7 +348,9 @@ proptest! {
 #[tokio::test]
 async fn appends_that_do_not_wait_are_written_in_groups_after_the_write_window() {
     let dir = tempfile::tempdir().unwrap();
-    let window = std::time::Duration::from_millis(300);
+    // Long enough for the 50 appends below to queue during the rest even
+    // when this thread stalls on a busy machine.
+    let window = std::time::Duration::from_secs(1);
     let options = Options { write_window: window, ..Options::default() };
     let (journal, mut reader, _) = Journal::open(dir.path(), options).unwrap();
     journal.append(payload(0), false).await.unwrap();
