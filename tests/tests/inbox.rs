@@ -161,13 +161,7 @@ async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
     assert!(forged.headers().get("set-cookie").is_none());
     let login = sign_in(&http, &inbox, keys.token("approver")).await;
     assert_eq!(login.status(), 303);
-    let cookie = login
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .find(|c| c.starts_with("warden_session="))
-        .expect("a session cookie");
+    let cookie = session_set_cookie(&login);
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
     let session = cookie.split(';').next().unwrap().to_owned();
     let forged = http
@@ -189,6 +183,17 @@ async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
     let _ = browser.wait().await;
     events.abort();
     approval.shutdown().await;
+}
+
+/// The session's `Set-Cookie` header in a sign-in's answer, attributes and all.
+fn session_set_cookie(login: &reqwest::Response) -> String {
+    login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("warden_session="))
+        .expect("a session cookie")
 }
 
 /// Signs in as a browser does: the sign-in form first (its CSRF token and
@@ -285,13 +290,7 @@ async fn inbox_sessions_outlive_their_replica(database_url: Option<String>) {
     let inbox = format!("http://{}", first.http_addr.unwrap());
     let login = sign_in(&http, &inbox, keys.token("approver")).await;
     assert_eq!(login.status(), 303);
-    let session = login
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .find(|c| c.starts_with("warden_session="))
-        .expect("a session cookie");
+    let session = session_set_cookie(&login).split(';').next().unwrap().to_owned();
     let cookie_value = session.trim_start_matches("warden_session=").to_owned();
 
     // What a reader of the database gets: no cookie, no credential.
