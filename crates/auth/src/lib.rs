@@ -48,7 +48,7 @@ use warden_proto::audit::v1::AuditEvent;
 pub use api_key::{KeyEntry, KeyFile, KeySet};
 pub use client::{CallCredentials, ClientIdentity, OutboundConfig};
 pub use layer::AuthLayer;
-pub use principal::{Caller, Kind, Principal, roles};
+pub use principal::{Caller, Kind, Principal, capabilities, roles};
 pub use secret::{Secret, SecretRef, SecretResolver};
 pub use tls::CertificateMapping;
 
@@ -103,7 +103,8 @@ pub struct AuthConfig {
     pub jwt: jwt::JwtConfig,
     /// Serve gRPC reflection (unauthenticated, like health).
     pub reflection: bool,
-    /// Extra roles per method path or `package.Service/*`.
+    /// Extra roles per method path or `package.Service/*`, and the roles
+    /// that hold a capability (`assert_agent_attributes`, `assert_time`).
     pub grants: BTreeMap<String, Vec<String>>,
     /// Per-principal rate limits; the first matching rule applies.
     pub rate_limits: Vec<RateLimitRule>,
@@ -162,6 +163,20 @@ impl AuthConfig {
                     &format!("auth.rate_limits[{i}].per_second"),
                     0,
                     "must be at least 1",
+                ));
+            }
+        }
+        for key in self.grants.keys() {
+            let known = capabilities::ALL.contains(&key.as_str())
+                || authz::split_path(&format!("/{}", key.trim_start_matches('/'))).is_some();
+            if !known {
+                return Err(ConfigError::invalid(
+                    &format!("auth.grants.{key}"),
+                    key,
+                    format!(
+                        "expected a method (`package.Service/Method` or `package.Service/*`) or a capability ({})",
+                        capabilities::ALL.join(", ")
+                    ),
                 ));
             }
         }
@@ -659,6 +674,31 @@ impl Auth {
         WardenError::new(Category::Permanent, "UNAUTHENTICATED", rejection.message.clone())
             .with_code(Code::Unauthenticated)
             .to_status()
+    }
+
+    /// Refuses a request whose caller asserted what it may not: records an
+    /// `auth_denied` event (naming `agent_id`) and answers `error`.
+    pub fn refuse(&self, caller: Option<&Caller>, path: &str, error: WardenError, agent_id: &str) -> Status {
+        self.record_denial(path, error.code, &error.message, caller.and_then(Caller::principal), agent_id, None);
+        error.to_status()
+    }
+
+    /// Whether the caller holds `capability` (see [`capabilities`]): admins,
+    /// a role of that name, or a role `[auth.grants]` lists under it. With
+    /// authentication off, everyone does.
+    pub fn granted(&self, caller: Option<&Caller>, capability: &str) -> bool {
+        match caller {
+            Some(Caller::Anonymous) => self.insecure(),
+            Some(Caller::Principal(principal)) => self.principal_granted(principal, capability),
+            None => false,
+        }
+    }
+
+    /// [`Auth::granted`] for a known principal.
+    pub fn principal_granted(&self, principal: &Principal, capability: &str) -> bool {
+        principal.has_role(roles::ADMIN)
+            || principal.has_role(capability)
+            || self.config.grants.get(capability).is_some_and(|roles| roles.iter().any(|r| principal.has_role(r)))
     }
 
     /// For `Evaluate`: the caller may ask in `agent_id`'s name. Fails closed

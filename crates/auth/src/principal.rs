@@ -24,6 +24,22 @@ pub mod roles {
     pub const SERVICE: &str = "service";
 }
 
+/// Capabilities beyond the role table: what a caller may *assert* in a
+/// request rather than have the server decide. Each is held by admins, by a
+/// principal with a role of the same name, or by the roles `[auth.grants]`
+/// lists under the capability's name (`assert_time = ["replay"]`).
+pub mod capabilities {
+    /// May set an agent's roles, labels and name in `Evaluate` (an
+    /// orchestrator that authenticates its own agents); everyone else gets
+    /// the agent registry's.
+    pub const ASSERT_AGENT_ATTRIBUTES: &str = "assert_agent_attributes";
+    /// May evaluate at a time other than the engine's clock (replay,
+    /// tests); everyone else's `time` must be within `max_clock_skew`.
+    pub const ASSERT_TIME: &str = "assert_time";
+    /// Every capability.
+    pub const ALL: &[&str] = &[ASSERT_AGENT_ATTRIBUTES, ASSERT_TIME];
+}
+
 /// What kind of party a principal is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,6 +117,12 @@ impl Principal {
 
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
+    }
+
+    /// Whether this principal is bound to `agent_id` by its `agents` globs
+    /// (not by being an admin): who may not review that agent's requests.
+    pub fn bound_to(&self, agent_id: &str) -> bool {
+        self.agents.iter().any(|glob| glob.matches(agent_id))
     }
 
     /// Whether this principal may ask for decisions in `agent_id`'s name.

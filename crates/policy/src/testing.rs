@@ -16,6 +16,12 @@
 //! ```
 //!
 //! Kill switches and limits are state, not policy: tests see rules only.
+//!
+//! The agent registry applies as it does in the policy engine: a case's
+//! agent gets its registered roles, labels and name, and a case that
+//! claims a role or label the registry does not give it is refused (write
+//! `effect: refused` to test that). `asserted: true` stands for a caller
+//! trusted to assert attributes (an orchestrator): the case's own apply.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +32,7 @@ use warden_proto::policy::v1::{Action, Agent};
 use crate::cel::Input;
 use crate::decision::decide_rules;
 use crate::policy::{Effect, PolicySet, is_test_file};
+use crate::registry::{Trust, resolve};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +52,10 @@ struct TestCase {
 #[serde(deny_unknown_fields)]
 struct TestRequest {
     agent: TestAgent,
+    /// The request comes from a principal trusted to assert the agent's
+    /// attributes; otherwise the registry decides them.
+    #[serde(default)]
+    asserted: bool,
     action: TestAction,
     #[serde(default)]
     time: Option<String>,
@@ -156,7 +167,7 @@ pub fn run_dir(dir: &Path, policies: &PolicySet) -> Vec<TestResult> {
 
 fn run_case(case: &TestCase, policies: &PolicySet) -> Result<(), String> {
     let request = &case.request;
-    let agent = Agent {
+    let mut agent = Agent {
         id: request.agent.id.clone(),
         name: request.agent.name.clone(),
         roles: request.agent.roles.clone(),
@@ -175,6 +186,17 @@ fn run_case(case: &TestCase, policies: &PolicySet) -> Result<(), String> {
             .map_err(|e| format!("request.time {text:?}: {e}"))?
             .with_timezone(&chrono::Utc),
     };
+    let trust = if request.asserted { Trust::Asserted } else { Trust::Registry };
+    if let Err(refusal) = resolve(&policies.agents, &mut agent, trust) {
+        // The engine refuses the request before any rule runs.
+        return match case.expect.effect.as_str() {
+            "refused" => match case.expect.reasons_contain.iter().find(|w| !refusal.message.contains(w.as_str())) {
+                None => Ok(()),
+                Some(wanted) => Err(format!("refused with {:?}, which does not contain {wanted:?}", refusal.message)),
+            },
+            expected => Err(format!("refused: {refusal} (expected {expected})")),
+        };
+    }
     let input = Input { agent: &agent, action: &action, time, correlation_id: &request.correlation_id };
     let (decision, _) = decide_rules(policies, &input);
     let mut problems = Vec::new();
@@ -252,5 +274,44 @@ tests:
         assert_eq!(results[1].failure.as_deref(), Some("effect allow (expected deny)"));
         let xml = junit(&results);
         assert!(xml.contains("tests=\"2\" failures=\"1\"") && xml.contains("<failure message=\"effect allow"), "{xml}");
+    }
+
+    #[test]
+    fn cases_see_the_agent_registry_as_the_engine_does() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("agents.yaml"),
+            "agents:\n  - id: support-bot\n    roles: [support]\n    labels: { team: support }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("p.yaml"),
+            "rules:\n  - name: finance-refunds\n    actions: [issue_refund]\n    agents: [\"role:finance\"]\n    effect: allow\n  - name: support-email\n    actions: [send_email]\n    when: \"agent.labels.team == 'support' && 'support' in agent.roles\"\n    effect: allow\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("p_test.yaml"),
+            r#"
+tests:
+  - name: registered attributes apply though none are sent
+    request: { agent: { id: support-bot }, action: { type: send_email } }
+    expect: { effect: allow, rules: [support-email] }
+  - name: a claimed role is refused
+    request: { agent: { id: support-bot, roles: [finance] }, action: { type: issue_refund } }
+    expect: { effect: refused, reasons_contain: ["agent support-bot does not hold role finance"] }
+  - name: an orchestrator may assert it
+    request: { agent: { id: support-bot, roles: [finance] }, asserted: true, action: { type: issue_refund } }
+    expect: { effect: allow }
+  - name: this one fails, the claim being refused
+    request: { agent: { id: support-bot, labels: { team: finance } }, action: { type: send_email } }
+    expect: { effect: allow }
+"#,
+        )
+        .unwrap();
+        let policies = crate::policy::load_dir(dir.path()).unwrap();
+        let results = run_dir(dir.path(), &policies);
+        let failures: Vec<_> = results.iter().map(|r| r.failure.as_deref()).collect();
+        assert_eq!(failures[..3], [None, None, None], "{results:?}");
+        assert!(failures[3].unwrap().contains("does not hold label team=finance"), "{results:?}");
     }
 }

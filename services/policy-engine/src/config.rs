@@ -10,6 +10,10 @@ use warden_telemetry::TelemetryConfig;
 
 use crate::decision_log::DecisionLogConfig;
 
+/// The default `max_clock_skew`: a clock kept by NTP is milliseconds off;
+/// five seconds also covers a slow network and a retry.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+
 /// Settable in the TOML file, as `WARDEN__KEY` / `WARDEN__SECTION__KEY`
 /// environment variables, and (the common ones) as flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +36,11 @@ pub struct PolicyEngineConfig {
     /// "Conditions"). A condition whose load-time estimate is higher is a
     /// load error; evaluation past it is a run-time error (the rule denies).
     pub max_condition_cost: u64,
+    /// How far the `time` an agent sends may be from the engine's clock
+    /// (the engine's clock is used either way); further is refused.
+    /// Principals granted `assert_time` may evaluate at any time.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
     /// Redis for limits shared by replicas; empty counts limits in memory.
     pub redis_url: String,
     /// How long a limit check may wait for Redis before failing closed.
@@ -67,6 +76,7 @@ impl Default for PolicyEngineConfig {
             policies: PathBuf::from("./policies"),
             watch_policies: true,
             max_condition_cost: warden_policy::cel::cost::MAX_COST,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
             redis_url: String::new(),
             redis_timeout: Duration::from_millis(250),
             kill_switch_refresh: Duration::from_secs(2),
@@ -88,6 +98,13 @@ impl Validate for PolicyEngineConfig {
             && !self.redis_url.starts_with("rediss://")
         {
             return Err(ConfigError::invalid("redis_url", &self.redis_url, "expected redis://HOST:PORT"));
+        }
+        if self.max_clock_skew > Duration::from_secs(3600) {
+            return Err(ConfigError::invalid(
+                "max_clock_skew",
+                humantime::format_duration(self.max_clock_skew),
+                "must be at most 1h (grant assert_time to callers that evaluate at other times)",
+            ));
         }
         if self.redis_timeout.is_zero() {
             return Err(ConfigError::invalid("redis_timeout", "0s", "must be longer than zero"));

@@ -111,13 +111,19 @@ impl Engine {
         self.limits.kind()
     }
 
-    /// Decides one request.
+    /// Decides one request with the active policies.
     pub async fn decide(&self, input: &Input<'_>) -> Decision {
-        let policies = self.policies.load();
+        let policies = self.policies.load_full();
+        self.decide_in(&policies, input).await
+    }
+
+    /// Decides one request with `policies` (the set whose agent registry
+    /// resolved the request's agent).
+    pub async fn decide_in(&self, policies: &PolicySet, input: &Input<'_>) -> Decision {
         if let Some(reason) = self.kill_switches.load().reason_for(&input.agent.id) {
             // The rules still run, for the record: replaying them later
             // compares with what they said then.
-            let (rules, _) = decide_rules(&policies, input);
+            let (rules, _) = decide_rules(policies, input);
             return Decision {
                 effect: Effect::Deny,
                 rules_effect: rules.effect,
@@ -126,9 +132,9 @@ impl Engine {
                 policy_version: policies.version.clone(),
             };
         }
-        let (mut decision, outcome_allows_limits) = decide_rules(&policies, input);
+        let (mut decision, outcome_allows_limits) = decide_rules(policies, input);
         if outcome_allows_limits && policies.has_limits() {
-            self.apply_limits(&policies, input, &mut decision).await;
+            self.apply_limits(policies, input, &mut decision).await;
         }
         decision
     }
@@ -138,9 +144,23 @@ impl Engine {
         if applicable.is_empty() {
             return;
         }
+        // A cost that cannot be computed from the action denies (fail
+        // closed), naming the limit; nothing is charged.
+        let mut costs = Vec::with_capacity(applicable.len());
+        for limit in &applicable {
+            match limit.cost_of(input) {
+                Ok(cost) => costs.push(cost),
+                Err(reason) => {
+                    decision.effect = Effect::Deny;
+                    decision.deciding = vec![deciding(&limit.name, reason)];
+                    return;
+                }
+            }
+        }
         let charges: Vec<Charge> = applicable
             .iter()
-            .map(|limit| {
+            .zip(costs)
+            .map(|(limit, cost)| {
                 let partition = match limit.per {
                     Per::Agent => format!("a:{}", input.agent.id),
                     Per::AgentAction => {
@@ -153,7 +173,7 @@ impl Engine {
                     window: limit.window,
                     max_requests: limit.max_requests,
                     max_cost: limit.max_cost,
-                    cost: input.action.estimated_cost,
+                    cost,
                     blocking: limit.effect == Effect::Deny,
                 }
             })

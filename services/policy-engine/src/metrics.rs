@@ -27,9 +27,19 @@ pub struct Metrics {
     /// denials are counted, so the series grow with misbehaving agents, not
     /// with traffic.
     pub denied_agents: IntCounterVec,
+    /// Requests refused for claiming what the agent is not (`agent.roles`,
+    /// `agent.labels`, `agent.name`) or a time the engine's clock disputes.
+    pub refused_claims: IntCounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    refused_claims: register(
+        IntCounterVec::new(
+            Opts::new("policy_refused_claims_total", "Evaluate requests refused for an unbacked claim, by field"),
+            &["field"],
+        )
+        .expect("metric"),
+    ),
     denied_agents: register(
         IntCounterVec::new(Opts::new("policy_denials_total", "Denied requests, by agent"), &["agent_id"])
             .expect("metric"),

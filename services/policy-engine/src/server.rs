@@ -139,7 +139,8 @@ impl PolicyEngine {
             decision_log.clone(),
             auth.clone(),
             approvals,
-        );
+        )
+        .with_max_clock_skew(config.max_clock_skew);
         let routes = tonic::service::Routes::new(health_service).add_service(PolicyServiceServer::new(service));
         let (addr, handle) = warden_auth::serve("policy-engine", &config.listen, auth, routes, background)
             .await

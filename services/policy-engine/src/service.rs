@@ -4,12 +4,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
-use warden_errors::{Category, Validator, WardenError, to_status};
+use warden_auth::capabilities;
+use warden_errors::{Category, FieldViolation, Validator, WardenError, to_status};
+use warden_policy::registry::{self, Trust};
 use warden_proto::policy::v1 as pb;
 use warden_proto::policy::v1::policy_service_server::PolicyService;
 
@@ -123,6 +125,8 @@ pub struct PolicyServiceImpl {
     decision_log: Option<Arc<DecisionLog>>,
     auth: Arc<warden_auth::Auth>,
     approvals: Option<ApprovalClient>,
+    /// How far an agent's `time` may be from the engine's clock.
+    max_clock_skew: Duration,
 }
 
 impl PolicyServiceImpl {
@@ -134,7 +138,21 @@ impl PolicyServiceImpl {
         auth: Arc<warden_auth::Auth>,
         approvals: Option<ApprovalClient>,
     ) -> Self {
-        PolicyServiceImpl { engine, reloader, kill_switches, decision_log, auth, approvals }
+        PolicyServiceImpl {
+            engine,
+            reloader,
+            kill_switches,
+            decision_log,
+            auth,
+            approvals,
+            max_clock_skew: crate::config::DEFAULT_MAX_CLOCK_SKEW,
+        }
+    }
+
+    /// Sets how far an agent's `time` may be from the engine's clock.
+    pub fn with_max_clock_skew(mut self, skew: Duration) -> Self {
+        self.max_clock_skew = skew;
+        self
     }
 }
 
@@ -218,6 +236,41 @@ impl PolicyServiceImpl {
         (effect, recorded)
     }
 
+    /// When the action is evaluated: the engine's clock. A `time` in the
+    /// request is accepted from a principal granted `assert_time` (replay,
+    /// tests); from anyone else it must agree with the clock within
+    /// `max_clock_skew`, and the clock is used.
+    fn evaluation_time(
+        &self,
+        caller: Option<&warden_auth::Caller>,
+        request: &pb::EvaluateRequest,
+    ) -> Result<chrono::DateTime<chrono::Utc>, Status> {
+        let now = self.engine.clock().now();
+        let Some(claimed) = &request.time else { return Ok(now) };
+        let claimed = chrono::DateTime::from_timestamp(claimed.seconds, claimed.nanos as u32).expect("validated");
+        if self.auth.granted(caller, capabilities::ASSERT_TIME) {
+            return Ok(claimed);
+        }
+        let skew = (claimed - now).abs();
+        if skew.to_std().unwrap_or(Duration::MAX) <= self.max_clock_skew {
+            return Ok(now);
+        }
+        METRICS.refused_claims.with_label_values(&["time"]).inc();
+        let agent_id = request.agent.as_ref().map(|a| a.id.as_str()).unwrap_or_default();
+        let error = WardenError::invalid_argument(vec![FieldViolation::new(
+            "time",
+            format!(
+                "{} is {} from the engine's clock ({}); the most allowed is max_clock_skew ({}), \
+                 and only a principal granted assert_time may evaluate at another time",
+                claimed.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                humantime::format_duration(Duration::from_millis(skew.num_milliseconds().unsigned_abs())),
+                now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                humantime::format_duration(self.max_clock_skew),
+            ),
+        )]);
+        Err(self.auth.refuse(caller, EVALUATE_PATH, error, agent_id))
+    }
+
     /// The decision's encoded `policy_evaluation` event.
     fn decision_record(
         &self,
@@ -238,6 +291,10 @@ impl PolicyServiceImpl {
         })
     }
 }
+
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, CEL's timestamp range.
+const MIN_SECONDS: i64 = -62_135_596_800;
+const MAX_SECONDS: i64 = 253_402_300_799;
 
 /// Checks an `EvaluateRequest`, naming every bad field.
 pub fn validate_evaluate(request: &pb::EvaluateRequest) -> Result<(&pb::Agent, &pb::Action), WardenError> {
@@ -297,9 +354,9 @@ pub fn validate_evaluate(request: &pb::EvaluateRequest) -> Result<(&pb::Agent, &
     }
     v.max_len("correlation_id", &request.correlation_id, limits::ID_BYTES);
     if let Some(time) = &request.time
-        && (chrono::DateTime::from_timestamp(time.seconds, 0).is_none() || !(0..1_000_000_000).contains(&time.nanos))
+        && (!(MIN_SECONDS..=MAX_SECONDS).contains(&time.seconds) || !(0..1_000_000_000).contains(&time.nanos))
     {
-        v.violation("time", "is not a valid timestamp");
+        v.violation("time", "must be a valid timestamp in the years 1 to 9999");
     }
     v.finish()?;
     Ok((request.agent.as_ref().expect("validated"), request.action.as_ref().expect("validated")))
@@ -333,18 +390,27 @@ impl PolicyService for PolicyServiceImpl {
         // An agent may only ask in the name of the agents it is bound to.
         let agent_id = request.get_ref().agent.as_ref().map(|a| a.id.as_str()).unwrap_or_default();
         self.auth.check_agent(&request, EVALUATE_PATH, agent_id)?;
-        let requested_by =
-            warden_auth::Caller::of(&request).and_then(|c| c.principal().map(|p| p.id.clone())).unwrap_or_default();
-        let request = request.into_inner();
-        let (agent, action) = (request.agent.as_ref().expect("validated"), request.action.as_ref().expect("validated"));
-        let time = match &request.time {
-            Some(t) => {
-                chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap_or_else(|| self.engine.clock().now())
-            }
-            None => self.engine.clock().now(),
+        let caller = warden_auth::Caller::of(&request).cloned();
+        let requested_by = caller.as_ref().and_then(|c| c.principal().map(|p| p.id.clone())).unwrap_or_default();
+        let mut request = request.into_inner();
+        let time = self.evaluation_time(caller.as_ref(), &request)?;
+        // What the agent is comes from the registry, not from the request.
+        let trust = if self.auth.granted(caller.as_ref(), capabilities::ASSERT_AGENT_ATTRIBUTES) {
+            Trust::Asserted
+        } else {
+            Trust::Registry
         };
+        let policies = self.engine.policies();
+        let agent = request.agent.as_mut().expect("validated");
+        if let Err(refusal) = registry::resolve(&policies.agents, agent, trust) {
+            METRICS.refused_claims.with_label_values(&[refusal.field]).inc();
+            let error = WardenError::new(Category::PolicyViolation, "UNHELD_ATTRIBUTE", refusal.message)
+                .with_code(tonic::Code::PermissionDenied);
+            return Err(self.auth.refuse(caller.as_ref(), EVALUATE_PATH, error, &agent.id));
+        }
+        let (agent, action) = (request.agent.as_ref().expect("validated"), request.action.as_ref().expect("validated"));
         let input = Input { agent, action, time, correlation_id: &request.correlation_id };
-        let decision = self.engine.decide(&input).await;
+        let decision = self.engine.decide_in(&policies, &input).await;
         let decision_id = uuid::Uuid::now_v7().to_string();
         METRICS.evaluations.with_label_values(&[decision.decided_by(), decision.effect.as_str()]).inc();
         METRICS.evaluation_duration.observe(started.elapsed().as_secs_f64());

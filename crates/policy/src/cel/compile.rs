@@ -381,6 +381,62 @@ impl Expression {
     }
 }
 
+/// A compiled numeric expression over the request: a limit's `cost`
+/// (`action.params.amount`), so a budget charges what the action will
+/// spend, not a number the agent chose. Checked at load like a condition:
+/// it must be an int, uint or double (or dyn, checked at run time), and
+/// its estimated cost is bounded the same way.
+pub struct NumberProgram {
+    eval: Eval,
+    source: Arc<str>,
+    max_cost: u64,
+    budgeted: bool,
+}
+
+impl fmt::Debug for NumberProgram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NumberProgram").field("source", &self.source).finish()
+    }
+}
+
+impl NumberProgram {
+    pub fn compile_with_max_cost(source: &str, max_cost: u64) -> Result<NumberProgram, CompileError> {
+        let compiler =
+            Compiler { locals: Vec::new(), checked: true, container: String::new(), globals: 0, functions: Vec::new() };
+        let (compiled, _, budgeted) = build(source, compiler, max_cost)?;
+        match compiled.ty.erased() {
+            Ty::Int | Ty::Uint | Ty::Double | Ty::Dyn => {}
+            other => {
+                return Err(CompileError { offset: 0, message: format!("must be a number, but it is {other}") });
+            }
+        }
+        Ok(NumberProgram { eval: compiled.eval, source: source.into(), max_cost, budgeted })
+    }
+
+    /// The expression's value as a double: a finite number >= 0, or an
+    /// error (a missing param, a string, a negative or non-finite value).
+    pub fn evaluate(&self, input: &Input<'_>) -> Result<f64, EvalError> {
+        let budget = Budget::new(self.max_cost);
+        let scope = Scope { input, locals: &[], budget: self.budgeted.then_some(&budget) };
+        let value = (self.eval)(&scope)?;
+        budget.check()?;
+        let number = match value {
+            Value::Int(i) => i as f64,
+            Value::Uint(u) => u as f64,
+            Value::Double(d) => d,
+            other => return Err(EvalError::new(format!("cost is {}, not a number", other.type_name()))),
+        };
+        if !number.is_finite() || number < 0.0 {
+            return Err(EvalError::new(format!("cost must be a finite number >= 0, got {number}")));
+        }
+        Ok(number)
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
 /// Parses `source`, bounds its depth, checks and compiles it, and
 /// estimates its cost, refusing it over `max_cost`; says too whether its
 /// evaluation needs a budget.

@@ -18,7 +18,7 @@ pub mod parse;
 mod strings;
 pub mod value;
 
-pub use compile::{CompileError, Env, Expression, FunctionDecl, Input, Program, Ty};
+pub use compile::{CompileError, Env, Expression, FunctionDecl, Input, NumberProgram, Program, Ty};
 pub use value::EvalError;
 pub use value::Value;
 

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use warden_proto::policy::v1 as pb;
 
-use crate::cel::{Input, Program};
+use crate::cel::{Input, NumberProgram, Program};
+use crate::registry::{AgentRegistry, AgentSpec};
 use warden_glob::Glob;
 
 /// Bounds on what a policy set may cost to load and evaluate.
@@ -109,6 +110,9 @@ struct PolicyFile {
     /// encrypted (the audit log's `sensitive`, forgettable per subject).
     #[serde(default)]
     personal_params: Vec<String>,
+    /// The agent registry (see [`crate::registry`]).
+    #[serde(default)]
+    agents: Vec<AgentSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +155,10 @@ struct LimitSpec {
     max_requests: Option<u64>,
     #[serde(default)]
     max_cost: Option<f64>,
+    /// What a request costs, as CEL over the request (`action.params.amount`);
+    /// without it, the agent's own `estimated_cost`.
+    #[serde(default)]
+    cost: Option<String>,
     window: String,
     #[serde(default)]
     effect: Option<Effect>,
@@ -260,9 +268,26 @@ pub struct Limit {
     pub per: Per,
     pub max_requests: Option<u64>,
     pub max_cost: Option<f64>,
+    /// How a request's cost is computed from the action; `None`: the
+    /// agent's `estimated_cost`.
+    pub cost: Option<NumberProgram>,
     pub window: Duration,
     pub effect: Effect,
     pub reason: Arc<str>,
+}
+
+impl Limit {
+    /// What `input` costs against this limit: the limit's `cost`
+    /// expression, else the agent's own estimate. An error (a param
+    /// missing, not a number, negative) makes the limit deny.
+    pub fn cost_of(&self, input: &Input<'_>) -> Result<f64, String> {
+        match &self.cost {
+            None => Ok(input.action.estimated_cost),
+            Some(program) => program.evaluate(input).map_err(|error| {
+                format!("limit '{}' cannot compute the cost ({}): {error}", self.name, program.source())
+            }),
+        }
+    }
 }
 
 /// Candidate rules for one action type, in file order.
@@ -328,6 +353,8 @@ pub struct PolicySet {
     pub limits: Vec<Limit>,
     /// Param names any file marks as personal data (`personal_params`).
     pub personal_params: std::collections::BTreeSet<String>,
+    /// What each agent is: roles, labels, name and owner.
+    pub agents: AgentRegistry,
     rule_index: Index,
     limit_index: Index,
     pub loaded_at: SystemTime,
@@ -374,6 +401,7 @@ impl PolicySet {
             rules,
             limits,
             personal_params: Default::default(),
+            agents: AgentRegistry::default(),
             rule_index,
             limit_index,
             loaded_at: SystemTime::now(),
@@ -556,6 +584,7 @@ pub fn compile_sources_with(sources: &[Source], options: &LoadOptions) -> Result
     let mut rule_names: BTreeMap<String, String> = BTreeMap::new();
     let mut limit_names: HashSet<String> = HashSet::new();
     let mut personal: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut agents = Vec::new();
     for source in sources {
         let file = &source.file;
         if source.content.len() > bounds::MAX_FILE_BYTES {
@@ -568,7 +597,7 @@ pub fn compile_sources_with(sources: &[Source], options: &LoadOptions) -> Result
             continue;
         }
         let parsed: PolicyFile = if source.content.trim().is_empty() {
-            PolicyFile { rules: Vec::new(), limits: Vec::new(), personal_params: Vec::new() }
+            PolicyFile { rules: Vec::new(), limits: Vec::new(), personal_params: Vec::new(), agents: Vec::new() }
         } else {
             match serde_yaml::from_str(&source.content) {
                 Ok(parsed) => parsed,
@@ -583,6 +612,9 @@ pub fn compile_sources_with(sources: &[Source], options: &LoadOptions) -> Result
         };
         let lines = NameLines::new(&source.content);
         personal.extend(parsed.personal_params.iter().cloned());
+        for spec in parsed.agents {
+            agents.push((file.clone(), lines.find_key("id", &spec.id), spec));
+        }
         for spec in parsed.rules {
             let line = lines.find(&spec.name);
             let mut fail = |message: String| {
@@ -694,6 +726,28 @@ pub fn compile_sources_with(sources: &[Source], options: &LoadOptions) -> Result
                 }
                 _ => {}
             }
+            let cost = match spec.cost.as_deref().map(str::trim) {
+                None => None,
+                Some(_) if spec.max_cost.is_none() => {
+                    fail("'cost' says what max_cost counts; add max_cost".into());
+                    continue;
+                }
+                Some("") => {
+                    fail("'cost' is empty; remove it or write an expression".into());
+                    continue;
+                }
+                Some(cost) if cost.len() > bounds::MAX_CONDITION_BYTES => {
+                    fail(format!("cost is {} bytes; the limit is {}", cost.len(), bounds::MAX_CONDITION_BYTES));
+                    continue;
+                }
+                Some(cost) => match NumberProgram::compile_with_max_cost(cost, options.max_condition_cost) {
+                    Ok(program) => Some(program),
+                    Err(error) => {
+                        fail(format!("invalid cost: {error}"));
+                        continue;
+                    }
+                },
+            };
             let effect = spec.effect.unwrap_or(Effect::Deny);
             if effect == Effect::Allow {
                 fail("a limit's effect must be deny or require_approval".into());
@@ -723,6 +777,7 @@ pub fn compile_sources_with(sources: &[Source], options: &LoadOptions) -> Result
                 per: spec.per,
                 max_requests: spec.max_requests,
                 max_cost: spec.max_cost,
+                cost,
                 window,
                 effect,
                 reason: reason.into(),
@@ -745,11 +800,24 @@ pub fn compile_sources_with(sources: &[Source], options: &LoadOptions) -> Result
             message: format!("{} limits; the limit is {}", limits.len(), bounds::MAX_LIMITS),
         });
     }
+    let registry = match AgentRegistry::build(agents) {
+        Ok(registry) => registry,
+        Err(problems) => {
+            errors.extend(problems.into_iter().map(|(file, line, message)| PolicyError {
+                file,
+                line,
+                rule: String::new(),
+                message,
+            }));
+            AgentRegistry::default()
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
     let mut set = PolicySet::build(rules, limits, version_of(sources));
     set.personal_params = personal;
+    set.agents = registry;
     Ok(set)
 }
 
@@ -809,9 +877,10 @@ fn build_scope(actions: Option<&[String]>, agents: Option<&[String]>) -> Result<
     })
 }
 
-/// Finds the line of `name: X` for a rule or limit, to point errors at it.
+/// Finds the line of `name: X` for a rule or limit (or `id: X` for an
+/// agent), to point errors at it.
 struct NameLines<'s> {
-    lines: Vec<(u32, &'s str)>,
+    lines: Vec<(u32, &'s str, &'s str)>,
 }
 
 impl<'s> NameLines<'s> {
@@ -821,17 +890,22 @@ impl<'s> NameLines<'s> {
             .enumerate()
             .filter_map(|(i, line)| {
                 let trimmed = line.trim_start().trim_start_matches("- ").trim_start();
-                let value = trimmed.strip_prefix("name:")?.trim();
+                let (key, value) = trimmed.split_once(':')?;
+                let value = value.trim();
                 let value = value.split(" #").next().unwrap_or(value).trim();
                 let value = value.trim_matches(|c| c == '"' || c == '\'');
-                Some((i as u32 + 1, value))
+                Some((i as u32 + 1, key.trim(), value))
             })
             .collect();
         NameLines { lines }
     }
 
     fn find(&self, name: &str) -> u32 {
-        self.lines.iter().find(|(_, value)| *value == name).map(|(line, _)| *line).unwrap_or(0)
+        self.find_key("name", name)
+    }
+
+    fn find_key(&self, key: &str, value: &str) -> u32 {
+        self.lines.iter().find(|(_, k, v)| *k == key && *v == value).map(|(line, ..)| *line).unwrap_or(0)
     }
 }
 

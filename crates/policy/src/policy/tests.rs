@@ -281,7 +281,7 @@ fn bad_files_are_rejected_with_file_line_and_rule() {
     );
     check_errors(
         &[("unknown.yaml", "rulez: []\n")],
-        &["unknown.yaml:1: unknown field `rulez`, expected one of `rules`, `limits`, `personal_params`"],
+        &["unknown.yaml:1: unknown field `rulez`, expected one of `rules`, `limits`, `personal_params`, `agents`"],
     );
     check_errors(
         &[(
@@ -328,4 +328,76 @@ fn the_condition_cost_bound_is_configurable() {
     let set = super::compile_sources_with(&source, &super::LoadOptions { max_condition_cost: 10_000 }).unwrap();
     let agent = agent("a", &["r1", "r2"], 0.9);
     check(&set, &agent, &action("x", 0.0), Effect::Deny, &["every-pair"], &["denied by rule 'every-pair'"]);
+}
+
+#[test]
+fn a_limit_computes_its_cost_from_the_action() {
+    let yaml = "limits:\n  - name: spend\n    actions: [issue_refund]\n    per: agent\n    max_cost: 1000\n    cost: \"action.params.amount\"\n    window: 24h\n  - name: guess\n    per: agent\n    max_cost: 10\n    window: 1h\n";
+    let set = compile_sources(&[Source { file: "l.yaml".into(), content: yaml.into() }]).unwrap();
+    let (spend, guess) = (&set.limits[0], &set.limits[1]);
+    let agent = agent("bot", &[], 0.9);
+    let refund = |amount: prost_types::value::Kind, estimated_cost: f64| Action {
+        r#type: "issue_refund".into(),
+        resource: String::new(),
+        estimated_cost,
+        params: Some(prost_types::Struct {
+            fields: [("amount".to_string(), prost_types::Value { kind: Some(amount) })].into(),
+        }),
+    };
+    let cost = |limit: &super::Limit, action: &Action| {
+        limit.cost_of(&Input { agent: &agent, action, time: noon(), correlation_id: "" })
+    };
+    use prost_types::value::Kind;
+    // The agent's estimate of 0 is ignored where the limit says what counts.
+    let lying = refund(Kind::NumberValue(5000.0), 0.0);
+    assert_eq!(cost(spend, &lying), Ok(5000.0));
+    assert_eq!(cost(guess, &lying), Ok(0.0));
+    // What cannot be a cost is an error (the limit then denies).
+    for bad in [
+        Kind::NumberValue(-1.0),
+        Kind::NumberValue(f64::NAN),
+        Kind::NumberValue(f64::INFINITY),
+        Kind::StringValue("5".into()),
+    ] {
+        let error = cost(spend, &refund(bad.clone(), 1.0)).unwrap_err();
+        assert!(error.contains("limit 'spend' cannot compute the cost"), "{bad:?}: {error}");
+    }
+    let missing = Action { params: None, ..refund(Kind::NumberValue(1.0), 1.0) };
+    assert!(cost(spend, &missing).is_err());
+}
+
+#[test]
+fn bad_costs_and_agents_are_load_errors() {
+    check_errors(
+        &[(
+            "l.yaml",
+            "limits:\n  - name: a\n    per: agent\n    max_requests: 1\n    cost: \"1.0\"\n    window: 1h\n  - name: b\n    per: agent\n    max_cost: 1\n    cost: \"action.resource\"\n    window: 1h\n  - name: c\n    per: agent\n    max_cost: 1\n    cost: \"action.params.amount +\"\n    window: 1h\n",
+        )],
+        &[
+            "l.yaml:2: rule 'a': 'cost' says what max_cost counts; add max_cost",
+            "l.yaml:7: rule 'b': invalid cost: must be a number, but it is string at column 1",
+            "l.yaml:12: rule 'c': invalid cost: expected an expression, found end of expression at column 23",
+        ],
+    );
+    check_errors(
+        &[
+            ("a.yaml", "agents:\n  - id: bot\n    roles: [x]\n"),
+            ("b.yaml", "agents:\n  - id: other\n  - id: bot\n    roles: ['']\n  - id: bot\n"),
+        ],
+        &[
+            "b.yaml:3: agent 'bot': roles must not be empty strings",
+            "b.yaml:3: agent 'bot' is registered twice (also at a.yaml:2)",
+        ],
+    );
+}
+
+#[test]
+fn the_registry_is_part_of_the_set_and_its_version() {
+    let rules = Source { file: "p.yaml".into(), content: "rules:\n  - name: ok\n    effect: allow\n".into() };
+    let agents = Source { file: "agents.yaml".into(), content: "agents:\n  - id: bot\n    roles: [support]\n".into() };
+    let without = compile_sources(std::slice::from_ref(&rules)).unwrap();
+    let with = compile_sources(&[rules, agents]).unwrap();
+    assert!(without.agents.is_empty());
+    assert_eq!(with.agents.lookup("bot").unwrap().roles, ["support"]);
+    assert_ne!(without.version, with.version);
 }
