@@ -255,3 +255,80 @@ pub mod pki {
         }
     }
 }
+
+/// Runs the `wardenctl` binary as an operator does.
+pub mod wardenctl {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    /// The `wardenctl` binary next to this test's (built by `cargo test
+    /// --workspace`; built here when a narrower command skipped it).
+    pub fn path() -> PathBuf {
+        let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned();
+        let path = dir.join("wardenctl");
+        if !path.exists() {
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--quiet", "-p", "wardenctl"])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        path
+    }
+
+    /// Runs `wardenctl args`: the exit code, stdout and stderr.
+    pub async fn run(args: Vec<String>) -> (i32, String, String) {
+        let path = path();
+        let output =
+            tokio::task::spawn_blocking(move || Command::new(path).args(args).output().unwrap()).await.unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+/// The approval inbox's forms, driven over plain HTTP as a browser would.
+pub mod inbox {
+    /// The `warden_session=...` cookie a sign-in's answer sets.
+    pub fn session_set_cookie(login: &reqwest::Response) -> String {
+        login
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|c| c.starts_with("warden_session="))
+            .expect("a session cookie")
+    }
+
+    /// Signs in as a browser does: the sign-in form first (its CSRF token
+    /// and the cookie that goes with it), then the post.
+    pub async fn sign_in(http: &reqwest::Client, inbox: &str, token: &str) -> reqwest::Response {
+        let form = http.get(format!("{inbox}/login")).send().await.unwrap();
+        let cookie = form.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+        assert!(cookie.starts_with("warden_login="), "{cookie}");
+        let csrf = csrf_of(&form.text().await.unwrap());
+        http.post(format!("{inbox}/login"))
+            .header("cookie", cookie)
+            .form(&[("token", token), ("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path` with a session cookie, not following redirects.
+    pub async fn get(http: &reqwest::Client, inbox: &str, path: &str, session: &str) -> reqwest::Response {
+        http.get(format!("{inbox}{path}")).header("cookie", session).send().await.unwrap()
+    }
+
+    /// The CSRF token in a page's forms.
+    pub fn csrf_of(html: &str) -> String {
+        html.split("name=\"csrf\" value=\"").nth(1).expect("a csrf field").split('"').next().unwrap().to_owned()
+    }
+
+    /// A client that does not follow redirects (the tests look at them).
+    pub fn client() -> reqwest::Client {
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    }
+}

@@ -325,8 +325,15 @@ async fn prometheus_can_use_warden_as_its_alertmanager() {
         .await
         .unwrap();
     assert_eq!(forbidden.status(), 403);
-    let status: serde_json::Value =
-        http.get(format!("{api}/api/v2/status")).bearer_auth(service).send().await.unwrap().json().await.unwrap();
+    let status: serde_json::Value = http
+        .get(format!("{api}/api/v2/status"))
+        .bearer_auth(stack.keys.token("operator"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(status["config"]["original"].as_str().unwrap().contains(&stack.webhook_url));
     assert_eq!(http.get(format!("{api}/-/healthy")).send().await.unwrap().status(), 200);
     eventually(Duration::from_secs(10), || async {

@@ -403,3 +403,132 @@ async fn bad_create_and_redeem_requests_name_their_fields_and_write_nothing() {
     stack.approval.shutdown().await;
     stack.audit.shutdown().await;
 }
+
+/// Separation of duties holds for delegates: a principal that asked for
+/// the action, or that may act as the agent, cannot review it, through
+/// `Review`, `wardenctl approvals` and the inbox alike; an unrelated
+/// approver still can, and the agent's own request goes ahead.
+#[tokio::test]
+async fn a_delegate_cannot_approve_what_it_or_its_agent_asked_for() {
+    use warden_auth::{Kind, api_key::create_key};
+    use warden_tests::inbox;
+    let sandbox = Sandbox::new(&[("refunds.yaml", POLICY)]);
+    let mut keys = identity::keys(sandbox.data.path());
+    // An on-call lead: a reviewer who may also act as support-bot.
+    let lead = create_key(
+        "lead",
+        Kind::Human,
+        vec!["agent".into(), "approver".into()],
+        vec!["support-bot".into()],
+        None,
+        None,
+    );
+    // Another, who never asks: bound to the agent all the same.
+    let deputy = create_key(
+        "deputy",
+        Kind::Human,
+        vec!["agent".into(), "approver".into()],
+        vec!["support-*".into()],
+        None,
+        None,
+    );
+    // An admin who is also a reviewer (admins may ask as any agent).
+    let boss = create_key("boss", Kind::Human, vec!["admin".into(), "approver".into()], vec![], None, None);
+    for (name, key) in [("lead", lead), ("deputy", deputy), ("boss", boss)] {
+        keys.tokens.insert(name, key.token.expose().to_owned());
+        keys.file.keys.push(key.entry);
+    }
+    keys.save();
+    let mut audit_config = warden_audit::AuditConfig::for_tests(sandbox.data.path().join("audit"));
+    audit_config.auth = keys.auth();
+    let audit = AuditServer::start(audit_config).await.unwrap();
+    let mut approval_config = approval_config(sandbox.data.path(), &keys, &audit.url(), "127.0.0.1:0");
+    approval_config.http_listen = "127.0.0.1:0".into();
+    let approval = ApprovalServer::start(approval_config).await.unwrap();
+    let mut config = PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path());
+    config.auth = keys.auth();
+    config.audit_url = audit.url();
+    config.approval_url = approval.url();
+    config.outbound.credential = keys.token("service").into();
+    let engine = PolicyEngine::start(config).await.unwrap();
+    let stack = Stack { sandbox, keys, audit, approval, engine };
+
+    let as_principal =
+        |name: &str| PolicyClient::new(ClientConfig::new(stack.engine.url()).api_key(stack.keys.token(name))).unwrap();
+    let id = as_principal("agent").evaluate(refund(150.0)).await.unwrap().approval_id.unwrap();
+    // The lead and the admin ask for the same action: the same request,
+    // and each is recorded as one of its requesters.
+    for asker in ["lead", "boss", "lead"] {
+        let asked = as_principal(asker).evaluate(refund(150.0)).await.unwrap();
+        assert_eq!(asked.approval_id.as_deref(), Some(id.as_str()), "{asker}");
+    }
+    let mut client = ApprovalServiceClient::new(channel(&stack.approval.url()).await);
+    let shown = client
+        .get_approval(bearer(
+            tonic::Request::new(pb::GetApprovalRequest { id: id.clone() }),
+            stack.keys.token("auditor"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.requesters, ["support-bot", "lead", "boss"]);
+
+    // Review over gRPC: refused to each, naming why.
+    for (who, why) in [
+        ("lead", "lead asked for this action"),
+        ("boss", "boss asked for this action"),
+        ("deputy", "deputy may act as agent support-bot"),
+    ] {
+        let refused = review(&stack, &id, who, true).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains(why), "{refused:?}");
+    }
+    // The lead does not see it among the requests it may review.
+    let listed = client
+        .list_approvals(bearer(
+            tonic::Request::new(pb::ListApprovalsRequest { reviewable_by_me: true, ..Default::default() }),
+            stack.keys.token("lead"),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert!(listed.is_empty(), "{listed:?}");
+
+    // wardenctl: the same refusal.
+    let (code, _, err) = warden_tests::wardenctl::run(
+        ["--approval-addr", &stack.approval.url(), "--api-key", stack.keys.token("boss"), "approvals", "approve", &id]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("boss asked for this action"), "{err}");
+
+    // The inbox: no review form, and a posted review is refused.
+    let url = format!("http://{}", stack.approval.http_addr.unwrap());
+    let http = inbox::client();
+    let login = inbox::sign_in(&http, &url, stack.keys.token("deputy")).await;
+    let session = inbox::session_set_cookie(&login).split(';').next().unwrap().to_owned();
+    let page = inbox::get(&http, &url, &format!("/approvals/{id}"), &session).await.text().await.unwrap();
+    assert!(page.contains("You cannot review this request") && !page.contains("id=\"approve\""), "{page}");
+    let posted = http
+        .post(format!("{url}/approvals/{id}/review"))
+        .header("cookie", &session)
+        .form(&[("csrf", inbox::csrf_of(&page).as_str()), ("decision", "approve"), ("comment", "mine")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), reqwest::StatusCode::FORBIDDEN);
+
+    // An unrelated approver may, and the agent's refund goes ahead.
+    let approved = review(&stack, &id, "approver", true).await.unwrap();
+    assert_eq!(approved.state, pb::State::Approved as i32);
+    assert_eq!(approved.reviews.len(), 1, "nobody else's review counted");
+    let allowed = as_principal("agent").evaluate(refund(150.0).approval_id(&id)).await.unwrap();
+    assert_eq!(allowed.effect, Effect::Allow, "{allowed:?}");
+    stack.engine.shutdown().await;
+    stack.approval.shutdown().await;
+    stack.audit.shutdown().await;
+}

@@ -11,6 +11,7 @@ use warden_client::{ApprovalClient, ApprovalOutcome, ClientConfig};
 use warden_proto::approval::v1 as pb;
 use warden_proto::approval::v1::approval_service_client::ApprovalServiceClient;
 use warden_tests::identity::{self, bearer};
+use warden_tests::inbox::{csrf_of, get, session_set_cookie, sign_in};
 use warden_tests::{Sandbox, channel};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -153,7 +154,7 @@ async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
 
     // The pages carry a strict policy, and a form without the session's
     // CSRF token is refused.
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = warden_tests::inbox::client();
     // Signing in from another site (no sign-in form first, so no token and
     // no cookie) is refused even with a good key.
     let forged = http.post(format!("{inbox}/login")).form(&[("token", keys.token("approver"))]).send().await.unwrap();
@@ -186,46 +187,10 @@ async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
 }
 
 /// The session's `Set-Cookie` header in a sign-in's answer, attributes and all.
-fn session_set_cookie(login: &reqwest::Response) -> String {
-    login
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .find(|c| c.starts_with("warden_session="))
-        .expect("a session cookie")
-}
-
-/// Signs in as a browser does: the sign-in form first (its CSRF token and
-/// the cookie that goes with it), then the post.
-async fn sign_in(http: &reqwest::Client, inbox: &str, token: &str) -> reqwest::Response {
-    let form = http.get(format!("{inbox}/login")).send().await.unwrap();
-    let cookie = form.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-    assert!(cookie.starts_with("warden_login="), "{cookie}");
-    let html = form.text().await.unwrap();
-    let csrf = html.split("name=\"csrf\" value=\"").nth(1).expect("a csrf field").split('"').next().unwrap().to_owned();
-    http.post(format!("{inbox}/login"))
-        .header("cookie", cookie)
-        .form(&[("token", token), ("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Opens an approval request as `token`'s service; its id.
 async fn open(url: &str, token: &str, create: pb::CreateApprovalRequest) -> String {
     let mut service = ApprovalServiceClient::new(channel(url).await);
     service.create_approval(bearer(tonic::Request::new(create), token)).await.unwrap().into_inner().id
-}
-
-/// `GET path` with a session cookie, not following redirects.
-async fn get(http: &reqwest::Client, inbox: &str, path: &str, session: &str) -> reqwest::Response {
-    http.get(format!("{inbox}{path}")).header("cookie", session).send().await.unwrap()
-}
-
-/// The CSRF token in a page's forms.
-fn csrf_of(html: &str) -> String {
-    html.split("name=\"csrf\" value=\"").nth(1).expect("a csrf field").split('"').next().unwrap().to_owned()
 }
 
 /// Every inbox session row: its key, and everything else in it as bytes.
@@ -286,7 +251,7 @@ async fn inbox_sessions_outlive_their_replica(database_url: Option<String>) {
     };
     let id = open(&first.url(), keys.token("service"), create).await;
 
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = warden_tests::inbox::client();
     let inbox = format!("http://{}", first.http_addr.unwrap());
     let login = sign_in(&http, &inbox, keys.token("approver")).await;
     assert_eq!(login.status(), 303);

@@ -2,40 +2,13 @@
 //! approval, engage and release a kill switch, check an inclusion proof
 //! locally; exit codes scripts rely on.
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use warden_approval::{ApprovalConfig, ApprovalServer};
 use warden_audit::AuditServer;
 use warden_client::{ClientConfig, Effect, PolicyClient, Request};
 use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
 use warden_tests::Sandbox;
 use warden_tests::identity;
-
-/// The `wardenctl` binary next to this test's (built by `cargo test
-/// --workspace`; built here when a narrower command skipped it).
-fn wardenctl_path() -> PathBuf {
-    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned();
-    let path = dir.join("wardenctl");
-    if !path.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--quiet", "-p", "wardenctl"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    path
-}
-
-async fn run(args: Vec<String>) -> (i32, String, String) {
-    let path = wardenctl_path();
-    let output = tokio::task::spawn_blocking(move || Command::new(path).args(args).output().unwrap()).await.unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use warden_tests::wardenctl::run;
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()

@@ -63,6 +63,96 @@ pub const TABLE: &[MethodRule] = &[
     rule("/warden.alerting.v1.AlertingService/ReloadConfig", ADMIN_ONLY),
 ];
 
+/// What an HTTP route requires: the same as the RPC it mirrors (a page
+/// answers exactly what that RPC would), or roles of its own where no RPC
+/// does the same.
+#[derive(Debug, Clone, Copy)]
+pub enum HttpAccess {
+    Rpc(&'static str),
+    Roles(&'static [&'static str]),
+}
+
+/// One HTTP route of a service's web surface.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRule {
+    /// `inbox` (the approval service's web inbox) or `alertmanager` (the
+    /// alerting service's Alertmanager v2 API).
+    pub surface: &'static str,
+    pub method: &'static str,
+    /// The route as the router writes it (`/approvals/{id}`).
+    pub route: &'static str,
+    pub access: HttpAccess,
+}
+
+const fn http(surface: &'static str, method: &'static str, route: &'static str, access: HttpAccess) -> HttpRule {
+    HttpRule { surface, method, route, access }
+}
+
+const LIST_APPROVALS: &str = "/warden.approval.v1.ApprovalService/ListApprovals";
+const GET_APPROVAL: &str = "/warden.approval.v1.ApprovalService/GetApproval";
+
+/// The HTTP surfaces' half of the table: every route that needs a
+/// credential. Health and readiness (`/-/healthy`, `/-/ready`) and the
+/// inbox's sign-in form and stylesheet are open.
+pub const HTTP_TABLE: &[HttpRule] = &[
+    // The approval inbox: signing in takes what listing approvals takes,
+    // and each page answers what its RPC would.
+    http("inbox", "POST", "/login", HttpAccess::Rpc(LIST_APPROVALS)),
+    http("inbox", "GET", "/approvals", HttpAccess::Rpc(LIST_APPROVALS)),
+    http("inbox", "GET", "/history", HttpAccess::Rpc(LIST_APPROVALS)),
+    http("inbox", "GET", "/approvals/{id}", HttpAccess::Rpc(GET_APPROVAL)),
+    http("inbox", "POST", "/approvals/{id}/review", HttpAccess::Rpc("/warden.approval.v1.ApprovalService/Review")),
+    // Alertmanager's API v2: reads and silences as the alerting RPCs;
+    // posting alerts (Prometheus, a service) has no RPC.
+    http("alertmanager", "POST", "/api/v2/alerts", HttpAccess::Roles(&[SERVICE, OPERATOR])),
+    http("alertmanager", "GET", "/api/v2/alerts", HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ListAlerts")),
+    http(
+        "alertmanager",
+        "GET",
+        "/api/v2/silences",
+        HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ListSilences"),
+    ),
+    http(
+        "alertmanager",
+        "GET",
+        "/api/v2/silence/{id}",
+        HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ListSilences"),
+    ),
+    http(
+        "alertmanager",
+        "POST",
+        "/api/v2/silences",
+        HttpAccess::Rpc("/warden.alerting.v1.AlertingService/CreateSilence"),
+    ),
+    http(
+        "alertmanager",
+        "DELETE",
+        "/api/v2/silence/{id}",
+        HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ExpireSilence"),
+    ),
+    http("alertmanager", "GET", "/api/v2/status", HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ListRules")),
+];
+
+/// The HTTP route's rule.
+pub fn http_rule(surface: &str, method: &str, route: &str) -> Option<&'static HttpRule> {
+    HTTP_TABLE.iter().find(|r| r.surface == surface && r.method == method && r.route == route)
+}
+
+/// The roles that may call an HTTP route, with `admin` and the grants of
+/// the RPC it mirrors.
+pub fn http_roles(rule: &HttpRule, grants: &std::collections::BTreeMap<String, Vec<String>>) -> Vec<String> {
+    match rule.access {
+        HttpAccess::Rpc(path) => roles_for(path, grants),
+        HttpAccess::Roles(roles) => {
+            let mut all: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+            all.push(crate::principal::roles::ADMIN.to_owned());
+            all.sort();
+            all.dedup();
+            all
+        }
+    }
+}
+
 /// Services anyone may call, authenticated or not.
 pub const OPEN_SERVICES: &[&str] = &["grpc.health.v1.Health"];
 
@@ -118,6 +208,20 @@ mod tests {
         for rule in TABLE {
             assert!(paths.iter().any(|path| path == rule.path), "{} is in the table but no contract has it", rule.path);
         }
+    }
+
+    #[test]
+    fn every_http_route_mirrors_an_rpc_of_the_table_or_names_its_roles() {
+        for rule in HTTP_TABLE {
+            if let HttpAccess::Rpc(path) = rule.access {
+                assert!(TABLE.iter().any(|r| r.path == path), "{} {} mirrors unknown {path}", rule.method, rule.route);
+            }
+        }
+        let grants = Default::default();
+        let login = http_rule("inbox", "POST", "/login").unwrap();
+        assert_eq!(http_roles(login, &grants), ["admin", "approver", "auditor"]);
+        let post = http_rule("alertmanager", "POST", "/api/v2/alerts").unwrap();
+        assert_eq!(http_roles(post, &grants), ["admin", "operator", "service"]);
     }
 
     #[test]

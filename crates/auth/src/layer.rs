@@ -80,7 +80,7 @@ where
                 return Ok(count(method, response));
             }
             let peer = request.extensions().get::<PeerInfo>();
-            let principal = match auth.authenticate(request.headers(), peer).await {
+            let principal = match auth.authenticate_throttled(request.headers(), peer).await {
                 Ok(principal) => principal,
                 Err(rejection) => {
                     let status = auth.deny_unauthenticated(&method, peer, &rejection);

@@ -26,7 +26,9 @@ pub mod jwt;
 pub mod layer;
 pub mod principal;
 pub mod secret;
+pub mod throttle;
 pub mod tls;
+pub mod web;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -110,6 +112,10 @@ pub struct AuthConfig {
     pub rate_limits: Vec<RateLimitRule>,
     /// Most `auth_denied` audit events per second (a flood is summarised).
     pub denial_events_per_second: u32,
+    /// Bad credentials a source address (or a key id) may present per
+    /// minute, on every surface; past it, it waits (`RESOURCE_EXHAUSTED`,
+    /// HTTP 429, with the delay).
+    pub bad_credentials_per_minute: u32,
     /// How long resolved secrets are cached before being read again.
     #[serde(with = "humantime_serde")]
     pub secret_cache_ttl: Duration,
@@ -132,6 +138,7 @@ impl Default for AuthConfig {
             grants: BTreeMap::new(),
             rate_limits: Vec::new(),
             denial_events_per_second: 10,
+            bad_credentials_per_minute: 30,
             secret_cache_ttl: Duration::from_secs(300),
         }
     }
@@ -182,6 +189,9 @@ impl AuthConfig {
         }
         if self.denial_events_per_second == 0 {
             return Err(ConfigError::invalid("auth.denial_events_per_second", 0, "must be at least 1"));
+        }
+        if self.bad_credentials_per_minute == 0 {
+            return Err(ConfigError::invalid("auth.bad_credentials_per_minute", 0, "must be at least 1"));
         }
         SecretRef::parse(&self.key_pepper)
             .map_err(|e| ConfigError::invalid("auth.key_pepper", "(hidden)", e.to_string()))?;
@@ -256,6 +266,19 @@ pub struct MethodEntry {
 }
 
 impl MethodEntry {
+    /// An HTTP route, counted under its surface (`grpc_service`) and
+    /// `METHOD route` (`grpc_method`).
+    fn http(path: &str, surface: &str, roles: Vec<String>) -> MethodEntry {
+        MethodEntry {
+            path: path.to_owned(),
+            open: false,
+            roles,
+            counters: Default::default(),
+            service: surface.to_owned(),
+            method: path.to_owned(),
+        }
+    }
+
     fn new(path: &str, open: bool, roles: Vec<String>) -> MethodEntry {
         let (service, method) = authz::split_path(path).unwrap_or(("unknown", "unknown"));
         MethodEntry {
@@ -315,6 +338,20 @@ pub trait DenialSink: Send + Sync + 'static {
     fn record(&self, event: AuditEvent);
 }
 
+/// A [`DenialSink`] that hands each event to an async writer (a service's
+/// outbox), on a task of its own so the refused request never waits for it.
+pub struct SpawnedDenials<F>(pub F);
+
+impl<F, Fut> DenialSink for SpawnedDenials<F>
+where
+    F: Fn(AuditEvent) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn record(&self, event: AuditEvent) {
+        tokio::spawn((self.0)(event));
+    }
+}
+
 /// The shared state of one service's identity and access layer.
 pub struct Auth {
     config: AuthConfig,
@@ -332,6 +369,9 @@ pub struct Auth {
     denial_limiter: DirectLimiter,
     suppressed_denials: AtomicU64,
     resolver: SecretResolver,
+    throttle: throttle::CredentialThrottle,
+    /// The HTTP surfaces' routes (`surface METHOD route`), as method entries.
+    http_methods: HashMap<String, Arc<MethodEntry>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -350,6 +390,9 @@ pub struct Rejection {
     pub message: String,
     /// The key id or token issuer, when the credential named one.
     pub credential: String,
+    /// Set when the source (or the key id) sent too many bad credentials:
+    /// how long it must wait.
+    pub retry_after: Option<Duration>,
 }
 
 impl Auth {
@@ -423,7 +466,17 @@ impl Auth {
             })
             .collect();
         let per_second = config.denial_events_per_second;
+        let http_methods = authz::HTTP_TABLE
+            .iter()
+            .map(|rule| {
+                let key = web::route_key(rule.surface, rule.method, rule.route);
+                let path = format!("{} {}", rule.method, rule.route);
+                (key, Arc::new(MethodEntry::http(&path, rule.surface, authz::http_roles(rule, &config.grants))))
+            })
+            .collect();
         let auth = Arc::new(Auth {
+            throttle: throttle::CredentialThrottle::new(config.bad_credentials_per_minute, clock.clone()),
+            http_methods,
             keys_path: config.keys_path(data_dir),
             keys: ArcSwap::from_pointee(KeySet::default()),
             keys_fingerprint: Mutex::new(None),
@@ -584,7 +637,11 @@ impl Auth {
         peer: Option<&tls::PeerInfo>,
     ) -> Result<Arc<Principal>, Rejection> {
         if let Some(certificate) = peer.and_then(|p| p.certificate.as_ref()) {
-            return certificate.clone().map_err(|message| Rejection { message, credential: "mtls".into() });
+            return certificate.clone().map_err(|message| Rejection {
+                message,
+                credential: "mtls".into(),
+                retry_after: None,
+            });
         }
         let token = headers
             .get(http::header::AUTHORIZATION)
@@ -595,24 +652,64 @@ impl Auth {
             .ok_or_else(|| Rejection {
                 message: "no credentials: send `authorization: Bearer <API key or token>`".into(),
                 credential: String::new(),
+                retry_after: None,
             })?;
         if token.starts_with(api_key::TOKEN_PREFIX) {
             let credential = api_key::split_token(token).map(|(id, _)| format!("api_key:{id}")).unwrap_or_default();
-            return self
-                .keys
-                .load()
-                .verify(token, chrono::Utc::now())
-                .map_err(|e| Rejection { message: e.to_string(), credential });
+            return self.keys.load().verify(token, chrono::Utc::now()).map_err(|e| Rejection {
+                message: e.to_string(),
+                credential,
+                retry_after: None,
+            });
         }
         match &self.jwt {
             Some(jwt) => jwt.verify(token).await.map_err(|e| Rejection {
                 message: e.to_string(),
                 credential: format!("jwt:{}", self.config.jwt.issuer),
+                retry_after: None,
             }),
             None => Err(Rejection {
                 message: "unrecognised credential (not a Warden API key, and JWT is not configured)".into(),
                 credential: String::new(),
+                retry_after: None,
             }),
+        }
+    }
+
+    /// [`Auth::authenticate`], throttled: a source that sent too many bad
+    /// credentials is refused before its credential is checked, and each
+    /// bad one is charged to its source and its key id (see [`throttle`]).
+    pub async fn authenticate_throttled(
+        &self,
+        headers: &http::HeaderMap,
+        peer: Option<&tls::PeerInfo>,
+    ) -> Result<Arc<Principal>, Rejection> {
+        let source = peer.and_then(|p| p.remote).map(|r| r.ip());
+        if let Some(wait) = self.throttle.blocked(source) {
+            return Err(Rejection {
+                message: format!(
+                    "too many bad credentials from {}; retry in {} s",
+                    source.map(|s| s.to_string()).unwrap_or_default(),
+                    wait.as_secs().max(1)
+                ),
+                credential: String::new(),
+                retry_after: Some(wait),
+            });
+        }
+        match self.authenticate(headers, peer).await {
+            Ok(principal) => Ok(principal),
+            Err(mut rejection) => {
+                let key_id = rejection.credential.strip_prefix("api_key:").unwrap_or_default();
+                if let Some(wait) = self.throttle.failed(source, key_id) {
+                    rejection.message = format!(
+                        "{}; too many bad credentials, retry in {} s",
+                        rejection.message,
+                        wait.as_secs().max(1)
+                    );
+                    rejection.retry_after = Some(wait);
+                }
+                Err(rejection)
+            }
         }
     }
 
@@ -663,17 +760,24 @@ impl Auth {
         peer: Option<&tls::PeerInfo>,
         rejection: &Rejection,
     ) -> Status {
+        let code = if rejection.retry_after.is_some() { Code::ResourceExhausted } else { Code::Unauthenticated };
         self.record_denial(
             &method.path,
-            Code::Unauthenticated,
+            code,
             &rejection.message,
             None,
             &rejection.credential,
             peer.and_then(|p| p.remote),
         );
-        WardenError::new(Category::Permanent, "UNAUTHENTICATED", rejection.message.clone())
-            .with_code(Code::Unauthenticated)
-            .to_status()
+        match rejection.retry_after {
+            Some(wait) => WardenError::new(Category::Transient, "TOO_MANY_BAD_CREDENTIALS", rejection.message.clone())
+                .with_code(Code::ResourceExhausted)
+                .with_retry_after(wait)
+                .to_status(),
+            None => WardenError::new(Category::Permanent, "UNAUTHENTICATED", rejection.message.clone())
+                .with_code(Code::Unauthenticated)
+                .to_status(),
+        }
     }
 
     /// Refuses a request whose caller asserted what it may not: records an

@@ -163,6 +163,25 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues rows (`kind`, `payload`) in a transaction of their own, for
+    /// what is not part of a change (an `auth_denied` event). On SQLite the
+    /// caller holds its writer lock.
+    pub async fn enqueue(&self, database: &Database, rows: &[(&str, Vec<u8>)]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let values: Vec<String> = (0..rows.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+        let insert = format!("INSERT INTO {} (kind, payload) VALUES {}", self.table, values.join(", "));
+        on_pool!(database, |pool| {
+            let mut query = sqlx::query(&insert);
+            for (kind, payload) in rows {
+                query = query.bind(*kind).bind(payload.as_slice());
+            }
+            query.execute(pool).await.map(drop)?
+        });
+        Ok(())
+    }
+
     /// Rows waiting.
     pub async fn len(&self, database: &Database) -> Result<i64, StoreError> {
         let count = format!("SELECT COUNT(*) AS n FROM {}", self.table);

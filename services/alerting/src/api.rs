@@ -4,20 +4,26 @@
 //! `GET /api/v2/status`, `/-/healthy`, `/-/ready`.
 //!
 //! With authentication on, callers send `authorization: Bearer <key or
-//! token>` (Prometheus' `alertmanager_config.authorization`): posting
-//! alerts takes `service`, `operator` or `admin`; silences `operator` or
-//! `admin`; reading `operator`, `auditor`, `service` or `admin`.
+//! token>` (Prometheus' `alertmanager_config.authorization`), and every
+//! route answers as the role table says (`warden_auth::authz::HTTP_TABLE`:
+//! reads and silences as the alerting RPCs they mirror, posting alerts
+//! `service` or `operator`), with the same rate limits, throttle on bad
+//! credentials and `auth_denied` events as gRPC.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, MatchedPath, Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
+use warden_auth::Caller;
 
 use crate::engine::{Engine, PostedAlert, SilenceFields, SilenceRequest, rfc3339};
 use crate::routing;
@@ -52,27 +58,47 @@ impl Api {
             .route("/api/v2/alerts", get(list_alerts).post(post_alerts))
             .route("/api/v2/silences", get(list_silences).post(post_silence))
             .route("/api/v2/silence/{id}", delete(delete_silence).get(get_silence))
+            .route_layer(axum::middleware::from_fn_with_state(self.clone(), admit))
             .with_state(self)
     }
+}
 
-    /// The caller, when authentication is on; `Err` is the response.
-    async fn allow(&self, headers: &HeaderMap, roles: &[&str]) -> Result<String, Response> {
-        if self.auth.insecure() {
-            return Ok("anonymous".into());
+/// Routes anyone may call.
+const OPEN_ROUTES: &[&str] = &["/-/healthy", "/-/ready"];
+
+/// Admits every request by the role table before its handler runs; the
+/// caller travels in the request's extensions. A route the table does not
+/// name and that is not open is refused (fail closed).
+async fn admit(
+    State(api): State<Api>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
+    if OPEN_ROUTES.contains(&route.as_str()) {
+        return next.run(request).await;
+    }
+    let method = request.method().as_str().to_owned();
+    match api.auth.admit_http("alertmanager", &method, &route, request.headers(), Some(remote)).await {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
         }
-        match self.auth.authenticate(headers, None).await {
-            Ok(principal) if principal.has_role("admin") || roles.iter().any(|r| principal.has_role(r)) => {
-                Ok(principal.id.clone())
+        Err(denial) => {
+            let mut response = error(denial.status(), denial.message.clone());
+            if let Some(value) = denial.retry_after_header() {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
             }
-            Ok(principal) => {
-                Err(error(StatusCode::FORBIDDEN, format!("{} may not do this (needs one of {roles:?})", principal.id)))
-            }
-            Err(rejection) => Err(error(StatusCode::UNAUTHORIZED, rejection.message)),
+            response
         }
     }
 }
 
-const READERS: &[&str] = &["operator", "auditor", "service"];
+/// Who posted: the principal, or `anonymous` with authentication off.
+fn author(caller: &Caller) -> String {
+    caller.principal().map(|p| p.id.clone()).unwrap_or_else(|| "anonymous".into())
+}
 
 async fn ready(State(api): State<Api>) -> Response {
     if api.engine.caught_up.load(Ordering::Relaxed) {
@@ -82,10 +108,7 @@ async fn ready(State(api): State<Api>) -> Response {
     }
 }
 
-async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(response) = api.allow(&headers, READERS).await {
-        return response;
-    }
+async fn status(State(api): State<Api>) -> Response {
     Json(serde_json::json!({
         "cluster": {"status": "disabled", "peers": []},
         "versionInfo": {"version": env!("CARGO_PKG_VERSION"), "branch": "", "revision": "", "buildUser": "", "buildDate": "", "goVersion": "warden"},
@@ -122,10 +145,7 @@ struct PostableAlert {
     generator_url: String,
 }
 
-async fn post_alerts(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Err(response) = api.allow(&headers, &["service", "operator"]).await {
-        return response;
-    }
+async fn post_alerts(State(api): State<Api>, body: axum::body::Bytes) -> Response {
     let alerts: Vec<PostableAlert> = match serde_json::from_slice(&body) {
         Ok(alerts) => alerts,
         Err(e) => return bad_request("body", format!("expected a JSON list of alerts: {e}")),
@@ -196,10 +216,7 @@ fn filter_matchers(filter: &Option<String>) -> Result<Vec<routing::Matcher>, Str
     }
 }
 
-async fn list_alerts(State(api): State<Api>, headers: HeaderMap, Query(query): Query<AlertQuery>) -> Response {
-    if let Err(response) = api.allow(&headers, READERS).await {
-        return response;
-    }
+async fn list_alerts(State(api): State<Api>, Query(query): Query<AlertQuery>) -> Response {
     let filter = match filter_matchers(&query.filter) {
         Ok(f) => f,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -284,10 +301,7 @@ struct SilenceQuery {
     filter: Option<String>,
 }
 
-async fn list_silences(State(api): State<Api>, headers: HeaderMap, Query(query): Query<SilenceQuery>) -> Response {
-    if let Err(response) = api.allow(&headers, READERS).await {
-        return response;
-    }
+async fn list_silences(State(api): State<Api>, Query(query): Query<SilenceQuery>) -> Response {
     let filter = match filter_matchers(&query.filter) {
         Ok(f) => f,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -309,10 +323,7 @@ async fn list_silences(State(api): State<Api>, headers: HeaderMap, Query(query):
     }
 }
 
-async fn get_silence(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = api.allow(&headers, READERS).await {
-        return response;
-    }
+async fn get_silence(State(api): State<Api>, Path(id): Path<String>) -> Response {
     let now = api.engine.clock.now_ms();
     match api.engine.store.silences().await {
         Ok(silences) => match silences.iter().find(|s| s.id == id) {
@@ -358,11 +369,12 @@ struct PostableSilence {
 const HTTP_SILENCE_FIELDS: SilenceFields =
     SilenceFields { id: "id", matchers: "matchers", ends_at: "endsAt", comment: "comment" };
 
-async fn post_silence(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let caller = match api.allow(&headers, &["operator"]).await {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
+async fn post_silence(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Response {
+    let caller = author(&caller);
     let silence: PostableSilence = match serde_json::from_slice(&body) {
         Ok(s) => s,
         Err(e) => return bad_request("body", format!("expected a silence: {e}")),
@@ -413,10 +425,7 @@ async fn post_silence(State(api): State<Api>, headers: HeaderMap, body: axum::bo
     }
 }
 
-async fn delete_silence(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = api.allow(&headers, &["operator"]).await {
-        return response;
-    }
+async fn delete_silence(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.engine.store.silences().await {
         Ok(silences) if !silences.iter().any(|s| s.id == id) => {
             error(StatusCode::NOT_FOUND, format!("silence {id} not found"))
@@ -432,7 +441,7 @@ async fn delete_silence(State(api): State<Api>, headers: HeaderMap, Path(id): Pa
 pub async fn serve(api: Api, listen: &str) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let router = api.router();
+    let router = api.router().into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).await {
             tracing::error!(%error, "alerting http api stopped");

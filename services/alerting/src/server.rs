@@ -123,6 +123,19 @@ impl AlertingServer {
                     .max_decoding_message_size(64 * 1024 * 1024);
             (Some(appender), Some(subscriber))
         };
+        if audit.is_some() {
+            // Refusals (gRPC and Alertmanager's API) go to the audit log
+            // through the outbox.
+            let store = store.clone();
+            auth.set_denial_sink(Arc::new(warden_auth::SpawnedDenials(move |event| {
+                let store = store.clone();
+                async move {
+                    if let Err(error) = store.enqueue(&[crate::store::Outgoing::Audit(event)]).await {
+                        tracing::warn!(%error, "cannot queue an auth_denied event");
+                    }
+                }
+            })));
+        }
         let engine = Engine::new(store, loaded, derived, alerts, clock, audit.is_some(), config.external_url.clone());
         engine.refresh_silences().await?;
         let config_text = Arc::new(arc_swap::ArcSwap::from_pointee(routing_text));

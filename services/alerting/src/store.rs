@@ -428,26 +428,11 @@ impl AlertingStore {
         Ok(claimed)
     }
 
-    /// Queues items (audit events about deliveries).
+    /// Queues items (audit events about deliveries, refusals).
     pub async fn enqueue(&self, items: &[Outgoing]) -> Result<(), StoreError> {
-        if items.is_empty() {
-            return Ok(());
-        }
+        let rows: Vec<_> = items.iter().map(Outgoing::encode).collect();
         let _writer = self.writer().await;
-        let sqlite = self.sqlite();
-        on_pool!(&self.database, |pool| {
-            let mut tx = begin!(pool, sqlite)?;
-            for item in items {
-                let (kind, payload) = item.encode();
-                sqlx::query("INSERT INTO alerting_outbox (kind, payload) VALUES ($1, $2)")
-                    .bind(kind)
-                    .bind(payload)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
+        OUTBOX.enqueue(&self.database, &rows).await
     }
 
     /// Claims up to `limit` due outbox rows until `until_micros` (see

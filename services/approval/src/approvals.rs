@@ -300,10 +300,34 @@ impl Approvals {
         Ok((row, created))
     }
 
+    /// Whether `principal` may see `row`: an agent principal only its own
+    /// agents' requests; everyone the role table lets read, all of them.
+    pub fn may_see(&self, principal: &Principal, row: &ApprovalRow) -> Result<(), String> {
+        if principal.kind == warden_auth::Kind::Agent && !principal.may_act_as(&row.agent_id) {
+            return Err(format!("principal {} may not see agent {}'s approval requests", principal.id, row.agent_id));
+        }
+        Ok(())
+    }
+
     /// Whether `principal` may review `row`, and why not.
+    ///
+    /// Separation of duties: nobody reviews a request they could benefit
+    /// from. Refused are the agent itself, every principal that asked for
+    /// the action (`requesters`, `requested_by`), and every principal
+    /// bound to act as the agent (its `agents` globs match), who could
+    /// redeem the grant in the agent's name.
     pub fn may_review(&self, row: &ApprovalRow, principal: &Principal) -> Result<(), String> {
         if principal.id == row.agent_id || principal.id == row.requested_by {
             return Err(format!("{} may not review its own request", principal.id));
+        }
+        if row.requesters.contains(&principal.id) {
+            return Err(format!("{} asked for this action and may not review it", principal.id));
+        }
+        if principal.bound_to(&row.agent_id) {
+            return Err(format!(
+                "{} may act as agent {} and so may not review its requests",
+                principal.id, row.agent_id
+            ));
         }
         if principal.kind == warden_auth::Kind::Agent {
             return Err(format!("agent {} may not review approval requests", principal.id));

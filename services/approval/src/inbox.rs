@@ -21,7 +21,9 @@ use std::time::Duration;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 
-use axum::extract::{Form, Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Form, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -30,7 +32,8 @@ use hmac::Mac;
 use serde::Deserialize;
 use sha2::Digest;
 use subtle::ConstantTimeEq;
-use warden_auth::{Auth, Principal, Secret};
+use warden_auth::web::Denial;
+use warden_auth::{Auth, Caller, Principal, Secret};
 
 use crate::approvals::Approvals;
 use crate::store::{ApprovalRow, SessionRow, State as ApprovalState};
@@ -176,10 +179,16 @@ impl Inbox {
     }
 
     /// The signed-in principal and the session's CSRF token, re-checking
-    /// the credential (a revoked key ends the session). Not signed in: a
-    /// redirect to the sign-in page; the database unavailable: an error
-    /// page saying so (not a sign-out).
-    async fn session(&self, headers: &HeaderMap) -> Result<(Arc<Principal>, String), Response> {
+    /// the credential (a revoked key ends the session) and that it may use
+    /// `METHOD route` as the role table says. Not signed in: a redirect to
+    /// the sign-in page; refused by the table: the refusal's page; the
+    /// database unavailable: an error page saying so (not a sign-out).
+    async fn session(
+        &self,
+        headers: &HeaderMap,
+        remote: SocketAddr,
+        (method, route): (&str, &str),
+    ) -> Result<(Arc<Principal>, String), Response> {
         let to_login = || secured(Redirect::to("/login").into_response());
         let id = cookie(headers, COOKIE).ok_or_else(to_login)?;
         let key = session_key(&id);
@@ -194,32 +203,78 @@ impl Inbox {
                 return Err(response);
             }
         };
-        let principal = match unseal(&id, &row.sealed_credential) {
-            Some(token) => self.principal(&token).await.ok(),
-            None => None,
+        let admitted = match unseal(&id, &row.sealed_credential) {
+            Some(token) => self.admit(&token, remote, method, route).await,
+            None => Err(Denial {
+                code: tonic::Code::Unauthenticated,
+                message: "the session's credential does not open".into(),
+                retry_after: None,
+            }),
         };
-        match principal {
-            Some(principal) => Ok((principal, row.csrf)),
-            None => {
-                tracing::info!(principal = %row.principal, "inbox session ended: its credential no longer signs in");
+        match admitted {
+            Ok(principal) => Ok((principal, row.csrf)),
+            Err(denial) if denial.code == tonic::Code::Unauthenticated => {
+                tracing::info!(principal = %row.principal, reason = %denial.message, "inbox session ended: its credential no longer signs in");
                 if let Err(error) = self.approvals.store.delete_session(&key).await {
                     tracing::warn!(%error, "cannot end an inbox session");
                 }
                 Err(to_login())
             }
+            Err(denial) => Err(refused(None, row.csrf.as_str(), &denial)),
         }
     }
 
-    async fn principal(&self, token: &Secret) -> Result<Arc<Principal>, String> {
-        let mut headers = HeaderMap::new();
-        let value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| "malformed credential")?;
-        headers.insert(header::AUTHORIZATION, value);
-        let principal = self.auth.authenticate(&headers, None).await.map_err(|r| r.message)?;
-        if principal.kind == warden_auth::Kind::Agent {
-            return Err("agents may not review approvals".into());
+    /// The CSRF token of the request's session, if it has one.
+    async fn session_csrf(&self, headers: &HeaderMap) -> Option<String> {
+        let id = cookie(headers, COOKIE)?;
+        match self.approvals.store.session(&session_key(&id), self.approvals.clock.now_micros()).await {
+            Ok(row) => row.map(|row| row.csrf),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read an inbox session");
+                None
+            }
         }
-        Ok(principal)
     }
+
+    /// The principal behind `token`, admitted to `METHOD route` by the role
+    /// table (with its throttle on bad credentials and its `auth_denied`
+    /// events). With authentication off there is no principal to review
+    /// as: the inbox refuses.
+    async fn admit(
+        &self,
+        token: &Secret,
+        remote: SocketAddr,
+        method: &str,
+        route: &str,
+    ) -> Result<Arc<Principal>, Denial> {
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| Denial {
+            code: tonic::Code::Unauthenticated,
+            message: "malformed credential".into(),
+            retry_after: None,
+        })?;
+        headers.insert(header::AUTHORIZATION, value);
+        match self.auth.admit_http("inbox", method, route, &headers, Some(remote)).await? {
+            Caller::Principal(principal) => Ok(principal),
+            Caller::Anonymous => Err(Denial {
+                code: tonic::Code::FailedPrecondition,
+                message: "the inbox needs authentication on: reviews are made by a principal".into(),
+                retry_after: None,
+            }),
+        }
+    }
+}
+
+/// The page for a refusal, with the status (and `Retry-After`) the role
+/// table's answer maps to.
+fn refused(principal: Option<&Principal>, csrf: &str, denial: &Denial) -> Response {
+    let body = format!("<p class=\"error\">Refused: {}</p>", escape(&denial.message));
+    let mut response = page("Refused", principal, csrf, &body);
+    *response.status_mut() = denial.status();
+    if let Some(value) = denial.retry_after_header() {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 /// A cookie's value from the request's `Cookie` headers.
@@ -266,7 +321,12 @@ struct LoginForm {
     csrf: String,
 }
 
-async fn login(State(inbox): State<Inbox>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(inbox): State<Inbox>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let issued = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if issued.is_empty() || !bool::from(issued.as_bytes().ct_eq(form.csrf.as_bytes())) {
         tracing::warn!("inbox sign-in refused: the form's csrf token is missing or does not match");
@@ -281,7 +341,7 @@ async fn login(State(inbox): State<Inbox>, headers: HeaderMap, Form(form): Form<
         return response;
     }
     let token = Secret::new(form.token.trim());
-    match inbox.principal(&token).await {
+    match inbox.admit(&token, remote, "POST", "/login").await {
         Ok(principal) => {
             let id = random_token();
             let now = inbox.approvals.clock.now_micros();
@@ -312,13 +372,16 @@ async fn login(State(inbox): State<Inbox>, headers: HeaderMap, Form(form): Form<
             set_cookie(&mut response, &format!("{LOGIN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/login; Max-Age=0"));
             secured(response)
         }
-        Err(message) => {
+        Err(denial) => {
             let body = format!(
                 "<p class=\"error\">Sign-in refused: {}</p><p><a href=\"/login\">Try again</a></p>",
-                escape(&message)
+                escape(&denial.message)
             );
             let mut response = page("Sign in", None, "", &body);
-            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            *response.status_mut() = denial.status();
+            if let Some(value) = denial.retry_after_header() {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
             response
         }
     }
@@ -330,7 +393,9 @@ struct CsrfForm {
 }
 
 async fn logout(State(inbox): State<Inbox>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
-    if let Ok((_, csrf)) = inbox.session(&headers).await
+    // Signing out needs only the session's CSRF token: the row is deleted
+    // whatever the credential may still do.
+    if let Some(csrf) = inbox.session_csrf(&headers).await
         && bool::from(csrf.as_bytes().ct_eq(form.csrf.as_bytes()))
         && let Some(id) = cookie(&headers, COOKIE)
         && let Err(error) = inbox.approvals.store.delete_session(&session_key(&id)).await
@@ -374,59 +439,87 @@ fn rows_table(rows: &[ApprovalRow], now: i64) -> String {
     html
 }
 
-async fn pending(State(inbox): State<Inbox>, headers: HeaderMap) -> Response {
-    let (principal, csrf) = match inbox.session(&headers).await {
+async fn pending(
+    State(inbox): State<Inbox>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let (principal, csrf) = match inbox.session(&headers, remote, ("GET", "/approvals")).await {
         Ok(session) => session,
         Err(response) => return response,
     };
     let rows = match inbox.approvals.store.list(Some(ApprovalState::Pending), None, None, 500).await {
         Ok(rows) => rows,
-        Err(error) => {
-            return page(
-                "Pending approvals",
-                Some(&principal),
-                &csrf,
-                &format!("<p class=\"error\">{}</p>", escape(&error.to_string())),
-            );
-        }
+        Err(error) => return unavailable("Pending approvals", &principal, &csrf, &error.to_string()),
     };
+    // What `ListApprovals` with `reviewable_by_me` answers.
     let mine: Vec<ApprovalRow> = rows
         .into_iter()
         .filter(|row| {
-            inbox.approvals.may_review(row, &principal).is_ok()
+            inbox.approvals.may_see(&principal, row).is_ok()
+                && inbox.approvals.may_review(row, &principal).is_ok()
                 && !row.reviews.iter().any(|r| r.reviewer == principal.id)
         })
         .collect();
     page("Pending approvals", Some(&principal), &csrf, &rows_table(&mine, inbox.approvals.clock.now_micros()))
 }
 
-async fn history(State(inbox): State<Inbox>, headers: HeaderMap) -> Response {
-    let (principal, csrf) = match inbox.session(&headers).await {
+/// A page saying the store could not answer (503).
+fn unavailable(title: &str, principal: &Principal, csrf: &str, error: &str) -> Response {
+    let mut response = page(title, Some(principal), csrf, &format!("<p class=\"error\">{}</p>", escape(error)));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
+}
+
+async fn history(
+    State(inbox): State<Inbox>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let (principal, csrf) = match inbox.session(&headers, remote, ("GET", "/history")).await {
         Ok(session) => session,
         Err(response) => return response,
     };
-    let rows = inbox.approvals.store.list(None, None, None, 100).await.unwrap_or_default();
-    page("History", Some(&principal), &csrf, &rows_table(&rows, inbox.approvals.clock.now_micros()))
+    let rows = match inbox.approvals.store.list(None, None, None, 100).await {
+        Ok(rows) => rows,
+        Err(error) => return unavailable("History", &principal, &csrf, &error.to_string()),
+    };
+    // What `ListApprovals` answers this principal.
+    let visible: Vec<ApprovalRow> =
+        rows.into_iter().filter(|row| inbox.approvals.may_see(&principal, row).is_ok()).collect();
+    page("History", Some(&principal), &csrf, &rows_table(&visible, inbox.approvals.clock.now_micros()))
 }
 
-async fn detail(State(inbox): State<Inbox>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let (principal, csrf) = match inbox.session(&headers).await {
+async fn detail(
+    State(inbox): State<Inbox>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let (principal, csrf) = match inbox.session(&headers, remote, ("GET", "/approvals/{id}")).await {
         Ok(session) => session,
         Err(response) => return response,
     };
     let row = match inbox.approvals.store.get(&id).await {
         Ok(Some(row)) => row,
-        _ => {
+        Ok(None) => {
             let mut response = page("Not found", Some(&principal), &csrf, "<p>No such approval request.</p>");
             *response.status_mut() = StatusCode::NOT_FOUND;
             return response;
         }
+        Err(error) => return unavailable("Approval", &principal, &csrf, &error.to_string()),
     };
+    // What `GetApproval` answers this principal.
+    if let Err(message) = inbox.approvals.may_see(&principal, &row) {
+        let denial = Denial { code: tonic::Code::PermissionDenied, message, retry_after: None };
+        return refused(Some(&principal), &csrf, &denial);
+    }
     let action: serde_json::Value = serde_json::from_str(&row.action_json).unwrap_or_default();
     let mut body = format!(
         "<p>Agent <b>{}</b> (asked by {}) wants to run exactly this action; approving it allows this and nothing else:</p>\
          <pre>{}</pre><p>Hash <code>{}</code></p>\
          <table><tr><th>State</th><td class=\"{}\">{}</td></tr><tr><th>Why</th><td>{} <small>({})</small></td></tr>\
+         <tr><th>Asked by</th><td>{}</td></tr>\
          <tr><th>Correlation</th><td>{}</td></tr><tr><th>Route</th><td>{} (needs {} approval(s))</td></tr>\
          <tr><th>Time left</th><td>{}</td></tr><tr><th>Outcome</th><td>{}</td></tr></table><h2>Reviews</h2>",
         escape(&row.agent_id),
@@ -437,6 +530,7 @@ async fn detail(State(inbox): State<Inbox>, headers: HeaderMap, Path(id): Path<S
         row.state.as_str().to_lowercase(),
         escape(&row.reasons.join("; ")),
         escape(&row.rules.join(", ")),
+        escape(&row.requesters.join(", ")),
         escape(&row.correlation_id),
         escape(&row.route),
         row.min_approvals,
@@ -479,11 +573,12 @@ struct ReviewForm {
 
 async fn review(
     State(inbox): State<Inbox>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<ReviewForm>,
 ) -> Response {
-    let (principal, csrf) = match inbox.session(&headers).await {
+    let (principal, csrf) = match inbox.session(&headers, remote, ("POST", "/approvals/{id}/review")).await {
         Ok(session) => session,
         Err(response) => return response,
     };
@@ -516,13 +611,15 @@ async fn review(
     match inbox.approvals.review(&id, &principal, approve, &form.comment).await {
         Ok(_) => secured(Redirect::to(&format!("/approvals/{id}")).into_response()),
         Err(error) => {
+            // The status `Review` would answer, as HTTP.
+            let status = warden_auth::web::status_for(warden_errors::Classify::code(&error));
             let body = format!(
                 "<p class=\"error\">{}</p><p><a href=\"/approvals/{}\">Back</a></p>",
                 escape(&error.to_string()),
                 escape(&id)
             );
             let mut response = page("Review refused", Some(&principal), &csrf, &body);
-            *response.status_mut() = StatusCode::CONFLICT;
+            *response.status_mut() = status;
             response
         }
     }
@@ -532,7 +629,7 @@ async fn review(
 pub async fn serve(inbox: Inbox, listen: &str) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let router = inbox.router();
+    let router = inbox.router().into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).await {
             tracing::error!(%error, "approval inbox stopped");

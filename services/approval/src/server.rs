@@ -78,6 +78,18 @@ impl ApprovalServer {
             )
         };
         let approvals = Approvals::new(ApprovalStore::new(database)?, routes, clock, audit.is_some());
+        if audit.is_some() {
+            // Refusals (gRPC and the inbox) go to the audit log through the outbox.
+            let store = approvals.store.clone();
+            auth.set_denial_sink(Arc::new(warden_auth::SpawnedDenials(move |event| {
+                let store = store.clone();
+                async move {
+                    if let Err(error) = store.enqueue(&[crate::store::Outgoing::Audit(event)]).await {
+                        tracing::warn!(%error, "cannot queue an auth_denied event");
+                    }
+                }
+            })));
+        }
         background.push(tokio::spawn(run_clocks(approvals.clone(), config.clock_interval)));
         let shipper = Shipper {
             approvals: approvals.clone(),

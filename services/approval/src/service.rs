@@ -71,6 +71,7 @@ pub fn to_proto(row: &ApprovalRow) -> pb::Approval {
         state: state_to_proto(row.state) as i32,
         agent_id: row.agent_id.clone(),
         requested_by: row.requested_by.clone(),
+        requesters: row.requesters.clone(),
         action: Some(pb::Action {
             r#type: action["type"].as_str().unwrap_or_default().to_owned(),
             resource: action["resource"].as_str().unwrap_or_default().to_owned(),
@@ -164,18 +165,13 @@ fn principal<T>(request: &Request<T>) -> Result<Arc<Principal>, Status> {
 }
 
 /// Agents see only their own requests; people and services see all.
-fn may_see<T>(request: &Request<T>, row: &ApprovalRow) -> Result<(), Status> {
+fn may_see<T>(approvals: &Approvals, request: &Request<T>, row: &ApprovalRow) -> Result<(), Status> {
     if let Some(Caller::Principal(p)) = Caller::of(request)
-        && p.kind == warden_auth::Kind::Agent
-        && !p.may_act_as(&row.agent_id)
+        && let Err(message) = approvals.may_see(p, row)
     {
         return Err(to_status(
-            &WardenError::new(
-                Category::PolicyViolation,
-                "NOT_YOUR_APPROVAL",
-                format!("principal {} may not see agent {}'s approval requests", p.id, row.agent_id),
-            )
-            .with_code(tonic::Code::PermissionDenied),
+            &WardenError::new(Category::PolicyViolation, "NOT_YOUR_APPROVAL", message)
+                .with_code(tonic::Code::PermissionDenied),
         ));
     }
     Ok(())
@@ -226,7 +222,7 @@ impl ApprovalService for ApprovalServiceImpl {
             .await
             .map_err(|e| to_status(&crate::approvals::ApprovalError::from(e)))?
             .ok_or_else(|| to_status(&crate::approvals::ApprovalError::NotFound(id.clone())))?;
-        may_see(&request, &row)?;
+        may_see(&self.approvals, &request, &row)?;
         Ok(Response::new(to_proto(&row)))
     }
 
@@ -271,7 +267,7 @@ impl ApprovalService for ApprovalServiceImpl {
             let exhausted = (rows.len() as u32) < size;
             for row in rows {
                 before = Some(row.id.clone());
-                let visible = may_see(&request, &row).is_ok();
+                let visible = may_see(&self.approvals, &request, &row).is_ok();
                 let reviewable = match &reviewer {
                     None => true,
                     Some(p) => {
@@ -309,7 +305,7 @@ impl ApprovalService for ApprovalServiceImpl {
             .await
             .map_err(|e| to_status(&crate::approvals::ApprovalError::from(e)))?
             .ok_or_else(|| to_status(&crate::approvals::ApprovalError::NotFound(id.clone())))?;
-        may_see(&request, &first)?;
+        may_see(&self.approvals, &request, &first)?;
         let mut changes = self.approvals.subscribe();
         let mut stopping = self.stopping.clone();
         let poll = self.watch_poll;

@@ -86,6 +86,10 @@ pub struct ApprovalRow {
     pub escalation_level: u32,
     pub reminded: bool,
     pub reviews: Vec<ReviewRow>,
+    /// Every principal that asked for this action while it was pending
+    /// (the first is `requested_by`); none of them may review it. Filled
+    /// by [`ApprovalStore::get`] and [`ApprovalStore::list`].
+    pub requesters: Vec<String>,
 }
 
 impl ApprovalRow {
@@ -226,9 +230,26 @@ macro_rules! approval_from_row {
             escalation_level: row.try_get::<i32, _>("escalation_level")? as u32,
             reminded: row.try_get("reminded")?,
             reviews: Vec::new(),
+            requesters: Vec::new(),
         }
     }};
 }
+
+macro_rules! requesters_of {
+    ($executor:expr, $id:expr) => {{
+        let rows = sqlx::query(
+            "SELECT principal FROM approval_requesters WHERE approval_id = $1 ORDER BY at_micros, principal",
+        )
+        .bind($id)
+        .fetch_all($executor)
+        .await?;
+        rows.iter().map(|row| row.try_get::<String, _>("principal")).collect::<Result<Vec<_>, _>>()?
+    }};
+}
+
+/// Records a principal that asked for a pending request (once).
+const ADD_REQUESTER: &str = "INSERT INTO approval_requesters (approval_id, principal, at_micros) VALUES ($1, $2, $3) \
+     ON CONFLICT (approval_id, principal) DO NOTHING";
 
 macro_rules! reviews_of {
     ($executor:expr, $id:expr) => {{
@@ -362,7 +383,7 @@ impl ApprovalStore {
         let _writer = self.writer().await;
         let select_key = format!("SELECT {COLUMNS} FROM approval_requests WHERE idempotency_key = $1");
         let select_pending = format!("SELECT {COLUMNS} FROM approval_requests {PENDING_DUPLICATE}");
-        let existing = in_transaction!(&self.database, |tx, _lock| {
+        let existing = in_transaction!(&self.database, |tx, lock| {
             if matches!(self.database, Database::Postgres(_)) {
                 // Serialize creations of the same agent and action across replicas.
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -377,13 +398,29 @@ impl ApprovalStore {
                 found = Some(approval_from_row!(&row));
             }
             if found.is_none()
-                && let Some(row) = sqlx::query(&select_pending)
+                && let Some(row) = sqlx::query(&format!("{select_pending}{lock}"))
                     .bind(&new.agent_id)
                     .bind(&new.action_hash)
                     .fetch_optional(&mut *tx)
                     .await?
             {
                 found = Some(approval_from_row!(&row));
+            }
+            // Whoever asks for a pending action is one of its requesters,
+            // recorded under the request's lock so a review in flight sees
+            // it or comes first.
+            let pending = match &found {
+                Some(row) if row.state == State::Pending => Some(row.id.as_str()),
+                Some(_) => None,
+                None => Some(new.id.as_str()),
+            };
+            if let Some(id) = pending.filter(|_| !new.requested_by.is_empty()) {
+                sqlx::query(ADD_REQUESTER)
+                    .bind(id)
+                    .bind(&new.requested_by)
+                    .bind(new.created_at_micros)
+                    .execute(&mut *tx)
+                    .await?;
             }
             if found.is_none() {
                 sqlx::query(
@@ -433,6 +470,7 @@ impl ApprovalStore {
             let rows = sqlx::query(&select).bind(id).fetch_all(pool).await?;
             let Some(first) = rows.first() else { return Ok(None) };
             let mut approval = approval_from_row!(first);
+            approval.requesters = requesters_of!(pool, id);
             for row in &rows {
                 if let Some(reviewer) = row.try_get::<Option<String>, _>("reviewer")? {
                     approval.reviews.push(ReviewRow {
@@ -474,6 +512,7 @@ impl ApprovalStore {
             {
                 let mut approval = approval_from_row!(&row);
                 approval.reviews = reviews_of!(pool, &approval.id);
+                approval.requesters = requesters_of!(pool, &approval.id);
                 rows.push(approval);
             }
         });
@@ -499,6 +538,18 @@ impl ApprovalStore {
             }
             if now_micros >= before.expires_at_micros {
                 return Err(TransitionError::WrongState(State::Expired.as_str()));
+            }
+            let asked: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM approval_requesters WHERE approval_id = $1 AND principal = $2")
+                    .bind(id)
+                    .bind(reviewer)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if asked > 0 {
+                return Err(TransitionError::Refused(format!(
+                    "{reviewer} asked for this action and may not review it"
+                )));
             }
             let inserted = sqlx::query(
                 "INSERT INTO approval_reviews (approval_id, reviewer, approve, comment, at_micros) \
@@ -809,6 +860,13 @@ impl ApprovalStore {
     }
 
     /// Rows waiting in the outbox.
+    /// Queues items that belong to no transition (an `auth_denied` event).
+    pub async fn enqueue(&self, items: &[Outgoing]) -> Result<(), TransitionError> {
+        let rows: Vec<_> = items.iter().map(Outgoing::encode).collect();
+        let _writer = self.writer().await;
+        Ok(OUTBOX.enqueue(&self.database, &rows).await?)
+    }
+
     pub async fn outbox_len(&self) -> Result<i64, TransitionError> {
         Ok(OUTBOX.len(&self.database).await?)
     }
