@@ -25,9 +25,14 @@ fn condition(i: usize) -> (&'static str, String) {
 
 /// YAML for `actions` action types with `rules_per_action` rules each. Every
 /// rule of an action applies to every request for it (the worst case), and
-/// the last rule of each action allows.
+/// the last rule of each action allows. The agent registry gives
+/// [`request`]'s agent exactly the attributes it sends, so an engine with
+/// authentication on checks them and decides as with it off.
 pub fn rule_set(actions: usize, rules_per_action: usize) -> String {
-    let mut yaml = String::from("rules:\n");
+    let mut yaml = String::from(
+        "agents:\n  - id: support-bot-1\n    name: Support bot\n    roles: [support, refunds]\n    labels: { team: billing }\n",
+    );
+    yaml.push_str("rules:\n");
     for a in 0..actions {
         for r in 0..rules_per_action {
             let (effect, when) = if r + 1 == rules_per_action { ("allow", "true".to_owned()) } else { condition(r) };

@@ -223,7 +223,7 @@ fn state_name(state: i32) -> &'static str {
 fn approval_json(a: &approval::Approval) -> serde_json::Value {
     let action = a.action.clone().unwrap_or_default();
     serde_json::json!({
-        "id": a.id, "state": state_name(a.state), "agent_id": a.agent_id, "requested_by": a.requested_by,
+        "id": a.id, "state": state_name(a.state), "agent_id": a.agent_id, "requested_by": a.requested_by, "requesters": a.requesters,
         "action": {"type": action.r#type, "resource": action.resource, "estimated_cost": action.estimated_cost,
                    "params": action.params.as_ref().map(struct_to_json).unwrap_or_else(|| serde_json::json!({}))},
         "action_hash": a.action_hash, "correlation_id": a.correlation_id, "rules": a.rules, "reasons": a.reasons,
@@ -245,7 +245,8 @@ fn print_approval(a: &approval::Approval, output: Output) {
         state_name(a.state),
         if a.outcome_reason.is_empty() { String::new() } else { format!(" ({})", a.outcome_reason) }
     );
-    println!("agent      {} (asked by {})", a.agent_id, a.requested_by);
+    let askers = if a.requesters.is_empty() { a.requested_by.clone() } else { a.requesters.join(", ") };
+    println!("agent      {} (asked by {askers})", a.agent_id);
     println!("action     {} on {} (estimated cost {})", action.r#type, action.resource, action.estimated_cost);
     if let Some(params) = &action.params {
         for (key, value) in &params.fields {
