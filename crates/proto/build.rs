@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "warden/audit/v1/audit.proto",
     "warden/approval/v1/approval.proto",
     "warden/alerting/v1/alerting.proto",
+    "warden/deadletter/v1/deadletter.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

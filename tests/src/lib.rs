@@ -165,11 +165,15 @@ pub mod identity {
             &self.tokens[name]
         }
 
-        /// Auth on, reading this keys file every 100 ms.
+        /// Auth on, reading this keys file every 100 ms. Bad credentials
+        /// are throttled only past 1,000 a minute: the tests that present
+        /// many on purpose (the authorization matrices) are not about the
+        /// throttle, which `surfaces.rs` tests with a budget of its own.
         pub fn auth(&self) -> AuthConfig {
             AuthConfig {
                 keys_file: self.path.clone(),
                 reload_interval: std::time::Duration::from_millis(100),
+                bad_credentials_per_minute: 1000,
                 ..AuthConfig::default()
             }
         }

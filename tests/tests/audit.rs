@@ -118,6 +118,21 @@ async fn export_and_subscribe_stream_the_log() {
     server.shutdown().await;
 }
 
+/// A payload nested `levels` deep.
+fn nested(levels: usize) -> prost_types::Struct {
+    let mut value = prost_types::Struct::default();
+    for _ in 0..levels {
+        value = prost_types::Struct {
+            fields: [(
+                "x".to_string(),
+                prost_types::Value { kind: Some(prost_types::value::Kind::StructValue(value)) },
+            )]
+            .into(),
+        };
+    }
+    value
+}
+
 fn check_invalid(status: tonic::Status, field: &str) {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let fields: Vec<String> = WardenError::from_status(&status).violations.into_iter().map(|v| v.field).collect();
@@ -138,7 +153,26 @@ async fn bad_input_is_invalid_argument_and_writes_nothing() {
         (vec![event("a", "x", "")], "events[0].event_type"),
         (
             vec![event("a", "x", "t"), audit::AuditEvent { payload: Some(nan), ..event("b", "x", "t") }],
-            "events[1].payload",
+            "events[1].payload.n",
+        ),
+        // Nested past what every reader may decode once it is wrapped.
+        (vec![audit::AuditEvent { payload: Some(nested(25)), ..event("a", "x", "t") }], "events[0].payload"),
+        // Nested past protobuf's own recursion limit: it does not decode.
+        (vec![audit::AuditEvent { payload: Some(nested(40)), ..event("a", "x", "t") }], "events.payload"),
+        // Dated far in the future, or past the year 9999.
+        (
+            vec![audit::AuditEvent {
+                time: Some(prost_types::Timestamp::from(std::time::SystemTime::now() + Duration::from_secs(3600))),
+                ..event("a", "x", "t")
+            }],
+            "events[0].time",
+        ),
+        (
+            vec![audit::AuditEvent {
+                time: Some(prost_types::Timestamp { seconds: 32_503_680_000_000, nanos: 0 }),
+                ..event("a", "x", "t")
+            }],
+            "events[0].time",
         ),
         (vec![event(&"x".repeat(300), "x", "t")], "events[0].event_id"),
         (

@@ -61,6 +61,10 @@ pub const TABLE: &[MethodRule] = &[
     rule("/warden.alerting.v1.AlertingService/ListSilences", &[OPERATOR, AUDITOR]),
     rule("/warden.alerting.v1.AlertingService/TestRoute", &[OPERATOR, AUDITOR]),
     rule("/warden.alerting.v1.AlertingService/ReloadConfig", ADMIN_ONLY),
+    // warden.deadletter.v1 (every service that delivers): on-call
+    // operators and auditors look; replaying is an admin's.
+    rule("/warden.deadletter.v1.DeadLetterService/ListDeadLetters", &[OPERATOR, AUDITOR]),
+    rule("/warden.deadletter.v1.DeadLetterService/ReplayDeadLetters", ADMIN_ONLY),
 ];
 
 /// What an HTTP route requires: the same as the RPC it mirrors (a page

@@ -317,7 +317,9 @@ pub fn audit_client(
     Ok(warden_proto::audit::v1::audit_service_client::AuditServiceClient::new(resilient_channel(
         config,
         "warden-audit",
-    )?))
+    )?)
+    .max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES)
+    .max_encoding_message_size(warden_contract::bounds::MESSAGE_BYTES))
 }
 
 /// What a service's outbox holds: an audit event (shipped with
@@ -363,33 +365,125 @@ impl OutboxItem {
 /// far (this one included) and the event.
 pub type OutboxEvent = (i64, i32, warden_proto::audit::v1::AuditEvent);
 
-/// Appends an outbox's audit events in one call (the audit service
-/// deduplicates by event id, so a retry records each once). `Ok` holds the
-/// delivered row ids (all of them; without an audit service events are not
-/// recorded and count as delivered); `Err` holds, per row, how long to wait
-/// before the next attempt: the service's `RetryInfo` or `backoff`,
-/// whichever is longer.
+/// What became of one event handed to [`append_isolating`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// The audit service recorded it (or had it already).
+    Delivered,
+    /// It could not be sent now (the service unavailable, busy, a deadline):
+    /// try again, after the delay the service asked for, when it did.
+    Retry(Option<Duration>),
+    /// The audit service refused it for good (`INVALID_ARGUMENT`,
+    /// `OUT_OF_RANGE`, `FAILED_PRECONDITION`, `ALREADY_EXISTS`,
+    /// `UNIMPLEMENTED`): retrying cannot succeed, so it goes to a
+    /// dead-letter store, and the events after it move on.
+    Dead { code: tonic::Code, reason: String },
+}
+
+/// Whether an error from the audit service is the event's own fault, so
+/// that sending it again cannot succeed. Authentication and permission
+/// errors are not: they are the sender's configuration, fixed for all its
+/// events at once, and its events wait for that.
+pub fn permanent_refusal(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition | Code::AlreadyExists | Code::Unimplemented
+    )
+}
+
+/// Most events in one Append call (the audit service's limit).
+const APPEND_EVENTS: usize = 1000;
+
+/// Appends `events` in calls of at most [`warden_contract::bounds::BATCH_BYTES`]
+/// and 1,000 events, and says what became of each, in order. A call the
+/// audit service refuses for good is split in halves until the events it
+/// refuses are alone, so one bad event is dead-lettered and the rest are
+/// delivered; a transient failure stops there, leaving it and every later
+/// event to retry (in order).
+pub async fn append_isolating(
+    client: &warden_proto::audit::v1::audit_service_client::AuditServiceClient<PolicyChannel>,
+    events: &[warden_proto::audit::v1::AuditEvent],
+) -> Vec<Delivery> {
+    use prost::Message;
+    let mut outcomes = vec![Delivery::Retry(None); events.len()];
+    // Chunks by bytes and count, in order.
+    let mut ranges = std::collections::VecDeque::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, event) in events.iter().enumerate() {
+        let size = event.encoded_len() + 8;
+        if i > start && (bytes + size > warden_contract::bounds::BATCH_BYTES || i - start == APPEND_EVENTS) {
+            ranges.push_back(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < events.len() {
+        ranges.push_back(start..events.len());
+    }
+    while let Some(range) = ranges.pop_front() {
+        let request = warden_proto::audit::v1::AppendRequest { events: events[range.clone()].to_vec() };
+        match client.clone().append(request).await {
+            Ok(_) => outcomes[range].fill(Delivery::Delivered),
+            Err(status) if permanent_refusal(status.code()) => {
+                if range.len() == 1 {
+                    let reason = status.message().to_owned();
+                    tracing::error!(code = ?status.code(), %reason, event_id = %events[range.start].event_id, "audit service refused an event for good; dead-lettered");
+                    outcomes[range.start] = Delivery::Dead { code: status.code(), reason };
+                } else {
+                    let middle = range.start + range.len() / 2;
+                    ranges.push_front(middle..range.end);
+                    ranges.push_front(range.start..middle);
+                }
+            }
+            Err(status) => {
+                let error = warden_errors::WardenError::from_status(&status);
+                tracing::warn!(code = ?status.code(), reason = %error.reason, events = events.len() - range.start, "audit service unavailable; events wait");
+                outcomes[range.start..].fill(Delivery::Retry(error.retry_after));
+                break;
+            }
+        }
+    }
+    outcomes
+}
+
+/// What [`ship_audit_events`] did with an outbox's rows.
+#[derive(Debug, Default)]
+pub struct Shipped {
+    /// Recorded (or nothing to record them in): delete them.
+    pub delivered: Vec<i64>,
+    /// To send again after the delay (the service's `RetryInfo` or the
+    /// backoff, whichever is longer).
+    pub retry: Vec<(i64, Duration)>,
+    /// Refused for good: move them to the dead-letter table, with why.
+    pub dead: Vec<(i64, String)>,
+}
+
+/// Appends an outbox's audit events (the audit service deduplicates by
+/// event id, so a retry records each once), isolating any the audit service
+/// refuses for good ([`append_isolating`]). Without an audit service events
+/// are not recorded and count as delivered.
 pub async fn ship_audit_events(
     client: Option<&warden_proto::audit::v1::audit_service_client::AuditServiceClient<PolicyChannel>>,
     events: &[OutboxEvent],
     backoff: &warden_resilience::Backoff,
-) -> Result<Vec<i64>, Vec<(i64, Duration)>> {
-    let ids = || events.iter().map(|(id, ..)| *id).collect();
-    let Some(client) = client.filter(|_| !events.is_empty()) else { return Ok(ids()) };
-    let request = warden_proto::audit::v1::AppendRequest { events: events.iter().map(|(.., e)| e.clone()).collect() };
-    match client.clone().append(request).await {
-        Ok(_) => Ok(ids()),
-        Err(status) => {
-            let error = warden_errors::WardenError::from_status(&status);
-            tracing::warn!(code = ?status.code(), reason = %error.reason, events = events.len(), "audit service unavailable; events wait in the outbox");
-            Err(events
-                .iter()
-                .map(|(id, attempts, _)| {
-                    (*id, error.retry_after.unwrap_or_default().max(backoff.delay((*attempts).max(1) as u32 - 1)))
-                })
-                .collect())
+) -> Shipped {
+    let mut shipped = Shipped::default();
+    let Some(client) = client.filter(|_| !events.is_empty()) else {
+        shipped.delivered = events.iter().map(|(id, ..)| *id).collect();
+        return shipped;
+    };
+    let bodies: Vec<_> = events.iter().map(|(.., e)| e.clone()).collect();
+    for ((id, attempts, _), outcome) in events.iter().zip(append_isolating(client, &bodies).await) {
+        match outcome {
+            Delivery::Delivered => shipped.delivered.push(*id),
+            Delivery::Retry(after) => {
+                shipped.retry.push((*id, after.unwrap_or_default().max(backoff.delay((*attempts).max(1) as u32 - 1))))
+            }
+            Delivery::Dead { code, reason } => shipped.dead.push((*id, format!("{code:?}: {reason}"))),
         }
     }
+    shipped
 }
 
 /// A resilient, fail-closed client of the policy engine. Cheap to clone.

@@ -34,6 +34,14 @@ pub mod alerting {
     }
 }
 
+/// `warden.deadletter.v1`: what a service could not deliver, for every
+/// service that delivers.
+pub mod deadletter {
+    pub mod v1 {
+        tonic::include_proto!("warden.deadletter.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every Warden proto, for gRPC server
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("warden_descriptor");

@@ -7,6 +7,11 @@
 //! `attempts`, `claimed_until_micros` and `claimed_by`. The service
 //! inserts rows in its own transactions and decodes `kind` and `payload`;
 //! on SQLite it calls these while holding its writer lock.
+//!
+//! Rows the receiver refuses for good move to the table's dead letters
+//! (`<table>_dead`: `id`, `kind`, `payload`, `attempts`, `reason`,
+//! `dead_at_micros`), so the rows after them are delivered; a replay puts
+//! them back.
 
 use sqlx::Row;
 
@@ -20,6 +25,17 @@ pub struct ClaimedRow {
     pub attempts: i32,
     pub kind: String,
     pub payload: Vec<u8>,
+}
+
+/// A row of an outbox's dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadRow {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub attempts: i32,
+    pub reason: String,
+    pub dead_at_micros: i64,
 }
 
 /// One outbox table.
@@ -180,6 +196,93 @@ impl Outbox {
             query.execute(pool).await.map(drop)?
         });
         Ok(())
+    }
+
+    /// Moves rows the receiver refused for good to the dead letters, each
+    /// with its reason, in one transaction. Only rows `replica` still holds.
+    pub async fn dead_letter(
+        &self,
+        database: &Database,
+        replica: &str,
+        rows: &[(i64, String)],
+        now_micros: i64,
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let table = self.table;
+        let copy = format!(
+            "INSERT INTO {table}_dead (id, kind, payload, attempts, reason, dead_at_micros) \
+             SELECT id, kind, payload, attempts, $1, $2 FROM {table} WHERE id = $3 AND claimed_by = $4 \
+             ON CONFLICT (id) DO NOTHING"
+        );
+        let delete = format!("DELETE FROM {table} WHERE id = $1 AND claimed_by = $2");
+        on_pool!(database, |pool| {
+            let mut tx = pool.begin().await?;
+            for (id, reason) in rows {
+                sqlx::query(&copy).bind(reason).bind(now_micros).bind(id).bind(replica).execute(&mut *tx).await?;
+                sqlx::query(&delete).bind(id).bind(replica).execute(&mut *tx).await?;
+            }
+            tx.commit().await?
+        });
+        Ok(())
+    }
+
+    /// The oldest `limit` dead letters, and how many there are.
+    pub async fn dead_letters(&self, database: &Database, limit: i64) -> Result<(Vec<DeadRow>, i64), StoreError> {
+        let select = format!(
+            "SELECT id, kind, payload, attempts, reason, dead_at_micros FROM {}_dead ORDER BY id LIMIT $1",
+            self.table
+        );
+        let count = format!("SELECT COUNT(*) AS n FROM {}_dead", self.table);
+        let (rows, total) = on_pool!(database, |pool| {
+            let rows = sqlx::query(&select).bind(limit).fetch_all(pool).await?;
+            let total: i64 = sqlx::query(&count).fetch_one(pool).await?.try_get("n")?;
+            let rows = rows
+                .iter()
+                .map(|row| {
+                    Ok::<_, sqlx::Error>(DeadRow {
+                        id: row.try_get("id")?,
+                        kind: row.try_get("kind")?,
+                        payload: row.try_get("payload")?,
+                        attempts: row.try_get("attempts")?,
+                        reason: row.try_get("reason")?,
+                        dead_at_micros: row.try_get("dead_at_micros")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (rows, total)
+        });
+        Ok((rows, total))
+    }
+
+    /// Puts dead letters back in the outbox (those in `ids`, or all), as new
+    /// rows at its end. Returns how many.
+    pub async fn requeue(&self, database: &Database, ids: Option<&[i64]>) -> Result<u64, StoreError> {
+        let table = self.table;
+        let all = ids.is_none();
+        let ids: Vec<i64> = ids.map(<[i64]>::to_vec).unwrap_or_default();
+        let selected = if all { String::new() } else { "WHERE id = $1".to_owned() };
+        let copy = format!(
+            "INSERT INTO {table} (kind, payload) SELECT kind, payload FROM {table}_dead {selected} ORDER BY id"
+        );
+        let delete = format!("DELETE FROM {table}_dead {selected}");
+        let moved = on_pool!(database, |pool| {
+            let mut tx = pool.begin().await?;
+            let mut moved = 0;
+            if all {
+                moved += sqlx::query(&copy).execute(&mut *tx).await?.rows_affected();
+                sqlx::query(&delete).execute(&mut *tx).await?;
+            } else {
+                for id in &ids {
+                    moved += sqlx::query(&copy).bind(id).execute(&mut *tx).await?.rows_affected();
+                    sqlx::query(&delete).bind(id).execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
+            moved
+        });
+        Ok(moved)
     }
 
     /// Rows waiting.

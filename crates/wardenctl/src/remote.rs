@@ -466,7 +466,8 @@ pub enum AuditCommand {
 }
 
 pub async fn audit(args: &RemoteArgs, command: AuditCommand) -> Result<(), Failure> {
-    let mut client = AuditServiceClient::new(args.channel(&args.audit_addr).await?);
+    let mut client = AuditServiceClient::new(args.channel(&args.audit_addr).await?)
+        .max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES);
     match command {
         AuditCommand::Checkpoint { key } => {
             let checkpoint = client.get_checkpoint(audit::GetCheckpointRequest {}).await.map_err(explain)?.into_inner();
@@ -872,7 +873,8 @@ async fn replay(
         }
         Failure::Failed(format!("the candidate policies in {} do not load", dir.display()))
     })?;
-    let mut client = AuditServiceClient::new(args.channel(&args.audit_addr).await?);
+    let mut client = AuditServiceClient::new(args.channel(&args.audit_addr).await?)
+        .max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES);
     let start = std::time::SystemTime::now() - since;
     let (mut total, mut unchanged, mut skipped) = (0usize, 0usize, 0usize);
     // Events recorded before `rules_effect` existed: compared with their

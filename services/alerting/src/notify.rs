@@ -115,13 +115,29 @@ impl Shipper {
                 }
             }
         }
-        match warden_client::ship_audit_events(self.audit.as_ref(), &events, &self.backoff).await {
-            Ok(ids) => delivered.extend(ids),
-            Err(retries) => {
-                for (id, delay) in retries {
-                    store.retry_later(id, now + delay.as_micros() as i64).await?;
-                }
-            }
+        let shipped = warden_client::ship_audit_events(self.audit.as_ref(), &events, &self.backoff).await;
+        delivered.extend(shipped.delivered);
+        for (id, delay) in shipped.retry {
+            store.retry_later(id, now + delay.as_micros() as i64).await?;
+        }
+        if !shipped.dead.is_empty() {
+            // Recorded before the rows move: a crash between the two
+            // records it again, under the same id.
+            follow_ups.extend(
+                shipped
+                    .dead
+                    .iter()
+                    .filter_map(|(id, reason)| {
+                        let (_, _, event) = events.iter().find(|(row, ..)| row == id)?;
+                        let bytes = prost::Message::encoded_len(event);
+                        warden_server::dead_letters::dead_lettered_event("alerting", event, reason, bytes)
+                    })
+                    .map(Outgoing::Audit),
+            );
+            store.enqueue(&follow_ups).await?;
+            follow_ups.clear();
+            store.dead_letter(&self.replica, &shipped.dead, now).await?;
+            warden_server::dead_letters::count("alerting", "audit", shipped.dead.len());
         }
         // The delivery's audit event is queued before the row is deleted:
         // a crash between the two re-sends, never loses the record.

@@ -207,8 +207,10 @@ impl AlertingServer {
         };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<AlertingServiceServer<AlertingServiceImpl>>().await;
-        let service = AlertingServiceServer::new(AlertingServiceImpl::new(engine.clone(), reload));
-        let routes = tonic::service::Routes::new(health_service).add_service(service);
+        let service = AlertingServiceServer::new(AlertingServiceImpl::new(engine.clone(), reload))
+            .max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES);
+        let dead_letters = warden_server::dead_letters::service(Arc::new(engine.store.dead_letters()));
+        let routes = tonic::service::Routes::new(health_service).add_service(service).add_service(dead_letters);
         let (addr, handle) = warden_auth::serve("alerting", &config.listen, auth, routes, background)
             .await
             .map_err(|error| StartError::Bind(config.listen.clone(), error))?;

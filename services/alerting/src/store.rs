@@ -468,6 +468,21 @@ impl AlertingStore {
         OUTBOX.retry_later(&self.database, id, retry_at_micros).await
     }
 
+    /// Moves outbox rows the receiver refused for good to the dead letters.
+    pub async fn dead_letter(&self, replica: &str, rows: &[(i64, String)], now_micros: i64) -> Result<(), StoreError> {
+        let _writer = self.writer().await;
+        OUTBOX.dead_letter(&self.database, replica, rows, now_micros).await
+    }
+
+    /// The outbox's dead letters, for `warden.deadletter.v1`.
+    pub fn dead_letters(&self) -> warden_server::dead_letters::OutboxDeadLetters {
+        warden_server::dead_letters::OutboxDeadLetters {
+            database: self.database.clone(),
+            outbox: OUTBOX,
+            sqlite_writer: self.sqlite_writer.clone(),
+        }
+    }
+
     pub async fn outbox_len(&self) -> Result<i64, StoreError> {
         OUTBOX.len(&self.database).await
     }

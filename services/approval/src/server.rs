@@ -118,8 +118,10 @@ impl ApprovalServer {
         health_reporter.set_serving::<ApprovalServiceServer<ApprovalServiceImpl>>().await;
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
         let service =
-            ApprovalServiceServer::new(ApprovalServiceImpl::new(approvals.clone(), stopping, config.watch_poll));
-        let routes = tonic::service::Routes::new(health_service).add_service(service);
+            ApprovalServiceServer::new(ApprovalServiceImpl::new(approvals.clone(), stopping, config.watch_poll))
+                .max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES);
+        let dead_letters = warden_server::dead_letters::service(Arc::new(approvals.store.dead_letters()));
+        let routes = tonic::service::Routes::new(health_service).add_service(service).add_service(dead_letters);
         let (addr, handle) = warden_auth::serve("approval", &config.listen, auth, routes, background)
             .await
             .map_err(|error| StartError::Bind(config.listen.clone(), error))?;

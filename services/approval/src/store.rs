@@ -867,6 +867,26 @@ impl ApprovalStore {
         Ok(OUTBOX.enqueue(&self.database, &rows).await?)
     }
 
+    /// Moves outbox rows the receiver refused for good to the dead letters.
+    pub async fn dead_letter(
+        &self,
+        replica: &str,
+        rows: &[(i64, String)],
+        now_micros: i64,
+    ) -> Result<(), TransitionError> {
+        let _writer = self.writer().await;
+        Ok(OUTBOX.dead_letter(&self.database, replica, rows, now_micros).await?)
+    }
+
+    /// The outbox's dead letters, for `warden.deadletter.v1`.
+    pub fn dead_letters(&self) -> warden_server::dead_letters::OutboxDeadLetters {
+        warden_server::dead_letters::OutboxDeadLetters {
+            database: self.database.clone(),
+            outbox: OUTBOX,
+            sqlite_writer: self.sqlite_writer.clone(),
+        }
+    }
+
     pub async fn outbox_len(&self) -> Result<i64, TransitionError> {
         Ok(OUTBOX.len(&self.database).await?)
     }

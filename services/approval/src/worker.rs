@@ -86,13 +86,27 @@ impl Shipper {
                 }
             }
         }
-        match warden_client::ship_audit_events(self.audit.as_ref(), &events, &self.backoff).await {
-            Ok(ids) => delivered.extend(ids),
-            Err(retries) => {
-                for (id, delay) in retries {
-                    store.retry_later(id, now + delay.as_micros() as i64).await?;
-                }
-            }
+        let shipped = warden_client::ship_audit_events(self.audit.as_ref(), &events, &self.backoff).await;
+        delivered.extend(shipped.delivered);
+        for (id, delay) in shipped.retry {
+            store.retry_later(id, now + delay.as_micros() as i64).await?;
+        }
+        if !shipped.dead.is_empty() {
+            // Recorded before the rows move: a crash between the two
+            // records it again, under the same id.
+            let records: Vec<Outgoing> = shipped
+                .dead
+                .iter()
+                .filter_map(|(id, reason)| {
+                    let (_, _, event) = events.iter().find(|(row, ..)| row == id)?;
+                    let bytes = prost::Message::encoded_len(event);
+                    warden_server::dead_letters::dead_lettered_event("approval", event, reason, bytes)
+                })
+                .map(Outgoing::Audit)
+                .collect();
+            store.enqueue(&records).await?;
+            store.dead_letter(&self.replica, &shipped.dead, now).await?;
+            warden_server::dead_letters::count("approval", "audit", shipped.dead.len());
         }
         store.delivered(&self.replica, &delivered).await?;
         Ok(delivered.len())

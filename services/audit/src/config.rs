@@ -46,6 +46,11 @@ pub struct AuditConfig {
     /// many transactions on as many connections, whose writes run at once
     /// and which commit in order (1 turns this off).
     pub append_connections: usize,
+    /// How far into the future an event's own `time` may be, against this
+    /// service's clock, before the event is refused (`INVALID_ARGUMENT`).
+    /// Every event also records when this service received it.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
     /// Who may call, and how callers prove it.
     pub auth: warden_auth::AuthConfig,
     pub telemetry: TelemetryConfig,
@@ -67,6 +72,7 @@ impl Default for AuditConfig {
             retention_interval: Duration::from_secs(3600),
             max_batch: 1000,
             append_connections: 3,
+            max_future_skew: Duration::from_secs(300),
             auth: warden_auth::AuthConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
@@ -91,6 +97,13 @@ impl Validate for AuditConfig {
         }
         if !(1..=8).contains(&self.append_connections) {
             return Err(ConfigError::invalid("append_connections", self.append_connections, "must be between 1 and 8"));
+        }
+        if self.max_future_skew > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::invalid(
+                "max_future_skew",
+                humantime::format_duration(self.max_future_skew),
+                "must be at most 24h",
+            ));
         }
         if self.retention_interval < Duration::from_secs(1) {
             return Err(ConfigError::invalid(

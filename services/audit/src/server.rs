@@ -90,7 +90,11 @@ impl AuditServer {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<AuditServiceServer<AuditServiceImpl>>().await;
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-        let service = AuditServiceServer::new(AuditServiceImpl::new(log.clone(), auth.clone(), stopping));
+        let service = AuditServiceServer::new(
+            AuditServiceImpl::new(log.clone(), auth.clone(), stopping).with_max_future_skew(config.max_future_skew),
+        )
+        .max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES)
+        .max_encoding_message_size(warden_contract::bounds::MESSAGE_BYTES);
         let routes = tonic::service::Routes::new(health_service).add_service(service);
         let (addr, handle) = warden_auth::serve("audit", &config.listen, auth, routes, background)
             .await

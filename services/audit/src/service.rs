@@ -14,20 +14,28 @@ use warden_proto::audit::v1::audit_service_server::AuditService;
 use crate::log::{AuditLog, EventInput, Record};
 use crate::store::Filter;
 
-/// Largest accepted sizes.
+/// Largest accepted sizes: the shared contract's
+/// (`warden_contract::bounds`) for what an event holds.
 pub mod limits {
+    pub use warden_contract::bounds::{ID_BYTES, STRUCT_BYTES};
     pub const EVENTS_PER_APPEND: usize = 1000;
-    pub const ID_BYTES: usize = 256;
-    pub const STRUCT_BYTES: usize = 64 * 1024;
     pub const PAGE_SIZE: u32 = 1000;
     pub const DEFAULT_PAGE_SIZE: u32 = 100;
     pub const EVENT_TYPES: usize = 32;
 }
 
+/// Where event ids appended by agents live: an agent's own id `X` is
+/// recorded as `agent:<agent principal>:X`, so no agent can take an id a
+/// service will use (a decision's id, say, which the agent learns before
+/// the decision is recorded).
+pub const AGENT_ID_PREFIX: &str = "agent:";
+
 #[derive(Debug, Clone)]
 pub struct AuditServiceImpl {
     log: Arc<AuditLog>,
     auth: Arc<warden_auth::Auth>,
+    /// How far into the future an event's time may be.
+    max_future_skew: Duration,
     /// Becomes true when the server shuts down: live streams end, so a
     /// graceful shutdown never waits on a subscriber.
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -35,15 +43,14 @@ pub struct AuditServiceImpl {
 
 impl AuditServiceImpl {
     pub fn new(log: Arc<AuditLog>, auth: Arc<warden_auth::Auth>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
-        AuditServiceImpl { log, auth, stopping }
+        AuditServiceImpl { log, auth, max_future_skew: Duration::from_secs(300), stopping }
     }
-}
 
-fn micros(time: &prost_types::Timestamp) -> Option<i64> {
-    if !(0..1_000_000_000).contains(&time.nanos) {
-        return None;
+    /// Sets how far into the future an event's time may be.
+    pub fn with_max_future_skew(mut self, skew: Duration) -> Self {
+        self.max_future_skew = skew;
+        self
     }
-    time.seconds.checked_mul(1_000_000)?.checked_add(i64::from(time.nanos / 1000))
 }
 
 fn timestamp(micros: i64) -> prost_types::Timestamp {
@@ -102,7 +109,6 @@ type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> +
 #[tonic::async_trait]
 impl AuditService for AuditServiceImpl {
     async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
-        use prost::Message;
         // The authenticated caller is the actor; only services and admins
         // may record in someone else's name.
         let mut actors = Vec::with_capacity(request.get_ref().events.len());
@@ -130,8 +136,13 @@ impl AuditService for AuditServiceImpl {
             format!("at most {} events per call", limits::EVENTS_PER_APPEND),
         );
         let mut inputs = Vec::with_capacity(request.events.len());
-        for (i, event) in request.events.into_iter().enumerate() {
+        let latest = crate::log::now_micros().saturating_add(self.max_future_skew.as_micros() as i64);
+        for (i, mut event) in request.events.into_iter().enumerate() {
             v.max_len(&format!("events[{i}].event_id"), &event.event_id, limits::ID_BYTES);
+            if plain_agent && !event.event_id.is_empty() {
+                // The agent's id space: see AGENT_ID_PREFIX.
+                event.event_id = format!("{AGENT_ID_PREFIX}{}:{}", actors[i], event.event_id);
+            }
             v.required_str(&format!("events[{i}].event_type"), &event.event_type, limits::ID_BYTES);
             v.max_len(&format!("events[{i}].correlation_id"), &event.correlation_id, limits::ID_BYTES);
             v.max_len(&format!("events[{i}].agent_id"), &event.agent_id, limits::ID_BYTES);
@@ -139,24 +150,24 @@ impl AuditService for AuditServiceImpl {
             v.max_len(&format!("events[{i}].subject"), &event.subject, limits::ID_BYTES);
             for (name, value) in [("payload", &event.payload), ("sensitive", &event.sensitive)] {
                 if let Some(value) = value {
-                    let size = value.encoded_len();
-                    v.check(
-                        size <= limits::STRUCT_BYTES,
-                        format!("events[{i}].{name}"),
-                        format!("must be at most {} bytes encoded, got {size}", limits::STRUCT_BYTES),
-                    );
+                    warden_contract::check_payload(&mut v, &format!("events[{i}].{name}"), value);
                 }
             }
-            let time_micros = match &event.time {
-                None => None,
-                Some(time) => match micros(time) {
-                    Some(m) => Some(m),
-                    None => {
-                        v.violation(format!("events[{i}].time"), "is not a valid timestamp");
-                        None
-                    }
-                },
-            };
+            let field = format!("events[{i}].time");
+            let time_micros =
+                event.time.as_ref().and_then(|time| warden_contract::check_timestamp(&mut v, &field, time));
+            if let Some(micros) = time_micros
+                && micros > latest
+            {
+                v.violation(
+                    field,
+                    format!(
+                        "is {} s ahead of this service's clock; at most max_future_skew ({} s) is accepted",
+                        (micros - latest) / 1_000_000 + self.max_future_skew.as_secs() as i64,
+                        self.max_future_skew.as_secs()
+                    ),
+                );
+            }
             inputs.push(EventInput {
                 event_id: event.event_id,
                 event_type: event.event_type,
@@ -208,26 +219,32 @@ impl AuditService for AuditServiceImpl {
             ("end_time", &request.end_time, &mut filter.end_micros),
         ] {
             if let Some(time) = time {
-                match micros(time) {
-                    Some(m) => *slot = Some(m),
-                    None => v.violation(field, "is not a valid timestamp"),
-                }
+                *slot = warden_contract::check_timestamp(&mut v, field, time);
             }
         }
         v.finish().map_err(|e| to_status(&e))?;
         let page_size = if request.page_size == 0 { limits::DEFAULT_PAGE_SIZE } else { request.page_size };
         // One extra row tells whether there is a next page.
-        let mut records = self.log.records(&filter, from, page_size + 1).await.map_err(|e| to_status(&e))?;
-        let next_page_token = if records.len() > page_size as usize {
-            records.truncate(page_size as usize);
-            (records.last().expect("page is not empty").stored.sequence + 1).to_string()
+        let records = self.log.records(&filter, from, page_size + 1).await.map_err(|e| to_status(&e))?;
+        let more = records.len() > page_size as usize;
+        // A page also ends before it passes PAGE_BYTES (at least one record),
+        // so any client's default message limit reads it.
+        let (mut page, mut bytes) = (Vec::with_capacity(records.len().min(page_size as usize)), 0usize);
+        for record in records.into_iter().take(page_size as usize) {
+            let record = record_to_proto(record);
+            bytes += prost::Message::encoded_len(&record) + 8;
+            if !page.is_empty() && bytes > warden_contract::bounds::PAGE_BYTES {
+                break;
+            }
+            page.push(record);
+        }
+        let cut = page.len() < page_size as usize && (more || bytes > warden_contract::bounds::PAGE_BYTES);
+        let next_page_token = if more || cut {
+            (page.last().expect("page is not empty").sequence + 1).to_string()
         } else {
             String::new()
         };
-        Ok(Response::new(pb::QueryResponse {
-            records: records.into_iter().map(record_to_proto).collect(),
-            next_page_token,
-        }))
+        Ok(Response::new(pb::QueryResponse { records: page, next_page_token }))
     }
 
     async fn get_checkpoint(

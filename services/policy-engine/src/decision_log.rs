@@ -25,6 +25,15 @@
 //! - When the outbox holds `outbox_cap` events, `block` makes `Evaluate`
 //!   answer UNAVAILABLE with RetryInfo, and `drop` skips the decision log
 //!   (counted and logged).
+//! - A record the audit service refuses for good (`INVALID_ARGUMENT` and
+//!   the like; see `warden_client::append_isolating`), or one that does not
+//!   decode, never blocks the records after it: it is written to a
+//!   dead-letter file (`DATA_DIR/decision-log-dead-letters/`, synced before
+//!   the cursor moves past it, named by its journal sequence so a crash
+//!   writes it once), counted in `warden_dead_letters_total`, recorded as a
+//!   `dead_lettered` audit event, and listed and replayed through
+//!   `warden.deadletter.v1` (`wardenctl dead-letters`). Batches are sized
+//!   by bytes as well as count, below the audit service's message limit.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -145,8 +154,9 @@ impl Classify for DecisionLogError {
 }
 
 pub struct DecisionLog {
-    journal: Journal,
+    journal: Arc<Journal>,
     config: DecisionLogConfig,
+    dead_letters: Arc<JournalDeadLetters>,
 }
 
 impl std::fmt::Debug for DecisionLog {
@@ -218,8 +228,15 @@ impl DecisionLog {
         };
         let client = warden_client::audit_client(&client_config)
             .map_err(|e| DecisionLogError::Url(audit_url.to_owned(), e.to_string()))?;
-        tokio::spawn(run_shipper(reader, client, config.batch.max(1)));
-        Ok(Arc::new(DecisionLog { journal, config }))
+        let journal = Arc::new(journal);
+        let dead_letters = Arc::new(JournalDeadLetters::open(&data_dir.join(DEAD_LETTERS_DIR), journal.clone())?);
+        tokio::spawn(run_shipper(reader, client, config.batch.max(1), dead_letters.clone()));
+        Ok(Arc::new(DecisionLog { journal, config, dead_letters }))
+    }
+
+    /// The dead letters, for `warden.deadletter.v1`.
+    pub fn dead_letters(&self) -> Arc<JournalDeadLetters> {
+        self.dead_letters.clone()
     }
 
     /// Journal syncs so far (decisions per sync is group commit's gain).
@@ -294,11 +311,145 @@ async fn migrate_sqlite_outbox(data_dir: &Path, journal: &Journal) -> Result<(),
     Ok(())
 }
 
+/// Where dead-lettered decision records wait, beside the journal.
+pub const DEAD_LETTERS_DIR: &str = "decision-log-dead-letters";
+
+/// A dead letter on disk: what the journal held, and why it was refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeadFile {
+    sequence: u64,
+    event_id: String,
+    event_type: String,
+    reason: String,
+    dead_at_micros: i64,
+    /// The journal record, base64.
+    record: String,
+}
+
+/// The decision log's dead letters: one file per record, named by its
+/// journal sequence.
+pub struct JournalDeadLetters {
+    dir: std::path::PathBuf,
+    journal: Arc<Journal>,
+}
+
+impl std::fmt::Debug for JournalDeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalDeadLetters").field("dir", &self.dir).finish()
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
+}
+
+impl JournalDeadLetters {
+    fn open(dir: &Path, journal: Arc<Journal>) -> std::io::Result<JournalDeadLetters> {
+        std::fs::create_dir_all(dir)?;
+        let dead = JournalDeadLetters { dir: dir.to_owned(), journal };
+        METRICS.dead_letters.set(dead.files()?.len() as i64);
+        Ok(dead)
+    }
+
+    fn files(&self) -> std::io::Result<Vec<std::path::PathBuf>> {
+        let mut files: Vec<_> = std::fs::read_dir(&self.dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|e| e == "dead"))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// Writes a dead letter durably (a crash after this keeps it; one
+    /// before the cursor moves writes the same file again).
+    fn write(
+        &self,
+        record: &warden_journal::Record,
+        event: Option<&audit::AuditEvent>,
+        reason: &str,
+    ) -> std::io::Result<()> {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        let dead = DeadFile {
+            sequence: record.sequence,
+            event_id: event.map(|e| e.event_id.clone()).unwrap_or_default(),
+            event_type: event.map(|e| e.event_type.clone()).unwrap_or_default(),
+            reason: reason.to_owned(),
+            dead_at_micros: now_micros(),
+            record: base64::engine::general_purpose::STANDARD.encode(&record.payload),
+        };
+        let name = format!("{:020}.dead", record.sequence);
+        let temporary = self.dir.join(format!(".{name}.tmp"));
+        {
+            let mut file = std::fs::File::create(&temporary)?;
+            file.write_all(&serde_json::to_vec(&dead).map_err(std::io::Error::other)?)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&temporary, self.dir.join(&name))?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        METRICS.dead_letters.set(self.files()?.len() as i64);
+        Ok(())
+    }
+
+    fn read(path: &Path) -> std::io::Result<DeadFile> {
+        serde_json::from_slice(&std::fs::read(path)?).map_err(std::io::Error::other)
+    }
+}
+
+fn io_error(error: std::io::Error) -> WardenError {
+    WardenError::new(Category::Transient, "DEAD_LETTERS_UNREADABLE", format!("decision log dead letters: {error}"))
+}
+
+#[tonic::async_trait]
+impl warden_server::dead_letters::DeadLetters for JournalDeadLetters {
+    async fn list(&self, limit: u32) -> Result<(Vec<warden_proto::deadletter::v1::DeadLetter>, u64), WardenError> {
+        use base64::Engine as _;
+        let files = self.files().map_err(io_error)?;
+        let mut listed = Vec::new();
+        for path in files.iter().take(limit as usize) {
+            let dead = JournalDeadLetters::read(path).map_err(io_error)?;
+            let record = base64::engine::general_purpose::STANDARD.decode(&dead.record).unwrap_or_default();
+            let mut item = warden_server::dead_letters::describe(
+                dead.sequence.to_string(),
+                "audit",
+                &[],
+                dead.reason,
+                dead.dead_at_micros,
+            );
+            (item.event_id, item.event_type, item.bytes) = (dead.event_id, dead.event_type, record.len() as u64);
+            listed.push(item);
+        }
+        Ok((listed, files.len() as u64))
+    }
+
+    async fn replay(&self, ids: &[String]) -> Result<u64, WardenError> {
+        use base64::Engine as _;
+        let mut requeued = 0;
+        for path in self.files().map_err(io_error)? {
+            let dead = JournalDeadLetters::read(&path).map_err(io_error)?;
+            if !ids.is_empty() && !ids.contains(&dead.sequence.to_string()) {
+                continue;
+            }
+            let record = base64::engine::general_purpose::STANDARD
+                .decode(&dead.record)
+                .map_err(|e| io_error(std::io::Error::other(e)))?;
+            // Durably back in the journal before the file goes: a crash
+            // between the two replays it twice, which the audit service's
+            // idempotent appends record once.
+            self.journal.append(record, true).await.map_err(io_error)?;
+            std::fs::remove_file(&path).map_err(io_error)?;
+            requeued += 1;
+        }
+        METRICS.dead_letters.set(self.files().map_err(io_error)?.len() as i64);
+        Ok(requeued)
+    }
+}
+
 /// Sends the oldest journal records to the audit service, moving the
-/// journal's cursor once they are acknowledged.
-async fn run_shipper(mut reader: Reader, client: AuditClient, batch: usize) {
+/// journal's cursor once each is acknowledged or dead-lettered.
+async fn run_shipper(mut reader: Reader, client: AuditClient, batch: usize, dead_letters: Arc<JournalDeadLetters>) {
     loop {
-        let records = match reader.next_batch(batch).await {
+        let mut records = match reader.next_batch(batch).await {
             Ok(records) if records.is_empty() => return,
             Ok(records) => records,
             Err(error) => {
@@ -307,42 +458,11 @@ async fn run_shipper(mut reader: Reader, client: AuditClient, batch: usize) {
                 continue;
             }
         };
-        let end = records.last().map_or(0, |r| r.sequence + 1);
-        let mut events = Vec::with_capacity(records.len());
-        // The shipping span continues the first decision's trace and links
-        // the others, so a decision's trace reaches the audit append.
-        let span = tracing::info_span!("decision_log_ship", events = records.len());
-        for record in &records {
-            let (traceparent, event) = match decode_record(&record.payload) {
-                Ok(decoded) => decoded,
-                Err(error) => {
-                    tracing::error!(%error, sequence = record.sequence, "skipping an undecodable journal record");
-                    continue;
-                }
-            };
-            if let Some(traceparent) = traceparent {
-                use opentelemetry::trace::TraceContextExt;
-                use tracing_opentelemetry::OpenTelemetrySpanExt;
-                let context = warden_telemetry::context_from_traceparent(&traceparent);
-                if events.is_empty() {
-                    let _ = span.set_parent(context);
-                } else {
-                    span.add_link(context.span().span_context().clone());
-                }
-            }
-            events.push(event);
-        }
         let mut failures = 0u32;
-        loop {
-            let shipped = if events.is_empty() {
-                Ok(())
-            } else {
-                use tracing::Instrument;
-                let request = audit::AppendRequest { events: events.clone() };
-                client.clone().append(request).instrument(span.clone()).await.map(drop)
-            };
-            match shipped {
+        while !records.is_empty() {
+            match ship(&client, &records, &dead_letters).await {
                 Ok(()) => {
+                    let end = records.last().map_or(0, |r| r.sequence + 1);
                     if let Err(error) = reader.consumed(end) {
                         // The records will be resent and deduplicated by the audit service.
                         tracing::error!(%error, "cannot move the decision log cursor");
@@ -351,15 +471,97 @@ async fn run_shipper(mut reader: Reader, client: AuditClient, batch: usize) {
                     METRICS.outbox_pending.set(reader.pending() as i64);
                     break;
                 }
-                Err(status) => {
+                Err((done, delay)) => {
+                    // The first `done` records are delivered or dead-lettered.
+                    if done > 0 {
+                        let end = records[done - 1].sequence + 1;
+                        if let Err(error) = reader.consumed(end) {
+                            tracing::error!(%error, "cannot move the decision log cursor");
+                        }
+                        METRICS.decisions_shipped.inc_by(done as u64);
+                        records.drain(..done);
+                        failures = 0;
+                    }
                     failures += 1;
-                    let error = WardenError::from_status(&status);
-                    let delay =
-                        error.retry_after.unwrap_or_else(|| Duration::from_millis(100 * u64::from(failures.min(20))));
-                    tracing::warn!(code = ?status.code(), reason = %error.reason, pending = reader.pending(), "audit service unavailable; decisions wait in the journal");
+                    let delay = delay.unwrap_or_else(|| Duration::from_millis(100 * u64::from(failures.min(20))));
+                    METRICS.outbox_pending.set(reader.pending() as i64);
                     tokio::time::sleep(delay.min(Duration::from_secs(5))).await;
                 }
             }
         }
     }
+}
+
+/// Ships `records`: `Ok` when every one is delivered or dead-lettered;
+/// `Err((done, delay))` when the audit service could not take them now,
+/// `done` being how many at the front are handled.
+async fn ship(
+    client: &AuditClient,
+    records: &[warden_journal::Record],
+    dead_letters: &JournalDeadLetters,
+) -> Result<(), (usize, Option<Duration>)> {
+    // The shipping span continues the first decision's trace and links
+    // the others, so a decision's trace reaches the audit append.
+    let span = tracing::info_span!("decision_log_ship", events = records.len());
+    let mut decoded = Vec::with_capacity(records.len());
+    for record in records {
+        match decode_record(&record.payload) {
+            Ok((traceparent, event)) => {
+                if let Some(traceparent) = traceparent {
+                    use opentelemetry::trace::TraceContextExt;
+                    use tracing_opentelemetry::OpenTelemetrySpanExt;
+                    let context = warden_telemetry::context_from_traceparent(&traceparent);
+                    if decoded.iter().all(Option::is_none) {
+                        let _ = span.set_parent(context);
+                    } else {
+                        span.add_link(context.span().span_context().clone());
+                    }
+                }
+                decoded.push(Some(event));
+            }
+            Err(error) => {
+                tracing::error!(%error, sequence = record.sequence, "an undecodable journal record; dead-lettered");
+                decoded.push(None);
+            }
+        }
+    }
+    let events: Vec<audit::AuditEvent> = decoded.iter().flatten().cloned().collect();
+    let outcomes = {
+        use tracing::Instrument;
+        warden_client::append_isolating(client, &events).instrument(span).await
+    };
+    let mut outcomes = outcomes.into_iter();
+    for (index, (record, event)) in records.iter().zip(&decoded).enumerate() {
+        let outcome = match event {
+            None => warden_client::Delivery::Dead {
+                code: tonic::Code::DataLoss,
+                reason: "the journal record does not decode".into(),
+            },
+            Some(_) => outcomes.next().expect("an outcome per event"),
+        };
+        match outcome {
+            warden_client::Delivery::Delivered => {}
+            warden_client::Delivery::Retry(delay) => return Err((index, delay)),
+            warden_client::Delivery::Dead { code, reason } => {
+                let reason = format!("{code:?}: {reason}");
+                if let Err(error) = dead_letters.write(record, event.as_ref(), &reason) {
+                    // Not written: not consumed either; try again later.
+                    tracing::error!(%error, sequence = record.sequence, "cannot write a dead letter");
+                    return Err((index, Some(Duration::from_secs(1))));
+                }
+                warden_server::dead_letters::count("policy-engine", "audit", 1);
+                let dead = event.clone().unwrap_or_default();
+                if let Some(notice) = warden_server::dead_letters::dead_lettered_event(
+                    "policy-engine",
+                    &dead,
+                    &reason,
+                    record.payload.len(),
+                ) && !dead_letters.journal.try_append(encode_record(&notice.encode_to_vec(), None))
+                {
+                    METRICS.decisions_dropped.inc();
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use prost_types::value::Kind;
+use warden_contract::bounds::RECORDED_REASONS;
 use warden_proto::policy::v1 as pb;
 
 /// A `google.protobuf.Value`, borrowed.
@@ -119,7 +120,7 @@ pub struct Decided<'a> {
 /// The encoded `AuditEvent` of one decision: the request as evaluated (so
 /// a candidate policy set can re-decide it, `wardenctl policy replay`) and
 /// what was decided.
-pub fn encode(decided: &Decided<'_>) -> Vec<u8> {
+pub fn encode<'a>(decided: &Decided<'a>) -> Vec<u8> {
     let Decided { decision_id, request, time, response, effect, rules_effect, personal } = *decided;
     let action = request.action.as_ref().expect("validated");
     let agent = request.agent.as_ref().expect("validated");
@@ -142,20 +143,33 @@ pub fn encode(decided: &Decided<'_>) -> Vec<u8> {
             plain.push((key.as_str(), Value::Proto(value)));
         }
     }
-    let payload = [
+    // A decision many rules made records the first of them and counts the
+    // rest, so its event stays within what the audit log stores.
+    let recorded = |list: &'a [String]| &list[..list.len().min(RECORDED_REASONS)];
+    let omitted = [&response.matched_rules, &response.reasons, &response.shadow_rules]
+        .iter()
+        .map(|list| list.len().saturating_sub(RECORDED_REASONS))
+        .max()
+        .unwrap_or(0);
+    let mut payload = vec![
         ("action", Value::Str(&action.r#type)),
         ("agent", agent_value),
         ("approval_id", Value::Str(&response.approval_id)),
         ("effect", Value::Str(effect)),
         ("estimated_cost", Value::Number(action.estimated_cost)),
-        ("matched_rules", Value::List(&response.matched_rules)),
+        ("matched_rules", Value::List(recorded(&response.matched_rules))),
+    ];
+    if omitted > 0 {
+        payload.push(("omitted_reasons", Value::Number(omitted as f64)));
+    }
+    payload.extend([
         ("params", Value::Struct(plain)),
         ("policy_version", Value::Str(&response.policy_version)),
-        ("reasons", Value::List(&response.reasons)),
+        ("reasons", Value::List(recorded(&response.reasons))),
         ("resource", Value::Str(&action.resource)),
         ("rules_effect", Value::Str(rules_effect)),
-        ("shadow_rules", Value::List(&response.shadow_rules)),
-    ];
+        ("shadow_rules", Value::List(recorded(&response.shadow_rules))),
+    ]);
     let timestamp = prost_types::Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 };
     let payload_len = struct_len(&payload);
     let mut buf = Vec::with_capacity(256 + payload_len);

@@ -30,9 +30,18 @@ pub struct Metrics {
     /// Requests refused for claiming what the agent is not (`agent.roles`,
     /// `agent.labels`, `agent.name`) or a time the engine's clock disputes.
     pub refused_claims: IntCounterVec,
+    /// Decision log records waiting in the dead letters.
+    pub dead_letters: IntGauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    dead_letters: register(
+        IntGauge::new(
+            "decision_log_dead_letters",
+            "Decision log records the audit service refused, waiting for a replay",
+        )
+        .expect("metric"),
+    ),
     refused_claims: register(
         IntCounterVec::new(
             Opts::new("policy_refused_claims_total", "Evaluate requests refused for an unbacked claim, by field"),

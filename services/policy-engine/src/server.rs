@@ -141,7 +141,12 @@ impl PolicyEngine {
             approvals,
         )
         .with_max_clock_skew(config.max_clock_skew);
-        let routes = tonic::service::Routes::new(health_service).add_service(PolicyServiceServer::new(service));
+        let mut routes = tonic::service::Routes::new(health_service).add_service(
+            PolicyServiceServer::new(service).max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES),
+        );
+        if let Some(log) = &decision_log {
+            routes = routes.add_service(warden_server::dead_letters::service(log.dead_letters()));
+        }
         let (addr, handle) = warden_auth::serve("policy-engine", &config.listen, auth, routes, background)
             .await
             .map_err(|error| StartError::Bind(config.listen.clone(), error))?;

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use prost::Message;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 use warden_auth::capabilities;
@@ -23,18 +22,13 @@ use crate::kill_switch::{KillSwitchRecord, KillSwitchStore, to_state};
 use crate::metrics::METRICS;
 use crate::policy::{self, Effect, PolicyError, PolicySet, Source};
 
-/// Largest accepted sizes of request fields.
+/// Largest accepted sizes of request fields: the shared contract's
+/// (`warden_contract::bounds`), so that every decision can be recorded.
 pub mod limits {
-    pub const ID_BYTES: usize = 256;
-    pub const NAME_BYTES: usize = 256;
-    pub const ROLES: usize = 64;
-    pub const ROLE_BYTES: usize = 128;
-    pub const LABELS: usize = 64;
-    pub const LABEL_KEY_BYTES: usize = 128;
-    pub const LABEL_VALUE_BYTES: usize = 1024;
-    pub const RESOURCE_BYTES: usize = 1024;
-    pub const PARAMS_BYTES: usize = 64 * 1024;
-    pub const REASON_BYTES: usize = 1024;
+    pub use warden_contract::bounds::{
+        ID_BYTES, LABEL_KEY_BYTES, LABEL_VALUE_BYTES, LABELS, NAME_BYTES, PARAMS_BYTES, REASON_BYTES, RESOURCE_BYTES,
+        ROLE_BYTES, ROLES,
+    };
     pub const VALIDATE_SOURCES: usize = 1000;
 }
 
@@ -292,10 +286,6 @@ impl PolicyServiceImpl {
     }
 }
 
-/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, CEL's timestamp range.
-const MIN_SECONDS: i64 = -62_135_596_800;
-const MAX_SECONDS: i64 = 253_402_300_799;
-
 /// Checks an `EvaluateRequest`, naming every bad field.
 pub fn validate_evaluate(request: &pb::EvaluateRequest) -> Result<(&pb::Agent, &pb::Action), WardenError> {
     let mut v = Validator::new();
@@ -342,21 +332,13 @@ pub fn validate_evaluate(request: &pb::EvaluateRequest) -> Result<(&pb::Agent, &
                 );
             }
             if let Some(params) = &action.params {
-                let size = params.encoded_len();
-                if size > limits::PARAMS_BYTES {
-                    v.violation(
-                        "action.params",
-                        format!("must be at most {} bytes encoded, got {size}", limits::PARAMS_BYTES),
-                    );
-                }
+                warden_contract::check_params(&mut v, "action.params", params);
             }
         }
     }
     v.max_len("correlation_id", &request.correlation_id, limits::ID_BYTES);
-    if let Some(time) = &request.time
-        && (!(MIN_SECONDS..=MAX_SECONDS).contains(&time.seconds) || !(0..1_000_000_000).contains(&time.nanos))
-    {
-        v.violation("time", "must be a valid timestamp in the years 1 to 9999");
+    if let Some(time) = &request.time {
+        warden_contract::check_timestamp(&mut v, "time", time);
     }
     v.finish()?;
     Ok((request.agent.as_ref().expect("validated"), request.action.as_ref().expect("validated")))

@@ -75,6 +75,40 @@ fn decode_slice<U: Message + Default + 'static>(bytes: &[u8]) -> Result<U, prost
     U::decode(bytes)
 }
 
+/// `INVALID_ARGUMENT` for a message that does not decode, naming the field
+/// where decoding stopped (prost's error lists the fields it was in,
+/// innermost first: `AuditEvent.payload: AppendRequest.events: ...` names
+/// `events.payload`).
+fn decode_failure(error: &prost::DecodeError) -> Status {
+    let text = error.to_string();
+    let named: Vec<(&str, &str)> = text
+        .split(": ")
+        .filter_map(|part| {
+            let (message, field) = part.split_once('.')?;
+            let named = !message.is_empty()
+                && message.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && message.starts_with(|c: char| c.is_ascii_uppercase())
+                && !field.is_empty()
+                && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            named.then_some((message, field))
+        })
+        .collect();
+    // prost lists the fields innermost first; the path stops where a
+    // `google.protobuf.Struct` begins (`action.params`, not every level in it).
+    let field: Vec<&str> = named
+        .into_iter()
+        .rev()
+        .take_while(|(message, _)| !matches!(*message, "Struct" | "Value" | "ListValue"))
+        .map(|(_, field)| field)
+        .collect();
+    let field = if field.is_empty() { "(message)".to_owned() } else { field.join(".") };
+    let message = format!("the message does not decode (malformed protobuf): {text}");
+    let mut details = tonic_types::ErrorDetails::new();
+    details.add_bad_request_violation(field, text);
+    use tonic_types::StatusExt;
+    Status::with_error_details(tonic::Code::InvalidArgument, message, details)
+}
+
 impl<U: Message + Default + 'static> Decoder for SliceDecoder<U> {
     type Item = U;
     type Error = Status;
@@ -91,9 +125,11 @@ impl<U: Message + Default + 'static> Decoder for SliceDecoder<U> {
         } else {
             U::decode(buf)
         };
-        // As tonic's own prost codec: a message that does not parse is
-        // INTERNAL (gRPC's status code guide).
-        decoded.map(Some).map_err(|error| Status::internal(error.to_string()))
+        // A message that does not parse (a string that is not UTF-8, a
+        // nesting deeper than protobuf's recursion limit) is the sender's
+        // fault: INVALID_ARGUMENT, never INTERNAL, which a client would
+        // take for "the service is unavailable" and might then fail open.
+        decoded.map(Some).map_err(|error| decode_failure(&error))
     }
 }
 
@@ -172,11 +208,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_message_that_does_not_parse_is_internal() {
+    async fn a_message_that_does_not_parse_is_invalid_argument() {
         // Field 1 (agent) says 100 bytes follow; 2 do.
-        let frames = body(&[vec![0x0a, 100, 1, 2]], 1024);
-        let mut stream = Streaming::new_request(SliceDecoder::<EvaluateRequest>(PhantomData), frames, None, None);
-        let status = stream.message().await.unwrap_err();
-        assert_eq!(status.code(), Code::Internal);
+        let truncated = vec![0x0a, 100, 1, 2];
+        // Field 1 (agent), field 1 (id): two bytes that are not UTF-8.
+        let not_utf8 = vec![0x0a, 4, 0x0a, 2, 0xff, 0xfe];
+        for bytes in [truncated, not_utf8] {
+            let frames = body(&[bytes], 1024);
+            let mut stream = Streaming::new_request(SliceDecoder::<EvaluateRequest>(PhantomData), frames, None, None);
+            let status = stream.message().await.unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(status.message().starts_with("the message does not decode"), "{status:?}");
+            use tonic_types::StatusExt;
+            let field = status.get_error_details().bad_request().unwrap().field_violations[0].field.clone();
+            assert!(field.starts_with("agent"), "{field}");
+        }
     }
 }
