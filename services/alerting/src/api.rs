@@ -112,7 +112,7 @@ async fn status(State(api): State<Api>) -> Response {
     Json(serde_json::json!({
         "cluster": {"status": "disabled", "peers": []},
         "versionInfo": {"version": env!("CARGO_PKG_VERSION"), "branch": "", "revision": "", "buildUser": "", "buildDate": "", "goVersion": "warden"},
-        "config": {"original": api.config_text.load().as_str()},
+        "config": {"original": crate::routing::masked(api.config_text.load().as_str())},
         "uptime": rfc3339(api.started_ms),
     }))
     .into_response()

@@ -55,6 +55,9 @@ pub struct AlertingConfig {
     pub watch: bool,
     /// Shown to receivers as `externalURL`.
     pub external_url: String,
+    /// What notifications may reach: redirects (`none`, `same-origin`)
+    /// and link-local destinations (cloud metadata; refused by default).
+    pub webhooks: warden_server::webhook::WebhookPolicy,
     pub auth: AuthConfig,
     /// What this service presents to the audit service.
     pub outbound: OutboundConfig,
@@ -80,6 +83,7 @@ impl Default for AlertingConfig {
             snapshot_interval: Duration::from_secs(10),
             watch: true,
             external_url: String::new(),
+            webhooks: Default::default(),
             auth: AuthConfig::default(),
             outbound: OutboundConfig::default(),
             telemetry: TelemetryConfig::default(),

@@ -51,7 +51,7 @@ pub async fn follow(engine: Arc<Engine>, client: SubscribeClient) {
                         for item in batch {
                             match item {
                                 Ok(record) if record.sequence >= state.derived.position => {
-                                    state.derived.apply(&record);
+                                    state.derived.apply_before(&record, engine.clock.now_ms());
                                     METRICS.events.inc();
                                 }
                                 Ok(_) => {}

@@ -38,6 +38,9 @@ pub struct Shipper {
     pub engine: Arc<Engine>,
     pub audit: Option<AuditClient>,
     pub http: reqwest::Client,
+    /// What notifications may reach (checked before each send; the
+    /// client's resolver checks names).
+    pub webhooks: warden_server::webhook::WebhookPolicy,
     pub secrets: warden_auth::SecretResolver,
     pub replica: String,
     pub backoff: Backoff,
@@ -243,6 +246,9 @@ impl Shipper {
     }
 
     async fn post(&self, url: &str, payload: &serde_json::Value) -> Delivery {
+        if let Err(refused) = warden_server::webhook::check_url(&self.webhooks, url) {
+            return Delivery::Failed(refused);
+        }
         match self.http.post(url).json(payload).send().await {
             Ok(response) if response.status().is_success() => Delivery::Sent,
             Ok(response) => {

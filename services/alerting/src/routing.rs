@@ -75,6 +75,62 @@ impl std::fmt::Display for Matcher {
     }
 }
 
+/// Keys whose values are secrets wherever they appear (Alertmanager's
+/// `Secret` fields, and `http_config`'s credentials).
+const SECRET_KEYS: &[&str] = &[
+    "auth_password",
+    "auth_secret",
+    "smtp_auth_password",
+    "smtp_auth_secret",
+    "slack_api_url",
+    "api_url",
+    "routing_key",
+    "service_key",
+    "password",
+    "credentials",
+    "bearer_token",
+    "client_secret",
+    "api_key",
+    "api_secret",
+    "opsgenie_api_key",
+    "victorops_api_key",
+    "wechat_api_secret",
+    "bot_token",
+    "token",
+    "key",
+];
+
+/// The routing file as `/api/v2/status` shows it: every secret replaced by
+/// `<secret>`, as Alertmanager does (and a webhook's `url`, which often
+/// carries a token). Text that does not parse is not shown at all.
+pub fn masked(text: &str) -> String {
+    fn mask(value: &mut serde_yaml::Value, in_webhook: bool) {
+        match value {
+            serde_yaml::Value::Mapping(map) => {
+                for (key, item) in map.iter_mut() {
+                    let key = key.as_str().unwrap_or_default();
+                    let secret = SECRET_KEYS.contains(&key) || (in_webhook && key == "url");
+                    if secret && !item.is_mapping() && !item.is_sequence() && !item.is_null() {
+                        *item = serde_yaml::Value::String("<secret>".into());
+                    } else {
+                        mask(item, key == "webhook_configs" || (in_webhook && !key.ends_with("_configs")));
+                    }
+                }
+            }
+            serde_yaml::Value::Sequence(items) => items.iter_mut().for_each(|item| mask(item, in_webhook)),
+            serde_yaml::Value::Tagged(tagged) => mask(&mut tagged.value, in_webhook),
+            _ => {}
+        }
+    }
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(mut value) => {
+            mask(&mut value, false);
+            serde_yaml::to_string(&value).unwrap_or_default()
+        }
+        Err(_) => "(the routing file does not parse)".into(),
+    }
+}
+
 /// Parses one matcher string, which may hold several (`{a="b",c=~"d"}`).
 pub fn parse_matchers(text: &str) -> Result<Vec<Matcher>, String> {
     let trimmed = text.trim();
@@ -749,6 +805,36 @@ fn build_route(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn status_shows_no_secret() {
+        let text = r#"
+global:
+  smtp_auth_password: hunter2
+  slack_api_url: https://hooks.slack.com/services/T0/B0/XXXX
+route: { receiver: web }
+receivers:
+  - name: web
+    webhook_configs:
+      - url: https://example.com/hook?token=abc
+        http_config:
+          authorization: { credentials: s3cr3t }
+          basic_auth: { username: ops, password: pa55 }
+  - name: pd
+    pagerduty_configs: [{ routing_key: r0ut1ng, severity: critical }]
+  - name: mail
+    email_configs: [{ to: ops@example.com, auth_password: m4il }]
+"#;
+        let shown = masked(text);
+        for secret in ["hunter2", "XXXX", "token=abc", "s3cr3t", "pa55", "r0ut1ng", "m4il"] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+        for kept in ["ops@example.com", "critical", "username: ops", "name: web"] {
+            assert!(shown.contains(kept), "{kept} lost: {shown}");
+        }
+        assert_eq!(shown.matches("<secret>").count(), 7, "{shown}");
+    }
+
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

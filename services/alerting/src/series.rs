@@ -235,10 +235,20 @@ impl Metrics {
     }
 }
 
-/// The time an event counts at: when it happened, else when it was recorded.
+/// The time an event counts at: when it happened, else when it was
+/// recorded, and never after it was recorded. An event cannot have happened
+/// after the audit service received it, so a claimed time in the future
+/// (by a careless or hostile sender) counts as the time it arrived: it
+/// cannot move the series' clock ahead, trim their history or silence the
+/// rules. Both times are stored, so a replay counts it at the same instant.
 pub fn event_time_ms(record: &AuditRecord) -> i64 {
-    let stamp = record.event.as_ref().and_then(|e| e.time).or(record.recorded_at).unwrap_or_default();
-    stamp.seconds * 1000 + i64::from(stamp.nanos) / 1_000_000
+    let ms = |stamp: &prost_types::Timestamp| stamp.seconds * 1000 + i64::from(stamp.nanos) / 1_000_000;
+    let claimed = record.event.as_ref().and_then(|e| e.time.as_ref()).map(ms);
+    let received = record.recorded_at.as_ref().map(ms);
+    match (claimed, received) {
+        (Some(claimed), Some(received)) => claimed.min(received),
+        (claimed, received) => claimed.or(received).unwrap_or_default(),
+    }
 }
 
 /// `le` as Prometheus' client libraries write it.
@@ -378,7 +388,14 @@ impl Derived {
 
     /// Applies a record: scrapes up to its time, then counts it.
     pub fn apply(&mut self, record: &AuditRecord) {
-        let at = event_time_ms(record);
+        self.apply_before(record, i64::MAX);
+    }
+
+    /// [`Derived::apply`], counting the record no later than `now_ms` (this
+    /// service's clock): the series never run ahead of it, whatever the
+    /// audit service's clock says.
+    pub fn apply_before(&mut self, record: &AuditRecord, now_ms: i64) {
+        let at = event_time_ms(record).min(now_ms);
         self.advance_to(at);
         self.metrics.apply(record);
         self.position = self.position.max(record.sequence + 1);
@@ -459,6 +476,31 @@ pub(crate) mod tests {
 
     pub fn s(text: &str) -> Kind {
         Kind::StringValue(text.into())
+    }
+
+    #[test]
+    fn a_future_dated_event_counts_when_it_arrived_and_trims_nothing() {
+        let mut derived = Derived::new(15_000, 3_600_000);
+        let failure = |sequence: u64, at_ms: i64| {
+            record(sequence, "action_completed", "bot", at_ms, &[("action_type", s("x")), ("status", s("failure"))])
+        };
+        derived.apply(&failure(0, 10_000));
+        // Dated in the year 3000, received at 20 s: it counts at 20 s.
+        let year_3000 = 32_503_680_000_000;
+        let mut future = failure(1, year_3000);
+        future.recorded_at = Some(prost_types::Timestamp { seconds: 20, nanos: 0 });
+        assert_eq!(event_time_ms(&future), 20_000);
+        derived.apply(&future);
+        assert!(derived.last_scrape_ms < 60_000, "the clock stayed near now: {}", derived.last_scrape_ms);
+        // Without a receive time, this service's own clock bounds it.
+        derived.apply_before(&failure(2, year_3000), 40_000);
+        assert_eq!(derived.last_scrape_ms, 30_000);
+        derived.advance_to(60_000);
+        let errors = labels("agent_actions_total", &[("agent_id", "bot"), ("action_type", "x"), ("status", "error")]);
+        let series: Vec<_> = derived.tsdb.select(Some("agent_actions_total"), |l| l == &errors).collect();
+        // History is intact: every scrape from 15 s on, counting all three.
+        assert_eq!(series[0].samples.iter().map(|(t, _)| *t).filter(|t| *t >= 15_000).count(), 4);
+        assert_eq!(series[0].samples.back(), Some(&(60_000, 3.0)));
     }
 
     #[test]

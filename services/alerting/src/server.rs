@@ -176,10 +176,11 @@ impl AlertingServer {
         let shipper = Shipper {
             engine: engine.clone(),
             audit,
-            http: reqwest::Client::builder()
-                .timeout((config.delivery_lease / 2).min(Duration::from_secs(30)))
-                .build()
-                .unwrap_or_default(),
+            http: warden_server::webhook::http_client(
+                &config.webhooks,
+                (config.delivery_lease / 2).min(Duration::from_secs(30)),
+            ),
+            webhooks: config.webhooks,
             secrets,
             replica: uuid::Uuid::now_v7().to_string(),
             backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300)),

@@ -49,7 +49,8 @@ async fn harness(database: Database, rules_yaml: &str, routing_text: &str, clock
     let shipper = Shipper {
         engine: engine.clone(),
         audit: None,
-        http: reqwest::Client::new(),
+        http: warden_server::webhook::http_client(&Default::default(), Duration::from_secs(10)),
+        webhooks: Default::default(),
         secrets: warden_auth::SecretResolver::from_process_env(Duration::from_secs(1)),
         replica: uuid::Uuid::now_v7().to_string(),
         backoff: warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5))

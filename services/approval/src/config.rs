@@ -35,6 +35,9 @@ pub struct ApprovalConfig {
     /// through other replicas.
     #[serde(with = "humantime_serde")]
     pub watch_poll: Duration,
+    /// What notifications may reach: redirects (`none`, `same-origin`)
+    /// and link-local destinations (cloud metadata; refused by default).
+    pub webhooks: warden_server::webhook::WebhookPolicy,
     pub auth: AuthConfig,
     /// What this service presents to the audit service.
     pub outbound: OutboundConfig,
@@ -54,6 +57,7 @@ impl Default for ApprovalConfig {
             clock_interval: Duration::from_secs(1),
             outbox_interval: Duration::from_millis(200),
             watch_poll: Duration::from_secs(1),
+            webhooks: Default::default(),
             auth: AuthConfig::default(),
             outbound: OutboundConfig::default(),
             telemetry: TelemetryConfig::default(),

@@ -94,7 +94,8 @@ impl ApprovalServer {
         let shipper = Shipper {
             approvals: approvals.clone(),
             audit,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
+            http: warden_server::webhook::http_client(&config.webhooks, Duration::from_secs(10)),
+            webhooks: config.webhooks,
             secrets,
             replica: uuid::Uuid::now_v7().to_string(),
             backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300)),

@@ -433,7 +433,8 @@ fn shipper(approvals: &Arc<Approvals>) -> crate::worker::Shipper {
     crate::worker::Shipper {
         approvals: approvals.clone(),
         audit: None,
-        http: reqwest::Client::new(),
+        http: warden_server::webhook::http_client(&Default::default(), Duration::from_secs(10)),
+        webhooks: Default::default(),
         secrets: warden_auth::SecretResolver::new(Default::default(), Duration::from_secs(60)),
         replica: "r1".into(),
         backoff: warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1)),

@@ -43,6 +43,9 @@ pub struct Shipper {
     pub approvals: Arc<Approvals>,
     pub audit: Option<AuditClient>,
     pub http: reqwest::Client,
+    /// What notifications may reach (checked before each send; the
+    /// client's resolver checks names).
+    pub webhooks: warden_server::webhook::WebhookPolicy,
     pub secrets: warden_auth::SecretResolver,
     pub replica: String,
     pub backoff: Backoff,
@@ -133,6 +136,11 @@ impl Shipper {
             }
         };
         let payload = request.1;
+        if let Err(refused) = warden_server::webhook::check_url(&self.webhooks, &request.0) {
+            METRICS.notifications.with_label_values(&[name, "failed"]).inc();
+            tracing::error!(receiver = name, %refused, "notification destination refused; not retried");
+            return Ok(());
+        }
         let mut http = self.http.post(&request.0).header("content-type", "application/json");
         if let Some(secret) = secret {
             let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("any key length");

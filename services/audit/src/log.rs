@@ -80,6 +80,22 @@ pub fn now_micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64
 }
 
+/// What a sender sent, hashed: every field but the id (the key it is
+/// compared under) and the time (a retry is stamped anew by a sender or by
+/// this log's clock), with the sensitive fields' plaintext (their sealing
+/// differs every time).
+fn content_hash(input: &EventInput, subject: &str, payload_hash: &Hash, sensitive_hash: &Hash) -> Hash {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for field in [&input.event_type, &input.correlation_id, &input.agent_id, &input.actor, subject] {
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field.as_bytes());
+    }
+    hasher.update(payload_hash);
+    hasher.update(sensitive_hash);
+    hasher.finalize().into()
+}
+
 /// An event to append, as the API gives it.
 #[derive(Debug, Clone, Default)]
 pub struct EventInput {
@@ -247,7 +263,8 @@ impl AuditLog {
         let mut events = Vec::with_capacity(inputs.len());
         let mut violations = Vec::new();
         for (i, input) in inputs.into_iter().enumerate() {
-            let event_id = if input.event_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { input.event_id };
+            let event_id =
+                if input.event_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { input.event_id.clone() };
             let payload_json = match canonical_json(input.payload.as_ref()) {
                 Ok(json) => json,
                 Err(problem) => {
@@ -255,7 +272,8 @@ impl AuditLog {
                     continue;
                 }
             };
-            let subject = if input.subject.is_empty() { input.agent_id.clone() } else { input.subject };
+            let subject = if input.subject.is_empty() { input.agent_id.clone() } else { input.subject.clone() };
+            let mut sensitive_hash = [0u8; 32];
             let sensitive = match &input.sensitive {
                 None => None,
                 Some(fields) if fields.fields.is_empty() => None,
@@ -275,10 +293,12 @@ impl AuditLog {
                         continue;
                     }
                     let key = self.data_key(&subject, true).await?.expect("created on demand");
+                    sensitive_hash = payload_hash(&json);
                     Some(key.seal(&event_id, json.as_bytes()))
                 }
             };
             let hash = payload_hash(&payload_json);
+            let content_hash = content_hash(&input, &subject, &hash, &sensitive_hash);
             let time_micros = input.time_micros.unwrap_or_else(now_micros);
             let leaf_hash = LeafFields {
                 event_id: &event_id,
@@ -304,6 +324,7 @@ impl AuditLog {
                 payload_hash: hash,
                 sensitive,
                 leaf_hash,
+                content_hash,
             });
         }
         if !violations.is_empty() {
@@ -791,7 +812,15 @@ fn finish(batch: Batch, appended: Appended, session: &mut AppendSession, size: &
     let grown = fresh().map(|r| r.sequence + 1).max();
     let mut jobs_left = jobs.into_iter();
     for (job, receipts) in jobs_left.by_ref().zip(appended.receipts) {
-        let _ = job.reply.send(Ok(receipts));
+        // An id recorded with other content refuses the whole call.
+        let reply = match receipts.iter().find(|r| r.conflict) {
+            Some(clash) => Err(StoreError::AlreadyExists(format!(
+                "event {} is recorded with other content (event ids name one event; use a new id)",
+                clash.event_id
+            ))),
+            None => Ok(receipts),
+        };
+        let _ = job.reply.send(reply);
     }
     if let Some(error) = appended.error {
         tracing::error!(%error, events, "append failed");

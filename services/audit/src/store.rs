@@ -82,6 +82,11 @@ pub struct NewEvent {
     pub payload_hash: Hash,
     pub sensitive: Option<Vec<u8>>,
     pub leaf_hash: Hash,
+    /// What the sender sent, hashed (not what the log derived from it: the
+    /// sensitive fields' plaintext, not their sealing; not the time, which
+    /// a retry stamps anew), to tell a retry of an event from another event
+    /// under the same id.
+    pub content_hash: Hash,
 }
 
 /// An event as stored.
@@ -109,6 +114,12 @@ pub struct Receipt {
     pub sequence: u64,
     pub leaf_hash: Hash,
     pub duplicate: bool,
+    /// The recorded event's content hash (`None` for events recorded
+    /// before content hashes were kept).
+    pub content_hash: Option<Hash>,
+    /// The event is recorded under this id with other content: its call
+    /// is refused (`ALREADY_EXISTS`) and nothing of it is stored.
+    pub conflict: bool,
 }
 
 /// The right edge of the tree: for each level, the complete subtree that
@@ -249,8 +260,20 @@ trait BatchStatements: Send {
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
 }
 
-fn receipt_from(event_id: String, sequence: i64, leaf_hash: Vec<u8>) -> Result<Receipt, StoreError> {
-    Ok(Receipt { event_id, sequence: sequence as u64, leaf_hash: hash_of(leaf_hash)?, duplicate: true })
+fn receipt_from(
+    event_id: String,
+    sequence: i64,
+    leaf_hash: Vec<u8>,
+    content_hash: Option<Vec<u8>>,
+) -> Result<Receipt, StoreError> {
+    Ok(Receipt {
+        event_id,
+        sequence: sequence as u64,
+        leaf_hash: hash_of(leaf_hash)?,
+        duplicate: true,
+        content_hash: content_hash.map(hash_of).transpose()?,
+        conflict: false,
+    })
 }
 
 /// Rows in PostgreSQL's binary COPY format: a header, then per row the
@@ -430,7 +453,7 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Postgres> {
         // One round trip: the size on every row, and a row per recorded id
         // (or one row of NULLs when none is).
         let rows = sqlx::query(
-            "SELECT s.size, e.event_id, e.sequence, e.leaf_hash \
+            "SELECT s.size, e.event_id, e.sequence, e.leaf_hash, e.content_hash \
              FROM (SELECT COALESCE(MAX(sequence) + 1, 0) AS size FROM audit_events) s \
              LEFT JOIN audit_events e ON e.event_id = ANY($1)",
         )
@@ -444,7 +467,12 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Postgres> {
         let mut receipts = Vec::new();
         for row in &rows {
             if let Some(event_id) = row.try_get::<Option<String>, _>("event_id")? {
-                receipts.push(receipt_from(event_id, row.try_get("sequence")?, row.try_get("leaf_hash")?)?);
+                receipts.push(receipt_from(
+                    event_id,
+                    row.try_get("sequence")?,
+                    row.try_get("leaf_hash")?,
+                    row.try_get("content_hash")?,
+                )?);
             }
         }
         Ok((size, receipts))
@@ -460,7 +488,7 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Postgres> {
             // Binary COPY: the cheapest way into PostgreSQL (no statement
             // to plan, no parameter arrays to unpack); it fires the same
             // triggers and checks the same constraints as INSERT.
-            let mut events = CopyRows::new(12);
+            let mut events = CopyRows::new(13);
             let mut payloads = CopyRows::new(2);
             for (sequence, event) in fresh {
                 events.row();
@@ -476,6 +504,7 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Postgres> {
                 events.bytes(event.sensitive.as_deref());
                 events.bytes(Some(&event.leaf_hash));
                 events.int8(now_micros);
+                events.bytes(Some(&event.content_hash));
                 payloads.row();
                 payloads.int8(*sequence as i64);
                 payloads.text(&event.payload_json);
@@ -484,7 +513,8 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Postgres> {
             for (statement, rows) in [
                 (
                     "COPY audit_events (sequence, event_id, event_type, time_micros, correlation_id, agent_id, actor, \
-                     subject, payload_hash, sensitive, leaf_hash, recorded_at_micros) FROM STDIN (FORMAT binary)",
+                     subject, payload_hash, sensitive, leaf_hash, recorded_at_micros, content_hash) \
+                     FROM STDIN (FORMAT binary)",
                     events,
                 ),
                 ("COPY audit_payloads (sequence, payload) FROM STDIN (FORMAT binary)", payloads),
@@ -512,7 +542,7 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Sqlite> {
         let mut receipts = Vec::new();
         for chunk in ids.chunks(CHUNK) {
             let text = format!(
-                "SELECT event_id, sequence, leaf_hash FROM audit_events WHERE event_id IN ({})",
+                "SELECT event_id, sequence, leaf_hash, content_hash FROM audit_events WHERE event_id IN ({})",
                 vec!["?"; chunk.len()].join(", ")
             );
             let mut query = sqlx::query(&text);
@@ -524,6 +554,7 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Sqlite> {
                     row.try_get("event_id")?,
                     row.try_get("sequence")?,
                     row.try_get("leaf_hash")?,
+                    row.try_get("content_hash")?,
                 )?);
             }
         }
@@ -539,8 +570,8 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Sqlite> {
         for chunk in fresh.chunks(CHUNK) {
             let text = format!(
                 "INSERT INTO audit_events (sequence, event_id, event_type, time_micros, correlation_id, agent_id, actor, \
-                 subject, payload_hash, sensitive, leaf_hash, recorded_at_micros) VALUES {}",
-                vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+                 subject, payload_hash, sensitive, leaf_hash, recorded_at_micros, content_hash) VALUES {}",
+                vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
             );
             let mut query = sqlx::query(&text);
             for (sequence, event) in chunk {
@@ -556,7 +587,8 @@ impl BatchStatements for sqlx::Transaction<'_, sqlx::Sqlite> {
                     .bind(event.payload_hash.to_vec())
                     .bind(event.sensitive.clone())
                     .bind(event.leaf_hash.to_vec())
-                    .bind(now_micros);
+                    .bind(now_micros)
+                    .bind(event.content_hash.to_vec());
             }
             query.execute(&mut **self).await?;
             let text = format!(
@@ -718,6 +750,29 @@ fn plan<'a>(groups: &[&'a [NewEvent]], recorded: Vec<Receipt>, frontier: &mut Fr
         }
         let part = parts.last_mut().expect("there is always a part");
         let mut mine = Vec::with_capacity(group.len());
+        // An id recorded (or earlier in this batch) with other content:
+        // the whole call is refused and nothing of it written.
+        let mut in_group: HashMap<&str, &Hash> = HashMap::new();
+        let clash = group.iter().find(|event| {
+            let recorded = known.get(&event.event_id).and_then(|r| r.content_hash);
+            let earlier = in_group.insert(event.event_id.as_str(), &event.content_hash).copied();
+            recorded.is_some_and(|h| h != event.content_hash) || earlier.is_some_and(|h| h != event.content_hash)
+        });
+        if let Some(clash) = clash {
+            let recorded = known.get(&clash.event_id);
+            mine.push(Receipt {
+                event_id: clash.event_id.clone(),
+                sequence: recorded.map_or(0, |r| r.sequence),
+                leaf_hash: clash.leaf_hash,
+                duplicate: true,
+                content_hash: Some(clash.content_hash),
+                conflict: true,
+            });
+            in_part += group.len();
+            part.end_group = index + 1;
+            receipts.push(mine);
+            continue;
+        }
         for event in group.iter() {
             if let Some(receipt) = known.get(&event.event_id) {
                 mine.push(Receipt { duplicate: true, ..receipt.clone() });
@@ -727,8 +782,14 @@ fn plan<'a>(groups: &[&'a [NewEvent]], recorded: Vec<Receipt>, frontier: &mut Fr
             part.nodes
                 .extend(frontier.push(event.leaf_hash).into_iter().filter(|(level, _, _)| is_stored_level(*level)));
             part.fresh.push((sequence, event));
-            let receipt =
-                Receipt { event_id: event.event_id.clone(), sequence, leaf_hash: event.leaf_hash, duplicate: false };
+            let receipt = Receipt {
+                event_id: event.event_id.clone(),
+                sequence,
+                leaf_hash: event.leaf_hash,
+                duplicate: false,
+                content_hash: Some(event.content_hash),
+                conflict: false,
+            };
             known.insert(event.event_id.clone(), receipt.clone());
             mine.push(receipt);
         }

@@ -286,11 +286,13 @@ async fn an_inserted_event_is_caught(database: Database) {
     let insert = match &database {
         Database::Sqlite(_) => {
             "INSERT INTO audit_events SELECT 12, 'forged', event_type, time_micros, correlation_id, agent_id, \
-             actor, subject, payload_hash, sensitive, leaf_hash, recorded_at_micros FROM audit_events WHERE sequence = 3"
+             actor, subject, payload_hash, sensitive, leaf_hash, recorded_at_micros, content_hash FROM audit_events \
+             WHERE sequence = 3"
         }
         Database::Postgres(_) => {
             "INSERT INTO audit_events SELECT 12, 'forged', event_type, time_micros, correlation_id, agent_id, \
-             actor, subject, payload_hash, sensitive, leaf_hash, recorded_at_micros FROM audit_events WHERE sequence = 3"
+             actor, subject, payload_hash, sensitive, leaf_hash, recorded_at_micros, content_hash FROM audit_events \
+             WHERE sequence = 3"
         }
     };
     let payload = "INSERT INTO audit_payloads SELECT 12, payload FROM audit_payloads WHERE sequence = 3";
@@ -650,7 +652,52 @@ async fn a_batch_staged_behind_another_commits_after_it_or_not_at_all(database: 
     assert!(report.ok && report.verified == 1208, "{report:?}");
 }
 
+/// An id names one event: the same content again is a duplicate (a
+/// retry), other content under it is refused and nothing of its call is
+/// written, whether the first is recorded, in flight in the same batch, or
+/// in the same call.
+async fn an_id_with_other_content_is_refused_whole(database: Database) {
+    let log = open(&database).await;
+    log.append(vec![event("a", "x")]).await.unwrap();
+    // A retry without a time of its own is still the same event.
+    let untimed = |id: &str| EventInput { time_micros: None, ..event(id, "x") };
+    log.append(vec![untimed("u")]).await.unwrap();
+    assert!(log.append(vec![untimed("u")]).await.unwrap()[0].duplicate);
+    let retried = log.append(vec![event("a", "x")]).await.unwrap();
+    assert!(retried[0].duplicate);
+    for (clash, what) in [
+        (EventInput { actor: "support-bot".into(), ..event("a", "x") }, "another principal"),
+        (EventInput { event_type: "action_completed".into(), ..event("a", "x") }, "another type"),
+        (
+            EventInput {
+                payload: Some(Struct { fields: [("effect".to_string(), text("deny"))].into() }),
+                ..event("a", "x")
+            },
+            "another payload",
+        ),
+    ] {
+        let refused = log.append(vec![event("fresh", "x"), clash]).await.unwrap_err();
+        assert_eq!(warden_errors::Classify::code(&refused), tonic::Code::AlreadyExists, "{what}: {refused}");
+        assert!(refused.to_string().contains("event a is recorded with other content"), "{refused}");
+    }
+    // Two contents for one id within one call: refused too.
+    let twice = log.append(vec![event("b", "x"), EventInput { actor: "other".into(), ..event("b", "x") }]).await;
+    assert!(twice.is_err());
+    // Nothing of the refused calls was written; concurrent calls with
+    // other ids are not affected.
+    let (good, bad) = tokio::join!(
+        log.append(vec![event("c", "x")]),
+        log.append(vec![EventInput { actor: "intruder".into(), ..event("a", "x") }])
+    );
+    assert!(good.is_ok() && bad.is_err());
+    let ids: Vec<String> =
+        log.records(&Filter::default(), 0, 100).await.unwrap().into_iter().map(|r| r.stored.event_id).collect();
+    assert_eq!(ids, ["a", "u", "c"]);
+    assert!(log.verify(0, 0).await.unwrap().ok);
+}
+
 warden_store::backend_tests!(
+    an_id_with_other_content_is_refused_whole,
     appends_are_durable_ordered_and_idempotent,
     proofs_check_against_signed_checkpoints,
     the_database_refuses_updates_and_deletes,
