@@ -3,7 +3,6 @@
 //! acts, records the outcome, and prints its audit trail.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use warden_approval::{ApprovalConfig, ApprovalServer};
@@ -27,27 +26,9 @@ rules:
 
 #[tokio::test]
 async fn the_python_agent_waits_for_a_manager_then_acts_and_records() {
-    let Ok(python) = std::env::var("WARDEN_TEST_PYTHON") else {
-        assert!(
-            std::env::var("WARDEN_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-            "WARDEN_TEST_PYTHON (a Python with examples/python/requirements.txt) is not set and WARDEN_REQUIRE_EXTERNAL=1"
-        );
-        eprintln!("skipping the Python agent test: WARDEN_TEST_PYTHON is not set");
-        return;
-    };
+    let Some(python) = warden_tests::python::interpreter() else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let stubs = tempfile::tempdir().unwrap();
-    let protos: Vec<String> =
-        ["policy", "approval", "audit"].iter().map(|name| format!("proto/warden/{name}/v1/{name}.proto")).collect();
-    let generated = Command::new(&python)
-        .current_dir(&root)
-        .args(["-m", "grpc_tools.protoc", "-I", "proto"])
-        .arg(format!("--python_out={}", stubs.path().display()))
-        .arg(format!("--grpc_python_out={}", stubs.path().display()))
-        .args(&protos)
-        .status()
-        .unwrap();
-    assert!(generated.success());
+    let stubs = warden_tests::python::stubs(&python);
 
     let sandbox = Sandbox::new(&[("refunds.yaml", POLICY)]);
     let keys = identity::keys(sandbox.data.path());
@@ -72,7 +53,7 @@ async fn the_python_agent_waits_for_a_manager_then_acts_and_records() {
     agent
         .arg(root.join("examples/python/agent.py"))
         .args(["--amount", "150", "--wait", "30"])
-        .env("WARDEN_STUBS", stubs.path())
+        .env("WARDEN_STUBS", &stubs)
         .env("WARDEN_API_KEY", keys.token("agent"))
         .env("WARDEN_ADDR", engine.addr.to_string())
         .env("WARDEN_APPROVAL_ADDR", approval.addr.to_string())

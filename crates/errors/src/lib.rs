@@ -200,6 +200,23 @@ pub fn to_status<E: Classify + ?Sized>(error: &E) -> Status {
     Status::with_error_details(error.code(), error.to_string(), details)
 }
 
+/// The most field violations one error lists.
+pub const MAX_VIOLATIONS: usize = 16;
+/// The longest field name or description a violation keeps.
+const MAX_TEXT: usize = 256;
+
+/// Cuts `text` to at most `max` bytes, on a character boundary, marking the cut.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = max - 3;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+}
+
 /// A classified error in plain data form: what a client reads out of a
 /// `tonic::Status`, and a convenient concrete error for crates that need one.
 #[derive(Debug, Clone, PartialEq)]
@@ -231,8 +248,20 @@ impl WardenError {
         }
     }
 
-    /// An `INVALID_ARGUMENT` error naming the fields at fault.
-    pub fn invalid_argument(violations: Vec<FieldViolation>) -> Self {
+    /// An `INVALID_ARGUMENT` error naming the fields at fault: the first
+    /// [`MAX_VIOLATIONS`], and how many more there were. (A status travels
+    /// in HTTP/2 headers, which clients cap at 16 KiB: a request with a
+    /// hundred bad fields must not turn its refusal into a protocol error.)
+    pub fn invalid_argument(mut violations: Vec<FieldViolation>) -> Self {
+        if violations.len() > MAX_VIOLATIONS {
+            let more = violations.len() - (MAX_VIOLATIONS - 1);
+            violations.truncate(MAX_VIOLATIONS - 1);
+            violations.push(FieldViolation::new("(more)", format!("{more} more fields are invalid")));
+        }
+        for violation in &mut violations {
+            truncate(&mut violation.field, MAX_TEXT);
+            truncate(&mut violation.description, MAX_TEXT);
+        }
         let message =
             violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
         WardenError {
@@ -386,6 +415,20 @@ impl Validator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hundred_bad_fields_make_a_refusal_that_fits_in_headers() {
+        let mut validator = Validator::new();
+        for i in 0..100 {
+            validator.violation(format!("agent.roles[{i}]"), "x".repeat(1000));
+        }
+        let status = validator.finish().unwrap_err().to_status();
+        let back = WardenError::from_status(&status);
+        assert_eq!(back.violations.len(), MAX_VIOLATIONS);
+        assert_eq!(back.violations[MAX_VIOLATIONS - 1].description, "85 more fields are invalid");
+        assert!(back.violations[0].description.len() <= 256);
+        assert!(status.message().len() < 6000, "{}", status.message().len());
+    }
 
     #[test]
     fn invalid_argument_round_trips_with_field_violations() {

@@ -14,6 +14,9 @@ pub enum Answer {
     Status(u16, Option<String>),
     /// No answer, ever: the sender waits until it gives up or dies.
     Hang,
+    /// `307 Temporary Redirect` to this URL (a client that follows it
+    /// sends the same body there).
+    Redirect(String),
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +63,11 @@ impl Receiver {
                         response
                     }
                     Some(Answer::Hang) => std::future::pending().await,
+                    Some(Answer::Redirect(to)) => {
+                        let mut response = axum::http::StatusCode::TEMPORARY_REDIRECT.into_response();
+                        response.headers_mut().insert("location", to.parse().expect("a header value"));
+                        response
+                    }
                 }
             }
         }));

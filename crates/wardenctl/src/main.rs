@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod alerts;
+mod dead_letters;
 mod keys;
 mod remote;
 
@@ -65,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         command: remote::PolicyCommand,
     },
+    /// Dead letters: what a service's receivers refused for good; list, replay.
+    DeadLetters {
+        #[command(subcommand)]
+        command: dead_letters::DeadLettersCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -104,6 +110,7 @@ fn main() -> ExitCode {
         Command::Killswitch { command } => remote::runtime().block_on(remote::killswitch(&cli.remote, command)),
         Command::Audit { command } => remote::runtime().block_on(remote::audit(&cli.remote, command)),
         Command::Policy { command } => remote::runtime().block_on(remote::policy(&cli.remote, command)),
+        Command::DeadLetters { command } => remote::runtime().block_on(dead_letters::run(&cli.remote, command)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "wardenctl", &mut std::io::stdout());

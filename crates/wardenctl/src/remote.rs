@@ -57,7 +57,7 @@ pub struct RemoteArgs {
     ca: Option<PathBuf>,
     /// Output: table (for people) or json (for scripts).
     #[arg(short, long, global = true, default_value = "table")]
-    output: Output,
+    pub(crate) output: Output,
     /// A TOML profile with addr, audit_addr, approval_addr, alerting_addr, api_key, ca.
     #[arg(long, global = true, env = "WARDEN_PROFILE")]
     profile: Option<PathBuf>,
@@ -131,6 +131,16 @@ impl RemoteArgs {
 
     pub fn json(&self) -> bool {
         self.output == Output::Json
+    }
+
+    /// The policy engine's address.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The approval service's address.
+    pub(crate) fn approval_addr(&self) -> &str {
+        &self.approval_addr
     }
 
     pub(crate) async fn channel(&self, url: &str) -> Result<Stack, Failure> {
@@ -905,10 +915,14 @@ async fn replay(
                 continue;
             };
             total += 1;
-            let time = event
-                .time
-                .as_ref()
-                .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+            // The time the rules saw: `evaluated_at` when a principal
+            // evaluated at another time, else when it was decided.
+            let time = chrono::DateTime::parse_from_rfc3339(&field_str(&payload, "evaluated_at"))
+                .map(|t| t.to_utc())
+                .ok()
+                .or_else(|| {
+                    event.time.as_ref().and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+                })
                 .unwrap_or_else(chrono::Utc::now);
             let input = warden_policy::cel::Input {
                 agent: &agent,

@@ -551,14 +551,19 @@ async fn ship(
                 }
                 warden_server::dead_letters::count("policy-engine", "audit", 1);
                 let dead = event.clone().unwrap_or_default();
+                // The notice is durable before the cursor moves past the
+                // dead record: a crash in between dead-letters it again
+                // and records the notice again, under the same id.
                 if let Some(notice) = warden_server::dead_letters::dead_lettered_event(
                     "policy-engine",
                     &dead,
                     &reason,
                     record.payload.len(),
-                ) && !dead_letters.journal.try_append(encode_record(&notice.encode_to_vec(), None))
+                ) && let Err(error) =
+                    dead_letters.journal.append(encode_record(&notice.encode_to_vec(), None), true).await
                 {
-                    METRICS.decisions_dropped.inc();
+                    tracing::error!(%error, sequence = record.sequence, "cannot record a dead letter's notice");
+                    return Err((index, Some(Duration::from_secs(1))));
                 }
             }
         }

@@ -105,7 +105,14 @@ impl Value<'_> {
 pub struct Decided<'a> {
     pub decision_id: &'a str,
     pub request: &'a pb::EvaluateRequest,
+    /// The time the rules saw (`context.time`).
     pub time: chrono::DateTime<chrono::Utc>,
+    /// When the engine decided: the event's time. When the rules saw
+    /// another time (a principal granted `assert_time`), the payload's
+    /// `evaluated_at` keeps that one, and the event stays dated by the
+    /// engine's clock, which the audit service's bound on future times
+    /// accepts.
+    pub decided_at: chrono::DateTime<chrono::Utc>,
     pub response: &'a pb::EvaluateResponse,
     pub effect: &'a str,
     /// What the rules alone decided (before kill switches, limits and
@@ -121,7 +128,7 @@ pub struct Decided<'a> {
 /// a candidate policy set can re-decide it, `wardenctl policy replay`) and
 /// what was decided.
 pub fn encode<'a>(decided: &Decided<'a>) -> Vec<u8> {
-    let Decided { decision_id, request, time, response, effect, rules_effect, personal } = *decided;
+    let Decided { decision_id, request, time, decided_at, response, effect, rules_effect, personal } = *decided;
     let action = request.action.as_ref().expect("validated");
     let agent = request.agent.as_ref().expect("validated");
     // Map entries in key order, as prost writes a `Struct`: the bytes are
@@ -157,8 +164,13 @@ pub fn encode<'a>(decided: &Decided<'a>) -> Vec<u8> {
         ("approval_id", Value::Str(&response.approval_id)),
         ("effect", Value::Str(effect)),
         ("estimated_cost", Value::Number(action.estimated_cost)),
-        ("matched_rules", Value::List(recorded(&response.matched_rules))),
     ];
+    let evaluated_at = ((time - decided_at).abs() > chrono::TimeDelta::seconds(1))
+        .then(|| time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+    if let Some(at) = &evaluated_at {
+        payload.push(("evaluated_at", Value::Str(at)));
+    }
+    payload.push(("matched_rules", Value::List(recorded(&response.matched_rules))));
     if omitted > 0 {
         payload.push(("omitted_reasons", Value::Number(omitted as f64)));
     }
@@ -170,7 +182,8 @@ pub fn encode<'a>(decided: &Decided<'a>) -> Vec<u8> {
         ("rules_effect", Value::Str(rules_effect)),
         ("shadow_rules", Value::List(recorded(&response.shadow_rules))),
     ]);
-    let timestamp = prost_types::Timestamp { seconds: time.timestamp(), nanos: time.timestamp_subsec_nanos() as i32 };
+    let timestamp =
+        prost_types::Timestamp { seconds: decided_at.timestamp(), nanos: decided_at.timestamp_subsec_nanos() as i32 };
     let payload_len = struct_len(&payload);
     let mut buf = Vec::with_capacity(256 + payload_len);
     write_str(1, decision_id, &mut buf);
@@ -271,6 +284,7 @@ mod tests {
             decision_id: "d-1",
             request: &request,
             time,
+            decided_at: time,
             response: &response,
             effect: "require_approval",
             // An approval limit exceeded: the rules alone allowed.
@@ -335,5 +349,33 @@ mod tests {
         assert_eq!(event, expected);
         // Canonical: prost writes the same bytes for the decoded event.
         assert_eq!(event.encode_to_vec(), bytes);
+
+        // Evaluated at another time, by a decision of 70 rules: the event
+        // is dated when it was decided, keeps the time the rules saw, and
+        // records the first 64 reasons and counts the rest; still canonical.
+        let many = pb::EvaluateResponse {
+            reasons: (0..70).map(|i| format!("reason {i}")).collect(),
+            matched_rules: (0..70).map(|i| format!("rule-{i}")).collect(),
+            ..response.clone()
+        };
+        let decided_at = chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap();
+        let bytes = encode(&Decided {
+            decision_id: "d-2",
+            request: &request,
+            time,
+            decided_at,
+            response: &many,
+            effect: "allow",
+            rules_effect: "allow",
+            personal: &personal,
+        });
+        let event = AuditEvent::decode(bytes.as_slice()).unwrap();
+        assert_eq!(event.encode_to_vec(), bytes);
+        assert_eq!(event.time.unwrap().seconds, 1_900_000_000);
+        let fields = &event.payload.as_ref().unwrap().fields;
+        assert_eq!(fields["evaluated_at"], text("2027-01-15T08:00:00.000005Z"));
+        assert_eq!(fields["omitted_reasons"], number(6.0));
+        let Some(Kind::ListValue(reasons)) = &fields["reasons"].kind else { panic!("reasons") };
+        assert_eq!(reasons.values.len(), 64);
     }
 }

@@ -278,6 +278,7 @@ impl PolicyServiceImpl {
             decision_id: &response.decision_id,
             request,
             time,
+            decided_at: self.engine.clock().now(),
             response,
             effect: effect.as_str(),
             rules_effect: rules_effect.as_str(),
