@@ -183,10 +183,13 @@ impl Metrics {
                 }
             }
             "auth_denied" => {
-                let status = match text("code").as_str() {
+                // The code as the auth layer writes it (gRPC's name,
+                // `Unauthenticated`), in any case or spelling.
+                let code = text("code").to_ascii_uppercase().replace('_', "");
+                let status = match code.as_str() {
                     "UNAUTHENTICATED" => "401",
-                    "PERMISSION_DENIED" => "403",
-                    "RESOURCE_EXHAUSTED" => "429",
+                    "PERMISSIONDENIED" => "403",
+                    "RESOURCEEXHAUSTED" => "429",
                     _ => "400",
                 };
                 let count = 1.0 + number("suppressed_before").max(0.0);
@@ -202,6 +205,11 @@ impl Metrics {
                     ),
                     count,
                 );
+            }
+            "dead_lettered" => {
+                let service = text("service");
+                let dead_type = text("dead_event_type");
+                self.add(labels("dead_letters_total", &[("service", &service), ("event_type", &dead_type)]), 1.0);
             }
             "circuit_breaker_changed" => {
                 let name = text("name");

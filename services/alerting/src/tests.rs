@@ -370,8 +370,10 @@ warden_store::backend_tests!(
     posted_alerts_resolve_by_ends_at_and_resolve_timeout,
 );
 
-/// The seeds' eight rules, each driven by a stream of audit events built
-/// to trigger it, and quiet for a stream that should not.
+/// The seeds' eight rules and the dead-letter rule, each driven by a stream
+/// of audit events built to trigger it, and quiet for a stream that should
+/// not. The events are as the services write them (`auth_denied` codes in
+/// gRPC's spelling, `Unauthenticated`).
 #[tokio::test]
 async fn the_default_rules_fire_on_misbehaviour_and_stay_quiet_otherwise() {
     let database = warden_store::testing::sqlite().await;
@@ -428,7 +430,8 @@ async fn the_default_rules_fire_on_misbehaviour_and_stay_quiet_otherwise() {
                     agent,
                     at,
                     &[
-                        ("code", s("UNAUTHENTICATED")),
+                        // As the auth layer writes it (gRPC's code name).
+                        ("code", s("Unauthenticated")),
                         ("peer", s(if bad { "10.0.0.66" } else { "10.0.0.1" })),
                         ("suppressed_before", number(count(59.0))),
                     ],
@@ -438,7 +441,18 @@ async fn the_default_rules_fire_on_misbehaviour_and_stay_quiet_otherwise() {
                     "auth_denied",
                     agent,
                     at,
-                    &[("code", s("RESOURCE_EXHAUSTED")), ("suppressed_before", number(count(119.0)))],
+                    &[("code", s("ResourceExhausted")), ("suppressed_before", number(count(119.0)))],
+                );
+            }
+            if i == 690 {
+                // DeadLetters: the audit service refused one of the policy
+                // engine's records for good.
+                emit(
+                    &mut state,
+                    "dead_lettered",
+                    "bad",
+                    at,
+                    &[("service", s("policy-engine")), ("dead_event_type", s("policy_evaluation"))],
                 );
             }
             if i == 0 {
@@ -478,7 +492,13 @@ async fn the_default_rules_fire_on_misbehaviour_and_stay_quiet_otherwise() {
         .values()
         .filter(|a| a.state == AlertState::Firing)
         .map(|a| {
-            let who = a.labels.get("agent_id").or_else(|| a.labels.get("ip")).cloned().unwrap_or_default();
+            let who = a
+                .labels
+                .get("agent_id")
+                .or_else(|| a.labels.get("ip"))
+                .or_else(|| a.labels.get("service"))
+                .cloned()
+                .unwrap_or_default();
             (a.labels["alertname"].clone(), who)
         })
         .collect();
@@ -491,6 +511,7 @@ async fn the_default_rules_fire_on_misbehaviour_and_stay_quiet_otherwise() {
         ("CircuitBreakerOpen", "bad"),
         ("UnauthorizedAccessAttempt", "10.0.0.66"),
         ("RateLimitExceeded", "bad"),
+        ("DeadLetters", "policy-engine"),
     ]
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
