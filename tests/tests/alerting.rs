@@ -445,9 +445,37 @@ async fn amtool_works_against_the_http_api() {
     };
     let owned = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
     run(owned(&["alert", "add", "alertname=NodeDown", "instance=db-1", "--annotation=summary=db-1 down"])).await;
+    run(owned(&["alert", "add", "alertname=NodeDown", "instance=db-2", "severity=info"])).await;
+    run(owned(&["alert", "add", "alertname=DiskFull", "instance=db-2", "severity=info"])).await;
     let alerts: serde_json::Value =
         serde_json::from_str(&run(owned(&["alert", "query", "-o", "json", "alertname=NodeDown"])).await).unwrap();
-    assert_eq!(alerts[0]["labels"]["instance"], "db-1", "{alerts}");
+    assert_eq!(alerts.as_array().map(Vec::len), Some(2), "{alerts}");
+    // Several matchers (amtool sends one `filter` each), regexes, negations.
+    let instances = |json: &str| -> Vec<String> {
+        let alerts: serde_json::Value = serde_json::from_str(json).unwrap();
+        let mut found: Vec<String> = alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                format!("{}/{}", a["labels"]["alertname"].as_str().unwrap(), a["labels"]["instance"].as_str().unwrap())
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    for (matchers, expected) in [
+        (&["alertname=NodeDown", "severity=info"][..], &["NodeDown/db-2"][..]),
+        (&["alertname=NodeDown", "instance=db-1"], &["NodeDown/db-1"]),
+        (&["alertname=~Node.*|Disk.*", "instance=db-2"], &["DiskFull/db-2", "NodeDown/db-2"]),
+        (&["alertname!=NodeDown"], &["DiskFull/db-2"]),
+        (&["instance!~db-1", "alertname=NodeDown"], &["NodeDown/db-2"]),
+        (&["alertname=NodeDown", "severity=info", "instance=db-1"], &[]),
+    ] {
+        let mut args = owned(&["alert", "query", "-o", "json"]);
+        args.extend(owned(matchers));
+        assert_eq!(instances(&run(args).await), expected, "{matchers:?}");
+    }
     let id =
         run(owned(&["silence", "add", "instance=db-1", "--comment=rebooting", "--duration=1h", "--author=ignored"]))
             .await
@@ -457,8 +485,21 @@ async fn amtool_works_against_the_http_api() {
         serde_json::from_str(&run(owned(&["silence", "query", "-o", "json"])).await).unwrap();
     assert_eq!(silences[0]["id"], id.as_str());
     assert_eq!(silences[0]["createdBy"], "operator");
+    // Silences by several matchers too.
+    let other = run(owned(&["silence", "add", "alertname=DiskFull", "instance=db-2", "--comment=x", "--duration=1h"]))
+        .await
+        .trim()
+        .to_owned();
+    let both: serde_json::Value = serde_json::from_str(
+        &run(owned(&["silence", "query", "-o", "json", "alertname=DiskFull", "instance=db-2"])).await,
+    )
+    .unwrap();
+    assert_eq!(both.as_array().map(Vec::len), Some(1), "{both}");
+    assert_eq!(both[0]["id"], other.as_str());
+    run(vec!["silence".into(), "expire".into(), other]).await;
     let suppressed: serde_json::Value =
-        serde_json::from_str(&run(owned(&["alert", "query", "-o", "json", "--silenced"])).await).unwrap();
+        serde_json::from_str(&run(owned(&["alert", "query", "-o", "json", "--silenced", "instance=db-1"])).await)
+            .unwrap();
     assert_eq!(suppressed[0]["status"]["state"], "suppressed");
     run(vec!["silence".into(), "expire".into(), id]).await;
     let left: serde_json::Value = serde_json::from_str(&run(owned(&["silence", "query", "-o", "json"])).await).unwrap();

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::net::SocketAddr;
 
 use axum::Extension;
-use axum::extract::{ConnectInfo, MatchedPath, Path, Query, State};
+use axum::extract::{ConnectInfo, MatchedPath, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -194,32 +194,60 @@ async fn post_alerts(State(api): State<Api>, body: axum::body::Bytes) -> Respons
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
-struct AlertQuery {
-    #[serde(default)]
+/// A query string as Alertmanager's API reads it: `filter` may repeat
+/// (amtool sends one per matcher), booleans are `true` or `false`.
+#[derive(Debug, Default)]
+struct Params {
+    filter: Vec<String>,
     silenced: Option<bool>,
-    #[serde(default)]
     inhibited: Option<bool>,
-    #[serde(default)]
     active: Option<bool>,
-    #[serde(default)]
-    filter: Option<String>,
-    #[serde(default)]
     receiver: Option<String>,
 }
 
-fn filter_matchers(filter: &Option<String>) -> Result<Vec<routing::Matcher>, String> {
-    match filter.as_deref() {
-        None | Some("") => Ok(Vec::new()),
-        // amtool repeats `filter`; axum's Query keeps one, so commas work too.
-        Some(text) => routing::parse_matchers(text).map_err(|e| format!("filter: {e}")),
+impl Params {
+    fn parse(raw: Option<&str>) -> Result<Params, Response> {
+        let mut params = Params::default();
+        for (key, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+            let flag = |value: &str| match value {
+                "true" => Ok(Some(true)),
+                "false" => Ok(Some(false)),
+                other => Err(bad_request(&key, format!("expected true or false, got {other:?}"))),
+            };
+            match key.as_ref() {
+                "filter" => params.filter.push(value.into_owned()),
+                "silenced" => params.silenced = flag(&value)?,
+                "inhibited" => params.inhibited = flag(&value)?,
+                "active" => params.active = flag(&value)?,
+                // Alertmanager's `unprocessed`: every alert here is processed.
+                "unprocessed" => {
+                    flag(&value)?;
+                }
+                "receiver" => params.receiver = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        Ok(params)
+    }
+
+    /// Every `filter` (each one or more comma-separated matchers).
+    fn matchers(&self) -> Result<Vec<routing::Matcher>, Response> {
+        let mut all = Vec::new();
+        for text in self.filter.iter().filter(|f| !f.is_empty()) {
+            all.extend(routing::parse_matchers(text).map_err(|e| bad_request("filter", e))?);
+        }
+        Ok(all)
     }
 }
 
-async fn list_alerts(State(api): State<Api>, Query(query): Query<AlertQuery>) -> Response {
-    let filter = match filter_matchers(&query.filter) {
+async fn list_alerts(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
+    let query = match Params::parse(raw.as_deref()) {
+        Ok(query) => query,
+        Err(response) => return response,
+    };
+    let filter = match query.matchers() {
         Ok(f) => f,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(response) => return response,
     };
     let receiver_filter = match query.receiver.as_deref().filter(|r| !r.is_empty()) {
         Some(pattern) => match regex::Regex::new(&format!("^(?:{pattern})$")) {
@@ -295,16 +323,10 @@ fn silence_json(silence: &Silence, now: i64) -> serde_json::Value {
     })
 }
 
-#[derive(Debug, Deserialize, Default)]
-struct SilenceQuery {
-    #[serde(default)]
-    filter: Option<String>,
-}
-
-async fn list_silences(State(api): State<Api>, Query(query): Query<SilenceQuery>) -> Response {
-    let filter = match filter_matchers(&query.filter) {
+async fn list_silences(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
+    let filter = match Params::parse(raw.as_deref()).and_then(|query| query.matchers()) {
         Ok(f) => f,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(response) => return response,
     };
     let now = api.engine.clock.now_ms();
     match api.engine.store.silences().await {
