@@ -176,9 +176,11 @@ async fn a_reviewer_approves_in_the_browser_and_the_agent_proceeds() {
     let listing = http.get(format!("{inbox}/approvals")).header("cookie", &session).send().await.unwrap();
     let csp = listing.headers()["content-security-policy"].to_str().unwrap().to_owned();
     assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
-    // An agent's key does not sign in.
+    // An agent's key does not sign in: the role table refuses it, as
+    // ListApprovals would.
     let agent = sign_in(&http, &inbox, keys.token("agent")).await;
-    assert_eq!(agent.status(), 401);
+    assert_eq!(agent.status(), 403);
+    assert!(agent.text().await.unwrap().contains("lacks the role"));
 
     browser.close().await.unwrap();
     let _ = browser.wait().await;

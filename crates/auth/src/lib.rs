@@ -13,10 +13,11 @@
 //! - [`secret`]: secret settings (`env:`, `file:`, `vault:`) and a type that
 //!   never prints them.
 //! - [`client`]: what a caller presents (bearer credential, TLS).
-//! - [`serve`]: binds, wraps and serves a service's routes; the startup code
-//!   every service shares.
+//! - [`web`]: the HTTP surfaces' admission by the same table.
+//! - [`throttle`]: bad credentials, per source address and key id.
 //!
-//! This crate knows no service: it sees method paths and the audit event
+//! Running a service (listeners, startup, shutdown) is `warden-server`'s;
+//! this crate is identity and access only. It knows no service: it sees method paths and the audit event
 //! shape from the contracts, nothing else.
 
 pub mod api_key;
@@ -336,20 +337,6 @@ fn quota(per_second: u32, burst: u32) -> Quota {
 /// (the policy engine through its outbox, the audit service into its log).
 pub trait DenialSink: Send + Sync + 'static {
     fn record(&self, event: AuditEvent);
-}
-
-/// A [`DenialSink`] that hands each event to an async writer (a service's
-/// outbox), on a task of its own so the refused request never waits for it.
-pub struct SpawnedDenials<F>(pub F);
-
-impl<F, Fut> DenialSink for SpawnedDenials<F>
-where
-    F: Fn(AuditEvent) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    fn record(&self, event: AuditEvent) {
-        tokio::spawn((self.0)(event));
-    }
 }
 
 /// The shared state of one service's identity and access layer.
@@ -943,43 +930,6 @@ impl Auth {
     }
 }
 
-/// Asks the local service on `listen` (a wildcard address means this
-/// host) for its health.
-async fn healthcheck(name: &str, listen: &str) -> std::process::ExitCode {
-    use std::process::ExitCode;
-    let addr = listen.replacen("0.0.0.0", "127.0.0.1", 1).replacen("[::]", "[::1]", 1);
-    let channel = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
-        Ok(endpoint) => {
-            endpoint.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(2)).connect().await
-        }
-        Err(error) => {
-            eprintln!("{name}: bad listen address {listen}: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let Ok(channel) = channel else {
-        eprintln!("{name}: nothing answers on {addr}");
-        return ExitCode::FAILURE;
-    };
-    let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
-    match tonic_health::pb::health_client::HealthClient::new(channel).check(request).await {
-        Ok(response)
-            if response.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
-        {
-            println!("{name} on {addr}: serving");
-            ExitCode::SUCCESS
-        }
-        Ok(response) => {
-            eprintln!("{name} on {addr}: {:?}", response.get_ref().status);
-            ExitCode::FAILURE
-        }
-        Err(status) => {
-            eprintln!("{name} on {addr}: {status}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 fn setting_is_reference(path: &Path) -> bool {
     let text = path.to_string_lossy();
     text.starts_with("vault:") || text.starts_with("env:")
@@ -1001,88 +951,6 @@ async fn tls_key_pem(resolver: &SecretResolver, setting: &str) -> Result<Secret,
     std::fs::read_to_string(setting)
         .map(Secret::new)
         .map_err(|e| AuthError::Tls(format!("cannot read tls_key {setting}: {e}")))
-}
-
-// === serving ===
-
-/// Binds `listen` (TLS per the auth config), puts the auth layer in front
-/// of `routes` (plus reflection unless turned off), and serves until the
-/// returned handle is stopped. The startup code every service shares.
-pub async fn serve(
-    name: &'static str,
-    listen: &str,
-    auth: Arc<Auth>,
-    mut routes: tonic::service::Routes,
-    mut background: Vec<tokio::task::JoinHandle<()>>,
-) -> std::io::Result<(SocketAddr, warden_telemetry::ServerHandle)> {
-    let (incoming, addr, accept) = tls::bind(listen, auth.tls()).await?;
-    background.push(accept);
-    if auth.config.reflection {
-        let (v1, v1alpha) = warden_telemetry::reflection_services();
-        routes = routes.add_service(v1).add_service(v1alpha);
-    }
-    let layer = AuthLayer::new(auth.clone());
-    let handle = warden_telemetry::ServerHandle::spawn(name, background, move |signal| {
-        let mut builder =
-            tonic::transport::Server::builder().trace_fn(warden_telemetry::grpc_request_span).layer(layer);
-        builder.add_routes(routes).serve_with_incoming_shutdown(incoming, signal)
-    });
-    tracing::info!(service = name, %addr, tls = auth.tls.is_some(), mtls = auth.tls.as_ref().is_some_and(|t| t.mutual()), auth = !auth.insecure(), "listening");
-    Ok((addr, handle))
-}
-
-/// The `main` every service binary shares: load the config (defaults, file,
-/// environment, flags), initialise telemetry, start, serve until Ctrl-C or
-/// SIGTERM, stop. Exit codes: 2 for a bad configuration, 1 when the
-/// service cannot start, 0 after a clean shutdown.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_binary<C, S, E, Start, Started, Stop, Stopped>(
-    name: &'static str,
-    common: &warden_config::CommonArgs,
-    sources: &warden_config::Sources,
-    telemetry: impl Fn(&C) -> &warden_telemetry::TelemetryConfig,
-    listen: impl Fn(&C) -> &str,
-    start: Start,
-    stop: Stop,
-) -> std::process::ExitCode
-where
-    C: Default + Serialize + serde::de::DeserializeOwned + warden_config::Validate,
-    E: std::fmt::Display,
-    Start: FnOnce(C) -> Started,
-    Started: std::future::Future<Output = Result<S, E>>,
-    Stop: FnOnce(S) -> Stopped,
-    Stopped: std::future::Future<Output = ()>,
-{
-    use std::process::ExitCode;
-    let config: C = match warden_config::load(sources) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("{name}: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    if common.healthcheck {
-        return healthcheck(name, listen(&config)).await;
-    }
-    let _telemetry = match warden_telemetry::init(name, telemetry(&config)) {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("{name}: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let service = match start(config).await {
-        Ok(service) => service,
-        Err(error) => {
-            tracing::error!(%error, "cannot start");
-            eprintln!("{name}: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    warden_telemetry::shutdown_signal().await;
-    tracing::info!("shutting down");
-    stop(service).await;
-    ExitCode::SUCCESS
 }
 
 #[cfg(test)]

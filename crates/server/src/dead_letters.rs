@@ -1,7 +1,7 @@
 //! Dead letters: the `warden.deadletter.v1.DeadLetterService` handlers,
 //! over whatever a service keeps them in ([`DeadLetters`]): the policy
 //! engine's decision log keeps files, the approval and alerting services
-//! keep a table beside their outbox ([`OutboxDeadLetters`]).
+//! keep a table beside their outbox ([`OutboxTable`]).
 
 use std::sync::Arc;
 
@@ -151,17 +151,51 @@ pub fn describe(id: String, kind: &str, payload: &[u8], reason: String, dead_at_
     }
 }
 
-/// The dead letters of an outbox table (`<table>_dead`).
+/// A service's outbox table, for what the runtime does with it: queue
+/// events that belong to no change (refusals), and list and replay its
+/// dead letters (`<table>_dead`).
 #[derive(Debug, Clone)]
-pub struct OutboxDeadLetters {
+pub struct OutboxTable {
     pub database: Database,
     pub outbox: Outbox,
     /// The service's SQLite writer lock (SQLite allows one writer).
     pub sqlite_writer: Arc<tokio::sync::Mutex<()>>,
 }
 
+impl OutboxTable {
+    async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.database {
+            Database::Sqlite(_) => Some(self.sqlite_writer.lock().await),
+            Database::Postgres(_) => None,
+        }
+    }
+
+    /// Queues audit events in a transaction of their own.
+    pub async fn enqueue_audit(
+        &self,
+        events: &[warden_proto::audit::v1::AuditEvent],
+    ) -> Result<(), warden_store::StoreError> {
+        let rows: Vec<_> = events.iter().map(|e| warden_client::OutboxItem::Audit(e.clone()).encode()).collect();
+        let _writer = self.writer().await;
+        self.outbox.enqueue(&self.database, &rows).await
+    }
+}
+
+/// Refusals (`auth_denied` events) go to the audit log through `table`,
+/// without the refused request waiting for the write.
+impl warden_auth::DenialSink for OutboxTable {
+    fn record(&self, event: warden_proto::audit::v1::AuditEvent) {
+        let table = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = table.enqueue_audit(&[event]).await {
+                tracing::warn!(%error, "cannot queue an auth_denied event");
+            }
+        });
+    }
+}
+
 #[tonic::async_trait]
-impl DeadLetters for OutboxDeadLetters {
+impl DeadLetters for OutboxTable {
     async fn list(&self, limit: u32) -> Result<(Vec<pb::DeadLetter>, u64), WardenError> {
         let (rows, total) = self.outbox.dead_letters(&self.database, i64::from(limit)).await.map_err(store_error)?;
         let listed = rows
@@ -173,10 +207,7 @@ impl DeadLetters for OutboxDeadLetters {
 
     async fn replay(&self, ids: &[String]) -> Result<u64, WardenError> {
         let numbers: Vec<i64> = ids.iter().filter_map(|id| id.parse().ok()).collect();
-        let _writer = match self.database {
-            Database::Sqlite(_) => Some(self.sqlite_writer.lock().await),
-            Database::Postgres(_) => None,
-        };
+        let _writer = self.writer().await;
         let selected = if ids.is_empty() { None } else { Some(numbers.as_slice()) };
         self.outbox.requeue(&self.database, selected).await.map_err(store_error)
     }

@@ -206,13 +206,15 @@ struct Params {
 }
 
 impl Params {
-    fn parse(raw: Option<&str>) -> Result<Params, Response> {
+    /// The query's parameters; `Err` is the 400 to answer (the parameter
+    /// and what is wrong with it).
+    fn parse(raw: Option<&str>) -> Result<Params, (String, String)> {
         let mut params = Params::default();
         for (key, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
             let flag = |value: &str| match value {
                 "true" => Ok(Some(true)),
                 "false" => Ok(Some(false)),
-                other => Err(bad_request(&key, format!("expected true or false, got {other:?}"))),
+                other => Err((key.to_string(), format!("expected true or false, got {other:?}"))),
             };
             match key.as_ref() {
                 "filter" => params.filter.push(value.into_owned()),
@@ -231,23 +233,19 @@ impl Params {
     }
 
     /// Every `filter` (each one or more comma-separated matchers).
-    fn matchers(&self) -> Result<Vec<routing::Matcher>, Response> {
+    fn matchers(&self) -> Result<Vec<routing::Matcher>, (String, String)> {
         let mut all = Vec::new();
         for text in self.filter.iter().filter(|f| !f.is_empty()) {
-            all.extend(routing::parse_matchers(text).map_err(|e| bad_request("filter", e))?);
+            all.extend(routing::parse_matchers(text).map_err(|e| ("filter".to_owned(), e))?);
         }
         Ok(all)
     }
 }
 
 async fn list_alerts(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
-    let query = match Params::parse(raw.as_deref()) {
-        Ok(query) => query,
-        Err(response) => return response,
-    };
-    let filter = match query.matchers() {
-        Ok(f) => f,
-        Err(response) => return response,
+    let (query, filter) = match Params::parse(raw.as_deref()).and_then(|q| q.matchers().map(|f| (q, f))) {
+        Ok(parsed) => parsed,
+        Err((field, message)) => return bad_request(&field, message),
     };
     let receiver_filter = match query.receiver.as_deref().filter(|r| !r.is_empty()) {
         Some(pattern) => match regex::Regex::new(&format!("^(?:{pattern})$")) {
@@ -326,7 +324,7 @@ fn silence_json(silence: &Silence, now: i64) -> serde_json::Value {
 async fn list_silences(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
     let filter = match Params::parse(raw.as_deref()).and_then(|query| query.matchers()) {
         Ok(f) => f,
-        Err(response) => return response,
+        Err((field, message)) => return bad_request(&field, message),
     };
     let now = api.engine.clock.now_ms();
     match api.engine.store.silences().await {
@@ -458,17 +456,4 @@ async fn delete_silence(State(api): State<Api>, Path(id): Path<String>) -> Respo
         },
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-}
-
-pub async fn serve(api: Api, listen: &str) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let router = api.router().into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
-            tracing::error!(%error, "alerting http api stopped");
-        }
-    });
-    tracing::info!(%addr, "alertmanager api listening");
-    Ok((addr, task))
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use warden_alerting::{AlertingConfig, AlertingServer};
+use warden_alerting::AlertingServer;
 use warden_config::CommonArgs;
 
 /// The Warden alerting service.
@@ -40,14 +40,5 @@ async fn main() -> ExitCode {
     sources.flag("routing", args.routing.as_ref().map(|p| p.display()));
     sources.flag("audit_url", args.audit_url.as_ref());
     sources.flag("http_listen", args.http_listen.as_ref());
-    warden_auth::run_binary(
-        "warden-alerting",
-        &args.common,
-        &sources,
-        |config: &AlertingConfig| &config.telemetry,
-        |config: &AlertingConfig| &config.listen,
-        AlertingServer::start,
-        AlertingServer::shutdown,
-    )
-    .await
+    warden_server::runtime::main::<AlertingServer>(&args.common, &sources).await
 }

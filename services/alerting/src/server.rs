@@ -11,7 +11,7 @@ use std::time::Duration;
 use warden_proto::alerting::v1::alerting_service_server::AlertingServiceServer;
 use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
 use warden_resilience::Backoff;
-use warden_store::Database;
+use warden_server::{Runtime, RuntimeError};
 use warden_telemetry::ServerHandle;
 
 use crate::config::AlertingConfig;
@@ -25,16 +25,12 @@ use crate::store::AlertingStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("storage: {0}")]
     Store(#[from] warden_store::StoreError),
     #[error("{0}")]
     Config(String),
-    #[error("cannot listen on {0}: {1}")]
-    Bind(String, std::io::Error),
-    #[error("telemetry: {0}")]
-    Telemetry(#[from] warden_telemetry::TelemetryError),
-    #[error("{0}")]
-    Auth(#[from] warden_auth::AuthError),
     #[error("audit client: {0}")]
     Audit(String),
 }
@@ -77,8 +73,8 @@ impl AlertingServer {
     /// Starts with a given clock (tests pass one on tokio's paused time).
     pub async fn start_with_clock(config: AlertingConfig, clock: Clock) -> Result<AlertingServer, StartError> {
         let (loaded, routing_text) = load(&config).map_err(StartError::Config)?;
-        let database = Database::connect(&config.database_url()).await?;
-        database.migrate().await?;
+        let mut runtime = Runtime::start("alerting", &config.auth, &config.data_dir, &config.metrics_listen).await?;
+        let database = runtime.database(&config.database_url()).await?;
         let store = AlertingStore::new(database.clone());
         let retention =
             (loaded.rules.lookback_ms() + 4 * config.scrape_interval.as_millis() as i64).max(15 * 60 * 1000);
@@ -98,13 +94,10 @@ impl AlertingServer {
         };
         tracing::info!(position = derived.position, rules = loaded.rules.rule_count(), "alerting state loaded");
         let alerts = store.load_alerts().await?;
-        let (auth, mut background) = warden_auth::Auth::start(&config.auth, "alerting", &config.data_dir).await?;
-        background.extend(database.checkpoints());
-        let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
         let (audit, follower) = if config.audit_url.is_empty() {
             (None, None)
         } else {
-            let identity = config.outbound.resolve(&secrets).await.map_err(StartError::Audit)?;
+            let identity = config.outbound.resolve(&runtime.secrets).await.map_err(StartError::Audit)?;
             let appender = warden_client::audit_client(&warden_client::ClientConfig::for_service(
                 &config.audit_url,
                 identity.clone(),
@@ -126,15 +119,7 @@ impl AlertingServer {
         if audit.is_some() {
             // Refusals (gRPC and Alertmanager's API) go to the audit log
             // through the outbox.
-            let store = store.clone();
-            auth.set_denial_sink(Arc::new(warden_auth::SpawnedDenials(move |event| {
-                let store = store.clone();
-                async move {
-                    if let Err(error) = store.enqueue(&[crate::store::Outgoing::Audit(event)]).await {
-                        tracing::warn!(%error, "cannot queue an auth_denied event");
-                    }
-                }
-            })));
+            runtime.auth.set_denial_sink(Arc::new(store.outbox_table()));
         }
         let engine = Engine::new(store, loaded, derived, alerts, clock, audit.is_some(), config.external_url.clone());
         engine.refresh_silences().await?;
@@ -163,16 +148,16 @@ impl AlertingServer {
                 paths.push(config.routing.clone());
             }
             let (watcher, task) = watch(&paths, reload.clone()).map_err(StartError::Config)?;
-            background.push(task);
+            runtime.adopt(task);
             watcher
         } else {
             None
         };
         if let Some(client) = follower {
-            background.push(tokio::spawn(crate::follow::follow(engine.clone(), client)));
+            runtime.spawn(crate::follow::follow(engine.clone(), client));
         }
-        background.push(tokio::spawn(run_clock(engine.clone(), config.tick_interval)));
-        background.push(tokio::spawn(save_periodically(engine.clone(), config.snapshot_interval)));
+        runtime.spawn(run_clock(engine.clone(), config.tick_interval));
+        runtime.spawn(save_periodically(engine.clone(), config.snapshot_interval));
         let shipper = Shipper {
             engine: engine.clone(),
             audit,
@@ -181,40 +166,30 @@ impl AlertingServer {
                 (config.delivery_lease / 2).min(Duration::from_secs(30)),
             ),
             webhooks: config.webhooks,
-            secrets,
+            secrets: runtime.secrets.clone(),
             replica: uuid::Uuid::now_v7().to_string(),
             backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300)),
             lease: config.delivery_lease,
         };
-        background.push(tokio::spawn(shipper.run(config.outbox_interval)));
-        let metrics_addr = warden_telemetry::start_metrics(&config.metrics_listen).await?.map(|(addr, task)| {
-            background.push(task);
-            addr
-        });
+        runtime.spawn(shipper.run(config.outbox_interval));
         let http_addr = if config.http_listen.is_empty() {
             None
         } else {
             let api = crate::api::Api {
                 engine: engine.clone(),
-                auth: auth.clone(),
+                auth: runtime.auth.clone(),
                 config_text,
                 started_ms: engine.clock.now_ms(),
             };
-            let (addr, task) = crate::api::serve(api, &config.http_listen)
-                .await
-                .map_err(|error| StartError::Bind(config.http_listen.clone(), error))?;
-            background.push(task);
-            Some(addr)
+            Some(runtime.serve_http("alertmanager", &config.http_listen, api.router()).await?)
         };
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<AlertingServiceServer<AlertingServiceImpl>>().await;
+        runtime.serving::<AlertingServiceServer<AlertingServiceImpl>>().await;
         let service = AlertingServiceServer::new(AlertingServiceImpl::new(engine.clone(), reload))
             .max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES);
-        let dead_letters = warden_server::dead_letters::service(Arc::new(engine.store.dead_letters()));
-        let routes = tonic::service::Routes::new(health_service).add_service(service).add_service(dead_letters);
-        let (addr, handle) = warden_auth::serve("alerting", &config.listen, auth, routes, background)
-            .await
-            .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
+        let dead_letters = warden_server::dead_letters::service(Arc::new(engine.store.outbox_table()));
+        let routes = tonic::service::Routes::new(service).add_service(dead_letters);
+        let metrics_addr = runtime.metrics_addr;
+        let (addr, handle) = runtime.serve(&config.listen, routes).await?;
         Ok(AlertingServer { addr, metrics_addr, http_addr, engine, handle, _watcher: watcher })
     }
 
@@ -228,6 +203,25 @@ impl AlertingServer {
             tracing::warn!(%error, "cannot save the derived series at shutdown; they will be rebuilt from the log");
         }
         self.handle.stop().await;
+    }
+}
+
+impl warden_server::Service for AlertingServer {
+    const NAME: &'static str = "warden-alerting";
+    type Config = AlertingConfig;
+    type Error = StartError;
+
+    fn telemetry(config: &AlertingConfig) -> &warden_telemetry::TelemetryConfig {
+        &config.telemetry
+    }
+    fn listen(config: &AlertingConfig) -> &str {
+        &config.listen
+    }
+    async fn start(config: AlertingConfig) -> Result<Self, StartError> {
+        AlertingServer::start(config).await
+    }
+    async fn shutdown(self) {
+        AlertingServer::shutdown(self).await
     }
 }
 

@@ -625,20 +625,6 @@ async fn review(
     }
 }
 
-/// Serves the inbox on `listen` until the task is aborted.
-pub async fn serve(inbox: Inbox, listen: &str) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let router = inbox.router().into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
-            tracing::error!(%error, "approval inbox stopped");
-        }
-    });
-    tracing::info!(%addr, "approval inbox listening");
-    Ok((addr, task))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

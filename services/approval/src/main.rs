@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use warden_approval::{ApprovalConfig, ApprovalServer};
+use warden_approval::ApprovalServer;
 use warden_config::CommonArgs;
 
 /// The Warden approval service.
@@ -36,14 +36,5 @@ async fn main() -> ExitCode {
     sources.flag("routes", args.routes.as_ref().map(|p| p.display()));
     sources.flag("audit_url", args.audit_url.as_ref());
     sources.flag("http_listen", args.http_listen.as_ref());
-    warden_auth::run_binary(
-        "warden-approval",
-        &args.common,
-        &sources,
-        |config: &ApprovalConfig| &config.telemetry,
-        |config: &ApprovalConfig| &config.listen,
-        ApprovalServer::start,
-        ApprovalServer::shutdown,
-    )
-    .await
+    warden_server::runtime::main::<ApprovalServer>(&args.common, &sources).await
 }

@@ -878,9 +878,10 @@ impl ApprovalStore {
         Ok(OUTBOX.dead_letter(&self.database, replica, rows, now_micros).await?)
     }
 
-    /// The outbox's dead letters, for `warden.deadletter.v1`.
-    pub fn dead_letters(&self) -> warden_server::dead_letters::OutboxDeadLetters {
-        warden_server::dead_letters::OutboxDeadLetters {
+    /// The outbox, for the runtime: refusals queued in it, its dead
+    /// letters listed and replayed (`warden.deadletter.v1`).
+    pub fn outbox_table(&self) -> warden_server::dead_letters::OutboxTable {
+        warden_server::dead_letters::OutboxTable {
             database: self.database.clone(),
             outbox: OUTBOX,
             sqlite_writer: self.sqlite_writer.clone(),

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use warden_audit::{AuditConfig, AuditServer};
+use warden_audit::AuditServer;
 use warden_config::CommonArgs;
 
 /// The Warden audit service.
@@ -24,18 +24,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    warden_auth::run_binary(
-        "warden-audit",
-        &args.common,
-        &args.common.sources(),
-        |config: &AuditConfig| &config.telemetry,
-        |config: &AuditConfig| &config.listen,
-        |config| async {
-            let server = AuditServer::start(config).await?;
-            println!("warden-audit listening on {} (checkpoint verifier key {})", server.addr, server.verifier_key);
-            Ok::<_, warden_audit::StartError>(server)
-        },
-        AuditServer::shutdown,
-    )
-    .await
+    warden_server::runtime::main::<AuditServer>(&args.common, &args.common.sources()).await
 }

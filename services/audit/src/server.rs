@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warden_proto::audit::v1::audit_service_server::AuditServiceServer;
-use warden_store::Database;
+use warden_server::{Runtime, RuntimeError};
 use warden_telemetry::ServerHandle;
 
 use crate::config::AuditConfig;
@@ -18,18 +18,12 @@ use crate::store::AuditStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("storage: {0}")]
-    Store(#[from] warden_store::StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("keys: {0}")]
     Key(#[from] KeyError),
     #[error("audit log: {0}")]
     Log(#[from] AuditError),
-    #[error("cannot listen on {0}: {1}")]
-    Bind(String, std::io::Error),
-    #[error("telemetry: {0}")]
-    Telemetry(#[from] warden_telemetry::TelemetryError),
-    #[error("{0}")]
-    Auth(#[from] warden_auth::AuthError),
     #[error("secret: {0}")]
     Secret(#[from] warden_auth::secret::SecretError),
 }
@@ -53,11 +47,10 @@ impl std::fmt::Debug for AuditServer {
 
 impl AuditServer {
     pub async fn start(config: AuditConfig) -> Result<AuditServer, StartError> {
-        let database = Database::connect(&config.database_url()).await?;
-        database.migrate().await?;
-        let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
-        let signing_key = secrets.resolve_setting(&config.signing_key).await?;
-        let master_key = secrets.resolve_setting(&config.master_key).await?;
+        let mut runtime = Runtime::start("audit", &config.auth, &config.data_dir, &config.metrics_listen).await?;
+        let database = runtime.database(&config.database_url()).await?;
+        let signing_key = runtime.secrets.resolve_setting(&config.signing_key).await?;
+        let master_key = runtime.secrets.resolve_setting(&config.master_key).await?;
         let (signer, created) = load_signer(
             &config.origin,
             signing_key.as_ref().map(|k| k.expose()).unwrap_or(""),
@@ -77,28 +70,20 @@ impl AuditServer {
         let verifier_key = log.verifier_key();
         tracing::info!(verifier_key = %verifier_key, "checkpoint verifier key");
 
-        let (auth, mut background) = warden_auth::Auth::start(&config.auth, "audit", &config.data_dir).await?;
-        background.extend(database.checkpoints());
-        auth.set_denial_sink(Arc::new(LogDenials(log.clone())));
+        runtime.auth.set_denial_sink(Arc::new(LogDenials(log.clone())));
         if !config.retention.is_zero() {
-            background.push(tokio::spawn(run_retention(log.clone(), config.retention, config.retention_interval)));
+            runtime.spawn(run_retention(log.clone(), config.retention, config.retention_interval));
         }
-        let metrics_addr = warden_telemetry::start_metrics(&config.metrics_listen).await?.map(|(addr, task)| {
-            background.push(task);
-            addr
-        });
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<AuditServiceServer<AuditServiceImpl>>().await;
+        runtime.serving::<AuditServiceServer<AuditServiceImpl>>().await;
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
         let service = AuditServiceServer::new(
-            AuditServiceImpl::new(log.clone(), auth.clone(), stopping).with_max_future_skew(config.max_future_skew),
+            AuditServiceImpl::new(log.clone(), runtime.auth.clone(), stopping)
+                .with_max_future_skew(config.max_future_skew),
         )
         .max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES)
         .max_encoding_message_size(warden_contract::bounds::MESSAGE_BYTES);
-        let routes = tonic::service::Routes::new(health_service).add_service(service);
-        let (addr, handle) = warden_auth::serve("audit", &config.listen, auth, routes, background)
-            .await
-            .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
+        let metrics_addr = runtime.metrics_addr;
+        let (addr, handle) = runtime.serve(&config.listen, tonic::service::Routes::new(service)).await?;
         Ok(AuditServer { addr, metrics_addr, log, verifier_key, stopping: stopping_tx, handle })
     }
 
@@ -110,6 +95,28 @@ impl AuditServer {
     pub async fn shutdown(self) {
         self.stopping.send_replace(true);
         self.handle.stop().await;
+    }
+}
+
+impl warden_server::Service for AuditServer {
+    const NAME: &'static str = "warden-audit";
+    type Config = AuditConfig;
+    type Error = StartError;
+
+    fn telemetry(config: &AuditConfig) -> &warden_telemetry::TelemetryConfig {
+        &config.telemetry
+    }
+    fn listen(config: &AuditConfig) -> &str {
+        &config.listen
+    }
+    async fn start(config: AuditConfig) -> Result<Self, StartError> {
+        AuditServer::start(config).await
+    }
+    async fn shutdown(self) {
+        AuditServer::shutdown(self).await
+    }
+    fn banner(&self) -> Option<String> {
+        Some(format!("warden-audit listening on {} (checkpoint verifier key {})", self.addr, self.verifier_key))
     }
 }
 

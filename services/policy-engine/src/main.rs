@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use warden_config::CommonArgs;
-use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
+use warden_policy_engine::PolicyEngine;
 
 /// The Warden policy engine.
 #[derive(Debug, Parser)]
@@ -44,14 +44,5 @@ async fn main() -> ExitCode {
     sources.flag("redis_url", args.redis_url.as_ref());
     sources.flag("audit_url", args.audit_url.as_ref());
     sources.flag("approval_url", args.approval_url.as_ref());
-    warden_auth::run_binary(
-        "warden-policy-engine",
-        &args.common,
-        &sources,
-        |config: &PolicyEngineConfig| &config.telemetry,
-        |config: &PolicyEngineConfig| &config.listen,
-        PolicyEngine::start,
-        PolicyEngine::shutdown,
-    )
-    .await
+    warden_server::runtime::main::<PolicyEngine>(&args.common, &sources).await
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use warden_proto::policy::v1::policy_service_server::PolicyServiceServer;
-use warden_store::Database;
+use warden_server::{Runtime, RuntimeError};
 use warden_telemetry::ServerHandle;
 
 use crate::approval_client::ApprovalClient;
@@ -27,22 +27,20 @@ use crate::service::{PolicyServiceImpl, Reloader, set_gauges};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("storage: {0}")]
     Store(#[from] warden_store::StoreError),
     #[error("policies in {dir} are invalid:\n{}", .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Policies { dir: String, errors: Vec<PolicyError> },
     #[error("limit store: {0}")]
     Limits(#[from] crate::limits::LimitError),
-    #[error("cannot listen on {0}: {1}")]
-    Bind(String, std::io::Error),
-    #[error("telemetry: {0}")]
-    Telemetry(#[from] warden_telemetry::TelemetryError),
+    #[error("cannot create {0}: {1}")]
+    DataDir(String, std::io::Error),
     #[error("decision log: {0}")]
     DecisionLog(#[from] crate::decision_log::DecisionLogError),
     #[error("cannot watch {0}: {1}")]
     Watch(String, notify::Error),
-    #[error("{0}")]
-    Auth(#[from] warden_auth::AuthError),
     #[error("outbound identity: {0}")]
     Outbound(String),
 }
@@ -68,8 +66,9 @@ impl std::fmt::Debug for PolicyEngine {
 
 impl PolicyEngine {
     pub async fn start(config: PolicyEngineConfig) -> Result<PolicyEngine, StartError> {
-        let database = Database::connect(&config.database_url()).await?;
-        database.migrate().await?;
+        let mut runtime =
+            Runtime::start("policy-engine", &config.auth, &config.data_dir, &config.metrics_listen).await?;
+        let database = runtime.database(&config.database_url()).await?;
         let kill_switch_store = KillSwitchStore::new(database.clone());
 
         let dir = config.policies.clone();
@@ -93,30 +92,16 @@ impl PolicyEngine {
         engine.set_kill_switches(switches);
         let reloader = Arc::new(Reloader::new(dir.clone(), config.load_options(), engine.clone()));
 
-        let (auth, mut background) = warden_auth::Auth::start(&config.auth, "policy-engine", &config.data_dir).await?;
-        background.extend(database.checkpoints());
-        background.push(tokio::spawn(refresh_kill_switches(
-            engine.clone(),
-            kill_switch_store.clone(),
-            config.kill_switch_refresh,
-        )));
+        runtime.spawn(refresh_kill_switches(engine.clone(), kill_switch_store.clone(), config.kill_switch_refresh));
         let watcher = if config.watch_policies {
             let (watcher, task) = watch_policies(&dir, reloader.clone())?;
-            background.push(task);
+            runtime.adopt(task);
             Some(watcher)
         } else {
             None
         };
-
-        let metrics_addr = warden_telemetry::start_metrics(&config.metrics_listen).await?.map(|(addr, task)| {
-            background.push(task);
-            addr
-        });
-
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<PolicyServiceServer<PolicyServiceImpl>>().await;
-        let secrets = warden_auth::SecretResolver::from_process_env(config.auth.secret_cache_ttl);
-        let identity = config.outbound.resolve(&secrets).await.map_err(StartError::Outbound)?;
+        runtime.serving::<PolicyServiceServer<PolicyServiceImpl>>().await;
+        let identity = config.outbound.resolve(&runtime.secrets).await.map_err(StartError::Outbound)?;
         let approvals = if config.approval_url.is_empty() {
             None
         } else {
@@ -126,10 +111,10 @@ impl PolicyEngine {
             None
         } else {
             std::fs::create_dir_all(&config.data_dir)
-                .map_err(|e| StartError::Bind(config.data_dir.display().to_string(), e))?;
+                .map_err(|e| StartError::DataDir(config.data_dir.display().to_string(), e))?;
             let log =
                 DecisionLog::start(&config.audit_url, &identity, &config.data_dir, config.decision_log.clone()).await?;
-            auth.set_denial_sink(log.clone());
+            runtime.auth.set_denial_sink(log.clone());
             Some(log)
         };
         let service = PolicyServiceImpl::new(
@@ -137,19 +122,18 @@ impl PolicyEngine {
             reloader.clone(),
             kill_switch_store,
             decision_log.clone(),
-            auth.clone(),
+            runtime.auth.clone(),
             approvals,
         )
         .with_max_clock_skew(config.max_clock_skew);
-        let mut routes = tonic::service::Routes::new(health_service).add_service(
+        let mut routes = tonic::service::Routes::new(
             PolicyServiceServer::new(service).max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES),
         );
         if let Some(log) = &decision_log {
             routes = routes.add_service(warden_server::dead_letters::service(log.dead_letters()));
         }
-        let (addr, handle) = warden_auth::serve("policy-engine", &config.listen, auth, routes, background)
-            .await
-            .map_err(|error| StartError::Bind(config.listen.clone(), error))?;
+        let metrics_addr = runtime.metrics_addr;
+        let (addr, handle) = runtime.serve(&config.listen, routes).await?;
         Ok(PolicyEngine { addr, metrics_addr, engine, reloader, decision_log, handle, _watcher: watcher })
     }
 
@@ -162,6 +146,25 @@ impl PolicyEngine {
     /// background tasks.
     pub async fn shutdown(self) {
         self.handle.stop().await;
+    }
+}
+
+impl warden_server::Service for PolicyEngine {
+    const NAME: &'static str = "warden-policy-engine";
+    type Config = PolicyEngineConfig;
+    type Error = StartError;
+
+    fn telemetry(config: &PolicyEngineConfig) -> &warden_telemetry::TelemetryConfig {
+        &config.telemetry
+    }
+    fn listen(config: &PolicyEngineConfig) -> &str {
+        &config.listen
+    }
+    async fn start(config: PolicyEngineConfig) -> Result<Self, StartError> {
+        PolicyEngine::start(config).await
+    }
+    async fn shutdown(self) {
+        PolicyEngine::shutdown(self).await
     }
 }
 

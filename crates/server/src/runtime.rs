@@ -1,0 +1,261 @@
+//! Running a service: what every Warden service does besides its own
+//! logic, written once.
+//!
+//! - [`main`]: the whole of a service binary's `main` once its flags are
+//!   read: config (defaults, file, environment, flags, validation),
+//!   `--healthcheck`, telemetry, start, Ctrl-C or SIGTERM, graceful stop.
+//! - [`Runtime`]: what a service's `start` builds on: identity and access
+//!   (`warden-auth`), the background tasks, the metrics listener, the
+//!   database (opened, migrated, checkpointed), and the listeners: gRPC
+//!   behind the auth layer with health and reflection ([`Runtime::serve`]),
+//!   and HTTP surfaces ([`Runtime::serve_http`], with each connection's
+//!   address for the auth layer's throttle).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+use warden_auth::{Auth, AuthConfig, AuthLayer, SecretResolver};
+use warden_config::{CommonArgs, Sources, Validate};
+use warden_store::Database;
+use warden_telemetry::{ServerHandle, TelemetryConfig};
+
+/// A Warden service, as its binary runs it.
+pub trait Service: Sized + Send + 'static {
+    /// The binary's name (`warden-approval`).
+    const NAME: &'static str;
+    type Config: Default + Serialize + DeserializeOwned + Validate + Send;
+    type Error: std::fmt::Display;
+
+    fn telemetry(config: &Self::Config) -> &TelemetryConfig;
+    /// The gRPC address (`--healthcheck` asks there).
+    fn listen(config: &Self::Config) -> &str;
+    fn start(config: Self::Config) -> impl Future<Output = Result<Self, Self::Error>> + Send;
+    fn shutdown(self) -> impl Future<Output = ()> + Send;
+    /// A line printed once the service serves (where it listens, what a
+    /// client needs to know).
+    fn banner(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The `main` of every service binary: load the config (defaults, file,
+/// environment, flags: `sources`), initialise telemetry, start, serve
+/// until Ctrl-C or SIGTERM, stop. Exit codes: 2 for a bad configuration,
+/// 1 when the service cannot start, 0 after a clean shutdown.
+pub async fn main<S: Service>(common: &CommonArgs, sources: &Sources) -> ExitCode {
+    let config: S::Config = match warden_config::load(sources) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{}: {error}", S::NAME);
+            return ExitCode::from(2);
+        }
+    };
+    if common.healthcheck {
+        return healthcheck(S::NAME, S::listen(&config)).await;
+    }
+    let _telemetry = match warden_telemetry::init(S::NAME, S::telemetry(&config)) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("{}: {error}", S::NAME);
+            return ExitCode::from(2);
+        }
+    };
+    let service = match S::start(config).await {
+        Ok(service) => service,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            eprintln!("{}: {error}", S::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(banner) = service.banner() {
+        println!("{banner}");
+    }
+    warden_telemetry::shutdown_signal().await;
+    tracing::info!("shutting down");
+    service.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Asks the local service on `listen` (a wildcard address means this
+/// host) for its health.
+async fn healthcheck(name: &str, listen: &str) -> ExitCode {
+    let addr = listen.replacen("0.0.0.0", "127.0.0.1", 1).replacen("[::]", "[::1]", 1);
+    let channel = match tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+        Ok(endpoint) => {
+            endpoint.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(2)).connect().await
+        }
+        Err(error) => {
+            eprintln!("{name}: bad listen address {listen}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(channel) = channel else {
+        eprintln!("{name}: nothing answers on {addr}");
+        return ExitCode::FAILURE;
+    };
+    let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+    match tonic_health::pb::health_client::HealthClient::new(channel).check(request).await {
+        Ok(response)
+            if response.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+        {
+            println!("{name} on {addr}: serving");
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!("{name} on {addr}: {:?}", response.get_ref().status);
+            ExitCode::FAILURE
+        }
+        Err(status) => {
+            eprintln!("{name} on {addr}: {status}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Why the runtime could not start a service.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("storage: {0}")]
+    Store(#[from] warden_store::StoreError),
+    #[error("{0}")]
+    Auth(#[from] warden_auth::AuthError),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] warden_telemetry::TelemetryError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+}
+
+/// What a service's `start` builds on; [`Runtime::serve`] hands it to the
+/// server it returns.
+pub struct Runtime {
+    name: &'static str,
+    pub auth: Arc<Auth>,
+    /// Secret references (`env:`, `file:`, `vault:`), cached as the auth
+    /// section says.
+    pub secrets: SecretResolver,
+    pub metrics_addr: Option<SocketAddr>,
+    background: Vec<JoinHandle<()>>,
+    health: tonic_health::server::HealthReporter,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("name", &self.name).finish()
+    }
+}
+
+impl Runtime {
+    /// Identity and access for `name` (`approval`: the name its refusals
+    /// carry), and the metrics listener unless `metrics_listen` is empty.
+    pub async fn start(
+        name: &'static str,
+        auth: &AuthConfig,
+        data_dir: &Path,
+        metrics_listen: &str,
+    ) -> Result<Runtime, RuntimeError> {
+        let (auth_state, mut background) = Auth::start(auth, name, data_dir).await?;
+        let metrics_addr = match warden_telemetry::start_metrics(metrics_listen).await? {
+            Some((addr, task)) => {
+                background.push(task);
+                Some(addr)
+            }
+            None => None,
+        };
+        Ok(Runtime {
+            name,
+            auth: auth_state,
+            secrets: SecretResolver::from_process_env(auth.secret_cache_ttl),
+            metrics_addr,
+            background,
+            health: tonic_health::server::HealthReporter::new(),
+        })
+    }
+
+    /// Opens and migrates the database at `url`; its background
+    /// checkpoints (SQLite) run with the service.
+    pub async fn database(&mut self, url: &str) -> Result<Database, RuntimeError> {
+        let database = Database::connect(url).await?;
+        database.migrate().await?;
+        self.background.extend(database.checkpoints());
+        Ok(database)
+    }
+
+    /// Runs `task` with the service; it is stopped with it.
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.background.push(tokio::spawn(task));
+    }
+
+    /// Stops `task`, already running, with the service.
+    pub fn adopt(&mut self, task: JoinHandle<()>) {
+        self.background.push(task);
+    }
+
+    /// Serves an HTTP surface (the approval inbox, Alertmanager's API) on
+    /// `listen`, with each connection's address (the auth layer throttles
+    /// bad credentials by it); it stops with the service.
+    pub async fn serve_http(
+        &mut self,
+        what: &str,
+        listen: &str,
+        router: axum::Router,
+    ) -> Result<SocketAddr, RuntimeError> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|error| RuntimeError::Bind(listen.to_owned(), error))?;
+        let addr = listener.local_addr().map_err(|error| RuntimeError::Bind(listen.to_owned(), error))?;
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        let (name, surface) = (self.name, what.to_owned());
+        self.background.push(tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(service = name, %surface, %error, "http listener stopped");
+            }
+        }));
+        tracing::info!(service = self.name, surface = what, %addr, "listening");
+        Ok(addr)
+    }
+
+    /// Binds `listen` (TLS as the auth section says) and serves `routes`
+    /// behind the auth layer, with health (serving) and reflection (unless
+    /// turned off), until the returned handle is stopped. The background
+    /// tasks stop with it.
+    pub async fn serve(
+        self,
+        listen: &str,
+        routes: tonic::service::Routes,
+    ) -> Result<(SocketAddr, ServerHandle), RuntimeError> {
+        let Runtime { name, auth, mut background, health, .. } = self;
+        let (incoming, addr, accept) = warden_auth::tls::bind(listen, auth.tls())
+            .await
+            .map_err(|error| RuntimeError::Bind(listen.to_owned(), error))?;
+        background.push(accept);
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health),
+        );
+        let mut routes = routes.add_service(health_service);
+        if auth.config().reflection {
+            let (v1, v1alpha) = warden_telemetry::reflection_services();
+            routes = routes.add_service(v1).add_service(v1alpha);
+        }
+        let layer = AuthLayer::new(auth.clone());
+        let handle = ServerHandle::spawn(name, background, move |signal| {
+            let mut builder =
+                tonic::transport::Server::builder().trace_fn(warden_telemetry::grpc_request_span).layer(layer);
+            builder.add_routes(routes).serve_with_incoming_shutdown(incoming, signal)
+        });
+        tracing::info!(service = name, %addr, tls = auth.tls().is_some(), mtls = auth.tls().as_ref().is_some_and(|t| t.mutual()), auth = !auth.insecure(), "listening");
+        Ok((addr, handle))
+    }
+
+    /// Marks `S` serving in the health service (for probes that ask by
+    /// service name).
+    pub async fn serving<S: tonic::server::NamedService>(&self) {
+        self.health.set_serving::<S>().await;
+    }
+}
