@@ -361,28 +361,73 @@ async fn an_agent_cannot_take_an_id_a_service_will_use() {
     assert_eq!(stack.trail("hijack", 2).await.len(), 2);
 }
 
+/// An outage's backlog of 12 KiB decisions (600 here, more than one
+/// default-sized gRPC message holds; `WARDEN_BACKLOG_DECISIONS=100000` for
+/// the figure) drains when the audit service returns, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_large_decisions_drains_exactly_once() {
+    let count: usize = std::env::var("WARDEN_BACKLOG_DECISIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(600);
     let sandbox = Sandbox::new(&[("policies.yaml", POLICIES)]);
     let keys = identity::keys(sandbox.data.path());
     // The audit service's port, with nothing on it yet.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
-    let engine = start_engine(&sandbox, &keys, &url).await;
-    let mut client = PolicyServiceClient::new(channel(&engine.url()).await);
+    let mut config = sandbox.config();
+    config.auth = keys.auth();
+    config.audit_url = url;
+    config.outbound.credential = keys.token("service").to_owned();
+    config.decision_log.outbox_cap = count as u64 + 1000;
+    let engine = PolicyEngine::start(config).await.unwrap();
+    let client = PolicyServiceClient::new(channel(&engine.url()).await);
     let params = prost_types::Struct { fields: [("note".to_string(), text(&"n".repeat(12 * 1024)))].into() };
-    let mut ids = std::collections::HashSet::new();
-    for _ in 0..600 {
-        let request = bearer(tonic::Request::new(ask("send_email", params.clone(), "backlog")), keys.token("agent"));
-        ids.insert(client.evaluate(request).await.unwrap().into_inner().decision_id);
+    // 16 agents' worth of requests at once.
+    let mut asking = Vec::new();
+    for worker in 0..16 {
+        let (mut client, params, token) = (client.clone(), params.clone(), keys.token("agent").to_owned());
+        asking.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in (worker..count).step_by(16) {
+                let request = bearer(tonic::Request::new(ask("send_email", params.clone(), "backlog")), &token);
+                ids.push(client.evaluate(request).await.unwrap().into_inner().decision_id);
+            }
+            ids
+        }));
     }
-    // 600 x 12 KiB: more than one gRPC message of the default 4 MiB holds.
+    let mut ids = std::collections::HashSet::new();
+    for worker in asking {
+        ids.extend(worker.await.unwrap());
+    }
+    assert_eq!(ids.len(), count);
+    let started = std::time::Instant::now();
     let audit = AuditServer::start(audit_config(&sandbox, &keys, &format!("127.0.0.1:{port}"))).await.unwrap();
-    let records = trail(&audit.url(), keys.token("auditor"), "backlog", 600).await;
-    let recorded: Vec<String> = records.iter().map(|r| r.event.as_ref().unwrap().event_id.clone()).collect();
+    let mut auditor = AuditServiceClient::new(channel(&audit.url()).await).max_decoding_message_size(64 << 20);
+    let token = keys.token("auditor").to_owned();
+    // Wait for the log to hold them all (the checkpoint is cheap to read),
+    // then read every record once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60 + count as u64 / 100);
+    loop {
+        let checkpoint =
+            auditor.get_checkpoint(bearer(tonic::Request::new(audit::GetCheckpointRequest {}), &token)).await;
+        if checkpoint.is_ok_and(|c| c.into_inner().tree_size >= count as u64) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the backlog did not drain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained = started.elapsed();
+    let export = audit::ExportRequest { from_sequence: 0, to_sequence: 0, ..Default::default() };
+    let mut stream = auditor.export(bearer(tonic::Request::new(export), &token)).await.unwrap().into_inner();
+    let mut recorded = Vec::new();
+    while let Some(record) = futures::StreamExt::next(&mut stream).await {
+        let event = record.unwrap().event.unwrap();
+        if event.event_type == "policy_evaluation" {
+            recorded.push(event.event_id);
+        }
+    }
     let unique: std::collections::HashSet<String> = recorded.iter().cloned().collect();
-    assert_eq!(recorded.len(), 600, "each exactly once");
+    assert_eq!(recorded.len(), count, "each exactly once");
     assert_eq!(unique, ids);
+    eprintln!("{count} decisions of 12 KiB drained in {drained:?}");
     engine.shutdown().await;
     audit.shutdown().await;
 }

@@ -244,7 +244,10 @@ async fn inbox_sessions_outlive_their_replica(database_url: Option<String>) {
         config.http_listen = "127.0.0.1:0".into();
         config
     };
-    let url = config("a").database_url();
+    let url = {
+        let config = config("a");
+        warden_server::runtime::database_url(&config.database_url, &config.data_dir)
+    };
     let first = ApprovalServer::start(config("a")).await.unwrap();
     let create = pb::CreateApprovalRequest {
         agent_id: "support-bot".into(),

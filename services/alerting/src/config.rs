@@ -112,14 +112,6 @@ impl Validate for AlertingConfig {
 }
 
 impl AlertingConfig {
-    pub fn database_url(&self) -> String {
-        if self.database_url.is_empty() {
-            warden_store::Database::default_url(&self.data_dir)
-        } else {
-            self.database_url.clone()
-        }
-    }
-
     /// The rule files and directories named by `rules`.
     pub fn rule_paths(&self) -> Vec<PathBuf> {
         self.rules.split(',').map(str::trim).filter(|p| !p.is_empty()).map(PathBuf::from).collect()

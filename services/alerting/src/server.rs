@@ -74,7 +74,7 @@ impl AlertingServer {
     pub async fn start_with_clock(config: AlertingConfig, clock: Clock) -> Result<AlertingServer, StartError> {
         let (loaded, routing_text) = load(&config).map_err(StartError::Config)?;
         let mut runtime = Runtime::start("alerting", &config.auth, &config.data_dir, &config.metrics_listen).await?;
-        let database = runtime.database(&config.database_url()).await?;
+        let database = runtime.database(&config.database_url, &config.data_dir).await?;
         let store = AlertingStore::new(database.clone());
         let retention =
             (loaded.rules.lookback_ms() + 4 * config.scrape_interval.as_millis() as i64).max(15 * 60 * 1000);
@@ -206,24 +206,7 @@ impl AlertingServer {
     }
 }
 
-impl warden_server::Service for AlertingServer {
-    const NAME: &'static str = "warden-alerting";
-    type Config = AlertingConfig;
-    type Error = StartError;
-
-    fn telemetry(config: &AlertingConfig) -> &warden_telemetry::TelemetryConfig {
-        &config.telemetry
-    }
-    fn listen(config: &AlertingConfig) -> &str {
-        &config.listen
-    }
-    async fn start(config: AlertingConfig) -> Result<Self, StartError> {
-        AlertingServer::start(config).await
-    }
-    async fn shutdown(self) {
-        AlertingServer::shutdown(self).await
-    }
-}
+warden_server::service!(AlertingServer, AlertingConfig, "warden-alerting", StartError);
 
 /// Evaluates due rule groups and dispatches, every `every`.
 pub async fn run_clock(engine: Arc<Engine>, every: Duration) {

@@ -83,14 +83,6 @@ impl Validate for ApprovalConfig {
 }
 
 impl ApprovalConfig {
-    pub fn database_url(&self) -> String {
-        if self.database_url.is_empty() {
-            warden_store::Database::default_url(&self.data_dir)
-        } else {
-            self.database_url.clone()
-        }
-    }
-
     /// A config for in-process tests: ephemeral port, no metrics listener,
     /// authentication off (tests of identity turn it on).
     pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {

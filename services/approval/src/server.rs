@@ -60,7 +60,7 @@ impl ApprovalServer {
             Routes::load(&config.routes).map_err(StartError::Routes)?
         };
         let mut runtime = Runtime::start("approval", &config.auth, &config.data_dir, &config.metrics_listen).await?;
-        let database = runtime.database(&config.database_url()).await?;
+        let database = runtime.database(&config.database_url, &config.data_dir).await?;
         let audit = if config.audit_url.is_empty() {
             None
         } else {
@@ -115,21 +115,4 @@ impl ApprovalServer {
     }
 }
 
-impl warden_server::Service for ApprovalServer {
-    const NAME: &'static str = "warden-approval";
-    type Config = ApprovalConfig;
-    type Error = StartError;
-
-    fn telemetry(config: &ApprovalConfig) -> &warden_telemetry::TelemetryConfig {
-        &config.telemetry
-    }
-    fn listen(config: &ApprovalConfig) -> &str {
-        &config.listen
-    }
-    async fn start(config: ApprovalConfig) -> Result<Self, StartError> {
-        ApprovalServer::start(config).await
-    }
-    async fn shutdown(self) {
-        ApprovalServer::shutdown(self).await
-    }
-}
+warden_server::service!(ApprovalServer, ApprovalConfig, "warden-approval", StartError);

@@ -117,14 +117,6 @@ impl Validate for AuditConfig {
 }
 
 impl AuditConfig {
-    pub fn database_url(&self) -> String {
-        if self.database_url.is_empty() {
-            warden_store::Database::default_url(&self.data_dir)
-        } else {
-            self.database_url.clone()
-        }
-    }
-
     pub fn signing_key_path(&self) -> PathBuf {
         if self.signing_key_file.as_os_str().is_empty() {
             self.data_dir.join("audit-signing.key")

@@ -48,7 +48,7 @@ impl std::fmt::Debug for AuditServer {
 impl AuditServer {
     pub async fn start(config: AuditConfig) -> Result<AuditServer, StartError> {
         let mut runtime = Runtime::start("audit", &config.auth, &config.data_dir, &config.metrics_listen).await?;
-        let database = runtime.database(&config.database_url()).await?;
+        let database = runtime.database(&config.database_url, &config.data_dir).await?;
         let signing_key = runtime.secrets.resolve_setting(&config.signing_key).await?;
         let master_key = runtime.secrets.resolve_setting(&config.master_key).await?;
         let (signer, created) = load_signer(

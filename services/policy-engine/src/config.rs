@@ -156,15 +156,6 @@ impl PolicyEngineConfig {
         warden_policy::policy::LoadOptions { max_condition_cost: self.max_condition_cost }
     }
 
-    /// The database URL to use: the configured one or the data directory's.
-    pub fn database_url(&self) -> String {
-        if self.database_url.is_empty() {
-            warden_store::Database::default_url(&self.data_dir)
-        } else {
-            self.database_url.clone()
-        }
-    }
-
     /// A config for in-process tests: ephemeral ports, no metrics listener,
     /// authentication off (tests of identity and access turn it on).
     pub fn for_tests(policies: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
@@ -203,7 +194,10 @@ mod tests {
         assert_eq!(config.telemetry.log_format, warden_telemetry::LogFormat::Json);
         assert_eq!(config.kill_switch_refresh, Duration::from_secs(5));
         assert_eq!(config.load_options().max_condition_cost, 50_000);
-        assert_eq!(config.database_url(), "sqlite://./warden-data/warden.db");
+        assert_eq!(
+            warden_server::runtime::database_url(&config.database_url, &config.data_dir),
+            "sqlite://./warden-data/warden.db"
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl PolicyEngine {
     pub async fn start(config: PolicyEngineConfig) -> Result<PolicyEngine, StartError> {
         let mut runtime =
             Runtime::start("policy-engine", &config.auth, &config.data_dir, &config.metrics_listen).await?;
-        let database = runtime.database(&config.database_url()).await?;
+        let database = runtime.database(&config.database_url, &config.data_dir).await?;
         let kill_switch_store = KillSwitchStore::new(database.clone());
 
         let dir = config.policies.clone();
@@ -149,24 +149,7 @@ impl PolicyEngine {
     }
 }
 
-impl warden_server::Service for PolicyEngine {
-    const NAME: &'static str = "warden-policy-engine";
-    type Config = PolicyEngineConfig;
-    type Error = StartError;
-
-    fn telemetry(config: &PolicyEngineConfig) -> &warden_telemetry::TelemetryConfig {
-        &config.telemetry
-    }
-    fn listen(config: &PolicyEngineConfig) -> &str {
-        &config.listen
-    }
-    async fn start(config: PolicyEngineConfig) -> Result<Self, StartError> {
-        PolicyEngine::start(config).await
-    }
-    async fn shutdown(self) {
-        PolicyEngine::shutdown(self).await
-    }
-}
+warden_server::service!(PolicyEngine, PolicyEngineConfig, "warden-policy-engine", StartError);
 
 /// Re-reads kill switches so a switch set through another replica applies
 /// here within one refresh interval.
