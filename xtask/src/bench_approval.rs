@@ -217,7 +217,9 @@ async fn run_on(args: &ApprovalArgs, url: &str, dir: &std::path::Path) -> Result
     // The setup's events (thousands of outbox rows) drain first: the
     // calls measured then share the disk only with their own events.
     let drained = Instant::now() + Duration::from_secs(60);
-    while approval.approvals.store.outbox_len().await.map_err(|e| e.to_string())? > 0 && Instant::now() < drained {
+    while approval.approvals.store.outbox_table().waiting().await.map_err(|e| e.to_string())? > 0
+        && Instant::now() < drained
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let granted = Arc::new(std::sync::Mutex::new(granted));

@@ -170,6 +170,50 @@ impl OutboxTable {
         }
     }
 
+    /// Claims up to `limit` due rows until `until_micros` (see
+    /// [`warden_store::outbox`]).
+    pub async fn claim(
+        &self,
+        replica: &str,
+        now_micros: i64,
+        until_micros: i64,
+        limit: i64,
+    ) -> Result<Vec<warden_store::outbox::ClaimedRow>, warden_store::StoreError> {
+        let _writer = self.writer().await;
+        self.outbox.claim(&self.database, replica, now_micros, until_micros, limit).await
+    }
+
+    /// Deletes delivered rows (only while `replica` holds them).
+    pub async fn delivered(&self, replica: &str, ids: &[i64]) -> Result<(), warden_store::StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _writer = self.writer().await;
+        self.outbox.delivered(&self.database, replica, ids).await
+    }
+
+    /// Releases a row for another attempt at `retry_at_micros`.
+    pub async fn retry_later(&self, id: i64, retry_at_micros: i64) -> Result<(), warden_store::StoreError> {
+        let _writer = self.writer().await;
+        self.outbox.retry_later(&self.database, id, retry_at_micros).await
+    }
+
+    /// Moves rows refused for good to the dead letters, with why.
+    pub async fn dead_letter(
+        &self,
+        replica: &str,
+        rows: &[(i64, String)],
+        now_micros: i64,
+    ) -> Result<(), warden_store::StoreError> {
+        let _writer = self.writer().await;
+        self.outbox.dead_letter(&self.database, replica, rows, now_micros).await
+    }
+
+    /// Rows waiting.
+    pub async fn waiting(&self) -> Result<i64, warden_store::StoreError> {
+        self.outbox.len(&self.database).await
+    }
+
     /// Queues audit events in a transaction of their own.
     pub async fn enqueue_audit(
         &self,

@@ -125,7 +125,7 @@ pub struct Engine {
     /// Posted alerts wake the dispatcher, queued notifications the shipper,
     /// so neither waits for its next tick.
     pub wake_dispatch: tokio::sync::Notify,
-    pub wake_shipper: tokio::sync::Notify,
+    pub wake_shipper: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -174,7 +174,7 @@ impl Engine {
             audit,
             external_url,
             wake_dispatch: tokio::sync::Notify::new(),
-            wake_shipper: tokio::sync::Notify::new(),
+            wake_shipper: Arc::new(tokio::sync::Notify::new()),
         })
     }
 

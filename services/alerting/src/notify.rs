@@ -14,141 +14,76 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warden_proto::audit::v1 as audit;
-use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
 use warden_resilience::{Backoff, BreakerConfig, BreakerRegistry, Outcome};
+use warden_server::delivery::{AuditClient, Deliveries, Notified as Delivery, Notifier};
 
 use crate::engine::Engine;
 use crate::metrics::METRICS;
 use crate::routing::ReceiverYaml;
-use crate::store::Outgoing;
 
-pub type AuditClient = AuditServiceClient<warden_client::PolicyChannel>;
-
-/// How one delivery ended.
-#[derive(Debug, PartialEq)]
-enum Delivery {
-    Sent,
-    /// Try again after at least this long.
-    Retry(Duration, String),
-    /// Refused for good.
-    Failed(String),
-}
-
-pub struct Shipper {
+/// The alerting service's notifications: webhook (v4), Slack, PagerDuty,
+/// email and the log, each integration behind a circuit breaker of its own.
+pub struct Notifications {
     pub engine: Arc<Engine>,
-    pub audit: Option<AuditClient>,
     pub http: reqwest::Client,
     /// What notifications may reach (checked before each send; the
     /// client's resolver checks names).
     pub webhooks: warden_server::webhook::WebhookPolicy,
     pub secrets: warden_auth::SecretResolver,
-    pub replica: String,
-    pub backoff: Backoff,
-    /// How long a claimed row stays ours while we deliver it.
-    pub lease: Duration,
 }
 
-impl Shipper {
-    pub async fn run(self, every: Duration) {
-        let mut interval = tokio::time::interval(every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = interval.tick() => {}
-                _ = self.engine.wake_shipper.notified() => {}
-            }
-            if let Err(error) = self.pass().await {
-                tracing::warn!(%error, "alerting outbox pass failed; will retry");
-            }
-        }
+/// The outbox's delivery loop: audit events to `audit`, notifications
+/// through [`Notifications`]; a claimed row stays ours for `lease`.
+pub fn deliveries(
+    notifications: Notifications,
+    audit: Option<AuditClient>,
+    replica: String,
+    backoff: Backoff,
+    lease: Duration,
+) -> Deliveries<Notifications> {
+    let engine = notifications.engine.clone();
+    Deliveries {
+        service: "alerting",
+        table: notifications.engine.store.outbox_table(),
+        audit,
+        replica,
+        backoff,
+        lease,
+        now_micros: Arc::new(move || engine.clock.now_ms() * 1000),
+        pending: Some(METRICS.outbox_pending.clone()),
+        notifier: notifications,
+    }
+}
+
+impl Notifier for Notifications {
+    async fn notify(&self, receiver: &str, body: &serde_json::Value) -> Delivery {
+        let outcome = self.deliver(receiver, body).await;
+        let integration = receiver.split('/').nth(1).unwrap_or("unknown");
+        let counted = match &outcome {
+            Delivery::Sent => "sent",
+            Delivery::Retry(..) => "retried",
+            Delivery::Failed(_) => "failed",
+        };
+        METRICS.notifications.with_label_values(&[integration, counted]).inc();
+        outcome
     }
 
-    /// Claims and delivers one batch; returns how many rows were delivered.
-    pub async fn pass(&self) -> Result<usize, warden_store::StoreError> {
-        let store = &self.engine.store;
-        let now = self.engine.clock.now_ms() * 1000;
-        let rows = store.claim(&self.replica, now, now + self.lease.as_micros() as i64, 200).await?;
-        if let Ok(pending) = store.outbox_len().await {
-            METRICS.outbox_pending.set(pending);
+    fn recorded(
+        &self,
+        receiver: &str,
+        body: &serde_json::Value,
+        attempts: i32,
+        outcome: &Delivery,
+    ) -> Vec<audit::AuditEvent> {
+        match outcome {
+            Delivery::Sent => self.delivery_event("notification_sent", receiver, body, attempts, ""),
+            Delivery::Failed(reason) => self.delivery_event("notification_failed", receiver, body, attempts, reason),
+            Delivery::Retry(..) => Vec::new(),
         }
-        let mut delivered = Vec::new();
-        let mut events = Vec::new();
-        let mut follow_ups = Vec::new();
-        for row in &rows {
-            match &row.item {
-                Some(Outgoing::Audit(event)) => events.push((row.id, row.attempts, event.clone())),
-                Some(Outgoing::Notify { receiver, body }) => {
-                    let outcome = self.deliver(receiver, body).await;
-                    let integration = receiver.split('/').nth(1).unwrap_or("unknown");
-                    match outcome {
-                        Delivery::Sent => {
-                            METRICS.notifications.with_label_values(&[integration, "sent"]).inc();
-                            follow_ups.extend(self.delivery_event(
-                                "notification_sent",
-                                receiver,
-                                body,
-                                row.attempts,
-                                "",
-                            ));
-                            delivered.push(row.id);
-                        }
-                        Delivery::Failed(reason) => {
-                            METRICS.notifications.with_label_values(&[integration, "failed"]).inc();
-                            tracing::error!(receiver = %receiver, %reason, "notification refused; not retried");
-                            follow_ups.extend(self.delivery_event(
-                                "notification_failed",
-                                receiver,
-                                body,
-                                row.attempts,
-                                &reason,
-                            ));
-                            delivered.push(row.id);
-                        }
-                        Delivery::Retry(at_least, reason) => {
-                            METRICS.notifications.with_label_values(&[integration, "retried"]).inc();
-                            tracing::warn!(receiver = %receiver, %reason, attempts = row.attempts, "notification not delivered; will retry");
-                            let delay = at_least.max(self.backoff.delay(row.attempts.max(1) as u32 - 1));
-                            store.retry_later(row.id, now + delay.as_micros() as i64).await?;
-                        }
-                    }
-                }
-                None => {
-                    tracing::error!(id = row.id, "dropping an undecodable alerting outbox row");
-                    delivered.push(row.id);
-                }
-            }
-        }
-        let shipped = warden_client::ship_audit_events(self.audit.as_ref(), &events, &self.backoff).await;
-        delivered.extend(shipped.delivered);
-        for (id, delay) in shipped.retry {
-            store.retry_later(id, now + delay.as_micros() as i64).await?;
-        }
-        if !shipped.dead.is_empty() {
-            // Recorded before the rows move: a crash between the two
-            // records it again, under the same id.
-            follow_ups.extend(
-                shipped
-                    .dead
-                    .iter()
-                    .filter_map(|(id, reason)| {
-                        let (_, _, event) = events.iter().find(|(row, ..)| row == id)?;
-                        let bytes = prost::Message::encoded_len(event);
-                        warden_server::dead_letters::dead_lettered_event("alerting", event, reason, bytes)
-                    })
-                    .map(Outgoing::Audit),
-            );
-            store.enqueue(&follow_ups).await?;
-            follow_ups.clear();
-            store.dead_letter(&self.replica, &shipped.dead, now).await?;
-            warden_server::dead_letters::count("alerting", "audit", shipped.dead.len());
-        }
-        // The delivery's audit event is queued before the row is deleted:
-        // a crash between the two re-sends, never loses the record.
-        store.enqueue(&follow_ups).await?;
-        store.delivered(&self.replica, &delivered).await?;
-        Ok(delivered.len())
     }
+}
 
+impl Notifications {
     fn delivery_event(
         &self,
         event_type: &str,
@@ -156,8 +91,7 @@ impl Shipper {
         body: &serde_json::Value,
         attempts: i32,
         reason: &str,
-    ) -> Option<Outgoing> {
-        self.audit.as_ref()?;
+    ) -> Vec<audit::AuditEvent> {
         use prost_types::value::Kind;
         let text = |s: &str| prost_types::Value { kind: Some(Kind::StringValue(s.to_owned())) };
         let mut fields = std::collections::BTreeMap::new();
@@ -181,7 +115,7 @@ impl Shipper {
             fields.insert("reason".to_string(), text(reason));
         }
         let now = self.engine.clock.now_ms();
-        Some(Outgoing::Audit(audit::AuditEvent {
+        vec![audit::AuditEvent {
             event_id: uuid::Uuid::now_v7().to_string(),
             event_type: event_type.into(),
             time: Some(prost_types::Timestamp {
@@ -194,7 +128,7 @@ impl Shipper {
             payload: Some(prost_types::Struct { fields: fields.into_iter().collect() }),
             sensitive: None,
             subject: String::new(),
-        }))
+        }]
     }
 
     /// Delivers one notification to `NAME/KIND/INDEX` behind that
@@ -246,26 +180,8 @@ impl Shipper {
     }
 
     async fn post(&self, url: &str, payload: &serde_json::Value) -> Delivery {
-        if let Err(refused) = warden_server::webhook::check_url(&self.webhooks, url) {
-            return Delivery::Failed(refused);
-        }
-        match self.http.post(url).json(payload).send().await {
-            Ok(response) if response.status().is_success() => Delivery::Sent,
-            Ok(response) => {
-                let status = response.status();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| warden_resilience::http::parse_retry_after(v, std::time::SystemTime::now()));
-                if status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error() {
-                    Delivery::Retry(retry_after.unwrap_or_default(), format!("HTTP {status}"))
-                } else {
-                    Delivery::Failed(format!("HTTP {status}"))
-                }
-            }
-            Err(error) => Delivery::Retry(Duration::ZERO, error.to_string()),
-        }
+        let body = serde_json::to_vec(payload).expect("json");
+        warden_server::delivery::post(&self.http, &self.webhooks, url, &[], body).await
     }
 
     async fn secret(&self, setting: &str) -> Result<String, Delivery> {
@@ -333,7 +249,7 @@ impl Shipper {
         index: usize,
         body: &serde_json::Value,
     ) -> Delivery {
-        use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+        use lettre::{AsyncSmtpTransport, Tokio1Executor};
         let Some(email) = config.email_configs.get(index) else {
             return Delivery::Failed("no such email config".into());
         };
@@ -365,26 +281,8 @@ impl Shipper {
         let transport = builder.timeout(Some(Duration::from_secs(10))).build();
         let from = if email.from.is_empty() { &global.smtp_from } else { &email.from };
         let (subject, text) = email_text(body);
-        let mut message = Message::builder().subject(subject);
-        match from.parse() {
-            Ok(from) => message = message.from(from),
-            Err(_) => return Delivery::Failed(format!("bad from address {from:?}")),
-        }
-        for to in email.to.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            match to.parse() {
-                Ok(to) => message = message.to(to),
-                Err(_) => return Delivery::Failed(format!("bad to address {to:?}")),
-            }
-        }
-        let message = match message.body(text) {
-            Ok(message) => message,
-            Err(error) => return Delivery::Failed(format!("cannot build the email: {error}")),
-        };
-        match transport.send(message).await {
-            Ok(_) => Delivery::Sent,
-            Err(error) if error.is_permanent() => Delivery::Failed(format!("smtp: {error}")),
-            Err(error) => Delivery::Retry(Duration::ZERO, format!("smtp: {error}")),
-        }
+        let to: Vec<&str> = email.to.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+        warden_server::delivery::send_email(&transport, from, &to, subject, text).await
     }
 }
 

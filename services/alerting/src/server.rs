@@ -16,7 +16,7 @@ use warden_telemetry::ServerHandle;
 
 use crate::config::AlertingConfig;
 use crate::engine::{Clock, Engine, Loaded};
-use crate::notify::Shipper;
+use crate::notify::{Notifications, deliveries};
 use crate::routing;
 use crate::rules::{self, RuleSet};
 use crate::series::Derived;
@@ -158,20 +158,19 @@ impl AlertingServer {
         }
         runtime.spawn(run_clock(engine.clone(), config.tick_interval));
         runtime.spawn(save_periodically(engine.clone(), config.snapshot_interval));
-        let shipper = Shipper {
+        let notifications = Notifications {
             engine: engine.clone(),
-            audit,
             http: warden_server::webhook::http_client(
                 &config.webhooks,
                 (config.delivery_lease / 2).min(Duration::from_secs(30)),
             ),
             webhooks: config.webhooks,
             secrets: runtime.secrets.clone(),
-            replica: uuid::Uuid::now_v7().to_string(),
-            backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300)),
-            lease: config.delivery_lease,
         };
-        runtime.spawn(shipper.run(config.outbox_interval));
+        let backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300));
+        let deliveries =
+            deliveries(notifications, audit, uuid::Uuid::now_v7().to_string(), backoff, config.delivery_lease);
+        runtime.spawn(deliveries.run(config.outbox_interval, Some(engine.wake_shipper.clone())));
         let http_addr = if config.http_listen.is_empty() {
             None
         } else {

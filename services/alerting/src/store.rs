@@ -127,13 +127,6 @@ pub use warden_client::OutboxItem as Outgoing;
 
 const OUTBOX: warden_store::outbox::Outbox = warden_store::outbox::Outbox { table: "alerting_outbox" };
 
-#[derive(Debug, Clone)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub attempts: i32,
-    pub item: Option<Outgoing>,
-}
-
 /// A change to an alert, to store.
 #[derive(Debug, Clone)]
 pub enum AlertChange {
@@ -428,52 +421,6 @@ impl AlertingStore {
         Ok(claimed)
     }
 
-    /// Queues items (audit events about deliveries, refusals).
-    pub async fn enqueue(&self, items: &[Outgoing]) -> Result<(), StoreError> {
-        let rows: Vec<_> = items.iter().map(Outgoing::encode).collect();
-        let _writer = self.writer().await;
-        OUTBOX.enqueue(&self.database, &rows).await
-    }
-
-    /// Claims up to `limit` due outbox rows until `until_micros` (see
-    /// [`warden_store::outbox`]).
-    pub async fn claim(
-        &self,
-        replica: &str,
-        now_micros: i64,
-        until_micros: i64,
-        limit: i64,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
-        let _writer = self.writer().await;
-        let rows = OUTBOX.claim(&self.database, replica, now_micros, until_micros, limit).await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| OutboxRow {
-                id: row.id,
-                attempts: row.attempts,
-                item: Outgoing::decode(&row.kind, &row.payload),
-            })
-            .collect())
-    }
-
-    /// Deletes delivered rows still claimed by `replica`.
-    pub async fn delivered(&self, replica: &str, ids: &[i64]) -> Result<(), StoreError> {
-        let _writer = self.writer().await;
-        OUTBOX.delivered(&self.database, replica, ids).await
-    }
-
-    /// Releases a row to be retried at `retry_at_micros`.
-    pub async fn retry_later(&self, id: i64, retry_at_micros: i64) -> Result<(), StoreError> {
-        let _writer = self.writer().await;
-        OUTBOX.retry_later(&self.database, id, retry_at_micros).await
-    }
-
-    /// Moves outbox rows the receiver refused for good to the dead letters.
-    pub async fn dead_letter(&self, replica: &str, rows: &[(i64, String)], now_micros: i64) -> Result<(), StoreError> {
-        let _writer = self.writer().await;
-        OUTBOX.dead_letter(&self.database, replica, rows, now_micros).await
-    }
-
     /// The outbox, for the runtime: refusals queued in it, its dead
     /// letters listed and replayed (`warden.deadletter.v1`).
     pub fn outbox_table(&self) -> warden_server::dead_letters::OutboxTable {
@@ -482,10 +429,6 @@ impl AlertingStore {
             outbox: OUTBOX,
             sqlite_writer: self.sqlite_writer.clone(),
         }
-    }
-
-    pub async fn outbox_len(&self) -> Result<i64, StoreError> {
-        OUTBOX.len(&self.database).await
     }
 
     /// Saves the derived series with the audit position they reflect.

@@ -11,7 +11,7 @@ use warden_store::Database;
 use warden_testkit::{Answer, Receiver};
 
 use crate::engine::{Clock, Engine, Loaded, PostedAlert, SilenceFields, SilenceRequest};
-use crate::notify::Shipper;
+use crate::notify::{Notifications, deliveries};
 use crate::routing;
 use crate::rules::{self, RuleSet};
 use crate::series::tests::{record, s};
@@ -23,7 +23,7 @@ const T0: i64 = 1_800_000_000_000;
 
 struct Harness {
     engine: Arc<Engine>,
-    shipper: Shipper,
+    shipper: warden_server::delivery::Deliveries<Notifications>,
     clock: Clock,
 }
 
@@ -46,17 +46,15 @@ async fn harness(database: Database, rules_yaml: &str, routing_text: &str, clock
     let alerts = store.load_alerts().await.unwrap();
     let engine = Engine::new(store, loaded, derived, alerts, clock.clone(), false, "http://warden".into());
     engine.refresh_silences().await.unwrap();
-    let shipper = Shipper {
+    let notifications = Notifications {
         engine: engine.clone(),
-        audit: None,
         http: warden_server::webhook::http_client(&Default::default(), Duration::from_secs(10)),
         webhooks: Default::default(),
         secrets: warden_auth::SecretResolver::from_process_env(Duration::from_secs(1)),
-        replica: uuid::Uuid::now_v7().to_string(),
-        backoff: warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5))
-            .with_jitter(warden_resilience::Jitter::None),
-        lease: Duration::from_secs(60),
     };
+    let backoff = warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5))
+        .with_jitter(warden_resilience::Jitter::None);
+    let shipper = deliveries(notifications, None, uuid::Uuid::now_v7().to_string(), backoff, Duration::from_secs(60));
     Harness { engine, shipper, clock }
 }
 
@@ -243,7 +241,7 @@ async fn retry_after_is_honoured_and_failures_are_retried_until_delivered(databa
     assert_eq!(receiver.attempts(), 5);
     assert_eq!(receiver.got().len(), 1);
     assert_eq!(receiver.got()[0]["alerts"][0]["generatorURL"], "http://prometheus/graph");
-    assert_eq!(h.engine.store.outbox_len().await.unwrap(), 0);
+    assert_eq!(h.engine.store.outbox_table().waiting().await.unwrap(), 0);
 }
 
 async fn a_restart_sends_the_resolved_notification_once(database: Database) {

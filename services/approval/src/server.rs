@@ -16,7 +16,7 @@ use crate::config::ApprovalConfig;
 use crate::routes::Routes;
 use crate::service::ApprovalServiceImpl;
 use crate::store::ApprovalStore;
-use crate::worker::{Shipper, run_clocks};
+use crate::worker::{Notifications, deliveries, run_clocks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -76,16 +76,15 @@ impl ApprovalServer {
             runtime.auth.set_denial_sink(Arc::new(approvals.store.outbox_table()));
         }
         runtime.spawn(run_clocks(approvals.clone(), config.clock_interval));
-        let shipper = Shipper {
+        let notifications = Notifications {
             approvals: approvals.clone(),
-            audit,
             http: warden_server::webhook::http_client(&config.webhooks, Duration::from_secs(10)),
             webhooks: config.webhooks,
             secrets: runtime.secrets.clone(),
-            replica: uuid::Uuid::now_v7().to_string(),
-            backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300)),
         };
-        runtime.spawn(shipper.run(config.outbox_interval));
+        let backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300));
+        let deliveries = deliveries(notifications, audit, uuid::Uuid::now_v7().to_string(), backoff);
+        runtime.spawn(deliveries.run(config.outbox_interval, None));
         let http_addr = if config.http_listen.is_empty() {
             None
         } else {

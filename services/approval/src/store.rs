@@ -141,14 +141,6 @@ pub struct Redeeming<'a> {
     pub decision_id: &'a str,
 }
 
-/// A claimed outbox row.
-#[derive(Debug, Clone)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub attempts: i32,
-    pub item: Option<Outgoing>,
-}
-
 /// A web inbox session as stored: found by a hash of its cookie, with the
 /// reviewer's credential sealed under a key only the cookie gives.
 #[derive(Debug, Clone)]
@@ -826,58 +818,6 @@ impl ApprovalStore {
         Ok(rows)
     }
 
-    /// Claims up to `limit` outbox rows until `until_micros` (see
-    /// [`warden_store::outbox`]).
-    pub async fn claim(
-        &self,
-        replica: &str,
-        now_micros: i64,
-        until_micros: i64,
-        limit: u32,
-    ) -> Result<Vec<OutboxRow>, TransitionError> {
-        let _writer = self.writer().await;
-        let rows = OUTBOX.claim(&self.database, replica, now_micros, until_micros, i64::from(limit)).await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| OutboxRow {
-                id: row.id,
-                attempts: row.attempts,
-                item: Outgoing::decode(&row.kind, &row.payload),
-            })
-            .collect())
-    }
-
-    /// Removes delivered rows (only while this replica holds them).
-    pub async fn delivered(&self, replica: &str, ids: &[i64]) -> Result<(), TransitionError> {
-        let _writer = self.writer().await;
-        Ok(OUTBOX.delivered(&self.database, replica, ids).await?)
-    }
-
-    /// Leaves a row for a later attempt, not before `retry_at_micros`.
-    pub async fn retry_later(&self, id: i64, retry_at_micros: i64) -> Result<(), TransitionError> {
-        let _writer = self.writer().await;
-        Ok(OUTBOX.retry_later(&self.database, id, retry_at_micros).await?)
-    }
-
-    /// Rows waiting in the outbox.
-    /// Queues items that belong to no transition (an `auth_denied` event).
-    pub async fn enqueue(&self, items: &[Outgoing]) -> Result<(), TransitionError> {
-        let rows: Vec<_> = items.iter().map(Outgoing::encode).collect();
-        let _writer = self.writer().await;
-        Ok(OUTBOX.enqueue(&self.database, &rows).await?)
-    }
-
-    /// Moves outbox rows the receiver refused for good to the dead letters.
-    pub async fn dead_letter(
-        &self,
-        replica: &str,
-        rows: &[(i64, String)],
-        now_micros: i64,
-    ) -> Result<(), TransitionError> {
-        let _writer = self.writer().await;
-        Ok(OUTBOX.dead_letter(&self.database, replica, rows, now_micros).await?)
-    }
-
     /// The outbox, for the runtime: refusals queued in it, its dead
     /// letters listed and replayed (`warden.deadletter.v1`).
     pub fn outbox_table(&self) -> warden_server::dead_letters::OutboxTable {
@@ -886,10 +826,6 @@ impl ApprovalStore {
             outbox: OUTBOX,
             sqlite_writer: self.sqlite_writer.clone(),
         }
-    }
-
-    pub async fn outbox_len(&self) -> Result<i64, TransitionError> {
-        Ok(OUTBOX.len(&self.database).await?)
     }
 
     /// Stores a new inbox session under `id_hash`, and removes every

@@ -228,10 +228,13 @@ async fn clocks_expire_escalate_remind_and_end_grants(database: Database) {
     assert_eq!(approvals.store.get(&row.id).await.unwrap().unwrap().state, State::Expired);
 
     // Every step left its audit event (and notifications) in the outbox.
-    let rows = approvals.store.claim("r1", clock.now_micros(), clock.now_micros() + 60_000_000, 1000).await.unwrap();
+    let claimed =
+        approvals.store.outbox_table().claim("r1", clock.now_micros(), clock.now_micros() + 60_000_000, 1000).await;
+    let rows: Vec<Option<Outgoing>> =
+        claimed.unwrap().iter().map(|row| Outgoing::decode(&row.kind, &row.payload)).collect();
     let types: Vec<String> = rows
         .iter()
-        .filter_map(|r| match &r.item {
+        .filter_map(|item| match item {
             Some(Outgoing::Audit(event)) => Some(event.event_type.clone()),
             _ => None,
         })
@@ -241,7 +244,7 @@ async fn clocks_expire_escalate_remind_and_end_grants(database: Database) {
     {
         assert!(types.iter().any(|t| t == expected), "{expected} missing from {types:?}");
     }
-    assert!(rows.iter().any(|r| matches!(&r.item, Some(Outgoing::Notify { receiver, .. }) if receiver == "hook")));
+    assert!(rows.iter().any(|item| matches!(item, Some(Outgoing::Notify { receiver, .. }) if receiver == "hook")));
 }
 
 async fn outbox_rows_are_claimed_by_one_replica(database: Database) {
@@ -251,24 +254,24 @@ async fn outbox_rows_are_claimed_by_one_replica(database: Database) {
     }
     let now = approvals.clock.now_micros();
     let lease = now + 60_000_000;
-    let (a, b) =
-        tokio::join!(approvals.store.claim("a", now, lease, 1000), approvals.store.claim("b", now, lease, 1000));
+    let outbox = approvals.store.outbox_table();
+    let (a, b) = tokio::join!(outbox.claim("a", now, lease, 1000), outbox.claim("b", now, lease, 1000));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.len() + b.len(), 20, "every row claimed once");
     assert!(a.iter().all(|row| b.iter().all(|other| other.id != row.id)));
     // Delivered rows are gone; a row whose delivery failed comes back after its delay.
     let ids: Vec<i64> = a.iter().map(|r| r.id).collect();
-    approvals.store.delivered("a", &ids).await.unwrap();
+    outbox.delivered("a", &ids).await.unwrap();
     // Only the replica holding a row deletes it.
     let b_ids: Vec<i64> = b.iter().map(|r| r.id).collect();
-    approvals.store.delivered("a", &b_ids).await.unwrap();
-    assert_eq!(approvals.store.outbox_len().await.unwrap(), b.len() as i64);
+    outbox.delivered("a", &b_ids).await.unwrap();
+    assert_eq!(outbox.waiting().await.unwrap(), b.len() as i64);
     if let Some(row) = b.first() {
-        approvals.store.retry_later(row.id, now + 5_000_000).await.unwrap();
+        outbox.retry_later(row.id, now + 5_000_000).await.unwrap();
     }
-    approvals.store.delivered("b", &b.iter().skip(1).map(|r| r.id).collect::<Vec<_>>()).await.unwrap();
-    assert!(approvals.store.claim("c", now + 1_000_000, lease, 1000).await.unwrap().is_empty() || b.is_empty());
-    let later = approvals.store.claim("c", now + 6_000_000, lease + 6_000_000, 1000).await.unwrap();
+    outbox.delivered("b", &b.iter().skip(1).map(|r| r.id).collect::<Vec<_>>()).await.unwrap();
+    assert!(outbox.claim("c", now + 1_000_000, lease, 1000).await.unwrap().is_empty() || b.is_empty());
+    let later = outbox.claim("c", now + 6_000_000, lease + 6_000_000, 1000).await.unwrap();
     assert_eq!(later.len(), usize::from(!b.is_empty()));
     if let Some(row) = later.first() {
         assert_eq!(row.attempts, 2);
@@ -327,10 +330,10 @@ async fn a_redemption_records_its_decision_and_a_retry_gets_the_same_answer(data
     // The decision was committed with the redemption, once, with the
     // grant's reason and approvers; approval_redeemed names the decision.
     let now = approvals.clock.now_micros();
-    let rows = approvals.store.claim("r1", now, now + 60_000_000, 1000).await.unwrap();
+    let rows = claimed(&approvals.store, "r1", now, now + 60_000_000, 1000).await;
     let events: Vec<_> = rows
         .iter()
-        .filter_map(|r| match &r.item {
+        .filter_map(|r| match r {
             Some(Outgoing::Audit(event)) => Some(event),
             _ => None,
         })
@@ -369,10 +372,10 @@ async fn a_redemption_records_its_decision_and_a_retry_gets_the_same_answer(data
         .await
         .unwrap();
     assert!(matches!(refused, Redemption::Refused { .. }));
-    let rows = approvals.store.claim("r1", now, now + 120_000_000, 1000).await.unwrap();
-    assert!(rows.iter().any(|r| matches!(&r.item, Some(Outgoing::Audit(e)) if e.event_type == "approval_requested")));
+    let rows = claimed(&approvals.store, "r1", now, now + 120_000_000, 1000).await;
+    assert!(rows.iter().any(|r| matches!(r, Some(Outgoing::Audit(e)) if e.event_type == "approval_requested")));
     assert!(
-        rows.iter().all(|r| !matches!(&r.item, Some(Outgoing::Audit(e)) if e.event_type == "policy_evaluation")),
+        rows.iter().all(|r| !matches!(r, Some(Outgoing::Audit(e)) if e.event_type == "policy_evaluation")),
         "a refused redemption recorded a decision"
     );
 }
@@ -428,17 +431,28 @@ async fn an_in_memory_database_redeems_through_the_pool() {
     a_redemption_records_its_decision_and_a_retry_gets_the_same_answer(memory().await).await;
 }
 
+/// The outbox's rows, claimed by `replica` until `until`, decoded.
+async fn claimed(
+    store: &crate::store::ApprovalStore,
+    replica: &str,
+    now: i64,
+    until: i64,
+    limit: i64,
+) -> Vec<Option<Outgoing>> {
+    let rows = store.outbox_table().claim(replica, now, until, limit).await.unwrap();
+    rows.iter().map(|row| Outgoing::decode(&row.kind, &row.payload)).collect()
+}
+
 /// A shipper with no audit service, backing off 100 ms at first.
-fn shipper(approvals: &Arc<Approvals>) -> crate::worker::Shipper {
-    crate::worker::Shipper {
+fn shipper(approvals: &Arc<Approvals>) -> warden_server::delivery::Deliveries<crate::worker::Notifications> {
+    let notifications = crate::worker::Notifications {
         approvals: approvals.clone(),
-        audit: None,
         http: warden_server::webhook::http_client(&Default::default(), Duration::from_secs(10)),
         webhooks: Default::default(),
         secrets: warden_auth::SecretResolver::new(Default::default(), Duration::from_secs(60)),
-        replica: "r1".into(),
-        backoff: warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1)),
-    }
+    };
+    let backoff = warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1));
+    crate::worker::deliveries(notifications, None, "r1".into(), backoff)
 }
 
 /// A receiver that answers 429 with `Retry-After: 2` first, then 200, and
@@ -521,11 +535,9 @@ async fn two_replicas_expire_a_request_once(database: Database) {
     b.unwrap();
     assert_eq!(first.store.get(&row.id).await.unwrap().unwrap().state, State::Expired);
     let now = first.clock.now_micros();
-    let rows = first.store.claim("r", now, now + 60_000_000, 1000).await.unwrap();
-    let expired = rows
-        .iter()
-        .filter(|r| matches!(&r.item, Some(Outgoing::Audit(e)) if e.event_type == "approval_expired"))
-        .count();
+    let rows = claimed(&first.store, "r", now, now + 60_000_000, 1000).await;
+    let expired =
+        rows.iter().filter(|r| matches!(r, Some(Outgoing::Audit(e)) if e.event_type == "approval_expired")).count();
     assert_eq!(expired, 1);
 }
 
