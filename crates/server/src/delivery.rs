@@ -36,6 +36,38 @@ pub enum Notified {
     Failed(String),
 }
 
+/// What a notifier sends with: an HTTP client that follows the webhook
+/// policy, the policy (checked before each send), and the secret resolver
+/// its receivers' URLs, keys and passwords come from.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub http: reqwest::Client,
+    pub policy: WebhookPolicy,
+    pub secrets: warden_auth::SecretResolver,
+}
+
+impl Outbound {
+    /// Deliveries time out after `timeout`.
+    pub fn new(policy: &WebhookPolicy, timeout: Duration, secrets: warden_auth::SecretResolver) -> Outbound {
+        Outbound { http: crate::webhook::http_client(policy, timeout), policy: *policy, secrets }
+    }
+
+    /// POSTs `body` to `url` (see [`post`]).
+    pub async fn post(&self, url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Notified {
+        post(&self.http, &self.policy, url, headers, body).await
+    }
+
+    /// A secret setting's value: an empty one is a failed delivery, one
+    /// that cannot be read now (a vault unreachable) a retry.
+    pub async fn secret(&self, setting: &str) -> Result<warden_auth::Secret, Notified> {
+        match self.secrets.resolve_setting(setting).await {
+            Ok(Some(secret)) => Ok(secret),
+            Ok(None) => Err(Notified::Failed("an empty setting".into())),
+            Err(error) => Err(Notified::Retry(Duration::from_secs(5), format!("cannot resolve a secret: {error}"))),
+        }
+    }
+}
+
 /// A service's notifications: how one is delivered, and what is recorded
 /// about its outcome.
 pub trait Notifier: Send + Sync + 'static {
@@ -75,6 +107,30 @@ pub struct Deliveries<N> {
 }
 
 impl<N: Notifier> Deliveries<N> {
+    /// The loop over `table` for `service`: a fresh replica name, backoff
+    /// from 1 s to 5 min, `pending` set at each pass.
+    pub fn new(
+        service: &'static str,
+        table: OutboxTable,
+        notifier: N,
+        audit: Option<AuditClient>,
+        lease: Duration,
+        now_micros: Arc<dyn Fn() -> i64 + Send + Sync>,
+        pending: Option<prometheus::IntGauge>,
+    ) -> Deliveries<N> {
+        Deliveries {
+            service,
+            table,
+            audit,
+            notifier,
+            replica: uuid::Uuid::now_v7().to_string(),
+            backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300)),
+            lease,
+            now_micros,
+            pending,
+        }
+    }
+
     /// Delivers every `every`, and as soon as `wake` is notified.
     pub async fn run(self, every: Duration, wake: Option<Arc<tokio::sync::Notify>>) {
         let mut interval = tokio::time::interval(every);

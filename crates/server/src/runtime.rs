@@ -25,6 +25,7 @@ pub use warden_config::CommonArgs;
 use warden_config::{Sources, Validate};
 use warden_store::Database;
 use warden_telemetry::ServerHandle;
+
 pub use warden_telemetry::TelemetryConfig;
 
 /// A Warden service, as its binary runs it.
@@ -90,12 +91,17 @@ macro_rules! main {
 }
 
 /// Implements [`Service`] for a server type whose config has `telemetry`
-/// and `listen` fields and which has inherent `start(config)` and
-/// `shutdown(self)`: `warden_server::service!(ApprovalServer,
-/// ApprovalConfig, "warden-approval", StartError);`.
+/// and `listen` fields, which has inherent `start(config)` and
+/// `shutdown(self)` and holds its [`Serving`] in a `serving` field
+/// (dereferenced to, and shown by `Debug`):
+/// `warden_server::service!(ApprovalServer, ApprovalConfig,
+/// "warden-approval", StartError);`.
 #[macro_export]
 macro_rules! service {
     ($server:ty, $config:ty, $name:literal, $error:ty) => {
+        $crate::service!($server, $config, $name, $error, banner = |_server: &$server| None);
+    };
+    ($server:ty, $config:ty, $name:literal, $error:ty, banner = $banner:expr) => {
         impl $crate::Service for $server {
             const NAME: &'static str = $name;
             type Config = $config;
@@ -112,6 +118,23 @@ macro_rules! service {
             }
             async fn shutdown(self) {
                 <$server>::shutdown(self).await
+            }
+            fn banner(&self) -> Option<String> {
+                let banner: fn(&$server) -> Option<String> = $banner;
+                banner(self)
+            }
+        }
+
+        impl std::ops::Deref for $server {
+            type Target = $crate::runtime::Serving;
+            fn deref(&self) -> &$crate::runtime::Serving {
+                &self.serving
+            }
+        }
+
+        impl std::fmt::Debug for $server {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($server)).field("addr", &self.serving.addr).finish()
             }
         }
     };
@@ -198,6 +221,34 @@ pub fn database_url(url: &str, data_dir: &Path) -> String {
     if url.is_empty() { Database::default_url(data_dir) } else { url.to_owned() }
 }
 
+/// A running service's addresses, and the handle that stops it. Each
+/// service's server holds one and dereferences to it
+/// ([`service!`](crate::service)), so `server.addr` and `server.url()`
+/// work for every service alike.
+#[derive(Debug)]
+pub struct Serving {
+    /// The gRPC address.
+    pub addr: SocketAddr,
+    /// The `/metrics` address, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The HTTP surface (the inbox, Alertmanager's API), when it has one.
+    pub http_addr: Option<SocketAddr>,
+    handle: ServerHandle,
+}
+
+impl Serving {
+    /// `http://ADDR`, for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, and stops the
+    /// background tasks.
+    pub async fn stop(self) {
+        self.handle.stop().await;
+    }
+}
+
 /// Why the runtime could not start a service.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -222,6 +273,7 @@ pub struct Runtime {
     pub metrics_addr: Option<SocketAddr>,
     background: Vec<JoinHandle<()>>,
     health: tonic_health::server::HealthReporter,
+    http_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -254,6 +306,7 @@ impl Runtime {
             metrics_addr,
             background,
             health: tonic_health::server::HealthReporter::new(),
+            http_addr: None,
         })
     }
 
@@ -297,6 +350,7 @@ impl Runtime {
             }
         }));
         tracing::info!(service = self.name, surface = what, %addr, "listening");
+        self.http_addr = Some(addr);
         Ok(addr)
     }
 
@@ -304,12 +358,8 @@ impl Runtime {
     /// behind the auth layer, with health (serving) and reflection (unless
     /// turned off), until the returned handle is stopped. The background
     /// tasks stop with it.
-    pub async fn serve(
-        self,
-        listen: &str,
-        routes: tonic::service::Routes,
-    ) -> Result<(SocketAddr, ServerHandle), RuntimeError> {
-        let Runtime { name, auth, mut background, health, .. } = self;
+    pub async fn serve(self, listen: &str, routes: tonic::service::Routes) -> Result<Serving, RuntimeError> {
+        let Runtime { name, auth, mut background, health, metrics_addr, http_addr, .. } = self;
         let (incoming, addr, accept) = warden_auth::tls::bind(listen, auth.tls())
             .await
             .map_err(|error| RuntimeError::Bind(listen.to_owned(), error))?;
@@ -329,7 +379,7 @@ impl Runtime {
             builder.add_routes(routes).serve_with_incoming_shutdown(incoming, signal)
         });
         tracing::info!(service = name, %addr, tls = auth.tls().is_some(), mtls = auth.tls().as_ref().is_some_and(|t| t.mutual()), auth = !auth.insecure(), "listening");
-        Ok((addr, handle))
+        Ok(Serving { addr, metrics_addr, http_addr, handle })
     }
 
     /// Marks `S` serving in the health service (for probes that ask by

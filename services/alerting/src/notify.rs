@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warden_proto::audit::v1 as audit;
-use warden_resilience::{Backoff, BreakerConfig, BreakerRegistry, Outcome};
-use warden_server::delivery::{AuditClient, Deliveries, Notified as Delivery, Notifier};
+use warden_resilience::{BreakerConfig, BreakerRegistry, Outcome};
+use warden_server::delivery::{AuditClient, Deliveries, Notified as Delivery, Notifier, Outbound};
 
 use crate::engine::Engine;
 use crate::metrics::METRICS;
@@ -25,11 +25,7 @@ use crate::routing::ReceiverYaml;
 /// email and the log, each integration behind a circuit breaker of its own.
 pub struct Notifications {
     pub engine: Arc<Engine>,
-    pub http: reqwest::Client,
-    /// What notifications may reach (checked before each send; the
-    /// client's resolver checks names).
-    pub webhooks: warden_server::webhook::WebhookPolicy,
-    pub secrets: warden_auth::SecretResolver,
+    pub outbound: Outbound,
 }
 
 /// The outbox's delivery loop: audit events to `audit`, notifications
@@ -37,22 +33,13 @@ pub struct Notifications {
 pub fn deliveries(
     notifications: Notifications,
     audit: Option<AuditClient>,
-    replica: String,
-    backoff: Backoff,
     lease: Duration,
 ) -> Deliveries<Notifications> {
     let engine = notifications.engine.clone();
-    Deliveries {
-        service: "alerting",
-        table: notifications.engine.store.outbox_table(),
-        audit,
-        replica,
-        backoff,
-        lease,
-        now_micros: Arc::new(move || engine.clock.now_ms() * 1000),
-        pending: Some(METRICS.outbox_pending.clone()),
-        notifier: notifications,
-    }
+    let table = notifications.engine.store.outbox_table();
+    let now_micros = Arc::new(move || engine.clock.now_ms() * 1000);
+    let pending = Some(METRICS.outbox_pending.clone());
+    Deliveries::new("alerting", table, notifications, audit, lease, now_micros, pending)
 }
 
 impl Notifier for Notifications {
@@ -180,16 +167,12 @@ impl Notifications {
     }
 
     async fn post(&self, url: &str, payload: &serde_json::Value) -> Delivery {
-        let body = serde_json::to_vec(payload).expect("json");
-        warden_server::delivery::post(&self.http, &self.webhooks, url, &[], body).await
+        self.outbound.post(url, &[], serde_json::to_vec(payload).expect("json")).await
     }
 
+    /// A secret setting's value, as text.
     async fn secret(&self, setting: &str) -> Result<String, Delivery> {
-        match self.secrets.resolve_setting(setting).await {
-            Ok(Some(secret)) => Ok(secret.expose().to_owned()),
-            Ok(None) => Err(Delivery::Failed("empty setting".into())),
-            Err(error) => Err(Delivery::Retry(Duration::from_secs(5), format!("cannot resolve a secret: {error}"))),
-        }
+        self.outbound.secret(setting).await.map(|secret| secret.expose().to_owned())
     }
 
     async fn webhook(&self, config: &ReceiverYaml, index: usize, body: &serde_json::Value) -> Delivery {

@@ -3,16 +3,14 @@
 //! and dispatch clock, the outbox shipper, the gRPC server behind the
 //! shared auth layer, Alertmanager's HTTP API and the metrics listener.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use warden_proto::alerting::v1::alerting_service_server::AlertingServiceServer;
 use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
-use warden_resilience::Backoff;
-use warden_server::{Runtime, RuntimeError};
-use warden_telemetry::ServerHandle;
+use warden_server::delivery::Outbound;
+use warden_server::{Runtime, RuntimeError, Serving};
 
 use crate::config::AlertingConfig;
 use crate::engine::{Clock, Engine, Loaded};
@@ -35,21 +33,12 @@ pub enum StartError {
     Audit(String),
 }
 
-/// A running alerting service.
+/// A running alerting service (its addresses through `Deref`;
+/// Alertmanager's API is `http_addr`).
 pub struct AlertingServer {
-    pub addr: SocketAddr,
-    pub metrics_addr: Option<SocketAddr>,
-    /// Alertmanager's HTTP API, when enabled.
-    pub http_addr: Option<SocketAddr>,
+    pub serving: Serving,
     pub engine: Arc<Engine>,
-    handle: ServerHandle,
     _watcher: Option<notify::RecommendedWatcher>,
-}
-
-impl std::fmt::Debug for AlertingServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlertingServer").field("addr", &self.addr).finish()
-    }
 }
 
 /// Reads the rule and routing files.
@@ -158,42 +147,26 @@ impl AlertingServer {
         }
         runtime.spawn(run_clock(engine.clone(), config.tick_interval));
         runtime.spawn(save_periodically(engine.clone(), config.snapshot_interval));
-        let notifications = Notifications {
-            engine: engine.clone(),
-            http: warden_server::webhook::http_client(
-                &config.webhooks,
-                (config.delivery_lease / 2).min(Duration::from_secs(30)),
-            ),
-            webhooks: config.webhooks,
-            secrets: runtime.secrets.clone(),
-        };
-        let backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300));
-        let deliveries =
-            deliveries(notifications, audit, uuid::Uuid::now_v7().to_string(), backoff, config.delivery_lease);
+        let timeout = (config.delivery_lease / 2).min(Duration::from_secs(30));
+        let outbound = Outbound::new(&config.webhooks, timeout, runtime.secrets.clone());
+        let deliveries = deliveries(Notifications { engine: engine.clone(), outbound }, audit, config.delivery_lease);
         runtime.spawn(deliveries.run(config.outbox_interval, Some(engine.wake_shipper.clone())));
-        let http_addr = if config.http_listen.is_empty() {
-            None
-        } else {
+        if !config.http_listen.is_empty() {
             let api = crate::api::Api {
                 engine: engine.clone(),
                 auth: runtime.auth.clone(),
                 config_text,
                 started_ms: engine.clock.now_ms(),
             };
-            Some(runtime.serve_http("alertmanager", &config.http_listen, api.router()).await?)
-        };
+            runtime.serve_http("alertmanager", &config.http_listen, api.router()).await?;
+        }
         runtime.serving::<AlertingServiceServer<AlertingServiceImpl>>().await;
         let service = AlertingServiceServer::new(AlertingServiceImpl::new(engine.clone(), reload))
             .max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES);
         let dead_letters = warden_server::dead_letters::service(Arc::new(engine.store.outbox_table()));
         let routes = tonic::service::Routes::new(service).add_service(dead_letters);
-        let metrics_addr = runtime.metrics_addr;
-        let (addr, handle) = runtime.serve(&config.listen, routes).await?;
-        Ok(AlertingServer { addr, metrics_addr, http_addr, engine, handle, _watcher: watcher })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let serving = runtime.serve(&config.listen, routes).await?;
+        Ok(AlertingServer { serving, engine, _watcher: watcher })
     }
 
     /// Saves the derived series, then stops.
@@ -201,7 +174,7 @@ impl AlertingServer {
         if let Err(error) = self.engine.save_derived().await {
             tracing::warn!(%error, "cannot save the derived series at shutdown; they will be rebuilt from the log");
         }
-        self.handle.stop().await;
+        self.serving.stop().await;
     }
 }
 

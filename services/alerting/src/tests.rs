@@ -46,15 +46,11 @@ async fn harness(database: Database, rules_yaml: &str, routing_text: &str, clock
     let alerts = store.load_alerts().await.unwrap();
     let engine = Engine::new(store, loaded, derived, alerts, clock.clone(), false, "http://warden".into());
     engine.refresh_silences().await.unwrap();
-    let notifications = Notifications {
-        engine: engine.clone(),
-        http: warden_server::webhook::http_client(&Default::default(), Duration::from_secs(10)),
-        webhooks: Default::default(),
-        secrets: warden_auth::SecretResolver::from_process_env(Duration::from_secs(1)),
-    };
-    let backoff = warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5))
+    let secrets = warden_auth::SecretResolver::from_process_env(Duration::from_secs(1));
+    let outbound = warden_server::delivery::Outbound::new(&Default::default(), Duration::from_secs(10), secrets);
+    let mut shipper = deliveries(Notifications { engine: engine.clone(), outbound }, None, Duration::from_secs(60));
+    shipper.backoff = warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5))
         .with_jitter(warden_resilience::Jitter::None);
-    let shipper = deliveries(notifications, None, uuid::Uuid::now_v7().to_string(), backoff, Duration::from_secs(60));
     Harness { engine, shipper, clock }
 }
 

@@ -2,14 +2,12 @@
 //! workflow, the clocks and the outbox shipper, the gRPC server behind the
 //! shared auth layer, and the metrics listener.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use warden_proto::approval::v1::approval_service_server::ApprovalServiceServer;
-use warden_resilience::Backoff;
-use warden_server::{Runtime, RuntimeError};
-use warden_telemetry::ServerHandle;
+use warden_server::delivery::Outbound;
+use warden_server::{Runtime, RuntimeError, Serving};
 
 use crate::approvals::{Approvals, Clock};
 use crate::config::ApprovalConfig;
@@ -30,21 +28,12 @@ pub enum StartError {
     Audit(String),
 }
 
-/// A running approval service.
+/// A running approval service (its addresses through `Deref`; the web
+/// inbox's is `http_addr`).
 pub struct ApprovalServer {
-    pub addr: SocketAddr,
-    pub metrics_addr: Option<SocketAddr>,
-    /// The web inbox, when enabled.
-    pub http_addr: Option<SocketAddr>,
+    pub serving: Serving,
     pub approvals: Arc<Approvals>,
     stopping: tokio::sync::watch::Sender<bool>,
-    handle: ServerHandle,
-}
-
-impl std::fmt::Debug for ApprovalServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApprovalServer").field("addr", &self.addr).finish()
-    }
 }
 
 impl ApprovalServer {
@@ -76,21 +65,13 @@ impl ApprovalServer {
             runtime.auth.set_denial_sink(Arc::new(approvals.store.outbox_table()));
         }
         runtime.spawn(run_clocks(approvals.clone(), config.clock_interval));
-        let notifications = Notifications {
-            approvals: approvals.clone(),
-            http: warden_server::webhook::http_client(&config.webhooks, Duration::from_secs(10)),
-            webhooks: config.webhooks,
-            secrets: runtime.secrets.clone(),
-        };
-        let backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(300));
-        let deliveries = deliveries(notifications, audit, uuid::Uuid::now_v7().to_string(), backoff);
+        let outbound = Outbound::new(&config.webhooks, Duration::from_secs(10), runtime.secrets.clone());
+        let deliveries = deliveries(Notifications { approvals: approvals.clone(), outbound }, audit);
         runtime.spawn(deliveries.run(config.outbox_interval, None));
-        let http_addr = if config.http_listen.is_empty() {
-            None
-        } else {
+        if !config.http_listen.is_empty() {
             let inbox = crate::inbox::Inbox::new(approvals.clone(), runtime.auth.clone(), runtime.auth.tls().is_some());
-            Some(runtime.serve_http("inbox", &config.http_listen, inbox.router()).await?)
-        };
+            runtime.serve_http("inbox", &config.http_listen, inbox.router()).await?;
+        }
         runtime.serving::<ApprovalServiceServer<ApprovalServiceImpl>>().await;
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
         let service =
@@ -98,19 +79,14 @@ impl ApprovalServer {
                 .max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES);
         let dead_letters = warden_server::dead_letters::service(Arc::new(approvals.store.outbox_table()));
         let routes = tonic::service::Routes::new(service).add_service(dead_letters);
-        let metrics_addr = runtime.metrics_addr;
-        let (addr, handle) = runtime.serve(&config.listen, routes).await?;
-        Ok(ApprovalServer { addr, metrics_addr, http_addr, approvals, stopping: stopping_tx, handle })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let serving = runtime.serve(&config.listen, routes).await?;
+        Ok(ApprovalServer { serving, approvals, stopping: stopping_tx })
     }
 
     /// Stops accepting requests; watchers' streams end.
     pub async fn shutdown(self) {
         self.stopping.send_replace(true);
-        self.handle.stop().await;
+        self.serving.stop().await;
     }
 }
 

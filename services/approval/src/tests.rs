@@ -445,14 +445,12 @@ async fn claimed(
 
 /// A shipper with no audit service, backing off 100 ms at first.
 fn shipper(approvals: &Arc<Approvals>) -> warden_server::delivery::Deliveries<crate::worker::Notifications> {
-    let notifications = crate::worker::Notifications {
-        approvals: approvals.clone(),
-        http: warden_server::webhook::http_client(&Default::default(), Duration::from_secs(10)),
-        webhooks: Default::default(),
-        secrets: warden_auth::SecretResolver::new(Default::default(), Duration::from_secs(60)),
-    };
-    let backoff = warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1));
-    crate::worker::deliveries(notifications, None, "r1".into(), backoff)
+    let secrets = warden_auth::SecretResolver::new(Default::default(), Duration::from_secs(60));
+    let outbound = warden_server::delivery::Outbound::new(&Default::default(), Duration::from_secs(10), secrets);
+    let mut deliveries =
+        crate::worker::deliveries(crate::worker::Notifications { approvals: approvals.clone(), outbound }, None);
+    deliveries.backoff = warden_resilience::Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1));
+    deliveries
 }
 
 /// A receiver that answers 429 with `Retry-After: 2` first, then 200, and

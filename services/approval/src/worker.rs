@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use hmac::Mac;
 use sha2::Sha256;
-use warden_resilience::Backoff;
-use warden_server::delivery::{AuditClient, Deliveries, Notified, Notifier};
+use warden_server::delivery::{AuditClient, Deliveries, Notified, Notifier, Outbound};
 
 use crate::approvals::Approvals;
 use crate::metrics::METRICS;
@@ -39,33 +38,17 @@ const LEASE: Duration = Duration::from_secs(60);
 /// email, to the receivers the routes name.
 pub struct Notifications {
     pub approvals: Arc<Approvals>,
-    pub http: reqwest::Client,
-    /// What notifications may reach (checked before each send; the
-    /// client's resolver checks names).
-    pub webhooks: warden_server::webhook::WebhookPolicy,
-    pub secrets: warden_auth::SecretResolver,
+    pub outbound: Outbound,
 }
 
 /// The outbox's delivery loop: audit events to `audit`, notifications
 /// through [`Notifications`].
-pub fn deliveries(
-    notifications: Notifications,
-    audit: Option<AuditClient>,
-    replica: String,
-    backoff: Backoff,
-) -> Deliveries<Notifications> {
+pub fn deliveries(notifications: Notifications, audit: Option<AuditClient>) -> Deliveries<Notifications> {
     let clock = notifications.approvals.clock.clone();
-    Deliveries {
-        service: "approval",
-        table: notifications.approvals.store.outbox_table(),
-        audit,
-        replica,
-        backoff,
-        lease: LEASE,
-        now_micros: Arc::new(move || clock.now_micros()),
-        pending: Some(METRICS.outbox_pending.clone()),
-        notifier: notifications,
-    }
+    let table = notifications.approvals.store.outbox_table();
+    let now_micros = Arc::new(move || clock.now_micros());
+    let pending = Some(METRICS.outbox_pending.clone());
+    Deliveries::new("approval", table, notifications, audit, LEASE, now_micros, pending)
 }
 
 impl Notifier for Notifications {
@@ -78,7 +61,7 @@ impl Notifier for Notifications {
             return Notified::Failed("the receiver is no longer configured".into());
         };
         let outcome = match (&receiver.webhook, &receiver.slack, &receiver.email) {
-            (Some(webhook), ..) => match self.secrets.resolve_setting(&webhook.secret).await {
+            (Some(webhook), ..) => match self.outbound.secrets.resolve_setting(&webhook.secret).await {
                 Ok(secret) => {
                     let payload = serde_json::to_vec(body).expect("json");
                     let signature = secret.map(|secret| {
@@ -88,17 +71,16 @@ impl Notifier for Notifications {
                         ("x-warden-signature", format!("sha256={}", hex::encode(mac.finalize().into_bytes())))
                     });
                     let headers: Vec<_> = signature.into_iter().collect();
-                    warden_server::delivery::post(&self.http, &self.webhooks, &webhook.url, &headers, payload).await
+                    self.outbound.post(&webhook.url, &headers, payload).await
                 }
                 Err(error) => Notified::Retry(Duration::from_secs(5), format!("cannot resolve the secret: {error}")),
             },
-            (None, Some(slack), _) => match self.secrets.resolve_setting(&slack.url).await {
-                Ok(Some(url)) => {
+            (None, Some(slack), _) => match self.outbound.secret(&slack.url).await {
+                Ok(url) => {
                     let payload = serde_json::to_vec(&slack_message(body)).expect("json");
-                    warden_server::delivery::post(&self.http, &self.webhooks, url.expose(), &[], payload).await
+                    self.outbound.post(url.expose(), &[], payload).await
                 }
-                Ok(None) => Notified::Failed("empty url".into()),
-                Err(error) => Notified::Retry(Duration::from_secs(5), format!("cannot resolve the url: {error}")),
+                Err(outcome) => outcome,
             },
             (None, None, Some(email)) => self.email(email, body).await,
             (None, None, None) => Notified::Failed("the receiver has no kind".into()),
@@ -116,9 +98,9 @@ impl Notifier for Notifications {
 impl Notifications {
     async fn email(&self, email: &crate::routes::EmailReceiver, body: &serde_json::Value) -> Notified {
         use lettre::{AsyncSmtpTransport, Tokio1Executor};
-        let url = match self.secrets.resolve_setting(&email.smtp_url).await {
-            Ok(Some(url)) => url,
-            _ => return Notified::Retry(Duration::from_secs(5), "cannot resolve smtp_url".into()),
+        let url = match self.outbound.secret(&email.smtp_url).await {
+            Ok(url) => url,
+            Err(outcome) => return outcome,
         };
         let transport = match AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose()) {
             Ok(builder) => builder.timeout(Some(Duration::from_secs(10))).build(),

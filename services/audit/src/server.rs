@@ -2,13 +2,11 @@
 //! appender, retention, the gRPC server with health and reflection, and the
 //! metrics listener.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use warden_proto::audit::v1::audit_service_server::AuditServiceServer;
-use warden_server::{Runtime, RuntimeError};
-use warden_telemetry::ServerHandle;
+use warden_server::{Runtime, RuntimeError, Serving};
 
 use crate::config::AuditConfig;
 use crate::keys::{KeyError, MasterKey, load_signer};
@@ -30,19 +28,12 @@ pub enum StartError {
 
 /// A running audit service.
 pub struct AuditServer {
-    pub addr: SocketAddr,
-    pub metrics_addr: Option<SocketAddr>,
+    /// Its addresses (through `Deref`) and its handle.
+    pub serving: Serving,
     pub log: Arc<AuditLog>,
     /// The checkpoint verifier key (also printed at start).
     pub verifier_key: String,
     stopping: tokio::sync::watch::Sender<bool>,
-    handle: ServerHandle,
-}
-
-impl std::fmt::Debug for AuditServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditServer").field("addr", &self.addr).finish()
-    }
 }
 
 impl AuditServer {
@@ -82,43 +73,27 @@ impl AuditServer {
         )
         .max_decoding_message_size(warden_contract::bounds::MESSAGE_BYTES)
         .max_encoding_message_size(warden_contract::bounds::MESSAGE_BYTES);
-        let metrics_addr = runtime.metrics_addr;
-        let (addr, handle) = runtime.serve(&config.listen, tonic::service::Routes::new(service)).await?;
-        Ok(AuditServer { addr, metrics_addr, log, verifier_key, stopping: stopping_tx, handle })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let serving = runtime.serve(&config.listen, tonic::service::Routes::new(service)).await?;
+        Ok(AuditServer { serving, log, verifier_key, stopping: stopping_tx })
     }
 
     /// Stops accepting requests and lets in-flight ones finish.
     pub async fn shutdown(self) {
         self.stopping.send_replace(true);
-        self.handle.stop().await;
+        self.serving.stop().await;
     }
 }
 
-impl warden_server::Service for AuditServer {
-    const NAME: &'static str = "warden-audit";
-    type Config = AuditConfig;
-    type Error = StartError;
-
-    fn telemetry(config: &AuditConfig) -> &warden_telemetry::TelemetryConfig {
-        &config.telemetry
-    }
-    fn listen(config: &AuditConfig) -> &str {
-        &config.listen
-    }
-    async fn start(config: AuditConfig) -> Result<Self, StartError> {
-        AuditServer::start(config).await
-    }
-    async fn shutdown(self) {
-        AuditServer::shutdown(self).await
-    }
-    fn banner(&self) -> Option<String> {
-        Some(format!("warden-audit listening on {} (checkpoint verifier key {})", self.addr, self.verifier_key))
-    }
-}
+warden_server::service!(
+    AuditServer,
+    AuditConfig,
+    "warden-audit",
+    StartError,
+    banner = |server: &AuditServer| Some(format!(
+        "warden-audit listening on {} (checkpoint verifier key {})",
+        server.addr, server.verifier_key
+    ))
+);
 
 /// Denials of calls to the audit service are recorded in the log itself.
 struct LogDenials(Arc<AuditLog>);

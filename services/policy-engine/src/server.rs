@@ -5,15 +5,13 @@
 //! `main.rs`, `cargo xtask dev` and the tests all start the engine through
 //! [`PolicyEngine::start`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use warden_proto::policy::v1::policy_service_server::PolicyServiceServer;
-use warden_server::{Runtime, RuntimeError};
-use warden_telemetry::ServerHandle;
+use warden_server::{Runtime, RuntimeError, Serving};
 
 use crate::approval_client::ApprovalClient;
 use crate::config::PolicyEngineConfig;
@@ -47,21 +45,12 @@ pub enum StartError {
 
 /// A running policy engine.
 pub struct PolicyEngine {
-    /// The bound gRPC address.
-    pub addr: SocketAddr,
-    /// The bound metrics address, when enabled.
-    pub metrics_addr: Option<SocketAddr>,
+    /// Its addresses (through `Deref`) and its handle.
+    pub serving: Serving,
     pub engine: Arc<Engine>,
     pub reloader: Arc<Reloader>,
     pub decision_log: Option<Arc<DecisionLog>>,
-    handle: ServerHandle,
     _watcher: Option<notify::RecommendedWatcher>,
-}
-
-impl std::fmt::Debug for PolicyEngine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyEngine").field("addr", &self.addr).finish()
-    }
 }
 
 impl PolicyEngine {
@@ -132,20 +121,14 @@ impl PolicyEngine {
         if let Some(log) = &decision_log {
             routes = routes.add_service(warden_server::dead_letters::service(log.dead_letters()));
         }
-        let metrics_addr = runtime.metrics_addr;
-        let (addr, handle) = runtime.serve(&config.listen, routes).await?;
-        Ok(PolicyEngine { addr, metrics_addr, engine, reloader, decision_log, handle, _watcher: watcher })
-    }
-
-    /// `http://ADDR`, for clients.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let serving = runtime.serve(&config.listen, routes).await?;
+        Ok(PolicyEngine { serving, engine, reloader, decision_log, _watcher: watcher })
     }
 
     /// Stops accepting requests, lets in-flight ones finish, and stops the
     /// background tasks.
     pub async fn shutdown(self) {
-        self.handle.stop().await;
+        self.serving.stop().await;
     }
 }
 
