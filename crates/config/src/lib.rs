@@ -189,6 +189,21 @@ pub fn validate_service_keys(listen: &str, metrics_listen: &str, database_url: &
     Ok(())
 }
 
+/// Checks the keys of a service with an HTTP surface (`http_listen`, empty
+/// disables it) that records in the audit service (`audit_url`, empty:
+/// it records nothing), and its delivery intervals.
+pub fn validate_delivering_service(
+    http_listen: &str,
+    audit_url: &str,
+    intervals: &[(&str, std::time::Duration)],
+) -> Result<(), ConfigError> {
+    if !http_listen.is_empty() {
+        parse_addr("http_listen", http_listen)?;
+    }
+    validate_service_url("audit_url", audit_url)?;
+    validate_intervals(intervals)
+}
+
 /// Checks the URL of another service (`http(s)://HOST:PORT`); empty means
 /// "not configured" and passes.
 pub fn validate_service_url(key: &str, value: &str) -> Result<(), ConfigError> {

@@ -262,6 +262,22 @@ pub enum RuntimeError {
     Bind(String, std::io::Error),
 }
 
+/// Why a service could not start, for the services that need no other
+/// reasons than these.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("storage: {0}")]
+    Store(#[from] warden_store::StoreError),
+    /// Its own files (routes, rules): what is wrong with them.
+    #[error("{0}")]
+    Config(String),
+    /// Who it calls (the audit service): why it cannot.
+    #[error("audit client: {0}")]
+    Outbound(String),
+}
+
 /// What a service's `start` builds on; [`Runtime::serve`] hands it to the
 /// server it returns.
 pub struct Runtime {

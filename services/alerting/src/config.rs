@@ -94,18 +94,15 @@ impl Default for AlertingConfig {
 impl Validate for AlertingConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         warden_config::validate_service_keys(&self.listen, &self.metrics_listen, &self.database_url)?;
-        if !self.http_listen.is_empty() {
-            warden_config::parse_addr("http_listen", &self.http_listen)?;
-        }
-        warden_config::validate_service_url("audit_url", &self.audit_url)?;
-        warden_config::validate_intervals(&[
+        let intervals = [
             ("evaluation_interval", self.evaluation_interval),
             ("scrape_interval", self.scrape_interval),
             ("tick_interval", self.tick_interval),
             ("outbox_interval", self.outbox_interval),
             ("snapshot_interval", self.snapshot_interval),
             ("delivery_lease", self.delivery_lease),
-        ])?;
+        ];
+        warden_config::validate_delivering_service(&self.http_listen, &self.audit_url, &intervals)?;
         self.auth.validate()?;
         self.outbound.validate()
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use warden_proto::alerting::v1::alerting_service_server::AlertingServiceServer;
 use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
 use warden_server::delivery::Outbound;
-use warden_server::{Runtime, RuntimeError, Serving};
+use warden_server::{Runtime, Serving};
 
 use crate::config::AlertingConfig;
 use crate::engine::{Clock, Engine, Loaded};
@@ -21,17 +21,7 @@ use crate::series::Derived;
 use crate::service::{AlertingServiceImpl, Reload};
 use crate::store::AlertingStore;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error("storage: {0}")]
-    Store(#[from] warden_store::StoreError),
-    #[error("{0}")]
-    Config(String),
-    #[error("audit client: {0}")]
-    Audit(String),
-}
+pub use warden_server::StartError;
 
 /// A running alerting service (its addresses through `Deref`;
 /// Alertmanager's API is `http_addr`).
@@ -86,19 +76,19 @@ impl AlertingServer {
         let (audit, follower) = if config.audit_url.is_empty() {
             (None, None)
         } else {
-            let identity = config.outbound.resolve(&runtime.secrets).await.map_err(StartError::Audit)?;
+            let identity = config.outbound.resolve(&runtime.secrets).await.map_err(StartError::Outbound)?;
             let appender = warden_client::audit_client(&warden_client::ClientConfig::for_service(
                 &config.audit_url,
                 identity.clone(),
             ))
-            .map_err(|e| StartError::Audit(e.to_string()))?;
+            .map_err(|e| StartError::Outbound(e.to_string()))?;
             let channel = identity
                 .endpoint(&config.audit_url)
-                .map_err(StartError::Audit)?
+                .map_err(StartError::Outbound)?
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
                 .connect_lazy();
-            let credentials = identity.credentials().map_err(StartError::Audit)?;
+            let credentials = identity.credentials().map_err(StartError::Outbound)?;
             // The subscription is a long stream: no per-call timeout.
             let subscriber =
                 AuditServiceClient::new(tonic::service::interceptor::InterceptedService::new(channel, credentials))

@@ -67,16 +67,13 @@ impl Default for ApprovalConfig {
 
 impl Validate for ApprovalConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        warden_config::validate_service_keys(&self.listen, &self.metrics_listen, &self.database_url)?;
-        if !self.http_listen.is_empty() {
-            warden_config::parse_addr("http_listen", &self.http_listen)?;
-        }
-        warden_config::validate_service_url("audit_url", &self.audit_url)?;
-        warden_config::validate_intervals(&[
+        let intervals = [
             ("clock_interval", self.clock_interval),
             ("outbox_interval", self.outbox_interval),
             ("watch_poll", self.watch_poll),
-        ])?;
+        ];
+        warden_config::validate_delivering_service(&self.http_listen, &self.audit_url, &intervals)?;
+        warden_config::validate_service_keys(&self.listen, &self.metrics_listen, &self.database_url)?;
         self.auth.validate()?;
         self.outbound.validate()
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use warden_proto::approval::v1::approval_service_server::ApprovalServiceServer;
 use warden_server::delivery::Outbound;
-use warden_server::{Runtime, RuntimeError, Serving};
+use warden_server::{Runtime, Serving};
 
 use crate::approvals::{Approvals, Clock};
 use crate::config::ApprovalConfig;
@@ -16,17 +16,7 @@ use crate::service::ApprovalServiceImpl;
 use crate::store::ApprovalStore;
 use crate::worker::{Notifications, deliveries, run_clocks};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error("storage: {0}")]
-    Store(#[from] warden_store::StoreError),
-    #[error("approval routes: {0}")]
-    Routes(String),
-    #[error("audit client: {0}")]
-    Audit(String),
-}
+pub use warden_server::StartError;
 
 /// A running approval service (its addresses through `Deref`; the web
 /// inbox's is `http_addr`).
@@ -46,17 +36,17 @@ impl ApprovalServer {
         let routes = if config.routes.as_os_str().is_empty() {
             Routes::default()
         } else {
-            Routes::load(&config.routes).map_err(StartError::Routes)?
+            Routes::load(&config.routes).map_err(StartError::Config)?
         };
         let mut runtime = Runtime::start("approval", &config.auth, &config.data_dir, &config.metrics_listen).await?;
         let database = runtime.database(&config.database_url, &config.data_dir).await?;
         let audit = if config.audit_url.is_empty() {
             None
         } else {
-            let identity = config.outbound.resolve(&runtime.secrets).await.map_err(StartError::Audit)?;
+            let identity = config.outbound.resolve(&runtime.secrets).await.map_err(StartError::Outbound)?;
             Some(
                 warden_client::audit_client(&warden_client::ClientConfig::for_service(&config.audit_url, identity))
-                    .map_err(|e| StartError::Audit(e.to_string()))?,
+                    .map_err(|e| StartError::Outbound(e.to_string()))?,
             )
         };
         let approvals = Approvals::new(ApprovalStore::new(database)?, routes, clock, audit.is_some());
