@@ -7,7 +7,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use super::compile::Ty;
+use super::types::Ty;
 use super::value::{EvalError, List, Value};
 
 /// The namespaces whose functions these are.

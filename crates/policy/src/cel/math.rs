@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 
 use base64::Engine;
 
-use super::compile::Ty;
+use super::types::Ty;
 use super::value::{EvalError, Value};
 
 /// The namespaces whose functions these are.

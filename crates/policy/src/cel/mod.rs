@@ -16,9 +16,11 @@ mod math;
 mod net;
 pub mod parse;
 mod strings;
+mod types;
 pub mod value;
 
-pub use compile::{CompileError, Env, Expression, FunctionDecl, Input, NumberProgram, Program, Ty};
+pub use compile::{CompileError, Env, Expression, FunctionDecl, Input, NumberProgram, Program};
+pub use types::Ty;
 pub use value::EvalError;
 pub use value::Value;
 

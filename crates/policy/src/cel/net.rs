@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use super::compile::Ty;
+use super::types::Ty;
 use super::value::{EvalError, Value};
 
 pub const IP_TYPE: &str = "net.IP";

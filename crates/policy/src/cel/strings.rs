@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::compile::Ty;
+use super::types::Ty;
 use super::value::{EvalError, List, Value};
 
 /// The argument types and result type of `receiver.function(args)`, or
