@@ -306,4 +306,133 @@ async fn on_call_silences_and_checks_routing() {
     let (code, _, err) = run(with("auditor", &["alerts", "silence", "agent_id=bot"])).await;
     assert_eq!(code, 1);
     assert!(err.contains("PermissionDenied"), "{err}");
+    // Waiting for an alert that never fires ends, with exit 1.
+    let (code, _, err) = run(with("operator", &["alerts", "list", "alertname=Nothing", "--wait", "2s"])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("no firing alert matched within 2s"), "{err}");
+}
+
+#[tokio::test]
+async fn an_agent_waits_and_a_reviewer_approves_by_correlation_id() {
+    let sandbox = Sandbox::new(&[(
+        "refunds.yaml",
+        "rules:\n  - name: big\n    actions: [issue_refund]\n    when: \"action.params.amount > 100.0\"\n    effect: require_approval\n    reason: big refund\n  - name: rest\n    effect: allow\n    reason: fine\n",
+    )]);
+    let keys = identity::keys(sandbox.data.path());
+    let mut approval_config = ApprovalConfig::for_tests(sandbox.data.path().join("approval"));
+    approval_config.auth = keys.auth();
+    let approval = ApprovalServer::start(approval_config).await.unwrap();
+    let mut config = PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path());
+    config.auth = keys.auth();
+    config.approval_url = approval.url();
+    config.outbound.credential = keys.token("service").into();
+    let engine = PolicyEngine::start(config).await.unwrap();
+    let with = |key: &str, rest: &[&str]| {
+        let mut all = vec![
+            "--addr".to_string(),
+            engine.url(),
+            "--approval-addr".into(),
+            approval.url(),
+            "--api-key".into(),
+            keys.token(key).into(),
+        ];
+        all.extend(args(rest));
+        all
+    };
+    let ask = |amount: &str, ticket: &str, wait: &str| {
+        with(
+            "agent",
+            &[
+                "evaluate",
+                "issue_refund",
+                "--agent",
+                "support-bot",
+                "--resource",
+                "order/1",
+                "--param",
+                &format!("amount={amount}"),
+                "--param",
+                "note=a b=c",
+                "--correlation-id",
+                ticket,
+                "--wait",
+                wait,
+            ],
+        )
+    };
+
+    // Allowed at once: one decision, nothing to wait for.
+    let (code, out, err) = run(ask("50", "t-0", "30s")).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("effect     allow") && out.contains("rules      rest"), "{out}");
+    assert!(!out.contains("approval"), "{out}");
+
+    // Required: the agent waits; the reviewer finds the request by ticket.
+    let waiting = tokio::spawn(run(ask("150", "t-1", "30s")));
+    let approved = warden_tests::eventually(std::time::Duration::from_secs(15), || {
+        let args = with("approver", &["approvals", "approve", "--correlation-id", "t-1", "-c", "ok"]);
+        async move {
+            let (code, out, _) = run(args).await;
+            (code == 0).then_some(out)
+        }
+    })
+    .await;
+    assert!(approved.contains("state      approved") && approved.contains("note = \"a b=c\""), "{approved}");
+    let (code, out, err) = waiting.await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("effect     require_approval") && out.contains("reasons    big refund"), "{out}");
+    assert!(out.contains("reviewed   approved by approver"), "{out}");
+    let last = out.rsplit("decision ").next().unwrap();
+    assert!(last.contains("effect     allow") && last.contains("approved by approver"), "{out}");
+
+    // Denied: the agent's wait ends with the review and no second decision.
+    let waiting = tokio::spawn(run(ask("150", "t-2", "30s")));
+    warden_tests::eventually(std::time::Duration::from_secs(15), || {
+        let args = with("approver", &["approvals", "deny", "--correlation-id", "t-2"]);
+        async move { (run(args).await.0 == 0).then_some(()) }
+    })
+    .await;
+    let (code, out, _) = waiting.await.unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("reviewed   denied by approver"), "{out}");
+    assert_eq!(out.matches("decision   ").count(), 1, "{out}");
+
+    // Nobody reviews: the wait ends, exit 1.
+    let (code, out, err) = run(ask("150", "t-3", "1s")).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("was not reviewed within 1s"), "{err}");
+
+    // Two pending requests share a ticket: the reviewer must name one.
+    let (code, _, _) = run(ask("160", "t-3", "0s")).await;
+    assert_eq!(code, 1);
+    let (code, _, err) = run(with("approver", &["approvals", "approve", "--correlation-id", "t-3"])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("2 pending requests have correlation id \"t-3\""), "{err}");
+
+    // Hostile or wrong input.
+    let (code, _, err) = run(with("approver", &["approvals", "approve", "--correlation-id", "nope"])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("no pending request you may review"), "{err}");
+    let (code, _, err) = run(with("approver", &["approvals", "approve", "--correlation-id", " "])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("--correlation-id is empty"), "{err}");
+    let (code, _, _) = run(with("approver", &["approvals", "approve", "some-id", "--correlation-id", "t-3"])).await;
+    assert_eq!(code, 2);
+    let (code, _, _) = run(with("approver", &["approvals", "approve"])).await;
+    assert_eq!(code, 2);
+    // The agent's own key cannot review its request.
+    let (code, _, err) = run(with("agent", &["approvals", "approve", "--correlation-id", "t-3"])).await;
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = run(with("agent", &["evaluate", "x", "--agent", "support-bot", "--param", "nokey"])).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("KEY=VALUE"), "{err}");
+    let (code, _, err) = run(with("agent", &["evaluate", "x", "--agent", "billing-bot"])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("PermissionDenied") && err.contains("billing-bot"), "{err}");
+    let (code, _, err) = run(with("agent", &["evaluate", "x", "--agent", "support-bot", "--confidence", "2"])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("InvalidArgument") && err.contains("confidence"), "{err}");
+
+    engine.shutdown().await;
+    approval.shutdown().await;
 }

@@ -17,6 +17,10 @@ pub enum AlertsCommand {
         /// Hide silenced and inhibited alerts.
         #[arg(long)]
         active: bool,
+        /// Wait up to this long for a firing alert to match (polling every
+        /// second); exit 1 if none does.
+        #[arg(long)]
+        wait: Option<humantime::Duration>,
     },
     /// Every rule with its state, health and last error.
     Rules,
@@ -71,9 +75,21 @@ pub async fn run(args: &RemoteArgs, command: AlertsCommand) -> Result<(), Failur
     let mut client = AlertingServiceClient::new(args.channel(&args.alerting_addr).await?);
     let json = args.json();
     match command {
-        AlertsCommand::List { matchers, active } => {
+        AlertsCommand::List { matchers, active, wait } => {
             let request = pb::ListAlertsRequest { matchers, exclude_silenced: active, exclude_inhibited: active };
-            let alerts = client.list_alerts(request).await.map_err(explain)?.into_inner().alerts;
+            let deadline = wait.map(|wait| tokio::time::Instant::now() + std::time::Duration::from(wait));
+            let alerts = loop {
+                let alerts = client.list_alerts(request.clone()).await.map_err(explain)?.into_inner().alerts;
+                match deadline {
+                    Some(_) if alerts.iter().any(|a| a.state == "firing") => break alerts,
+                    Some(deadline) if tokio::time::Instant::now() >= deadline => {
+                        let wait = wait.expect("a deadline comes from --wait");
+                        return Err(Failure::Failed(format!("no firing alert matched within {wait}")));
+                    }
+                    Some(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+                    None => break alerts,
+                }
+            };
             if json {
                 print_json(serde_json::Value::Array(alerts.iter().map(alert_json).collect()));
                 return Ok(());

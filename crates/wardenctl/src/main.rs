@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 
 mod alerts;
 mod dead_letters;
+mod evaluate;
 mod keys;
 mod remote;
 
@@ -41,6 +42,9 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Ask for a decision as an agent does (with --wait, its whole workflow:
+    /// wait for the review, then ask again with the approval).
+    Evaluate(evaluate::EvaluateArgs),
     /// Approval requests: list, show, approve, deny, watch.
     Approvals {
         #[command(subcommand)]
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Keys { command } => keys::run(command, cli.remote.json()).map_err(Failure::Failed),
+        Command::Evaluate(command) => remote::runtime().block_on(evaluate::run(&cli.remote, command)),
         Command::Approvals { command } => remote::runtime().block_on(remote::approvals(&cli.remote, command)),
         Command::Alerts { command } => remote::runtime().block_on(alerts::run(&cli.remote, command)),
         Command::Killswitch { command } => remote::runtime().block_on(remote::killswitch(&cli.remote, command)),

@@ -204,18 +204,31 @@ pub enum ApprovalsCommand {
     Show { id: String },
     /// Approve, with a comment.
     Approve {
-        id: String,
+        #[command(flatten)]
+        target: ReviewTarget,
         #[arg(long, short, default_value = "")]
         comment: String,
     },
     /// Deny, with a comment.
     Deny {
-        id: String,
+        #[command(flatten)]
+        target: ReviewTarget,
         #[arg(long, short, default_value = "")]
         comment: String,
     },
     /// Print the request's state now and at every change until it ends.
     Watch { id: String },
+}
+
+/// Which request a review is for: its id, or the one pending request with
+/// this correlation id that the caller may review.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct ReviewTarget {
+    id: Option<String>,
+    /// The ticket, conversation or workflow the request belongs to.
+    #[arg(long)]
+    correlation_id: Option<String>,
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -323,8 +336,14 @@ pub async fn approvals(args: &RemoteArgs, command: ApprovalsCommand) -> Result<(
             print_approval(&a, args.output);
             Ok(())
         }
-        ApprovalsCommand::Approve { id, comment } => review(&mut client, id, true, comment, args.output).await,
-        ApprovalsCommand::Deny { id, comment } => review(&mut client, id, false, comment, args.output).await,
+        ApprovalsCommand::Approve { target, comment } => {
+            let id = target_id(&mut client, target).await?;
+            review(&mut client, id, true, comment, args.output).await
+        }
+        ApprovalsCommand::Deny { target, comment } => {
+            let id = target_id(&mut client, target).await?;
+            review(&mut client, id, false, comment, args.output).await
+        }
         ApprovalsCommand::Watch { id } => {
             let mut stream =
                 client.watch_approval(approval::WatchApprovalRequest { id }).await.map_err(explain)?.into_inner();
@@ -337,6 +356,42 @@ pub async fn approvals(args: &RemoteArgs, command: ApprovalsCommand) -> Result<(
             }
             Ok(())
         }
+    }
+}
+
+/// The request a review names: its id as given, or the single pending
+/// request with the correlation id among those the caller may review.
+async fn target_id(client: &mut ApprovalServiceClient<Stack>, target: ReviewTarget) -> Result<String, Failure> {
+    let correlation_id = match target {
+        ReviewTarget { id: Some(id), .. } => return Ok(id),
+        ReviewTarget { correlation_id: Some(c), .. } if !c.trim().is_empty() => c,
+        _ => return Err(Failure::Failed("--correlation-id is empty".into())),
+    };
+    let mut found = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = approval::ListApprovalsRequest {
+            state: approval::State::Pending as i32,
+            agent_id: String::new(),
+            reviewable_by_me: true,
+            page_size: 500,
+            page_token,
+        };
+        let page = client.list_approvals(request).await.map_err(explain)?.into_inner();
+        found.extend(page.approvals.into_iter().filter(|a| a.correlation_id == correlation_id).map(|a| a.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(Failure::Failed(format!("no pending request you may review has correlation id {correlation_id:?}"))),
+        _ => Err(Failure::Failed(format!(
+            "{} pending requests have correlation id {correlation_id:?}; name one: {}",
+            found.len(),
+            found.join(", ")
+        ))),
     }
 }
 

@@ -320,7 +320,7 @@ mod tests {
     #[test]
     fn the_default_rules_load() {
         let set = RuleSet::load(&[], Duration::from_secs(30)).unwrap();
-        assert_eq!(set.rule_count(), 9);
+        assert_eq!(set.rule_count(), 10);
         assert!(set.lookback_ms() >= 3_600_000);
     }
 

@@ -438,6 +438,10 @@ async fn the_default_rules_fire_on_misbehaviour_and_stay_quiet_otherwise() {
                     &[("code", s("ResourceExhausted")), ("suppressed_before", number(count(119.0)))],
                 );
             }
+            if i == 695 {
+                // AgentRefused: one refused claim is enough.
+                emit(&mut state, "auth_denied", "bad", at, &[("code", s("PermissionDenied"))]);
+            }
             if i == 690 {
                 // DeadLetters: the audit service refused one of the policy
                 // engine's records for good.
@@ -506,6 +510,7 @@ async fn the_default_rules_fire_on_misbehaviour_and_stay_quiet_otherwise() {
         ("UnauthorizedAccessAttempt", "10.0.0.66"),
         ("RateLimitExceeded", "bad"),
         ("DeadLetters", "policy-engine"),
+        ("AgentRefused", "bad"),
     ]
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
