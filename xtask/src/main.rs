@@ -12,9 +12,10 @@
 //!   own multi-row INSERT, and `Verify` throughput.
 //! - `cargo xtask bench approval`: approvals created, reviewed and redeemed
 //!   per second, and the latency redeeming adds to `Evaluate`.
+//! - `cargo xtask book`: builds the documentation book into `target/book`
+//!   and checks its links and the README's.
 //! - `cargo xtask tidy`: checks the compiler does not make (crate docs).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -46,16 +47,16 @@ enum Command {
     },
     /// Repository checks: crate roots carry a `//!` doc.
     Tidy,
+    /// Build the documentation book (docs/) into target/book and check
+    /// every link in it and in the README.
+    Book,
 }
 
-/// The workspace root (xtask lives one level below it).
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_owned()
-}
+pub use xtask::workspace_root;
 
 /// mimalloc rather than the system allocator: request handling allocates
 /// many small, short-lived objects across threads, where glibc's malloc
-/// spent about a tenth of the audit service's CPU (see the README).
+/// spent about a tenth of the audit service's CPU (see `docs/src/performance.md`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -65,6 +66,13 @@ fn main() -> ExitCode {
         Command::Dev(args) => runtime().block_on(dev::run(args)),
         Command::Bench { target } => runtime().block_on(bench::run(target)),
         Command::Tidy => tidy::run(),
+        Command::Book => match xtask::book::build_and_check(&workspace_root()) {
+            Ok(out) => {
+                println!("book: {} (links checked)", out.join("index.html").display());
+                Ok(())
+            }
+            Err(errors) => Err(format!("{} broken link(s):\n  {}", errors.len(), errors.join("\n  "))),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

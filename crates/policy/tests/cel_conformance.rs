@@ -6,7 +6,7 @@
 //! Every case runs. A case listed in `tests/cel-spec/skipped.txt` may fail,
 //! for the reason its group gives; a listed case that passes fails the test,
 //! so the list never hides a case that works. Set `WARDEN_CEL_SPEC_REPORT=1`
-//! to print every failure and the per-file counts the README quotes.
+//! to print every failure and the per-file counts `docs/src/policies.md` quotes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -170,7 +170,9 @@ pub(crate) fn explain(status: tonic::Status) -> Failure {
     }
     match status.code() {
         tonic::Code::Unauthenticated => text.push_str("\n  give a key with --api-key or WARDEN_API_KEY"),
-        tonic::Code::PermissionDenied => text.push_str("\n  this key's principal lacks the needed role"),
+        tonic::Code::PermissionDenied if status.message().contains(" lacks the role ") => {
+            text.push_str("\n  use a key whose principal holds that role")
+        }
         tonic::Code::Unavailable => text.push_str("\n  the service is unreachable or overloaded; try again"),
         _ => {}
     }

@@ -15,7 +15,8 @@ use serde::Deserialize;
 
 use crate::template::Template;
 
-/// The seeds' eight rules, over the derived series (see the README).
+/// The example rules (the seeds' eight, `AgentRefused`, `DeadLetters`), over
+/// the derived series (see `docs/src/alerting.md`).
 pub const DEFAULT_RULES: &str = include_str!("../../../examples/alerting/rules.yaml");
 
 #[derive(Debug, Deserialize)]

@@ -32,8 +32,8 @@ pub struct PolicyEngineConfig {
     /// Reload policies when files in the directory change.
     pub watch_policies: bool,
     /// The most a rule's condition may cost to evaluate, in cost units (one
-    /// per comprehension iteration or element built; see the README's
-    /// "Conditions"). A condition whose load-time estimate is higher is a
+    /// per comprehension iteration or element built; see "Cost" in
+    /// `docs/src/policies.md`). A condition whose load-time estimate is higher is a
     /// load error; evaluation past it is a run-time error (the rule denies).
     pub max_condition_cost: u64,
     /// How far the `time` an agent sends may be from the engine's clock

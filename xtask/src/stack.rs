@@ -1,0 +1,176 @@
+//! The development stack: every service in one process, authentication
+//! on, with the dev keys (see `cargo xtask dev`).
+
+use std::path::{Path, PathBuf};
+
+use warden_alerting::{AlertingConfig, AlertingServer};
+use warden_approval::{ApprovalConfig, ApprovalServer};
+use warden_audit::{AuditConfig, AuditServer};
+use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
+
+/// Where the services listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// Each service's default addresses (`127.0.0.1:50051` to `:50054`, the
+    /// inbox on `:8093`, Alertmanager's API on `:9095`, metrics on
+    /// `:9091` to `:9094`): what `wardenctl` and the README expect.
+    Defaults,
+    /// Ports the system picks, no metrics listeners (tests, which point
+    /// `wardenctl` at them with `WARDEN_ADDR` and its siblings).
+    Any,
+}
+
+/// The four services, running.
+pub struct Stack {
+    pub policy_engine: PolicyEngine,
+    pub audit: AuditServer,
+    pub approval: ApprovalServer,
+    pub alerting: AlertingServer,
+    pub data_dir: PathBuf,
+    pub policies: PathBuf,
+    /// The dev keys' tokens (`<data dir>/dev-keys`).
+    pub keys: PathBuf,
+}
+
+impl Stack {
+    /// Creates the dev keys if missing and starts audit, approval,
+    /// alerting and the policy engine, in that order.
+    pub async fn start(
+        data_dir: &Path,
+        policies: &Path,
+        telemetry: warden_telemetry::TelemetryConfig,
+        ports: Ports,
+    ) -> Result<Stack, String> {
+        let root = crate::workspace_root();
+        let data_dir = data_dir.to_owned();
+        let policies = policies.to_owned();
+        let keys = dev_keys(&data_dir)?;
+        let any = ports == Ports::Any;
+        let listen = |default: String| if any { "127.0.0.1:0".to_string() } else { default };
+        let metrics = |default: String| if any { String::new() } else { default };
+        let defaults = AuditConfig::default();
+        let audit = AuditServer::start(AuditConfig {
+            data_dir: data_dir.clone(),
+            telemetry: telemetry.clone(),
+            listen: listen(defaults.listen),
+            metrics_listen: metrics(defaults.metrics_listen),
+            ..AuditConfig::default()
+        })
+        .await
+        .map_err(|e| format!("audit service: {e}"))?;
+        let service_key = warden_auth::OutboundConfig {
+            credential: format!("file:{}", keys.join("policy-engine.key").display()),
+            ..Default::default()
+        };
+        let defaults = ApprovalConfig::default();
+        let approval = ApprovalServer::start(ApprovalConfig {
+            data_dir: data_dir.clone(),
+            routes: root.join("examples/approvals.yaml"),
+            audit_url: audit.url(),
+            outbound: service_key.clone(),
+            telemetry: telemetry.clone(),
+            listen: listen(defaults.listen),
+            http_listen: listen(defaults.http_listen),
+            metrics_listen: metrics(defaults.metrics_listen),
+            ..ApprovalConfig::default()
+        })
+        .await
+        .map_err(|e| format!("approval service: {e}"))?;
+        // The example rules (examples/alerting/rules.yaml); alerts go to the
+        // log (examples/alerting has the seeds' Slack/PagerDuty/email
+        // routing, which needs real secrets).
+        let defaults = AlertingConfig::default();
+        let alerting = AlertingServer::start(AlertingConfig {
+            data_dir: data_dir.clone(),
+            audit_url: audit.url(),
+            outbound: warden_auth::OutboundConfig {
+                credential: format!("file:{}", keys.join("alerting.key").display()),
+                ..Default::default()
+            },
+            telemetry: telemetry.clone(),
+            listen: listen(defaults.listen),
+            http_listen: listen(defaults.http_listen),
+            metrics_listen: metrics(defaults.metrics_listen),
+            ..AlertingConfig::default()
+        })
+        .await
+        .map_err(|e| format!("alerting service: {e}"))?;
+        let defaults = PolicyEngineConfig::default();
+        let policy_engine = PolicyEngine::start(PolicyEngineConfig {
+            data_dir: data_dir.clone(),
+            policies: policies.clone(),
+            audit_url: audit.url(),
+            approval_url: approval.url(),
+            outbound: service_key,
+            telemetry,
+            listen: listen(defaults.listen),
+            metrics_listen: metrics(defaults.metrics_listen),
+            ..PolicyEngineConfig::default()
+        })
+        .await
+        .map_err(|e| format!("policy engine: {e}"))?;
+        Ok(Stack { policy_engine, audit, approval, alerting, data_dir, policies, keys })
+    }
+
+    /// `wardenctl`'s environment for this stack: the four addresses.
+    pub fn wardenctl_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("WARDEN_ADDR", self.policy_engine.url()),
+            ("WARDEN_AUDIT_ADDR", self.audit.url()),
+            ("WARDEN_APPROVAL_ADDR", self.approval.url()),
+            ("WARDEN_ALERTING_ADDR", self.alerting.url()),
+        ]
+    }
+
+    /// Stops the services, the policy engine first.
+    pub async fn shutdown(self) {
+        self.policy_engine.shutdown().await;
+        self.alerting.shutdown().await;
+        self.approval.shutdown().await;
+        self.audit.shutdown().await;
+    }
+}
+
+/// Creates the dev keys once; later runs reuse them. Returns the directory
+/// holding the tokens.
+pub fn dev_keys(data_dir: &Path) -> Result<PathBuf, String> {
+    use warden_auth::Kind;
+    let dir = data_dir.join("dev-keys");
+    let keys_file = data_dir.join("keys.toml");
+    let wanted: [(&str, Kind, &[&str]); 6] = [
+        ("admin", Kind::Human, &["admin"]),
+        ("support-bot", Kind::Agent, &["agent"]),
+        ("policy-engine", Kind::Service, &["service"]),
+        ("manager", Kind::Human, &["approver"]),
+        ("oncall", Kind::Human, &["operator"]),
+        ("alerting", Kind::Service, &["service", "auditor"]),
+    ];
+    if keys_file.exists() && wanted.iter().all(|(name, ..)| dir.join(format!("{name}.key")).exists()) {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut file = if keys_file.exists() { warden_auth::KeyFile::load(&keys_file)? } else { Default::default() };
+    for (name, kind, roles) in wanted {
+        if keys_file.exists() && dir.join(format!("{name}.key")).exists() {
+            continue;
+        }
+        let roles = roles.iter().map(|r| (*r).to_owned()).collect();
+        let mut key = warden_auth::api_key::create_key(name, kind, roles, vec![], None, None);
+        key.entry.comment = "created by cargo xtask dev".into();
+        let path = dir.join(format!("{name}.key"));
+        write_private(&path, &format!("{}\n", key.token.expose()))?;
+        file.keys.push(key.entry);
+    }
+    std::fs::write(&keys_file, file.to_toml()).map_err(|e| format!("cannot write {}: {e}", keys_file.display()))?;
+    Ok(dir)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    file.write_all(text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
