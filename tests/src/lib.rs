@@ -48,6 +48,17 @@ impl Sandbox {
     pub async fn start(&self) -> PolicyEngine {
         start(self.config()).await
     }
+
+    /// The engine's config with auth on (these keys), calling the audit and
+    /// approval services at these URLs (empty: none) with the service key.
+    pub fn secured_config(&self, keys: &identity::Keys, audit_url: &str, approval_url: &str) -> PolicyEngineConfig {
+        let mut config = self.config();
+        config.auth = keys.auth();
+        config.audit_url = audit_url.to_owned();
+        config.approval_url = approval_url.to_owned();
+        config.outbound.credential = keys.token("service").to_owned();
+        config
+    }
 }
 
 pub async fn start(config: PolicyEngineConfig) -> PolicyEngine {
@@ -176,6 +187,22 @@ pub mod identity {
                 bad_credentials_per_minute: 1000,
                 ..AuthConfig::default()
             }
+        }
+
+        /// Adds a key for `principal` (its token under `name`); call
+        /// [`Keys::save`] after the last one.
+        pub fn add(&mut self, name: &'static str, principal: &str, kind: Kind, roles: &[&str], agents: &[&str]) {
+            let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+            let key = create_key(principal, kind, strings(roles), strings(agents), None, None);
+            self.tokens.insert(name, key.token.expose().to_owned());
+            self.file.keys.push(key.entry);
+        }
+
+        /// An audit service on SQLite in `dir`, auth on with these keys.
+        pub async fn audit(&self, dir: &Path) -> warden_audit::AuditServer {
+            let mut config = warden_audit::AuditConfig::for_tests(dir);
+            config.auth = self.auth();
+            warden_audit::AuditServer::start(config).await.unwrap_or_else(|e| panic!("audit did not start: {e}"))
         }
 
         /// Rewrites the file atomically, as `wardenctl keys` does.
@@ -378,5 +405,14 @@ pub mod python {
             .unwrap();
         assert!(generated.success());
         dir
+    }
+
+    /// The start of a Python script that reads the audit service at `addr`
+    /// through the stubs: `audit_pb2` imported and `stub` connected.
+    pub fn audit_stub(stubs: &Path, addr: &str) -> String {
+        format!(
+            "import grpc, sys\nsys.path.insert(0, {stubs:?})\nfrom warden.audit.v1 import audit_pb2, audit_pb2_grpc\n\
+             stub = audit_pb2_grpc.AuditServiceStub(grpc.insecure_channel({addr:?}))\n"
+        )
     }
 }

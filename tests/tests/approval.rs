@@ -9,7 +9,7 @@ use tonic::Code;
 use warden_approval::{ApprovalConfig, ApprovalServer};
 use warden_audit::AuditServer;
 use warden_client::{ApprovalClient, ApprovalOutcome, ClientConfig, Effect, PolicyClient, Request};
-use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
+use warden_policy_engine::PolicyEngine;
 use warden_proto::approval::v1 as pb;
 use warden_proto::approval::v1::approval_service_client::ApprovalServiceClient;
 use warden_proto::audit::v1 as audit;
@@ -55,11 +55,7 @@ async fn stack() -> Stack {
     let audit = AuditServer::start(audit_config).await.unwrap();
     let approval =
         ApprovalServer::start(approval_config(sandbox.data.path(), &keys, &audit.url(), "127.0.0.1:0")).await.unwrap();
-    let mut config = PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path());
-    config.auth = keys.auth();
-    config.audit_url = audit.url();
-    config.approval_url = approval.url();
-    config.outbound.credential = keys.token("service").into();
+    let config = sandbox.secured_config(&keys, &audit.url(), &approval.url());
     let engine = PolicyEngine::start(config).await.unwrap();
     Stack { sandbox, keys, audit, approval, engine }
 }
@@ -261,10 +257,7 @@ async fn reviewers_are_checked_and_denials_stop_the_action() {
 async fn an_unreachable_approval_service_means_deny() {
     let sandbox = Sandbox::new(&[("refunds.yaml", POLICY)]);
     let keys = identity::keys(sandbox.data.path());
-    let mut config = PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path());
-    config.auth = keys.auth();
-    config.approval_url = "http://127.0.0.1:1".into();
-    config.outbound.credential = keys.token("service").into();
+    let config = sandbox.secured_config(&keys, "", "http://127.0.0.1:1");
     let engine = PolicyEngine::start(config).await.unwrap();
     let agent = PolicyClient::new(ClientConfig::new(engine.url()).api_key(keys.token("agent"))).unwrap();
     let decision = agent.evaluate(refund(150.0)).await.unwrap();
@@ -410,46 +403,22 @@ async fn bad_create_and_redeem_requests_name_their_fields_and_write_nothing() {
 /// approver still can, and the agent's own request goes ahead.
 #[tokio::test]
 async fn a_delegate_cannot_approve_what_it_or_its_agent_asked_for() {
-    use warden_auth::{Kind, api_key::create_key};
+    use warden_auth::Kind;
     use warden_tests::inbox;
     let sandbox = Sandbox::new(&[("refunds.yaml", POLICY)]);
     let mut keys = identity::keys(sandbox.data.path());
     // An on-call lead: a reviewer who may also act as support-bot.
-    let lead = create_key(
-        "lead",
-        Kind::Human,
-        vec!["agent".into(), "approver".into()],
-        vec!["support-bot".into()],
-        None,
-        None,
-    );
+    keys.add("lead", "lead", Kind::Human, &["agent", "approver"], &["support-bot"]);
     // Another, who never asks: bound to the agent all the same.
-    let deputy = create_key(
-        "deputy",
-        Kind::Human,
-        vec!["agent".into(), "approver".into()],
-        vec!["support-*".into()],
-        None,
-        None,
-    );
+    keys.add("deputy", "deputy", Kind::Human, &["agent", "approver"], &["support-*"]);
     // An admin who is also a reviewer (admins may ask as any agent).
-    let boss = create_key("boss", Kind::Human, vec!["admin".into(), "approver".into()], vec![], None, None);
-    for (name, key) in [("lead", lead), ("deputy", deputy), ("boss", boss)] {
-        keys.tokens.insert(name, key.token.expose().to_owned());
-        keys.file.keys.push(key.entry);
-    }
+    keys.add("boss", "boss", Kind::Human, &["admin", "approver"], &[]);
     keys.save();
-    let mut audit_config = warden_audit::AuditConfig::for_tests(sandbox.data.path().join("audit"));
-    audit_config.auth = keys.auth();
-    let audit = AuditServer::start(audit_config).await.unwrap();
+    let audit = keys.audit(&sandbox.data.path().join("audit")).await;
     let mut approval_config = approval_config(sandbox.data.path(), &keys, &audit.url(), "127.0.0.1:0");
     approval_config.http_listen = "127.0.0.1:0".into();
     let approval = ApprovalServer::start(approval_config).await.unwrap();
-    let mut config = PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path());
-    config.auth = keys.auth();
-    config.audit_url = audit.url();
-    config.approval_url = approval.url();
-    config.outbound.credential = keys.token("service").into();
+    let config = sandbox.secured_config(&keys, &audit.url(), &approval.url());
     let engine = PolicyEngine::start(config).await.unwrap();
     let stack = Stack { sandbox, keys, audit, approval, engine };
 

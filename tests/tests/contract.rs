@@ -12,9 +12,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use prost_types::value::Kind;
 use tonic::Code;
-use warden_audit::AuditServer;
 use warden_auth::Kind as PrincipalKind;
-use warden_auth::api_key::create_key;
 use warden_contract::bounds;
 use warden_policy_engine::PolicyEngine;
 use warden_proto::audit::v1 as audit;
@@ -122,24 +120,11 @@ async fn what_evaluate_accepts_every_reader_reads_back() {
     let sandbox = Sandbox::new(&[("p.yaml", "rules:\n  - name: all\n    effect: allow\n")]);
     let mut keys = identity::keys(sandbox.data.path());
     // An orchestrator asserts the generated roles, labels, names and times.
-    let orchestrator = create_key(
-        "orchestrator",
-        PrincipalKind::Service,
-        vec!["agent".into(), "assert_agent_attributes".into(), "assert_time".into()],
-        vec!["*".into()],
-        None,
-        None,
-    );
-    keys.tokens.insert("orchestrator", orchestrator.token.expose().to_owned());
-    keys.file.keys.push(orchestrator.entry);
+    let roles = ["agent", "assert_agent_attributes", "assert_time"];
+    keys.add("orchestrator", "orchestrator", PrincipalKind::Service, &roles, &["*"]);
     keys.save();
-    let mut audit_config = warden_audit::AuditConfig::for_tests(sandbox.data.path().join("audit"));
-    audit_config.auth = keys.auth();
-    let audit = AuditServer::start(audit_config).await.unwrap();
-    let mut config = sandbox.config();
-    config.auth = keys.auth();
-    config.audit_url = audit.url();
-    config.outbound.credential = keys.token("service").to_owned();
+    let audit = keys.audit(&sandbox.data.path().join("audit")).await;
+    let config = sandbox.secured_config(&keys, &audit.url(), "");
     let engine = PolicyEngine::start(config).await.unwrap();
     let mut client = PolicyServiceClient::new(channel(&engine.url()).await).max_encoding_message_size(16 << 20);
 
@@ -242,22 +227,17 @@ async fn what_evaluate_accepts_every_reader_reads_back() {
     // So does Python's protobuf.
     if let Some(python) = warden_tests::python::interpreter() {
         let stubs = warden_tests::python::stubs(&python);
-        let script = format!(
-            "import grpc, sys\n\
-             sys.path.insert(0, {stubs:?})\n\
-             from warden.audit.v1 import audit_pb2, audit_pb2_grpc\n\
-             stub = audit_pb2_grpc.AuditServiceStub(grpc.insecure_channel({addr:?}))\n\
-             token, ids = '', set()\n\
-             while True:\n\
-             \x20   page = stub.Query(audit_pb2.QueryRequest(event_types=['policy_evaluation'], page_size=1000, page_token=token), metadata=[('authorization', 'Bearer {key}')])\n\
-             \x20   ids.update(r.event.event_id for r in page.records)\n\
-             \x20   token = page.next_page_token\n\
-             \x20   if not token: break\n\
-             print(len(ids))\n",
-            stubs = stubs.display().to_string(),
-            addr = audit.url().trim_start_matches("http://"),
-            key = token,
-        );
+        let addr = audit.url();
+        let script = warden_tests::python::audit_stub(&stubs, addr.trim_start_matches("http://"))
+            + &format!(
+                "token, ids = '', set()\n\
+                 while True:\n\
+                 \x20   page = stub.Query(audit_pb2.QueryRequest(event_types=['policy_evaluation'], page_size=1000, page_token=token), metadata=[('authorization', 'Bearer {token}')])\n\
+                 \x20   ids.update(r.event.event_id for r in page.records)\n\
+                 \x20   token = page.next_page_token\n\
+                 \x20   if not token: break\n\
+                 print(len(ids))\n"
+            );
         let output = tokio::process::Command::new(&python).args(["-c", &script]).output().await.unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), accepted.len().to_string());

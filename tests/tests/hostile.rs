@@ -12,7 +12,6 @@ use prost_types::value::Kind;
 use tonic::Code;
 use warden_audit::{AuditConfig, AuditServer};
 use warden_auth::Kind as PrincipalKind;
-use warden_auth::api_key::create_key;
 use warden_errors::WardenError;
 use warden_policy_engine::PolicyEngine;
 use warden_proto::audit::v1 as audit;
@@ -53,16 +52,7 @@ fn audit_config(sandbox: &Sandbox, keys: &Keys, listen: &str) -> AuditConfig {
 async fn stack() -> Stack {
     let sandbox = Sandbox::new(&[("policies.yaml", POLICIES)]);
     let mut keys = identity::keys(sandbox.data.path());
-    let orchestrator = create_key(
-        "orchestrator",
-        PrincipalKind::Service,
-        vec!["agent".into(), "assert_agent_attributes".into()],
-        vec!["*".into()],
-        None,
-        None,
-    );
-    keys.tokens.insert("orchestrator", orchestrator.token.expose().to_owned());
-    keys.file.keys.push(orchestrator.entry);
+    keys.add("orchestrator", "orchestrator", PrincipalKind::Service, &["agent", "assert_agent_attributes"], &["*"]);
     keys.save();
     let audit = AuditServer::start(audit_config(&sandbox, &keys, "127.0.0.1:0")).await.unwrap();
     let engine = start_engine(&sandbox, &keys, &audit.url()).await;
@@ -70,10 +60,7 @@ async fn stack() -> Stack {
 }
 
 async fn start_engine(sandbox: &Sandbox, keys: &Keys, audit_url: &str) -> PolicyEngine {
-    let mut config = sandbox.config();
-    config.auth = keys.auth();
-    config.audit_url = audit_url.into();
-    config.outbound.credential = keys.token("service").to_owned();
+    let config = sandbox.secured_config(keys, audit_url, "");
     PolicyEngine::start(config).await.unwrap()
 }
 
@@ -226,17 +213,13 @@ async fn params_at_the_depth_limit_are_readable_by_every_reader_and_deeper_is_re
     // So does Python's protobuf, when the CI's interpreter is there.
     if let Some(python) = warden_tests::python::interpreter() {
         let stubs = warden_tests::python::stubs(&python);
-        let script = format!(
-            "import grpc, sys\n\
-             sys.path.insert(0, {stubs:?})\n\
-             from warden.audit.v1 import audit_pb2, audit_pb2_grpc\n\
-             stub = audit_pb2_grpc.AuditServiceStub(grpc.insecure_channel({addr:?}))\n\
-             page = stub.Query(audit_pb2.QueryRequest(correlation_id='deepest'), metadata=[('authorization', 'Bearer {token}')])\n\
-             print(page.records[0].event.event_id)\n",
-            stubs = stubs.display().to_string(),
-            addr = stack.audit.url().trim_start_matches("http://"),
-            token = stack.keys.token("auditor"),
-        );
+        let addr = stack.audit.url();
+        let token = stack.keys.token("auditor");
+        let script = warden_tests::python::audit_stub(&stubs, addr.trim_start_matches("http://"))
+            + &format!(
+                "page = stub.Query(audit_pb2.QueryRequest(correlation_id='deepest'), metadata=[('authorization', 'Bearer {token}')])\n\
+                 print(page.records[0].event.event_id)\n"
+            );
         // Not a blocking wait: the services answer on this test's runtime.
         let output = tokio::process::Command::new(&python).args(["-c", &script]).output().await.unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -372,10 +355,7 @@ async fn a_backlog_of_large_decisions_drains_exactly_once() {
     // The audit service's port, with nothing on it yet.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut config = sandbox.config();
-    config.auth = keys.auth();
-    config.audit_url = url;
-    config.outbound.credential = keys.token("service").to_owned();
+    let mut config = sandbox.secured_config(&keys, &url, "");
     config.decision_log.outbox_cap = count as u64 + 1000;
     let engine = PolicyEngine::start(config).await.unwrap();
     let client = PolicyServiceClient::new(channel(&engine.url()).await);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use warden_approval::{ApprovalConfig, ApprovalServer};
 use warden_audit::AuditServer;
-use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
+use warden_policy_engine::PolicyEngine;
 use warden_proto::approval::v1 as pb;
 use warden_proto::approval::v1::approval_service_client::ApprovalServiceClient;
 use warden_tests::identity::{self, bearer};
@@ -42,11 +42,7 @@ async fn the_python_agent_waits_for_a_manager_then_acts_and_records() {
     approval_config.outbox_interval = Duration::from_millis(20);
     approval_config.watch_poll = Duration::from_millis(50);
     let approval = ApprovalServer::start(approval_config).await.unwrap();
-    let mut config = PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path());
-    config.auth = keys.auth();
-    config.audit_url = audit.url();
-    config.approval_url = approval.url();
-    config.outbound.credential = keys.token("service").into();
+    let config = sandbox.secured_config(&keys, &audit.url(), &approval.url());
     let engine = PolicyEngine::start(config).await.unwrap();
 
     let mut agent = tokio::process::Command::new(&python);

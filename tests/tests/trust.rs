@@ -9,7 +9,6 @@ use std::time::Duration;
 use tonic::Code;
 use warden_audit::AuditServer;
 use warden_auth::Kind;
-use warden_auth::api_key::create_key;
 use warden_errors::WardenError;
 use warden_policy_engine::PolicyEngine;
 use warden_proto::audit::v1 as audit;
@@ -74,29 +73,13 @@ struct Stack {
 async fn stack() -> Stack {
     let sandbox = Sandbox::new(&[("policies.yaml", POLICIES)]);
     let mut keys = identity::keys(sandbox.data.path());
-    let orchestrator = create_key(
-        "orchestrator",
-        Kind::Service,
-        vec!["agent".into(), "assert_agent_attributes".into()],
-        vec!["support-*".into()],
-        None,
-        None,
-    );
-    keys.tokens.insert("orchestrator", orchestrator.token.expose().to_owned());
-    keys.file.keys.push(orchestrator.entry);
-    let replay = create_key("replayer", Kind::Human, vec!["replay".into()], vec!["*".into()], None, None);
-    keys.tokens.insert("replay", replay.token.expose().to_owned());
-    keys.file.keys.push(replay.entry);
+    keys.add("orchestrator", "orchestrator", Kind::Service, &["agent", "assert_agent_attributes"], &["support-*"]);
+    keys.add("replay", "replayer", Kind::Human, &["replay"], &["*"]);
     keys.save();
-    let mut audit_config = warden_audit::AuditConfig::for_tests(sandbox.data.path().join("audit"));
-    audit_config.auth = keys.auth();
-    let audit = AuditServer::start(audit_config).await.unwrap();
-    let mut config = sandbox.config();
-    config.auth = keys.auth();
+    let audit = keys.audit(&sandbox.data.path().join("audit")).await;
+    let mut config = sandbox.secured_config(&keys, &audit.url(), "");
     config.auth.grants.insert("assert_time".into(), vec!["replay".into()]);
     config.auth.grants.insert("warden.policy.v1.PolicyService/Evaluate".into(), vec!["replay".into()]);
-    config.audit_url = audit.url();
-    config.outbound.credential = keys.token("service").to_owned();
     let engine = PolicyEngine::start(config).await.unwrap();
     Stack { _sandbox: sandbox, keys, audit, engine }
 }

@@ -5,7 +5,7 @@
 use warden_approval::{ApprovalConfig, ApprovalServer};
 use warden_audit::AuditServer;
 use warden_client::{ClientConfig, Effect, PolicyClient, Request};
-use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
+use warden_policy_engine::PolicyEngine;
 use warden_tests::Sandbox;
 use warden_tests::identity;
 use warden_tests::wardenctl::run;
@@ -27,11 +27,7 @@ async fn operators_review_stop_agents_and_check_proofs() {
     let mut approval_config = ApprovalConfig::for_tests(sandbox.data.path().join("approval"));
     approval_config.auth = keys.auth();
     let approval = ApprovalServer::start(approval_config).await.unwrap();
-    let mut config = PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path());
-    config.auth = keys.auth();
-    config.audit_url = audit.url();
-    config.approval_url = approval.url();
-    config.outbound.credential = keys.token("service").into();
+    let config = sandbox.secured_config(&keys, &audit.url(), &approval.url());
     let engine = PolicyEngine::start(config).await.unwrap();
     let agent = PolicyClient::new(ClientConfig::new(engine.url()).api_key(keys.token("agent"))).unwrap();
     let decision = agent
@@ -322,10 +318,7 @@ async fn an_agent_waits_and_a_reviewer_approves_by_correlation_id() {
     let mut approval_config = ApprovalConfig::for_tests(sandbox.data.path().join("approval"));
     approval_config.auth = keys.auth();
     let approval = ApprovalServer::start(approval_config).await.unwrap();
-    let mut config = PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path());
-    config.auth = keys.auth();
-    config.approval_url = approval.url();
-    config.outbound.credential = keys.token("service").into();
+    let config = sandbox.secured_config(&keys, "", &approval.url());
     let engine = PolicyEngine::start(config).await.unwrap();
     let with = |key: &str, rest: &[&str]| {
         let mut all = vec![
