@@ -21,6 +21,8 @@ use prost::Message;
 use warden_client::{ClientConfig, Effect, PolicyClient};
 use warden_policy_engine::fixtures;
 
+use crate::bench::DecisionLogMode;
+
 #[derive(Debug, clap::Args)]
 pub struct H2loadArgs {
     /// Seconds per phase.
@@ -53,6 +55,17 @@ pub struct H2loadArgs {
     /// compare two builds in one session).
     #[arg(long)]
     engine: Option<std::path::PathBuf>,
+    /// Instead of Evaluate vs Health/Check: Evaluate on an engine recording
+    /// every decision (`sync` or `async`, to an audit address nobody
+    /// serves, so only the engine's own cost counts) vs one without a
+    /// decision log, with p50/p99 from h2load's per-request log and the
+    /// journal's counters.
+    #[arg(long, value_enum, default_value_t = DecisionLogMode::Off)]
+    decision_log: DecisionLogMode,
+    /// With `--decision-log`: the journal's commit delay (e.g. 0s); the
+    /// engine's default when absent.
+    #[arg(long)]
+    commit_delay: Option<String>,
 }
 
 /// A unary gRPC request body: the 5-byte frame header, then the message.
@@ -73,12 +86,14 @@ impl Drop for Engine {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Run {
     requests: f64,
     seconds: f64,
     failed: u64,
     mean_ms: f64,
+    /// Each request's latency in microseconds, when h2load logged them.
+    latencies_us: Vec<u64>,
 }
 
 /// How long h2load drives the server: seconds (after a second's warm-up),
@@ -96,7 +111,23 @@ fn h2load(
     body: &std::path::Path,
     token: Option<&str>,
 ) -> Result<Run, String> {
+    h2load_logged(args, load, url, body, token, None)
+}
+
+/// h2load; with `log`, each request's latency is read back from its
+/// per-request log (`--log-file`: start, status, microseconds).
+fn h2load_logged(
+    args: &H2loadArgs,
+    load: Load,
+    url: &str,
+    body: &std::path::Path,
+    token: Option<&str>,
+    log: Option<&std::path::Path>,
+) -> Result<Run, String> {
     let mut command = Command::new("h2load");
+    if let Some(log) = log {
+        command.arg("--log-file").arg(log);
+    }
     command.args(["-t", "1", "-c", &args.connections.to_string(), "-m", &args.streams.to_string()]);
     match load {
         Load::Seconds(seconds) => command.args(["-D", &seconds.to_string(), "--warm-up-time", "1"]),
@@ -135,6 +166,19 @@ fn h2load(
     if run.requests == 0.0 {
         return Err(format!("h2load reported no successful requests:\n{text}"));
     }
+    if let Some(log) = log {
+        let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        run.latencies_us = text
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split('\t');
+                let status = fields.nth(1)?;
+                (status == "200").then_some(())?;
+                fields.next()?.trim().parse().ok()
+            })
+            .collect();
+        let _ = std::fs::remove_file(log);
+    }
     Ok(run)
 }
 
@@ -150,12 +194,17 @@ fn parse_duration_ms(text: &str) -> f64 {
     }
 }
 
-pub async fn run(args: H2loadArgs) -> Result<(), String> {
-    let root = std::env::temp_dir().join(format!("warden-bench-h2load-{}", std::process::id()));
-    let policies = root.join("policies");
-    std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
-    std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
-    let (agent, action) = fixtures::request(3);
+/// One engine process: its data in `root/name`, the bench's policies, an
+/// agent key when `keys_file` is given (else auth off), `env` on top of
+/// the defaults, and metrics on `metrics_port`.
+fn spawn_engine(
+    args: &H2loadArgs,
+    root: &std::path::Path,
+    name: &str,
+    keys_file: Option<&std::path::Path>,
+    env: &[(&str, String)],
+    metrics_port: Option<u16>,
+) -> Result<(Engine, String), String> {
     let binary = match &args.engine {
         Some(path) => path.clone(),
         None => crate::bench::release_binary("warden-policy-engine")?,
@@ -169,35 +218,33 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     } else {
         Command::new(binary)
     };
+    let metrics = metrics_port.map(|port| format!("127.0.0.1:{port}")).unwrap_or_default();
     engine
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", ""])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &metrics])
         .arg("--data-dir")
-        .arg(root.join("data"))
+        .arg(root.join(name))
         .arg("--policies")
-        .arg(&policies)
+        .arg(root.join("policies"))
+        .envs(env.iter().map(|(key, value)| (key, value)))
         .stdout(std::process::Stdio::null());
-    let mut token = None;
-    if args.auth {
-        let (keys_file, key) = crate::bench::agent_key_file(&root, &agent.id)?;
-        engine.arg("--keys-file").arg(keys_file);
-        token = Some(key);
-    } else {
-        engine.arg("--insecure-no-auth").stderr(std::process::Stdio::null());
-    }
+    match keys_file {
+        Some(keys_file) => engine.arg("--keys-file").arg(keys_file),
+        None => engine.arg("--insecure-no-auth").stderr(std::process::Stdio::null()),
+    };
     let engine = Engine(engine.spawn().map_err(|e| format!("cannot start warden-policy-engine: {e}"))?);
     if args.callgrind {
         // Valgrind starts the engine many times slower.
         std::thread::sleep(Duration::from_secs(2));
     }
-    let url = format!("http://127.0.0.1:{port}");
     crate::bench::wait_for_port(port, "warden-policy-engine")?;
-    if let Some(path) = &args.pid_file {
-        std::fs::write(path, engine.0.id().to_string()).map_err(|e| e.to_string())?;
-    }
-    let request = crate::bench::evaluate_request(agent, action);
-    // h2load sees HTTP statuses only: check that this exact request is answered.
-    let mut client_config = ClientConfig::new(url.clone());
-    if let Some(token) = &token {
+    Ok((engine, format!("http://127.0.0.1:{port}")))
+}
+
+/// Checks that the engine at `url` decides `request` (h2load sees HTTP
+/// statuses only, never the gRPC status in the trailers).
+async fn check_decides(url: &str, token: Option<&str>, request: &warden_proto::policy::v1::EvaluateRequest) -> Result<(), String> {
+    let mut client_config = ClientConfig::new(url.to_owned());
+    if let Some(token) = token {
         client_config = client_config.api_key(token);
     }
     let client = PolicyClient::new(client_config).map_err(|e| e.to_string())?;
@@ -205,6 +252,32 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     if decision.effect == Effect::Deny && decision.reasons.iter().any(|r| r.contains("unavailable")) {
         return Err(format!("Evaluate did not decide: {decision:?}"));
     }
+    Ok(())
+}
+
+pub async fn run(args: H2loadArgs) -> Result<(), String> {
+    let root = std::env::temp_dir().join(format!("warden-bench-h2load-{}", std::process::id()));
+    let policies = root.join("policies");
+    std::fs::create_dir_all(&policies).map_err(|e| e.to_string())?;
+    std::fs::write(policies.join("bench.yaml"), fixtures::rule_set(10, 20)).map_err(|e| e.to_string())?;
+    let (agent, action) = fixtures::request(3);
+    let (keys_file, token) = if args.auth {
+        let (keys_file, key) = crate::bench::agent_key_file(&root, &agent.id)?;
+        (Some(keys_file), Some(key))
+    } else {
+        (None, None)
+    };
+    let request = crate::bench::evaluate_request(agent, action);
+    if args.decision_log != DecisionLogMode::Off {
+        let result = decision_log(&args, &root, keys_file.as_deref(), token.as_deref(), &request).await;
+        let _ = std::fs::remove_dir_all(&root);
+        return result;
+    }
+    let (engine, url) = spawn_engine(&args, &root, "data", keys_file.as_deref(), &[], None)?;
+    if let Some(path) = &args.pid_file {
+        std::fs::write(path, engine.0.id().to_string()).map_err(|e| e.to_string())?;
+    }
+    check_decides(&url, token.as_deref(), &request).await?;
     let evaluate_body = root.join("evaluate.bin");
     std::fs::write(&evaluate_body, grpc_frame(&request.encode_to_vec())).map_err(|e| e.to_string())?;
     let health_body = root.join("health.bin");
@@ -317,6 +390,163 @@ fn count_instructions(
     println!(
         "ratio Health/Evaluate instructions (the throughput ratio if machine work were all): {:.3}",
         counts[1].1 / counts[0].1
+    );
+    Ok(())
+}
+
+/// The journal counters the engine publishes, read from its metrics.
+#[derive(Debug, Default, Clone, Copy)]
+struct JournalCounters {
+    records: f64,
+    groups: f64,
+    syncs: f64,
+    sync_seconds: f64,
+    notify_seconds: f64,
+}
+
+impl JournalCounters {
+    /// Reads them once the engine has published the phase's last second.
+    async fn read(metrics_port: u16) -> Result<JournalCounters, String> {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+        let text = reqwest::get(&url).await.and_then(|r| r.error_for_status()).map_err(|e| format!("{url}: {e}"))?;
+        let text = text.text().await.map_err(|e| e.to_string())?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok(JournalCounters {
+            records: value("decision_log_journal_records_total"),
+            groups: value("decision_log_journal_groups_total"),
+            syncs: value("decision_log_journal_syncs_total"),
+            sync_seconds: value("decision_log_journal_sync_seconds_total"),
+            notify_seconds: value("decision_log_journal_notify_seconds_total"),
+        })
+    }
+
+    fn since(self, before: JournalCounters) -> JournalCounters {
+        JournalCounters {
+            records: self.records - before.records,
+            groups: self.groups - before.groups,
+            syncs: self.syncs - before.syncs,
+            sync_seconds: self.sync_seconds - before.sync_seconds,
+            notify_seconds: self.notify_seconds - before.notify_seconds,
+        }
+    }
+
+    fn add(&mut self, other: JournalCounters) {
+        self.records += other.records;
+        self.groups += other.groups;
+        self.syncs += other.syncs;
+        self.sync_seconds += other.sync_seconds;
+        self.notify_seconds += other.notify_seconds;
+    }
+}
+
+/// The `q` quantile of the runs' latencies, in milliseconds.
+fn quantile_ms(runs: &[Run], q: f64) -> f64 {
+    let mut all: Vec<u64> = runs.iter().flat_map(|run| run.latencies_us.iter().copied()).collect();
+    if all.is_empty() {
+        return 0.0;
+    }
+    all.sort_unstable();
+    let index = ((all.len() as f64 * q).ceil() as usize).clamp(1, all.len()) - 1;
+    all[index] as f64 / 1000.0
+}
+
+/// `--decision-log sync|async`: an engine recording every decision vs one
+/// without a decision log, in alternating phases.
+async fn decision_log(
+    args: &H2loadArgs,
+    root: &std::path::Path,
+    keys_file: Option<&std::path::Path>,
+    token: Option<&str>,
+    request: &warden_proto::policy::v1::EvaluateRequest,
+) -> Result<(), String> {
+    let durability = match args.decision_log {
+        DecisionLogMode::Sync => "sync",
+        _ => "async",
+    };
+    // Nobody serves this address: decisions stay in the journal, and the
+    // shipper's retries (a breaker, backing off) cost next to nothing.
+    let audit_url = format!("http://127.0.0.1:{}", crate::bench::free_port()?);
+    let quiet = ("WARDEN__TELEMETRY__LOG_LEVEL", "error".to_owned());
+    let mut logged_env = vec![
+        ("WARDEN__AUDIT_URL", audit_url),
+        ("WARDEN__DECISION_LOG__DURABILITY", durability.to_owned()),
+        ("WARDEN__DECISION_LOG__OUTBOX_CAP", "1000000000000".to_owned()),
+        quiet.clone(),
+    ];
+    if let Some(delay) = &args.commit_delay {
+        logged_env.push(("WARDEN__DECISION_LOG__COMMIT_DELAY", delay.clone()));
+    }
+    let (off_engine, off_url) = spawn_engine(args, root, "off", keys_file, &[quiet], None)?;
+    let metrics_port = crate::bench::free_port()?;
+    let (logged_engine, logged_url) = spawn_engine(args, root, "logged", keys_file, &logged_env, Some(metrics_port))?;
+    if let Some(path) = &args.pid_file {
+        std::fs::write(path, logged_engine.0.id().to_string()).map_err(|e| e.to_string())?;
+    }
+    check_decides(&off_url, token, request).await?;
+    check_decides(&logged_url, token, request).await?;
+    let body = root.join("evaluate.bin");
+    std::fs::write(&body, grpc_frame(&request.encode_to_vec())).map_err(|e| e.to_string())?;
+    let path = "/warden.policy.v1.PolicyService/Evaluate";
+    println!(
+        "bench h2load --decision-log {durability}: 200-rule set, {} in flight ({} connections x {} streams), {} x {}s phases each, alternating, auth {}",
+        args.connections * args.streams,
+        args.connections,
+        args.streams,
+        args.rounds,
+        args.seconds,
+        if args.auth { "on (API key)" } else { "off" }
+    );
+    let (mut off, mut logged) = (Vec::new(), Vec::new());
+    let mut journal = JournalCounters::default();
+    let log = root.join("h2load.log");
+    for _ in 0..args.rounds {
+        let load = Load::Seconds(args.seconds);
+        let url = format!("{off_url}{path}");
+        off.push(tokio::task::block_in_place(|| h2load_logged(args, load, &url, &body, token, Some(&log)))?);
+        let before = JournalCounters::read(metrics_port).await?;
+        let url = format!("{logged_url}{path}");
+        logged.push(tokio::task::block_in_place(|| h2load_logged(args, load, &url, &body, token, Some(&log)))?);
+        journal.add(JournalCounters::read(metrics_port).await?.since(before));
+    }
+    drop(off_engine);
+    drop(logged_engine);
+    let rate = |runs: &[Run]| {
+        runs.iter().map(|r| r.requests).sum::<f64>() / runs.iter().map(|r| r.seconds).sum::<f64>().max(f64::EPSILON)
+    };
+    let failed = |runs: &[Run]| runs.iter().map(|r| r.failed).sum::<u64>();
+    println!("{:<18} {:>12} {:>9} {:>9} {:>8}", "engine", "requests/s", "p50", "p99", "failed");
+    for (name, runs) in [("no decision log", &off), (durability, &logged)] {
+        println!(
+            "{name:<18} {:>12.0} {:>7.2}ms {:>7.2}ms {:>8}",
+            rate(runs),
+            quantile_ms(runs, 0.5),
+            quantile_ms(runs, 0.99),
+            failed(runs)
+        );
+    }
+    let rounds: Vec<String> = off.iter().zip(&logged).map(|(o, l)| format!("{:.2}", l.requests / o.requests)).collect();
+    println!(
+        "ratio {durability}/no log: throughput {:.2} (per round: {}), p50 {:.2}, p99 {:.2}",
+        rate(&logged) / rate(&off),
+        rounds.join(", "),
+        quantile_ms(&logged, 0.5) / quantile_ms(&off, 0.5),
+        quantile_ms(&logged, 0.99) / quantile_ms(&off, 0.99),
+    );
+    let logged_seconds = logged.iter().map(|r| r.seconds + 1.0).sum::<f64>();
+    println!(
+        "journal ({durability} phases, warm-up included): {:.0} decisions, {:.1} per group, {:.1} per sync, {:.0} syncs/s, {:.3} ms per sync ({:.0}% of the phases in fdatasync), waking the waiters {:.2} us per decision",
+        journal.records,
+        journal.records / journal.groups.max(1.0),
+        journal.records / journal.syncs.max(1.0),
+        journal.syncs / logged_seconds,
+        journal.sync_seconds * 1000.0 / journal.syncs.max(1.0),
+        journal.sync_seconds * 100.0 / logged_seconds,
+        journal.notify_seconds * 1e6 / journal.records.max(1.0),
     );
     Ok(())
 }

@@ -94,7 +94,7 @@ pub async fn run(args: PolicyArgs, mode: DecisionLogMode) -> Result<(), String> 
     );
     let phase = Duration::from_secs(args.seconds);
     let (mut off, mut logged, mut paused) = (Totals::default(), Totals::default(), Totals::default());
-    let syncs_before = engines[1].decision_log.as_ref().map_or(0, |log| log.syncs());
+    let syncs_before = engines[1].decision_log.as_ref().map_or(0, |log| log.journal_stats().syncs);
     for _ in 0..args.rounds {
         // The engine without a log is measured with the audit process
         // stopped too: otherwise it shares the cores with the audit service
@@ -110,7 +110,7 @@ pub async fn run(args: PolicyArgs, mode: DecisionLogMode) -> Result<(), String> 
         audit.signal("-CONT");
     }
     let backlog = engines[1].decision_log.as_ref().map_or(0, |log| log.pending());
-    let syncs = engines[1].decision_log.as_ref().map_or(0, |log| log.syncs()) - syncs_before;
+    let syncs = engines[1].decision_log.as_ref().map_or(0, |log| log.journal_stats().syncs) - syncs_before;
     let recorded = (logged.latencies.len() + paused.latencies.len()) as f64;
     // Everything recorded reaches the audit service before the figures count.
     let deadline = Instant::now() + Duration::from_secs(120);

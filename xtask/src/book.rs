@@ -107,81 +107,80 @@ fn check_code_paths(root: &Path, file: &str, code: &[String], errors: &mut Vec<S
     }
 }
 
-/// The ids of every page mdBook rendered, by page (relative to the output).
-fn rendered_ids(out: &Path) -> BTreeMap<PathBuf, BTreeSet<String>> {
-    let id = regex::Regex::new(r#"\bid="([^"]+)""#).expect("a valid regex");
-    let mut pages = BTreeMap::new();
-    let mut stack = vec![out.to_owned()];
+/// Every file under `dir` whose extension is `ext`, in a stable order.
+fn files_under(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "html") {
-                let html = std::fs::read_to_string(&path).unwrap_or_default();
-                let ids = id.captures_iter(&html).map(|c| c[1].to_string()).collect();
-                pages.insert(path.strip_prefix(out).expect("under the output").to_owned(), ids);
+            } else if path.extension().is_some_and(|e| e == ext) {
+                files.push(path);
             }
         }
     }
-    pages
+    files.sort();
+    files
+}
+
+/// The ids of every page mdBook rendered, by page (relative to the output).
+fn rendered_ids(out: &Path) -> BTreeMap<PathBuf, BTreeSet<String>> {
+    let id = regex::Regex::new(r#"\bid="([^"]+)""#).expect("a valid regex");
+    files_under(out, "html")
+        .into_iter()
+        .map(|path| {
+            let html = std::fs::read_to_string(&path).unwrap_or_default();
+            let ids = id.captures_iter(&html).map(|c| c[1].to_string()).collect();
+            (path.strip_prefix(out).expect("under the output").to_owned(), ids)
+        })
+        .collect()
 }
 
 fn check_book(root: &Path, src: &Path, out: &Path) -> Vec<String> {
     let mut errors = Vec::new();
     let pages = rendered_ids(out);
-    let mut stack = vec![src.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
+    for path in files_under(src, "md") {
+        let chapter = path.strip_prefix(src).expect("under src").to_owned();
+        let name = format!("docs/src/{}", chapter.display());
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let found = references(&text);
+        check_code_paths(root, &name, &found.code, &mut errors);
+        for link in found.links {
+            if is_external(&link) {
                 continue;
             }
-            if path.extension().is_none_or(|e| e != "md") {
-                continue;
-            }
-            let chapter = path.strip_prefix(src).expect("under src").to_owned();
-            let name = format!("docs/src/{}", chapter.display());
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let found = references(&text);
-            check_code_paths(root, &name, &found.code, &mut errors);
-            for link in found.links {
-                if is_external(&link) {
-                    continue;
-                }
-                let (target, fragment) = link.split_once('#').map_or((link.as_str(), None), |(t, f)| (t, Some(f)));
-                let target = if target.is_empty() {
-                    chapter.clone()
-                } else {
-                    match normalize(&chapter.parent().unwrap_or(Path::new("")).join(target)) {
-                        Some(target) => target,
-                        None => {
-                            errors.push(format!("{name}: {link} leaves the book (name repository files in code)"));
-                            continue;
-                        }
-                    }
-                };
-                if !src.join(&target).exists() {
-                    errors.push(format!("{name}: {link}: no such file in the book"));
-                    continue;
-                }
-                if target.extension().is_some_and(|e| e == "md") {
-                    let page = target.with_extension("html");
-                    let Some(ids) = pages.get(&page) else {
-                        errors.push(format!("{name}: {link}: the chapter is not in SUMMARY.md, so it is not rendered"));
+            let (target, fragment) = link.split_once('#').map_or((link.as_str(), None), |(t, f)| (t, Some(f)));
+            let target = if target.is_empty() {
+                chapter.clone()
+            } else {
+                match normalize(&chapter.parent().unwrap_or(Path::new("")).join(target)) {
+                    Some(target) => target,
+                    None => {
+                        errors.push(format!("{name}: {link} leaves the book (name repository files in code)"));
                         continue;
-                    };
-                    if let Some(fragment) = fragment
-                        && !ids.contains(fragment)
-                    {
-                        errors.push(format!("{name}: {link}: {} has no #{fragment}", page.display()));
                     }
-                } else if fragment.is_some() {
-                    errors.push(format!("{name}: {link}: a fragment on a file that is not a chapter"));
                 }
+            };
+            if !src.join(&target).exists() {
+                errors.push(format!("{name}: {link}: no such file in the book"));
+                continue;
+            }
+            if target.extension().is_some_and(|e| e == "md") {
+                let page = target.with_extension("html");
+                let Some(ids) = pages.get(&page) else {
+                    errors.push(format!("{name}: {link}: the chapter is not in SUMMARY.md, so it is not rendered"));
+                    continue;
+                };
+                if let Some(fragment) = fragment
+                    && !ids.contains(fragment)
+                {
+                    errors.push(format!("{name}: {link}: {} has no #{fragment}", page.display()));
+                }
+            } else if fragment.is_some() {
+                errors.push(format!("{name}: {link}: a fragment on a file that is not a chapter"));
             }
         }
     }

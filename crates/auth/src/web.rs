@@ -5,6 +5,7 @@
 //! bad credentials and the same `auth_denied` events as gRPC.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Code;
@@ -72,15 +73,7 @@ impl Auth {
         headers: &http::HeaderMap,
         remote: Option<SocketAddr>,
     ) -> Result<Caller, Denial> {
-        let Some(entry) = self.http_methods.get(&route_key(surface, method, route)).cloned() else {
-            // A route missing from the table: refused (fail closed); the
-            // surfaces' tests walk the table so this is never reached.
-            return Err(Denial {
-                code: Code::PermissionDenied,
-                message: format!("{method} {route} is not in the authorization table"),
-                retry_after: None,
-            });
-        };
+        let entry = self.http_entry(surface, method, route)?;
         if self.insecure() {
             entry.count(Code::Ok);
             return Ok(Caller::Anonymous);
@@ -105,19 +98,24 @@ impl Auth {
         route: &str,
         principal: &Principal,
     ) -> Result<(), Denial> {
-        let Some(entry) = self.http_methods.get(&route_key(surface, method, route)).cloned() else {
-            return Err(Denial {
-                code: Code::PermissionDenied,
-                message: format!("{method} {route} is not in the authorization table"),
-                retry_after: None,
-            });
-        };
+        let entry = self.http_entry(surface, method, route)?;
         if self.insecure() {
             return Ok(());
         }
         self.check_http(&entry, principal)?;
         entry.count(Code::Ok);
         Ok(())
+    }
+
+    /// The table's entry for `METHOD route`; a route missing from the
+    /// table is refused (fail closed; the surfaces' tests walk the table,
+    /// so this is never reached).
+    fn http_entry(&self, surface: &str, method: &str, route: &str) -> Result<Arc<crate::MethodEntry>, Denial> {
+        self.http_methods.get(&route_key(surface, method, route)).cloned().ok_or_else(|| Denial {
+            code: Code::PermissionDenied,
+            message: format!("{method} {route} is not in the authorization table"),
+            retry_after: None,
+        })
     }
 
     fn check_http(&self, entry: &crate::MethodEntry, principal: &Principal) -> Result<(), Denial> {

@@ -122,6 +122,28 @@ struct Shared {
     syncs: AtomicU64,
     /// Groups written, synced or not.
     groups: AtomicU64,
+    /// Records written since the journal opened.
+    records: AtomicU64,
+    /// Time in `fdatasync`, and in handing results to the appends that
+    /// waited for them, in nanoseconds.
+    sync_nanos: AtomicU64,
+    notify_nanos: AtomicU64,
+}
+
+/// The writer's work since the journal opened: what group commit shares
+/// and what it costs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records written.
+    pub records: u64,
+    /// Groups written (one `write` each).
+    pub groups: u64,
+    /// `fdatasync` calls (records per sync is what group commit saves).
+    pub syncs: u64,
+    /// Time spent in `fdatasync`.
+    pub sync_time: std::time::Duration,
+    /// Time spent waking the appends that waited for their sync.
+    pub notify_time: std::time::Duration,
 }
 
 /// The writing side; cheap to share behind an `Arc`.
@@ -319,8 +341,14 @@ impl Journal {
             }
         };
         recovery.pending = next.saturating_sub(cursor);
-        let shared =
-            Arc::new(Shared { consumed: AtomicU64::new(cursor), syncs: AtomicU64::new(0), groups: AtomicU64::new(0) });
+        let shared = Arc::new(Shared {
+            consumed: AtomicU64::new(cursor),
+            syncs: AtomicU64::new(0),
+            groups: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            sync_nanos: AtomicU64::new(0),
+            notify_nanos: AtomicU64::new(0),
+        });
         let (written_tx, written) = watch::channel(next);
         let (jobs, queue) = mpsc::channel(options.queue.max(1));
         let writer = Writer {
@@ -374,15 +402,16 @@ impl Journal {
         self.written.borrow().saturating_sub(self.shared.consumed.load(Ordering::Acquire))
     }
 
-    /// Groups written and synced since the journal opened: appends per
-    /// sync is what group commit saves.
-    pub fn syncs(&self) -> u64 {
-        self.shared.syncs.load(Ordering::Relaxed)
-    }
-
-    /// Groups written (one `write` each) since the journal opened.
-    pub fn groups(&self) -> u64 {
-        self.shared.groups.load(Ordering::Relaxed)
+    /// The writer's counters since the journal opened.
+    pub fn stats(&self) -> Stats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Stats {
+            records: load(&self.shared.records),
+            groups: load(&self.shared.groups),
+            syncs: load(&self.shared.syncs),
+            sync_time: std::time::Duration::from_nanos(load(&self.shared.sync_nanos)),
+            notify_time: std::time::Duration::from_nanos(load(&self.shared.notify_nanos)),
+        }
     }
 
     /// Appends queued for the writer and not yet written.
@@ -497,10 +526,14 @@ impl Writer {
                 tracing::error!(%error, records = group.len(), "cannot write the journal");
                 error.to_string()
             });
+            let notifying = std::time::Instant::now();
             for job in group.drain(..) {
                 if let Some(done) = job.done {
                     let _ = done.send(result.clone());
                 }
+            }
+            if waiting > 0 {
+                self.shared.notify_nanos.fetch_add(notifying.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
             if waiting == 0 && !self.options.write_window.is_zero() {
                 std::thread::sleep(self.options.write_window);
@@ -543,7 +576,16 @@ impl Writer {
             let allocated = end.div_ceil(preallocate) * preallocate;
             self.buf.resize(self.buf.len() + (allocated - end) as usize, 0);
         }
-        let written = file.write_all_at(&self.buf, *length).and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        let shared = &self.shared;
+        let written = file.write_all_at(&self.buf, *length).and_then(|()| {
+            if !sync {
+                return Ok(());
+            }
+            let syncing = std::time::Instant::now();
+            let synced = file.sync_data();
+            shared.sync_nanos.fetch_add(syncing.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            synced
+        });
         if let Err(error) = written {
             // Whatever reached the file is not acknowledged: cut it off so
             // the next group starts at a record boundary.
@@ -560,6 +602,7 @@ impl Writer {
         }
         self.next += group.len() as u64;
         self.shared.groups.fetch_add(1, Ordering::Relaxed);
+        self.shared.records.fetch_add(group.len() as u64, Ordering::Relaxed);
         self.written.send_replace(self.next);
         Ok(())
     }

@@ -87,16 +87,16 @@ async fn appends_nobody_waits_on_are_written_at_once_and_synced_within_the_bound
     assert_eq!(records.len(), 200);
     // Synced alone once the bound has passed, with nothing else coming.
     let waited = std::time::Instant::now();
-    while journal.syncs() == 0 {
+    while journal.stats().syncs == 0 {
         assert!(waited.elapsed() < std::time::Duration::from_secs(10), "never synced");
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    assert!(journal.syncs() < 20, "{} syncs for 200 appends nobody waited on", journal.syncs());
+    assert!(journal.stats().syncs < 20, "{} syncs for 200 appends nobody waited on", journal.stats().syncs);
     // An append that waits syncs at once, and takes earlier ones with it.
-    let before = journal.syncs();
+    let before = journal.stats().syncs;
     journal.append(payload(200), false).await.unwrap();
     journal.append(payload(201), true).await.unwrap();
-    assert_eq!(journal.syncs(), before + 1);
+    assert_eq!(journal.stats().syncs, before + 1);
     drop((journal, reader));
     let (_journal, mut reader, recovery) = Journal::open(dir.path(), options).unwrap();
     assert_eq!(recovery.pending, 202);
@@ -245,7 +245,7 @@ async fn concurrent_appends_share_syncs_and_all_arrive_once() {
     let unique: std::collections::HashSet<_> = records.iter().map(|r| r.payload.clone()).collect();
     assert_eq!(unique.len(), 1600);
     // Appends that queued while a group synced shared the next sync.
-    assert!(journal.syncs() < 1600, "{} syncs for 1600 appends", journal.syncs());
+    assert!(journal.stats().syncs < 1600, "{} syncs for 1600 appends", journal.stats().syncs);
     assert!(records.windows(2).all(|w| w[1].sequence == w[0].sequence + 1));
 }
 
@@ -262,7 +262,7 @@ async fn a_lone_caller_never_waits_for_the_commit_delay() {
         let appended = tokio::time::timeout(std::time::Duration::from_secs(60), journal.append(payload(i), true));
         appended.await.expect("synced without the commit delay").unwrap();
     }
-    assert_eq!(journal.syncs(), 20);
+    assert_eq!(journal.stats().syncs, 20);
     assert_eq!(read_all(&mut reader).await.len(), 20);
 }
 
@@ -296,7 +296,7 @@ async fn under_load_an_append_waits_for_the_ones_that_follow() {
     };
     // Load: 32 callers at once share syncs.
     append_all((0..32).collect(), std::time::Duration::ZERO).await;
-    let before = journal.syncs();
+    let before = journal.stats().syncs;
     assert!(before <= 2, "{before} syncs for 32 appends at once");
     // The writer rests from the last sync on: an append half-way through
     // the rest waits for the rest of it, not for a delay of its own.
@@ -305,11 +305,11 @@ async fn under_load_an_append_waits_for_the_ones_that_follow() {
     journal.append(payload(99), true).await.unwrap();
     let waited = started.elapsed();
     assert!(waited < delay * 9 / 10, "waited {waited:?}: a delay of its own is {delay:?}");
-    let before = journal.syncs();
+    let before = journal.stats().syncs;
     // Then 16 appends a millisecond apart: each would sync alone; the
     // first waits the delay instead, and the others join its sync.
     append_all((100..116).collect(), std::time::Duration::from_millis(1)).await;
-    let staggered = journal.syncs() - before;
+    let staggered = journal.stats().syncs - before;
     assert!(staggered <= 3, "{staggered} syncs for 16 appends a millisecond apart");
     assert_eq!(read_all(&mut reader).await.len(), 49);
 }
@@ -355,7 +355,7 @@ async fn appends_that_do_not_wait_are_written_in_groups_after_the_write_window()
     let (journal, mut reader, _) = Journal::open(dir.path(), options).unwrap();
     journal.append(payload(0), false).await.unwrap();
     // The first group is written; the writer now rests for the window.
-    while journal.groups() < 1 {
+    while journal.stats().groups < 1 {
         tokio::task::yield_now().await;
     }
     for i in 1..50 {
@@ -365,6 +365,6 @@ async fn appends_that_do_not_wait_are_written_in_groups_after_the_write_window()
         .await
         .expect("the waiting append is written after the window")
         .unwrap();
-    assert_eq!(journal.groups(), 2, "the 50 appends queued during the rest are one group");
+    assert_eq!(journal.stats().groups, 2, "the 50 appends queued during the rest are one group");
     assert_eq!(read_all(&mut reader).await.len(), 51);
 }

@@ -186,6 +186,25 @@ fn decode_record(record: &[u8]) -> Result<(Option<String>, audit::AuditEvent), S
     Ok((traceparent, event))
 }
 
+/// Copies the journal writer's counters into the metrics once a second,
+/// for as long as the journal is open.
+async fn publish_journal_stats(journal: std::sync::Weak<Journal>) {
+    let mut published = warden_journal::Stats::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(journal) = journal.upgrade() else { return };
+        let now = journal.stats();
+        METRICS.journal_records.inc_by(now.records - published.records);
+        METRICS.journal_groups.inc_by(now.groups - published.groups);
+        METRICS.journal_syncs.inc_by(now.syncs - published.syncs);
+        METRICS.journal_sync_seconds.inc_by((now.sync_time - published.sync_time).as_secs_f64());
+        METRICS.journal_notify_seconds.inc_by((now.notify_time - published.notify_time).as_secs_f64());
+        published = now;
+    }
+}
+
 impl DecisionLog {
     /// Opens the journal in `data_dir` and starts the shipper.
     /// `identity` is what the engine presents to the audit service (its
@@ -231,6 +250,7 @@ impl DecisionLog {
         let journal = Arc::new(journal);
         let dead_letters = Arc::new(JournalDeadLetters::open(&data_dir.join(DEAD_LETTERS_DIR), journal.clone())?);
         tokio::spawn(run_shipper(reader, client, config.batch.max(1), dead_letters.clone()));
+        tokio::spawn(publish_journal_stats(Arc::downgrade(&journal)));
         Ok(Arc::new(DecisionLog { journal, config, dead_letters }))
     }
 
@@ -239,9 +259,10 @@ impl DecisionLog {
         self.dead_letters.clone()
     }
 
-    /// Journal syncs so far (decisions per sync is group commit's gain).
-    pub fn syncs(&self) -> u64 {
-        self.journal.syncs()
+    /// The journal writer's counters (decisions per sync is group
+    /// commit's gain).
+    pub fn journal_stats(&self) -> warden_journal::Stats {
+        self.journal.stats()
     }
 
     /// Events not yet acknowledged by the audit service.

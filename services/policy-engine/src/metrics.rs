@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{Counter, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 use warden_telemetry::register;
 
 pub struct Metrics {
@@ -23,6 +23,14 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     pub decisions_shipped: IntCounter,
     pub decisions_dropped: IntCounter,
+    /// The decision log journal's writer: records written, groups (one
+    /// `write` each), `fdatasync` calls and the seconds they took, and
+    /// the seconds spent waking the decisions that waited for a sync.
+    pub journal_records: IntCounter,
+    pub journal_groups: IntCounter,
+    pub journal_syncs: IntCounter,
+    pub journal_sync_seconds: Counter,
+    pub journal_notify_seconds: Counter,
     /// Denied requests by agent (the "top denied agents" panel). Only
     /// denials are counted, so the series grow with misbehaving agents, not
     /// with traffic.
@@ -96,6 +104,27 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     outbox_pending: register(
         IntGauge::new("decision_log_outbox_pending", "Decisions waiting in the outbox for the audit service")
             .expect("metric"),
+    ),
+    journal_records: register(
+        IntCounter::new("decision_log_journal_records_total", "Decisions written to the journal").expect("metric"),
+    ),
+    journal_groups: register(
+        IntCounter::new("decision_log_journal_groups_total", "Groups of decisions written to the journal, one write each")
+            .expect("metric"),
+    ),
+    journal_syncs: register(
+        IntCounter::new("decision_log_journal_syncs_total", "fdatasync calls on the journal").expect("metric"),
+    ),
+    journal_sync_seconds: register(
+        Counter::new("decision_log_journal_sync_seconds_total", "Seconds spent in fdatasync on the journal")
+            .expect("metric"),
+    ),
+    journal_notify_seconds: register(
+        Counter::new(
+            "decision_log_journal_notify_seconds_total",
+            "Seconds the journal writer spent waking decisions that waited for their sync",
+        )
+        .expect("metric"),
     ),
     decisions_shipped: register(
         IntCounter::new("decision_log_shipped_total", "Decisions acknowledged by the audit service").expect("metric"),
