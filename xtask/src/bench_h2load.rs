@@ -66,6 +66,11 @@ pub struct H2loadArgs {
     /// engine's default when absent.
     #[arg(long)]
     commit_delay: Option<String>,
+    /// With `--decision-log sync`: the longest a sync waits under load
+    /// (equal to the commit delay: never longer); the engine's default
+    /// when absent.
+    #[arg(long)]
+    max_commit_delay: Option<String>,
 }
 
 /// A unary gRPC request body: the 5-byte frame header, then the message.
@@ -242,7 +247,11 @@ fn spawn_engine(
 
 /// Checks that the engine at `url` decides `request` (h2load sees HTTP
 /// statuses only, never the gRPC status in the trailers).
-async fn check_decides(url: &str, token: Option<&str>, request: &warden_proto::policy::v1::EvaluateRequest) -> Result<(), String> {
+async fn check_decides(
+    url: &str,
+    token: Option<&str>,
+    request: &warden_proto::policy::v1::EvaluateRequest,
+) -> Result<(), String> {
     let mut client_config = ClientConfig::new(url.to_owned());
     if let Some(token) = token {
         client_config = client_config.api_key(token);
@@ -480,6 +489,9 @@ async fn decision_log(
     ];
     if let Some(delay) = &args.commit_delay {
         logged_env.push(("WARDEN__DECISION_LOG__COMMIT_DELAY", delay.clone()));
+    }
+    if let Some(delay) = &args.max_commit_delay {
+        logged_env.push(("WARDEN__DECISION_LOG__MAX_COMMIT_DELAY", delay.clone()));
     }
     let (off_engine, off_url) = spawn_engine(args, root, "off", keys_file, &[quiet], None)?;
     let metrics_port = crate::bench::free_port()?;

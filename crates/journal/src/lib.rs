@@ -83,6 +83,18 @@ pub struct Options {
     /// is queued meanwhile, and an append that waits may wait this much
     /// longer if it comes during the rest. Zero: no rest.
     pub write_window: std::time::Duration,
+    /// How many operations the appending process has under way that will
+    /// append (its requests in flight). With it, the writer's rest under
+    /// load lasts while more of them are still at work than wait for the
+    /// sync, up to [`Options::max_commit_delay`]: at saturation a group
+    /// then holds everything that arrived meanwhile, and the cost of a
+    /// sync (on a virtual machine, an exit to the hypervisor and a
+    /// completion interrupt) is shared by more appends, while the waiting
+    /// ones cost no throughput because the cores have the others' work.
+    /// Without it (or when few are under way) the rest is the commit delay.
+    pub busy: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// The longest rest under load (see [`Options::busy`]).
+    pub max_commit_delay: std::time::Duration,
 }
 
 impl Default for Options {
@@ -95,6 +107,8 @@ impl Default for Options {
             preallocate: 256 << 10,
             sync_within: std::time::Duration::from_millis(50),
             write_window: std::time::Duration::ZERO,
+            busy: None,
+            max_commit_delay: std::time::Duration::from_millis(2),
         }
     }
 }
@@ -110,9 +124,14 @@ pub struct Recovery {
     pub corrupt_segments: Vec<PathBuf>,
 }
 
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// Groups' waiters and their result, for the notifier task.
+type Notice = (Vec<Waiter>, Result<(), String>);
+
 struct Job {
     payload: Vec<u8>,
-    done: Option<oneshot::Sender<Result<(), String>>>,
+    done: Option<Waiter>,
 }
 
 struct Shared {
@@ -362,6 +381,17 @@ impl Journal {
             shared: shared.clone(),
             unsynced_since: None,
             waiting_per_group: 0.0,
+            notifier: tokio::runtime::Handle::try_current().ok().map(|runtime| {
+                let (notices, mut received) = mpsc::unbounded_channel::<Notice>();
+                runtime.spawn(async move {
+                    while let Some((waiters, result)) = received.recv().await {
+                        for done in waiters {
+                            let _ = done.send(result.clone());
+                        }
+                    }
+                });
+                notices
+            }),
         };
         std::thread::Builder::new().name("warden-journal".into()).spawn(move || writer.run(queue))?;
         let reader = Reader {
@@ -455,6 +485,8 @@ struct Writer {
     /// Appends waiting for their sync per group, smoothed over recent
     /// groups (see [`Options::commit_siblings`]).
     waiting_per_group: f64,
+    /// The notifier task on the runtime that opened the journal.
+    notifier: Option<mpsc::UnboundedSender<Notice>>,
 }
 
 impl Writer {
@@ -478,7 +510,7 @@ impl Writer {
         let mut rest_first = false;
         loop {
             let rested = if rest_first {
-                std::thread::sleep(self.options.commit_delay);
+                self.rest(&queue);
                 queue.try_recv().ok()
             } else {
                 None
@@ -527,10 +559,9 @@ impl Writer {
                 error.to_string()
             });
             let notifying = std::time::Instant::now();
-            for job in group.drain(..) {
-                if let Some(done) = job.done {
-                    let _ = done.send(result.clone());
-                }
+            let waiters: Vec<Waiter> = group.drain(..).filter_map(|job| job.done).collect();
+            if !waiters.is_empty() {
+                self.notify(waiters, result);
             }
             if waiting > 0 {
                 self.shared.notify_nanos.fetch_add(notifying.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -541,6 +572,41 @@ impl Writer {
         }
         // Every sender is gone: what was written goes to disk.
         self.sync_lazily();
+    }
+
+    /// The rest after a group synced under load: the commit delay, and
+    /// while more appenders are at work than wait (see [`Options::busy`]),
+    /// more of it, up to the longest.
+    fn rest(&self, queue: &mpsc::Receiver<Job>) {
+        let started = std::time::Instant::now();
+        let step = self.options.commit_delay;
+        loop {
+            std::thread::sleep(step);
+            let Some(busy) = &self.options.busy else { return };
+            let waiting = queue.len();
+            let working = busy.load(Ordering::Relaxed).saturating_sub(waiting);
+            if working <= waiting || started.elapsed() + step > self.options.max_commit_delay {
+                return;
+            }
+        }
+    }
+
+    /// Hands a group's result to the appends that waited for it: through
+    /// the notifier task on the appenders' runtime when there is one (one
+    /// wake-up from this thread per group; the task then wakes each append
+    /// from a worker thread, onto its own run queue), else directly.
+    fn notify(&self, waiters: Vec<Waiter>, result: Result<(), String>) {
+        let waiters = match &self.notifier {
+            Some(notifier) => match notifier.send((waiters, result.clone())) {
+                Ok(()) => return,
+                // The runtime is gone (shutting down): wake them from here.
+                Err(mpsc::error::SendError((waiters, _))) => waiters,
+            },
+            None => waiters,
+        };
+        for done in waiters {
+            let _ = done.send(result.clone());
+        }
     }
 
     /// Syncs records written without a sync, if any.

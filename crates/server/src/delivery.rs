@@ -44,17 +44,55 @@ pub struct Outbound {
     pub http: reqwest::Client,
     pub policy: WebhookPolicy,
     pub secrets: warden_auth::SecretResolver,
+    timeout: Duration,
+    /// Clients for receivers with TLS settings of their own, by settings.
+    own_clients: Arc<std::sync::Mutex<Vec<(crate::webhook::ClientTls, reqwest::Client)>>>,
 }
 
 impl Outbound {
     /// Deliveries time out after `timeout`.
     pub fn new(policy: &WebhookPolicy, timeout: Duration, secrets: warden_auth::SecretResolver) -> Outbound {
-        Outbound { http: crate::webhook::http_client(policy, timeout), policy: *policy, secrets }
+        Outbound {
+            http: crate::webhook::http_client(policy, timeout),
+            policy: *policy,
+            secrets,
+            timeout,
+            own_clients: Arc::new(std::sync::Mutex::new(Vec::new())),
+        }
     }
 
     /// POSTs `body` to `url` (see [`post`]).
     pub async fn post(&self, url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Notified {
         post(&self.http, &self.policy, url, headers, body).await
+    }
+
+    /// POSTs `body` to `url` with a receiver's own TLS and redirect
+    /// settings (a client built once per distinct settings and kept).
+    pub async fn post_with(
+        &self,
+        tls: &crate::webhook::ClientTls,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Notified {
+        let client = {
+            let mut clients = self.own_clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match clients.iter().find(|(settings, _)| settings == tls) {
+                Some((_, client)) => client.clone(),
+                None => match crate::webhook::http_client_with(&self.policy, self.timeout, tls) {
+                    Ok(client) => {
+                        // Settings come from the routing file: a handful.
+                        if clients.len() >= 64 {
+                            clients.remove(0);
+                        }
+                        clients.push((tls.clone(), client.clone()));
+                        client
+                    }
+                    Err(error) => return Notified::Failed(error),
+                },
+            }
+        };
+        post(&client, &self.policy, url, headers, body).await
     }
 
     /// A secret setting's value: an empty one is a failed delivery, one
@@ -258,8 +296,35 @@ pub async fn send_email(
     subject: String,
     text: String,
 ) -> Notified {
+    send_message(transport, Email { from, to, subject, text, html: None, headers: &[] }).await
+}
+
+/// An email: a text body, an HTML alternative if given, and headers of
+/// its own beside `Subject`, `From` and `To`.
+pub struct Email<'a> {
+    pub from: &'a str,
+    pub to: &'a [&'a str],
+    pub subject: String,
+    pub text: String,
+    pub html: Option<String>,
+    pub headers: &'a [(String, String)],
+}
+
+/// Sends `email` through `transport`; an SMTP refusal that is permanent
+/// (5xx) or a message that cannot be built is a failure, anything else a
+/// retry.
+pub async fn send_message(transport: &lettre::AsyncSmtpTransport<lettre::Tokio1Executor>, email: Email<'_>) -> Notified {
+    use lettre::message::header::{HeaderName, HeaderValue};
+    use lettre::message::{MultiPart, SinglePart};
     use lettre::{AsyncTransport, Message};
+    let Email { from, to, subject, text, html, headers } = email;
     let mut message = Message::builder().subject(subject);
+    for (name, value) in headers {
+        match HeaderName::new_from_ascii(name.clone()) {
+            Ok(name) => message = message.raw_header(HeaderValue::new(name, value.clone())),
+            Err(_) => return Notified::Failed(format!("bad header name {name:?}")),
+        }
+    }
     match from.parse() {
         Ok(from) => message = message.from(from),
         Err(_) => return Notified::Failed(format!("bad from address {from:?}")),
@@ -270,7 +335,11 @@ pub async fn send_email(
             Err(_) => return Notified::Failed(format!("bad to address {to:?}")),
         }
     }
-    let message = match message.body(text) {
+    let built = match html {
+        Some(html) => message.multipart(MultiPart::alternative_plain_html(text, html)),
+        None => message.singlepart(SinglePart::plain(text)),
+    };
+    let message = match built {
         Ok(message) => message,
         Err(error) => return Notified::Failed(format!("cannot build the email: {error}")),
     };

@@ -94,7 +94,51 @@ impl reqwest::dns::Resolve for Resolver {
 
 /// The HTTP client deliveries use.
 pub fn http_client(policy: &WebhookPolicy, timeout: Duration) -> reqwest::Client {
+    builder(policy, timeout, true).build().unwrap_or_default()
+}
+
+/// A receiver's own TLS and redirect settings (Alertmanager's
+/// `http_config`), on top of the service's policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM CA certificates to trust, beside the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate followed by its private key.
+    pub identity_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+    pub min_version: Option<reqwest::tls::Version>,
+    pub max_version: Option<reqwest::tls::Version>,
+    /// `false` never follows a redirect; `true` follows as far as the
+    /// policy allows.
+    pub follow_redirects: bool,
+}
+
+/// A client for one receiver: the policy's resolver and redirect rule,
+/// with the receiver's TLS settings.
+pub fn http_client_with(policy: &WebhookPolicy, timeout: Duration, tls: &ClientTls) -> Result<reqwest::Client, String> {
+    let mut builder = builder(policy, timeout, tls.follow_redirects);
+    if let Some(ca) = &tls.ca_pem {
+        for certificate in reqwest::Certificate::from_pem_bundle(ca).map_err(|e| format!("tls_config CA: {e}"))? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    if let Some(identity) = &tls.identity_pem {
+        builder = builder.identity(
+            reqwest::Identity::from_pem(identity).map_err(|e| format!("tls_config client certificate: {e}"))?,
+        );
+    }
+    if let Some(min) = tls.min_version {
+        builder = builder.min_tls_version(min);
+    }
+    if let Some(max) = tls.max_version {
+        builder = builder.max_tls_version(max);
+    }
+    builder.danger_accept_invalid_certs(tls.insecure_skip_verify).build().map_err(|e| e.to_string())
+}
+
+fn builder(policy: &WebhookPolicy, timeout: Duration, follow_redirects: bool) -> reqwest::ClientBuilder {
     let redirect = match policy.follow_redirects {
+        _ if !follow_redirects => reqwest::redirect::Policy::none(),
         Redirects::None => reqwest::redirect::Policy::none(),
         Redirects::SameOrigin => {
             let policy = *policy;
@@ -116,12 +160,7 @@ pub fn http_client(policy: &WebhookPolicy, timeout: Duration) -> reqwest::Client
             })
         }
     };
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .redirect(redirect)
-        .dns_resolver(Arc::new(Resolver { policy: *policy }))
-        .build()
-        .unwrap_or_default()
+    reqwest::Client::builder().timeout(timeout).redirect(redirect).dns_resolver(Arc::new(Resolver { policy: *policy }))
 }
 
 #[cfg(test)]

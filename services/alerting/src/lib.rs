@@ -9,7 +9,11 @@
 //! - [`engine`]: the alert lifecycle, silences, inhibition and the
 //!   dispatcher; [`store`]: its tables and outbox.
 //! - [`notify`]: delivery to webhooks, Slack, PagerDuty, email and the
-//!   audit log; [`follow`]: following the audit log.
+//!   audit log, with [`receivers`]' messages and templates and
+//!   [`http_config`]'s credentials and TLS; [`follow`]: following the
+//!   audit log.
+//! - [`compat`]: Alertmanager's configuration fields Warden reads, and the
+//!   ones it refuses by name.
 //! - [`api`]: Alertmanager's HTTP API; [`service`]: the gRPC contract;
 //!   [`server`]: startup and shutdown.
 //!
@@ -17,12 +21,15 @@
 //! This crate must not depend on any other service crate.
 
 pub mod api;
+pub mod compat;
 pub mod config;
 pub mod engine;
 pub mod follow;
+pub mod http_config;
 pub mod metrics;
 pub mod notify;
 pub mod promql;
+pub mod receivers;
 pub mod routing;
 pub mod rules;
 pub mod series;

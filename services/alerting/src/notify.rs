@@ -19,6 +19,8 @@ use warden_server::delivery::{AuditClient, Deliveries, Notified as Delivery, Not
 
 use crate::engine::Engine;
 use crate::metrics::METRICS;
+use crate::http_config::HttpConfig;
+use crate::receivers;
 use crate::routing::ReceiverYaml;
 
 /// The alerting service's notifications: webhook (v4), Slack, PagerDuty,
@@ -166,8 +168,23 @@ impl Notifications {
         outcome
     }
 
-    async fn post(&self, url: &str, payload: &serde_json::Value) -> Delivery {
-        self.outbound.post(url, &[], serde_json::to_vec(payload).expect("json")).await
+    /// POSTs `payload` to `url` with a receiver's `http_config`: its
+    /// credentials in `Authorization`, its TLS and redirect settings.
+    async fn post(&self, url: &str, http: &HttpConfig, payload: &serde_json::Value) -> Delivery {
+        let authorization = match http.authorization(|setting| async move { self.secret(&setting).await }).await {
+            Ok(authorization) => authorization,
+            Err(outcome) => return outcome,
+        };
+        let headers: Vec<(&str, String)> = authorization.into_iter().map(|value| ("authorization", value)).collect();
+        let body = serde_json::to_vec(payload).expect("json");
+        if !http.needs_own_client() {
+            return self.outbound.post(url, &headers, body).await;
+        }
+        match http.client_tls() {
+            Ok(tls) => self.outbound.post_with(&tls, url, &headers, body).await,
+            // A CA or certificate file missing now: it may come back.
+            Err(error) => Delivery::Retry(Duration::from_secs(30), error),
+        }
     }
 
     /// A secret setting's value, as text.
@@ -175,11 +192,16 @@ impl Notifications {
         self.outbound.secret(setting).await.map(|secret| secret.expose().to_owned())
     }
 
+    /// `value`, or the file `file` names (read at each delivery).
+    async fn value_or_file(&self, value: &str, file: &str) -> Result<String, Delivery> {
+        if file.is_empty() { self.secret(value).await } else { self.secret(&format!("file:{file}")).await }
+    }
+
     async fn webhook(&self, config: &ReceiverYaml, index: usize, body: &serde_json::Value) -> Delivery {
         let Some(webhook) = config.webhook_configs.get(index) else {
             return Delivery::Failed("no such webhook".into());
         };
-        let url = match self.secret(&webhook.url).await {
+        let url = match self.value_or_file(&webhook.url, &webhook.url_file).await {
             Ok(url) => url,
             Err(outcome) => return outcome,
         };
@@ -192,7 +214,7 @@ impl Notifications {
             alerts.truncate(webhook.max_alerts);
             body["truncatedAlerts"] = serde_json::json!(truncated);
         }
-        self.post(&url, &body).await
+        self.post(url.trim(), &webhook.http_config, &body).await
     }
 
     async fn slack(
@@ -205,24 +227,28 @@ impl Notifications {
         let Some(slack) = config.slack_configs.get(index) else {
             return Delivery::Failed("no such slack config".into());
         };
-        let setting = if slack.api_url.is_empty() { &global.slack_api_url } else { &slack.api_url };
-        let url = match self.secret(setting).await {
+        let setting = if slack.api_url.is_empty() && slack.api_url_file.is_empty() {
+            &global.slack_api_url
+        } else {
+            &slack.api_url
+        };
+        let url = match self.value_or_file(setting, &slack.api_url_file).await {
             Ok(url) => url,
             Err(outcome) => return outcome,
         };
-        self.post(&url, &slack_message(body, &slack.channel, &slack.username)).await
+        self.post(url.trim(), &slack.http_config, &receivers::slack_message(body, slack)).await
     }
 
     async fn pagerduty(&self, config: &ReceiverYaml, index: usize, body: &serde_json::Value) -> Delivery {
         let Some(pd) = config.pagerduty_configs.get(index) else {
             return Delivery::Failed("no such pagerduty config".into());
         };
-        let routing_key = match self.secret(&pd.routing_key).await {
+        let routing_key = match self.value_or_file(&pd.routing_key, &pd.routing_key_file).await {
             Ok(key) => key,
             Err(outcome) => return outcome,
         };
         let url = if pd.url.is_empty() { "https://events.pagerduty.com/v2/enqueue" } else { pd.url.as_str() };
-        self.post(url, &pagerduty_event(body, &routing_key, &pd.severity)).await
+        self.post(url, &pd.http_config, &receivers::pagerduty_event(body, routing_key.trim(), pd)).await
     }
 
     async fn email(
@@ -252,9 +278,12 @@ impl Notifications {
         };
         let username = if email.auth_username.is_empty() { &global.smtp_auth_username } else { &email.auth_username };
         if !username.is_empty() {
-            let setting =
-                if email.auth_password.is_empty() { &global.smtp_auth_password } else { &email.auth_password };
-            let password = match self.secret(setting).await {
+            let setting = if email.auth_password.is_empty() && email.auth_password_file.is_empty() {
+                &global.smtp_auth_password
+            } else {
+                &email.auth_password
+            };
+            let password = match self.value_or_file(setting, &email.auth_password_file).await {
                 Ok(password) => password,
                 Err(outcome) => return outcome,
             };
@@ -263,121 +292,33 @@ impl Notifications {
         }
         let transport = builder.timeout(Some(Duration::from_secs(10))).build();
         let from = if email.from.is_empty() { &global.smtp_from } else { &email.from };
-        let (subject, text) = email_text(body);
-        let to: Vec<&str> = email.to.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
-        warden_server::delivery::send_email(&transport, from, &to, subject, text).await
-    }
-}
-
-fn alerts_of(body: &serde_json::Value) -> Vec<&serde_json::Value> {
-    body["alerts"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
-}
-
-fn title(body: &serde_json::Value) -> String {
-    let alerts = alerts_of(body);
-    let firing = alerts.iter().filter(|a| a["status"] == "firing").count();
-    let name = body["groupLabels"]["alertname"]
-        .as_str()
-        .or_else(|| body["commonLabels"]["alertname"].as_str())
-        .unwrap_or("alerts");
-    let labels: Vec<String> = body["groupLabels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| k.as_str() != "alertname")
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect();
-    let status = body["status"].as_str().unwrap_or("firing").to_uppercase();
-    let count = if status == "FIRING" { format!(":{firing}") } else { String::new() };
-    if labels.is_empty() {
-        format!("[{status}{count}] {name}")
-    } else {
-        format!("[{status}{count}] {name} ({})", labels.join(" "))
-    }
-}
-
-fn alert_lines(body: &serde_json::Value) -> String {
-    alerts_of(body)
-        .iter()
-        .map(|a| {
-            let summary = a["annotations"]["summary"].as_str().unwrap_or("");
-            let description = a["annotations"]["description"].as_str().unwrap_or("");
-            let labels: Vec<String> = a["labels"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect();
-            format!(
-                "[{}] {summary}\n{description}\nLabels: {}\nSince: {}",
-                a["status"].as_str().unwrap_or(""),
-                labels.join(", "),
-                a["startsAt"].as_str().unwrap_or("")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n\n")
-}
-
-/// A Slack incoming-webhook message, coloured by severity.
-pub fn slack_message(body: &serde_json::Value, channel: &str, username: &str) -> serde_json::Value {
-    let severity = body["commonLabels"]["severity"].as_str().unwrap_or("");
-    let color = if body["status"] == "resolved" {
-        "good"
-    } else {
-        match severity {
-            "critical" => "danger",
-            "high" | "warning" => "warning",
-            _ => "#439FE0",
+        // Alertmanager's headers: `Subject`, `To` and `From` replace the
+        // message's own; the others are added. All are templates.
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let (mut subject, mut to_line, mut from_line) = (None, None, None);
+        for (name, text) in &email.headers {
+            let value = receivers::render(text, body, "");
+            match name.to_ascii_lowercase().as_str() {
+                "subject" => subject = Some(value),
+                "to" => to_line = Some(value),
+                "from" => from_line = Some(value),
+                _ => headers.push((name.clone(), value)),
+            }
         }
-    };
-    let mut message = serde_json::json!({
-        "text": title(body),
-        "attachments": [{"color": color, "title": title(body), "text": alert_lines(body), "fallback": title(body)}],
-    });
-    if !channel.is_empty() {
-        message["channel"] = serde_json::json!(channel);
+        let subject = subject.unwrap_or_else(|| format!("[warden] {}", receivers::title(body)));
+        let text = receivers::render(&email.text, body, "");
+        let text = if text.is_empty() {
+            format!("{}\n\n{}\n", receivers::title(body), receivers::alert_lines(body))
+        } else {
+            text
+        };
+        let html = Some(receivers::render(&email.html, body, "")).filter(|html| !html.is_empty());
+        let to_line = to_line.unwrap_or_else(|| email.to.clone());
+        let to: Vec<&str> = to_line.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+        let from = from_line.as_deref().unwrap_or(from);
+        let message = warden_server::delivery::Email { from, to: &to, subject, text, html, headers: &headers };
+        warden_server::delivery::send_message(&transport, message).await
     }
-    if !username.is_empty() {
-        message["username"] = serde_json::json!(username);
-    }
-    message
-}
-
-/// A PagerDuty Events API v2 event: trigger while firing, resolve after,
-/// under one `dedup_key` per group.
-pub fn pagerduty_event(body: &serde_json::Value, routing_key: &str, severity: &str) -> serde_json::Value {
-    use sha2::Digest;
-    let dedup_key = hex::encode(sha2::Sha256::digest(body["groupKey"].as_str().unwrap_or("").as_bytes()));
-    let firing = body["status"] == "firing";
-    let severity = match (severity, body["commonLabels"]["severity"].as_str()) {
-        (s, _) if !s.is_empty() => s.to_owned(),
-        (_, Some("critical")) => "critical".into(),
-        (_, Some("high")) => "error".into(),
-        (_, Some("warning")) => "warning".into(),
-        _ => "info".into(),
-    };
-    let mut summary = title(body);
-    summary.truncate(1024);
-    serde_json::json!({
-        "routing_key": routing_key,
-        "event_action": if firing { "trigger" } else { "resolve" },
-        "dedup_key": dedup_key,
-        "payload": {
-            "summary": summary,
-            "source": "warden-alerting",
-            "severity": severity,
-            "custom_details": {
-                "firing": alert_lines(body),
-                "num_firing": alerts_of(body).iter().filter(|a| a["status"] == "firing").count(),
-                "num_resolved": alerts_of(body).iter().filter(|a| a["status"] == "resolved").count(),
-            },
-        },
-    })
-}
-
-fn email_text(body: &serde_json::Value) -> (String, String) {
-    (format!("[warden] {}", title(body)), format!("{}\n\n{}\n", title(body), alert_lines(body)))
 }
 
 #[cfg(test)]
@@ -397,8 +338,9 @@ mod tests {
 
     #[test]
     fn pagerduty_triggers_and_resolves_under_one_dedup_key() {
-        let trigger = pagerduty_event(&body("firing"), "key", "");
-        let resolve = pagerduty_event(&body("resolved"), "key", "");
+        let pd = crate::routing::PagerDutyConfig::default();
+        let trigger = receivers::pagerduty_event(&body("firing"), "key", &pd);
+        let resolve = receivers::pagerduty_event(&body("resolved"), "key", &pd);
         assert_eq!(
             (trigger["event_action"].as_str(), resolve["event_action"].as_str()),
             (Some("trigger"), Some("resolve"))
@@ -410,10 +352,32 @@ mod tests {
 
     #[test]
     fn slack_messages_show_the_alerts_and_colour_by_severity() {
-        let message = slack_message(&body("firing"), "#incidents", "");
+        let slack = crate::routing::SlackConfig { channel: "#incidents".into(), ..Default::default() };
+        let message = receivers::slack_message(&body("firing"), &slack);
         assert_eq!(message["channel"], "#incidents");
         assert_eq!(message["attachments"][0]["color"], "danger");
         assert!(message["attachments"][0]["text"].as_str().unwrap().contains("spending $120/hour"));
-        assert_eq!(slack_message(&body("resolved"), "", "")["attachments"][0]["color"], "good");
+        let plain = crate::routing::SlackConfig::default();
+        assert_eq!(receivers::slack_message(&body("resolved"), &plain)["attachments"][0]["color"], "good");
+    }
+
+    #[test]
+    fn a_receivers_templates_shape_its_slack_message_and_pagerduty_event() {
+        let yaml = "api_url: http://slack\ntitle: '{{ .Status | toUpper }} {{ .CommonLabels.alertname }}'\ntext: '{{ range .Alerts }}{{ .Annotations.description }}{{ end }}'\nicon_emoji: ':rotating_light:'\nusername: warden\nfields:\n  - title: agent\n    value: '{{ .CommonLabels.agent_id }}'\nactions:\n  - type: button\n    text: Runbook\n    url: 'https://runbooks/{{ .GroupLabels.alertname }}'\n";
+        let slack: crate::routing::SlackConfig = serde_yaml::from_str(yaml).unwrap();
+        let message = receivers::slack_message(&body("firing"), &slack);
+        let attachment = &message["attachments"][0];
+        assert_eq!(attachment["title"], "FIRING HighCost");
+        assert_eq!(attachment["text"], "spending $120/hour");
+        assert_eq!((message["icon_emoji"].as_str(), message["username"].as_str()), (Some(":rotating_light:"), Some("warden")));
+        assert_eq!(attachment["fields"][0]["value"], "bot");
+        assert_eq!(attachment["actions"][0]["url"], "https://runbooks/HighCost");
+        let yaml = "routing_key: k\ndescription: '{{ .CommonAnnotations.summary }} ({{ .Alerts | len }})'\nclass: cost\ndetails:\n  agent: '{{ .CommonLabels.agent_id }}'\nlinks:\n  - href: 'http://x/{{ .GroupLabels.agent_id }}'\n    text: agent\n";
+        let pd: crate::routing::PagerDutyConfig = serde_yaml::from_str(yaml).unwrap();
+        let event = receivers::pagerduty_event(&body("firing"), "k", &pd);
+        assert_eq!(event["payload"]["summary"], " (1)");
+        assert_eq!(event["payload"]["class"], "cost");
+        assert_eq!(event["payload"]["custom_details"]["agent"], "bot");
+        assert_eq!(event["links"][0]["href"], "http://x/bot");
     }
 }

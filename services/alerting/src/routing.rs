@@ -325,10 +325,18 @@ fn yes() -> bool {
     true
 }
 
+use crate::http_config::HttpConfig;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// The receiver's URL (or a secret reference to it), or `url_file`.
+    #[serde(default)]
     pub url: String,
+    #[serde(default)]
+    pub url_file: String,
+    #[serde(default)]
+    pub http_config: HttpConfig,
     #[serde(default = "yes")]
     pub send_resolved: bool,
     /// At most this many alerts per message (0: all); the rest are counted
@@ -337,30 +345,160 @@ pub struct WebhookConfig {
     pub max_alerts: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A Slack receiver. The text fields are templates over Alertmanager's
+/// notification data (see [`crate::template`]); empty ones take Warden's
+/// defaults (`slack.default.*`).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlackConfig {
     #[serde(default)]
     pub api_url: String,
+    #[serde(default)]
+    pub api_url_file: String,
+    #[serde(default)]
+    pub http_config: HttpConfig,
     #[serde(default)]
     pub channel: String,
     #[serde(default)]
     pub username: String,
     #[serde(default)]
     pub send_resolved: bool,
+    #[serde(default)]
+    pub color: String,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub title_link: String,
+    #[serde(default)]
+    pub pretext: String,
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub fields: Vec<SlackField>,
+    #[serde(default)]
+    pub short_fields: bool,
+    #[serde(default)]
+    pub footer: String,
+    #[serde(default)]
+    pub fallback: String,
+    #[serde(default)]
+    pub callback_id: String,
+    #[serde(default)]
+    pub icon_emoji: String,
+    #[serde(default)]
+    pub icon_url: String,
+    #[serde(default)]
+    pub image_url: String,
+    #[serde(default)]
+    pub thumb_url: String,
+    #[serde(default)]
+    pub link_names: bool,
+    #[serde(default)]
+    pub mrkdwn_in: Vec<String>,
+    #[serde(default)]
+    pub actions: Vec<SlackAction>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackField {
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub short: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackAction {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub style: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub confirm: Option<SlackConfirm>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfirm {
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub ok_text: String,
+    #[serde(default)]
+    pub dismiss_text: String,
+}
+
+/// A PagerDuty receiver (Events API v2). The text fields are templates,
+/// as Slack's.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PagerDutyConfig {
     #[serde(default)]
     pub routing_key: String,
     #[serde(default)]
+    pub routing_key_file: String,
+    #[serde(default)]
     pub url: String,
+    #[serde(default)]
+    pub http_config: HttpConfig,
     #[serde(default = "yes")]
     pub send_resolved: bool,
     #[serde(default)]
     pub severity: String,
+    #[serde(default)]
+    pub client: String,
+    #[serde(default)]
+    pub client_url: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub details: BTreeMap<String, String>,
+    #[serde(default)]
+    pub images: Vec<PagerDutyImage>,
+    #[serde(default)]
+    pub links: Vec<PagerDutyLink>,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub class: String,
+    #[serde(default)]
+    pub component: String,
+    #[serde(default)]
+    pub group: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutyImage {
+    #[serde(default)]
+    pub src: String,
+    #[serde(default)]
+    pub alt: String,
+    #[serde(default)]
+    pub href: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutyLink {
+    #[serde(default)]
+    pub href: String,
+    #[serde(default)]
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -377,9 +515,20 @@ pub struct EmailConfig {
     #[serde(default)]
     pub auth_password: String,
     #[serde(default)]
+    pub auth_password_file: String,
+    #[serde(default)]
     pub require_tls: Option<bool>,
     #[serde(default)]
     pub send_resolved: bool,
+    /// Headers of the message; `Subject` (a template) replaces Warden's.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The body, a template; Warden's text when empty.
+    #[serde(default)]
+    pub text: String,
+    /// An HTML body beside the text, a template.
+    #[serde(default)]
+    pub html: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -559,6 +708,11 @@ fn clock(text: &str) -> Option<u32> {
 
 impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config, String> {
+        // Fields Alertmanager has and Warden does not (yet) are named as
+        // such, before the typed parse would call them unknown.
+        if let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+            crate::compat::check(&value).map_err(|e| format!("{file}: {e}"))?;
+        }
         let raw: ConfigYaml = serde_yaml::from_str(text).map_err(|e| match e.location() {
             Some(at) => format!("{file}:{}: {e}", at.line()),
             None => format!("{file}: {e}"),
@@ -574,9 +728,11 @@ impl Config {
             None => Duration::from_secs(300),
         };
         let mut receivers = BTreeMap::new();
-        for receiver in raw.receivers {
+        for (r, receiver) in raw.receivers.into_iter().enumerate() {
+            crate::receivers::validate(&receiver, &format!("receivers[{r}]"), &raw.global).map_err(err)?;
             for webhook in &receiver.webhook_configs {
-                if !webhook.url.starts_with("http://")
+                if !webhook.url.is_empty()
+                    && !webhook.url.starts_with("http://")
                     && !webhook.url.starts_with("https://")
                     && !webhook.url.contains(':')
                 {
@@ -584,7 +740,7 @@ impl Config {
                 }
             }
             for slack in &receiver.slack_configs {
-                if slack.api_url.is_empty() && raw.global.slack_api_url.is_empty() {
+                if slack.api_url.is_empty() && slack.api_url_file.is_empty() && raw.global.slack_api_url.is_empty() {
                     return Err(err(format!(
                         "receiver {}: slack needs api_url (or global.slack_api_url)",
                         receiver.name
@@ -592,7 +748,7 @@ impl Config {
                 }
             }
             for pd in &receiver.pagerduty_configs {
-                if pd.routing_key.is_empty() {
+                if pd.routing_key.is_empty() && pd.routing_key_file.is_empty() {
                     return Err(err(format!("receiver {}: pagerduty needs routing_key", receiver.name)));
                 }
             }

@@ -1,21 +1,45 @@
-//! The annotation templates of Prometheus rule files: `{{ $labels.NAME }}`
-//! (or `.Labels.NAME`), `{{ $value }}` (or `.Value`), pipelines of
-//! Prometheus' functions (`humanize`, `humanize1024`, `humanizePercentage`,
-//! `humanizeDuration`, `humanizeTimestamp`, `printf`, `toUpper`,
-//! `toLower`, `title`, `reReplaceAll`, `match`), `{{ if }}` / `{{ else if }}`
-//! / `{{ else }}` / `{{ end }}` with `eq`, `ne`, `lt`, `le`, `gt`, `ge`,
-//! `and`, `or`, `not`, and Go's trim markers. Numbers print as Go prints a
-//! float64. A template is compiled at load, so an unknown function is a
-//! load error rather than a blank page at 3 a.m.
+//! Go templates as Prometheus and Alertmanager use them.
+//!
+//! - Rule files' annotation and label templates: `{{ $labels.NAME }}` (or
+//!   `.Labels.NAME`), `{{ $value }}` (or `.Value`).
+//! - Receivers' message fields (Slack's `title` and `text`, PagerDuty's
+//!   `description`, an email's `subject` header, ...): Alertmanager's
+//!   notification data, `.Status`, `.Receiver`, `.GroupLabels.NAME`,
+//!   `.CommonLabels.NAME`, `.CommonAnnotations.NAME`, `.ExternalURL` and
+//!   `.Alerts` (each with `.Status`, `.Labels`, `.Annotations`,
+//!   `.StartsAt`, `.EndsAt`, `.GeneratorURL`, `.Fingerprint`;
+//!   `.Alerts.Firing` and `.Alerts.Resolved`; a label set's
+//!   `.SortedPairs`, `.Names` and `.Values`), `{{ range }}` over them, and
+//!   `{{ template "NAME" . }}` for the default texts the caller names.
+//!
+//! Both take pipelines of Prometheus' functions (`humanize`,
+//! `humanize1024`, `humanizePercentage`, `humanizeDuration`,
+//! `humanizeTimestamp`, `printf`, `toUpper`, `toLower`, `title`,
+//! `reReplaceAll`, `match`) and Go's and Alertmanager's (`len`, `join`,
+//! `safeHtml`, `trimSpace`), `{{ if }}` / `{{ else if }}` / `{{ else }}` /
+//! `{{ end }}` with `eq`, `ne`, `lt`, `le`, `gt`, `ge`, `and`, `or`,
+//! `not`, and Go's trim markers. Numbers print as Go prints a float64. A
+//! template is compiled at load, so an unknown function or field is a load
+//! error rather than a blank page at 3 a.m.
 
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Arg {
-    Label(String),
-    Value,
+    /// `.A.B` from the current value (`.` itself with no path), or with
+    /// `root`, from the template's data (`$labels.X` is `$.Labels.X`).
+    Field { root: bool, path: Vec<String> },
     Text(String),
     Number(f64),
+}
+
+/// What a template may refer to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A rule's: its labels and value only.
+    Rule,
+    /// A notification's: Alertmanager's data, and these named templates.
+    Notification(&'static [&'static str]),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +57,16 @@ enum Segment {
         branches: Vec<(Vec<Command>, Vec<Segment>)>,
         otherwise: Vec<Segment>,
     },
+    /// `{{ range A }}...{{ else }}...{{ end }}`: the body once per element
+    /// (a map's values in key order) with `.` set to it; `otherwise` when
+    /// there is none.
+    Range {
+        over: Vec<Command>,
+        body: Vec<Segment>,
+        otherwise: Vec<Segment>,
+    },
+    /// `{{ template "NAME" A }}`: a named text the caller renders.
+    Named { name: String, data: Vec<Command> },
 }
 
 /// A value in a pipeline, typed as Go's templates type it: what a
@@ -42,14 +76,27 @@ enum Val {
     Text(String),
     Number(f64),
     Bool(bool),
+    /// A list or a map.
+    Data(serde_json::Value),
 }
 
 impl Val {
+    fn from_json(value: serde_json::Value) -> Val {
+        match value {
+            serde_json::Value::Null => Val::Text(String::new()),
+            serde_json::Value::String(text) => Val::Text(text),
+            serde_json::Value::Number(n) => Val::Number(n.as_f64().unwrap_or(f64::NAN)),
+            serde_json::Value::Bool(b) => Val::Bool(b),
+            data => Val::Data(data),
+        }
+    }
+
     fn text(&self) -> String {
         match self {
             Val::Text(text) => text.clone(),
             Val::Number(v) => format_value(*v),
             Val::Bool(b) => b.to_string(),
+            Val::Data(data) => go_print(data),
         }
     }
 
@@ -58,6 +105,7 @@ impl Val {
             Val::Text(text) => number(text),
             Val::Number(v) => *v,
             Val::Bool(b) => f64::from(u8::from(*b)),
+            Val::Data(_) => f64::NAN,
         }
     }
 
@@ -67,7 +115,51 @@ impl Val {
             Val::Text(text) => !text.is_empty(),
             Val::Number(v) => *v != 0.0,
             Val::Bool(b) => *b,
+            Val::Data(data) => data.as_array().map_or(0, Vec::len) + data.as_object().map_or(0, |m| m.len()) > 0,
         }
+    }
+}
+
+/// A list or map as Go's `%v` prints one: `[a b]`, `map[k:v]`.
+fn go_print(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Array(items) => format!("[{}]", items.iter().map(go_print).collect::<Vec<_>>().join(" ")),
+        serde_json::Value::Object(map) => {
+            let mut pairs: Vec<_> = map.iter().collect();
+            pairs.sort_by(|a, b| a.0.cmp(b.0));
+            let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}:{}", go_print(v))).collect();
+            format!("map[{}]", pairs.join(" "))
+        }
+        other => Val::from_json(other.clone()).text(),
+    }
+}
+
+/// One step of a field path: a map's key, or Alertmanager's methods on
+/// label sets (`SortedPairs`, `Names`, `Values`) and alert lists
+/// (`Firing`, `Resolved`). Anything else is empty, as a missing label is.
+fn step(value: &serde_json::Value, key: &str) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => match map.get(key) {
+            Some(found) => found.clone(),
+            None => {
+                let mut pairs: Vec<_> = map.iter().collect();
+                pairs.sort_by(|a, b| a.0.cmp(b.0));
+                match key {
+                    "SortedPairs" => Value::Array(
+                        pairs.iter().map(|(k, v)| serde_json::json!({"Name": k, "Value": v})).collect(),
+                    ),
+                    "Names" => Value::Array(pairs.iter().map(|(k, _)| Value::String((*k).clone())).collect()),
+                    "Values" => Value::Array(pairs.iter().map(|(_, v)| (*v).clone()).collect()),
+                    _ => Value::Null,
+                }
+            }
+        },
+        Value::Array(items) if key == "Firing" || key == "Resolved" => {
+            let status = key.to_lowercase();
+            Value::Array(items.iter().filter(|item| item["Status"] == status.as_str()).cloned().collect())
+        }
+        _ => Value::Null,
     }
 }
 
@@ -81,6 +173,12 @@ enum Item {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     segments: Vec<Segment>,
+}
+
+/// The data a template runs on, and how it renders a named template.
+struct Context<'a> {
+    root: &'a serde_json::Value,
+    named: &'a dyn Fn(&str, &serde_json::Value) -> String,
 }
 
 const FUNCTIONS: &[&str] = &[
@@ -104,6 +202,10 @@ const FUNCTIONS: &[&str] = &[
     "and",
     "or",
     "not",
+    "len",
+    "join",
+    "safeHtml",
+    "trimSpace",
 ];
 
 fn tokens(action: &str) -> Result<Vec<String>, String> {
@@ -146,20 +248,39 @@ fn tokens(action: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn arg(token: &str) -> Result<Arg, String> {
+fn arg(token: &str, mode: Mode) -> Result<Arg, String> {
     if let Some(text) = token.strip_prefix('"') {
         return Ok(Arg::Text(text.to_owned()));
-    }
-    if token == "$value" || token == ".Value" {
-        return Ok(Arg::Value);
-    }
-    if let Some(name) = token.strip_prefix("$labels.").or_else(|| token.strip_prefix(".Labels.")) {
-        return Ok(Arg::Label(name.to_owned()));
     }
     if let Ok(v) = token.parse::<f64>() {
         return Ok(Arg::Number(v));
     }
-    Err(format!("unsupported template argument {token:?} (use $labels.NAME or $value)"))
+    let path = |rest: &str| -> Vec<String> { rest.split('.').filter(|p| !p.is_empty()).map(str::to_owned).collect() };
+    let field = match token {
+        "$value" => Arg::Field { root: true, path: vec!["Value".into()] },
+        "$labels" => Arg::Field { root: true, path: vec!["Labels".into()] },
+        "$" => Arg::Field { root: true, path: Vec::new() },
+        _ if token.starts_with("$labels.") => {
+            Arg::Field { root: true, path: [vec!["Labels".to_owned()], path(&token["$labels".len()..])].concat() }
+        }
+        _ if token.starts_with("$.") => Arg::Field { root: true, path: path(&token[1..]) },
+        _ if token.starts_with('.') => Arg::Field { root: false, path: path(token) },
+        _ if token.starts_with('$') => return Err(format!("template variables ({token}) are not supported")),
+        _ => return Err(format!("unsupported template argument {token:?}")),
+    };
+    if let (Mode::Rule, Arg::Field { path, .. }) = (mode, &field) {
+        let fine = match path.first().map(String::as_str) {
+            Some("Labels") => path.len() <= 2,
+            Some("Value") => path.len() == 1,
+            // `.` itself (inside a range, the element).
+            None => token == ".",
+            _ => false,
+        };
+        if !fine {
+            return Err(format!("unsupported template argument {token:?} (use $labels.NAME or $value)"));
+        }
+    }
+    Ok(field)
 }
 
 /// Splits a template at its actions, applying trim markers.
@@ -198,7 +319,10 @@ fn items(text: &str) -> Result<Vec<Item>, String> {
 }
 
 /// One action's pipeline: `a | f b | g`.
-fn pipeline(action: &str) -> Result<Vec<Command>, String> {
+fn pipeline(action: &str, mode: Mode) -> Result<Vec<Command>, String> {
+    if action.contains(":=") || action.split_whitespace().next().is_some_and(|t| t.starts_with('$') && t.ends_with(',')) {
+        return Err(format!("template variables ({action}) are not supported"));
+    }
     let mut commands = Vec::new();
     let tokens = tokens(action)?;
     for part in tokens.split(|t| t == "|") {
@@ -206,10 +330,10 @@ fn pipeline(action: &str) -> Result<Vec<Command>, String> {
         if FUNCTIONS.contains(&head.as_str()) {
             commands.push(Command {
                 function: Some(head.clone()),
-                args: tail.iter().map(|t| arg(t)).collect::<Result<_, _>>()?,
+                args: tail.iter().map(|t| arg(t, mode)).collect::<Result<_, _>>()?,
             });
         } else if tail.is_empty() {
-            commands.push(Command { function: None, args: vec![arg(head)?] });
+            commands.push(Command { function: None, args: vec![arg(head, mode)?] });
         } else {
             return Err(format!("unknown template function {head:?}"));
         }
@@ -219,7 +343,11 @@ fn pipeline(action: &str) -> Result<Vec<Command>, String> {
 
 /// Segments up to the `end`, `else` or `else if` closing the block they
 /// are in (returned with them), or to the end of the template.
-fn block(items: &mut std::vec::IntoIter<Item>, nested: bool) -> Result<(Vec<Segment>, Option<String>), String> {
+fn block(
+    items: &mut std::vec::IntoIter<Item>,
+    nested: bool,
+    mode: Mode,
+) -> Result<(Vec<Segment>, Option<String>), String> {
     let mut segments = Vec::new();
     while let Some(item) = items.next() {
         let action = match item {
@@ -231,77 +359,162 @@ fn block(items: &mut std::vec::IntoIter<Item>, nested: bool) -> Result<(Vec<Segm
         };
         if action == "end" || action == "else" || action.starts_with("else if ") {
             if !nested {
-                return Err(format!("{{{{ {action} }}}} without an if"));
+                return Err(format!("{{{{ {action} }}}} without an if or a range"));
             }
             return Ok((segments, Some(action)));
         }
-        let Some(condition) = action.strip_prefix("if ") else {
-            segments.push(Segment::Action(pipeline(&action)?));
-            continue;
-        };
-        let mut branches = vec![(pipeline(condition)?, Vec::new())];
-        let mut otherwise = Vec::new();
-        loop {
-            let (body, closing) = block(items, true)?;
-            branches.last_mut().expect("a branch").1 = body;
-            match closing.as_deref() {
-                Some("end") => break,
-                Some("else") => {
-                    let (body, closing) = block(items, true)?;
-                    if closing.as_deref() != Some("end") {
-                        return Err("{{ else }} must be the last branch before {{ end }}".into());
-                    }
-                    otherwise = body;
-                    break;
-                }
-                Some(other) => {
-                    let condition = other.strip_prefix("else if ").expect("else if");
-                    branches.push((pipeline(condition)?, Vec::new()));
-                }
-                None => return Err("{{ if }} without {{ end }}".into()),
+        let keyword = action.split_whitespace().next().unwrap_or_default();
+        match keyword {
+            "if" => segments.push(if_block(items, &action["if ".len()..], mode)?),
+            "range" => {
+                let over = pipeline(&action["range ".len()..], mode)?;
+                let (body, closing) = block(items, true, mode)?;
+                let otherwise = match closing.as_deref() {
+                    Some("end") => Vec::new(),
+                    Some("else") => match block(items, true, mode)? {
+                        (otherwise, Some(end)) if end == "end" => otherwise,
+                        _ => return Err("{{ else }} must be the last branch of a range before {{ end }}".into()),
+                    },
+                    _ => return Err("{{ range }} without {{ end }}".into()),
+                };
+                segments.push(Segment::Range { over, body, otherwise });
             }
+            "template" => {
+                let Mode::Notification(names) = mode else {
+                    return Err("{{ template }} is not available in rule templates".into());
+                };
+                let tokens = tokens(&action)?;
+                let name = tokens.get(1).and_then(|t| t.strip_prefix('"')).ok_or("{{ template }} needs a quoted name")?;
+                if !names.contains(&name) {
+                    return Err(format!("unknown template {name:?} (known: {})", names.join(", ")));
+                }
+                let data = match tokens.get(2) {
+                    Some(_) => pipeline(&tokens[2..].join(" "), mode)?,
+                    None => vec![Command { function: None, args: vec![Arg::Field { root: false, path: Vec::new() }] }],
+                };
+                segments.push(Segment::Named { name: name.to_owned(), data });
+            }
+            "define" | "block" | "with" => {
+                return Err(format!("{{{{ {keyword} }}}} is not supported (no template files)"));
+            }
+            _ => segments.push(Segment::Action(pipeline(&action, mode)?)),
         }
-        segments.push(Segment::If { branches, otherwise });
     }
     Ok((segments, None))
 }
 
+/// The rest of `{{ if CONDITION }}`, to its `{{ end }}`.
+fn if_block(items: &mut std::vec::IntoIter<Item>, condition: &str, mode: Mode) -> Result<Segment, String> {
+    let mut branches = vec![(pipeline(condition, mode)?, Vec::new())];
+    let mut otherwise = Vec::new();
+    loop {
+        let (body, closing) = block(items, true, mode)?;
+        branches.last_mut().expect("a branch").1 = body;
+        match closing.as_deref() {
+            Some("end") => break,
+            Some("else") => {
+                let (body, closing) = block(items, true, mode)?;
+                if closing.as_deref() != Some("end") {
+                    return Err("{{ else }} must be the last branch before {{ end }}".into());
+                }
+                otherwise = body;
+                break;
+            }
+            Some(other) => {
+                let condition = other.strip_prefix("else if ").expect("else if");
+                branches.push((pipeline(condition, mode)?, Vec::new()));
+            }
+            None => return Err("{{ if }} without {{ end }}".into()),
+        }
+    }
+    Ok(Segment::If { branches, otherwise })
+}
+
 impl Template {
+    /// A rule file's template: its labels and value.
     pub fn compile(text: &str) -> Result<Template, String> {
-        let (segments, _) = block(&mut items(text)?.into_iter(), false)?;
+        Self::compile_in(text, Mode::Rule)
+    }
+
+    /// A receiver's template over Alertmanager's notification data, which
+    /// may use the named templates in `names`.
+    pub fn compile_notification(text: &str, names: &'static [&'static str]) -> Result<Template, String> {
+        Self::compile_in(text, Mode::Notification(names))
+    }
+
+    fn compile_in(text: &str, mode: Mode) -> Result<Template, String> {
+        let (segments, _) = block(&mut items(text)?.into_iter(), false, mode)?;
         Ok(Template { segments })
     }
 
+    /// Renders a rule's template for one sample.
     pub fn render(&self, labels: &BTreeMap<String, String>, value: f64) -> String {
+        let data = serde_json::json!({"Labels": labels, "Value": value});
+        self.render_data(&data, &|_, _| String::new())
+    }
+
+    /// Renders a notification's template over `data`; `named` renders
+    /// `{{ template "NAME" X }}`.
+    pub fn render_data(&self, data: &serde_json::Value, named: &dyn Fn(&str, &serde_json::Value) -> String) -> String {
         let mut out = String::new();
-        render(&self.segments, labels, value, &mut out);
+        render(&self.segments, data, &Context { root: data, named }, &mut out);
         out
     }
 }
 
-fn render(segments: &[Segment], labels: &BTreeMap<String, String>, value: f64, out: &mut String) {
+fn render(segments: &[Segment], dot: &serde_json::Value, context: &Context<'_>, out: &mut String) {
     for segment in segments {
         match segment {
             Segment::Text(text) => out.push_str(text),
-            Segment::Action(commands) => out.push_str(&run(commands, labels, value).text()),
+            Segment::Action(commands) => out.push_str(&run(commands, dot, context).text()),
             Segment::If { branches, otherwise } => {
-                let taken = branches.iter().find(|(condition, _)| run(condition, labels, value).truthy());
-                render(taken.map_or(otherwise, |(_, body)| body), labels, value, out);
+                let taken = branches.iter().find(|(condition, _)| run(condition, dot, context).truthy());
+                render(taken.map_or(otherwise, |(_, body)| body), dot, context, out);
+            }
+            Segment::Range { over, body, otherwise } => {
+                let items: Vec<serde_json::Value> = match run(over, dot, context) {
+                    Val::Data(serde_json::Value::Array(items)) => items,
+                    Val::Data(serde_json::Value::Object(map)) => {
+                        let mut pairs: Vec<_> = map.into_iter().collect();
+                        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+                        pairs.into_iter().map(|(_, v)| v).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                if items.is_empty() {
+                    render(otherwise, dot, context, out);
+                }
+                for item in &items {
+                    render(body, item, context, out);
+                }
+            }
+            Segment::Named { name, data } => {
+                let data = match run(data, dot, context) {
+                    Val::Data(data) => data,
+                    _ => dot.clone(),
+                };
+                out.push_str(&(context.named)(name, &data));
             }
         }
     }
 }
 
 /// Runs a pipeline: each command's result is the next one's last argument.
-fn run(commands: &[Command], labels: &BTreeMap<String, String>, value: f64) -> Val {
+fn run(commands: &[Command], dot: &serde_json::Value, context: &Context<'_>) -> Val {
     let mut piped: Option<Val> = None;
     for command in commands {
         let mut args: Vec<Val> = command
             .args
             .iter()
             .map(|a| match a {
-                Arg::Label(name) => Val::Text(labels.get(name).cloned().unwrap_or_default()),
-                Arg::Value => Val::Number(value),
+                Arg::Field { root, path } => {
+                    let start = if *root { context.root } else { dot };
+                    let mut value = start.clone();
+                    for key in path {
+                        value = step(&value, key);
+                    }
+                    Val::from_json(value)
+                }
                 Arg::Text(text) => Val::Text(text.clone()),
                 Arg::Number(v) => Val::Number(*v),
             })
@@ -418,6 +631,16 @@ fn apply(function: &str, args: &[Val]) -> Val {
             let (pattern, text) = (args.first().map(Val::text).unwrap_or_default(), last.text());
             Val::Bool(regex::Regex::new(&pattern).is_ok_and(|r| r.is_match(&text)))
         }
+        "len" => Val::Number(match &last {
+            Val::Data(data) => data.as_array().map_or(0, Vec::len) + data.as_object().map_or(0, |m| m.len()),
+            other => other.text().chars().count(),
+        } as f64),
+        // Alertmanager's `join SEP LIST`.
+        "join" => {
+            let [separator, Val::Data(serde_json::Value::Array(items))] = args else { return last };
+            let items: Vec<String> = items.iter().map(|item| Val::from_json(item.clone()).text()).collect();
+            Val::Text(items.join(&separator.text()))
+        }
         "reReplaceAll" => {
             let [pattern, replacement, text] = args else { return last };
             match regex::Regex::new(&pattern.text()) {
@@ -446,6 +669,7 @@ fn apply_text(function: &str, args: &[Val], last: &Val) -> String {
         "humanizeTimestamp" => humanize_timestamp(last.number()),
         "printf" => printf(&args.iter().map(Val::text).collect::<Vec<_>>()),
         "toUpper" => text.to_uppercase(),
+        "trimSpace" => text.trim().to_owned(),
         "toLower" => text.to_lowercase(),
         "title" => {
             let mut chars = text.chars();
@@ -626,7 +850,59 @@ mod tests {
         assert!(Template::compile("{{ query \"up\" }}").unwrap_err().contains("query"));
         assert!(Template::compile("{{ if $value }}x").unwrap_err().contains("end"));
         assert!(Template::compile("x{{ end }}").unwrap_err().contains("without an if"));
+        assert!(Template::compile("{{ template \"x\" . }}").unwrap_err().contains("not available"));
+        assert!(Template::compile("{{ range $labels }}{{ . }}{{ end }}").is_ok());
+        assert!(Template::compile("{{ $x := 1 }}").is_err());
         assert!(Template::compile("{{ $value").unwrap_err().contains("unclosed"));
         assert!(Template::compile("{{ .Foo }}").is_err());
+    }
+
+    /// Alertmanager's notification data for two alerts, one firing.
+    fn notification() -> serde_json::Value {
+        serde_json::json!({
+            "Receiver": "oncall", "Status": "firing", "ExternalURL": "http://alerting:9095",
+            "GroupLabels": {"alertname": "HighCost"},
+            "CommonLabels": {"alertname": "HighCost", "severity": "critical"},
+            "CommonAnnotations": {"summary": "High agent cost"},
+            "Alerts": [
+                {"Status": "firing", "Labels": {"alertname": "HighCost", "agent_id": "bot-a"},
+                 "Annotations": {"description": "spending $120/hour"}, "Fingerprint": "f1"},
+                {"Status": "resolved", "Labels": {"alertname": "HighCost", "agent_id": "bot-b"},
+                 "Annotations": {"description": "back to $3/hour"}, "Fingerprint": "f2"},
+            ],
+        })
+    }
+
+    #[test]
+    fn notification_templates_render_alertmanagers_data() {
+        const NAMES: &[&str] = &["slack.default.title"];
+        let render = |text: &str| {
+            Template::compile_notification(text, NAMES)
+                .unwrap()
+                .render_data(&notification(), &|name, data| format!("<{name}:{}>", data["Status"].as_str().unwrap_or("")))
+        };
+        assert_eq!(
+            render("[{{ .Status | toUpper }}:{{ .Alerts.Firing | len }}] {{ .CommonLabels.alertname }} for {{ .Receiver }}"),
+            "[FIRING:1] HighCost for oncall"
+        );
+        assert_eq!(
+            render("{{ range .Alerts }}{{ .Labels.agent_id }}={{ .Status }}; {{ end }}"),
+            "bot-a=firing; bot-b=resolved; "
+        );
+        assert_eq!(
+            render("{{ range .Alerts.Resolved }}{{ .Annotations.description }}{{ else }}none{{ end }}"),
+            "back to $3/hour"
+        );
+        assert_eq!(render("{{ range .Alerts.Firing }}{{ range .Labels.SortedPairs }}{{ .Name }}={{ .Value }} {{ end }}{{ end }}"), "agent_id=bot-a alertname=HighCost ");
+        assert_eq!(render("{{ join \", \" .CommonLabels.Names }}"), "alertname, severity");
+        assert_eq!(render("{{ template \"slack.default.title\" . }}"), "<slack.default.title:firing>");
+        assert_eq!(render("{{ if eq .Status \"firing\" }}:fire:{{ else }}:ok:{{ end }} {{ .ExternalURL }}"), ":fire: http://alerting:9095");
+        assert_eq!(render("{{ .CommonLabels.missing }}|{{ .Nope.Deeper }}|"), "||");
+        // Unknown named templates and Go features beyond these are load errors.
+        let refused = |text: &str| Template::compile_notification(text, NAMES).unwrap_err();
+        assert!(refused("{{ template \"email.default.html\" . }}").contains("email.default.html"));
+        assert!(refused("{{ define \"x\" }}{{ end }}").contains("not supported"));
+        assert!(refused("{{ range .Alerts }}x").contains("end"));
+        assert!(refused("{{ range $i, $a := .Alerts }}{{ end }}").contains("variables"));
     }
 }

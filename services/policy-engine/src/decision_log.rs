@@ -37,6 +37,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prost::Message;
@@ -94,6 +95,12 @@ pub struct DecisionLogConfig {
     /// shared by at least this many decisions on average (under load); a
     /// lone caller's decision is synced at once.
     pub commit_siblings: usize,
+    /// Under load, a sync waits up to this long while more decisions are
+    /// still being decided than wait for it: at saturation a group then
+    /// takes what arrived meanwhile (`bench h2load --decision-log sync` at
+    /// 512 in flight). Equal to `commit_delay`: never longer.
+    #[serde(with = "humantime_serde")]
+    pub max_commit_delay: Duration,
 }
 
 impl Default for DecisionLogConfig {
@@ -106,6 +113,7 @@ impl Default for DecisionLogConfig {
             segment_bytes: 64 << 20,
             commit_delay: Duration::from_micros(200),
             commit_siblings: 2,
+            max_commit_delay: Duration::from_millis(2),
         }
     }
 }
@@ -157,6 +165,8 @@ pub struct DecisionLog {
     journal: Arc<Journal>,
     config: DecisionLogConfig,
     dead_letters: Arc<JournalDeadLetters>,
+    /// Decisions under way (see [`DecisionLog::under_way`]).
+    busy: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for DecisionLog {
@@ -205,6 +215,15 @@ async fn publish_journal_stats(journal: std::sync::Weak<Journal>) {
     }
 }
 
+/// A decision under way (see [`DecisionLog::under_way`]).
+pub struct UnderWay(Arc<AtomicUsize>);
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl DecisionLog {
     /// Opens the journal in `data_dir` and starts the shipper.
     /// `identity` is what the engine presents to the audit service (its
@@ -215,6 +234,7 @@ impl DecisionLog {
         data_dir: &Path,
         config: DecisionLogConfig,
     ) -> Result<Arc<DecisionLog>, DecisionLogError> {
+        let busy = Arc::new(AtomicUsize::new(0));
         let options = warden_journal::Options {
             segment_bytes: config.segment_bytes,
             commit_delay: config.commit_delay,
@@ -222,6 +242,8 @@ impl DecisionLog {
             // `async` appends are written in groups of a millisecond's
             // decisions rather than waking the writer for each.
             write_window: ASYNC_WRITE_WINDOW,
+            busy: Some(busy.clone()),
+            max_commit_delay: config.max_commit_delay,
             ..Default::default()
         };
         let (journal, reader, recovery) = Journal::open(&data_dir.join("decision-log"), options)?;
@@ -251,7 +273,15 @@ impl DecisionLog {
         let dead_letters = Arc::new(JournalDeadLetters::open(&data_dir.join(DEAD_LETTERS_DIR), journal.clone())?);
         tokio::spawn(run_shipper(reader, client, config.batch.max(1), dead_letters.clone()));
         tokio::spawn(publish_journal_stats(Arc::downgrade(&journal)));
-        Ok(Arc::new(DecisionLog { journal, config, dead_letters }))
+        Ok(Arc::new(DecisionLog { journal, config, dead_letters, busy }))
+    }
+
+    /// Counts one decision under way until the guard drops: the journal
+    /// lets a sync wait longer while many are (see
+    /// `warden_journal::Options::busy`).
+    pub fn under_way(&self) -> UnderWay {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        UnderWay(self.busy.clone())
     }
 
     /// The dead letters, for `warden.deadletter.v1`.
@@ -270,8 +300,20 @@ impl DecisionLog {
         self.journal.pending() + self.journal.queued()
     }
 
-    /// Records one decision's event, encoded (`decision_record::encode`).
-    pub async fn record(&self, event: Vec<u8>) -> Result<(), DecisionLogError> {
+    /// A record to encode one decision's event into (after
+    /// [`DecisionLog::record_start`], `decision_record::encode_into`), for
+    /// [`DecisionLog::record`]: one buffer from the encoder to the disk.
+    pub fn record_start(capacity: usize) -> Vec<u8> {
+        let traceparent = warden_telemetry::current_traceparent().filter(|t| t.len() < 256).unwrap_or_default();
+        let mut record = Vec::with_capacity(1 + traceparent.len() + capacity);
+        record.push(traceparent.len() as u8);
+        record.extend_from_slice(traceparent.as_bytes());
+        record
+    }
+
+    /// Records one decision: a record begun by [`DecisionLog::record_start`]
+    /// with the encoded event after it.
+    pub async fn record(&self, record: Vec<u8>) -> Result<(), DecisionLogError> {
         let pending = self.pending();
         if pending >= self.config.outbox_cap {
             return match self.config.when_full {
@@ -283,7 +325,6 @@ impl DecisionLog {
                 }
             };
         }
-        let record = encode_record(&event, warden_telemetry::current_traceparent());
         self.journal.append(record, self.config.durability == Durability::Sync).await.map_err(|error| {
             if error.kind() == std::io::ErrorKind::BrokenPipe { DecisionLogError::Stopped } else { error.into() }
         })

@@ -127,7 +127,14 @@ pub struct Decided<'a> {
 /// The encoded `AuditEvent` of one decision: the request as evaluated (so
 /// a candidate policy set can re-decide it, `wardenctl policy replay`) and
 /// what was decided.
-pub fn encode<'a>(decided: &Decided<'a>) -> Vec<u8> {
+pub fn encode(decided: &Decided<'_>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_into(decided, &mut buf);
+    buf
+}
+
+/// [`encode`], appended to `buf` (a journal record's header before it).
+pub fn encode_into<'a>(decided: &Decided<'a>, buf: &mut Vec<u8>) {
     let Decided { decision_id, request, time, decided_at, response, effect, rules_effect, personal } = *decided;
     let action = request.action.as_ref().expect("validated");
     let agent = request.agent.as_ref().expect("validated");
@@ -185,25 +192,24 @@ pub fn encode<'a>(decided: &Decided<'a>) -> Vec<u8> {
     let timestamp =
         prost_types::Timestamp { seconds: decided_at.timestamp(), nanos: decided_at.timestamp_subsec_nanos() as i32 };
     let payload_len = struct_len(&payload);
-    let mut buf = Vec::with_capacity(256 + payload_len);
-    write_str(1, decision_id, &mut buf);
-    write_str(2, "policy_evaluation", &mut buf);
-    prost::encoding::message::encode(3, &timestamp, &mut buf);
+    buf.reserve(256 + payload_len);
+    write_str(1, decision_id, buf);
+    write_str(2, "policy_evaluation", buf);
+    prost::encoding::message::encode(3, &timestamp, buf);
     if !request.correlation_id.is_empty() {
-        write_str(4, &request.correlation_id, &mut buf);
+        write_str(4, &request.correlation_id, buf);
     }
-    write_str(5, &agent.id, &mut buf);
-    write_str(6, "warden-policy-engine", &mut buf);
-    encode_key(7, WireType::LengthDelimited, &mut buf);
-    encode_varint(payload_len as u64, &mut buf);
-    write_struct(&payload, &mut buf);
+    write_str(5, &agent.id, buf);
+    write_str(6, "warden-policy-engine", buf);
+    encode_key(7, WireType::LengthDelimited, buf);
+    encode_varint(payload_len as u64, buf);
+    write_struct(&payload, buf);
     if !private.fields.is_empty() {
         let sensitive = prost_types::Struct {
             fields: [("params".to_string(), prost_types::Value { kind: Some(Kind::StructValue(private)) })].into(),
         };
-        prost::encoding::message::encode(8, &sensitive, &mut buf);
+        prost::encoding::message::encode(8, &sensitive, buf);
     }
-    buf
 }
 
 #[cfg(test)]

@@ -109,8 +109,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         IntCounter::new("decision_log_journal_records_total", "Decisions written to the journal").expect("metric"),
     ),
     journal_groups: register(
-        IntCounter::new("decision_log_journal_groups_total", "Groups of decisions written to the journal, one write each")
-            .expect("metric"),
+        IntCounter::new(
+            "decision_log_journal_groups_total",
+            "Groups of decisions written to the journal, one write each",
+        )
+        .expect("metric"),
     ),
     journal_syncs: register(
         IntCounter::new("decision_log_journal_syncs_total", "fdatasync calls on the journal").expect("metric"),

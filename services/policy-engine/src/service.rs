@@ -274,7 +274,22 @@ impl PolicyServiceImpl {
         effect: Effect,
         rules_effect: Effect,
     ) -> Vec<u8> {
-        crate::decision_record::encode(&crate::decision_record::Decided {
+        let mut event = Vec::new();
+        self.decision_record_into(request, response, time, effect, rules_effect, &mut event);
+        event
+    }
+
+    /// [`Self::decision_record`], appended to `buf`.
+    fn decision_record_into(
+        &self,
+        request: &pb::EvaluateRequest,
+        response: &pb::EvaluateResponse,
+        time: chrono::DateTime<chrono::Utc>,
+        effect: Effect,
+        rules_effect: Effect,
+        buf: &mut Vec<u8>,
+    ) {
+        let decided = crate::decision_record::Decided {
             decision_id: &response.decision_id,
             request,
             time,
@@ -283,7 +298,8 @@ impl PolicyServiceImpl {
             effect: effect.as_str(),
             rules_effect: rules_effect.as_str(),
             personal: &self.engine.policies().personal_params,
-        })
+        };
+        crate::decision_record::encode_into(&decided, buf);
     }
 }
 
@@ -369,6 +385,7 @@ fn errors_to_proto(errors: &[PolicyError]) -> Vec<pb::PolicyError> {
 impl PolicyService for PolicyServiceImpl {
     async fn evaluate(&self, request: Request<pb::EvaluateRequest>) -> Result<Response<pb::EvaluateResponse>, Status> {
         let started = Instant::now();
+        let _under_way = self.decision_log.as_ref().map(|log| log.under_way());
         validate_evaluate(request.get_ref()).map_err(invalid)?;
         // An agent may only ask in the name of the agents it is bound to.
         let agent_id = request.get_ref().agent.as_ref().map(|a| a.id.as_str()).unwrap_or_default();
@@ -435,7 +452,8 @@ impl PolicyService for PolicyServiceImpl {
         if let Some(log) = &self.decision_log
             && !recorded
         {
-            let record = self.decision_record(&request, &response, time, effect, decision.rules_effect);
+            let mut record = DecisionLog::record_start(1024);
+            self.decision_record_into(&request, &response, time, effect, decision.rules_effect, &mut record);
             log.record(record).await.map_err(|error| {
                 tracing::warn!(%error, "decision not recorded; refusing to answer");
                 to_status(&error)
