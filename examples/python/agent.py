@@ -30,6 +30,20 @@ from warden.audit.v1 import audit_pb2, audit_pb2_grpc  # noqa: E402
 from warden.policy.v1 import policy_pb2, policy_pb2_grpc  # noqa: E402
 
 
+def channel(variable: str, default: str) -> grpc.Channel:
+    """An address as every Warden tool takes it: host:port, or a URL with
+    http:// (plain) or https:// (TLS, the system's CAs)."""
+    addr = os.environ.get(variable, "").strip() or default
+    scheme, sep, rest = addr.partition("://")
+    if not sep:
+        return grpc.insecure_channel(addr)
+    if scheme == "http":
+        return grpc.insecure_channel(rest.rstrip("/"))
+    if scheme == "https":
+        return grpc.secure_channel(rest.rstrip("/"), grpc.ssl_channel_credentials())
+    raise SystemExit(f"{variable}={addr}: the scheme must be http:// or https:// (or none: host:port)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="a refund agent governed by Warden")
     parser.add_argument("--agent", default="support-bot")
@@ -40,11 +54,9 @@ def main() -> int:
 
     key = os.environ["WARDEN_API_KEY"]
     metadata = [("authorization", f"Bearer {key}")]
-    policy = policy_pb2_grpc.PolicyServiceStub(grpc.insecure_channel(os.environ.get("WARDEN_ADDR", "127.0.0.1:50051")))
-    approvals = approval_pb2_grpc.ApprovalServiceStub(
-        grpc.insecure_channel(os.environ.get("WARDEN_APPROVAL_ADDR", "127.0.0.1:50053"))
-    )
-    audit = audit_pb2_grpc.AuditServiceStub(grpc.insecure_channel(os.environ.get("WARDEN_AUDIT_ADDR", "127.0.0.1:50052")))
+    policy = policy_pb2_grpc.PolicyServiceStub(channel("WARDEN_ADDR", "127.0.0.1:50051"))
+    approvals = approval_pb2_grpc.ApprovalServiceStub(channel("WARDEN_APPROVAL_ADDR", "127.0.0.1:50053"))
+    audit = audit_pb2_grpc.AuditServiceStub(channel("WARDEN_AUDIT_ADDR", "127.0.0.1:50052"))
     correlation_id = f"py-{uuid.uuid4()}"
 
     params = struct_pb2.Struct()

@@ -111,6 +111,24 @@ async fn failing_actions_fire_an_alert_that_reaches_the_receiver_and_the_audit_l
     assert_eq!(message["alerts"][0]["labels"]["agent_id"], "support-bot");
     assert_eq!(message["alerts"][0]["labels"]["severity"], "critical");
     assert!(message["alerts"][0]["annotations"]["description"].as_str().unwrap().starts_with("support-bot failed"));
+    // Links lead somewhere: externalURL defaults to the service's own
+    // address, and a rule alert's generatorURL to the rule on its page.
+    let api = format!("http://{}", stack.alerting.http_addr.unwrap());
+    assert_eq!(message["externalURL"], api.as_str());
+    let generator = message["alerts"][0]["generatorURL"].as_str().unwrap().to_owned();
+    assert_eq!(generator, format!("{api}/rules#rule-agents-ActionsFailing"));
+    let page = reqwest::Client::new()
+        .get(generator.split('#').next().unwrap())
+        .bearer_auth(stack.keys.token("operator"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("id=\"rule-agents-ActionsFailing\"") && page.contains("increase(agent_actions_total"),
+        "{page}"
+    );
     // The alert and its delivery are in the audit log, with the agent.
     let firing = eventually(Duration::from_secs(10), || async {
         let records = events_of(&stack, "alert_firing").await;
@@ -565,4 +583,109 @@ async fn edited_rule_files_are_reloaded_while_it_runs() {
     stack.sandbox.write("agents.rules.yaml", "groups: [");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(rule_names(&stack).await, ["Edited"]);
+}
+
+/// An HTTPS receiver that accepts only clients with a certificate from
+/// `client_ca`; the bodies it received, one request per connection.
+async fn https_receiver(
+    server: &warden_tests::pki::Leaf,
+    client_ca: &warden_tests::pki::Ca,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(client_ca.pem.as_bytes()).unwrap();
+    roots.add(ca).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(roots.into()).build().unwrap();
+    let certs = vec![rustls::pki_types::CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
+    let tls = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(certs, key).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}/hook", listener.local_addr().unwrap().port());
+    let received: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let store = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, store) = (acceptor.clone(), store.clone());
+            tokio::spawn(async move {
+                // A client without an accepted certificate fails here.
+                let Ok(mut stream) = acceptor.accept(stream).await else { return };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        store.lock().unwrap().push(body.to_owned());
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, received)
+}
+
+/// A pasted `alertmanager.yml` whose webhook is reached over mutual TLS
+/// (`tls_config` with a CA, a client certificate and key): the service
+/// delivers with them, where a client without the certificate is turned
+/// away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_behind_mutual_tls_is_reached_with_the_configs_tls_settings() {
+    let sandbox = Sandbox::new(&[]);
+    let keys = identity::keys(sandbox.data.path());
+    let pki = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (warden_tests::pki::ca("receiver CA"), warden_tests::pki::ca("warden clients"));
+    let server = server_ca.server(pki.path(), "receiver");
+    let client = client_ca.client(pki.path(), "warden", "spiffe://example.org/warden-alerting");
+    let (url, received) = https_receiver(&server, &client_ca).await;
+    let ca_file = server_ca.write(pki.path(), "receiver-ca.pem");
+    let mut config = alerting_config(&sandbox, &keys, "", &url);
+    config.audit_url = String::new();
+    let routing = |tls: &str| {
+        format!(
+            "route:\n  receiver: hook\n  group_wait: 0s\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: '{url}'\n        http_config:\n          tls_config:\n            ca_file: {}\n{tls}",
+            ca_file.display()
+        )
+    };
+    sandbox.write(
+        "alertmanager.yml",
+        &routing(&format!(
+            "            cert_file: {}\n            key_file: {}\n            min_version: TLS12\n",
+            client.cert.display(),
+            client.key.display()
+        )),
+    );
+    let alerting = AlertingServer::start(config).await.unwrap();
+    let api = format!("http://{}", alerting.http_addr.unwrap());
+    let http = reqwest::Client::new();
+    let alert = serde_json::json!([{"labels": {"alertname": "OverTls", "severity": "info"}}]);
+    let posted = http.post(format!("{api}/api/v2/alerts")).bearer_auth(keys.token("service")).json(&alert).send();
+    assert_eq!(posted.await.unwrap().status(), 200);
+    let body = eventually(Duration::from_secs(20), || async { received.lock().unwrap().first().cloned() }).await;
+    assert!(body.contains("OverTls"), "{body}");
+    // The receiver does require the client certificate.
+    let ca = reqwest::Certificate::from_pem(server_ca.pem.as_bytes()).unwrap();
+    let without = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    assert!(without.post(&url).body("{}").send().await.is_err());
+    assert_eq!(received.lock().unwrap().len(), 1);
+    alerting.shutdown().await;
 }

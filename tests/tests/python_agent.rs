@@ -51,7 +51,8 @@ async fn the_python_agent_waits_for_a_manager_then_acts_and_records() {
         .args(["--amount", "150", "--wait", "30"])
         .env("WARDEN_STUBS", &stubs)
         .env("WARDEN_API_KEY", keys.token("agent"))
-        .env("WARDEN_ADDR", engine.addr.to_string())
+        // The URL form, as wardenctl takes it: one meaning everywhere.
+        .env("WARDEN_ADDR", format!("http://{}", engine.addr))
         .env("WARDEN_APPROVAL_ADDR", approval.addr.to_string())
         .env("WARDEN_AUDIT_ADDR", audit.addr.to_string())
         .stdout(std::process::Stdio::piped())

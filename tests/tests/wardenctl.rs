@@ -133,7 +133,26 @@ async fn operators_review_stop_agents_and_check_proofs() {
     .unwrap();
     let (code, _, err) = run(with("admin", &["policy", "validate", &broken.path().display().to_string()])).await;
     assert_eq!(code, 1);
-    assert!(err.contains("bad.yaml:2: rule typo") && err.contains("confidance"), "{err}");
+    assert!(err.contains("bad.yaml:2: rule typo: ") && err.contains("confidance"), "{err}");
+    // Offline is the default: no engine, no key needed; --remote asks one.
+    let dir = broken.path().display().to_string();
+    let (code, _, offline) = run(args(&["--addr", "127.0.0.1:1", "policy", "validate", &dir])).await;
+    assert_eq!((code, offline.clone()), (1, err.clone()), "the same errors offline");
+    let (code, _, refused) = run(args(&["--addr", "127.0.0.1:1", "policy", "validate", "--remote", &dir])).await;
+    assert!(code == 1 && refused.contains("cannot connect"), "{refused}");
+    // A file-level error has no rule, and an unknown line no `:0`.
+    std::fs::write(
+        broken.path().join("bad.yaml"),
+        "rules: [
+",
+    )
+    .unwrap();
+    let (code, _, err) = run(args(&["policy", "validate", &dir])).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("bad.yaml") && !err.contains("::") && !err.contains(":0:") && !err.contains("rule :"),
+        "{err}"
+    );
     let (code, out, _) = run(with("auditor", &["policy", "show"])).await;
     assert_eq!(code, 0);
     assert!(out.contains("big") && out.contains("require_approval"), "{out}");
@@ -428,4 +447,26 @@ async fn an_agent_waits_and_a_reviewer_approves_by_correlation_id() {
 
     engine.shutdown().await;
     approval.shutdown().await;
+}
+
+/// `--addr` (and `WARDEN_ADDR`) means what it means to the Python agent:
+/// `host:port` or an http(s) URL; another scheme is refused by name.
+#[tokio::test]
+async fn an_address_is_host_port_or_a_url_and_a_bad_one_is_named() {
+    let sandbox = Sandbox::new(&[("allow.yaml", "rules:\n  - name: all\n    effect: allow\n")]);
+    let keys = identity::keys(sandbox.data.path());
+    let mut config =
+        warden_policy_engine::PolicyEngineConfig::for_tests(sandbox.policies_dir(), sandbox.data.path().join("pe"));
+    config.auth = keys.auth();
+    let engine = PolicyEngine::start(config).await.unwrap();
+    let admin = keys.token("admin").to_string();
+    for addr in [engine.addr.to_string(), format!("http://{}", engine.addr)] {
+        let (code, out, err) = run(args(&["--addr", &addr, "--api-key", &admin, "policy", "show"])).await;
+        assert_eq!(code, 0, "{addr}: {out}{err}");
+        assert!(out.contains("all"), "{addr}: {out}");
+    }
+    let (code, _, err) =
+        run(args(&["--addr", &format!("grpc://{}", engine.addr), "--api-key", &admin, "policy", "show"])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("the scheme must be http:// or https://") && err.contains("grpc://"), "{err}");
 }

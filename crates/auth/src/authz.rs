@@ -135,6 +135,8 @@ pub const HTTP_TABLE: &[HttpRule] = &[
         HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ExpireSilence"),
     ),
     http("alertmanager", "GET", "/api/v2/status", HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ListRules")),
+    http("alertmanager", "GET", "/api/v2/receivers", HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ListRules")),
+    http("alertmanager", "GET", "/rules", HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ListRules")),
 ];
 
 /// The HTTP route's rule.

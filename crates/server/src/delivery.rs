@@ -313,7 +313,10 @@ pub struct Email<'a> {
 /// Sends `email` through `transport`; an SMTP refusal that is permanent
 /// (5xx) or a message that cannot be built is a failure, anything else a
 /// retry.
-pub async fn send_message(transport: &lettre::AsyncSmtpTransport<lettre::Tokio1Executor>, email: Email<'_>) -> Notified {
+pub async fn send_message(
+    transport: &lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    email: Email<'_>,
+) -> Notified {
     use lettre::message::header::{HeaderName, HeaderValue};
     use lettre::message::{MultiPart, SinglePart};
     use lettre::{AsyncTransport, Message};

@@ -22,6 +22,8 @@ pub enum Answer {
 #[derive(Debug, Default)]
 struct State {
     got: Vec<serde_json::Value>,
+    /// Each request's `Authorization` header, in order.
+    authorizations: Vec<Option<String>>,
     attempts: usize,
     script: VecDeque<Answer>,
 }
@@ -40,37 +42,42 @@ impl Receiver {
         use axum::response::IntoResponse;
         let state: Arc<Mutex<State>> = Arc::default();
         let shared = state.clone();
-        let app = axum::Router::new().fallback(axum::routing::post(move |body: axum::body::Bytes| {
-            let shared = shared.clone();
-            async move {
-                let answer = {
-                    let mut state = shared.lock().expect("not poisoned");
-                    state.attempts += 1;
-                    let answer = state.script.pop_front();
-                    if answer.is_none() {
-                        state.got.push(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
-                    }
-                    answer
-                };
-                match answer {
-                    None => axum::http::StatusCode::OK.into_response(),
-                    Some(Answer::Status(code, retry_after)) => {
-                        let status = axum::http::StatusCode::from_u16(code).expect("a status code");
-                        let mut response = status.into_response();
-                        if let Some(value) = retry_after {
-                            response.headers_mut().insert("retry-after", value.parse().expect("a header value"));
+        let app = axum::Router::new().fallback(axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let shared = shared.clone();
+                async move {
+                    let answer = {
+                        let mut state = shared.lock().expect("not poisoned");
+                        state.attempts += 1;
+                        let authorization =
+                            headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                        state.authorizations.push(authorization);
+                        let answer = state.script.pop_front();
+                        if answer.is_none() {
+                            state.got.push(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
                         }
-                        response
-                    }
-                    Some(Answer::Hang) => std::future::pending().await,
-                    Some(Answer::Redirect(to)) => {
-                        let mut response = axum::http::StatusCode::TEMPORARY_REDIRECT.into_response();
-                        response.headers_mut().insert("location", to.parse().expect("a header value"));
-                        response
+                        answer
+                    };
+                    match answer {
+                        None => axum::http::StatusCode::OK.into_response(),
+                        Some(Answer::Status(code, retry_after)) => {
+                            let status = axum::http::StatusCode::from_u16(code).expect("a status code");
+                            let mut response = status.into_response();
+                            if let Some(value) = retry_after {
+                                response.headers_mut().insert("retry-after", value.parse().expect("a header value"));
+                            }
+                            response
+                        }
+                        Some(Answer::Hang) => std::future::pending().await,
+                        Some(Answer::Redirect(to)) => {
+                            let mut response = axum::http::StatusCode::TEMPORARY_REDIRECT.into_response();
+                            response.headers_mut().insert("location", to.parse().expect("a header value"));
+                            response
+                        }
                     }
                 }
-            }
-        }));
+            },
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a port");
         let url = format!("http://{}/hook", listener.local_addr().expect("local address"));
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -80,6 +87,11 @@ impl Receiver {
     /// The bodies answered with 200, in order.
     pub fn got(&self) -> Vec<serde_json::Value> {
         self.state.lock().expect("not poisoned").got.clone()
+    }
+
+    /// Each request's `Authorization` header, answered or not, in order.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.state.lock().expect("not poisoned").authorizations.clone()
     }
 
     /// Every request, answered or not.

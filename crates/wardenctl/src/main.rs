@@ -60,12 +60,13 @@ enum Command {
         #[command(subcommand)]
         command: remote::KillSwitchCommand,
     },
-    /// The audit log: checkpoint, verify, proof.
+    /// The audit log: query, export, forget, checkpoint, verify, proof.
     Audit {
         #[command(subcommand)]
         command: remote::AuditCommand,
     },
-    /// Policies on a running engine: validate files, reload, show.
+    /// Policies: test and validate files, replay decisions against them;
+    /// reload and show a running engine's.
     Policy {
         #[command(subcommand)]
         command: remote::PolicyCommand,
@@ -131,6 +132,28 @@ fn main() -> ExitCode {
         Err(Failure::Unverified(message)) => {
             eprintln!("wardenctl: NOT VERIFIED: {message}");
             ExitCode::from(3)
+        }
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory;
+
+    /// Each command's one-line summary names every verb under it.
+    #[test]
+    fn summaries_name_every_verb() {
+        let cli = super::Cli::command();
+        for command in cli.get_subcommands() {
+            let about = command.get_about().map(|a| a.to_string()).unwrap_or_default();
+            for verb in command.get_subcommands() {
+                assert!(
+                    about.contains(verb.get_name()),
+                    "`wardenctl {}`'s summary ({about:?}) leaves out {}",
+                    command.get_name(),
+                    verb.get_name()
+                );
+            }
         }
     }
 }

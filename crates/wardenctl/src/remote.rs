@@ -144,6 +144,7 @@ impl RemoteArgs {
     }
 
     pub(crate) async fn channel(&self, url: &str) -> Result<Stack, Failure> {
+        let url = &service_url(url)?;
         let mut identity = ClientIdentity { bearer: self.api_key.clone().map(warden_auth::Secret::new), tls: None };
         if let Some(ca) = &self.ca {
             let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
@@ -157,6 +158,22 @@ impl RemoteArgs {
             .await
             .map_err(|e| format!("cannot connect to {url}: {e}; is the service running there (see --addr flags)?"))?;
         Ok(InterceptedService::new(channel, identity.credentials()?))
+    }
+}
+
+/// An address as every Warden tool takes it: `host:port` (plain HTTP/2),
+/// or a URL with `http://` or `https://`.
+pub(crate) fn service_url(addr: &str) -> Result<String, Failure> {
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err(Failure::Failed("an empty address: give host:port or http(s)://host:port".into()));
+    }
+    match addr.split_once("://") {
+        None => Ok(format!("http://{addr}")),
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(addr.to_owned()),
+        Some((scheme, _)) => Err(Failure::Failed(format!(
+            "bad address {addr}: the scheme must be http:// or https:// (or none: host:port), not {scheme}://"
+        ))),
     }
 }
 
@@ -527,6 +544,8 @@ pub enum AuditCommand {
     Proof {
         /// The event's sequence number.
         sequence: u64,
+        /// The checkpoint verifier key (`name+hash+key`): the audit service
+        /// prints it when it starts, and `cargo xtask dev` in its banner.
         #[arg(long, env = "WARDEN_AUDIT_KEY")]
         key: String,
     },
@@ -712,9 +731,16 @@ pub enum PolicyCommand {
         #[arg(long, default_value_t = 3)]
         sample: usize,
     },
-    /// Check every *.yaml file in DIR with the engine's own compiler, without
-    /// activating them: errors with file, line and rule; exit 1 when invalid.
-    Validate { dir: PathBuf },
+    /// Check every *.yaml file in DIR with the engine's own compiler, here
+    /// (offline, as `opa check`), or with --remote on the running engine
+    /// without activating them: errors with file, line and rule; exit 1
+    /// when invalid.
+    Validate {
+        dir: PathBuf,
+        /// Ask the running engine (--addr, an admin key) instead.
+        #[arg(long)]
+        remote: bool,
+    },
     /// Re-read the engine's policy directory now (the last good set stays on error).
     Reload,
     /// The active rules and limits.
@@ -723,8 +749,38 @@ pub enum PolicyCommand {
 
 fn print_policy_errors(errors: &[policy::PolicyError]) {
     for e in errors {
-        let rule = if e.rule.is_empty() { String::new() } else { format!(" rule {}", e.rule) };
-        eprintln!("{}:{}:{rule}: {}", e.file, e.line, e.message);
+        eprintln!("{}", error_line(&e.file, e.line, &e.rule, &e.message));
+    }
+}
+
+/// A policy error as compilers print one: `file:line: rule NAME: message`,
+/// without the line when it is unknown (0) or the rule when there is none.
+pub(crate) fn error_line(file: &str, line: u32, rule: &str, message: &str) -> String {
+    let at = if line == 0 { file.to_owned() } else { format!("{file}:{line}") };
+    if rule.is_empty() { format!("{at}: {message}") } else { format!("{at}: rule {rule}: {message}") }
+}
+
+/// `policy validate` without a server: the engine's own compiler, here.
+fn validate_offline(sources: Vec<policy::PolicySource>) -> policy::ValidatePoliciesResponse {
+    use warden_policy::policy as compiler;
+    let sources: Vec<compiler::Source> =
+        sources.into_iter().map(|s| compiler::Source { file: s.file, content: s.content }).collect();
+    let policy_version = compiler::version_of(&sources);
+    match compiler::compile_sources_with(&sources, &compiler::LoadOptions::default()) {
+        Ok(set) => policy::ValidatePoliciesResponse {
+            valid: true,
+            errors: Vec::new(),
+            policy_version,
+            rule_count: set.rules.len() as u32,
+            limit_count: set.limits.len() as u32,
+        },
+        Err(errors) => policy::ValidatePoliciesResponse {
+            valid: false,
+            errors: errors.iter().map(compiler::PolicyError::to_proto).collect(),
+            policy_version,
+            rule_count: 0,
+            limit_count: 0,
+        },
     }
 }
 
@@ -732,7 +788,7 @@ fn print_policy_errors(errors: &[policy::PolicyError]) {
 fn policy_test(args: &RemoteArgs, dir: &std::path::Path, junit: Option<&std::path::Path>) -> Result<(), Failure> {
     let policies = warden_policy::policy::load_dir(dir).map_err(|errors| {
         for e in &errors {
-            eprintln!("{}:{}: rule {}: {}", e.file, e.line, e.rule, e.message);
+            eprintln!("{}", error_line(&e.file, e.line, &e.rule, &e.message));
         }
         Failure::Failed(format!("the policies in {} do not load", dir.display()))
     })?;
@@ -768,8 +824,7 @@ pub async fn policy(args: &RemoteArgs, command: PolicyCommand) -> Result<(), Fai
         PolicyCommand::Replay { policies, since, limit, sample } => {
             replay(args, &policies, since.into(), limit, sample).await
         }
-        PolicyCommand::Validate { dir } => {
-            let mut client = connect().await?;
+        PolicyCommand::Validate { dir, remote } => {
             let mut sources = Vec::new();
             let entries = std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
             let mut paths: Vec<PathBuf> = entries
@@ -787,11 +842,16 @@ pub async fn policy(args: &RemoteArgs, command: PolicyCommand) -> Result<(), Fai
             if sources.is_empty() {
                 return Err(Failure::Failed(format!("no *.yaml policy files in {}", dir.display())));
             }
-            let result = client
-                .validate_policies(policy::ValidatePoliciesRequest { sources })
-                .await
-                .map_err(explain)?
-                .into_inner();
+            let result = if remote {
+                let mut client = connect().await?;
+                client
+                    .validate_policies(policy::ValidatePoliciesRequest { sources })
+                    .await
+                    .map_err(explain)?
+                    .into_inner()
+            } else {
+                validate_offline(sources)
+            };
             if args.output == Output::Json {
                 print_json(serde_json::json!({
                     "valid": result.valid, "policy_version": result.policy_version, "rules": result.rule_count,

@@ -1,7 +1,9 @@
 //! Alertmanager's HTTP API (v2), so Prometheus can use Warden as its
 //! Alertmanager and `amtool` works against it: `POST|GET /api/v2/alerts`,
 //! `GET|POST /api/v2/silences`, `GET|DELETE /api/v2/silence/{id}`,
-//! `GET /api/v2/status`, `/-/healthy`, `/-/ready`.
+//! `GET /api/v2/status`, `GET /api/v2/receivers`, `/-/healthy`,
+//! `/-/ready`; and `GET /rules`, the page a rule alert's `generatorURL`
+//! leads to.
 //!
 //! With authentication on, callers send `authorization: Bearer <key or
 //! token>` (Prometheus' `alertmanager_config.authorization`), and every
@@ -55,6 +57,8 @@ impl Api {
             .route("/-/healthy", get(|| async { "OK" }))
             .route("/-/ready", get(ready))
             .route("/api/v2/status", get(status))
+            .route("/api/v2/receivers", get(receivers))
+            .route("/rules", get(rules_page))
             .route("/api/v2/alerts", get(list_alerts).post(post_alerts))
             .route("/api/v2/silences", get(list_silences).post(post_silence))
             .route("/api/v2/silence/{id}", delete(delete_silence).get(get_silence))
@@ -106,6 +110,46 @@ async fn ready(State(api): State<Api>) -> Response {
     } else {
         error(StatusCode::SERVICE_UNAVAILABLE, "still reading the audit log")
     }
+}
+
+/// Alertmanager's `GET /api/v2/receivers`: every receiver's name.
+async fn receivers(State(api): State<Api>) -> Response {
+    let loaded = api.engine.loaded();
+    let names: Vec<serde_json::Value> =
+        loaded.routing.receivers.keys().map(|name| serde_json::json!({"name": name})).collect();
+    Json(names).into_response()
+}
+
+/// The loaded rules as a page: what a rule alert's `generatorURL` leads
+/// to (`/rules#rule-GROUP-NAME`).
+async fn rules_page(State(api): State<Api>) -> Response {
+    let escape =
+        |text: &str| text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    let loaded = api.engine.loaded();
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Warden alerting: rules</title></head><body><h1>Rules</h1>",
+    );
+    for group in &loaded.rules.groups {
+        html.push_str(&format!(
+            "<h2>{} <small>({}, every {:?})</small></h2>",
+            escape(&group.name),
+            escape(&group.file),
+            group.interval
+        ));
+        for rule in &group.rules {
+            let labels: Vec<String> = rule.raw_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            html.push_str(&format!(
+                "<section id=\"{}\"><h3>{}</h3><pre>{}</pre><p>labels: {}</p><p>line {}</p></section>",
+                crate::engine::rule_anchor(&group.name, &rule.name),
+                escape(&rule.name),
+                escape(&rule.expr_text),
+                escape(&labels.join(", ")),
+                rule.line
+            ));
+        }
+    }
+    html.push_str("</body></html>");
+    axum::response::Html(html).into_response()
 }
 
 async fn status(State(api): State<Api>) -> Response {

@@ -208,17 +208,43 @@ fn fields(section: Section) -> (&'static [&'static str], &'static [&'static str]
                 "text",
                 "html",
             ],
-            &["hello", "auth_secret", "auth_secret_file", "auth_identity", "tls_config", "force_implicit_tls", "threading"],
+            &[
+                "hello",
+                "auth_secret",
+                "auth_secret_file",
+                "auth_identity",
+                "tls_config",
+                "force_implicit_tls",
+                "threading",
+            ],
         ),
         Log => (&["send_resolved"], &[]),
         HttpConfig => (
             &["authorization", "basic_auth", "bearer_token", "bearer_token_file", "tls_config", "follow_redirects"],
-            &["oauth2", "proxy_url", "no_proxy", "proxy_from_environment", "proxy_connect_header", "enable_http2", "http_headers"],
+            &[
+                "oauth2",
+                "proxy_url",
+                "no_proxy",
+                "proxy_from_environment",
+                "proxy_connect_header",
+                "enable_http2",
+                "http_headers",
+            ],
         ),
         Authorization => (&["type", "credentials", "credentials_file"], &[]),
         BasicAuth => (&["username", "username_file", "password", "password_file"], &[]),
         Tls => (
-            &["ca", "ca_file", "cert", "cert_file", "key", "key_file", "insecure_skip_verify", "min_version", "max_version"],
+            &[
+                "ca",
+                "ca_file",
+                "cert",
+                "cert_file",
+                "key",
+                "key_file",
+                "insecure_skip_verify",
+                "min_version",
+                "max_version",
+            ],
             &["ca_ref", "cert_ref", "key_ref", "server_name"],
         ),
         TimeInterval => (&["name", "time_intervals"], &[]),
@@ -305,7 +331,8 @@ mod tests {
         );
         assert_eq!(
             checked("receivers:\n  - name: x\n    opsgenie_configs: [{}]\n"),
-            Err("receivers[0].opsgenie_configs: Alertmanager's `opsgenie_configs` is not supported by Warden yet".into())
+            Err("receivers[0].opsgenie_configs: Alertmanager's `opsgenie_configs` is not supported by Warden yet"
+                .into())
         );
         let unknown = checked("route:\n  routes:\n    - recevier: x\n").unwrap_err();
         assert!(unknown.starts_with("route.routes[0].recevier: unknown field"), "{unknown}");

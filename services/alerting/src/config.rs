@@ -53,7 +53,10 @@ pub struct AlertingConfig {
     pub snapshot_interval: Duration,
     /// Reload rule and routing files when they change.
     pub watch: bool,
-    /// Shown to receivers as `externalURL`.
+    /// Shown to receivers as `externalURL`, and the start of a rule
+    /// alert's `generatorURL` (`EXTERNAL_URL/rules#...`). Empty: the
+    /// Alertmanager API's own address (`http://HOSTNAME:PORT` when it
+    /// listens on every interface).
     pub external_url: String,
     /// What notifications may reach: redirects (`none`, `same-origin`)
     /// and link-local destinations (cloud metadata; refused by default).

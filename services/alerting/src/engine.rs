@@ -118,7 +118,9 @@ pub struct Engine {
     pub state: tokio::sync::Mutex<State>,
     /// Audit events are written only when an audit service is configured.
     audit: bool,
-    pub external_url: String,
+    /// The service's address as receivers see it (`externalURL`), set
+    /// once the HTTP listener is bound when not configured.
+    external_url: std::sync::RwLock<String>,
     /// The audit log has been read up to (nearly) now at least once: rules
     /// are not evaluated over a history still being replayed.
     pub caught_up: std::sync::atomic::AtomicBool,
@@ -147,6 +149,16 @@ pub fn rfc3339(ms: i64) -> String {
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
 impl Engine {
+    /// `externalURL`: where receivers' links lead.
+    pub fn external_url(&self) -> String {
+        self.external_url.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Sets `externalURL` (once the HTTP listener's address is known).
+    pub fn set_external_url(&self, url: &str) {
+        *self.external_url.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = url.trim_end_matches('/').into();
+    }
+
     pub fn new(
         store: AlertingStore,
         loaded: Loaded,
@@ -172,7 +184,7 @@ impl Engine {
             // Without an audit service there is nothing to replay.
             caught_up: std::sync::atomic::AtomicBool::new(!audit),
             audit,
-            external_url,
+            external_url: std::sync::RwLock::new(external_url.trim_end_matches('/').to_owned()),
             wake_dispatch: tokio::sync::Notify::new(),
             wake_shipper: Arc::new(tokio::sync::Notify::new()),
         })
@@ -361,7 +373,7 @@ impl Engine {
                                     last_active_ms: at,
                                     ends_at_ms: None,
                                     value: *value,
-                                    generator_url: String::new(),
+                                    generator_url: rule_url(&self.external_url(), &group.name, &rule.name),
                                     keep_firing_since_ms: None,
                                 };
                                 changes.push(AlertChange::Upsert(alert.clone()));
@@ -639,7 +651,8 @@ impl Engine {
                 let items = if shown.is_empty() {
                     Vec::new()
                 } else {
-                    let body = webhook_message(&key, &receiver.name, &group.labels, &shown, &self.external_url, now);
+                    let external_url = self.external_url();
+                    let body = webhook_message(&key, &receiver.name, &group.labels, &shown, &external_url, now);
                     vec![Outgoing::Notify { receiver: name.clone(), body }]
                 };
                 let next = NflogEntry { firing: firing_set, resolved: resolved_set, sent_at_ms: now, version: 0 };
@@ -888,4 +901,28 @@ pub struct SilenceFields {
 /// A storage error as a classified Warden error.
 pub fn store_error(error: &warden_store::StoreError) -> warden_errors::WardenError {
     warden_errors::WardenError::from_status(&warden_errors::to_status(error))
+}
+
+/// A rule alert's `generatorURL`: the rule on the service's `/rules` page.
+pub fn rule_url(external_url: &str, group: &str, rule: &str) -> String {
+    if external_url.is_empty() {
+        return String::new();
+    }
+    format!("{external_url}/rules#{}", rule_anchor(group, rule))
+}
+
+/// The id of a rule's entry on the `/rules` page.
+pub fn rule_anchor(group: &str, rule: &str) -> String {
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                    (b as char).to_string()
+                } else {
+                    format!(".{b:02X}")
+                }
+            })
+            .collect()
+    };
+    format!("rule-{}-{}", encode(group), encode(rule))
 }

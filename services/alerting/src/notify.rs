@@ -18,8 +18,8 @@ use warden_resilience::{BreakerConfig, BreakerRegistry, Outcome};
 use warden_server::delivery::{AuditClient, Deliveries, Notified as Delivery, Notifier, Outbound};
 
 use crate::engine::Engine;
-use crate::metrics::METRICS;
 use crate::http_config::HttpConfig;
+use crate::metrics::METRICS;
 use crate::receivers;
 use crate::routing::ReceiverYaml;
 
@@ -369,7 +369,10 @@ mod tests {
         let attachment = &message["attachments"][0];
         assert_eq!(attachment["title"], "FIRING HighCost");
         assert_eq!(attachment["text"], "spending $120/hour");
-        assert_eq!((message["icon_emoji"].as_str(), message["username"].as_str()), (Some(":rotating_light:"), Some("warden")));
+        assert_eq!(
+            (message["icon_emoji"].as_str(), message["username"].as_str()),
+            (Some(":rotating_light:"), Some("warden"))
+        );
         assert_eq!(attachment["fields"][0]["value"], "bot");
         assert_eq!(attachment["actions"][0]["url"], "https://runbooks/HighCost");
         let yaml = "routing_key: k\ndescription: '{{ .CommonAnnotations.summary }} ({{ .Alerts | len }})'\nclass: cost\ndetails:\n  agent: '{{ .CommonLabels.agent_id }}'\nlinks:\n  - href: 'http://x/{{ .GroupLabels.agent_id }}'\n    text: agent\n";

@@ -131,9 +131,15 @@ fn escape_html(text: &str) -> String {
 fn named(name: &str, body: &serde_json::Value) -> String {
     let external = body["externalURL"].as_str().unwrap_or("").to_owned();
     match name {
-        "__subject" | "slack.default.title" | "slack.default.fallback" | "pagerduty.default.description"
+        "__subject"
+        | "slack.default.title"
+        | "slack.default.fallback"
+        | "pagerduty.default.description"
         | "email.default.subject" => title(body),
-        "__text_alert_list" | "__description" | "slack.default.text" | "pagerduty.default.instances"
+        "__text_alert_list"
+        | "__description"
+        | "slack.default.text"
+        | "pagerduty.default.instances"
         | "email.default.text" => alert_lines(body),
         "__alertmanager" | "slack.default.username" | "pagerduty.default.client" => "Warden".into(),
         "__alertmanagerURL" | "slack.default.titlelink" | "pagerduty.default.clientURL" => external,
@@ -318,13 +324,18 @@ pub fn pagerduty_event(body: &serde_json::Value, routing_key: &str, pd: &PagerDu
         let images: Vec<serde_json::Value> = pd
             .images
             .iter()
-            .map(|i| serde_json::json!({"src": field(&i.src, ""), "alt": field(&i.alt, ""), "href": field(&i.href, "")}))
+            .map(
+                |i| serde_json::json!({"src": field(&i.src, ""), "alt": field(&i.alt, ""), "href": field(&i.href, "")}),
+            )
             .collect();
         event["images"] = images.into();
     }
     if !pd.links.is_empty() {
-        let links: Vec<serde_json::Value> =
-            pd.links.iter().map(|l| serde_json::json!({"href": field(&l.href, ""), "text": field(&l.text, "")})).collect();
+        let links: Vec<serde_json::Value> = pd
+            .links
+            .iter()
+            .map(|l| serde_json::json!({"href": field(&l.href, ""), "text": field(&l.text, "")}))
+            .collect();
         event["links"] = links.into();
     }
     event
@@ -358,9 +369,14 @@ fn templates(receiver: &ReceiverYaml) -> Vec<(String, &str)> {
             out.push((at(&format!("fields[{j}].value")), &f.value));
         }
         for (j, a) in s.actions.iter().enumerate() {
-            for (field, text) in
-                [("type", &a.kind), ("text", &a.text), ("url", &a.url), ("style", &a.style), ("name", &a.name), ("value", &a.value)]
-            {
+            for (field, text) in [
+                ("type", &a.kind),
+                ("text", &a.text),
+                ("url", &a.url),
+                ("style", &a.style),
+                ("name", &a.name),
+                ("value", &a.value),
+            ] {
                 out.push((at(&format!("actions[{j}].{field}")), text));
             }
         }

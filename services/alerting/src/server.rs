@@ -148,7 +148,10 @@ impl AlertingServer {
                 config_text,
                 started_ms: engine.clock.now_ms(),
             };
-            runtime.serve_http("alertmanager", &config.http_listen, api.router()).await?;
+            let addr = runtime.serve_http("alertmanager", &config.http_listen, api.router()).await?;
+            if config.external_url.is_empty() {
+                engine.set_external_url(&default_external_url(addr));
+            }
         }
         runtime.serving::<AlertingServiceServer<AlertingServiceImpl>>().await;
         let service = AlertingServiceServer::new(AlertingServiceImpl::new(engine.clone(), reload))
@@ -231,4 +234,15 @@ fn watch(
         }
     });
     Ok((Some(watcher), task))
+}
+
+/// `externalURL` when none is configured: the Alertmanager API's own
+/// address, with the machine's host name when it listens on every
+/// interface (as Alertmanager defaults to `http://HOSTNAME:9093`).
+fn default_external_url(addr: std::net::SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return format!("http://{addr}");
+    }
+    let host = hostname::get().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty());
+    format!("http://{}:{}", host.unwrap_or_else(|| "localhost".into()), addr.port())
 }

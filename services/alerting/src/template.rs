@@ -28,7 +28,10 @@ use std::collections::BTreeMap;
 enum Arg {
     /// `.A.B` from the current value (`.` itself with no path), or with
     /// `root`, from the template's data (`$labels.X` is `$.Labels.X`).
-    Field { root: bool, path: Vec<String> },
+    Field {
+        root: bool,
+        path: Vec<String>,
+    },
     Text(String),
     Number(f64),
 }
@@ -66,7 +69,10 @@ enum Segment {
         otherwise: Vec<Segment>,
     },
     /// `{{ template "NAME" A }}`: a named text the caller renders.
-    Named { name: String, data: Vec<Command> },
+    Named {
+        name: String,
+        data: Vec<Command>,
+    },
 }
 
 /// A value in a pipeline, typed as Go's templates type it: what a
@@ -146,9 +152,9 @@ fn step(value: &serde_json::Value, key: &str) -> serde_json::Value {
                 let mut pairs: Vec<_> = map.iter().collect();
                 pairs.sort_by(|a, b| a.0.cmp(b.0));
                 match key {
-                    "SortedPairs" => Value::Array(
-                        pairs.iter().map(|(k, v)| serde_json::json!({"Name": k, "Value": v})).collect(),
-                    ),
+                    "SortedPairs" => {
+                        Value::Array(pairs.iter().map(|(k, v)| serde_json::json!({"Name": k, "Value": v})).collect())
+                    }
                     "Names" => Value::Array(pairs.iter().map(|(k, _)| Value::String((*k).clone())).collect()),
                     "Values" => Value::Array(pairs.iter().map(|(_, v)| (*v).clone()).collect()),
                     _ => Value::Null,
@@ -320,7 +326,8 @@ fn items(text: &str) -> Result<Vec<Item>, String> {
 
 /// One action's pipeline: `a | f b | g`.
 fn pipeline(action: &str, mode: Mode) -> Result<Vec<Command>, String> {
-    if action.contains(":=") || action.split_whitespace().next().is_some_and(|t| t.starts_with('$') && t.ends_with(',')) {
+    if action.contains(":=") || action.split_whitespace().next().is_some_and(|t| t.starts_with('$') && t.ends_with(','))
+    {
         return Err(format!("template variables ({action}) are not supported"));
     }
     let mut commands = Vec::new();
@@ -384,7 +391,8 @@ fn block(
                     return Err("{{ template }} is not available in rule templates".into());
                 };
                 let tokens = tokens(&action)?;
-                let name = tokens.get(1).and_then(|t| t.strip_prefix('"')).ok_or("{{ template }} needs a quoted name")?;
+                let name =
+                    tokens.get(1).and_then(|t| t.strip_prefix('"')).ok_or("{{ template }} needs a quoted name")?;
                 if !names.contains(&name) {
                     return Err(format!("unknown template {name:?} (known: {})", names.join(", ")));
                 }
@@ -877,12 +885,14 @@ mod tests {
     fn notification_templates_render_alertmanagers_data() {
         const NAMES: &[&str] = &["slack.default.title"];
         let render = |text: &str| {
-            Template::compile_notification(text, NAMES)
-                .unwrap()
-                .render_data(&notification(), &|name, data| format!("<{name}:{}>", data["Status"].as_str().unwrap_or("")))
+            Template::compile_notification(text, NAMES).unwrap().render_data(&notification(), &|name, data| {
+                format!("<{name}:{}>", data["Status"].as_str().unwrap_or(""))
+            })
         };
         assert_eq!(
-            render("[{{ .Status | toUpper }}:{{ .Alerts.Firing | len }}] {{ .CommonLabels.alertname }} for {{ .Receiver }}"),
+            render(
+                "[{{ .Status | toUpper }}:{{ .Alerts.Firing | len }}] {{ .CommonLabels.alertname }} for {{ .Receiver }}"
+            ),
             "[FIRING:1] HighCost for oncall"
         );
         assert_eq!(
@@ -893,10 +903,18 @@ mod tests {
             render("{{ range .Alerts.Resolved }}{{ .Annotations.description }}{{ else }}none{{ end }}"),
             "back to $3/hour"
         );
-        assert_eq!(render("{{ range .Alerts.Firing }}{{ range .Labels.SortedPairs }}{{ .Name }}={{ .Value }} {{ end }}{{ end }}"), "agent_id=bot-a alertname=HighCost ");
+        assert_eq!(
+            render(
+                "{{ range .Alerts.Firing }}{{ range .Labels.SortedPairs }}{{ .Name }}={{ .Value }} {{ end }}{{ end }}"
+            ),
+            "agent_id=bot-a alertname=HighCost "
+        );
         assert_eq!(render("{{ join \", \" .CommonLabels.Names }}"), "alertname, severity");
         assert_eq!(render("{{ template \"slack.default.title\" . }}"), "<slack.default.title:firing>");
-        assert_eq!(render("{{ if eq .Status \"firing\" }}:fire:{{ else }}:ok:{{ end }} {{ .ExternalURL }}"), ":fire: http://alerting:9095");
+        assert_eq!(
+            render("{{ if eq .Status \"firing\" }}:fire:{{ else }}:ok:{{ end }} {{ .ExternalURL }}"),
+            ":fire: http://alerting:9095"
+        );
         assert_eq!(render("{{ .CommonLabels.missing }}|{{ .Nope.Deeper }}|"), "||");
         // Unknown named templates and Go features beyond these are load errors.
         let refused = |text: &str| Template::compile_notification(text, NAMES).unwrap_err();

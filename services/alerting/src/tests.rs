@@ -586,3 +586,92 @@ async fn slack_pagerduty_and_email_receivers_are_delivered_to() {
     assert_eq!(slack.got()[1]["attachments"][0]["color"], "good");
     assert_eq!(smtp.received().len(), 1);
 }
+
+/// An `alertmanager.yml` as an Alertmanager user has it: credentials in
+/// `http_config` reach each receiver, templates shape the messages, and a
+/// field Warden does not implement is refused by name at load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alertmanager_configs_credentials_and_templates_reach_the_receivers() {
+    let (hook, slack, pagerduty) = (Receiver::start().await, Receiver::start().await, Receiver::start().await);
+    let smtp = warden_testkit::Smtp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("hook-token");
+    std::fs::write(&token_file, "from-a-file\n").unwrap();
+    let routing_text = format!(
+        r#"global:
+  smtp_smarthost: '{smtp}'
+  smtp_from: warden@example.com
+route:
+  receiver: all
+  group_wait: 0s
+receivers:
+  - name: all
+    webhook_configs:
+      - url: '{hook}'
+        http_config:
+          authorization:
+            type: Token
+            credentials_file: {token}
+    slack_configs:
+      - api_url: '{slack}'
+        title: '{{{{ .Status | toUpper }}}}: {{{{ .CommonLabels.alertname }}}}'
+        text: '{{{{ range .Alerts }}}}{{{{ .Annotations.summary }}}}{{{{ end }}}}'
+        http_config:
+          basic_auth: {{username: warden, password: hunter2}}
+    pagerduty_configs:
+      - routing_key: key
+        url: '{pagerduty}'
+        description: '{{{{ .CommonLabels.alertname }}}} on {{{{ .CommonLabels.agent_id }}}}'
+        http_config:
+          bearer_token: pd-token
+          follow_redirects: false
+    email_configs:
+      - to: oncall@example.com
+        headers: {{Subject: 'Warden: {{{{ .CommonLabels.alertname }}}}'}}
+        html: '<b>{{{{ .CommonLabels.alertname }}}}</b>'
+"#,
+        smtp = smtp.addr,
+        hook = hook.url,
+        slack = slack.url,
+        pagerduty = pagerduty.url,
+        token = token_file.display(),
+    );
+    let test = warden_store::testing::sqlite().await;
+    let h = harness(test.database.clone(), "groups: []\n", &routing_text, clock()).await;
+    let alert = PostedAlert {
+        labels: [("alertname", "HighCost"), ("agent_id", "bot")].map(|(k, v)| (k.to_string(), v.to_string())).into(),
+        annotations: [("summary".to_string(), "agent spending $120/hour".to_string())].into(),
+        starts_at_ms: None,
+        ends_at_ms: None,
+        generator_url: String::new(),
+    };
+    h.engine.post(vec![alert]).await.unwrap();
+    h.engine.tick().await.unwrap();
+    while h.shipper.pass().await.unwrap() > 0 {}
+    assert_eq!(hook.authorizations(), [Some("Token from-a-file".to_string())]);
+    assert_eq!(slack.authorizations(), [Some("Basic d2FyZGVuOmh1bnRlcjI=".to_string())]);
+    assert_eq!(pagerduty.authorizations(), [Some("Bearer pd-token".to_string())]);
+    assert_eq!(slack.got()[0]["attachments"][0]["title"], "FIRING: HighCost");
+    assert_eq!(slack.got()[0]["attachments"][0]["text"], "agent spending $120/hour");
+    assert_eq!(pagerduty.got()[0]["payload"]["summary"], "HighCost on bot");
+    let mail = smtp.received();
+    assert!(mail[0].contains("Subject: Warden: HighCost") && mail[0].contains("<b>HighCost</b>"), "{}", mail[0]);
+
+    // What Alertmanager has and Warden does not is refused by name, not
+    // as a parse error; so is a field neither has, and a bad combination.
+    let refused = |extra: &str| {
+        let text = format!(
+            "route: {{receiver: r}}\nreceivers:\n  - name: r\n    webhook_configs:\n      - url: http://h\n{extra}"
+        );
+        routing::Config::parse(&text, "alertmanager.yml").unwrap_err()
+    };
+    assert_eq!(
+        refused("        http_config: {oauth2: {client_id: x}}\n"),
+        "alertmanager.yml: receivers[0].webhook_configs[0].http_config.oauth2: Alertmanager's `oauth2` is not supported by Warden yet"
+    );
+    assert!(refused("        http_confg: {}\n").contains("http_confg: unknown field"));
+    assert!(refused("        http_config: {bearer_token: a, basic_auth: {username: u}}\n").contains("at most one of"),);
+    assert!(refused("        http_config: {tls_config: {cert_file: /c.pem}}\n").contains("needs its key"));
+    let template = "route: {receiver: r}\nreceivers:\n  - name: r\n    slack_configs:\n      - api_url: http://h\n        title: '{{ template \"slack.custom\" . }}'\n";
+    assert!(routing::Config::parse(template, "am.yml").unwrap_err().contains("receivers[0].slack_configs[0].title"));
+}
