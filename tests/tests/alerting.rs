@@ -689,3 +689,93 @@ async fn a_webhook_behind_mutual_tls_is_reached_with_the_configs_tls_settings() 
     assert_eq!(received.lock().unwrap().len(), 1);
     alerting.shutdown().await;
 }
+
+/// Every path, method and query parameter of Alertmanager's own OpenAPI
+/// specification (`tests/data/alertmanager/openapi.yaml`, taken whole) is
+/// served: each path answers, each boolean parameter is read (a bad value
+/// is a 400 naming it), and so is each matcher or regex parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_path_and_parameter_of_alertmanagers_openapi_spec_is_served() {
+    let stack = stack().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spec: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join("data/alertmanager/openapi.yaml")).unwrap()).unwrap();
+    let base = spec["basePath"].as_str().unwrap_or("/api/v2").trim_end_matches('/').to_owned();
+    let api = format!("http://{}{base}", stack.alerting.http_addr.unwrap());
+    let http = reqwest::Client::new();
+    let admin = stack.keys.token("admin").to_string();
+    // Something for each path to find: an alert, and a silence.
+    let alert = serde_json::json!([{"labels": {"alertname": "SpecCheck", "severity": "info"}}]);
+    let posted = http.post(format!("{api}/alerts")).bearer_auth(&admin).json(&alert).send().await.unwrap();
+    assert_eq!(posted.status(), 200);
+    let silence = |comment: &str| {
+        serde_json::json!({
+            "matchers": [{"name": "alertname", "value": "Nothing", "isRegex": false}],
+            "startsAt": chrono::Utc::now().to_rfc3339(), "endsAt": (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339(),
+            "createdBy": "spec", "comment": comment,
+        })
+    };
+    let mut checked = Vec::new();
+    for (path, item) in spec["paths"].as_mapping().unwrap() {
+        let path = path.as_str().unwrap();
+        for (method, operation) in item.as_mapping().unwrap() {
+            let method = method.as_str().unwrap();
+            if !["get", "post", "delete"].contains(&method) {
+                continue;
+            }
+            // A fresh silence for each call that names one (a delete expires it).
+            let id = {
+                let created =
+                    http.post(format!("{api}/silences")).bearer_auth(&admin).json(&silence(path)).send().await.unwrap();
+                created.json::<serde_json::Value>().await.unwrap()["silenceID"].as_str().unwrap().to_owned()
+            };
+            let url = format!("{api}{}", path.replace("{silenceID}", &id));
+            let request = match method {
+                "get" => http.get(&url),
+                "delete" => http.delete(&url),
+                _ if path == "/alerts" => http.post(&url).json(&alert),
+                _ => http.post(&url).json(&silence("posted")),
+            };
+            let answer = request.bearer_auth(&admin).send().await.unwrap();
+            assert_eq!(answer.status(), 200, "{} {path}: {}", method.to_uppercase(), answer.text().await.unwrap());
+            checked.push(format!("{} {path}", method.to_uppercase()));
+            for parameter in operation["parameters"].as_sequence().into_iter().flatten() {
+                let parameter = match parameter["$ref"].as_str() {
+                    Some(reference) => &spec["parameters"][reference.rsplit('/').next().unwrap()],
+                    None => parameter,
+                };
+                if parameter["in"].as_str() != Some("query") {
+                    continue;
+                }
+                let name = parameter["name"].as_str().unwrap();
+                let bad = match (parameter["type"].as_str(), name) {
+                    (Some("boolean"), _) => "maybe",
+                    (_, "receiver") => "(",
+                    _ => "{not a matcher",
+                };
+                let good = match parameter["type"].as_str() {
+                    Some("boolean") => "false",
+                    _ if name == "receiver" => ".*",
+                    _ => "alertname=\"SpecCheck\"",
+                };
+                let with = |value: &str| http.get(&url).query(&[(name, value)]).bearer_auth(&admin).send();
+                let answer = with(good).await.unwrap();
+                assert_eq!(answer.status(), 200, "{path}?{name}={good}");
+                let refused = with(bad).await.unwrap();
+                assert_eq!(refused.status(), 400, "{path}?{name}={bad} was not read");
+                let body = refused.text().await.unwrap();
+                assert!(body.contains(name), "{path}?{name}: {body}");
+                checked.push(format!("{path}?{name}"));
+            }
+        }
+    }
+    assert!(checked.len() >= 20, "{checked:?}");
+    // The groups hold the posted alert under its route's receiver.
+    let groups: serde_json::Value =
+        http.get(format!("{api}/alerts/groups")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let group = groups.as_array().unwrap().iter().find(|g| g["alerts"][0]["labels"]["alertname"] == "SpecCheck");
+    assert_eq!(group.expect("a group")["receiver"]["name"], "hook", "{groups}");
+    let receivers: serde_json::Value =
+        http.get(format!("{api}/receivers")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(receivers, serde_json::json!([{"name": "hook"}]));
+}

@@ -113,6 +113,12 @@ pub const HTTP_TABLE: &[HttpRule] = &[
     http(
         "alertmanager",
         "GET",
+        "/api/v2/alerts/groups",
+        HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ListAlerts"),
+    ),
+    http(
+        "alertmanager",
+        "GET",
         "/api/v2/silences",
         HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ListSilences"),
     ),

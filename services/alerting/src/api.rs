@@ -1,7 +1,8 @@
 //! Alertmanager's HTTP API (v2), so Prometheus can use Warden as its
 //! Alertmanager and `amtool` works against it: `POST|GET /api/v2/alerts`,
 //! `GET|POST /api/v2/silences`, `GET|DELETE /api/v2/silence/{id}`,
-//! `GET /api/v2/status`, `GET /api/v2/receivers`, `/-/healthy`,
+//! `GET /api/v2/alerts/groups`, `GET /api/v2/status`,
+//! `GET /api/v2/receivers`, `/-/healthy`,
 //! `/-/ready`; and `GET /rules`, the page a rule alert's `generatorURL`
 //! leads to.
 //!
@@ -60,6 +61,7 @@ impl Api {
             .route("/api/v2/receivers", get(receivers))
             .route("/rules", get(rules_page))
             .route("/api/v2/alerts", get(list_alerts).post(post_alerts))
+            .route("/api/v2/alerts/groups", get(list_alert_groups))
             .route("/api/v2/silences", get(list_silences).post(post_silence))
             .route("/api/v2/silence/{id}", delete(delete_silence).get(get_silence))
             .route_layer(axum::middleware::from_fn_with_state(self.clone(), admit))
@@ -112,8 +114,14 @@ async fn ready(State(api): State<Api>) -> Response {
     }
 }
 
-/// Alertmanager's `GET /api/v2/receivers`: every receiver's name.
-async fn receivers(State(api): State<Api>) -> Response {
+/// Alertmanager's `GET /api/v2/receivers`: every receiver's name (those
+/// `receiver_matchers` keep).
+async fn receivers(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
+    match Params::parse(raw.as_deref()).and_then(|query| query.receivers_kept()) {
+        Ok(true) => {}
+        Ok(false) => return Json(Vec::<serde_json::Value>::new()).into_response(),
+        Err((field, message)) => return bad_request(&field, message),
+    }
     let loaded = api.engine.loaded();
     let names: Vec<serde_json::Value> =
         loaded.routing.receivers.keys().map(|name| serde_json::json!({"name": name})).collect();
@@ -247,6 +255,14 @@ struct Params {
     inhibited: Option<bool>,
     active: Option<bool>,
     receiver: Option<String>,
+    /// Silences: which states to include.
+    expired: Option<bool>,
+    pending: Option<bool>,
+    /// Alert groups: include groups whose alerts are all muted.
+    muted: Option<bool>,
+    /// Matchers over the receivers' labels (Alertmanager's receiver
+    /// `labels`, which Warden's receivers do not have: empty sets).
+    receiver_matchers: Vec<String>,
 }
 
 impl Params {
@@ -270,6 +286,11 @@ impl Params {
                     flag(&value)?;
                 }
                 "receiver" => params.receiver = Some(value.into_owned()),
+                "expired" => params.expired = flag(&value)?,
+                "pending" => params.pending = flag(&value)?,
+                "muted" => params.muted = flag(&value)?,
+                "receiver_matchers" => params.receiver_matchers.push(value.into_owned()),
+                // Unknown parameters are ignored, as Alertmanager does.
                 _ => {}
             }
         }
@@ -284,20 +305,47 @@ impl Params {
         }
         Ok(all)
     }
+
+    /// `receiver`, a regular expression over the whole receiver name.
+    fn receiver_regex(&self) -> Result<Option<regex::Regex>, (String, String)> {
+        match self.receiver.as_deref().filter(|r| !r.is_empty()) {
+            Some(pattern) => regex::Regex::new(&format!("^(?:{pattern})$"))
+                .map(Some)
+                .map_err(|e| ("receiver".to_owned(), e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `receiver_matchers` keep a receiver: Warden's receivers
+    /// carry no labels, so a matcher keeps them when it matches the empty
+    /// value (`owner=""`, `owner!="team"`), as Alertmanager's do for an
+    /// absent label.
+    fn receivers_kept(&self) -> Result<bool, (String, String)> {
+        let mut kept = true;
+        for text in self.receiver_matchers.iter().filter(|f| !f.is_empty()) {
+            for matcher in routing::parse_matchers(text).map_err(|e| ("receiver_matchers".to_owned(), e))? {
+                kept &= matcher.matches(&BTreeMap::new());
+            }
+        }
+        Ok(kept)
+    }
 }
 
-async fn list_alerts(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
-    let (query, filter) = match Params::parse(raw.as_deref()).and_then(|q| q.matchers().map(|f| (q, f))) {
-        Ok(parsed) => parsed,
-        Err((field, message)) => return bad_request(&field, message),
-    };
-    let receiver_filter = match query.receiver.as_deref().filter(|r| !r.is_empty()) {
-        Some(pattern) => match regex::Regex::new(&format!("^(?:{pattern})$")) {
-            Ok(re) => Some(re),
-            Err(e) => return bad_request("receiver", e),
-        },
-        None => None,
-    };
+/// One firing alert as Alertmanager's API shows it, and whether it is
+/// muted.
+struct Listed {
+    json: serde_json::Value,
+    muted: bool,
+}
+
+/// The firing alerts a query selects (`filter`, `silenced`, `inhibited`,
+/// `active`, `receiver`, `receiver_matchers`).
+async fn selected_alerts(api: &Api, query: &Params) -> Result<Vec<Listed>, (String, String)> {
+    let filter = query.matchers()?;
+    let receiver_filter = query.receiver_regex()?;
+    if !query.receivers_kept()? {
+        return Ok(Vec::new());
+    }
     let now = api.engine.clock.now_ms();
     let loaded = api.engine.loaded();
     let state = api.engine.state.lock().await;
@@ -323,7 +371,7 @@ async fn list_alerts(State(api): State<Api>, RawQuery(raw): RawQuery) -> Respons
         {
             continue;
         }
-        out.push(serde_json::json!({
+        let json = serde_json::json!({
             "labels": alert.labels,
             "annotations": alert.annotations,
             "startsAt": rfc3339(alert.starts_at_ms()),
@@ -338,8 +386,68 @@ async fn list_alerts(State(api): State<Api>, RawQuery(raw): RawQuery) -> Respons
                 "inhibitedBy": muting.inhibited_by,
                 "mutedBy": [],
             },
-        }));
+        });
+        out.push(Listed { json, muted: silenced || inhibited });
     }
+    Ok(out)
+}
+
+async fn list_alerts(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
+    let selected = match Params::parse(raw.as_deref()) {
+        Ok(query) => selected_alerts(&api, &query).await,
+        Err(refused) => Err(refused),
+    };
+    match selected {
+        Ok(alerts) => Json(alerts.into_iter().map(|a| a.json).collect::<Vec<_>>()).into_response(),
+        Err((field, message)) => bad_request(&field, message),
+    }
+}
+
+/// Alertmanager's `GET /api/v2/alerts/groups`: the selected alerts by
+/// route and the route's `group_by` labels, as the dispatcher groups them.
+async fn list_alert_groups(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
+    let query = match Params::parse(raw.as_deref()) {
+        Ok(query) => query,
+        Err((field, message)) => return bad_request(&field, message),
+    };
+    let alerts = match selected_alerts(&api, &query).await {
+        Ok(alerts) => alerts,
+        Err((field, message)) => return bad_request(&field, message),
+    };
+    let loaded = api.engine.loaded();
+    let receiver_filter = match query.receiver_regex() {
+        Ok(re) => re,
+        Err((field, message)) => return bad_request(&field, message),
+    };
+    // (route path, group labels) -> (receiver, alerts, all muted)
+    let mut groups: BTreeMap<(String, String), (String, BTreeMap<String, String>, Vec<serde_json::Value>, bool)> =
+        BTreeMap::new();
+    for listed in alerts {
+        let labels: BTreeMap<String, String> =
+            serde_json::from_value(listed.json["labels"].clone()).unwrap_or_default();
+        for route in loaded.routing.matching_routes(&labels) {
+            if receiver_filter.as_ref().is_some_and(|re| !re.is_match(&route.receiver)) {
+                continue;
+            }
+            let group_labels: BTreeMap<String, String> = match &route.group_by {
+                routing::GroupBy::All => labels.clone(),
+                routing::GroupBy::Labels(names) => {
+                    labels.iter().filter(|(k, _)| names.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+                }
+            };
+            let key = (route.path.clone(), serde_json::to_string(&group_labels).expect("json"));
+            let entry = groups.entry(key).or_insert_with(|| (route.receiver.clone(), group_labels, Vec::new(), true));
+            entry.2.push(listed.json.clone());
+            entry.3 &= listed.muted;
+        }
+    }
+    let out: Vec<serde_json::Value> = groups
+        .into_values()
+        .filter(|(_, _, _, all_muted)| query.muted.unwrap_or(true) || !all_muted)
+        .map(|(receiver, labels, alerts, _)| {
+            serde_json::json!({"labels": labels, "routeLabels": {}, "receiver": {"name": receiver}, "alerts": alerts})
+        })
+        .collect();
     Json(out).into_response()
 }
 
@@ -366,15 +474,22 @@ fn silence_json(silence: &Silence, now: i64) -> serde_json::Value {
 }
 
 async fn list_silences(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
-    let filter = match Params::parse(raw.as_deref()).and_then(|query| query.matchers()) {
-        Ok(f) => f,
+    let (query, filter) = match Params::parse(raw.as_deref()).and_then(|q| q.matchers().map(|f| (q, f))) {
+        Ok(parsed) => parsed,
         Err((field, message)) => return bad_request(&field, message),
     };
     let now = api.engine.clock.now_ms();
+    // `active`, `pending` and `expired` include those states (all by default).
+    let wanted = |state: &str| match state {
+        "active" => query.active.unwrap_or(true),
+        "pending" => query.pending.unwrap_or(true),
+        _ => query.expired.unwrap_or(true),
+    };
     match api.engine.store.silences().await {
         Ok(silences) => Json(
             silences
                 .iter()
+                .filter(|s| wanted(s.state(now)))
                 .filter(|s| {
                     // A filter matcher selects silences that have an equal matcher.
                     filter.iter().all(|f| s.matchers.iter().any(|m| m == &f.to_string()))
