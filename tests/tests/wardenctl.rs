@@ -64,6 +64,11 @@ async fn operators_review_stop_agents_and_check_proofs() {
     let (code, out, _) = run(with("approver", &["approvals", "approve", &id, "-c", "looks right"])).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("state      approved"), "{out}");
+    // Granted: what the reviewer sees is how long the grant may be redeemed,
+    // to the sub-second, not the request's own deadline.
+    let redeem_by = out.lines().find(|l| l.starts_with("redeem by  ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(redeem_by.contains('.') || redeem_by.contains(":00Z"), "{redeem_by}");
+    assert!(!out.contains("expires    "), "{out}");
     let (code, _, err) = run(with("approver", &["approvals", "deny", &id])).await;
     assert_eq!(code, 1);
     assert!(err.contains("approval request is APPROVED"), "{err}");

@@ -25,6 +25,10 @@ pub struct DevArgs {
     /// Log as JSON instead of human-readable lines.
     #[arg(long)]
     json: bool,
+    /// Add this to every port (a second stack beside the first; point
+    /// `wardenctl` at it with `--addr` and its siblings).
+    #[arg(long, default_value_t = 0)]
+    port_offset: u16,
 }
 
 pub async fn run(args: DevArgs) -> Result<(), String> {
@@ -36,7 +40,9 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let _guard = warden_telemetry::init("warden-dev", &telemetry).map_err(|e| e.to_string())?;
     let data_dir = if args.data_dir.is_absolute() { args.data_dir } else { root.join(args.data_dir) };
     let policies = args.policies.unwrap_or_else(|| root.join("examples/policies"));
-    let stack = Stack::start(&data_dir, &policies, telemetry, Ports::Defaults).await?;
+    let ports = if args.port_offset == 0 { Ports::Defaults } else { Ports::Offset(args.port_offset) };
+    println!("starting the services (data in {}) ...", data_dir.display());
+    let stack = Stack::start(&data_dir, &policies, telemetry, ports).await?;
     let metrics =
         |addr: Option<std::net::SocketAddr>| addr.map(|a| format!("http://{a}/metrics")).unwrap_or_else(|| "-".into());
 
@@ -62,9 +68,11 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
         ("support-bot", "agent for support-bot"),
         ("manager", "approver"),
         ("oncall", "operator (alerting)"),
+        ("auditor", "auditor (audit, replay)"),
     ] {
-        let token = std::fs::read_to_string(keys.join(format!("{name}.key"))).unwrap_or_default();
-        println!("    {role:<22} {}", token.trim());
+        let file = format!("{name}.key");
+        let token = std::fs::read_to_string(keys.join(&file)).unwrap_or_default();
+        println!("    {file:<16} {role:<25} {}", token.trim());
     }
     println!();
     println!("Try (the README's tour goes on from here):");

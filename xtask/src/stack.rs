@@ -18,6 +18,30 @@ pub enum Ports {
     /// Ports the system picks, no metrics listeners (tests, which point
     /// `wardenctl` at them with `WARDEN_ADDR` and its siblings).
     Any,
+    /// Every default port plus this much (a second stack beside the first:
+    /// `cargo xtask dev --port-offset 100` listens on 50151, ...).
+    Offset(u16),
+}
+
+impl Ports {
+    /// `host:port` for a service whose default is `default`.
+    fn listen(self, default: &str) -> Result<String, String> {
+        match self {
+            Ports::Defaults => Ok(default.to_owned()),
+            Ports::Any => Ok("127.0.0.1:0".to_owned()),
+            Ports::Offset(offset) => {
+                let (host, port) = default.rsplit_once(':').ok_or_else(|| format!("no port in {default}"))?;
+                let port: u16 = port.parse().map_err(|_| format!("no port in {default}"))?;
+                let moved = port.checked_add(offset).ok_or_else(|| format!("port {port} + {offset} is past 65535"))?;
+                Ok(format!("{host}:{moved}"))
+            }
+        }
+    }
+
+    /// A metrics listener: none with [`Ports::Any`].
+    fn metrics(self, default: &str) -> Result<String, String> {
+        if self == Ports::Any { Ok(String::new()) } else { self.listen(default) }
+    }
 }
 
 /// The four services, running.
@@ -45,15 +69,14 @@ impl Stack {
         let data_dir = data_dir.to_owned();
         let policies = policies.to_owned();
         let keys = dev_keys(&data_dir)?;
-        let any = ports == Ports::Any;
-        let listen = |default: String| if any { "127.0.0.1:0".to_string() } else { default };
-        let metrics = |default: String| if any { String::new() } else { default };
+        let listen = |default: String| ports.listen(&default);
+        let metrics = |default: String| ports.metrics(&default);
         let defaults = AuditConfig::default();
         let audit = AuditServer::start(AuditConfig {
             data_dir: data_dir.clone(),
             telemetry: telemetry.clone(),
-            listen: listen(defaults.listen),
-            metrics_listen: metrics(defaults.metrics_listen),
+            listen: listen(defaults.listen)?,
+            metrics_listen: metrics(defaults.metrics_listen)?,
             ..AuditConfig::default()
         })
         .await
@@ -69,9 +92,9 @@ impl Stack {
             audit_url: audit.url(),
             outbound: service_key.clone(),
             telemetry: telemetry.clone(),
-            listen: listen(defaults.listen),
-            http_listen: listen(defaults.http_listen),
-            metrics_listen: metrics(defaults.metrics_listen),
+            listen: listen(defaults.listen)?,
+            http_listen: listen(defaults.http_listen)?,
+            metrics_listen: metrics(defaults.metrics_listen)?,
             ..ApprovalConfig::default()
         })
         .await
@@ -88,9 +111,9 @@ impl Stack {
                 ..Default::default()
             },
             telemetry: telemetry.clone(),
-            listen: listen(defaults.listen),
-            http_listen: listen(defaults.http_listen),
-            metrics_listen: metrics(defaults.metrics_listen),
+            listen: listen(defaults.listen)?,
+            http_listen: listen(defaults.http_listen)?,
+            metrics_listen: metrics(defaults.metrics_listen)?,
             ..AlertingConfig::default()
         })
         .await
@@ -103,8 +126,8 @@ impl Stack {
             approval_url: approval.url(),
             outbound: service_key,
             telemetry,
-            listen: listen(defaults.listen),
-            metrics_listen: metrics(defaults.metrics_listen),
+            listen: listen(defaults.listen)?,
+            metrics_listen: metrics(defaults.metrics_listen)?,
             ..PolicyEngineConfig::default()
         })
         .await
@@ -137,8 +160,9 @@ pub fn dev_keys(data_dir: &Path) -> Result<PathBuf, String> {
     use warden_auth::Kind;
     let dir = data_dir.join("dev-keys");
     let keys_file = data_dir.join("keys.toml");
-    let wanted: [(&str, Kind, &[&str]); 6] = [
+    let wanted: [(&str, Kind, &[&str]); 7] = [
         ("admin", Kind::Human, &["admin"]),
+        ("auditor", Kind::Human, &["auditor"]),
         ("support-bot", Kind::Agent, &["agent"]),
         ("policy-engine", Kind::Service, &["service"]),
         ("manager", Kind::Human, &["approver"]),

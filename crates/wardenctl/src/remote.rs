@@ -203,7 +203,9 @@ pub(crate) fn print_json(value: serde_json::Value) {
 pub(crate) fn seconds(time: &Option<prost_types::Timestamp>) -> String {
     time.as_ref()
         .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        // As precise as the service recorded it: events a second apart in
+        // whole seconds would read out of order.
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         .unwrap_or_else(|| "-".into())
 }
 
@@ -298,7 +300,14 @@ fn print_approval(a: &approval::Approval, output: Output) {
     println!("hash       {}", a.action_hash);
     println!("why        {} ({})", a.reasons.join("; "), a.rules.join(", "));
     println!("route      {} (needs {} approval(s))", a.route, a.min_approvals);
-    println!("expires    {}", seconds(&a.expires_at));
+    if a.state == approval::State::Approved as i32 && a.grant_expires_at.is_some() {
+        // Granted: what counts now is how long the grant may be redeemed.
+        println!("redeem by  {} (the grant expires then)", seconds(&a.grant_expires_at));
+    } else if a.state == approval::State::Pending as i32 {
+        println!("expires    {} (unless reviewed by then)", seconds(&a.expires_at));
+    } else {
+        println!("expires    {}", seconds(&a.expires_at));
+    }
     for r in &a.reviews {
         println!("review     {} {} {}", r.reviewer, if r.approve { "approved" } else { "denied" }, r.comment);
     }
