@@ -161,6 +161,40 @@ async fn operators_review_stop_agents_and_check_proofs() {
     let (code, out, _) = run(with("auditor", &["policy", "show"])).await;
     assert_eq!(code, 0);
     assert!(out.contains("big") && out.contains("require_approval"), "{out}");
+
+    // `-o json`, one rule for every verb: one JSON document, except the
+    // verbs that stream, which print JSON Lines.
+    let key = audit.verifier_key.clone();
+    let documents: [(&str, &[&str]); 12] = [
+        ("auditor", &["policy", "show"]),
+        ("admin", &["policy", "reload"]),
+        ("admin", &["policy", "validate", &examples]),
+        ("admin", &["policy", "test", &examples]),
+        ("admin", &["killswitch", "list"]),
+        ("admin", &["killswitch", "release", "--agent", "nobody"]),
+        ("approver", &["approvals", "list", "--state", "all"]),
+        ("approver", &["approvals", "show", &id]),
+        ("auditor", &["audit", "verify"]),
+        ("auditor", &["audit", "checkpoint", "--key", &key]),
+        ("auditor", &["audit", "proof", "0", "--key", &key]),
+        ("admin", &["audit", "forget", "nobody@example.com"]),
+    ];
+    for (who, verb) in documents {
+        let (code, out, err) = run(with(who, &[verb, &["-o", "json"]].concat())).await;
+        assert_eq!(code, 0, "{verb:?}: {err}");
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(&out);
+        assert!(parsed.is_ok(), "{verb:?} -o json is not one JSON document:\n{out}");
+    }
+    let streams: [(&str, &[&str]); 2] =
+        [("auditor", &["audit", "query", "--agent", "support-bot"]), ("auditor", &["audit", "export", "--from", "0"])];
+    for (who, verb) in streams {
+        let (code, out, err) = run(with(who, &[verb, &["-o", "json"]].concat())).await;
+        assert_eq!(code, 0, "{verb:?}: {err}");
+        assert!(!out.trim().is_empty(), "{verb:?}");
+        for line in out.lines() {
+            assert!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "{verb:?}: not JSON Lines: {line}");
+        }
+    }
     let (code, out, _) = run(args(&["completions", "bash"])).await;
     assert!(code == 0 && out.contains("wardenctl"), "{out}");
 

@@ -113,7 +113,13 @@ pub fn run(command: KeysCommand, json: bool) -> Result<(), String> {
                 eprintln!("added key {} for {principal} to {}", key.entry.id, file.path.display());
             }
             eprintln!("the token is shown once; store it in the caller's secret store:");
-            println!("{}", key.token.expose());
+            if json {
+                let created =
+                    serde_json::json!({"id": key.entry.id, "principal": principal, "token": key.token.expose()});
+                println!("{}", serde_json::to_string_pretty(&created).expect("json"));
+            } else {
+                println!("{}", key.token.expose());
+            }
             Ok(())
         }
         KeysCommand::List { file } => {
@@ -164,6 +170,9 @@ pub fn run(command: KeysCommand, json: bool) -> Result<(), String> {
             key.revoked = true;
             write(&file.path, &keys)?;
             eprintln!("revoked key {id}; services refuse it after their next reload");
+            if json {
+                println!("{}", serde_json::json!({"revoked": id}));
+            }
             Ok(())
         }
     }

@@ -196,6 +196,14 @@ pub(crate) fn explain(status: tonic::Status) -> Failure {
     Failure::Failed(text)
 }
 
+/// A verb's result: `json` with `-o json`, else `text`. The rule for every
+/// verb: `-o json` prints one JSON document (a list is an array), except
+/// the verbs that stream (`approvals watch`, `audit query`, `audit
+/// export`), which print one JSON object per line (JSON Lines).
+pub(crate) fn report(args: &RemoteArgs, json: serde_json::Value, text: String) {
+    if args.output == Output::Json { print_json(json) } else { println!("{text}") }
+}
+
 pub(crate) fn print_json(value: serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(&value).expect("json"));
 }
@@ -585,7 +593,11 @@ pub async fn audit(args: &RemoteArgs, command: AuditCommand) -> Result<(), Failu
                 .map_err(explain)?
                 .into_inner();
             if result.ok {
-                println!("ok: {} events verified (tree size {})", result.verified, result.tree_size);
+                report(
+                    args,
+                    serde_json::json!({"ok": true, "verified": result.verified, "tree_size": result.tree_size}),
+                    format!("ok: {} events verified (tree size {})", result.verified, result.tree_size),
+                );
                 Ok(())
             } else {
                 Err(Failure::Unverified(format!("event {}: {}", result.first_bad_sequence, result.problem)))
@@ -636,13 +648,14 @@ pub async fn audit(args: &RemoteArgs, command: AuditCommand) -> Result<(), Failu
                 .map_err(explain)?
                 .into_inner()
                 .forgotten;
-            println!(
-                "{}",
+            report(
+                args,
+                serde_json::json!({"subject": subject, "forgotten": forgotten}),
                 if forgotten {
                     format!("forgot {subject}: its sensitive fields are unreadable now")
                 } else {
                     format!("{subject} had no stored personal data")
-                }
+                },
             );
             Ok(())
         }
@@ -667,11 +680,15 @@ pub async fn audit(args: &RemoteArgs, command: AuditCommand) -> Result<(), Failu
                 .map_err(|_| Failure::Unverified("a proof hash is not 32 bytes".into()))?;
             warden_merkle::verify_inclusion(sequence, body.size, &leaf, &hashes, &body.root)
                 .map_err(|e| Failure::Unverified(format!("inclusion proof of event {sequence}: {e}")))?;
-            println!(
-                "ok: event {sequence} (leaf {}) is in the log of {} events signed by {}",
-                hex::encode(leaf),
-                body.size,
-                key.split('+').next().unwrap_or("")
+            let signer = key.split('+').next().unwrap_or("");
+            report(
+                args,
+                serde_json::json!({"ok": true, "sequence": sequence, "leaf_hash": hex::encode(leaf), "tree_size": body.size, "signer": signer}),
+                format!(
+                    "ok: event {sequence} (leaf {}) is in the log of {} events signed by {signer}",
+                    hex::encode(leaf),
+                    body.size
+                ),
             );
             Ok(())
         }
@@ -885,7 +902,11 @@ pub async fn policy(args: &RemoteArgs, command: PolicyCommand) -> Result<(), Fai
             let mut client = connect().await?;
             let result = client.reload_policies(policy::ReloadPoliciesRequest {}).await.map_err(explain)?.into_inner();
             if result.reloaded {
-                println!("reloaded: version {}", result.policy_version);
+                report(
+                    args,
+                    serde_json::json!({"reloaded": true, "policy_version": result.policy_version}),
+                    format!("reloaded: version {}", result.policy_version),
+                );
                 Ok(())
             } else {
                 print_policy_errors(&result.errors);

@@ -419,9 +419,16 @@ async fn list_alert_groups(State(api): State<Api>, RawQuery(raw): RawQuery) -> R
         Ok(re) => re,
         Err((field, message)) => return bad_request(&field, message),
     };
-    // (route path, group labels) -> (receiver, alerts, all muted)
-    let mut groups: BTreeMap<(String, String), (String, BTreeMap<String, String>, Vec<serde_json::Value>, bool)> =
-        BTreeMap::new();
+    /// One aggregation group: its receiver, labels, alerts, and whether
+    /// every alert in it is muted.
+    struct Group {
+        receiver: String,
+        labels: BTreeMap<String, String>,
+        alerts: Vec<serde_json::Value>,
+        muted: bool,
+    }
+    // By (route path, group labels).
+    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     for listed in alerts {
         let labels: BTreeMap<String, String> =
             serde_json::from_value(listed.json["labels"].clone()).unwrap_or_default();
@@ -436,16 +443,23 @@ async fn list_alert_groups(State(api): State<Api>, RawQuery(raw): RawQuery) -> R
                 }
             };
             let key = (route.path.clone(), serde_json::to_string(&group_labels).expect("json"));
-            let entry = groups.entry(key).or_insert_with(|| (route.receiver.clone(), group_labels, Vec::new(), true));
-            entry.2.push(listed.json.clone());
-            entry.3 &= listed.muted;
+            let group = groups.entry(key).or_insert_with(|| Group {
+                receiver: route.receiver.clone(),
+                labels: group_labels,
+                alerts: Vec::new(),
+                muted: true,
+            });
+            group.alerts.push(listed.json.clone());
+            group.muted &= listed.muted;
         }
     }
     let out: Vec<serde_json::Value> = groups
         .into_values()
-        .filter(|(_, _, _, all_muted)| query.muted.unwrap_or(true) || !all_muted)
-        .map(|(receiver, labels, alerts, _)| {
-            serde_json::json!({"labels": labels, "routeLabels": {}, "receiver": {"name": receiver}, "alerts": alerts})
+        .filter(|group| query.muted.unwrap_or(true) || !group.muted)
+        .map(|group| {
+            serde_json::json!({
+                "labels": group.labels, "routeLabels": {}, "receiver": {"name": group.receiver}, "alerts": group.alerts,
+            })
         })
         .collect();
     Json(out).into_response()
