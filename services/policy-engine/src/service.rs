@@ -194,7 +194,9 @@ impl PolicyServiceImpl {
                             approval_id: request.approval_id.clone(),
                             ..response.clone()
                         };
-                        self.decision_record(request, &granted, time, Effect::Allow, rules_effect)
+                        let mut event = Vec::new();
+                        self.decision_record(request, &granted, time, Effect::Allow, rules_effect, &mut event);
+                        event
                     }
                     None => Vec::new(),
                 };
@@ -265,22 +267,9 @@ impl PolicyServiceImpl {
         Err(self.auth.refuse(caller, EVALUATE_PATH, error, agent_id))
     }
 
-    /// The decision's encoded `policy_evaluation` event.
+    /// The decision's encoded `policy_evaluation` event, appended to `buf`
+    /// (after a journal record's header, or alone).
     fn decision_record(
-        &self,
-        request: &pb::EvaluateRequest,
-        response: &pb::EvaluateResponse,
-        time: chrono::DateTime<chrono::Utc>,
-        effect: Effect,
-        rules_effect: Effect,
-    ) -> Vec<u8> {
-        let mut event = Vec::new();
-        self.decision_record_into(request, response, time, effect, rules_effect, &mut event);
-        event
-    }
-
-    /// [`Self::decision_record`], appended to `buf`.
-    fn decision_record_into(
         &self,
         request: &pb::EvaluateRequest,
         response: &pb::EvaluateResponse,
@@ -453,7 +442,7 @@ impl PolicyService for PolicyServiceImpl {
             && !recorded
         {
             let mut record = DecisionLog::record_start(1024);
-            self.decision_record_into(&request, &response, time, effect, decision.rules_effect, &mut record);
+            self.decision_record(&request, &response, time, effect, decision.rules_effect, &mut record);
             log.record(record).await.map_err(|error| {
                 tracing::warn!(%error, "decision not recorded; refusing to answer");
                 to_status(&error)
