@@ -605,11 +605,8 @@ pub async fn audit(args: &RemoteArgs, command: AuditCommand) -> Result<(), Failu
         }
         AuditCommand::Query { correlation_id, agent, types, limit } => {
             let mut token = String::new();
-            let mut printed = 0;
-            if args.output == Output::Table {
-                println!("{:<8} {:<22} {:<22} {:<16} {:<20} CORRELATION", "SEQ", "TIME", "TYPE", "AGENT", "ACTOR");
-            }
-            while printed < limit {
+            let mut records = Vec::new();
+            while records.len() < limit {
                 let query = audit::QueryRequest {
                     correlation_id: correlation_id.clone().unwrap_or_default(),
                     agent_id: agent.clone().unwrap_or_default(),
@@ -619,14 +616,21 @@ pub async fn audit(args: &RemoteArgs, command: AuditCommand) -> Result<(), Failu
                     ..Default::default()
                 };
                 let page = client.query(query).await.map_err(explain)?.into_inner();
-                for record in page.records.iter().take(limit - printed) {
-                    print_record(record, args.output);
-                    printed += 1;
-                }
+                let room = limit - records.len();
+                records.extend(page.records.into_iter().take(room));
                 if page.next_page_token.is_empty() {
                     break;
                 }
                 token = page.next_page_token;
+            }
+            if args.output == Output::Table {
+                println!("{:<8} {:<30} {:<22} {:<16} {:<20} CORRELATION", "SEQ", "TIME", "TYPE", "AGENT", "ACTOR");
+            }
+            for (record, after) in causal_order(records) {
+                print_record(&record, args.output);
+                if let (Some(decision), Output::Table) = (after, args.output) {
+                    println!("{:<8} ^ reported after its decision (seq {decision}) was recorded", "");
+                }
             }
             Ok(())
         }
@@ -695,6 +699,48 @@ pub async fn audit(args: &RemoteArgs, command: AuditCommand) -> Result<(), Failu
     }
 }
 
+/// The records in the order they happened where the log's order says
+/// otherwise: an action's outcome (`action_completed`, naming its
+/// `payload.decision_id`) comes right after that decision when both are
+/// here, even if it reached the log first (an agent records its outcome
+/// directly, while an approval's events and the allowing decision arrive
+/// through the approval service's outbox). Each moved record comes with
+/// its decision's sequence; the rest keep the log's order.
+fn causal_order(records: Vec<audit::AuditRecord>) -> Vec<(audit::AuditRecord, Option<u64>)> {
+    let decision_of = |record: &audit::AuditRecord| {
+        let event = record.event.as_ref()?;
+        // An action's outcome follows the decision that allowed it (an
+        // `approval_redeemed` names the decision it enabled: it comes before).
+        if event.event_type != "action_completed" {
+            return None;
+        }
+        let payload = event.payload.as_ref()?;
+        match payload.fields.get("decision_id")?.kind.as_ref()? {
+            prost_types::value::Kind::StringValue(id) if !id.is_empty() => Some(id.clone()),
+            _ => None,
+        }
+    };
+    let position: std::collections::HashMap<String, (usize, u64)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((r.event.as_ref()?.event_id.clone(), (i, r.sequence))))
+        .collect();
+    let mut after: std::collections::BTreeMap<usize, Vec<(audit::AuditRecord, Option<u64>)>> = Default::default();
+    let mut kept = Vec::new();
+    for (i, record) in records.into_iter().enumerate() {
+        match decision_of(&record).and_then(|id| position.get(&id).copied()) {
+            Some((at, sequence)) if at > i => after.entry(at).or_default().push((record, Some(sequence))),
+            _ => kept.push((i, record)),
+        }
+    }
+    let mut out = Vec::new();
+    for (i, record) in kept {
+        out.push((record, None));
+        out.extend(after.remove(&i).unwrap_or_default());
+    }
+    out
+}
+
 fn print_record(record: &audit::AuditRecord, output: Output) {
     let event = record.event.clone().unwrap_or_default();
     if output == Output::Json {
@@ -710,7 +756,7 @@ fn print_record(record: &audit::AuditRecord, output: Output) {
         );
     } else {
         println!(
-            "{:<8} {:<22} {:<22} {:<16} {:<20} {}",
+            "{:<8} {:<30} {:<22} {:<16} {:<20} {}",
             record.sequence,
             seconds(&event.time),
             event.event_type,
@@ -1146,4 +1192,45 @@ async fn replay(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod causal_tests {
+    use warden_proto::audit::v1 as audit;
+
+    fn record(sequence: u64, event_id: &str, event_type: &str, decision_id: &str) -> audit::AuditRecord {
+        let mut payload = prost_types::Struct::default();
+        if !decision_id.is_empty() {
+            let value = prost_types::value::Kind::StringValue(decision_id.into());
+            payload.fields.insert("decision_id".into(), prost_types::Value { kind: Some(value) });
+        }
+        audit::AuditRecord {
+            sequence,
+            event: Some(audit::AuditEvent {
+                event_id: event_id.into(),
+                event_type: event_type.into(),
+                payload: Some(payload),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The seeds' flow as the log holds it: the agent's outcome first,
+    /// the approval's events and the allowing decision after it.
+    #[test]
+    fn an_outcome_reads_after_the_decision_that_allowed_it() {
+        let log = vec![
+            record(16, "d-ask", "policy_evaluation", ""),
+            record(17, "done", "action_completed", "d-allow"),
+            record(18, "r", "approval_reviewed", ""),
+            record(19, "g", "approval_granted", ""),
+            record(20, "x", "approval_redeemed", "d-allow"),
+            record(21, "d-allow", "policy_evaluation", ""),
+            record(22, "other", "action_completed", "not-here"),
+        ];
+        let ordered: Vec<(u64, Option<u64>)> =
+            super::causal_order(log).into_iter().map(|(r, after)| (r.sequence, after)).collect();
+        assert_eq!(ordered, [(16, None), (18, None), (19, None), (20, None), (21, None), (17, Some(21)), (22, None)]);
+    }
 }
