@@ -314,6 +314,44 @@ async fn under_load_an_append_waits_for_the_ones_that_follow() {
     assert_eq!(read_all(&mut reader).await.len(), 49);
 }
 
+/// With `busy`, the rest after a sync lasts while more appenders are at
+/// work than wait, up to `max_commit_delay`: appends spread over that time
+/// share one sync. When nobody else is at work, the rest is the commit
+/// delay and they sync apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_waits_for_appenders_still_at_work_up_to_the_longest_delay() {
+    let syncs_for_spread_appends = |at_work: usize| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(at_work));
+        let options = Options {
+            commit_delay: std::time::Duration::from_millis(5),
+            commit_siblings: 1,
+            busy: Some(busy),
+            max_commit_delay: std::time::Duration::from_millis(400),
+            ..Options::default()
+        };
+        let (journal, _reader, _) = Journal::open(dir.path(), options).unwrap();
+        let journal = Arc::new(journal);
+        // Under load from the first group on.
+        journal.append(payload(0), true).await.unwrap();
+        let before = journal.stats().syncs;
+        let mut tasks = Vec::new();
+        for i in 1..=10 {
+            let journal = journal.clone();
+            tasks.push(tokio::spawn(async move { journal.append(payload(i), true).await.unwrap() }));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        journal.stats().syncs - before
+    };
+    let shared = syncs_for_spread_appends(1000).await;
+    assert!(shared <= 2, "{shared} syncs for 10 appends while 1,000 were at work");
+    let apart = syncs_for_spread_appends(0).await;
+    assert!(apart >= 4, "{apart} syncs for 10 appends 10 ms apart with nobody else at work");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// Cut the file anywhere, as a crash may: what is recovered is exactly
