@@ -50,6 +50,9 @@ def main() -> int:
     parser.add_argument("--amount", type=float, default=150.0)
     parser.add_argument("--order", default="order/1234")
     parser.add_argument("--wait", type=float, default=300.0, help="seconds to wait for a reviewer")
+    parser.add_argument(
+        "--correlation-id", default="", help="the ticket this request belongs to (a reviewer approves by it)"
+    )
     args = parser.parse_args()
 
     key = os.environ["WARDEN_API_KEY"]
@@ -57,7 +60,7 @@ def main() -> int:
     policy = policy_pb2_grpc.PolicyServiceStub(channel("WARDEN_ADDR", "127.0.0.1:50051"))
     approvals = approval_pb2_grpc.ApprovalServiceStub(channel("WARDEN_APPROVAL_ADDR", "127.0.0.1:50053"))
     audit = audit_pb2_grpc.AuditServiceStub(channel("WARDEN_AUDIT_ADDR", "127.0.0.1:50052"))
-    correlation_id = f"py-{uuid.uuid4()}"
+    correlation_id = args.correlation_id or f"py-{uuid.uuid4()}"
 
     params = struct_pb2.Struct()
     params.update({"amount": args.amount})

@@ -48,7 +48,7 @@ async fn the_python_agent_waits_for_a_manager_then_acts_and_records() {
     let mut agent = tokio::process::Command::new(&python);
     agent
         .arg(root.join("examples/python/agent.py"))
-        .args(["--amount", "150", "--wait", "30"])
+        .args(["--amount", "150", "--wait", "30", "--correlation-id", "ticket-982"])
         .env("WARDEN_STUBS", &stubs)
         .env("WARDEN_API_KEY", keys.token("agent"))
         // The URL form, as wardenctl takes it: one meaning everywhere.
@@ -60,21 +60,33 @@ async fn the_python_agent_waits_for_a_manager_then_acts_and_records() {
         .kill_on_drop(true);
     let running = agent.spawn().unwrap();
 
-    // The manager approves what the agent asked for.
+    // The manager approves what the agent asked for, by its ticket, as the
+    // book shows (`wardenctl approvals approve --correlation-id`).
     let manager = ApprovalServiceClient::new(channel(&approval.url()).await);
     let token = keys.token("approver").to_owned();
-    let id = eventually(Duration::from_secs(30), || {
+    eventually(Duration::from_secs(30), || {
         let (mut manager, token) = (manager.clone(), token.clone());
         async move {
             let list = pb::ListApprovalsRequest { reviewable_by_me: true, ..Default::default() };
             let pending = manager.list_approvals(bearer(tonic::Request::new(list), &token)).await.ok()?.into_inner();
-            pending.approvals.into_iter().next().map(|a| a.id)
+            pending.approvals.into_iter().find(|a| a.correlation_id == "ticket-982").map(|_| ())
         }
     })
     .await;
-    let mut manager = manager.clone();
-    let review = pb::ReviewRequest { id, approve: true, comment: "fine".into() };
-    manager.review(bearer(tonic::Request::new(review), &token)).await.unwrap();
+    let approve = [
+        "--approval-addr",
+        &approval.url(),
+        "--api-key",
+        &token,
+        "approvals",
+        "approve",
+        "--correlation-id",
+        "ticket-982",
+        "--comment",
+        "refund ok",
+    ];
+    let (code, out, err) = warden_tests::wardenctl::run(approve.iter().map(|s| s.to_string()).collect()).await;
+    assert_eq!(code, 0, "{out}{err}");
 
     let output = tokio::time::timeout(Duration::from_secs(60), running.wait_with_output()).await.unwrap().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
