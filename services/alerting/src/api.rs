@@ -131,8 +131,7 @@ async fn receivers(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response 
 /// The loaded rules as a page: what a rule alert's `generatorURL` leads
 /// to (`/rules#rule-GROUP-NAME`).
 async fn rules_page(State(api): State<Api>) -> Response {
-    let escape =
-        |text: &str| text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    let escape = crate::receivers::escape_html;
     let loaded = api.engine.loaded();
     let mut html = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Warden alerting: rules</title></head><body><h1>Rules</h1>",

@@ -114,8 +114,8 @@ fn tls_version(field: &str, text: &str) -> Result<Option<reqwest::tls::Version>,
     }
 }
 
-/// Both given, or neither: one of a pair of fields.
-fn one_of(path: &str, a: (&str, &str), b: (&str, &str)) -> Result<(), String> {
+/// At most one of a pair of fields (`url` or `url_file`, ...) is set.
+pub(crate) fn one_of(path: &str, a: (&str, &str), b: (&str, &str)) -> Result<(), String> {
     if !a.1.is_empty() && !b.1.is_empty() {
         return Err(format!("{path}: at most one of {} and {} may be set", a.0, b.0));
     }

@@ -11,7 +11,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::routing::{GlobalYaml, PagerDutyConfig, ReceiverYaml, SlackConfig};
+use crate::http_config::one_of as pair;
+use crate::routing::{PagerDutyConfig, ReceiverYaml, SlackConfig};
 use crate::template::Template;
 
 /// The named templates a receiver's fields may use.
@@ -123,7 +124,7 @@ pub fn alert_lines(body: &serde_json::Value) -> String {
         .join("\n\n")
 }
 
-fn escape_html(text: &str) -> String {
+pub(crate) fn escape_html(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
@@ -411,20 +412,13 @@ fn templates(receiver: &ReceiverYaml) -> Vec<(String, &str)> {
 
 /// A receiver's checks at load: its templates compile, its `http_config`s
 /// are consistent, and no value is given twice (`url` and `url_file`).
-pub fn validate(receiver: &ReceiverYaml, path: &str, global: &GlobalYaml) -> Result<(), String> {
-    let _ = global;
+pub fn validate(receiver: &ReceiverYaml, path: &str) -> Result<(), String> {
     for (field, text) in templates(receiver) {
         Template::compile_notification(text, NAMED).map_err(|e| format!("{path}.{field}: {e}"))?;
     }
-    let pair = |at: String, a: (&str, &str), b: (&str, &str)| {
-        if !a.1.is_empty() && !b.1.is_empty() {
-            return Err(format!("{at}: at most one of {} and {} may be set", a.0, b.0));
-        }
-        Ok(())
-    };
     for (i, w) in receiver.webhook_configs.iter().enumerate() {
         let at = format!("{path}.webhook_configs[{i}]");
-        pair(at.clone(), ("url", &w.url), ("url_file", &w.url_file))?;
+        pair(&at, ("url", &w.url), ("url_file", &w.url_file))?;
         if w.url.is_empty() && w.url_file.is_empty() {
             return Err(format!("{at}: one of url and url_file is required"));
         }
@@ -432,17 +426,17 @@ pub fn validate(receiver: &ReceiverYaml, path: &str, global: &GlobalYaml) -> Res
     }
     for (i, s) in receiver.slack_configs.iter().enumerate() {
         let at = format!("{path}.slack_configs[{i}]");
-        pair(at.clone(), ("api_url", &s.api_url), ("api_url_file", &s.api_url_file))?;
+        pair(&at, ("api_url", &s.api_url), ("api_url_file", &s.api_url_file))?;
         s.http_config.validate(&format!("{at}.http_config"))?;
     }
     for (i, p) in receiver.pagerduty_configs.iter().enumerate() {
         let at = format!("{path}.pagerduty_configs[{i}]");
-        pair(at.clone(), ("routing_key", &p.routing_key), ("routing_key_file", &p.routing_key_file))?;
+        pair(&at, ("routing_key", &p.routing_key), ("routing_key_file", &p.routing_key_file))?;
         p.http_config.validate(&format!("{at}.http_config"))?;
     }
     for (i, e) in receiver.email_configs.iter().enumerate() {
         let at = format!("{path}.email_configs[{i}]");
-        pair(at, ("auth_password", &e.auth_password), ("auth_password_file", &e.auth_password_file))?;
+        pair(&at, ("auth_password", &e.auth_password), ("auth_password_file", &e.auth_password_file))?;
     }
     Ok(())
 }

@@ -729,7 +729,7 @@ impl Config {
         };
         let mut receivers = BTreeMap::new();
         for (r, receiver) in raw.receivers.into_iter().enumerate() {
-            crate::receivers::validate(&receiver, &format!("receivers[{r}]"), &raw.global).map_err(err)?;
+            crate::receivers::validate(&receiver, &format!("receivers[{r}]")).map_err(err)?;
             for webhook in &receiver.webhook_configs {
                 if !webhook.url.is_empty()
                     && !webhook.url.starts_with("http://")
