@@ -1,5 +1,6 @@
-//! The HTTP surfaces follow the one role table: the approval inbox and
-//! Alertmanager's API answer each caller exactly as
+//! The HTTP surfaces follow the one role table: the approval inbox,
+//! Alertmanager's API and the MCP gateway's endpoint answer each caller
+//! exactly as
 //! `warden_auth::authz::HTTP_TABLE` says (each route as the RPC it
 //! mirrors), record refusals as `auth_denied` events, and throttle bad
 //! credentials as gRPC does.
@@ -11,6 +12,7 @@ use warden_alerting::{AlertingConfig, AlertingServer};
 use warden_approval::{ApprovalConfig, ApprovalServer};
 use warden_audit::AuditServer;
 use warden_auth::authz::{self, HttpRule};
+use warden_mcp_gateway::{GatewayConfig, GatewayServer};
 use warden_proto::approval::v1 as pb;
 use warden_proto::approval::v1::approval_service_client::ApprovalServiceClient;
 use warden_proto::audit::v1 as audit;
@@ -24,9 +26,12 @@ struct Stack {
     audit: AuditServer,
     approval: ApprovalServer,
     alerting: AlertingServer,
+    gateway: GatewayServer,
 }
 
-/// Audit, approval (with its inbox) and alerting (with its API), auth on.
+/// Audit, approval (with its inbox), alerting (with its API) and the MCP
+/// gateway (its upstream and policy engine not running: only its
+/// admission is tested here), auth on.
 async fn stack(bad_credentials_per_minute: u32) -> Stack {
     let sandbox = Sandbox::new(&[]);
     let keys = identity::keys(sandbox.data.path());
@@ -43,12 +48,21 @@ async fn stack(bad_credentials_per_minute: u32) -> Stack {
     approval_config.outbox_interval = Duration::from_millis(20);
     let approval = ApprovalServer::start(approval_config).await.unwrap();
     let mut alerting_config = AlertingConfig::for_tests(sandbox.data.path().join("alerting"));
-    alerting_config.auth = auth;
+    alerting_config.auth = auth.clone();
     alerting_config.audit_url = audit.url();
     alerting_config.outbound.credential = keys.token("alerting").into();
     alerting_config.outbox_interval = Duration::from_millis(20);
     let alerting = AlertingServer::start(alerting_config).await.unwrap();
-    Stack { _sandbox: sandbox, keys, audit, approval, alerting }
+    let upstreams = sandbox.data.path().join("upstreams.yaml");
+    std::fs::write(&upstreams, "upstreams:\n  - name: down\n    url: http://127.0.0.1:1/mcp\n").unwrap();
+    let mut gateway_config =
+        GatewayConfig::for_tests(sandbox.data.path().join("gateway"), &upstreams, "http://127.0.0.1:1");
+    gateway_config.auth = auth;
+    gateway_config.audit_url = audit.url();
+    gateway_config.outbound.credential = keys.token("service").into();
+    gateway_config.outbox_interval = Duration::from_millis(20);
+    let gateway = GatewayServer::start(gateway_config).await.unwrap();
+    Stack { _sandbox: sandbox, keys, audit, approval, alerting, gateway }
 }
 
 impl Stack {
@@ -58,6 +72,10 @@ impl Stack {
 
     fn alertmanager(&self) -> String {
         format!("http://{}", self.alerting.http_addr.unwrap())
+    }
+
+    fn mcp(&self) -> String {
+        format!("http://{}", self.gateway.mcp_addr)
     }
 
     /// A pending request for support-bot, opened as the policy engine does.
@@ -107,6 +125,7 @@ impl Stack {
     }
 
     async fn stop(self) {
+        self.gateway.shutdown().await;
         self.alerting.shutdown().await;
         self.approval.shutdown().await;
         self.audit.shutdown().await;
@@ -182,6 +201,23 @@ async fn every_http_route_answers_each_caller_exactly_as_the_table_says() {
                         }
                     }
                 }
+                "mcp" => {
+                    // A message the endpoint reads after admission (and
+                    // refuses: no session), or its stream and its end.
+                    let url = format!("{}{}", stack.mcp(), rule.route);
+                    let mut request = match rule.method {
+                        "GET" => http.get(&url).header("accept", "text/event-stream"),
+                        "DELETE" => http.delete(&url).header("mcp-session-id", "no-such-session"),
+                        _ => http
+                            .post(&url)
+                            .header("accept", "application/json, text/event-stream")
+                            .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})),
+                    };
+                    if *caller != "none" {
+                        request = request.bearer_auth(stack.keys.token(caller));
+                    }
+                    request.send().await.unwrap().status().as_u16()
+                }
                 _ => {
                     let url = format!("{}{}", stack.alertmanager(), rule.route.replace("{id}", "no-such-silence"));
                     let mut request = match rule.method {
@@ -214,6 +250,8 @@ async fn every_http_route_answers_each_caller_exactly_as_the_table_says() {
     assert!(approval.iter().any(|e| e.actor == "operator"), "{approval:?}");
     let alerting = stack.denials("alerting", 3).await;
     assert!(alerting.iter().any(|e| e.actor == "anonymous"), "{alerting:?}");
+    let gateway = stack.denials("mcp-gateway", 3).await;
+    assert!(gateway.iter().any(|e| e.actor == "approver"), "{gateway:?}");
     stack.stop().await;
 }
 
@@ -238,6 +276,17 @@ async fn bad_credentials_are_throttled_on_every_surface() {
         assert_eq!(http.get(&url).bearer_auth("wdn_nope_guess").send().await.unwrap().status(), 401);
     }
     let throttled = http.get(&url).bearer_auth("wdn_nope_guess").send().await.unwrap();
+    assert_eq!(throttled.status(), 429);
+    assert!(throttled.headers().contains_key("retry-after"));
+
+    // The MCP endpoint, its own: 401 with the challenge, then 429.
+    let url = format!("{}/mcp", stack.mcp());
+    for _ in 0..3 {
+        let refused = http.post(&url).bearer_auth("wdn_nope_guess").body("{}").send().await.unwrap();
+        assert_eq!(refused.status(), 401);
+        assert!(refused.headers().contains_key("www-authenticate"));
+    }
+    let throttled = http.post(&url).bearer_auth("wdn_nope_guess").body("{}").send().await.unwrap();
     assert_eq!(throttled.status(), 429);
     assert!(throttled.headers().contains_key("retry-after"));
 

@@ -24,11 +24,13 @@ const ADMIN_ONLY: &[&str] = &[];
 
 /// The authorization table.
 pub const TABLE: &[MethodRule] = &[
-    // warden.policy.v1: agents ask; auditors may look at what is in force.
-    rule("/warden.policy.v1.PolicyService/Evaluate", &[AGENT]),
+    // warden.policy.v1: agents ask; so does a service acting for agents
+    // (the MCP gateway), held to the agents its key lists like any
+    // principal; auditors and services may look at what is in force.
+    rule("/warden.policy.v1.PolicyService/Evaluate", &[AGENT, SERVICE]),
     rule("/warden.policy.v1.PolicyService/ValidatePolicies", ADMIN_ONLY),
     rule("/warden.policy.v1.PolicyService/ReloadPolicies", ADMIN_ONLY),
-    rule("/warden.policy.v1.PolicyService/GetPolicies", &[AUDITOR]),
+    rule("/warden.policy.v1.PolicyService/GetPolicies", &[AUDITOR, SERVICE]),
     rule("/warden.policy.v1.PolicyService/SetKillSwitch", ADMIN_ONLY),
     rule("/warden.policy.v1.PolicyService/GetKillSwitch", &[AUDITOR]),
     // warden.audit.v1: services write; auditors read and prove. Agents may
@@ -79,8 +81,9 @@ pub enum HttpAccess {
 /// One HTTP route of a service's web surface.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpRule {
-    /// `inbox` (the approval service's web inbox) or `alertmanager` (the
-    /// alerting service's Alertmanager v2 API).
+    /// `inbox` (the approval service's web inbox), `alertmanager` (the
+    /// alerting service's Alertmanager v2 API) or `mcp` (the MCP gateway's
+    /// endpoint).
     pub surface: &'static str,
     pub method: &'static str,
     /// The route as the router writes it (`/approvals/{id}`).
@@ -92,12 +95,14 @@ const fn http(surface: &'static str, method: &'static str, route: &'static str, 
     HttpRule { surface, method, route, access }
 }
 
+const EVALUATE: &str = "/warden.policy.v1.PolicyService/Evaluate";
 const LIST_APPROVALS: &str = "/warden.approval.v1.ApprovalService/ListApprovals";
 const GET_APPROVAL: &str = "/warden.approval.v1.ApprovalService/GetApproval";
 
 /// The HTTP surfaces' half of the table: every route that needs a
-/// credential. Health and readiness (`/-/healthy`, `/-/ready`) and the
-/// inbox's sign-in form and stylesheet are open.
+/// credential. Health and readiness (`/-/healthy`, `/-/ready`), the
+/// inbox's sign-in form and stylesheet, and the MCP gateway's Protected
+/// Resource Metadata (`/.well-known/oauth-protected-resource`) are open.
 pub const HTTP_TABLE: &[HttpRule] = &[
     // The approval inbox: signing in takes what listing approvals takes,
     // and each page answers what its RPC would.
@@ -143,6 +148,12 @@ pub const HTTP_TABLE: &[HttpRule] = &[
     http("alertmanager", "GET", "/api/v2/status", HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ListRules")),
     http("alertmanager", "GET", "/api/v2/receivers", HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ListRules")),
     http("alertmanager", "GET", "/rules", HttpAccess::Rpc("/warden.alerting.v1.AlertingService/ListRules")),
+    // The MCP gateway: every MCP request (a session's messages, its event
+    // stream, its end) takes what asking for a decision takes, and acts
+    // for the principal that made it.
+    http("mcp", "POST", "/mcp", HttpAccess::Rpc(EVALUATE)),
+    http("mcp", "GET", "/mcp", HttpAccess::Rpc(EVALUATE)),
+    http("mcp", "DELETE", "/mcp", HttpAccess::Rpc(EVALUATE)),
 ];
 
 /// The HTTP route's rule.

@@ -584,6 +584,43 @@ pub struct ActionOutcome {
     pub error_class: Option<String>,
 }
 
+/// The `action_completed` audit event recording `outcome` (its id
+/// derived from the decision's, so a retry records it once).
+pub fn action_completed_event(outcome: &ActionOutcome) -> warden_proto::audit::v1::AuditEvent {
+    use prost_types::value::Kind;
+    let text = |s: &str| prost_types::Value { kind: Some(Kind::StringValue(s.to_owned())) };
+    let number = |n: f64| prost_types::Value { kind: Some(Kind::NumberValue(n)) };
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("action_type".to_string(), text(&outcome.action_type));
+    let status = match outcome.status {
+        ActionStatus::Success => "success",
+        ActionStatus::Failure => "failure",
+    };
+    fields.insert("status".to_string(), text(status));
+    fields.insert("duration_seconds".to_string(), number(outcome.duration.as_secs_f64()));
+    fields.insert("cost".to_string(), number(outcome.cost));
+    if let Some(kind) = &outcome.cost_type {
+        fields.insert("cost_type".to_string(), text(kind));
+    }
+    if let Some(class) = &outcome.error_class {
+        fields.insert("error_class".to_string(), text(class));
+    }
+    if let Some(id) = &outcome.decision_id {
+        fields.insert("decision_id".to_string(), text(id));
+    }
+    warden_proto::audit::v1::AuditEvent {
+        event_id: outcome.decision_id.as_ref().map(|id| format!("action:{id}")).unwrap_or_default(),
+        event_type: "action_completed".into(),
+        time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        correlation_id: outcome.correlation_id.clone(),
+        agent_id: outcome.agent_id.clone(),
+        actor: String::new(),
+        payload: Some(prost_types::Struct { fields: fields.into_iter().collect() }),
+        sensitive: None,
+        subject: String::new(),
+    }
+}
+
 /// Records `action_completed` events in the audit log (an agent key may
 /// record only its own actions).
 #[derive(Debug, Clone)]
@@ -599,39 +636,7 @@ impl ActionRecorder {
 
     /// Records one outcome; returns its sequence number in the log.
     pub async fn record_action(&self, outcome: &ActionOutcome) -> Result<u64, tonic::Status> {
-        use prost_types::value::Kind;
-        let text = |s: &str| prost_types::Value { kind: Some(Kind::StringValue(s.to_owned())) };
-        let number = |n: f64| prost_types::Value { kind: Some(Kind::NumberValue(n)) };
-        let mut fields = std::collections::BTreeMap::new();
-        fields.insert("action_type".to_string(), text(&outcome.action_type));
-        let status = match outcome.status {
-            ActionStatus::Success => "success",
-            ActionStatus::Failure => "failure",
-        };
-        fields.insert("status".to_string(), text(status));
-        fields.insert("duration_seconds".to_string(), number(outcome.duration.as_secs_f64()));
-        fields.insert("cost".to_string(), number(outcome.cost));
-        if let Some(kind) = &outcome.cost_type {
-            fields.insert("cost_type".to_string(), text(kind));
-        }
-        if let Some(class) = &outcome.error_class {
-            fields.insert("error_class".to_string(), text(class));
-        }
-        if let Some(id) = &outcome.decision_id {
-            fields.insert("decision_id".to_string(), text(id));
-        }
-        let event = warden_proto::audit::v1::AuditEvent {
-            event_id: outcome.decision_id.as_ref().map(|id| format!("action:{id}")).unwrap_or_default(),
-            event_type: "action_completed".into(),
-            time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-            correlation_id: outcome.correlation_id.clone(),
-            agent_id: outcome.agent_id.clone(),
-            actor: String::new(),
-            payload: Some(prost_types::Struct { fields: fields.into_iter().collect() }),
-            sensitive: None,
-            subject: String::new(),
-        };
-        self.append(event).await
+        self.append(action_completed_event(outcome)).await
     }
 
     /// Records that one of the agent's circuit breakers changed state

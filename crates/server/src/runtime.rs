@@ -354,10 +354,25 @@ impl Runtime {
         listen: &str,
         router: axum::Router,
     ) -> Result<SocketAddr, RuntimeError> {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|error| RuntimeError::Bind(listen.to_owned(), error))?;
-        let addr = listener.local_addr().map_err(|error| RuntimeError::Bind(listen.to_owned(), error))?;
+        let listener = Runtime::bind_http(listen).await?;
+        self.serve_http_on(what, listener, router)
+    }
+
+    /// Binds `listen` for an HTTP surface whose routes need to know its
+    /// address (served with [`Runtime::serve_http_on`]).
+    pub async fn bind_http(listen: &str) -> Result<tokio::net::TcpListener, RuntimeError> {
+        tokio::net::TcpListener::bind(listen).await.map_err(|error| RuntimeError::Bind(listen.to_owned(), error))
+    }
+
+    /// Serves `router` on a listener from [`Runtime::bind_http`], as
+    /// [`Runtime::serve_http`] does.
+    pub fn serve_http_on(
+        &mut self,
+        what: &str,
+        listener: tokio::net::TcpListener,
+        router: axum::Router,
+    ) -> Result<SocketAddr, RuntimeError> {
+        let addr = listener.local_addr().map_err(|error| RuntimeError::Bind(what.to_owned(), error))?;
         let app = router.into_make_service_with_connect_info::<SocketAddr>();
         let (name, surface) = (self.name, what.to_owned());
         self.background.push(tokio::spawn(async move {

@@ -1,0 +1,422 @@
+//! The MCP servers behind the gateway: the upstreams file, and one
+//! connection per upstream (Streamable HTTP, or a command the gateway
+//! spawns and restarts), with its credentials, timeout and circuit breaker.
+//!
+//! An upstream's credentials (`bearer`, `headers`, `env`) are secret
+//! settings (`env:NAME`, `file:PATH`, `vault:MOUNT/PATH#FIELD`) resolved
+//! by the gateway; they are sent to the upstream only, never to agents.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, Implementation, JsonObject, Tool};
+use rmcp::service::{NotificationContext, RunningService, ServiceError};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde::Deserialize;
+use warden_auth::SecretResolver;
+use warden_resilience::{BreakerConfig, CircuitBreaker, Outcome};
+
+use crate::metrics::METRICS;
+
+/// The upstreams file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamsFile {
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// One MCP server behind the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Its name: the namespace of its tools (`billing` → `billing__refund`)
+    /// and of their default action types (`billing.refund`).
+    pub name: String,
+    /// A Streamable HTTP endpoint (`http://billing:8000/mcp`); or `command`.
+    #[serde(default)]
+    pub url: String,
+    /// A command speaking MCP on stdin/stdout, spawned by the gateway and
+    /// restarted when it exits; or `url`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// HTTP: sent as `Authorization: Bearer ...`; a secret setting.
+    #[serde(default)]
+    pub bearer: String,
+    /// HTTP: more headers; each value a secret setting.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// stdio: the command's environment (nothing else of the gateway's is
+    /// passed on but `PATH`, `HOME` and `LANG`); each value a secret setting.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How long one call may take.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra attempts for tools the upstream marks read-only or idempotent
+    /// (`readOnlyHint`, `idempotentHint`); other tools are never retried,
+    /// since a second attempt could act twice.
+    #[serde(default)]
+    pub retries: u32,
+    /// Calls failing in a row before the breaker opens, and how long it
+    /// stays open (calls then fail at once).
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    #[serde(default = "default_breaker_open", with = "humantime_serde")]
+    pub breaker_open: Duration,
+    /// Per tool: the action type its calls are decided as (default
+    /// `<upstream>.<tool>`) and the resource, a template over the arguments
+    /// (`order/{order_id}`).
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolMapping>,
+}
+
+/// How a tool's calls are put to the policy engine.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolMapping {
+    /// `action.type`; default `<upstream>.<tool>`.
+    #[serde(default)]
+    pub action: String,
+    /// `action.resource`: `{name}` is the argument `name` (a string, number
+    /// or boolean; `{a.b}` reaches into an object), percent-encoded so that
+    /// an argument cannot add path segments or glob characters.
+    #[serde(default)]
+    pub resource: String,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_open() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl UpstreamsFile {
+    /// Reads and checks the file: names, transports, templates.
+    pub fn load(path: &Path, separator: &str) -> Result<UpstreamsFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        UpstreamsFile::parse(&text, separator).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str, separator: &str) -> Result<UpstreamsFile, String> {
+        let file: UpstreamsFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        if file.upstreams.is_empty() {
+            return Err("upstreams: at least one upstream is required".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, upstream) in file.upstreams.iter().enumerate() {
+            let at = format!("upstreams[{i}]");
+            let name_ok = !upstream.name.is_empty()
+                && upstream.name.len() <= 32
+                && upstream.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+                && !upstream.name.contains(separator);
+            if !name_ok {
+                return Err(format!(
+                    "{at}.name: {:?}: 1-32 of a-z, 0-9, '-', '_', not containing the separator {separator:?}",
+                    upstream.name
+                ));
+            }
+            if !seen.insert(upstream.name.as_str()) {
+                return Err(format!("{at}.name: {:?} is named twice", upstream.name));
+            }
+            match (upstream.url.is_empty(), upstream.command.is_empty()) {
+                (false, true) => {
+                    if !(upstream.url.starts_with("http://") || upstream.url.starts_with("https://")) {
+                        return Err(format!("{at}.url: {:?}: expected http(s)://...", upstream.url));
+                    }
+                    if !upstream.env.is_empty() {
+                        return Err(format!("{at}.env: only for a command"));
+                    }
+                }
+                (true, false) => {
+                    if !upstream.bearer.is_empty() || !upstream.headers.is_empty() {
+                        return Err(format!("{at}: bearer and headers are for a url; a command takes env"));
+                    }
+                }
+                _ => return Err(format!("{at}: exactly one of url and command")),
+            }
+            for name in upstream.headers.keys() {
+                http::HeaderName::try_from(name.as_str())
+                    .map_err(|_| format!("{at}.headers: {name:?} is no header name"))?;
+            }
+            if upstream.timeout.is_zero() {
+                return Err(format!("{at}.timeout: must be more than 0"));
+            }
+            if upstream.retries > 3 {
+                return Err(format!("{at}.retries: at most 3"));
+            }
+            for (tool, mapping) in &upstream.tools {
+                crate::template::Template::parse(&mapping.resource)
+                    .map_err(|e| format!("{at}.tools.{tool}.resource: {e}"))?;
+                if mapping.action.len() > warden_contract::bounds::NAME_BYTES {
+                    return Err(format!("{at}.tools.{tool}.action: too long"));
+                }
+            }
+        }
+        Ok(file)
+    }
+}
+
+/// What the gateway tells an upstream about itself, and how it hears that
+/// the upstream's tools changed.
+#[derive(Clone)]
+struct UpstreamClient {
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl ClientHandler for UpstreamClient {
+    fn get_info(&self) -> ClientConfig {
+        let mut info = ClientConfig::default();
+        info.client_info = Implementation::new("warden-mcp-gateway", env!("CARGO_PKG_VERSION"));
+        info
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.changed.notify_one();
+    }
+}
+
+type Connection = RunningService<RoleClient, UpstreamClient>;
+
+/// Why a call to an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {0} is unavailable (circuit open; retry in {1:?})")]
+    Open(String, Duration),
+    #[error("upstream {0} did not answer within {1:?}")]
+    Timeout(String, Duration),
+    #[error("cannot connect to upstream {0}: {1}")]
+    Connect(String, String),
+    #[error("upstream {0} failed: {1}")]
+    Call(String, String),
+}
+
+impl UpstreamError {
+    /// A short class for metrics and the audit record.
+    pub fn class(&self) -> &'static str {
+        match self {
+            UpstreamError::Open(..) => "circuit_open",
+            UpstreamError::Timeout(..) => "timeout",
+            UpstreamError::Connect(..) => "unavailable",
+            UpstreamError::Call(..) => "upstream_error",
+        }
+    }
+}
+
+/// One upstream: its connection (made on first use and again after it
+/// breaks; a command is spawned again), its tools and its breaker.
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    breaker: Arc<CircuitBreaker>,
+    tools: ArcSwap<Vec<Tool>>,
+    secrets: SecretResolver,
+    /// Notified when the upstream says its tools changed.
+    pub changed: Arc<tokio::sync::Notify>,
+    connects: AtomicU64,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.config.name).finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig, secrets: SecretResolver, changed: Arc<tokio::sync::Notify>) -> Upstream {
+        let breaker = CircuitBreaker::new(
+            format!("mcp-upstream:{}", config.name),
+            BreakerConfig {
+                consecutive_failures: Some(config.breaker_failures.max(1)),
+                failure_rate: None,
+                open_duration: config.breaker_open,
+                half_open_max_calls: 1,
+                success_threshold: 1,
+                ..BreakerConfig::default()
+            },
+        );
+        Upstream {
+            config,
+            connection: tokio::sync::Mutex::new(None),
+            breaker,
+            tools: ArcSwap::from_pointee(Vec::new()),
+            secrets,
+            changed,
+            connects: AtomicU64::new(0),
+        }
+    }
+
+    /// The tools last listed.
+    pub fn tools(&self) -> Arc<Vec<Tool>> {
+        self.tools.load_full()
+    }
+
+    /// How many times a connection was made (a restarted command counts).
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    /// The live connection, made (or the command spawned) when there is none
+    /// or the last one closed.
+    async fn connection(&self) -> Result<Arc<Connection>, UpstreamError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref()
+            && !connection.is_closed()
+            && !connection.peer().is_transport_closed()
+        {
+            return Ok(connection.clone());
+        }
+        if slot.take().is_some() {
+            tracing::warn!(upstream = %self.config.name, "upstream connection closed; reconnecting");
+            METRICS.upstream_restarts.with_label_values(&[&self.config.name]).inc();
+        }
+        let connection = tokio::time::timeout(self.config.timeout, self.connect())
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.config.name.clone(), self.config.timeout))??;
+        let connection = Arc::new(connection);
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(upstream = %self.config.name, "connected to upstream");
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn connect(&self) -> Result<Connection, UpstreamError> {
+        let name = &self.config.name;
+        let failed = |e: String| UpstreamError::Connect(name.clone(), e);
+        let handler = UpstreamClient { changed: self.changed.clone() };
+        if !self.config.url.is_empty() {
+            let mut headers = HashMap::new();
+            for (key, setting) in &self.config.headers {
+                let Some(secret) = self.secrets.resolve_setting(setting).await.map_err(|e| failed(e.to_string()))?
+                else {
+                    continue;
+                };
+                let value = http::HeaderValue::from_str(secret.expose())
+                    .map_err(|_| failed(format!("header {key}: not a valid header value")))?;
+                headers.insert(http::HeaderName::try_from(key.as_str()).map_err(|e| failed(e.to_string()))?, value);
+            }
+            let mut config =
+                StreamableHttpClientTransportConfig::with_uri(self.config.url.as_str()).custom_headers(headers);
+            if let Some(token) =
+                self.secrets.resolve_setting(&self.config.bearer).await.map_err(|e| failed(e.to_string()))?
+            {
+                config = config.auth_header(token.expose().to_owned());
+            }
+            let transport = StreamableHttpClientTransport::from_config(config);
+            handler.serve(transport).await.map_err(|e| failed(e.to_string()))
+        } else {
+            let mut command = tokio::process::Command::new(&self.config.command[0]);
+            command.args(&self.config.command[1..]).env_clear().kill_on_drop(true);
+            for key in ["PATH", "HOME", "LANG"] {
+                if let Ok(value) = std::env::var(key) {
+                    command.env(key, value);
+                }
+            }
+            for (key, setting) in &self.config.env {
+                if let Some(secret) =
+                    self.secrets.resolve_setting(setting).await.map_err(|e| failed(format!("env {key}: {e}")))?
+                {
+                    command.env(key, secret.expose());
+                }
+            }
+            let process = TokioChildProcess::new(command).map_err(|e| failed(e.to_string()))?;
+            handler.serve(process).await.map_err(|e| failed(e.to_string()))
+        }
+    }
+
+    /// Lists the upstream's tools again (connecting if need be); returns
+    /// whether they changed.
+    pub async fn refresh(&self) -> Result<bool, UpstreamError> {
+        let connection = self.connection().await?;
+        let listed = tokio::time::timeout(self.config.timeout, connection.peer().list_all_tools())
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.config.name.clone(), self.config.timeout))?
+            .map_err(|e| UpstreamError::Call(self.config.name.clone(), e.to_string()))?;
+        let changed = *self.tools.load_full() != listed;
+        self.tools.store(Arc::new(listed));
+        Ok(changed)
+    }
+
+    /// Calls `tool` with exactly `arguments`, through the breaker, within
+    /// the timeout; retried only for a tool the upstream marks read-only or
+    /// idempotent, and only when the attempt did not reach it or broke.
+    pub async fn call(&self, tool: &str, arguments: Option<JsonObject>) -> Result<CallToolResult, UpstreamError> {
+        let retriable =
+            self.tools().iter().find(|t| t.name == tool).and_then(|t| t.annotations.as_ref()).is_some_and(|a| {
+                a.read_only_hint == Some(true) || (a.idempotent_hint == Some(true) && a.destructive_hint != Some(true))
+            });
+        let attempts = if retriable { 1 + self.config.retries } else { 1 };
+        let mut last = None;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+            }
+            match self.attempt(tool, arguments.clone()).await {
+                Ok(result) => return Ok(result),
+                // The upstream answered (or was not tried): never again.
+                Err(error @ (UpstreamError::Open(..) | UpstreamError::Call(..))) => return Err(error),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    async fn attempt(&self, tool: &str, arguments: Option<JsonObject>) -> Result<CallToolResult, UpstreamError> {
+        let permit = self
+            .breaker
+            .try_acquire()
+            .map_err(|rejected| UpstreamError::Open(self.config.name.clone(), rejected.retry_after))?;
+        let outcome = async {
+            let connection = self.connection().await?;
+            let mut params = CallToolRequestParams::new(tool.to_owned());
+            params.arguments = arguments;
+            match tokio::time::timeout(self.config.timeout, connection.peer().call_tool(params)).await {
+                Err(_) => Err(UpstreamError::Timeout(self.config.name.clone(), self.config.timeout)),
+                Ok(Ok(result)) => Ok(result),
+                Ok(Err(ServiceError::McpError(error))) => {
+                    // The upstream answered: it is up, the call was wrong.
+                    Err(UpstreamError::Call(self.config.name.clone(), error.message.to_string()))
+                }
+                Ok(Err(error)) => {
+                    // The connection is gone (a command that exited): the
+                    // next call makes a new one.
+                    self.forget(&connection).await;
+                    Err(UpstreamError::Connect(self.config.name.clone(), error.to_string()))
+                }
+            }
+        }
+        .await;
+        permit.record(match &outcome {
+            Ok(_) | Err(UpstreamError::Call(..)) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        });
+        outcome
+    }
+
+    /// Drops `broken` if it is still the current connection.
+    async fn forget(&self, broken: &Arc<Connection>) {
+        let mut slot = self.connection.lock().await;
+        if slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, broken)) {
+            slot.take();
+            METRICS.upstream_restarts.with_label_values(&[&self.config.name]).inc();
+        }
+    }
+
+    /// Closes the connection (a command is stopped).
+    pub async fn close(&self) {
+        if let Some(connection) = self.connection.lock().await.take()
+            && let Ok(mut connection) = Arc::try_unwrap(connection)
+        {
+            let _ = connection.close_with_timeout(Duration::from_secs(2)).await;
+        }
+    }
+}
