@@ -44,6 +44,14 @@ rules:
     when: "!action.params.to.endsWith('@example.com')"
     effect: deny
     reason: "mail only to example.com"
+  - name: cost-cap
+    when: "action.estimated_cost > 10000.0"
+    effect: deny
+    reason: "over the cost cap"
+  - name: unsure-agents-wait
+    when: "agent.confidence < 0.5"
+    effect: deny
+    reason: "the agent is unsure"
   - name: agents-may-work
     effect: allow
 "#;
@@ -102,7 +110,7 @@ upstreams:
     retries: 2
     breaker_failures: 50
     tools:
-      refund: { action: issue_refund, resource: "order/{{order_id}}" }
+      refund: { action: issue_refund, resource: "order/{{order_id}}", cost: amount }
 "#;
 
 impl Default for Options {
@@ -308,6 +316,7 @@ async fn allowed_calls_reach_the_upstream_with_exactly_their_arguments_and_are_r
     // what the tool did are both on the agent's trail, tied by the decision.
     let decisions = trail(&stack, "support-bot", "policy_evaluation", 1).await;
     let decision = decisions.last().unwrap();
+    assert_eq!(field(decision, "agent")["confidence"], 1.0, "the SDK's default");
     assert_eq!(field(decision, "action"), "issue_refund");
     assert_eq!(field(decision, "resource"), "order/A-42");
     assert_eq!(field(decision, "params")["amount"], 40.5);
@@ -354,6 +363,47 @@ async fn denied_hidden_and_unknown_calls_never_reach_the_upstream() {
     )
     .await;
     assert!(text(&huge).starts_with("invalid arguments"), "{}", text(&huge));
+    // The cost comes from the argument the mapping names; a confidence, from
+    // the client's _meta (1.0, the SDK's default, without one).
+    let costly = call(&client, "billing__refund", serde_json::json!({"order_id": "1", "amount": 20000})).await;
+    assert!(text(&costly).contains("over the cost cap"), "{}", text(&costly));
+    let priceless = call(&client, "billing__refund", serde_json::json!({"order_id": "1", "amount": "lots"})).await;
+    assert!(text(&priceless).contains("the call's cost, must be a number"), "{}", text(&priceless));
+    for (confidence, expected) in [
+        (serde_json::json!(0.2), "the agent is unsure"),
+        (serde_json::json!("high"), "must be a number from 0 to 1"),
+        (serde_json::json!(1.5), "must be a number from 0 to 1"),
+    ] {
+        let mut params =
+            CallToolRequestParams::new("billing__lookup").with_arguments(args(serde_json::json!({"order_id": "1"})));
+        let mut meta = rmcp::model::RequestMetaObject::new();
+        meta.insert(warden_mcp_gateway::gateway::CONFIDENCE_META.to_owned(), confidence);
+        params.meta = Some(meta);
+        let answer = client.peer().call_tool(params).await.unwrap();
+        assert!(text(&answer).contains(expected), "{}", text(&answer));
+    }
+    for correlation in
+        [serde_json::json!("x".repeat(129)), serde_json::json!("a\nb"), serde_json::json!(7), serde_json::json!("")]
+    {
+        let mut params =
+            CallToolRequestParams::new("billing__lookup").with_arguments(args(serde_json::json!({"order_id": "1"})));
+        let mut meta = rmcp::model::RequestMetaObject::new();
+        meta.insert(warden_mcp_gateway::gateway::CORRELATION_META.to_owned(), correlation);
+        params.meta = Some(meta);
+        let answer = client.peer().call_tool(params).await.unwrap();
+        assert!(text(&answer).contains("must be 1 to 128 printable ASCII"), "{}", text(&answer));
+    }
+    {
+        let expected = "must be a number from 0 to 1";
+        let confidence = serde_json::json!(-0.1);
+        let mut params =
+            CallToolRequestParams::new("billing__lookup").with_arguments(args(serde_json::json!({"order_id": "1"})));
+        let mut meta = rmcp::model::RequestMetaObject::new();
+        meta.insert(warden_mcp_gateway::gateway::CONFIDENCE_META.to_owned(), confidence);
+        params.meta = Some(meta);
+        let answer = client.peer().call_tool(params).await.unwrap();
+        assert!(text(&answer).contains(expected), "{}", text(&answer));
+    }
     assert!(received(&stack).is_empty(), "{:?}", received(&stack));
 
     // Allowed to another agent (the rule names support-bot), who sees it.
@@ -638,5 +688,32 @@ async fn sessions_hear_when_the_policies_change_what_they_may_see() {
     .await;
     let after = client.peer().list_all_tools().await.unwrap();
     assert!(!after.iter().any(|t| t.name == "billing__lookup"));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn the_client_config_the_readme_shows_connects_an_mcp_client() {
+    let Some(stack) = stack(Options::default()).await else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("examples/mcp/client.json")).unwrap()).unwrap();
+    let server = &config["mcpServers"]["support-desk"];
+    assert_eq!(server["type"], "http");
+    // The address `cargo xtask dev` serves; here, this test's gateway.
+    let default = format!("http://{}/mcp", GatewayConfig::default().mcp_listen);
+    assert_eq!(server["url"], default.as_str());
+    let url = server["url"].as_str().unwrap().replace(&default, &stack.gateway.mcp_url());
+    let mut headers = std::collections::HashMap::new();
+    for (name, value) in server["headers"].as_object().unwrap() {
+        let value = value.as_str().unwrap().replace("${WARDEN_API_KEY}", stack.keys.token("agent"));
+        headers
+            .insert(http::HeaderName::try_from(name.as_str()).unwrap(), http::HeaderValue::from_str(&value).unwrap());
+    }
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.as_str()).custom_headers(headers),
+    );
+    let client = Agent::default().serve(transport).await.unwrap();
+    let answer = call(&client, "billing__lookup", serde_json::json!({"order_id": "9"})).await;
+    assert_eq!(text(&answer), "order 9: shipped");
     stack.stop().await;
 }

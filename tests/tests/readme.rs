@@ -9,6 +9,9 @@
 //! xtask book`, which the README names in its text) are what `.ci/run`
 //! runs, which this test checks.
 //!
+//! A block after a `<!-- file: PATH -->` comment shows a repository file
+//! (an MCP client's config, the gateway's upstreams file): it must be that
+//! file, as it is, so what the README shows is what the tour runs with.
 //! Every other block belongs to a terminal of the tour, named by the
 //! `<!-- terminal: NAME -->` comment before it (GitHub does not show it).
 //! A terminal is one bash session (`set -eo pipefail`, stderr into
@@ -31,6 +34,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 #[derive(Debug, Clone, PartialEq)]
 struct Block {
     terminal: Option<String>,
+    /// The repository file the block shows.
+    file: Option<String>,
     language: String,
     text: String,
 }
@@ -38,12 +43,17 @@ struct Block {
 /// Every fenced block, with the terminal comment before it.
 fn blocks(readme: &str) -> Vec<Block> {
     let mut found = Vec::new();
-    let mut terminal = None;
+    let (mut terminal, mut file) = (None, None);
     let mut open: Option<(String, Vec<&str>)> = None;
     for line in readme.lines() {
         if let Some((language, lines)) = &mut open {
             if line.starts_with("```") {
-                found.push(Block { terminal: terminal.take(), language: language.clone(), text: lines.join("\n") });
+                found.push(Block {
+                    terminal: terminal.take(),
+                    file: file.take(),
+                    language: language.clone(),
+                    text: lines.join("\n"),
+                });
                 open = None;
             } else {
                 lines.push(line);
@@ -52,6 +62,8 @@ fn blocks(readme: &str) -> Vec<Block> {
             open = Some((rest.trim().to_string(), Vec::new()));
         } else if let Some(name) = line.trim().strip_prefix("<!-- terminal:").and_then(|r| r.strip_suffix("-->")) {
             terminal = Some(name.trim().to_string());
+        } else if let Some(path) = line.trim().strip_prefix("<!-- file:").and_then(|r| r.strip_suffix("-->")) {
+            file = Some(path.trim().to_string());
         }
     }
     assert!(open.is_none(), "an unclosed block in the README");
@@ -240,13 +252,21 @@ async fn the_readme_runs_as_written() {
         (warden_audit::AuditConfig::default().listen, "audit"),
         (warden_approval::ApprovalConfig::default().listen, "approval"),
         (warden_alerting::AlertingConfig::default().listen, "alerting"),
+        (format!("{}/mcp", warden_mcp_gateway::GatewayConfig::default().mcp_listen), "mcp gateway"),
     ] {
         assert!(help.contains(&format!("[default: http://{listen}]")), "{name}: {listen} not in\n{help}");
     }
 
+    // Blocks that show a file show it as it is.
+    for block in all.iter().filter(|b| b.file.is_some()) {
+        let path = block.file.as_deref().unwrap();
+        let content = std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(block.text.trim_end(), content.trim_end(), "the README shows {path} otherwise than it is");
+    }
+
     // Every other block is a step of the tour, in a named terminal.
-    let tour = &all[1..];
-    for block in tour {
+    let tour: Vec<&Block> = all[1..].iter().filter(|b| b.file.is_none()).collect();
+    for block in &tour {
         assert!(block.terminal.is_some(), "a README block names no terminal, so no test runs it:\n{}", block.text);
         assert!(["sh", "text"].contains(&block.language.as_str()), "a tour block is sh or text: {block:?}");
     }

@@ -48,7 +48,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
 
     println!();
     println!("Warden is running (Ctrl-C stops it)");
-    let Stack { policy_engine, audit, approval, alerting, keys, .. } = &stack;
+    let Stack { policy_engine, audit, approval, alerting, mcp_gateway, example_tools, keys, .. } = &stack;
     println!("  policy engine  grpc://{}   metrics {}", policy_engine.addr, metrics(policy_engine.metrics_addr));
     println!("  audit          grpc://{}   metrics {}", audit.addr, metrics(audit.metrics_addr));
     println!("  approval       grpc://{}   metrics {}", approval.addr, metrics(approval.metrics_addr));
@@ -59,6 +59,8 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     if let Some(api) = alerting.http_addr {
         println!("  alertmanager   http://{api}/api/v2/alerts (Prometheus and amtool; bearer: the oncall key)");
     }
+    println!("  mcp gateway    {}   metrics {}", mcp_gateway.mcp_url(), metrics(mcp_gateway.metrics_addr));
+    println!("                 (MCP clients: bearer the agent's key; tools of http://{example_tools}/mcp)");
     println!("  checkpoint key {}", audit.verifier_key);
     println!("  policies       {} (edit to reload)", policies.display());
     println!("  data           {}", data_dir.display());

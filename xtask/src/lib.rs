@@ -3,6 +3,7 @@
 //! tested against exactly what a newcomer starts.
 
 pub mod book;
+pub mod example_tools;
 pub mod stack;
 
 use std::path::PathBuf;

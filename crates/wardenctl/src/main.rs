@@ -9,6 +9,7 @@
 //!   verified here, against the signed checkpoint, so an auditor need not
 //!   trust the server.
 //! - `policy validate|reload|show`: policies on a running engine.
+//! - `mcp tools|call`: the MCP gateway as an agent sees it.
 //! - `completions SHELL`: shell completion scripts.
 //!
 //! Addresses and the credential come from flags or the environment
@@ -24,6 +25,7 @@ mod alerts;
 mod dead_letters;
 mod evaluate;
 mod keys;
+mod mcp;
 mod remote;
 
 #[derive(Debug, Parser)]
@@ -71,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: remote::PolicyCommand,
     },
+    /// The MCP gateway as an agent sees it: tools, call.
+    Mcp {
+        #[command(subcommand)]
+        command: mcp::McpCommand,
+    },
     /// Dead letters: what a service's receivers refused for good; list, replay.
     DeadLetters {
         #[command(subcommand)]
@@ -116,6 +123,7 @@ fn main() -> ExitCode {
         Command::Killswitch { command } => remote::runtime().block_on(remote::killswitch(&cli.remote, command)),
         Command::Audit { command } => remote::runtime().block_on(remote::audit(&cli.remote, command)),
         Command::Policy { command } => remote::runtime().block_on(remote::policy(&cli.remote, command)),
+        Command::Mcp { command } => remote::runtime().block_on(mcp::run(&cli.remote, command)),
         Command::DeadLetters { command } => remote::runtime().block_on(dead_letters::run(&cli.remote, command)),
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -49,6 +49,9 @@ pub struct RemoteArgs {
         default_value = "http://127.0.0.1:50054"
     )]
     pub(crate) alerting_addr: String,
+    /// The MCP gateway's endpoint (`wardenctl mcp`).
+    #[arg(long, global = true, env = "WARDEN_MCP_ADDR", default_value = "http://127.0.0.1:8095/mcp")]
+    mcp_addr: String,
     /// API key or token, sent as `authorization: Bearer ...`.
     #[arg(long, global = true, env = "WARDEN_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -58,7 +61,7 @@ pub struct RemoteArgs {
     /// Output: table (for people) or json (for scripts).
     #[arg(short, long, global = true, default_value = "table")]
     pub(crate) output: Output,
-    /// A TOML profile with addr, audit_addr, approval_addr, alerting_addr, api_key, ca.
+    /// A TOML profile with addr, audit_addr, approval_addr, alerting_addr, mcp_addr, api_key, ca.
     #[arg(long, global = true, env = "WARDEN_PROFILE")]
     profile: Option<PathBuf>,
 }
@@ -84,6 +87,7 @@ struct Profile {
     audit_addr: Option<String>,
     approval_addr: Option<String>,
     alerting_addr: Option<String>,
+    mcp_addr: Option<String>,
     api_key: Option<String>,
     ca: Option<PathBuf>,
 }
@@ -116,6 +120,11 @@ impl RemoteArgs {
         {
             self.alerting_addr = addr;
         }
+        if self.mcp_addr == "http://127.0.0.1:8095/mcp"
+            && let Some(addr) = profile.mcp_addr
+        {
+            self.mcp_addr = addr;
+        }
         if self.api_key.is_none() {
             self.api_key = profile.api_key;
         }
@@ -141,6 +150,16 @@ impl RemoteArgs {
     /// The approval service's address.
     pub(crate) fn approval_addr(&self) -> &str {
         &self.approval_addr
+    }
+
+    /// The MCP gateway's endpoint URL.
+    pub(crate) fn mcp_addr(&self) -> &str {
+        &self.mcp_addr
+    }
+
+    /// The credential, if one was given.
+    pub(crate) fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref()
     }
 
     pub(crate) async fn channel(&self, url: &str) -> Result<Stack, Failure> {

@@ -36,6 +36,16 @@ pub struct AgentId(pub String);
 /// redeems (the gateway also remembers the approvals it opened).
 pub const APPROVAL_META: &str = "warden.dev/approval_id";
 
+/// The `_meta` key under which an agent may tie its call to a ticket,
+/// conversation or workflow (the decision's correlation id); without one,
+/// `mcp:<session>:<request id>`.
+pub const CORRELATION_META: &str = "warden.dev/correlation_id";
+
+/// The `_meta` key under which an agent may report its confidence (0 to
+/// 1), as an SDK agent does in its request; 1.0 when absent, the SDK's
+/// default.
+pub const CONFIDENCE_META: &str = "warden.dev/confidence";
+
 /// A rule that denies some tools to some agents whatever the call says:
 /// those tools are not listed to those agents.
 #[derive(Debug)]
@@ -136,6 +146,14 @@ impl Ended {
             Ended::Refused => "refused",
         }
     }
+}
+
+/// What a call's `_meta` says about it: the agent's own word, which the
+/// policies may read like any agent's request but which decides no
+/// identity.
+struct Claims {
+    confidence: Option<serde_json::Value>,
+    correlation_id: Option<serde_json::Value>,
 }
 
 /// One tool call, resolved against the upstreams and the tool's mapping.
@@ -261,9 +279,11 @@ impl Gateway {
             return error_result(format!("unknown tool {:?}: call tools/list for the tools you may use", params.name));
         };
         let (name, tool_name) = (upstream.config.name.clone(), tool.to_owned());
-        let approval_meta =
-            params.meta.as_ref().and_then(|m| m.get(APPROVAL_META)).and_then(|v| v.as_str()).map(str::to_owned);
-        let (ended, result) = match self.prepare(agent, upstream, tool, params.arguments, context) {
+        // The call's `_meta` (rmcp hands it over in the context).
+        let meta = |key: &str| context.meta.get(key).or_else(|| params.meta.as_ref().and_then(|m| m.get(key))).cloned();
+        let approval_meta = meta(APPROVAL_META).and_then(|v| v.as_str().map(str::to_owned));
+        let claims = Claims { confidence: meta(CONFIDENCE_META), correlation_id: meta(CORRELATION_META) };
+        let (ended, result) = match self.prepare(agent, upstream, tool, params.arguments, claims, context) {
             Ok(call) => self.decide_and_forward(call, approval_meta, context).await,
             Err(message) => (Ended::Refused, error_result(message)),
         };
@@ -279,15 +299,37 @@ impl Gateway {
         upstream: &'a Arc<Upstream>,
         tool: &'a str,
         arguments: Option<JsonObject>,
+        claims: Claims,
         context: &RequestContext<RoleServer>,
     ) -> Result<Call<'a>, String> {
         let action_type = Gateway::action_type(upstream, tool);
-        let template = upstream.config.tools.get(tool).map(|m| m.resource.as_str()).unwrap_or_default();
+        let mapping = upstream.config.tools.get(tool);
+        let template = mapping.map(|m| m.resource.as_str()).unwrap_or_default();
         let resource = Template::parse(template)
             .map_err(|e| format!("the gateway's resource template for this tool is broken: {e}"))?
             .render(arguments.as_ref())
             .map_err(|missing| missing.to_string())?;
         check_numbers(arguments.as_ref())?;
+        let estimated_cost = match mapping.map(|m| m.cost.as_str()).filter(|c| !c.is_empty()) {
+            None => 0.0,
+            Some(path) => {
+                let mut value = arguments.as_ref().and_then(|a| a.get(path.split('.').next().unwrap_or_default()));
+                for key in path.split('.').skip(1) {
+                    value = value.and_then(|v| v.get(key));
+                }
+                match value.and_then(serde_json::Value::as_f64) {
+                    Some(cost) if cost.is_finite() && cost >= 0.0 => cost,
+                    _ => return Err(format!("argument {path:?}, the call's cost, must be a number >= 0")),
+                }
+            }
+        };
+        let confidence = match claims.confidence {
+            None => 1.0,
+            Some(value) => match value.as_f64() {
+                Some(c) if (0.0..=1.0).contains(&c) => c,
+                _ => return Err(format!("_meta {CONFIDENCE_META:?} must be a number from 0 to 1, not {value}")),
+            },
+        };
         let params = arguments.as_ref().map(warden_client::json::json_to_struct);
         let mut v = warden_errors::Validator::new();
         v.max_len("resource", &resource, warden_contract::bounds::RESOURCE_BYTES);
@@ -298,10 +340,22 @@ impl Gateway {
         let canonical = serde_json::to_string(&arguments).expect("json");
         let key = hex::encode(Sha256::digest(format!("{agent}\n{action_type}\n{resource}\n{canonical}")));
         let request = pb::EvaluateRequest {
-            agent: Some(pb::Agent { id: agent.to_owned(), ..Default::default() }),
-            action: Some(pb::Action { r#type: action_type, resource, estimated_cost: 0.0, params }),
+            agent: Some(pb::Agent { id: agent.to_owned(), confidence, ..Default::default() }),
+            action: Some(pb::Action { r#type: action_type, resource, estimated_cost, params }),
             time: None,
-            correlation_id: correlation_id(context),
+            correlation_id: match claims.correlation_id {
+                None => correlation_id(context),
+                Some(serde_json::Value::String(id))
+                    if !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()) =>
+                {
+                    id
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "_meta {CORRELATION_META:?} must be 1 to 128 printable ASCII characters, not {other}"
+                    ));
+                }
+            },
             approval_id: String::new(),
         };
         Ok(Call { agent, upstream, tool, arguments, request, key })
@@ -453,7 +507,7 @@ impl Gateway {
             decision_id: decision.decision_id.clone(),
             status,
             duration,
-            cost: 0.0,
+            cost: action.estimated_cost,
             cost_type: None,
             error_class,
         })

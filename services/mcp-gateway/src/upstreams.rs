@@ -88,6 +88,10 @@ pub struct ToolMapping {
     /// an argument cannot add path segments or glob characters.
     #[serde(default)]
     pub resource: String,
+    /// `action.estimated_cost`: the argument (`amount`, `a.b`) holding the
+    /// call's cost, a number >= 0; none: 0.
+    #[serde(default)]
+    pub cost: String,
 }
 
 fn default_timeout() -> Duration {
@@ -157,6 +161,9 @@ impl UpstreamsFile {
             for (tool, mapping) in &upstream.tools {
                 crate::template::Template::parse(&mapping.resource)
                     .map_err(|e| format!("{at}.tools.{tool}.resource: {e}"))?;
+                if !mapping.cost.is_empty() && mapping.cost.split('.').any(str::is_empty) {
+                    return Err(format!("{at}.tools.{tool}.cost: {:?} is no argument name", mapping.cost));
+                }
                 if mapping.action.len() > warden_contract::bounds::NAME_BYTES {
                     return Err(format!("{at}.tools.{tool}.action: too long"));
                 }
