@@ -53,6 +53,7 @@ fn the_compose_stack_is_consistent_with_the_code() {
             "warden-audit" => warden_config::load::<warden_audit::AuditConfig>(&sources).map(drop),
             "warden-approval" => warden_config::load::<warden_approval::ApprovalConfig>(&sources).map(drop),
             "warden-alerting" => warden_config::load::<warden_alerting::AlertingConfig>(&sources).map(drop),
+            "warden-mcp-gateway" => warden_config::load::<warden_mcp_gateway::GatewayConfig>(&sources).map(drop),
             _ => continue,
         };
         assert!(loaded.is_ok(), "{name}: {}", loaded.unwrap_err());
@@ -62,7 +63,14 @@ fn the_compose_stack_is_consistent_with_the_code() {
         checked.push(command.to_owned());
     }
     checked.sort();
-    assert_eq!(checked, ["warden-alerting", "warden-approval", "warden-audit", "warden-policy-engine"]);
+    assert_eq!(
+        checked,
+        ["warden-alerting", "warden-approval", "warden-audit", "warden-mcp-gateway", "warden-policy-engine"]
+    );
+    // The gateway's upstreams file is one it accepts.
+    let gateway = warden_mcp_gateway::GatewayConfig::default();
+    warden_mcp_gateway::upstreams::UpstreamsFile::load(&root().join("deploy/mcp-upstreams.yaml"), &gateway.separator)
+        .unwrap();
     // Every path the image copies exists.
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
     for line in dockerfile.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {

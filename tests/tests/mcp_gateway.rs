@@ -717,3 +717,34 @@ async fn the_client_config_the_readme_shows_connects_an_mcp_client() {
     assert_eq!(text(&answer), "order 9: shipped");
     stack.stop().await;
 }
+
+const EXAMPLE_TOOLS: &str = r#"
+upstreams:
+  - name: support
+    command: ["{python}", "{example}", "--transport", "stdio"]
+    tools:
+      issue_refund: { action: issue_refund, resource: "order/{{order_id}}" }
+"#;
+
+#[tokio::test]
+async fn the_example_tools_on_the_python_sdk_serve_behind_the_gateway() {
+    // examples/mcp/server.py, which the compose stack runs over HTTP,
+    // spawned by the gateway as a command here.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mcp/server.py");
+    let upstreams: &'static str =
+        Box::leak(EXAMPLE_TOOLS.replace("{example}", &example.display().to_string()).into_boxed_str());
+    let Some(stack) = stack(Options { upstreams, ..Options::default() }).await else { return };
+    let client = connect(&stack, stack.keys.token("agent")).await;
+    let mut tools: Vec<String> =
+        client.peer().list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
+    tools.sort();
+    assert_eq!(
+        tools,
+        ["support__delete_customer", "support__issue_refund", "support__lookup_order", "support__send_email"]
+    );
+    let done = call(&client, "support__issue_refund", serde_json::json!({"order_id": "77", "amount": 12.5})).await;
+    assert_eq!(text(&done), "refunded 12.5 on order 77");
+    let looked = call(&client, "support__lookup_order", serde_json::json!({"order_id": "77"})).await;
+    assert_eq!(text(&looked), "order 77: shipped");
+    stack.stop().await;
+}

@@ -30,6 +30,8 @@ pub enum Target {
     Approval(crate::bench_approval::ApprovalArgs),
     /// Whether alerting keeps up with the audit log; posted alert to webhook latency.
     Alerting(crate::bench_alerting::AlertingArgs),
+    /// tools/call straight to an MCP server vs through the MCP gateway.
+    Mcp(crate::bench_mcp::McpArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,6 +85,7 @@ pub async fn run(target: Target) -> Result<(), String> {
         Target::Audit(args) => crate::bench_audit::run(args).await,
         Target::Approval(args) => crate::bench_approval::run(args).await,
         Target::Alerting(args) => crate::bench_alerting::run(args).await,
+        Target::Mcp(args) => crate::bench_mcp::run(args).await,
     }
 }
 

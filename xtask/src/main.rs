@@ -26,6 +26,7 @@ mod bench_approval;
 mod bench_audit;
 mod bench_h2load;
 mod bench_log;
+mod bench_mcp;
 mod dev;
 mod tidy;
 

@@ -255,8 +255,11 @@ mod tests {
         ]
         .into();
         assert_eq!(roles_for("/warden.audit.v1.AuditService/Verify", &grants), ["admin", "auditor", "compliance"]);
-        assert_eq!(roles_for("/warden.policy.v1.PolicyService/GetPolicies", &grants), ["admin", "auditor", "support"]);
-        assert_eq!(roles_for("/warden.policy.v1.PolicyService/Evaluate", &grants), ["admin", "agent"]);
+        assert_eq!(
+            roles_for("/warden.policy.v1.PolicyService/GetPolicies", &grants),
+            ["admin", "auditor", "service", "support"]
+        );
+        assert_eq!(roles_for("/warden.policy.v1.PolicyService/Evaluate", &grants), ["admin", "agent", "service"]);
         assert_eq!(roles_for("/unknown.Service/Call", &grants), ["admin"]);
         assert_eq!(split_path("/a.B/C"), Some(("a.B", "C")));
         assert_eq!(split_path("/a.B"), None);
