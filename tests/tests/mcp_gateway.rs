@@ -748,3 +748,59 @@ async fn the_example_tools_on_the_python_sdk_serve_behind_the_gateway() {
     assert_eq!(text(&looked), "order 77: shipped");
     stack.stop().await;
 }
+
+/// `warden-mcp-gateway stdio` for `agent` with `token`, as a local MCP
+/// client spawns it, on this stack's upstreams and services.
+async fn stdio_gateway(stack: &Stack, token: &str, agent: &str) -> RunningService<RoleClient, ()> {
+    let binary = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("warden-mcp-gateway");
+    assert!(binary.exists(), "{} (built by cargo test --workspace)", binary.display());
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .arg("stdio")
+        .arg("--upstreams")
+        .arg(stack.sandbox.data.path().join("upstreams.yaml"))
+        .args(["--policy-engine-url", &stack.engine.url()])
+        .args(["--approval-url", &stack.approval.url()])
+        .args(["--audit-url", &stack.audit.url()])
+        .arg("--data-dir")
+        .arg(stack.sandbox.data.path().join(format!("stdio-{agent}-{}", &token[..12])))
+        .env_remove("WARDEN_API_KEY")
+        .env("WARDEN_API_KEY", token)
+        .env("WARDEN_AGENT_ID", agent)
+        .env("WARDEN__OUTBOX_INTERVAL", "20ms");
+    let process = rmcp::transport::TokioChildProcess::new(command).unwrap();
+    ().serve(process).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_stdio_gateway_serves_one_agent_on_its_own_credential() {
+    let Some(stack) = stack(Options::default()).await else { return };
+    let client = stdio_gateway(&stack, stack.keys.token("agent"), "support-bot").await;
+    // The agent's key may not read the policies: every tool is listed, and
+    // a denied one is still never called.
+    let tools: Vec<String> =
+        client.peer().list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
+    assert!(tools.contains(&"billing__delete_record".to_string()), "{tools:?}");
+    let call = |name: &str, arguments: serde_json::Value| {
+        let params = CallToolRequestParams::new(name.to_owned()).with_arguments(args(arguments));
+        client.peer().call_tool(params)
+    };
+    assert_eq!(text(&call("billing__lookup", serde_json::json!({"order_id": "4"})).await.unwrap()), "order 4: shipped");
+    let denied = call("billing__delete_record", serde_json::json!({"record_id": "4"})).await.unwrap();
+    assert!(text(&denied).contains("support agents never delete records"), "{}", text(&denied));
+    let completed = trail(&stack, "support-bot", "action_completed", 1).await;
+    assert_eq!(field(&completed[0], "status"), "success");
+    assert_eq!(received(&stack).len(), 1);
+    client.cancel().await.unwrap();
+
+    // Another principal's key naming this agent: the engine refuses it, so
+    // nothing is called.
+    let impostor = stdio_gateway(&stack, stack.keys.token("ops-bot"), "support-bot").await;
+    let params =
+        CallToolRequestParams::new("billing__lookup").with_arguments(args(serde_json::json!({"order_id": "5"})));
+    let refused = impostor.peer().call_tool(params).await.unwrap();
+    assert!(text(&refused).contains("may not act as agent support-bot"), "{}", text(&refused));
+    assert_eq!(received(&stack).len(), 1);
+    impostor.cancel().await.unwrap();
+    stack.stop().await;
+}

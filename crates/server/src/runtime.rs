@@ -60,6 +60,12 @@ pub trait Service: Sized + Send + 'static {
 #[macro_export]
 macro_rules! main {
     ($server:ty, $about:literal, { $( $(#[doc = $doc:literal])* $flag:ident ),* $(,)? }) => {
+        $crate::main!($server, $about, { $( $(#[doc = $doc])* $flag ),* }, before = $crate::runtime::no_subcommand);
+    };
+    // `before` runs first and may take the process over (a subcommand of
+    // the binary's own, such as the MCP gateway's `stdio`): `Some(code)`
+    // ends it with that code.
+    ($server:ty, $about:literal, { $( $(#[doc = $doc:literal])* $flag:ident ),* $(,)? }, before = $before:path) => {
         #[derive(Debug, clap::Parser)]
         #[command(version, about = $about)]
         struct Args {
@@ -75,6 +81,9 @@ macro_rules! main {
         static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
         fn main() -> std::process::ExitCode {
+            if let Some(code) = $before() {
+                return code;
+            }
             let args = <Args as clap::Parser>::parse();
             #[allow(unused_mut)]
             let mut sources = args.common.sources();
@@ -88,6 +97,11 @@ macro_rules! main {
             }
         }
     };
+}
+
+/// The `before` of a binary without subcommands of its own.
+pub fn no_subcommand() -> Option<ExitCode> {
+    None
 }
 
 /// Implements [`Service`] for a server type whose config has `telemetry`

@@ -44,11 +44,19 @@ pub struct TelemetryConfig {
     /// OTLP/gRPC collector endpoint, e.g. `http://127.0.0.1:4317`; empty
     /// disables trace export.
     pub otlp_endpoint: String,
+    /// Log to stderr instead of stdout (a process whose stdout is a
+    /// protocol: the MCP gateway's stdio mode).
+    pub log_to_stderr: bool,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { log_format: LogFormat::Pretty, log_level: "info".into(), otlp_endpoint: String::new() }
+        TelemetryConfig {
+            log_format: LogFormat::Pretty,
+            log_level: "info".into(),
+            otlp_endpoint: String::new(),
+            log_to_stderr: false,
+        }
     }
 }
 
@@ -108,15 +116,23 @@ pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<Tele
     };
 
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let writer = if config.log_to_stderr {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    } else {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
+    };
+    let terminal = if config.log_to_stderr {
+        std::io::IsTerminal::is_terminal(&std::io::stderr())
+    } else {
+        std::io::IsTerminal::is_terminal(&std::io::stdout())
+    };
     let result = match config.log_format {
-        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true)).try_init(),
-        LogFormat::Pretty => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .compact()
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
-            )
-            .try_init(),
+        LogFormat::Json => {
+            registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(writer)).try_init()
+        }
+        LogFormat::Pretty => {
+            registry.with(tracing_subscriber::fmt::layer().compact().with_ansi(terminal).with_writer(writer)).try_init()
+        }
     };
     if result.is_err() {
         // Already initialised (tests, or several services in one process).

@@ -660,6 +660,19 @@ impl ServerHandler for Handler {
     ) -> Result<CallToolResponse, McpError> {
         let agent = self.agent::<RoleServer>(&context.extensions)?;
         let span = tracing::info_span!("mcp.tools_call", agent_id = %agent, tool = %request.name);
+        // The agent's trace, when it sends one (W3C `traceparent` in the
+        // call's `_meta`, as OpenTelemetry's MCP conventions put it, or as
+        // an HTTP header): the decision and the upstream call continue it.
+        let traceparent = context.meta.get("traceparent").and_then(|v| v.as_str().map(str::to_owned)).or_else(|| {
+            let parts = context.extensions.get::<http::request::Parts>()?;
+            parts.headers.get("traceparent")?.to_str().ok().map(str::to_owned)
+        });
+        if let Some(traceparent) = traceparent.filter(|t| t.len() <= 128) {
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+                &span,
+                warden_telemetry::context_from_traceparent(&traceparent),
+            );
+        }
         let result = tracing::Instrument::instrument(self.gateway.call(&agent, request, &context), span).await;
         Ok(result.into())
     }

@@ -10,6 +10,8 @@
 //! - [`template`]: the resource of a call, from its arguments.
 //! - [`http`]: MCP over Streamable HTTP behind Warden's auth, and the
 //!   Protected Resource Metadata; [`server`]: startup and shutdown.
+//! - [`stdio`]: `warden-mcp-gateway stdio`, MCP on stdin/stdout for one
+//!   agent, for clients that spawn a command.
 //!
 //! The library is the service; `main.rs` only loads config and serves.
 //! This crate must not depend on any other service crate: it meets the
@@ -21,6 +23,7 @@ pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod server;
+pub mod stdio;
 pub mod template;
 pub mod upstreams;
 

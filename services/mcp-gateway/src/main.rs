@@ -1,5 +1,6 @@
 //! `warden-mcp-gateway`: loads config, initialises telemetry, serves until
-//! Ctrl-C or SIGTERM.
+//! Ctrl-C or SIGTERM; `warden-mcp-gateway stdio ...` serves one agent on
+//! stdin/stdout instead.
 
 use warden_mcp_gateway::GatewayServer;
 
@@ -14,4 +15,4 @@ warden_server::main!(GatewayServer, "The Warden MCP gateway: Warden's decisions 
     approval_url,
     /// The audit service that records what each call did.
     audit_url,
-});
+}, before = warden_mcp_gateway::stdio::subcommand);

@@ -20,8 +20,9 @@ use crate::upstreams::{Upstream, UpstreamsFile};
 
 pub use warden_server::StartError;
 
-const OUTBOX: warden_store::outbox::Outbox = warden_store::outbox::Outbox { table: "mcp_gateway_outbox" };
-const LEASE: Duration = Duration::from_secs(60);
+/// The gateway's outbox of audit events.
+pub(crate) const OUTBOX: warden_store::outbox::Outbox = warden_store::outbox::Outbox { table: "mcp_gateway_outbox" };
+pub(crate) const LEASE: Duration = Duration::from_secs(60);
 
 /// A running gateway (its gRPC address through `Deref`; the MCP
 /// endpoint is `http://{mcp_addr}/mcp`).
@@ -33,11 +34,30 @@ pub struct GatewayServer {
 }
 
 /// The gateway queues audit events only: it sends no notifications.
-struct AuditOnly;
+pub(crate) struct AuditOnly;
 
 impl Notifier for AuditOnly {
     async fn notify(&self, receiver: &str, _body: &serde_json::Value) -> Notified {
         Notified::Failed(format!("the MCP gateway has no receiver {receiver:?}"))
+    }
+}
+
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
+}
+
+/// Reads policies and tools again every `every`, and when an upstream says
+/// its tools changed.
+pub(crate) async fn refreshing(gateway: Arc<Gateway>, every: Duration, changed: Arc<tokio::sync::Notify>) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = changed.notified() => {}
+        }
+        gateway.refresh().await;
     }
 }
 
@@ -72,16 +92,13 @@ impl GatewayServer {
             Some(warden_client::audit_client(&audit_config).map_err(client_error)?)
         };
         let recording = audit.is_some();
-        let now_micros = Arc::new(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
-        });
         let deliveries = Deliveries::new(
             "mcp-gateway",
             outbox.clone(),
             AuditOnly,
             audit,
             LEASE,
-            now_micros,
+            Arc::new(now_micros),
             Some(METRICS.outbox_pending.clone()),
         );
         runtime.spawn(deliveries.run(config.outbox_interval, None));
@@ -103,20 +120,7 @@ impl GatewayServer {
         });
         // Upstreams down now are connected at the next refresh or call.
         gateway.refresh().await;
-        let refreshing = gateway.clone();
-        let every = config.refresh_interval;
-        runtime.spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    _ = changed.notified() => {}
-                }
-                refreshing.refresh().await;
-            }
-        });
+        runtime.spawn(refreshing(gateway.clone(), config.refresh_interval, changed));
 
         let stop = CancellationToken::new();
         let listener = Runtime::bind_http(&config.mcp_listen).await?;

@@ -386,6 +386,12 @@ impl Upstream {
             let connection = self.connection().await?;
             let mut params = CallToolRequestParams::new(tool.to_owned());
             params.arguments = arguments;
+            // The trace goes on to the upstream (`_meta.traceparent`).
+            if let Some(traceparent) = warden_telemetry::current_traceparent() {
+                let mut meta = rmcp::model::RequestMetaObject::new();
+                meta.insert("traceparent".to_owned(), serde_json::Value::String(traceparent));
+                params.meta = Some(meta);
+            }
             match tokio::time::timeout(self.config.timeout, connection.peer().call_tool(params)).await {
                 Err(_) => Err(UpstreamError::Timeout(self.config.name.clone(), self.config.timeout)),
                 Ok(Ok(result)) => Ok(result),
