@@ -1,4 +1,5 @@
-//! The Python example agent (`examples/python/agent.py`) against real
+//! The Python example agent (`examples/python/agent.py`, on the Python
+//! client `clients/python`, which `.ci/run` installs) against real
 //! services: it is asked to refund 150, waits while a manager approves,
 //! acts, records the outcome, and prints its audit trail.
 
@@ -28,7 +29,6 @@ rules:
 async fn the_python_agent_waits_for_a_manager_then_acts_and_records() {
     let Some(python) = warden_tests::python::interpreter() else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let stubs = warden_tests::python::stubs(&python);
 
     let sandbox = Sandbox::new(&[("refunds.yaml", POLICY)]);
     let keys = identity::keys(sandbox.data.path());
@@ -49,7 +49,6 @@ async fn the_python_agent_waits_for_a_manager_then_acts_and_records() {
     agent
         .arg(root.join("examples/python/agent.py"))
         .args(["--amount", "150", "--wait", "30", "--correlation-id", "ticket-982"])
-        .env("WARDEN_STUBS", &stubs)
         .env("WARDEN_API_KEY", keys.token("agent"))
         // The URL form, as wardenctl takes it: one meaning everywhere.
         .env("WARDEN_ADDR", format!("http://{}", engine.addr))

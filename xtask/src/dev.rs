@@ -7,8 +7,9 @@
 //! to audit, and one for the alerting service (which also reads the log),
 //! writes their digests to `<data dir>/keys.toml` (which every service
 //! reads) and the tokens to `<data dir>/dev-keys/` (mode 0600), and prints
-//! them. Keys added in later versions are created on the next start. The
-//! stack itself is [`xtask::stack::Stack`], which the README's test runs.
+//! them. Keys added in later versions are created on the next start. It
+//! builds `wardenctl` first and says where it is. The stack itself is
+//! [`xtask::stack::Stack`], which the README's test runs.
 
 use std::path::PathBuf;
 
@@ -31,6 +32,29 @@ pub struct DevArgs {
     port_offset: u16,
 }
 
+/// Builds `wardenctl`, which the README's tour and the banner use, so its
+/// first use does not compile in silence; returns where it is.
+fn build_wardenctl(root: &std::path::Path) -> Option<PathBuf> {
+    println!("building wardenctl (the command-line client) ...");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo).args(["build", "-p", "wardenctl"]).current_dir(root).status();
+    match status {
+        Ok(status) if status.success() => {
+            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+            let target = if target.is_absolute() { target } else { root.join(target) };
+            Some(target.join("debug").join("wardenctl"))
+        }
+        Ok(status) => {
+            eprintln!("building wardenctl failed ({status}); the services start anyway");
+            None
+        }
+        Err(error) => {
+            eprintln!("cannot run cargo to build wardenctl ({error}); the services start anyway");
+            None
+        }
+    }
+}
+
 pub async fn run(args: DevArgs) -> Result<(), String> {
     let root = crate::workspace_root();
     let telemetry = warden_telemetry::TelemetryConfig {
@@ -41,6 +65,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     let data_dir = if args.data_dir.is_absolute() { args.data_dir } else { root.join(args.data_dir) };
     let policies = args.policies.unwrap_or_else(|| root.join("examples/policies"));
     let ports = if args.port_offset == 0 { Ports::Defaults } else { Ports::Offset(args.port_offset) };
+    let wardenctl = build_wardenctl(&root);
     println!("starting the services (data in {}) ...", data_dir.display());
     let stack = Stack::start(&data_dir, &policies, telemetry, ports).await?;
     let metrics =
@@ -61,6 +86,10 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     }
     println!("  mcp gateway    {}   metrics {}", mcp_gateway.mcp_url(), metrics(mcp_gateway.metrics_addr));
     println!("                 (MCP clients: bearer the agent's key; tools of http://{example_tools}/mcp)");
+    match &wardenctl {
+        Some(path) => println!("  wardenctl      {} (or: cargo run -q -p wardenctl -- ...)", path.display()),
+        None => println!("  wardenctl      not built (see above); cargo run -q -p wardenctl -- ... builds it"),
+    }
     println!("  checkpoint key {}", audit.verifier_key);
     println!("  policies       {} (edit to reload)", policies.display());
     println!("  data           {}", data_dir.display());
