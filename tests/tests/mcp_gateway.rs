@@ -225,6 +225,21 @@ async fn call(client: &RunningService<RoleClient, Agent>, tool: &str, arguments:
         .unwrap_or_else(|e| panic!("{tool}: {e}"))
 }
 
+/// A call whose `_meta` has `key: value`.
+async fn call_with_meta(
+    client: &RunningService<RoleClient, Agent>,
+    tool: &str,
+    arguments: serde_json::Value,
+    key: &str,
+    value: serde_json::Value,
+) -> CallToolResult {
+    let mut params = CallToolRequestParams::new(tool.to_owned()).with_arguments(args(arguments));
+    let mut meta = rmcp::model::RequestMetaObject::new();
+    meta.insert(key.to_owned(), value);
+    params.meta = Some(meta);
+    client.peer().call_tool(params).await.unwrap()
+}
+
 fn text(result: &CallToolResult) -> String {
     result.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<Vec<_>>().join("\n")
 }
@@ -369,40 +384,19 @@ async fn denied_hidden_and_unknown_calls_never_reach_the_upstream() {
     assert!(text(&costly).contains("over the cost cap"), "{}", text(&costly));
     let priceless = call(&client, "billing__refund", serde_json::json!({"order_id": "1", "amount": "lots"})).await;
     assert!(text(&priceless).contains("the call's cost, must be a number"), "{}", text(&priceless));
-    for (confidence, expected) in [
-        (serde_json::json!(0.2), "the agent is unsure"),
-        (serde_json::json!("high"), "must be a number from 0 to 1"),
-        (serde_json::json!(1.5), "must be a number from 0 to 1"),
+    use warden_mcp_gateway::gateway::{CONFIDENCE_META, CORRELATION_META};
+    for (key, value, expected) in [
+        (CONFIDENCE_META, serde_json::json!(0.2), "the agent is unsure"),
+        (CONFIDENCE_META, serde_json::json!("high"), "must be a number from 0 to 1"),
+        (CONFIDENCE_META, serde_json::json!(1.5), "must be a number from 0 to 1"),
+        (CONFIDENCE_META, serde_json::json!(-0.1), "must be a number from 0 to 1"),
+        (CORRELATION_META, serde_json::json!("x".repeat(129)), "must be 1 to 128 printable ASCII"),
+        (CORRELATION_META, serde_json::json!("a\nb"), "must be 1 to 128 printable ASCII"),
+        (CORRELATION_META, serde_json::json!(7), "must be 1 to 128 printable ASCII"),
+        (CORRELATION_META, serde_json::json!(""), "must be 1 to 128 printable ASCII"),
     ] {
-        let mut params =
-            CallToolRequestParams::new("billing__lookup").with_arguments(args(serde_json::json!({"order_id": "1"})));
-        let mut meta = rmcp::model::RequestMetaObject::new();
-        meta.insert(warden_mcp_gateway::gateway::CONFIDENCE_META.to_owned(), confidence);
-        params.meta = Some(meta);
-        let answer = client.peer().call_tool(params).await.unwrap();
-        assert!(text(&answer).contains(expected), "{}", text(&answer));
-    }
-    for correlation in
-        [serde_json::json!("x".repeat(129)), serde_json::json!("a\nb"), serde_json::json!(7), serde_json::json!("")]
-    {
-        let mut params =
-            CallToolRequestParams::new("billing__lookup").with_arguments(args(serde_json::json!({"order_id": "1"})));
-        let mut meta = rmcp::model::RequestMetaObject::new();
-        meta.insert(warden_mcp_gateway::gateway::CORRELATION_META.to_owned(), correlation);
-        params.meta = Some(meta);
-        let answer = client.peer().call_tool(params).await.unwrap();
-        assert!(text(&answer).contains("must be 1 to 128 printable ASCII"), "{}", text(&answer));
-    }
-    {
-        let expected = "must be a number from 0 to 1";
-        let confidence = serde_json::json!(-0.1);
-        let mut params =
-            CallToolRequestParams::new("billing__lookup").with_arguments(args(serde_json::json!({"order_id": "1"})));
-        let mut meta = rmcp::model::RequestMetaObject::new();
-        meta.insert(warden_mcp_gateway::gateway::CONFIDENCE_META.to_owned(), confidence);
-        params.meta = Some(meta);
-        let answer = client.peer().call_tool(params).await.unwrap();
-        assert!(text(&answer).contains(expected), "{}", text(&answer));
+        let answer = call_with_meta(&client, "billing__lookup", serde_json::json!({"order_id": "1"}), key, value).await;
+        assert!(text(&answer).contains(expected), "{key} {}", text(&answer));
     }
     assert!(received(&stack).is_empty(), "{:?}", received(&stack));
 

@@ -64,23 +64,26 @@ async fn sessions(url: &str, token: Option<&str>, n: usize) -> Result<Vec<Arc<Cl
     Ok(clients)
 }
 
-/// Each client calls `tool` back to back for `seconds`.
-async fn drive(clients: &[Arc<Client>], tool: &str, seconds: u64) -> Phase {
+/// `n` workers, each calling `call(worker, i)` back to back for `seconds`;
+/// a call answers whether it succeeded.
+async fn load<F, Fut>(n: usize, seconds: u64, call: F) -> Phase
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (n, client) in clients.iter().enumerate() {
-        let (client, tool) = (client.clone(), tool.to_owned());
+    for worker in 0..n {
+        let call = call.clone();
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut errors, mut i) = (Vec::new(), 0, 0u64);
             while Instant::now() < deadline {
-                let arguments = serde_json::json!({"order_id": format!("{n}-{i}")});
-                let params = CallToolRequestParams::new(tool.clone())
-                    .with_arguments(arguments.as_object().expect("an object").clone());
                 let begin = Instant::now();
-                match client.peer().call_tool(params).await {
-                    Ok(result) if result.is_error != Some(true) => latencies.push(begin.elapsed()),
-                    _ => errors += 1,
+                if call(worker, i).await {
+                    latencies.push(begin.elapsed());
+                } else {
+                    errors += 1;
                 }
                 i += 1;
             }
@@ -99,41 +102,34 @@ async fn drive(clients: &[Arc<Client>], tool: &str, seconds: u64) -> Phase {
     phase
 }
 
+/// Each client calls `tool` back to back for `seconds`.
+async fn drive(clients: &[Arc<Client>], tool: &str, seconds: u64) -> Phase {
+    let (clients, tool) = (Arc::new(clients.to_vec()), tool.to_owned());
+    load(clients.len(), seconds, move |n, i| {
+        let (client, tool) = (clients[n].clone(), tool.clone());
+        async move {
+            let arguments = serde_json::json!({"order_id": format!("{n}-{i}")});
+            let params =
+                CallToolRequestParams::new(tool).with_arguments(arguments.as_object().expect("an object").clone());
+            matches!(client.peer().call_tool(params).await, Ok(result) if result.is_error != Some(true))
+        }
+    })
+    .await
+}
+
 /// `Evaluate` alone: `n` callers, back to back, for `seconds`.
 async fn evaluate(policy: &PolicyClient, agent: &str, n: usize, seconds: u64) -> Phase {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..n {
-        let (policy, agent) = (policy.clone(), agent.to_owned());
-        tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut errors, mut i) = (Vec::new(), 0, 0u64);
-            while Instant::now() < deadline {
-                let request = Request::new(agent.clone(), "support.lookup_order")
-                    .resource(format!("order/{worker}-{i}"))
-                    .param("order_id", format!("{worker}-{i}"));
-                let begin = Instant::now();
-                match policy.evaluate(request).await {
-                    Ok(decision) if decision.source == Source::PolicyEngine && decision.is_allowed() => {
-                        latencies.push(begin.elapsed())
-                    }
-                    _ => errors += 1,
-                }
-                i += 1;
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut phase = Phase::default();
-    for task in tasks {
-        if let Ok((latencies, errors)) = task.await {
-            phase.calls += latencies.len();
-            phase.latencies.extend(latencies);
-            phase.errors += errors;
+    let (policy, agent) = (policy.clone(), agent.to_owned());
+    load(n, seconds, move |worker, i| {
+        let (policy, agent) = (policy.clone(), agent.clone());
+        async move {
+            let request = Request::new(agent, "support.lookup_order")
+                .resource(format!("order/{worker}-{i}"))
+                .param("order_id", format!("{worker}-{i}"));
+            matches!(policy.evaluate(request).await, Ok(d) if d.source == Source::PolicyEngine && d.is_allowed())
         }
-    }
-    phase.elapsed = started.elapsed();
-    phase
+    })
+    .await
 }
 
 fn ms(d: Duration) -> f64 {

@@ -61,6 +61,78 @@ pub(crate) async fn refreshing(gateway: Arc<Gateway>, every: Duration, changed: 
     }
 }
 
+/// The gateway, as both modes (the service, `stdio`) build it.
+pub(crate) struct Assembled {
+    pub gateway: Arc<Gateway>,
+    pub outbox: OutboxTable,
+    /// Whether what calls did is recorded (an audit service is configured).
+    pub recording: bool,
+    /// Notified when an upstream says its tools changed.
+    pub changed: Arc<tokio::sync::Notify>,
+    /// The outbox's delivery, to run with the gateway.
+    pub tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+/// The clients of the policy engine, the approval and audit services (as
+/// `identity`), the outbox and its delivery, the upstreams and the gateway.
+pub(crate) fn assemble(
+    config: &GatewayConfig,
+    file: UpstreamsFile,
+    identity: warden_auth::ClientIdentity,
+    secrets: warden_auth::SecretResolver,
+    database: warden_store::Database,
+) -> Result<Assembled, StartError> {
+    let client_error = |e: warden_client::ClientError| StartError::Outbound(e.to_string());
+    let mut policy_config = ClientConfig::new(&config.policy_engine_url);
+    policy_config.identity = identity.clone();
+    let policy = PolicyClient::new(policy_config).map_err(client_error)?;
+    let approvals = if config.approval_url.is_empty() {
+        None
+    } else {
+        Some(
+            ApprovalClient::new(ClientConfig::for_service(&config.approval_url, identity.clone()))
+                .map_err(client_error)?,
+        )
+    };
+    let outbox = OutboxTable { database, outbox: OUTBOX, sqlite_writer: Arc::new(tokio::sync::Mutex::new(())) };
+    let audit = if config.audit_url.is_empty() {
+        None
+    } else {
+        Some(
+            warden_client::audit_client(&ClientConfig::for_service(&config.audit_url, identity))
+                .map_err(client_error)?,
+        )
+    };
+    let recording = audit.is_some();
+    let deliveries = Deliveries::new(
+        "mcp-gateway",
+        outbox.clone(),
+        AuditOnly,
+        audit,
+        LEASE,
+        Arc::new(now_micros),
+        Some(METRICS.outbox_pending.clone()),
+    );
+    let tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+        vec![Box::pin(deliveries.run(config.outbox_interval, None))];
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let upstreams = file
+        .upstreams
+        .into_iter()
+        .map(|upstream| Arc::new(Upstream::new(upstream, secrets.clone(), changed.clone())))
+        .collect();
+    let gateway = Gateway::new(Parts {
+        upstreams,
+        separator: config.separator.clone(),
+        policy,
+        approvals,
+        outbox: recording.then(|| outbox.clone()),
+        approval_wait: config.approval_wait,
+        progress_interval: config.progress_interval,
+    });
+    Ok(Assembled { gateway, outbox, recording, changed, tasks })
+}
+
 impl GatewayServer {
     pub async fn start(config: GatewayConfig) -> Result<GatewayServer, StartError> {
         // rustls for upstreams over https, with the crypto the rest uses
@@ -69,58 +141,20 @@ impl GatewayServer {
         let file = UpstreamsFile::load(&config.upstreams, &config.separator).map_err(StartError::Config)?;
         let mut runtime = Runtime::start("mcp-gateway", &config.auth, &config.data_dir, &config.metrics_listen).await?;
         let identity = config.outbound.resolve(&runtime.secrets).await.map_err(StartError::Outbound)?;
-        let client_error = |e: warden_client::ClientError| StartError::Outbound(e.to_string());
-        let mut policy_config = ClientConfig::new(&config.policy_engine_url);
-        policy_config.identity = identity.clone();
-        let policy = PolicyClient::new(policy_config).map_err(client_error)?;
-        let approvals = if config.approval_url.is_empty() {
-            None
-        } else {
-            Some(
-                ApprovalClient::new(ClientConfig::for_service(&config.approval_url, identity.clone()))
-                    .map_err(client_error)?,
-            )
-        };
         let database = runtime.database(&config.database_url, &config.data_dir).await?;
-        let outbox = OutboxTable { database, outbox: OUTBOX, sqlite_writer: Arc::new(tokio::sync::Mutex::new(())) };
-        let audit = if config.audit_url.is_empty() {
-            None
-        } else {
-            let audit_config = ClientConfig::for_service(&config.audit_url, identity);
+        let assembled = assemble(&config, file, identity, runtime.secrets.clone(), database)?;
+        if assembled.recording {
             // Refusals on the MCP endpoint go to the audit log too.
-            runtime.auth.set_denial_sink(Arc::new(outbox.clone()));
-            Some(warden_client::audit_client(&audit_config).map_err(client_error)?)
-        };
-        let recording = audit.is_some();
-        let deliveries = Deliveries::new(
-            "mcp-gateway",
-            outbox.clone(),
-            AuditOnly,
-            audit,
-            LEASE,
-            Arc::new(now_micros),
-            Some(METRICS.outbox_pending.clone()),
-        );
-        runtime.spawn(deliveries.run(config.outbox_interval, None));
-
-        let changed = Arc::new(tokio::sync::Notify::new());
-        let upstreams = file
-            .upstreams
-            .into_iter()
-            .map(|upstream| Arc::new(Upstream::new(upstream, runtime.secrets.clone(), changed.clone())))
-            .collect();
-        let gateway = Gateway::new(Parts {
-            upstreams,
-            separator: config.separator.clone(),
-            policy,
-            approvals,
-            outbox: recording.then(|| outbox.clone()),
-            approval_wait: config.approval_wait,
-            progress_interval: config.progress_interval,
-        });
+            runtime.auth.set_denial_sink(Arc::new(assembled.outbox.clone()));
+        }
+        for task in assembled.tasks {
+            runtime.spawn(task);
+        }
+        let gateway = assembled.gateway;
         // Upstreams down now are connected at the next refresh or call.
         gateway.refresh().await;
-        runtime.spawn(refreshing(gateway.clone(), config.refresh_interval, changed));
+        runtime.spawn(refreshing(gateway.clone(), config.refresh_interval, assembled.changed));
+        let outbox = assembled.outbox;
 
         let stop = CancellationToken::new();
         let listener = Runtime::bind_http(&config.mcp_listen).await?;

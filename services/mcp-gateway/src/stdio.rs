@@ -14,20 +14,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use rmcp::ServiceExt;
 use warden_auth::{ClientIdentity, SecretResolver};
-use warden_client::{ApprovalClient, ClientConfig, PolicyClient};
 use warden_server::StartError;
-use warden_server::dead_letters::OutboxTable;
-use warden_server::delivery::Deliveries;
 
 use crate::config::GatewayConfig;
-use crate::gateway::{Gateway, Handler, Parts};
-use crate::metrics::METRICS;
-use crate::upstreams::{Upstream, UpstreamsFile};
+use crate::gateway::Handler;
+use crate::upstreams::UpstreamsFile;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -118,58 +113,21 @@ pub async fn serve(config: GatewayConfig, agent: String, api_key: String) -> Res
     }
     let file = UpstreamsFile::load(&config.upstreams, &config.separator).map_err(StartError::Config)?;
     let secrets = SecretResolver::from_process_env(config.auth.secret_cache_ttl);
-    let identity = ClientIdentity::bearer(api_key);
-    let client_error = |e: warden_client::ClientError| StartError::Outbound(e.to_string());
-    let mut policy_config = ClientConfig::new(&config.policy_engine_url);
-    policy_config.identity = identity.clone();
-    let policy = PolicyClient::new(policy_config).map_err(client_error)?;
-    let approvals = if config.approval_url.is_empty() {
-        None
-    } else {
-        Some(
-            ApprovalClient::new(ClientConfig::for_service(&config.approval_url, identity.clone()))
-                .map_err(client_error)?,
-        )
-    };
     let database =
         warden_store::Database::connect(&warden_server::runtime::database_url(&config.database_url, &config.data_dir))
             .await?;
     database.migrate().await?;
     let mut background: Vec<tokio::task::JoinHandle<()>> = database.checkpoints().into_iter().collect();
-    let outbox =
-        OutboxTable { database, outbox: crate::server::OUTBOX, sqlite_writer: Arc::new(tokio::sync::Mutex::new(())) };
-    let recording = !config.audit_url.is_empty();
-    if recording {
-        let audit = warden_client::audit_client(&ClientConfig::for_service(&config.audit_url, identity))
-            .map_err(client_error)?;
-        let deliveries = Deliveries::new(
-            "mcp-gateway",
-            outbox.clone(),
-            crate::server::AuditOnly,
-            Some(audit),
-            crate::server::LEASE,
-            Arc::new(crate::server::now_micros),
-            Some(METRICS.outbox_pending.clone()),
-        );
-        background.push(tokio::spawn(deliveries.run(config.outbox_interval, None)));
-    }
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let upstreams = file
-        .upstreams
-        .into_iter()
-        .map(|upstream| Arc::new(Upstream::new(upstream, secrets.clone(), changed.clone())))
-        .collect();
-    let gateway = Gateway::new(Parts {
-        upstreams,
-        separator: config.separator.clone(),
-        policy,
-        approvals,
-        outbox: recording.then_some(outbox),
-        approval_wait: config.approval_wait,
-        progress_interval: config.progress_interval,
-    });
+    // Asked with the agent's own key: the engine checks it is the agent's.
+    let assembled = crate::server::assemble(&config, file, ClientIdentity::bearer(api_key), secrets, database)?;
+    background.extend(assembled.tasks.into_iter().map(tokio::spawn));
+    let gateway = assembled.gateway;
     gateway.refresh().await;
-    background.push(tokio::spawn(crate::server::refreshing(gateway.clone(), config.refresh_interval, changed)));
+    background.push(tokio::spawn(crate::server::refreshing(
+        gateway.clone(),
+        config.refresh_interval,
+        assembled.changed,
+    )));
     tracing::info!(%agent, "serving MCP on stdin/stdout");
     let handler = Handler { gateway: gateway.clone(), agent: Some(agent) };
     let outcome = match handler.serve(rmcp::transport::stdio()).await {
