@@ -271,6 +271,14 @@ async fn the_readme_runs_as_written() {
         assert!(["sh", "text"].contains(&block.language.as_str()), "a tour block is sh or text: {block:?}");
     }
 
+    let scratch = scratch_with_cargo();
+    std::os::unix::fs::symlink(root.join("examples"), scratch.path().join("examples")).unwrap();
+    run_tour(&tour, scratch.path()).await;
+}
+
+/// A scratch directory with `bin/cargo`: `cargo` as the tours use it, on
+/// what this test run built.
+fn scratch_with_cargo() -> tempfile::TempDir {
     let scratch = tempfile::tempdir().unwrap();
     let bin = scratch.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -286,11 +294,16 @@ async fn the_readme_runs_as_written() {
     )
     .unwrap();
     std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::os::unix::fs::symlink(root.join("examples"), scratch.path().join("examples")).unwrap();
+    scratch
+}
 
+/// Runs `tour` in `dir` against `cargo xtask dev`'s stack (its data in
+/// `dir/warden-data`), one bash session per terminal.
+async fn run_tour(tour: &[&Block], dir: &Path) {
+    let root = xtask::workspace_root();
     let telemetry = warden_telemetry::TelemetryConfig::default();
     let stack = xtask::stack::Stack::start(
-        &scratch.path().join("warden-data"),
+        &dir.join("warden-data"),
         &root.join("examples/policies"),
         telemetry,
         xtask::stack::Ports::Any,
@@ -305,7 +318,7 @@ async fn the_readme_runs_as_written() {
         let index = match terminals.iter().position(|(n, _)| *n == name) {
             Some(index) => index,
             None => {
-                terminals.push((name.clone(), Terminal::open(scratch.path(), &env).await));
+                terminals.push((name.clone(), Terminal::open(dir, &env).await));
                 terminals.len() - 1
             }
         };
@@ -322,4 +335,42 @@ async fn the_readme_runs_as_written() {
         terminal.finish(&name).await;
     }
     stack.shutdown().await;
+}
+
+/// Copies the tree at `from` to `to` (files and directories only).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The book's Python steps (`docs/src/clients.md`, the blocks that name a
+/// terminal), as written, in a fresh copy of what they use: the Python
+/// client installed from `clients/python` into a new virtual environment
+/// with the system's `python3`, the example agent run against `cargo xtask
+/// dev`'s stack, a manager approving with `wardenctl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_book_s_python_steps_run_as_written_in_a_fresh_copy() {
+    if warden_tests::python::interpreter().is_none() {
+        return;
+    }
+    let root = xtask::workspace_root();
+    let book = std::fs::read_to_string(root.join("docs/src/clients.md")).unwrap();
+    let all = blocks(&book);
+    let tour: Vec<&Block> = all.iter().filter(|b| b.terminal.is_some()).collect();
+    assert!(tour.iter().any(|b| b.text.contains("pip install")), "the Python steps name no terminal");
+    let scratch = scratch_with_cargo();
+    for part in ["clients/python", "proto", "examples"] {
+        copy_tree(&root.join(part), &scratch.path().join(part));
+    }
+    // A copy, not the working tree: no build output of an earlier install.
+    let _ = std::fs::remove_dir_all(scratch.path().join("clients/python/build"));
+    run_tour(&tour, scratch.path()).await;
 }
