@@ -99,8 +99,8 @@ pub struct Gateway {
     separator: String,
     policy: PolicyClient,
     approvals: Option<ApprovalClient>,
-    /// Where `action_completed` events wait for the audit service.
-    outbox: Option<OutboxTable>,
+    /// Writes `action_completed` events to the outbox, in the background.
+    recorder: Option<Recorder>,
     hidden: ArcSwap<Hidden>,
     approval_wait: Duration,
     progress_interval: Duration,
@@ -123,7 +123,7 @@ pub struct Parts {
     pub separator: String,
     pub policy: PolicyClient,
     pub approvals: Option<ApprovalClient>,
-    pub outbox: Option<OutboxTable>,
+    pub recorder: Option<Recorder>,
     pub approval_wait: Duration,
     pub progress_interval: Duration,
 }
@@ -174,7 +174,7 @@ impl Gateway {
             separator: parts.separator,
             policy: parts.policy,
             approvals: parts.approvals,
-            outbox: parts.outbox,
+            recorder: parts.recorder,
             hidden: ArcSwap::from_pointee(Hidden::default()),
             approval_wait: parts.approval_wait,
             progress_interval: parts.progress_interval,
@@ -527,10 +527,45 @@ impl Gateway {
     }
 
     async fn record(&self, outcome: ActionOutcome) {
-        let Some(outbox) = &self.outbox else { return };
-        let event = warden_client::action_completed_event(&outcome);
-        if let Err(error) = outbox.enqueue_audit(&[event]).await {
-            tracing::error!(%error, agent_id = %outcome.agent_id, "cannot queue an action_completed event");
+        if let Some(recorder) = &self.recorder {
+            recorder.record(warden_client::action_completed_event(&outcome));
+        }
+    }
+}
+
+/// Writes `action_completed` events to the outbox from a task of its own:
+/// every event queued while a write commits goes in the next one (one
+/// commit, and on SQLite one sync, for many calls), and a call's answer
+/// does not wait for the disk. A crash between the answer and the commit
+/// loses the event; the decision that allowed the call is in the decision
+/// log either way.
+#[derive(Clone)]
+pub struct Recorder {
+    queue: tokio::sync::mpsc::UnboundedSender<warden_proto::audit::v1::AuditEvent>,
+}
+
+impl Recorder {
+    /// The recorder, and the task that writes to `outbox`.
+    pub fn new(outbox: OutboxTable) -> (Recorder, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel();
+        let writer = async move {
+            let mut batch = Vec::new();
+            while queued.recv_many(&mut batch, 1000).await > 0 {
+                let mut delay = Duration::from_millis(100);
+                while let Err(error) = outbox.enqueue_audit(&batch).await {
+                    tracing::error!(%error, events = batch.len(), "cannot queue action_completed events; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                batch.clear();
+            }
+        };
+        (Recorder { queue }, writer)
+    }
+
+    fn record(&self, event: warden_proto::audit::v1::AuditEvent) {
+        if self.queue.send(event).is_err() {
+            tracing::error!("the recorder has stopped; an action_completed event is not recorded");
         }
     }
 }

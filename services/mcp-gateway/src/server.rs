@@ -113,8 +113,13 @@ pub(crate) fn assemble(
         Arc::new(now_micros),
         Some(METRICS.outbox_pending.clone()),
     );
-    let tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
+    let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =
         vec![Box::pin(deliveries.run(config.outbox_interval, None))];
+    let recorder = recording.then(|| {
+        let (recorder, writer) = crate::gateway::Recorder::new(outbox.clone());
+        tasks.push(Box::pin(writer));
+        recorder
+    });
     let changed = Arc::new(tokio::sync::Notify::new());
     let upstreams = file
         .upstreams
@@ -126,7 +131,7 @@ pub(crate) fn assemble(
         separator: config.separator.clone(),
         policy,
         approvals,
-        outbox: recording.then(|| outbox.clone()),
+        recorder,
         approval_wait: config.approval_wait,
         progress_interval: config.progress_interval,
     });

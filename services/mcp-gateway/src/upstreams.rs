@@ -230,6 +230,9 @@ pub struct Upstream {
     /// Notified when the upstream says its tools changed.
     pub changed: Arc<tokio::sync::Notify>,
     connects: AtomicU64,
+    /// Keeps connections to an HTTP upstream open between calls (rmcp's
+    /// default client opens one per request); follows no redirects.
+    http: reqwest_mcp::Client,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -259,6 +262,11 @@ impl Upstream {
             secrets,
             changed,
             connects: AtomicU64::new(0),
+            http: reqwest_mcp::Client::builder()
+                .redirect(reqwest_mcp::redirect::Policy::none())
+                .tcp_nodelay(true)
+                .build()
+                .expect("an HTTP client without TLS settings of its own"),
         }
     }
 
@@ -318,7 +326,7 @@ impl Upstream {
             {
                 config = config.auth_header(token.expose().to_owned());
             }
-            let transport = StreamableHttpClientTransport::from_config(config);
+            let transport = StreamableHttpClientTransport::with_client(self.http.clone(), config);
             handler.serve(transport).await.map_err(|e| failed(e.to_string()))
         } else {
             let mut command = tokio::process::Command::new(&self.config.command[0]);
