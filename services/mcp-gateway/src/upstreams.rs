@@ -69,6 +69,10 @@ pub struct UpstreamConfig {
     pub breaker_failures: u32,
     #[serde(default = "default_breaker_open", with = "humantime_serde")]
     pub breaker_open: Duration,
+    /// HTTP: calls in flight to it at once, over the gateway's one session
+    /// (more wait their turn).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
     /// Per tool: the action type its calls are decided as (default
     /// `<upstream>.<tool>`) and the resource, a template over the arguments
     /// (`order/{order_id}`).
@@ -102,6 +106,9 @@ fn default_breaker_failures() -> u32 {
 }
 fn default_breaker_open() -> Duration {
     Duration::from_secs(30)
+}
+fn default_concurrency() -> usize {
+    256
 }
 
 impl UpstreamsFile {
@@ -154,6 +161,9 @@ impl UpstreamsFile {
             }
             if upstream.timeout.is_zero() {
                 return Err(format!("{at}.timeout: must be more than 0"));
+            }
+            if !(1..=4096).contains(&upstream.concurrency) {
+                return Err(format!("{at}.concurrency: 1 to 4096"));
             }
             if upstream.retries > 3 {
                 return Err(format!("{at}.retries: at most 3"));
@@ -319,8 +329,9 @@ impl Upstream {
                     .map_err(|_| failed(format!("header {key}: not a valid header value")))?;
                 headers.insert(http::HeaderName::try_from(key.as_str()).map_err(|e| failed(e.to_string()))?, value);
             }
-            let mut config =
-                StreamableHttpClientTransportConfig::with_uri(self.config.url.as_str()).custom_headers(headers);
+            let mut config = StreamableHttpClientTransportConfig::with_uri(self.config.url.as_str())
+                .custom_headers(headers)
+                .max_concurrent_requests(self.config.concurrency);
             if let Some(token) =
                 self.secrets.resolve_setting(&self.config.bearer).await.map_err(|e| failed(e.to_string()))?
             {
