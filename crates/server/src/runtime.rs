@@ -388,6 +388,11 @@ impl Runtime {
     ) -> Result<SocketAddr, RuntimeError> {
         let addr = listener.local_addr().map_err(|error| RuntimeError::Bind(what.to_owned(), error))?;
         let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        // Answers go out as written (an MCP answer on an event stream is
+        // small and followed by nothing until the next one).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let (name, surface) = (self.name, what.to_owned());
         self.background.push(tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {

@@ -240,8 +240,10 @@ pub struct Upstream {
     /// Notified when the upstream says its tools changed.
     pub changed: Arc<tokio::sync::Notify>,
     connects: AtomicU64,
-    /// Keeps connections to an HTTP upstream open between calls (rmcp's
-    /// default client opens one per request); follows no redirects.
+    /// The HTTP client for an HTTP upstream: no redirects followed, no
+    /// idle connections kept (a connection reused before the last response
+    /// was read to its end waits out TCP's delayed ACK, 40 ms, as rmcp's
+    /// own default client notes; measured here with `bench mcp`).
     http: reqwest_mcp::Client,
 }
 
@@ -274,6 +276,7 @@ impl Upstream {
             connects: AtomicU64::new(0),
             http: reqwest_mcp::Client::builder()
                 .redirect(reqwest_mcp::redirect::Policy::none())
+                .pool_max_idle_per_host(0)
                 .tcp_nodelay(true)
                 .build()
                 .expect("an HTTP client without TLS settings of its own"),
