@@ -115,6 +115,24 @@ pub async fn start_audit(data: &Path, listen: &str) -> AuditServer {
 
 /// Credentials for tests of identity and access: a keys file with one key
 /// per role, plus a revoked and an expired one.
+/// Spans finished in this test process, kept in memory: the global
+/// subscriber exports every span at INFO and above to the exporter, and
+/// trace context is propagated as W3C `traceparent`. Once per test binary.
+pub fn capture_spans() -> (opentelemetry_sdk::trace::InMemorySpanExporter, opentelemetry_sdk::trace::SdkTracerProvider)
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider =
+        opentelemetry_sdk::trace::SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    tracing::subscriber::set_global_default(subscriber).expect("the first subscriber of this test binary");
+    warden_telemetry::install_propagator();
+    (exporter, provider)
+}
+
 pub mod identity {
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};

@@ -5,14 +5,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::SpanData;
 use rmcp::model::{CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, RequestMetaObject};
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{RoleServer, ServerHandler, ServiceExt};
-use tracing_subscriber::layer::SubscriberExt;
 use warden_mcp_gateway::{GatewayConfig, GatewayServer};
 use warden_policy_engine::{PolicyEngine, PolicyEngineConfig};
 use warden_tests::Sandbox;
@@ -53,13 +51,7 @@ impl ServerHandler for Upstream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_spans_the_mcp_call_the_decision_and_the_upstream_call() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::filter::LevelFilter::INFO)
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    tracing::subscriber::set_global_default(subscriber).unwrap();
-    warden_telemetry::install_propagator();
+    let (exporter, provider) = warden_tests::capture_spans();
 
     let sandbox = Sandbox::new(&[("p.yaml", "rules:\n  - name: rest\n    effect: allow\n")]);
     let engine =

@@ -5,10 +5,8 @@
 
 use std::time::Duration;
 
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::SpanData;
 use tracing::Instrument;
-use tracing_subscriber::layer::SubscriberExt;
 use warden_approval::{ApprovalConfig, ApprovalServer};
 use warden_audit::AuditServer;
 use warden_client::{ClientConfig, Effect, PolicyClient, Request};
@@ -21,13 +19,7 @@ fn method(span: &SpanData) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_spans_the_agent_the_engine_the_approval_and_the_audit_append() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::filter::LevelFilter::INFO)
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    tracing::subscriber::set_global_default(subscriber).unwrap();
-    warden_telemetry::install_propagator();
+    let (exporter, provider) = warden_tests::capture_spans();
 
     let sandbox = Sandbox::new(&[(
         "p.yaml",
