@@ -99,6 +99,8 @@ struct Options {
     /// Upstreams YAML; `{port}`, `{python}`, `{upstream}`, `{log}` and
     /// `{token_file}` are filled in.
     upstreams: &'static str,
+    /// The gateway's database (its outbox); SQLite in its data dir when `None`.
+    database_url: Option<String>,
 }
 
 const HTTP_UPSTREAM: &str = r#"
@@ -120,6 +122,7 @@ impl Default for Options {
             gateway_agents: &["*"],
             policy_engine_url: None,
             upstreams: HTTP_UPSTREAM,
+            database_url: None,
         }
     }
 }
@@ -174,6 +177,9 @@ async fn stack(options: Options) -> Option<Stack> {
     config.progress_interval = Duration::from_millis(200);
     config.refresh_interval = Duration::from_millis(200);
     config.outbox_interval = Duration::from_millis(20);
+    if let Some(url) = &options.database_url {
+        config.database_url = url.clone();
+    }
     let gateway = GatewayServer::start(config).await.unwrap_or_else(|e| panic!("gateway did not start: {e}"));
     // The upstreams' tools are known (an upstream still starting is listed
     // at the next refresh).
@@ -796,5 +802,39 @@ async fn a_stdio_gateway_serves_one_agent_on_its_own_credential() {
     assert!(text(&refused).contains("may not act as agent support-bot"), "{}", text(&refused));
     assert_eq!(received(&stack).len(), 1);
     impostor.cancel().await.unwrap();
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn on_postgres_the_outbox_delivers_what_calls_did_and_refusals() {
+    let Some(url) = warden_store::testing::postgres_url().await else { return };
+    let Some(stack) = stack(Options { database_url: Some(url), ..Options::default() }).await else { return };
+    let client = connect(&stack, stack.keys.token("agent")).await;
+    for n in 0..3 {
+        let done = call(&client, "billing__lookup", serde_json::json!({"order_id": n.to_string()})).await;
+        assert_eq!(text(&done), format!("order {n}: shipped"));
+    }
+    let completed = trail(&stack, "support-bot", "action_completed", 3).await;
+    assert_eq!(completed.len(), 3);
+    assert!(completed.iter().all(|r| field(r, "status") == "success"));
+    // A refused credential on the MCP endpoint is recorded through the same outbox.
+    let refused =
+        reqwest::Client::new().post(stack.gateway.mcp_url()).bearer_auth("wdn_nope").body("{}").send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let client = AuditServiceClient::new(channel(&stack.audit.url()).await);
+    let token = stack.keys.token("auditor").to_owned();
+    eventually(Duration::from_secs(20), || {
+        let (mut client, token) = (client.clone(), token.clone());
+        let request =
+            audit::QueryRequest { event_types: vec!["auth_denied".into()], page_size: 100, ..Default::default() };
+        async move {
+            let records = client.query(bearer(tonic::Request::new(request), &token)).await.ok()?.into_inner().records;
+            records
+                .iter()
+                .any(|r| format!("{:?}", r.event.as_ref().unwrap().payload).contains("mcp-gateway"))
+                .then_some(())
+        }
+    })
+    .await;
     stack.stop().await;
 }
