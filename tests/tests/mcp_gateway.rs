@@ -479,6 +479,18 @@ async fn a_call_held_past_the_wait_names_its_approval_and_the_same_call_later_re
     assert!(message.contains(&id), "{message} names {id}");
     assert!(received(&stack).is_empty());
 
+    // Another agent naming that grant in its _meta does not spend it: the
+    // grant is support-bot's; ops-bot's call is held for its own.
+    let ops = connect(&stack, stack.keys.token("ops-bot")).await;
+    let stolen = call_with_meta(
+        &ops,
+        "billing__refund",
+        refund.clone(),
+        warden_mcp_gateway::gateway::APPROVAL_META,
+        serde_json::json!(id),
+    )
+    .await;
+    assert!(text(&stolen).starts_with("Held for approval") && !text(&stolen).contains(&id), "{}", text(&stolen));
     // Once approved, the same call goes through, on that grant.
     let done = call(&client, "billing__refund", refund.clone()).await;
     assert_eq!(text(&done), "refunded 300.0 on C-1");
