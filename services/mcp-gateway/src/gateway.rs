@@ -652,8 +652,8 @@ pub struct Handler {
 }
 
 impl Handler {
-    fn agent<R: rmcp::service::ServiceRole>(&self, extensions: &rmcp::model::Extensions) -> Result<String, McpError> {
-        let _ = std::marker::PhantomData::<R>;
+    /// The agent a request acts for.
+    fn agent(&self, extensions: &rmcp::model::Extensions) -> Result<String, McpError> {
         if let Some(agent) = &self.agent {
             return Ok(agent.clone());
         }
@@ -684,7 +684,7 @@ impl ServerHandler for Handler {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let agent = self.agent::<RoleServer>(&context.extensions)?;
+        let agent = self.agent(&context.extensions)?;
         Ok(ListToolsResult::with_all_items(self.gateway.tools_for(&agent)))
     }
 
@@ -693,7 +693,7 @@ impl ServerHandler for Handler {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let agent = self.agent::<RoleServer>(&context.extensions)?;
+        let agent = self.agent(&context.extensions)?;
         let span = tracing::info_span!("mcp.tools_call", agent_id = %agent, tool = %request.name);
         // The agent's trace, when it sends one (W3C `traceparent` in the
         // call's `_meta`, as OpenTelemetry's MCP conventions put it, or as
