@@ -535,10 +535,13 @@ impl Gateway {
 
 /// Writes `action_completed` events to the outbox from a task of its own:
 /// every event queued while a write commits goes in the next one (one
-/// commit, and on SQLite one sync, for many calls), and a call's answer
-/// does not wait for the disk. A crash between the answer and the commit
-/// loses the event; the decision that allowed the call is in the decision
+/// commit, and on SQLite one sync, for many calls; it gathers for
+/// [`GATHER`] first), and a call's answer does not wait for the disk. A
+/// crash between the answer and the commit loses the event; the decision that allowed the call is in the decision
 /// log either way.
+/// How long the recorder gathers events before it commits them.
+const GATHER: Duration = Duration::from_millis(10);
+
 #[derive(Clone)]
 pub struct Recorder {
     queue: tokio::sync::mpsc::UnboundedSender<warden_proto::audit::v1::AuditEvent>,
@@ -551,6 +554,16 @@ impl Recorder {
         let writer = async move {
             let mut batch = Vec::new();
             while queued.recv_many(&mut batch, 1000).await > 0 {
+                // What arrives in the next moment goes in the same commit:
+                // one sync for them, not one per call, so the recorder's
+                // syncs do not queue on the disk behind (or in front of)
+                // the decision log's.
+                tokio::time::sleep(GATHER).await;
+                while batch.len() < 10_000
+                    && let Ok(event) = queued.try_recv()
+                {
+                    batch.push(event);
+                }
                 let mut delay = Duration::from_millis(100);
                 while let Err(error) = outbox.enqueue_audit(&batch).await {
                     tracing::error!(%error, events = batch.len(), "cannot queue action_completed events; retrying");
