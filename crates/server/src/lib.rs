@@ -18,4 +18,4 @@ pub mod delivery;
 pub mod runtime;
 pub mod webhook;
 
-pub use runtime::{Runtime, RuntimeError, Service, Serving, StartError};
+pub use runtime::{Runtime, RuntimeError, Service, Serving, StartError, now_micros};

@@ -229,6 +229,12 @@ async fn healthcheck(name: &str, listen: &str) -> ExitCode {
     }
 }
 
+/// The system clock in microseconds since the Unix epoch, as the services
+/// store times (0 before the epoch).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
+}
+
 /// The database URL a service uses: `url`, or SQLite in `data_dir` when
 /// it is empty.
 pub fn database_url(url: &str, data_dir: &Path) -> String {

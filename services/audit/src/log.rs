@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use warden_errors::{Category, Classify, Code, FieldViolation};
@@ -76,9 +75,7 @@ impl Classify for AuditError {
     }
 }
 
-pub fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64
-}
+pub use warden_server::now_micros;
 
 /// What a sender sent, hashed: every field but the id (the key it is
 /// compared under) and the time (a retry is stamped anew by a sender or by

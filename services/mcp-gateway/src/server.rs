@@ -42,10 +42,6 @@ impl Notifier for AuditOnly {
     }
 }
 
-pub(crate) fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
-}
-
 /// Reads policies and tools again every `every`, and when an upstream says
 /// its tools changed.
 pub(crate) async fn refreshing(gateway: Arc<Gateway>, every: Duration, changed: Arc<tokio::sync::Notify>) {
@@ -110,7 +106,7 @@ pub(crate) fn assemble(
         AuditOnly,
         audit,
         LEASE,
-        Arc::new(now_micros),
+        Arc::new(warden_server::now_micros),
         Some(METRICS.outbox_pending.clone()),
     );
     let mut tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> =

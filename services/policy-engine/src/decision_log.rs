@@ -48,6 +48,7 @@ use warden_journal::{Journal, Reader};
 use warden_proto::audit::v1 as audit;
 use warden_proto::audit::v1::audit_service_client::AuditServiceClient;
 use warden_resilience::BreakerConfig;
+use warden_server::now_micros;
 
 use crate::metrics::METRICS;
 
@@ -399,10 +400,6 @@ impl std::fmt::Debug for JournalDeadLetters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JournalDeadLetters").field("dir", &self.dir).finish()
     }
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
 }
 
 impl JournalDeadLetters {
