@@ -90,10 +90,12 @@ impl Stack {
         })
         .await
         .map_err(|e| format!("audit service: {e}"))?;
-        let service_key = warden_auth::OutboundConfig {
-            credential: format!("file:{}", keys.join("policy-engine.key").display()),
+        // What a service presents: its dev key's file.
+        let presents = |name: &str| warden_auth::OutboundConfig {
+            credential: format!("file:{}", keys.join(format!("{name}.key")).display()),
             ..Default::default()
         };
+        let service_key = presents("policy-engine");
         let defaults = ApprovalConfig::default();
         let approval = ApprovalServer::start(ApprovalConfig {
             data_dir: data_dir.clone(),
@@ -115,10 +117,7 @@ impl Stack {
         let alerting = AlertingServer::start(AlertingConfig {
             data_dir: data_dir.clone(),
             audit_url: audit.url(),
-            outbound: warden_auth::OutboundConfig {
-                credential: format!("file:{}", keys.join("alerting.key").display()),
-                ..Default::default()
-            },
+            outbound: presents("alerting"),
             telemetry: telemetry.clone(),
             listen: listen(defaults.listen)?,
             http_listen: listen(defaults.http_listen)?,
@@ -158,10 +157,7 @@ impl Stack {
             policy_engine_url: policy_engine.url(),
             approval_url: approval.url(),
             audit_url: audit.url(),
-            outbound: warden_auth::OutboundConfig {
-                credential: format!("file:{}", keys.join("mcp-gateway.key").display()),
-                ..Default::default()
-            },
+            outbound: presents("mcp-gateway"),
             listen: listen(defaults.listen)?,
             mcp_listen: listen(defaults.mcp_listen)?,
             metrics_listen: metrics(defaults.metrics_listen)?,
