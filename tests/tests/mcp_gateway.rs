@@ -384,6 +384,13 @@ async fn denied_hidden_and_unknown_calls_never_reach_the_upstream() {
     )
     .await;
     assert!(text(&huge).starts_with("invalid arguments"), "{}", text(&huge));
+    let mut nested = serde_json::json!("deep");
+    for _ in 0..40 {
+        nested = serde_json::json!({ "a": nested });
+    }
+    let deep =
+        call(&client, "billing__refund", serde_json::json!({"order_id": "1", "amount": 1, "note": nested})).await;
+    assert!(text(&deep).starts_with("invalid arguments"), "{}", text(&deep));
     // The cost comes from the argument the mapping names; a confidence, from
     // the client's _meta (1.0, the SDK's default, without one).
     let costly = call(&client, "billing__refund", serde_json::json!({"order_id": "1", "amount": 20000})).await;
