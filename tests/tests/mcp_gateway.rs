@@ -772,6 +772,8 @@ async fn the_example_tools_on_the_python_sdk_serve_behind_the_gateway() {
 /// client spawns it, on this stack's upstreams and services.
 async fn stdio_gateway(stack: &Stack, token: &str, agent: &str) -> RunningService<RoleClient, ()> {
     let binary = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("warden-mcp-gateway");
+    // Built by `cargo test --workspace` for the package's own test,
+    // services/mcp-gateway/tests/stdio_cli.rs.
     assert!(binary.exists(), "{} (built by cargo test --workspace)", binary.display());
     let mut command = tokio::process::Command::new(binary);
     command

@@ -136,6 +136,38 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The gateway's own histograms (sum of seconds, count) for allowed calls
+/// to upstream `support`: whole calls inside the gateway's handler, their
+/// `Evaluate` round trips, their upstream calls.
+#[derive(Debug, Default, Clone, Copy)]
+struct Inside {
+    handler: (f64, u64),
+    decision: (f64, u64),
+    upstream: (f64, u64),
+}
+
+impl Inside {
+    fn now() -> Inside {
+        let m = &warden_mcp_gateway::metrics::METRICS;
+        let read = |h: prometheus::Histogram| (h.get_sample_sum(), h.get_sample_count());
+        Inside {
+            handler: read(m.duration.with_label_values(&["support", "allow"])),
+            decision: read(m.decision_duration.with_label_values(&["support"])),
+            upstream: read(m.upstream_duration.with_label_values(&["support"])),
+        }
+    }
+
+    /// Mean milliseconds of each part between `self` and `later`.
+    fn means(self, later: Inside) -> [f64; 3] {
+        let mean = |a: (f64, u64), b: (f64, u64)| (b.0 - a.0) * 1000.0 / (b.1.saturating_sub(a.1)).max(1) as f64;
+        [mean(self.handler, later.handler), mean(self.decision, later.decision), mean(self.upstream, later.upstream)]
+    }
+}
+
+fn mean_ms(phase: &Phase) -> f64 {
+    phase.latencies.iter().map(|d| ms(*d)).sum::<f64>() / phase.latencies.len().max(1) as f64
+}
+
 pub async fn run(args: McpArgs) -> Result<(), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -149,9 +181,15 @@ pub async fn run(args: McpArgs) -> Result<(), String> {
         let direct_clients = sessions(&stack.tools_url, None, n).await?;
         let gateway_clients = sessions(&stack.gateway.mcp_url(), Some(&stack.agent_token), n).await?;
         let (mut direct, mut gateway, mut decide) = (Phase::default(), Phase::default(), Phase::default());
+        let mut parts = [0.0; 3];
         for round in 0..args.rounds {
             let mut d = drive(&direct_clients, "lookup_order", args.seconds).await;
+            let before = Inside::now();
             let mut g = drive(&gateway_clients, "support__lookup_order", args.seconds).await;
+            let inside = before.means(Inside::now());
+            for (total, part) in parts.iter_mut().zip(inside) {
+                *total += part / args.rounds as f64;
+            }
             let mut e = evaluate(&stack.policy, "bench-agent", n, args.seconds).await;
             println!(
                 "  {n:>3} in flight, round {}: direct {:>7.0}/s p50 {:.2} ms | gateway {:>7.0}/s p50 {:.2} ms ({:.2}x) | Evaluate {:>7.0}/s p50 {:.2} ms",
@@ -193,6 +231,23 @@ pub async fn run(args: McpArgs) -> Result<(), String> {
             ms(gp50.saturating_sub(dp50)) - ms(ep50),
             direct.errors,
             gateway.errors + decide.errors,
+        );
+        // Where a gateway call's time goes, in means (ms): the agent's view,
+        // the gateway's handler (the rest is HTTP, authentication and the
+        // MCP session on the agents' side), its Evaluate and its upstream
+        // call (the rest of the handler is preparing and recording).
+        let [handler, decision, upstream] = parts;
+        println!(
+            "  {n:>3} in flight, gateway call means: agent sees {:.3} ms = outside the handler {:.3} + handler {:.3} \
+             (Evaluate {:.3} + upstream {:.3} + own work {:.3}); direct call {:.3} ms, Evaluate alone {:.3} ms",
+            mean_ms(&gateway),
+            mean_ms(&gateway) - handler,
+            handler,
+            decision,
+            upstream,
+            handler - decision - upstream,
+            mean_ms(&direct),
+            mean_ms(&decide),
         );
         for client in direct_clients.into_iter().chain(gateway_clients) {
             if let Ok(client) = Arc::try_unwrap(client) {

@@ -380,7 +380,7 @@ impl Gateway {
         }
         let decision = match waiting_on {
             Some(id) => self.hold(&mut call, id, Vec::new(), context).await,
-            None => match self.evaluate(&call.request).await {
+            None => match self.evaluate(&call).await {
                 Ok(decision) if decision.requires_approval() => {
                     let Some(id) = decision.approval_id.clone() else {
                         return (
@@ -405,8 +405,12 @@ impl Gateway {
         }
     }
 
-    async fn evaluate(&self, request: &pb::EvaluateRequest) -> Result<Decision, String> {
-        self.policy.evaluate(request.clone()).await.map_err(|error| match error {
+    async fn evaluate(&self, call: &Call<'_>) -> Result<Decision, String> {
+        let started = Instant::now();
+        let decided = self.policy.evaluate(call.request.clone()).await;
+        let upstream = call.upstream.config.name.as_str();
+        METRICS.decision_duration.with_label_values(&[upstream]).observe(started.elapsed().as_secs_f64());
+        decided.map_err(|error| match error {
             ClientError::Refused(error) => format!("Warden refused the call: {}", error.message),
             ClientError::InvalidRequest(error) => format!("invalid arguments: {}", error.message),
             other => format!("Warden could not decide: {other}"),
@@ -466,7 +470,7 @@ impl Gateway {
         match outcome {
             Ok(ApprovalOutcome::Approved(_)) => {
                 call.request.approval_id = id;
-                self.evaluate(&call.request).await
+                self.evaluate(call).await
             }
             Ok(ApprovalOutcome::NotApproved(approval)) => {
                 self.held.invalidate(&call.key);

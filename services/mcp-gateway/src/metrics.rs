@@ -15,6 +15,8 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// The upstream's part of allowed calls.
     pub upstream_duration: HistogramVec,
+    /// Warden's part: each `Evaluate` round trip, by upstream.
+    pub decision_duration: HistogramVec,
     /// `mcp_gateway_upstream_errors_total{upstream,class}`.
     pub upstream_errors: IntCounterVec,
     /// Connections made again after one closed (a command restarted).
@@ -43,6 +45,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     upstream_duration: register(
         HistogramVec::new(
             HistogramOpts::new("mcp_gateway_upstream_duration_seconds", "Forwarded calls, upstream's part")
+                .buckets(BUCKETS.to_vec()),
+            &["upstream"],
+        )
+        .expect("metric"),
+    ),
+    decision_duration: register(
+        HistogramVec::new(
+            HistogramOpts::new("mcp_gateway_decision_duration_seconds", "Evaluate round trips, Warden's part of calls")
                 .buckets(BUCKETS.to_vec()),
             &["upstream"],
         )

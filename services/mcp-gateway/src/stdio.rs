@@ -49,12 +49,15 @@ struct StdioArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// The agent this gateway serves.
-    #[arg(long, env = "WARDEN_AGENT_ID")]
+    #[arg(long, env = "WARDEN_AGENT_ID", default_value = "", hide_default_value = true)]
     agent: String,
     /// The agent's Warden credential (an API key or a JWT).
-    #[arg(long, env = "WARDEN_API_KEY", hide_env_values = true)]
+    #[arg(long, env = "WARDEN_API_KEY", hide_env_values = true, default_value = "", hide_default_value = true)]
     api_key: String,
 }
+
+const IDENTITY_REQUIRED: &str =
+    "WARDEN_AGENT_ID and WARDEN_API_KEY are required (the agent's id and its Warden credential; or --agent, --api-key)";
 
 /// The binary's `before`: runs the `stdio` subcommand when it is the first
 /// argument.
@@ -65,6 +68,12 @@ pub fn subcommand() -> Option<ExitCode> {
     }
     args.remove(1);
     let args = StdioArgs::parse_from(args);
+    // The identity comes from the environment the client spawns us in
+    // (MCP's stdio rule); say so in its words, before anything starts.
+    if args.agent.is_empty() || args.api_key.is_empty() {
+        eprintln!("warden-mcp-gateway stdio: {IDENTITY_REQUIRED}");
+        return Some(ExitCode::from(2));
+    }
     let mut sources = warden_config::Sources::from_process_env();
     sources.file = args.config.clone();
     sources.flag("upstreams", args.upstreams.as_ref());
@@ -109,7 +118,7 @@ pub fn subcommand() -> Option<ExitCode> {
 pub async fn serve(config: GatewayConfig, agent: String, api_key: String) -> Result<(), StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     if agent.is_empty() || api_key.is_empty() {
-        return Err(StartError::Config("WARDEN_AGENT_ID and WARDEN_API_KEY are required".into()));
+        return Err(StartError::Config(IDENTITY_REQUIRED.into()));
     }
     let file = UpstreamsFile::load(&config.upstreams, &config.separator).map_err(StartError::Config)?;
     let secrets = SecretResolver::from_process_env(config.auth.secret_cache_ttl);
