@@ -117,6 +117,29 @@ async fn drive(clients: &[Arc<Client>], tool: &str, seconds: u64) -> Phase {
     .await
 }
 
+/// What an agent does without the gateway: asks Warden (`Evaluate`), then
+/// calls the tool itself when allowed; each client back to back.
+async fn advised(clients: &[Arc<Client>], policy: &PolicyClient, seconds: u64) -> Phase {
+    let (clients, policy) = (Arc::new(clients.to_vec()), policy.clone());
+    load(clients.len(), seconds, move |n, i| {
+        let (client, policy) = (clients[n].clone(), policy.clone());
+        async move {
+            let order = format!("{n}-{i}");
+            let request = Request::new("bench-agent", "support.lookup_order")
+                .resource(format!("order/{order}"))
+                .param("order_id", order.clone());
+            if !matches!(policy.evaluate(request).await, Ok(d) if d.is_allowed()) {
+                return false;
+            }
+            let arguments = serde_json::json!({"order_id": order});
+            let params = CallToolRequestParams::new("lookup_order")
+                .with_arguments(arguments.as_object().expect("an object").clone());
+            matches!(client.peer().call_tool(params).await, Ok(result) if result.is_error != Some(true))
+        }
+    })
+    .await
+}
+
 /// `Evaluate` alone: `n` callers, back to back, for `seconds`.
 async fn evaluate(policy: &PolicyClient, agent: &str, n: usize, seconds: u64) -> Phase {
     let (policy, agent) = (policy.clone(), agent.to_owned());
@@ -180,7 +203,8 @@ pub async fn run(args: McpArgs) -> Result<(), String> {
     for &n in &args.concurrency {
         let direct_clients = sessions(&stack.tools_url, None, n).await?;
         let gateway_clients = sessions(&stack.gateway.mcp_url(), Some(&stack.agent_token), n).await?;
-        let (mut direct, mut gateway, mut decide) = (Phase::default(), Phase::default(), Phase::default());
+        let (mut direct, mut gateway, mut decide, mut advice) =
+            (Phase::default(), Phase::default(), Phase::default(), Phase::default());
         let mut parts = [0.0; 3];
         for round in 0..args.rounds {
             let mut d = drive(&direct_clients, "lookup_order", args.seconds).await;
@@ -191,8 +215,10 @@ pub async fn run(args: McpArgs) -> Result<(), String> {
                 *total += part / args.rounds as f64;
             }
             let mut e = evaluate(&stack.policy, "bench-agent", n, args.seconds).await;
+            let mut a = advised(&direct_clients, &stack.policy, args.seconds).await;
             println!(
-                "  {n:>3} in flight, round {}: direct {:>7.0}/s p50 {:.2} ms | gateway {:>7.0}/s p50 {:.2} ms ({:.2}x) | Evaluate {:>7.0}/s p50 {:.2} ms",
+                "  {n:>3} in flight, round {}: direct {:>7.0}/s p50 {:.2} ms | gateway {:>7.0}/s p50 {:.2} ms ({:.2}x) \
+                 | Evaluate {:>7.0}/s p50 {:.2} ms | Evaluate then direct {:>7.0}/s p50 {:.2} ms",
                 round + 1,
                 d.rate(),
                 ms(d.percentile(0.5)),
@@ -201,8 +227,10 @@ pub async fn run(args: McpArgs) -> Result<(), String> {
                 g.rate() / d.rate().max(1e-9),
                 e.rate(),
                 ms(e.percentile(0.5)),
+                a.rate(),
+                ms(a.percentile(0.5)),
             );
-            for (total, phase) in [(&mut direct, d), (&mut gateway, g), (&mut decide, e)] {
+            for (total, phase) in [(&mut direct, d), (&mut gateway, g), (&mut decide, e), (&mut advice, a)] {
                 total.calls += phase.calls;
                 total.elapsed += phase.elapsed;
                 total.latencies.extend(phase.latencies);
@@ -231,6 +259,19 @@ pub async fn run(args: McpArgs) -> Result<(), String> {
             ms(gp50.saturating_sub(dp50)) - ms(ep50),
             direct.errors,
             gateway.errors + decide.errors,
+        );
+        // Against what an agent does without the gateway (ask, then act
+        // itself): what enforcing the decision costs.
+        let ap50 = advice.percentile(0.5);
+        println!(
+            "  {n:>3} in flight: Evaluate then direct {:.0}/s p50 {:.2} ms p99 {:.2} ms; gateway throughput {:.2}x of it, \
+             p50 {:+.2} ms; errors {}",
+            advice.rate(),
+            ms(ap50),
+            ms(advice.percentile(0.99)),
+            gateway.rate() / advice.rate().max(1e-9),
+            ms(gp50) - ms(ap50),
+            advice.errors,
         );
         // Where a gateway call's time goes, in means (ms): the agent's view,
         // the gateway's handler (the rest is HTTP, authentication and the
@@ -310,8 +351,11 @@ impl Stack {
         let (tools, _) = xtask::example_tools::serve("127.0.0.1:0", stop_tools.clone()).await?;
         let tools_url = format!("http://{tools}/mcp");
         let upstreams = dir.join("upstreams.yaml");
-        std::fs::write(&upstreams, format!("upstreams:\n  - name: support\n    url: {tools_url}\n"))
-            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            &upstreams,
+            format!("upstreams:\n  - name: support\n    url: {tools_url}\n    keep_alive: true\n"),
+        )
+        .map_err(|e| e.to_string())?;
         let mut config = warden_mcp_gateway::GatewayConfig::for_tests(dir.join("gateway"), &upstreams, &engine.url());
         config.auth = auth;
         config.audit_url = audit.url();

@@ -110,6 +110,10 @@ pub async fn serve(listen: &str, stop: CancellationToken) -> Result<(SocketAddr,
         .await
         .map_err(|e| format!("example tools: cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // Answers go out as written, as Python's, Node's and Go's servers do.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
     });
