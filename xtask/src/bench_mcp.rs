@@ -102,17 +102,28 @@ where
     phase
 }
 
+/// One `lookup_order` call of `order` as `tool`: whether it succeeded.
+async fn lookup(client: &Client, tool: &str, order: &str) -> bool {
+    let arguments = serde_json::json!({"order_id": order});
+    let params =
+        CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments.as_object().expect("an object").clone());
+    matches!(client.peer().call_tool(params).await, Ok(result) if result.is_error != Some(true))
+}
+
+/// `Evaluate` for `agent` looking up `order`: whether the engine allowed it.
+async fn allowed(policy: &PolicyClient, agent: &str, order: &str) -> bool {
+    let request = Request::new(agent, "support.lookup_order")
+        .resource(format!("order/{order}"))
+        .param("order_id", order.to_owned());
+    matches!(policy.evaluate(request).await, Ok(d) if d.source == Source::PolicyEngine && d.is_allowed())
+}
+
 /// Each client calls `tool` back to back for `seconds`.
 async fn drive(clients: &[Arc<Client>], tool: &str, seconds: u64) -> Phase {
     let (clients, tool) = (Arc::new(clients.to_vec()), tool.to_owned());
     load(clients.len(), seconds, move |n, i| {
         let (client, tool) = (clients[n].clone(), tool.clone());
-        async move {
-            let arguments = serde_json::json!({"order_id": format!("{n}-{i}")});
-            let params =
-                CallToolRequestParams::new(tool).with_arguments(arguments.as_object().expect("an object").clone());
-            matches!(client.peer().call_tool(params).await, Ok(result) if result.is_error != Some(true))
-        }
+        async move { lookup(&client, &tool, &format!("{n}-{i}")).await }
     })
     .await
 }
@@ -125,16 +136,7 @@ async fn advised(clients: &[Arc<Client>], policy: &PolicyClient, seconds: u64) -
         let (client, policy) = (clients[n].clone(), policy.clone());
         async move {
             let order = format!("{n}-{i}");
-            let request = Request::new("bench-agent", "support.lookup_order")
-                .resource(format!("order/{order}"))
-                .param("order_id", order.clone());
-            if !matches!(policy.evaluate(request).await, Ok(d) if d.is_allowed()) {
-                return false;
-            }
-            let arguments = serde_json::json!({"order_id": order});
-            let params = CallToolRequestParams::new("lookup_order")
-                .with_arguments(arguments.as_object().expect("an object").clone());
-            matches!(client.peer().call_tool(params).await, Ok(result) if result.is_error != Some(true))
+            allowed(&policy, "bench-agent", &order).await && lookup(&client, "lookup_order", &order).await
         }
     })
     .await
@@ -145,12 +147,7 @@ async fn evaluate(policy: &PolicyClient, agent: &str, n: usize, seconds: u64) ->
     let (policy, agent) = (policy.clone(), agent.to_owned());
     load(n, seconds, move |worker, i| {
         let (policy, agent) = (policy.clone(), agent.clone());
-        async move {
-            let request = Request::new(agent, "support.lookup_order")
-                .resource(format!("order/{worker}-{i}"))
-                .param("order_id", format!("{worker}-{i}"));
-            matches!(policy.evaluate(request).await, Ok(d) if d.source == Source::PolicyEngine && d.is_allowed())
-        }
+        async move { allowed(&policy, &agent, &format!("{worker}-{i}")).await }
     })
     .await
 }
