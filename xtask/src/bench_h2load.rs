@@ -12,7 +12,10 @@
 //! is the same from run to run whatever else the machine does, so it can
 //! tell apart changes that the timed phases' noise (several points of the
 //! ratio between rounds) hides. It is machine work, not time: waiting and
-//! the kernel's share are not in it.
+//! the kernel's share are not in it. A 1 MiB last-level cache is simulated
+//! too, and its data misses per request counted: what a request's memory
+//! costs once the requests under way no longer fit. With `--decision-log`
+//! it counts the engine recording decisions against the one without.
 
 use std::process::Command;
 use std::time::Duration;
@@ -44,8 +47,9 @@ pub struct H2loadArgs {
     /// Write the engine's process id here once it serves (for `perf record -p`).
     #[arg(long)]
     pid_file: Option<std::path::PathBuf>,
-    /// Count the engine's instructions per request under callgrind
-    /// (valgrind) instead of timing phases.
+    /// Count the engine's instructions and cache misses per request under
+    /// callgrind (valgrind) instead of timing phases (with
+    /// `--decision-log`: the recording engine's against the other's).
     #[arg(long)]
     callgrind: bool,
     /// Requests counted per RPC with `--callgrind`.
@@ -218,6 +222,9 @@ fn spawn_engine(
     let mut engine = if args.callgrind {
         let mut valgrind = Command::new("valgrind");
         valgrind.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}/callgrind.%p", root.display()));
+        // A cache the size of one core's L2 here (1 MiB): misses in it are
+        // what a request's memory costs once it no longer fits.
+        valgrind.args(["--cache-sim=yes", "--LL=1048576,16,64"]);
         valgrind.arg(binary);
         valgrind
     } else {
@@ -294,9 +301,17 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     let evaluate_url = format!("{url}/warden.policy.v1.PolicyService/Evaluate");
     let health_url = format!("{url}/grpc.health.v1.Health/Check");
     if args.callgrind {
-        let rpcs =
-            [("Evaluate", evaluate_url.as_str(), evaluate_body.as_path()), ("Health/Check", &health_url, &health_body)];
-        let result = count_instructions(&args, engine.0.id(), &root, rpcs, token.as_deref());
+        let pid = engine.0.id();
+        let rpcs = [
+            Counted { name: "Evaluate", pid, url: &evaluate_url, body: &evaluate_body },
+            Counted { name: "Health/Check", pid, url: &health_url, body: &health_body },
+        ];
+        let result = count_instructions(&args, &root, &rpcs, token.as_deref()).map(|counts| {
+            println!(
+                "ratio Health/Evaluate instructions (the throughput ratio if machine work were all): {:.3}",
+                counts[1].instructions / counts[0].instructions
+            );
+        });
         drop(engine);
         let _ = std::fs::remove_dir_all(&root);
         return result;
@@ -340,20 +355,35 @@ pub async fn run(args: H2loadArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// `--callgrind`: each RPC's instructions per request in the engine, over
-/// `args.requests` requests after a warm-up of 1,000.
+/// One RPC counted under callgrind: on the engine `pid`, at `url`.
+struct Counted<'a> {
+    name: &'a str,
+    pid: u32,
+    url: &'a str,
+    body: &'a std::path::Path,
+}
+
+/// What one request cost, from callgrind's totals.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    instructions: f64,
+    /// Data reads and writes that missed the simulated last-level cache.
+    cache_misses: f64,
+}
+
+/// `--callgrind`: each RPC's instructions and cache misses per request in
+/// its engine, over `args.requests` requests after a warm-up of 1,000.
 fn count_instructions(
     args: &H2loadArgs,
-    pid: u32,
     root: &std::path::Path,
-    rpcs: [(&str, &str, &std::path::Path); 2],
+    rpcs: &[Counted<'_>],
     token: Option<&str>,
-) -> Result<(), String> {
+) -> Result<Vec<Count>, String> {
     println!(
-        "bench h2load --callgrind: 200-rule set, {} connections x {} streams, {} requests of each RPC counted",
+        "bench h2load --callgrind: 200-rule set, {} connections x {} streams, {} requests of each counted, 1 MiB last-level cache simulated",
         args.connections, args.streams, args.requests
     );
-    let control = |command: &str| -> Result<(), String> {
+    let control = |command: &str, pid: u32| -> Result<(), String> {
         let status = Command::new("callgrind_control")
             .args([command, &pid.to_string()])
             .stdout(std::process::Stdio::null())
@@ -363,44 +393,63 @@ fn count_instructions(
         if status.success() { Ok(()) } else { Err(format!("callgrind_control {command} failed")) }
     };
     let mut counts = Vec::new();
-    for (dump, (name, url, body)) in rpcs.into_iter().enumerate() {
-        h2load(args, Load::Requests(1000), url, body, token)?;
-        control("-z")?;
-        let run = h2load(args, Load::Requests(args.requests), url, body, token)?;
+    for (i, rpc) in rpcs.iter().enumerate() {
+        let name = rpc.name;
+        h2load(args, Load::Requests(1000), rpc.url, rpc.body, token)?;
+        control("-z", rpc.pid)?;
+        let run = h2load(args, Load::Requests(args.requests), rpc.url, rpc.body, token)?;
         if run.failed > 0 || run.requests as usize != args.requests {
             return Err(format!("{name}: {} of {} requests succeeded", run.requests, args.requests));
         }
-        control("-d")?;
-        // Dumps are numbered from 1 in the order they are asked for.
-        let file = root.join(format!("callgrind.{pid}.{}", dump + 1));
+        control("-d", rpc.pid)?;
+        // Each engine numbers its dumps from 1 in the order they are asked for.
+        let dump = rpcs[..=i].iter().filter(|r| r.pid == rpc.pid).count();
+        let file = root.join(format!("callgrind.{}.{dump}", rpc.pid));
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let instructions = loop {
+        let count = loop {
             let text = std::fs::read_to_string(&file).unwrap_or_default();
-            if let Some(total) = text.lines().find_map(|line| line.strip_prefix("totals:")) {
-                break total.trim().parse::<f64>().map_err(|e| format!("{}: {e}", file.display()))?;
+            if let Some(count) = totals(&text) {
+                break count;
             }
             if std::time::Instant::now() > deadline {
-                return Err(format!("callgrind wrote no {}", file.display()));
+                return Err(format!("callgrind wrote no totals in {}", file.display()));
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        counts.push((name, instructions / args.requests as f64));
+        let per_request = args.requests as f64;
+        counts.push(Count {
+            instructions: count.instructions / per_request,
+            cache_misses: count.cache_misses / per_request,
+        });
         // Kept for `callgrind_annotate --inclusive=yes FILE`.
         let kept = crate::workspace_root().join("target/callgrind");
         std::fs::create_dir_all(&kept).map_err(|e| e.to_string())?;
-        let kept = kept.join(format!("{}.out", name.replace('/', "-")));
+        let kept = kept.join(format!("{}.out", name.replace(['/', ' '], "-")));
         std::fs::copy(&file, &kept).map_err(|e| format!("{}: {e}", kept.display()))?;
         println!("profile of {name}: {}", kept.display());
     }
-    println!("{:<14} {:>22}", "rpc", "instructions/request");
-    for (name, per_request) in &counts {
-        println!("{name:<14} {per_request:>22.0}");
+    println!("{:<18} {:>22} {:>22}", "", "instructions/request", "LL misses/request");
+    for (rpc, count) in rpcs.iter().zip(&counts) {
+        println!("{:<18} {:>22.0} {:>22.1}", rpc.name, count.instructions, count.cache_misses);
     }
-    println!(
-        "ratio Health/Evaluate instructions (the throughput ratio if machine work were all): {:.3}",
-        counts[1].1 / counts[0].1
-    );
-    Ok(())
+    Ok(counts)
+}
+
+/// The totals of a callgrind dump: instructions (`Ir`) and last-level data
+/// misses (`DLmr` + `DLmw`), by the names its `events:` line gives them.
+fn totals(text: &str) -> Option<Count> {
+    let events: Vec<&str> = text.lines().find_map(|line| line.strip_prefix("events:"))?.split_whitespace().collect();
+    let values: Vec<f64> = text
+        .lines()
+        .find_map(|line| line.strip_prefix("totals:"))?
+        .split_whitespace()
+        .map(|value| value.parse().unwrap_or(0.0))
+        .collect();
+    let value = |name: &str| events.iter().position(|e| *e == name).and_then(|i| values.get(i)).copied();
+    Some(Count {
+        instructions: value("Ir")?,
+        cache_misses: value("DLmr").unwrap_or(0.0) + value("DLmw").unwrap_or(0.0),
+    })
 }
 
 /// The journal counters the engine publishes, read from its metrics.
@@ -504,6 +553,20 @@ async fn decision_log(
     let body = root.join("evaluate.bin");
     std::fs::write(&body, grpc_frame(&request.encode_to_vec())).map_err(|e| e.to_string())?;
     let path = "/warden.policy.v1.PolicyService/Evaluate";
+    if args.callgrind {
+        let (off_url, logged_url) = (format!("{off_url}{path}"), format!("{logged_url}{path}"));
+        let rpcs = [
+            Counted { name: "no decision log", pid: off_engine.0.id(), url: &off_url, body: &body },
+            Counted { name: durability, pid: logged_engine.0.id(), url: &logged_url, body: &body },
+        ];
+        let counts = count_instructions(args, root, &rpcs, token)?;
+        println!(
+            "{durability} / no log: instructions {:.3}, LL misses {:.2}",
+            counts[1].instructions / counts[0].instructions,
+            counts[1].cache_misses / counts[0].cache_misses.max(f64::EPSILON)
+        );
+        return Ok(());
+    }
     println!(
         "bench h2load --decision-log {durability}: 200-rule set, {} in flight ({} connections x {} streams), {} x {}s phases each, alternating, auth {}",
         args.connections * args.streams,

@@ -9,19 +9,46 @@
 use std::collections::BTreeSet;
 
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use prost::encoding::{WireType, encoded_len_varint};
 use prost_types::value::Kind;
 use warden_contract::bounds::RECORDED_REASONS;
 use warden_proto::policy::v1 as pb;
 
-/// A `google.protobuf.Value`, borrowed.
-enum Value<'a> {
+/// A `google.protobuf.Value`, borrowed, with its encoded length worked out
+/// once, when it is made: a length written before each nested message,
+/// recomputed at each level, cost more than the writing (a third of an
+/// event's encoding was lengths of lengths, `bench h2load --callgrind`).
+struct Value<'a> {
+    kind: ValueKind<'a>,
+    /// The length of this `Value` message's body.
+    len: usize,
+}
+
+enum ValueKind<'a> {
     Str(&'a str),
     Number(f64),
-    List(&'a [String]),
-    Struct(Vec<(&'a str, Value<'a>)>),
+    /// The strings, and the length of the `ListValue` body they make.
+    List(&'a [String], usize),
+    /// The fields, and the length of the `Struct` body they make.
+    Struct(Vec<(&'a str, Value<'a>)>, usize),
     /// A value from the request, as the agent sent it.
     Proto(&'a prost_types::Value),
+}
+
+/// The field numbers here are all below 16: a key is one byte.
+fn key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
+    debug_assert!((1..16).contains(&tag));
+    buf.push(((tag << 3) | wire_type as u32) as u8);
+}
+
+const KEY_LEN: usize = 1;
+
+fn varint(value: usize, buf: &mut Vec<u8>) {
+    if value < 0x80 {
+        buf.push(value as u8);
+    } else {
+        prost::encoding::encode_varint(value as u64, buf);
+    }
 }
 
 fn delimited_len(len: usize) -> usize {
@@ -29,74 +56,93 @@ fn delimited_len(len: usize) -> usize {
 }
 
 fn write_str(tag: u32, value: &str, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
+    key(tag, WireType::LengthDelimited, buf);
+    varint(value.len(), buf);
     buf.extend_from_slice(value.as_bytes());
 }
 
-fn str_len(tag: u32, value: &str) -> usize {
-    key_len(tag) + delimited_len(value.len())
+fn str_len(value: &str) -> usize {
+    KEY_LEN + delimited_len(value.len())
+}
+
+/// The length of a `Struct` entry's body (key, value). As prost writes a
+/// map entry, an empty key and an unset value are left out.
+fn entry_len(key: &str, value: &Value<'_>) -> usize {
+    let key_len = if key.is_empty() { 0 } else { str_len(key) };
+    let value_len = if value.is_unset() { 0 } else { KEY_LEN + delimited_len(value.len) };
+    key_len + value_len
 }
 
 /// The length of a `Struct`'s body.
 fn struct_len(fields: &[(&str, Value<'_>)]) -> usize {
-    fields.iter().map(|(key, value)| key_len(1) + delimited_len(entry_len(key, value))).sum()
-}
-
-fn entry_len(key: &str, value: &Value<'_>) -> usize {
-    str_len(1, key) + key_len(2) + delimited_len(value.len())
+    fields.iter().map(|(key, value)| KEY_LEN + delimited_len(entry_len(key, value))).sum()
 }
 
 fn write_struct(fields: &[(&str, Value<'_>)], buf: &mut Vec<u8>) {
-    for (key, value) in fields {
-        encode_key(1, WireType::LengthDelimited, buf);
-        encode_varint(entry_len(key, value) as u64, buf);
-        write_str(1, key, buf);
-        encode_key(2, WireType::LengthDelimited, buf);
-        encode_varint(value.len() as u64, buf);
-        value.write(buf);
+    for (name, value) in fields {
+        key(1, WireType::LengthDelimited, buf);
+        varint(entry_len(name, value), buf);
+        if !name.is_empty() {
+            write_str(1, name, buf);
+        }
+        if !value.is_unset() {
+            key(2, WireType::LengthDelimited, buf);
+            varint(value.len, buf);
+            value.write(buf);
+        }
     }
 }
 
-impl Value<'_> {
-    /// The length of this `Value` message's body.
-    fn len(&self) -> usize {
-        match self {
-            Value::Str(text) => str_len(3, text),
-            Value::Number(_) => key_len(2) + 8,
-            Value::List(items) => {
-                key_len(6) + delimited_len(items.iter().map(|item| key_len(1) + delimited_len(str_len(3, item))).sum())
-            }
-            Value::Struct(fields) => key_len(5) + delimited_len(struct_len(fields)),
-            Value::Proto(value) => value.encoded_len(),
-        }
+impl<'a> Value<'a> {
+    fn str(text: &'a str) -> Value<'a> {
+        Value { kind: ValueKind::Str(text), len: str_len(text) }
+    }
+
+    fn number(number: f64) -> Value<'a> {
+        Value { kind: ValueKind::Number(number), len: KEY_LEN + 8 }
+    }
+
+    fn list(items: &'a [String]) -> Value<'a> {
+        let body = items.iter().map(|item| KEY_LEN + delimited_len(str_len(item))).sum();
+        Value { kind: ValueKind::List(items, body), len: KEY_LEN + delimited_len(body) }
+    }
+
+    fn object(fields: Vec<(&'a str, Value<'a>)>) -> Value<'a> {
+        let body = struct_len(&fields);
+        Value { kind: ValueKind::Struct(fields, body), len: KEY_LEN + delimited_len(body) }
+    }
+
+    fn proto(value: &'a prost_types::Value) -> Value<'a> {
+        Value { kind: ValueKind::Proto(value), len: value.encoded_len() }
+    }
+
+    /// A `Value` of no kind (the default message).
+    fn is_unset(&self) -> bool {
+        matches!(self.kind, ValueKind::Proto(value) if value.kind.is_none())
     }
 
     fn write(&self, buf: &mut Vec<u8>) {
-        match self {
-            Value::Str(text) => write_str(3, text, buf),
-            Value::Number(number) => {
-                encode_key(2, WireType::SixtyFourBit, buf);
+        match &self.kind {
+            ValueKind::Str(text) => write_str(3, text, buf),
+            ValueKind::Number(number) => {
+                key(2, WireType::SixtyFourBit, buf);
                 buf.extend_from_slice(&number.to_le_bytes());
             }
-            Value::List(items) => {
-                encode_key(6, WireType::LengthDelimited, buf);
-                encode_varint(
-                    items.iter().map(|item| key_len(1) + delimited_len(str_len(3, item))).sum::<usize>() as u64,
-                    buf,
-                );
+            ValueKind::List(items, body) => {
+                key(6, WireType::LengthDelimited, buf);
+                varint(*body, buf);
                 for item in *items {
-                    encode_key(1, WireType::LengthDelimited, buf);
-                    encode_varint(str_len(3, item) as u64, buf);
+                    key(1, WireType::LengthDelimited, buf);
+                    varint(str_len(item), buf);
                     write_str(3, item, buf);
                 }
             }
-            Value::Struct(fields) => {
-                encode_key(5, WireType::LengthDelimited, buf);
-                encode_varint(struct_len(fields) as u64, buf);
+            ValueKind::Struct(fields, body) => {
+                key(5, WireType::LengthDelimited, buf);
+                varint(*body, buf);
                 write_struct(fields, buf);
             }
-            Value::Proto(value) => value.encode_raw(buf),
+            ValueKind::Proto(value) => value.encode_raw(buf),
         }
     }
 }
@@ -140,21 +186,21 @@ pub fn encode_into<'a>(decided: &Decided<'a>, buf: &mut Vec<u8>) {
     let agent = request.agent.as_ref().expect("validated");
     // Map entries in key order, as prost writes a `Struct`: the bytes are
     // the canonical encoding of the event they decode to.
-    let mut labels: Vec<_> = agent.labels.iter().map(|(key, value)| (key.as_str(), Value::Str(value))).collect();
+    let mut labels: Vec<_> = agent.labels.iter().map(|(key, value)| (key.as_str(), Value::str(value))).collect();
     labels.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let agent_value = Value::Struct(vec![
-        ("confidence", Value::Number(agent.confidence)),
-        ("id", Value::Str(&agent.id)),
-        ("labels", Value::Struct(labels)),
-        ("name", Value::Str(&agent.name)),
-        ("roles", Value::List(&agent.roles)),
+    let agent_value = Value::object(vec![
+        ("confidence", Value::number(agent.confidence)),
+        ("id", Value::str(&agent.id)),
+        ("labels", Value::object(labels)),
+        ("name", Value::str(&agent.name)),
+        ("roles", Value::list(&agent.roles)),
     ]);
     let (mut plain, mut private) = (Vec::new(), prost_types::Struct::default());
     for (key, value) in action.params.iter().flat_map(|p| p.fields.iter()) {
         if personal.contains(key) {
             private.fields.insert(key.clone(), value.clone());
         } else {
-            plain.push((key.as_str(), Value::Proto(value)));
+            plain.push((key.as_str(), Value::proto(value)));
         }
     }
     // A decision many rules made records the first of them and counts the
@@ -166,28 +212,28 @@ pub fn encode_into<'a>(decided: &Decided<'a>, buf: &mut Vec<u8>) {
         .max()
         .unwrap_or(0);
     let mut payload = vec![
-        ("action", Value::Str(&action.r#type)),
+        ("action", Value::str(&action.r#type)),
         ("agent", agent_value),
-        ("approval_id", Value::Str(&response.approval_id)),
-        ("effect", Value::Str(effect)),
-        ("estimated_cost", Value::Number(action.estimated_cost)),
+        ("approval_id", Value::str(&response.approval_id)),
+        ("effect", Value::str(effect)),
+        ("estimated_cost", Value::number(action.estimated_cost)),
     ];
     let evaluated_at = ((time - decided_at).abs() > chrono::TimeDelta::seconds(1))
         .then(|| time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
     if let Some(at) = &evaluated_at {
-        payload.push(("evaluated_at", Value::Str(at)));
+        payload.push(("evaluated_at", Value::str(at)));
     }
-    payload.push(("matched_rules", Value::List(recorded(&response.matched_rules))));
+    payload.push(("matched_rules", Value::list(recorded(&response.matched_rules))));
     if omitted > 0 {
-        payload.push(("omitted_reasons", Value::Number(omitted as f64)));
+        payload.push(("omitted_reasons", Value::number(omitted as f64)));
     }
     payload.extend([
-        ("params", Value::Struct(plain)),
-        ("policy_version", Value::Str(&response.policy_version)),
-        ("reasons", Value::List(recorded(&response.reasons))),
-        ("resource", Value::Str(&action.resource)),
-        ("rules_effect", Value::Str(rules_effect)),
-        ("shadow_rules", Value::List(recorded(&response.shadow_rules))),
+        ("params", Value::object(plain)),
+        ("policy_version", Value::str(&response.policy_version)),
+        ("reasons", Value::list(recorded(&response.reasons))),
+        ("resource", Value::str(&action.resource)),
+        ("rules_effect", Value::str(rules_effect)),
+        ("shadow_rules", Value::list(recorded(&response.shadow_rules))),
     ]);
     let timestamp =
         prost_types::Timestamp { seconds: decided_at.timestamp(), nanos: decided_at.timestamp_subsec_nanos() as i32 };
@@ -199,10 +245,12 @@ pub fn encode_into<'a>(decided: &Decided<'a>, buf: &mut Vec<u8>) {
     if !request.correlation_id.is_empty() {
         write_str(4, &request.correlation_id, buf);
     }
-    write_str(5, &agent.id, buf);
+    if !agent.id.is_empty() {
+        write_str(5, &agent.id, buf);
+    }
     write_str(6, "warden-policy-engine", buf);
-    encode_key(7, WireType::LengthDelimited, buf);
-    encode_varint(payload_len as u64, buf);
+    key(7, WireType::LengthDelimited, buf);
+    varint(payload_len, buf);
     write_struct(&payload, buf);
     if !private.fields.is_empty() {
         let sensitive = prost_types::Struct {
@@ -383,5 +431,153 @@ mod tests {
         assert_eq!(fields["omitted_reasons"], number(6.0));
         let Some(Kind::ListValue(reasons)) = &fields["reasons"].kind else { panic!("reasons") };
         assert_eq!(reasons.values.len(), 64);
+    }
+
+    /// The event built as prost messages and encoded by prost: what the
+    /// bytes must equal, whatever the agent sent.
+    fn reference(decided: &Decided<'_>) -> Vec<u8> {
+        let (request, response) = (decided.request, decided.response);
+        let (agent, action) = (request.agent.as_ref().unwrap(), request.action.as_ref().unwrap());
+        let strings = |items: &[String]| prost_types::Value {
+            kind: Some(Kind::ListValue(prost_types::ListValue { values: items.iter().map(|s| text(s)).collect() })),
+        };
+        let map = |fields: Vec<(String, prost_types::Value)>| prost_types::Value {
+            kind: Some(Kind::StructValue(prost_types::Struct { fields: fields.into_iter().collect() })),
+        };
+        let labels = agent.labels.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+        let (mut plain, mut private) = (Vec::new(), Vec::new());
+        for (k, v) in action.params.iter().flat_map(|p| p.fields.iter()) {
+            if decided.personal.contains(k) {
+                private.push((k.clone(), v.clone()))
+            } else {
+                plain.push((k.clone(), v.clone()))
+            }
+        }
+        let first = |list: &[String]| list[..list.len().min(RECORDED_REASONS)].to_vec();
+        let mut payload = vec![
+            ("action", text(&action.r#type)),
+            (
+                "agent",
+                map(vec![
+                    ("confidence".into(), number(agent.confidence)),
+                    ("id".into(), text(&agent.id)),
+                    ("labels".into(), map(labels)),
+                    ("name".into(), text(&agent.name)),
+                    ("roles".into(), strings(&agent.roles)),
+                ]),
+            ),
+            ("approval_id", text(&response.approval_id)),
+            ("effect", text(decided.effect)),
+            ("estimated_cost", number(action.estimated_cost)),
+            ("matched_rules", strings(&first(&response.matched_rules))),
+            ("params", map(plain)),
+            ("policy_version", text(&response.policy_version)),
+            ("reasons", strings(&first(&response.reasons))),
+            ("resource", text(&action.resource)),
+            ("rules_effect", text(decided.rules_effect)),
+            ("shadow_rules", strings(&first(&response.shadow_rules))),
+        ];
+        if (decided.time - decided.decided_at).abs() > chrono::TimeDelta::seconds(1) {
+            payload.push(("evaluated_at", text(&decided.time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))));
+        }
+        let omitted = [&response.matched_rules, &response.reasons, &response.shadow_rules]
+            .iter()
+            .map(|list| list.len().saturating_sub(RECORDED_REASONS))
+            .max()
+            .unwrap();
+        if omitted > 0 {
+            payload.push(("omitted_reasons", number(omitted as f64)));
+        }
+        AuditEvent {
+            event_id: decided.decision_id.into(),
+            event_type: "policy_evaluation".into(),
+            time: Some(prost_types::Timestamp {
+                seconds: decided.decided_at.timestamp(),
+                nanos: decided.decided_at.timestamp_subsec_nanos() as i32,
+            }),
+            correlation_id: request.correlation_id.clone(),
+            agent_id: agent.id.clone(),
+            actor: "warden-policy-engine".into(),
+            payload: Some(prost_types::Struct {
+                fields: payload.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            }),
+            sensitive: (!private.is_empty())
+                .then(|| prost_types::Struct { fields: [("params".to_string(), map(private))].into() }),
+            subject: String::new(),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn hostile_values_encode_as_prost_would() {
+        // Lengths that take one, two and three bytes to write; text that is
+        // not ASCII, empty, or holds NULs and quotes; labels in no order;
+        // params nested 40 deep and a list of 300; more reasons than are
+        // recorded; a personal param among them.
+        let long = |n: usize| "é\"\0x".repeat(n);
+        let mut nested = text("bottom");
+        for i in 0..40 {
+            nested = object(vec![(if i % 2 == 0 { "a" } else { "" }, nested), ("n", number(f64::from(i)))]);
+        }
+        let many: Vec<prost_types::Value> = (0..300).map(|i| number(f64::from(i) * -1.5)).collect();
+        let params = prost_types::Struct {
+            fields: [
+                ("nested".to_string(), nested),
+                (
+                    "many".to_string(),
+                    prost_types::Value { kind: Some(Kind::ListValue(prost_types::ListValue { values: many })) },
+                ),
+                ("null".to_string(), prost_types::Value { kind: Some(Kind::NullValue(0)) }),
+                ("empty".to_string(), prost_types::Value { kind: None }),
+                (long(40), text(&long(5000))),
+                ("ssn".to_string(), text("078-05-1120")),
+                (String::new(), text("a param with no name")),
+            ]
+            .into(),
+        };
+        for (size, reasons) in [(0, 0), (1, 1), (30, 64), (4000, 65), (20, 500)] {
+            let request = pb::EvaluateRequest {
+                agent: Some(pb::Agent {
+                    id: long(size.min(60)),
+                    name: long(size),
+                    roles: (0..reasons.min(20)).map(|i| format!("role-{i}")).collect(),
+                    confidence: 0.5,
+                    labels: (0..reasons.min(30)).map(|i| (format!("k{}", 29 - i), long(size.min(100)))).collect(),
+                }),
+                action: Some(pb::Action {
+                    r#type: long(size),
+                    resource: long(size),
+                    estimated_cost: f64::MAX,
+                    params: (reasons > 0).then(|| params.clone()),
+                }),
+                time: None,
+                correlation_id: long(size),
+                approval_id: String::new(),
+            };
+            let response = pb::EvaluateResponse {
+                decision_id: "d".into(),
+                effect: 1,
+                reasons: (0..reasons).map(|i| format!("{} {i}", long(size.min(50)))).collect(),
+                matched_rules: (0..reasons / 2).map(|i| format!("rule-{i}")).collect(),
+                shadow_rules: (0..reasons / 3).map(|i| format!("shadow-{i}")).collect(),
+                policy_version: long(size.min(64)),
+                approval_id: long(size.min(20)),
+            };
+            let time = chrono::DateTime::from_timestamp(1_800_000_000, 999_999_999).unwrap();
+            let personal = BTreeSet::from(["ssn".to_string()]);
+            for decided_at in [time, time + chrono::TimeDelta::seconds(90)] {
+                let decided = Decided {
+                    decision_id: "d",
+                    request: &request,
+                    time,
+                    decided_at,
+                    response: &response,
+                    effect: "deny",
+                    rules_effect: "allow",
+                    personal: &personal,
+                };
+                assert_eq!(encode(&decided), reference(&decided), "size {size}, reasons {reasons}");
+            }
+        }
     }
 }
