@@ -228,6 +228,33 @@ async fn params_at_the_depth_limit_are_readable_by_every_reader_and_deeper_is_re
 }
 
 #[tokio::test]
+async fn params_with_an_empty_key_or_no_value_are_recorded_and_read_back() {
+    let stack = stack().await;
+    let params = prost_types::Struct {
+        fields: [
+            (String::new(), text("a param with no name")),
+            ("unset".to_string(), prost_types::Value { kind: None }),
+            ("null".to_string(), prost_types::Value { kind: Some(Kind::NullValue(0)) }),
+            ("clé \"x\"".to_string(), text("")),
+            ("long".to_string(), text(&"é".repeat(300))),
+        ]
+        .into(),
+    };
+    let decision = stack.evaluate("agent", ask("send_email", params.clone(), "odd-keys")).await.unwrap();
+    let records = stack.trail("odd-keys", 1).await;
+    let event = records[0].event.as_ref().unwrap();
+    assert_eq!(event.event_id, decision.decision_id);
+    let Some(Kind::StructValue(recorded)) = &event.payload.as_ref().unwrap().fields["params"].kind else {
+        panic!("params")
+    };
+    // As sent, but that a value of no kind reads back as null: the audit
+    // log keeps payloads as JSON, which has no "unset".
+    let mut expected = params.clone();
+    expected.fields.insert("unset".into(), prost_types::Value { kind: Some(Kind::NullValue(0)) });
+    assert_eq!(recorded, &expected);
+}
+
+#[tokio::test]
 async fn malformed_bytes_are_invalid_argument_and_the_sdk_does_not_fail_open() {
     let stack = stack().await;
     // An EvaluateRequest whose agent id is not UTF-8, as raw protobuf:

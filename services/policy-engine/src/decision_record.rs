@@ -67,15 +67,15 @@ fn str_len(value: &str) -> usize {
 
 /// The length of a `Struct` entry's body (key, value). As prost writes a
 /// map entry, an empty key and an unset value are left out.
-fn entry_len(key: &str, value: &Value<'_>) -> usize {
-    let key_len = if key.is_empty() { 0 } else { str_len(key) };
+fn entry_len(name: &str, value: &Value<'_>) -> usize {
+    let key_len = if name.is_empty() { 0 } else { str_len(name) };
     let value_len = if value.is_unset() { 0 } else { KEY_LEN + delimited_len(value.len) };
     key_len + value_len
 }
 
 /// The length of a `Struct`'s body.
 fn struct_len(fields: &[(&str, Value<'_>)]) -> usize {
-    fields.iter().map(|(key, value)| KEY_LEN + delimited_len(entry_len(key, value))).sum()
+    fields.iter().map(|(name, value)| KEY_LEN + delimited_len(entry_len(name, value))).sum()
 }
 
 fn write_struct(fields: &[(&str, Value<'_>)], buf: &mut Vec<u8>) {
